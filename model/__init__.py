@@ -1,0 +1,1 @@
+"""The next-word model: tokenizer, LSTM, checkpoints, training, prediction, evaluation."""

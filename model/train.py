@@ -1,0 +1,153 @@
+"""The one training loop: public pre-training, the central reference, on-device training."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from model.lstm import NextWordLSTM
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    """How to train: epochs over a list of messages, batch size, learning rate, optimizer, seed."""
+
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 2e-3
+    optimizer: str = "adam"
+    seed: int = 0
+    max_len: int = 64  # longest message in tokens; longer ones are cut
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # or "cosine"
+    threads: int | None = None  # torch threads while training; None keeps the current
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule {self.schedule!r} not in ('constant', 'cosine')")
+        if not (self.epochs > 0 and self.batch_size > 0 and self.lr > 0 and self.max_len > 1):
+            raise ValueError("epochs, batch_size, lr must be positive and max_len > 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What a training run did."""
+
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    mean_loss: float = float("nan")
+    epoch_losses: list[float] = field(default_factory=list)
+    stopped: bool = False  # True when `should_stop` ended it early
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def _batches(sequences: list[list[int]], batch_size: int, max_len: int,
+             rng: np.random.Generator) -> list[list[list[int]]]:
+    """Shuffled batches of similar-length sequences (little padding)."""
+    order = rng.permutation(len(sequences))
+    chunks = []
+    pool = batch_size * 50
+    for start in range(0, len(order), pool):
+        window = sorted(order[start:start + pool], key=lambda i: len(sequences[i]))
+        chunks += [[sequences[i][:max_len + 1] for i in window[j:j + batch_size]]
+                   for j in range(0, len(window), batch_size)]
+    rng.shuffle(chunks)
+    return chunks
+
+
+def _pad(batch: list[list[int]], pad_id: int) -> torch.Tensor:
+    width = max(len(s) for s in batch)
+    return torch.tensor([s + [pad_id] * (width - len(s)) for s in batch], dtype=torch.long)
+
+
+def make_optimizer(model: NextWordLSTM, config: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train(model: NextWordLSTM, sequences: list[list[int]], config: TrainConfig,
+          pad_id: int = 0, should_stop: Callable[[], bool] | None = None,
+          progress: bool | None = None) -> TrainResult:
+    """Train `model` in place on token sequences (<bos> ... <eos>); deterministic for a seed.
+
+    `should_stop` is polled between batches; when it returns True training ends at once.
+    The progress bar shows when stderr is a terminal, unless `progress` says otherwise.
+    """
+    sequences = [s for s in sequences if len(s) >= 2]
+    result = TrainResult()
+    if not sequences:
+        return result
+    old_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    optimizer = make_optimizer(model, config)
+    batches_per_epoch = math.ceil(len(sequences) / config.batch_size)
+    total_steps = max(1, round(config.epochs * batches_per_epoch))
+    schedule = (lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))) \
+        if config.schedule == "cosine" else (lambda step: 1.0)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=total_steps, disable=not show, unit="batch", leave=False)
+    model.train()
+    start, loss_sum, loss_tokens = time.perf_counter(), 0.0, 0
+    try:
+        while result.steps < total_steps and not result.stopped:
+            epoch_sum, epoch_tokens = 0.0, 0
+            for batch in _batches(sequences, config.batch_size, config.max_len, rng):
+                if result.steps >= total_steps or (should_stop and should_stop()):
+                    result.stopped = result.steps < total_steps
+                    break
+                ids = _pad(batch, pad_id)
+                logits, _ = model(ids[:, :-1])
+                targets = ids[:, 1:]
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                       targets.reshape(-1), ignore_index=pad_id)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                lr_sched.step()
+                n = int((targets != pad_id).sum())
+                epoch_sum += loss.item() * n
+                epoch_tokens += n
+                result.steps += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{epoch_sum / max(epoch_tokens, 1):.3f}")
+            if epoch_tokens:
+                result.epoch_losses.append(epoch_sum / epoch_tokens)
+            loss_sum += epoch_sum
+            loss_tokens += epoch_tokens
+    finally:
+        bar.close()
+        model.eval()
+        torch.set_num_threads(old_threads)
+    result.tokens = loss_tokens
+    result.seconds = time.perf_counter() - start
+    result.mean_loss = loss_sum / loss_tokens if loss_tokens else float("nan")
+    return result
