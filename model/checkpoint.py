@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load, save as st_save
 
 from model.config import ModelConfig
@@ -79,7 +79,7 @@ def model_from_bytes(data: bytes, tokenizer_sha256: str | None = None,
         raise CheckpointError(f"architecture {meta.config} differs from expected {config}")
     try:
         tensors = st_load(data)
-    except (SafetensorsError, ValueError) as err:
+    except (SafetensorError, ValueError) as err:
         raise CheckpointError(f"truncated or malformed weights: {err}") from None
     model = NextWordLSTM(meta.config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

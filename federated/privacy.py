@@ -1,0 +1,90 @@
+"""Client-level differential privacy as in DP-FedAvg (McMahan et al. 2018).
+
+Each device clips its update to L2 norm C and adds Gaussian noise of standard deviation
+z * C / sqrt(m), where m is the round's minimum number of reports, so that the sum of any
+m or more updates carries noise of standard deviation at least z * C. The sum has L2
+sensitivity C to one device, so each round a device joins is one Gaussian mechanism with
+noise multiplier z. The accountant is Google's `dp-accounting` (RDP).
+"""
+from __future__ import annotations
+
+import math
+import secrets
+
+import numpy as np
+from dp_accounting import dp_event
+from dp_accounting.rdp import RdpAccountant
+
+Tensors = dict[str, np.ndarray]
+
+
+def noise_stddev(clip_norm: float, noise_multiplier: float, min_reports: int) -> float:
+    """The per-coordinate noise each device adds: z * C / sqrt(min_reports)."""
+    if min_reports < 1:
+        raise ValueError("min_reports must be at least 1")
+    return noise_multiplier * clip_norm / math.sqrt(min_reports)
+
+
+def clip(tensors: Tensors, clip_norm: float) -> tuple[Tensors, float]:
+    """Scale all tensors together so their joint L2 norm is at most `clip_norm`.
+
+    Returns the clipped tensors and the norm before clipping.
+    """
+    norm = math.sqrt(sum(float(np.dot(t.ravel().astype(np.float64), t.ravel()))
+                         for t in tensors.values()))
+    scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    # float32 rounding can push the scaled norm a hair above C: shrink by one ulp's worth.
+    scale *= 1.0 - 1e-6 if scale < 1.0 else 1.0
+    return {k: (t * scale).astype(np.float32) for k, t in tensors.items()}, norm
+
+
+def add_noise(tensors: Tensors, stddev: float, rng: np.random.Generator | None = None) -> Tensors:
+    """Add independent N(0, stddev^2) to every coordinate.
+
+    The generator is seeded from the OS's secure source unless one is given (tests).
+    """
+    if stddev <= 0:
+        return {k: t.astype(np.float32) for k, t in tensors.items()}
+    rng = rng or np.random.default_rng(secrets.randbits(128))
+    return {k: (t + rng.normal(0.0, stddev, t.shape)).astype(np.float32)
+            for k, t in tensors.items()}
+
+
+def privatize(tensors: Tensors, clip_norm: float, stddev: float,
+              rng: np.random.Generator | None = None) -> tuple[Tensors, float]:
+    """Clip to `clip_norm`, then add the noise; returns the update and the pre-clip norm."""
+    clipped, norm = clip(tensors, clip_norm)
+    return add_noise(clipped, stddev, rng), norm
+
+
+def norm_bound(clip_norm: float, stddev: float, num_params: int, tail: float = 6.0) -> float:
+    """An L2 norm a clipped and noised update exceeds with probability below exp(-tail^2/2).
+
+    ||clipped + noise|| <= C + ||noise||, and ||noise|| <= stddev * (sqrt(d) + tail) except
+    with probability exp(-tail^2 / 2) (Gaussian concentration of a Lipschitz function).
+    """
+    return clip_norm + stddev * (math.sqrt(num_params) + tail)
+
+
+def epsilon(noise_multiplier: float, participations: int, delta: float,
+            sampling_rate: float | None = None, rounds: int | None = None) -> float:
+    """Epsilon at `delta` for one device, from the RDP accountant of `dp-accounting`.
+
+    Without `sampling_rate` (the default, and the honest choice when devices are not
+    sampled uniformly at random): the device is assumed to be in up to `participations`
+    rounds, each a Gaussian mechanism with this noise multiplier, composed.
+    With `sampling_rate` q and `rounds` T: Poisson subsampling amplification over T rounds.
+    """
+    if noise_multiplier <= 0:
+        return math.inf
+    if participations <= 0 and not sampling_rate:
+        return 0.0
+    if sampling_rate:
+        event = dp_event.PoissonSampledDpEvent(sampling_rate,
+                                               dp_event.GaussianDpEvent(noise_multiplier))
+        count = rounds or participations
+    else:
+        event, count = dp_event.GaussianDpEvent(noise_multiplier), participations
+    accountant = RdpAccountant()
+    accountant.compose(dp_event.SelfComposedDpEvent(event, count))
+    return float(accountant.get_epsilon(delta))
