@@ -1,6 +1,8 @@
 """The next-word LSTM: tied input/output embedding, one projected LSTM layer."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -8,6 +10,7 @@ from torch.nn import functional as F
 from model.config import ModelConfig
 
 State = tuple[Tensor, Tensor]
+warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
 
 
 class NextWordLSTM(nn.Module):

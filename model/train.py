@@ -151,3 +151,20 @@ def train(model: NextWordLSTM, sequences: list[list[int]], config: TrainConfig,
     result.seconds = time.perf_counter() - start
     result.mean_loss = loss_sum / loss_tokens if loss_tokens else float("nan")
     return result
+
+
+@torch.inference_mode()
+def mean_loss(model: NextWordLSTM, sequences: list[list[int]], pad_id: int = 0,
+              batch_size: int = 128, max_len: int = 64) -> float:
+    """Mean next-token cross-entropy (nats) of `model` over `sequences`, no training."""
+    model.eval()
+    total, count = 0.0, 0
+    ordered = sorted((s[:max_len + 1] for s in sequences if len(s) >= 2), key=len)
+    for i in range(0, len(ordered), batch_size):
+        ids = _pad(ordered[i:i + batch_size], pad_id)
+        logits, _ = model(ids[:, :-1])
+        targets = ids[:, 1:]
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                 ignore_index=pad_id, reduction="sum").item()
+        count += int((targets != pad_id).sum())
+    return total / count if count else float("nan")

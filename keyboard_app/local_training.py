@@ -1,0 +1,89 @@
+"""One device's part of a round: train the global model on local history, send only the
+clipped and noised difference.
+
+The training loop is `model.train.train` (the same code the server-side references use),
+at one CPU thread. The clipping and noise are `federated.privacy.privatize`, the code the
+server's accountant assumes. Nothing but the encoded update leaves this module.
+"""
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from federated.privacy import privatize
+from federated.wire import Update, encode_update, tensors_from_bytes
+from model.checkpoint import model_from_bytes
+from model.tokenizer import WordTokenizer
+from model.train import TrainConfig, TrainResult, train
+
+Tensors = dict[str, np.ndarray]
+
+
+class TaskError(ValueError):
+    """A task whose hyper-parameters or model this device cannot use."""
+
+
+@dataclass
+class LocalUpdate:
+    """What a finished local round produced: the bytes to upload and what the device keeps."""
+
+    body: bytes
+    update: Update
+    prenorm: float  # L2 norm of the delta before clipping (stays on the device)
+    result: TrainResult
+
+
+def train_config(params: dict, seed: int | None = None) -> TrainConfig:
+    """The task's `train` hyper-parameters as a one-thread TrainConfig."""
+    try:
+        return TrainConfig(epochs=float(params["epochs"]), batch_size=int(params["batch_size"]),
+                           lr=float(params["lr"]), optimizer=str(params["optimizer"]),
+                           seed=secrets.randbits(31) if seed is None else seed, threads=1)
+    except (KeyError, TypeError, ValueError) as err:
+        raise TaskError(f"unusable train parameters {params!r}: {err}") from None
+
+
+def local_delta(global_bytes: bytes, tokenizer: WordTokenizer, messages: list[str],
+                config: TrainConfig, should_stop: Callable[[], bool] | None = None
+                ) -> tuple[Tensors, TrainResult, int]:
+    """Train a copy of the global model on `messages`; (local - global, result, examples)."""
+    model, _ = model_from_bytes(global_bytes, tokenizer_sha256=tokenizer.sha256)
+    global_tensors, _ = tensors_from_bytes(global_bytes)
+    sequences = tokenizer.encode_messages(messages)
+    result = train(model, sequences, config, pad_id=tokenizer.pad_id,
+                   should_stop=should_stop, progress=False)
+    local = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    delta = {k: (local[k] - global_tensors[k]).astype(np.float32) for k in global_tensors}
+    return delta, result, len(sequences)
+
+
+def make_update(delta: Tensors, task: dict, num_examples: int,
+                rng: np.random.Generator | None = None,
+                metrics: dict[str, float] | None = None) -> tuple[Update, float]:
+    """Clip the delta to the task's norm, add its noise; returns the update and the pre-clip norm."""
+    noised, prenorm = privatize(delta, float(task["clip_norm"]), float(task["noise_stddev"]), rng)
+    return Update(noised, int(task["round_id"]), int(task["model_version"]), num_examples,
+                  metrics or {}), prenorm
+
+
+def run_task(task: dict, global_bytes: bytes, tokenizer: WordTokenizer, messages: list[str],
+             *, should_stop: Callable[[], bool] | None = None, seed: int | None = None,
+             rng: np.random.Generator | None = None) -> LocalUpdate | None:
+    """Train on the most recent `max_examples` messages and build the upload.
+
+    Returns None when `should_stop` interrupted training (a partial update is never sent)
+    or when no message has a word to learn from.
+    """
+    params = task["train"]
+    config = train_config(params, seed)
+    limit = int(params.get("max_examples") or len(messages))
+    delta, result, examples = local_delta(global_bytes, tokenizer, messages[-limit:], config,
+                                          should_stop)
+    if result.stopped or examples == 0 or result.steps == 0:
+        return None
+    update, prenorm = make_update(delta, task, examples, rng)
+    return LocalUpdate(encode_update(update), update, prenorm, result)
+

@@ -1,0 +1,70 @@
+"""The app's settings, kept as JSON in the data directory (pure Python, no Kivy)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from urllib.parse import urlparse
+
+FILE_NAME = "settings.json"
+RETENTION_CHOICES = (7, 30, 90, 365)
+
+
+class PrefsError(ValueError):
+    """A setting has a value the app cannot use."""
+
+
+@dataclass
+class Prefs:
+    """What the user chose in the settings screen."""
+
+    server_url: str = ""
+    participate: bool = True
+    retention_days: int = 90
+    filters: list[str] | None = None  # None: the history store's defaults
+
+    def validate(self) -> None:
+        """Raise PrefsError naming the first bad value."""
+        if self.server_url:
+            url = urlparse(self.server_url)
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise PrefsError(f"server URL must look like http://host:port, "
+                                 f"not {self.server_url!r}")
+        if not isinstance(self.participate, bool):
+            raise PrefsError("participate must be true or false")
+        if not isinstance(self.retention_days, int) or not 1 <= self.retention_days <= 3650:
+            raise PrefsError(f"retention must be 1 to 3650 days, not {self.retention_days!r}")
+        if self.filters is not None and not all(isinstance(f, str) for f in self.filters):
+            raise PrefsError("filters must be a list of filter names")
+
+
+def load_prefs(data_dir: str | Path) -> tuple[Prefs, str | None]:
+    """The saved settings, or the defaults and a message saying why they were not usable."""
+    path = Path(data_dir) / FILE_NAME
+    if not path.exists():
+        return Prefs(), None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in fields(Prefs)}
+        if not isinstance(raw, dict):
+            raise PrefsError("not a JSON object")
+        if set(raw) - known:
+            raise PrefsError(f"unknown keys {sorted(set(raw) - known)}")
+        prefs = Prefs(**raw)
+        prefs.validate()
+        return prefs, None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, PrefsError, TypeError) as err:
+        return Prefs(), f"{path}: {err}; using default settings"
+
+
+def save_prefs(data_dir: str | Path, prefs: Prefs) -> None:
+    """Validate, then write atomically."""
+    prefs.validate()
+    path = Path(data_dir) / FILE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=FILE_NAME, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(asdict(prefs), f, indent=2, sort_keys=True)
+    os.replace(tmp, path)

@@ -1,0 +1,10 @@
+"""Where cached artefacts live: `$PK_CACHE_DIR`, or `.cache/` at the project root."""
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(os.environ.get("PK_CACHE_DIR", ROOT / ".cache"))
+PRETRAINED_DIR = CACHE_DIR / "pretrained"
+TOKENIZER_PATH = PRETRAINED_DIR / "tokenizer.json"
+PRETRAINED_MODEL = PRETRAINED_DIR / "model.safetensors"
+CENTRAL_MODEL = CACHE_DIR / "central" / "model.safetensors"
