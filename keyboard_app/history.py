@@ -31,6 +31,7 @@ EMAIL = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+"
 STORED, REDACTED = "stored", "stored-redacted"
 PASSWORD, INCOGNITO, EMPTY = "password-field", "incognito", "empty"
 HAS_NUMBER, HAS_EMAIL = "contains-long-number", "contains-email"
+EXPIRED = "older-than-retention"
 
 
 @dataclass(frozen=True)
@@ -128,25 +129,33 @@ class HistoryStore:
         """Store one message; False when it was not stored (`last_reason` says why)."""
         clean, reason = filter_message(text, self.filters, incognito=incognito,
                                        password=password)
+        ts = self.clock() if timestamp is None else float(timestamp)
+        if clean is not None and self._expired(ts):
+            clean, reason = None, EXPIRED
         with self._lock, self.engine.begin() as conn:
             self.last_reason = reason
             self._bump(conn, reason)
             if clean is None:
                 return False
-            conn.execute(insert(_messages).values(
-                ts=self.clock() if timestamp is None else float(timestamp), text=clean))
+            conn.execute(insert(_messages).values(ts=ts, text=clean))
             self._prune(conn)
         return True
 
     def add_many(self, texts: list[str], timestamps: list[float] | None = None) -> int:
-        """Store many messages (an import); returns how many were stored."""
+        """Store many messages (an import, filtered alike); returns how many were stored.
+
+        The size cap still applies: beyond it the oldest are dropped at once.
+        """
         now = self.clock()
         rows, reasons = [], {}
         for i, text in enumerate(texts):
             clean, reason = filter_message(text, self.filters)
+            ts = float(timestamps[i]) if timestamps else now
+            if clean is not None and self._expired(ts):
+                clean, reason = None, EXPIRED
             reasons[reason] = reasons.get(reason, 0) + 1
             if clean is not None:
-                rows.append({"ts": timestamps[i] if timestamps else now, "text": clean})
+                rows.append({"ts": ts, "text": clean})
         with self._lock, self.engine.begin() as conn:
             for reason, n in reasons.items():
                 self._bump(conn, reason, n)
@@ -225,6 +234,10 @@ class HistoryStore:
                             .values(value=_counters.c.value + n)).rowcount
         if not done:
             conn.execute(insert(_counters).values(name=reason, value=n))
+
+    def _expired(self, ts: float) -> bool:
+        return self.retention_days is not None and \
+            ts < self.clock() - self.retention_days * 86_400
 
     def _prune(self, conn) -> None:
         """Drop messages past the retention period, then the oldest beyond the cap."""

@@ -7,6 +7,7 @@ server's accountant assumes. Nothing but the encoded update leaves this module.
 """
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,8 +43,28 @@ def train_config(params: dict, seed: int | None = None) -> TrainConfig:
         return TrainConfig(epochs=float(params["epochs"]), batch_size=int(params["batch_size"]),
                            lr=float(params["lr"]), optimizer=str(params["optimizer"]),
                            seed=secrets.randbits(31) if seed is None else seed, threads=1)
-    except (KeyError, TypeError, ValueError) as err:
+    except KeyError as err:
+        raise TaskError(f"task train parameters lack {err}") from None
+    except (TypeError, ValueError) as err:
         raise TaskError(f"unusable train parameters {params!r}: {err}") from None
+
+
+def check_task(task: dict) -> None:
+    """Raise TaskError unless the task is one this device can carry out faithfully."""
+    try:
+        ids = int(task["round_id"]), int(task["model_version"])
+        clip_norm, stddev = float(task["clip_norm"]), float(task["noise_stddev"])
+        max_examples = int(task["train"].get("max_examples") or 1)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise TaskError(f"malformed task ({type(err).__name__}: {err})") from None
+    if min(ids) < 0 or max_examples < 1:
+        raise TaskError("task ids and max_examples must be non-negative / positive")
+    if not (math.isfinite(clip_norm) and clip_norm > 0 and math.isfinite(stddev) and stddev >= 0):
+        raise TaskError(f"task clip_norm {clip_norm} / noise_stddev {stddev} out of range")
+    if task.get("secure_aggregation"):
+        raise TaskError("the round asks for secure aggregation, which this device does not "
+                        "implement: it will not send a plain update instead")
+    train_config(task["train"], seed=0)
 
 
 def local_delta(global_bytes: bytes, tokenizer: WordTokenizer, messages: list[str],
@@ -56,14 +77,15 @@ def local_delta(global_bytes: bytes, tokenizer: WordTokenizer, messages: list[st
     result = train(model, sequences, config, pad_id=tokenizer.pad_id,
                    should_stop=should_stop, progress=False)
     local = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    delta = {k: (local[k] - global_tensors[k]).astype(np.float32) for k in global_tensors}
+    # sorted names: a fixed order, so a seeded noise generator gives reproducible updates
+    delta = {k: (local[k] - global_tensors[k]).astype(np.float32) for k in sorted(global_tensors)}
     return delta, result, len(sequences)
 
 
 def make_update(delta: Tensors, task: dict, num_examples: int,
                 rng: np.random.Generator | None = None,
                 metrics: dict[str, float] | None = None) -> tuple[Update, float]:
-    """Clip the delta to the task's norm, add its noise; returns the update and the pre-clip norm."""
+    """Clip the delta to the task's norm and add its noise; (update, norm before clipping)."""
     noised, prenorm = privatize(delta, float(task["clip_norm"]), float(task["noise_stddev"]), rng)
     return Update(noised, int(task["round_id"]), int(task["model_version"]), num_examples,
                   metrics or {}), prenorm
@@ -77,6 +99,7 @@ def run_task(task: dict, global_bytes: bytes, tokenizer: WordTokenizer, messages
     Returns None when `should_stop` interrupted training (a partial update is never sent)
     or when no message has a word to learn from.
     """
+    check_task(task)
     params = task["train"]
     config = train_config(params, seed)
     limit = int(params.get("max_examples") or len(messages))

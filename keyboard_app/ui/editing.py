@@ -1,15 +1,12 @@
 """The text edits behind the suggestion strip (pure Python, no Kivy)."""
 from __future__ import annotations
 
-import re
-
-_PARTIAL = re.compile(r"[^\W_](?:[^\W_]|')*$")
+from model.predictor import split_partial
 
 
 def partial_word(before_cursor: str) -> str:
-    """The word being typed at the cursor ('' right after a space or punctuation)."""
-    match = _PARTIAL.search(before_cursor)
-    return match.group() if match else ""
+    """The word being typed at the cursor, as the predictor sees it ('' after a space)."""
+    return split_partial(before_cursor)[1]
 
 
 def strip_order(suggestions: list[str]) -> list[str]:

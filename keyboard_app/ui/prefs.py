@@ -23,7 +23,9 @@ class Prefs:
     server_url: str = ""
     participate: bool = True
     retention_days: int = 90
-    filters: list[str] | None = None  # None: the history store's defaults
+    filter_digits: bool = True  # long digit runs (card and phone numbers) never stored
+    filter_emails: bool = True  # e-mail addresses never stored
+    filter_mode: str = "redact"  # "redact": cut the match out; "drop": skip the message
 
     def validate(self) -> None:
         """Raise PrefsError naming the first bad value."""
@@ -32,12 +34,20 @@ class Prefs:
             if url.scheme not in ("http", "https") or not url.netloc:
                 raise PrefsError(f"server URL must look like http://host:port, "
                                  f"not {self.server_url!r}")
-        if not isinstance(self.participate, bool):
-            raise PrefsError("participate must be true or false")
-        if not isinstance(self.retention_days, int) or not 1 <= self.retention_days <= 3650:
+        days = self.retention_days
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
             raise PrefsError(f"retention must be 1 to 3650 days, not {self.retention_days!r}")
-        if self.filters is not None and not all(isinstance(f, str) for f in self.filters):
-            raise PrefsError("filters must be a list of filter names")
+        for name in ("participate", "filter_digits", "filter_emails"):
+            if not isinstance(getattr(self, name), bool):
+                raise PrefsError(f"{name} must be true or false")
+        if self.filter_mode not in ("redact", "drop"):
+            raise PrefsError(f"filter_mode must be 'redact' or 'drop', not {self.filter_mode!r}")
+
+    def filters(self):
+        """The history store's Filters for these settings."""
+        from keyboard_app.history import Filters
+        return Filters(digits=self.filter_digits, emails=self.filter_emails,
+                       mode=self.filter_mode)
 
 
 def load_prefs(data_dir: str | Path) -> tuple[Prefs, str | None]:

@@ -1,0 +1,60 @@
+"""`python -m aggregation_server --data-dir DIR [...]`: the development server (werkzeug, threaded).
+
+For production see `aggregation_server.app` (gunicorn).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from werkzeug.serving import make_server
+
+from aggregation_server.app import create_app, shutdown
+from aggregation_server.config import ConfigError, load_settings
+from aggregation_server.storage import StorageError
+
+log = logging.getLogger("aggregation_server.main")
+
+
+def parse_args(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m aggregation_server",
+                                description="Federated-learning aggregation server.")
+    p.add_argument("--data-dir", dest="data_dir", help="models, updates, SQLite file")
+    p.add_argument("--db", dest="db_url", help="SQLAlchemy URL (default: SQLite in data dir)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int, help="0 picks a free port (logged)")
+    p.add_argument("--config", help="JSON or TOML settings file")
+    p.add_argument("--init-model", dest="init_model",
+                   help="checkpoint stored as version 0 if the data dir has no model")
+    p.add_argument("--tokenizer", help="the init model's tokenizer.json")
+    p.add_argument("--admin-token", dest="admin_token")
+    p.add_argument("--log-level", dest="log_level")
+    return vars(p.parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = load_settings(parse_args(argv))
+        app = create_app(settings)
+    except (ConfigError, StorageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # we log requests as JSON
+    server = make_server(settings.host, settings.port, app, threaded=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    log.info("listening", extra={"host": settings.host, "port": server.server_port,
+                                 "url": f"http://{settings.host}:{server.server_port}"})
+    try:
+        server.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.server_close()
+        shutdown(app)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The `/v1` HTTP API: devices, models, rounds, status and admin (one blueprint each)."""
+from __future__ import annotations
+
+import hmac
+import re
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
+
+from aggregation_server.config import ConfigError
+from aggregation_server.db import ModelVersion
+from aggregation_server.errors import ApiError
+from aggregation_server.openapi import openapi_document
+from aggregation_server.rounds import RoundService
+from aggregation_server.status import build_status
+
+devices = Blueprint("devices", __name__, url_prefix="/v1")
+models = Blueprint("models", __name__, url_prefix="/v1")
+rounds = Blueprint("rounds", __name__, url_prefix="/v1")
+admin = Blueprint("admin", __name__, url_prefix="/v1/admin")
+BLUEPRINTS = (devices, models, rounds, admin)
+KEY_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,200}")
+
+
+def service() -> RoundService:
+    return current_app.extensions["pk.service"]
+
+
+def _bearer() -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def device_id() -> str:
+    """The calling device, from its bearer token, or 401."""
+    token = _bearer()
+    if token is None:
+        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <device token>'")
+    found = service().device_for_token(token)
+    if found is None:
+        raise ApiError(401, "unauthorized", "unknown device token")
+    return found
+
+
+def require_admin() -> None:
+    token = _bearer()
+    if token is None:
+        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <admin token>'")
+    if not hmac.compare_digest(token.encode(), current_app.extensions["pk.admin"].encode()):
+        raise ApiError(403, "forbidden", "this is not the admin token")
+
+
+def json_object() -> dict[str, Any]:
+    """The request body as a JSON object, or a 4xx saying why not."""
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "the body must be a JSON object")
+    return data
+
+
+def _int_field(data: dict, key: str, required: bool) -> int | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+        raise ApiError(400, "bad_field", f"'{key}' must be an integer in [0, 2^31)"
+                       + ("" if required else " or null"))
+    return value
+
+
+def _send_version(version: ModelVersion) -> Response:
+    response = send_file(service().blobs.abs(version.path), mimetype="application/octet-stream",
+                         etag=version.sha256, conditional=True, max_age=0,
+                         download_name=f"model-{version.version}.safetensors")
+    response.headers["X-Model-Version"] = str(version.version)
+    return response
+
+
+@devices.post("/devices")
+def enrol():
+    return jsonify(service().enrol()), 201
+
+
+@devices.post("/checkin")
+def checkin():
+    device = device_id()
+    data = json_object()
+    unknown = sorted(set(data) - {"num_examples", "model_version"})
+    if unknown:
+        raise ApiError(400, "bad_field", f"unknown field(s) {unknown}")
+    num_examples = _int_field(data, "num_examples", required=True)
+    _int_field(data, "model_version", required=False)
+    return jsonify(service().checkin(device, num_examples))
+
+
+@rounds.put("/rounds/<int(max=2147483647):round_id>/update")
+def upload(round_id: int):
+    device = device_id()
+    key = request.headers.get("Idempotency-Key", "")
+    if not KEY_PATTERN.fullmatch(key):
+        raise ApiError(400, "bad_idempotency_key", "send an 'Idempotency-Key' header of 1-200 "
+                                                   "letters, digits or ._:- (a UUID)")
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "too_large", f"update of {request.content_length} bytes is over "
+                                         f"the {limit}-byte limit")
+    metrics = service().metrics.updates
+    try:
+        answer = service().submit(device, round_id, key, request.get_data(cache=False))
+    except ApiError as err:
+        metrics.labels(err.code).inc()
+        raise
+    metrics.labels("accepted").inc()
+    return jsonify(answer), 202
+
+
+@rounds.get("/status")
+def status():
+    service().tick()
+    return jsonify(build_status(service()))
+
+
+@rounds.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_document())
+
+
+@models.get("/tokenizer")
+def tokenizer():
+    return send_file(service().blobs.tokenizer_path(), mimetype="application/json",
+                     etag=service().tokenizer_sha256, conditional=True, max_age=0)
+
+
+@models.get("/model")
+def latest_model():
+    return _send_version(service().model_version())
+
+
+@models.get("/models/<int(max=2147483647):version>")
+def model_version(version: int):
+    found = service().model_version(version)
+    if found is None:
+        raise ApiError(404, "no_such_version", f"there is no model version {version}")
+    return _send_version(found)
+
+
+@admin.before_request
+def _admin_only():
+    require_admin()
+
+
+@admin.get("/config")
+def get_config():
+    with service().db.read() as s:
+        return jsonify(service().live_config(s).to_dict())
+
+
+@admin.put("/config")
+def put_config():
+    try:
+        config = service().set_config(json_object())
+    except ConfigError as err:
+        raise ApiError(400, "bad_config", str(err)) from None
+    return jsonify(config.to_dict())
+
+
+@admin.post("/training")
+def training():
+    data = json_object()
+    action = data.get("action")
+    if set(data) != {"action"} or action not in ("start", "stop"):
+        raise ApiError(400, "bad_field", "'action' must be \"start\" or \"stop\"")
+    service().set_training(action == "start")
+    return jsonify({"training": "running" if action == "start" else "stopped"})

@@ -1,0 +1,259 @@
+"""Settings: built-in defaults < config file (JSON or TOML) < environment `PK_*` < flags.
+
+Server settings are flat keys (`data_dir`, `db_url`, ...). Round settings (`RoundConfig`)
+sit in a `round` table of the config file, or in `PK_ROUND_<NAME>` variables; the ones
+given explicitly at start are written to the database, where admins change them later.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from federated.wire import MAX_UPDATE_BYTES
+
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
+WEIGHTINGS = ("uniform", "examples")
+TRAIN_OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a value the server cannot run with."""
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """How rounds run; each round keeps a copy of the config it was opened with."""
+
+    target_reports: int = 10          # close as soon as this many updates arrived
+    min_reports: int = 5              # at the deadline, aggregate only with at least this many
+    overcommit: float = 1.3           # hand out ceil(target * overcommit) tasks (dropouts)
+    round_seconds: float = 300.0      # deadline, counted from the round's opening
+    retry_after: float = 60.0         # pace steering: the longest "come back after" asked
+    participation_cap: int = 4        # rounds a device may contribute to, ever
+    min_examples: int = 1             # devices with fewer examples get no task
+    clip_norm: float = 1.0            # C: L2 bound of one device's update
+    noise_multiplier: float = 1.0     # z: the round's sum carries N(0, (zC)^2) noise
+    delta: float = 1e-6               # the delta epsilon is reported at
+    epsilon_budget: float | None = 12.0  # refuse rounds that could push a device past it
+    sampling_rate: float | None = None   # assume Poisson sampling at this rate (not enforced)
+    weighting: str = "uniform"        # or "examples"; uniform whenever noise_multiplier > 0
+    server_optimizer: str = "fedavg"  # fedavg | fedavgm | fedadam (Reddi et al. 2021)
+    server_lr: float = 1.0
+    server_momentum: float = 0.9      # FedAvgM
+    adam_beta1: float = 0.9           # FedAdam
+    adam_beta2: float = 0.99
+    adam_tau: float = 1e-3
+    train_epochs: float = 1.0         # what devices are asked to do locally
+    train_batch_size: int = 16
+    train_lr: float = 0.5
+    train_optimizer: str = "sgd"
+    train_max_examples: int = 1000
+    secure_aggregation: bool = False  # needs a secure-aggregation mean registered in strategy
+
+    @property
+    def capacity(self) -> int:
+        """How many tasks a round hands out."""
+        return max(self.target_reports, math.ceil(self.target_reports * self.overcommit - 1e-9))
+
+    @property
+    def uniform(self) -> bool:
+        """Whether the round's mean weights every report equally."""
+        return self.weighting == "uniform" or self.noise_multiplier > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: RoundConfig | None = None) -> RoundConfig:
+        """`base` (or the defaults) with `data` applied, type-checked and validated."""
+        if not isinstance(data, dict):
+            raise ConfigError("round config must be a JSON object")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown round setting(s) {unknown}; known: {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        values = {k: _check_type(k, v, hints[k]) for k, v in data.items()}
+        config = replace(base or cls(), **values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first setting that makes no sense."""
+        checks = [
+            (self.min_reports >= 1, "min_reports must be at least 1"),
+            (self.target_reports >= self.min_reports,
+             "target_reports must be at least min_reports"),
+            (self.target_reports <= 100_000, "target_reports must be at most 100000"),
+            (1.0 <= self.overcommit <= 10.0, "overcommit must be between 1 and 10"),
+            (0 < self.round_seconds <= 30 * 86400, "round_seconds must be in (0, 2592000]"),
+            (0 < self.retry_after <= 86400, "retry_after must be in (0, 86400]"),
+            (self.participation_cap >= 1, "participation_cap must be at least 1"),
+            (self.min_examples >= 1, "min_examples must be at least 1"),
+            (0 < self.clip_norm < 1e6, "clip_norm must be positive (and below 1e6)"),
+            (0 <= self.noise_multiplier <= 1e3, "noise_multiplier must be in [0, 1000]"),
+            (0 < self.delta < 1, "delta must be in (0, 1)"),
+            (self.epsilon_budget is None or 0 < self.epsilon_budget < 1e6,
+             "epsilon_budget must be positive or null"),
+            (self.sampling_rate is None or 0 < self.sampling_rate <= 1,
+             "sampling_rate must be in (0, 1] or null"),
+            (self.weighting in WEIGHTINGS, f"weighting must be one of {WEIGHTINGS}"),
+            (self.server_optimizer in SERVER_OPTIMIZERS,
+             f"server_optimizer must be one of {SERVER_OPTIMIZERS}"),
+            (0 < self.server_lr <= 100, "server_lr must be in (0, 100]"),
+            (0 <= self.server_momentum < 1, "server_momentum must be in [0, 1)"),
+            (0 <= self.adam_beta1 < 1, "adam_beta1 must be in [0, 1)"),
+            (0 <= self.adam_beta2 < 1, "adam_beta2 must be in [0, 1)"),
+            (0 < self.adam_tau <= 10, "adam_tau must be in (0, 10]"),
+            (0 < self.train_epochs <= 100, "train_epochs must be in (0, 100]"),
+            (1 <= self.train_batch_size <= 4096, "train_batch_size must be in [1, 4096]"),
+            (0 < self.train_lr <= 100, "train_lr must be in (0, 100]"),
+            (self.train_optimizer in TRAIN_OPTIMIZERS,
+             f"train_optimizer must be one of {TRAIN_OPTIMIZERS}"),
+            (self.train_max_examples >= 1, "train_max_examples must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    """`value` if it fits `hint` (int, float, str, bool or Optional of one); ints count as floats."""
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    if value is None and optional:
+        return None
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number")
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base in (str, bool) and type(value) is base:
+        return value
+    raise ConfigError(f"{name} must be {'null or ' if optional else ''}{base.__name__}, "
+                      f"not {json.dumps(value)[:40]}")
+
+
+@dataclass
+class Settings:
+    """How one server process runs (not shared through the database)."""
+
+    data_dir: Path = Path("server-data")
+    db_url: str | None = None         # default: SQLite file <data_dir>/server.sqlite3 (WAL)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_token: str | None = None    # default: generated once into <data_dir>/admin_token
+    init_model: Path | None = None    # checkpoint stored as version 0 if there is none
+    tokenizer: Path | None = None     # its tokenizer.json
+    max_update_bytes: int = MAX_UPDATE_BYTES
+    tick_seconds: float = 1.0         # background deadline check; 0 = only on requests
+    lease_seconds: float = 120.0      # after this, another process may redo an aggregation
+    log_level: str = "INFO"
+    start_training: bool = True       # rounds run from the first start until an admin stops them
+    round: dict[str, Any] = field(default_factory=dict)  # explicit RoundConfig settings
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{Path(self.data_dir).resolve() / 'server.sqlite3'}"
+
+
+_SETTING_TYPES = {"data_dir": Path, "db_url": str, "host": str, "port": int,
+                  "admin_token": str, "init_model": Path, "tokenizer": Path,
+                  "max_update_bytes": int, "tick_seconds": float, "lease_seconds": float,
+                  "log_level": str, "start_training": bool}
+
+
+def _parse(name: str, text: str, kind: Any) -> Any:
+    """A value of `kind` from environment text."""
+    if text.strip().lower() in ("", "none", "null"):
+        return None
+    try:
+        if kind is bool:
+            if text.strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(text)
+            return text.strip().lower() in ("1", "true", "yes", "on")
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+
+
+def _round_kind(name: str) -> Any:
+    hint = typing.get_type_hints(RoundConfig)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Settings from a `.json` or `.toml` file."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        else:
+            data = json.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected an object / table")
+    return data
+
+
+def _from_env(env: typing.Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, kind in _SETTING_TYPES.items():
+        if f"PK_{name.upper()}" in env:
+            out[name] = _parse(f"PK_{name.upper()}", env[f"PK_{name.upper()}"], kind)
+    rounds = {}
+    for f in fields(RoundConfig):
+        key = f"PK_ROUND_{f.name.upper()}"
+        if key in env:
+            rounds[f.name] = _parse(key, env[key], _round_kind(f.name))
+    if rounds:
+        out["round"] = rounds
+    return out
+
+
+def _merge(settings: dict[str, Any], layer: dict[str, Any], source: str) -> None:
+    unknown = sorted(set(layer) - set(_SETTING_TYPES) - {"round", "config"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {unknown}")
+    for key, value in layer.items():
+        if key == "round":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: 'round' must be a table of round settings")
+            settings.setdefault("round", {}).update(value)
+        elif key != "config":
+            settings[key] = value
+
+
+def load_settings(flags: dict[str, Any] | None = None,
+                  env: typing.Mapping[str, str] | None = None) -> Settings:
+    """Settings from defaults < config file < `PK_*` environment < flags (None = not given)."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env_layer = _from_env(env)
+    config_path = flags.get("config") or env.get("PK_CONFIG")
+    merged: dict[str, Any] = {}
+    if config_path:
+        _merge(merged, read_config_file(Path(config_path)), str(config_path))
+    _merge(merged, env_layer, "environment")
+    _merge(merged, flags, "flags")
+    for key in ("data_dir", "init_model", "tokenizer"):
+        if merged.get(key) is not None:
+            merged[key] = Path(merged[key])
+    for key, kind in _SETTING_TYPES.items():
+        value = merged.get(key)
+        if value is not None and kind in (int, float) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"setting {key} must be a number, not {value!r}")
+    RoundConfig.from_dict(merged.get("round", {}))  # fail early on a bad round setting
+    return Settings(**merged)

@@ -1,0 +1,62 @@
+"""Prometheus metrics: per-process counters plus round gauges read from the database at scrape.
+
+Counters and histograms count what this process saw (sum them over processes in
+Prometheus); the round, model and privacy gauges come from the shared database, so every
+process reports the same values.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+
+class ServerMetrics:
+    """The metrics of one app, in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("pk_http_requests", "HTTP requests handled by this process",
+                                ["method", "endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("pk_http_request_seconds", "HTTP request latency",
+                                 ["endpoint"], registry=self.registry,
+                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        self.updates = Counter("pk_updates", "Update uploads by outcome (accepted or error code)",
+                               ["outcome"], registry=self.registry)
+        self.aggregation = Histogram("pk_aggregation_seconds", "Time to aggregate a round",
+                                     registry=self.registry,
+                                     buckets=(.1, .25, .5, 1, 2, 5, 10, 30, 60, 120))
+
+    def watch(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """Report the gauges of `snapshot()` (a flat dict of numbers) at each scrape."""
+        self.registry.register(_SnapshotCollector(snapshot))
+
+
+class _SnapshotCollector:
+    HELP = {
+        "pk_round_id": "Id of the current or last round",
+        "pk_round_reports": "Updates accepted in the current round",
+        "pk_round_tasks_issued": "Tasks handed out in the current round",
+        "pk_round_target": "Target reports of the current round",
+        "pk_model_version": "Latest global model version",
+        "pk_devices_enrolled": "Devices enrolled",
+        "pk_rounds_closed": "Rounds aggregated into a new model",
+        "pk_rounds_abandoned": "Rounds abandoned",
+        "pk_training_running": "1 if training is started",
+        "pk_epsilon_spent_max": "Largest epsilon spent by any device",
+        "pk_epsilon_budget": "Epsilon budget (-1: none)",
+    }
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+    def describe(self) -> list:
+        return []  # values come from the database at scrape time
+
+    def collect(self):
+        values = self.snapshot()
+        for name, help_text in self.HELP.items():
+            if values.get(name) is not None:
+                yield GaugeMetricFamily(name, help_text, value=float(values[name]))

@@ -1,0 +1,212 @@
+"""The OpenAPI 3 document of the server, written by hand (the round-config schema is derived
+from `RoundConfig` so that it cannot drift)."""
+from __future__ import annotations
+
+import typing
+from dataclasses import fields
+from functools import lru_cache
+from typing import Any
+
+from aggregation_server.config import (SERVER_OPTIMIZERS, TRAIN_OPTIMIZERS, WEIGHTINGS,
+                                       RoundConfig)
+
+INT32 = 2**31 - 1
+ERRORS = {"4XX": {"description": "Refused: what was wrong, no state changed",
+                  "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}
+ETAG = {"ETag": {"description": "Quoted sha256 hex of the body", "schema": {"type": "string"}}}
+
+
+def _json(ref: str) -> dict:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+
+
+def _obj(required: list[str], props: dict, extra: bool = True) -> dict:
+    schema = {"type": "object", "required": required, "properties": props}
+    if not extra:
+        schema["additionalProperties"] = False
+    return schema
+
+
+NUM, INT, STR, BOOL = ({"type": "number"}, {"type": "integer"}, {"type": "string"},
+                       {"type": "boolean"})
+NULLNUM, NULLINT, NULLSTR = ({"type": "number", "nullable": True},
+                             {"type": "integer", "nullable": True},
+                             {"type": "string", "nullable": True})
+
+
+def _config_schema(patch: bool) -> dict:
+    """RoundConfig as a schema: all fields (responses) or any subset (PUT body)."""
+    enums = {"weighting": WEIGHTINGS, "server_optimizer": SERVER_OPTIMIZERS,
+             "train_optimizer": TRAIN_OPTIMIZERS}
+    kinds = {int: "integer", float: "number", str: "string", bool: "boolean"}
+    props = {}
+    for f in fields(RoundConfig):
+        hint = typing.get_type_hints(RoundConfig)[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        prop: dict[str, Any] = {"type": kinds[args[0] if args else hint]}
+        if args:
+            prop["nullable"] = True
+        if f.name in enums:
+            prop["enum"] = list(enums[f.name])
+        props[f.name] = prop
+    return _obj([] if patch else list(props), props, extra=False)
+
+
+ROUND = _obj(["id", "state", "model_version", "target", "minimum", "tasks_issued", "reports"], {
+    "id": INT, "state": {"type": "string", "enum": ["open", "closing", "closed", "abandoned"]},
+    "model_version": INT, "new_version": NULLINT, "opened_at": NUM, "deadline": NUM,
+    "closed_at": NULLNUM, "target": INT, "minimum": INT, "capacity": INT,
+    "tasks_issued": INT, "reports": INT, "reason": NULLSTR,
+    "metrics": {"type": "object", "additionalProperties": NUM},
+    "epsilon_max": NULLNUM, "noise_multiplier": NUM, "clip_norm": NUM,
+    "secure_aggregation": BOOL})
+
+VERSION = _obj(["version", "sha256", "created_at"], {
+    "version": INT, "sha256": STR, "size": INT, "created_at": NUM, "round_id": NULLINT,
+    "reports": INT, "metrics": {"type": "object", "additionalProperties": NUM},
+    "provenance": {"type": "object"}})
+
+STATUS = _obj(["training", "round", "devices", "model", "versions", "rounds", "privacy", "config"], {
+    "time": NUM, "training": {"type": "string", "enum": ["running", "stopped"]},
+    "blocked_reason": NULLSTR,
+    "round": {"allOf": [{"$ref": "#/components/schemas/Round"}], "nullable": True},
+    "rounds_closed": INT, "rounds_abandoned": INT,
+    "devices": _obj(["enrolled", "participants"], {
+        "enrolled": INT, "participants": INT,
+        "participations": {"type": "object", "additionalProperties": INT,
+                           "description": "number of devices by rounds taken part in"}}),
+    "model": _obj(["version", "sha256"], {"version": INT, "sha256": STR, "num_params": INT}),
+    "versions": {"type": "array", "items": {"$ref": "#/components/schemas/ModelVersion"}},
+    "rounds": {"type": "array", "items": {"$ref": "#/components/schemas/Round"}},
+    "privacy": _obj(["epsilon_spent_max", "epsilon_budget", "delta", "assumptions"], {
+        "epsilon_spent_max": NULLNUM, "epsilon_budget": NULLNUM, "epsilon_at_cap": NULLNUM,
+        "delta": NUM, "noise_multiplier": NUM, "clip_norm": NUM, "noise_stddev": NUM,
+        "participation_cap": INT, "sampling_rate": NULLNUM, "accountant": STR,
+        "assumptions": {"type": "array", "items": STR}}),
+    "config": {"$ref": "#/components/schemas/RoundConfig"}})
+
+TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "train", "clip_norm",
+             "noise_stddev", "secure_aggregation"], {
+    "round_id": INT, "model_version": INT, "model_sha256": STR,
+    "deadline": {"type": "number", "description": "unix time"},
+    "train": _obj(["epochs", "batch_size", "lr", "optimizer", "max_examples"], {
+        "epochs": NUM, "batch_size": INT, "lr": NUM,
+        "optimizer": {"type": "string", "enum": list(TRAIN_OPTIMIZERS)}, "max_examples": INT}),
+    "clip_norm": NUM, "noise_stddev": NUM, "secure_aggregation": BOOL})
+
+
+def _binary_get(summary: str, extra_params: list | None = None) -> dict:
+    headers = dict(ETAG, **{"X-Model-Version": {"schema": {"type": "integer"}}})
+    return {"summary": summary, "parameters": [*(extra_params or []), {
+        "name": "If-None-Match", "in": "header", "required": False, "schema": STR}],
+        "responses": {
+            "200": {"description": "Checkpoint: safetensors bytes with checkpoint metadata",
+                    "headers": headers,
+                    "content": {"application/octet-stream": {
+                        "schema": {"type": "string", "format": "binary"}}}},
+            "304": {"description": "Not modified: If-None-Match matched the ETag"}, **ERRORS}}
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    device, admin = [{"device": []}], [{"admin": []}]
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Private keyboard aggregation server", "version": "1",
+                 "description": "Federated rounds with client-level differential privacy. "
+                                "Errors are JSON {error, message} with a 4xx status."},
+        "paths": {
+            "/v1/devices": {"post": {
+                "summary": "Enrol a device; the token is shown once and stored hashed",
+                "responses": {"201": {"description": "Enrolled", "content": _json("Enrolment")},
+                              **ERRORS}}},
+            "/v1/checkin": {"post": {
+                "summary": "Ask for a training task", "security": device,
+                "requestBody": {"required": True, "content": _json("CheckinRequest")},
+                "responses": {"200": {"description": "A task, or when to come back",
+                                      "content": _json("CheckinResponse")}, **ERRORS}}},
+            "/v1/rounds/{round_id}/update": {"put": {
+                "summary": "Upload an update (clipped, noised weight delta)", "security": device,
+                "parameters": [
+                    {"name": "round_id", "in": "path", "required": True,
+                     "schema": {"type": "integer", "minimum": 0, "maximum": INT32}},
+                    {"name": "Idempotency-Key", "in": "header", "required": True,
+                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,200}$"}}],
+                "requestBody": {"required": True, "content": {"application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"202": {"description": "Stored durably; retries with the same "
+                                                     "Idempotency-Key get the same answer",
+                                      "content": _json("UploadAccepted")}, **ERRORS}}},
+            "/v1/model": {"get": _binary_get("The latest global model")},
+            "/v1/models/{version}": {"get": _binary_get("One global model version", [
+                {"name": "version", "in": "path", "required": True,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": INT32}}])},
+            "/v1/tokenizer": {"get": {
+                "summary": "The tokenizer.json of the model",
+                "parameters": [{"name": "If-None-Match", "in": "header", "required": False,
+                                "schema": STR}],
+                "responses": {"200": {"description": "tokenizer.json", "headers": ETAG,
+                                      "content": {"application/json": {
+                                          "schema": {"type": "object"}}}},
+                              "304": {"description": "Not modified"}, **ERRORS}}},
+            "/v1/status": {"get": {
+                "summary": "Training state, rounds, versions, privacy spend",
+                "responses": {"200": {"description": "Status", "content": _json("Status")},
+                              **ERRORS}}},
+            "/v1/openapi.json": {"get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3 document",
+                                      "content": {"application/json": {
+                                          "schema": {"type": "object"}}}}}}},
+            "/v1/admin/config": {
+                "get": {"summary": "The live round config (used by the next round)",
+                        "security": admin,
+                        "responses": {"200": {"description": "Config",
+                                              "content": _json("RoundConfig")}, **ERRORS}},
+                "put": {"summary": "Change some round settings", "security": admin,
+                        "requestBody": {"required": True, "content": _json("RoundConfigPatch")},
+                        "responses": {"200": {"description": "The new config",
+                                              "content": _json("RoundConfig")}, **ERRORS}}},
+            "/v1/admin/training": {"post": {
+                "summary": "Start or stop training (stop abandons the open round)",
+                "security": admin,
+                "requestBody": {"required": True, "content": _json("TrainingAction")},
+                "responses": {"200": {"description": "New state",
+                                      "content": _json("TrainingState")}, **ERRORS}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Prometheus text format",
+                                      "content": {"text/plain": {"schema": STR}}}}}},
+            "/": {"get": {
+                "summary": "Dashboard for people (HTML with SVG charts, no JavaScript)",
+                "responses": {"200": {"description": "HTML page",
+                                      "content": {"text/html": {"schema": STR}}}}}},
+        },
+        "components": {
+            "securitySchemes": {"device": {"type": "http", "scheme": "bearer"},
+                                "admin": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": _obj(["error", "message"], {"error": STR, "message": STR}),
+                "Enrolment": _obj(["device_id", "token"], {"device_id": STR, "token": STR}),
+                "CheckinRequest": _obj(["num_examples"], {
+                    "num_examples": {"type": "integer", "minimum": 0, "maximum": INT32},
+                    "model_version": {"type": "integer", "minimum": 0, "maximum": INT32,
+                                      "nullable": True}}, extra=False),
+                "Task": TASK,
+                "CheckinResponse": {"oneOf": [
+                    _obj(["task"], {"task": {"$ref": "#/components/schemas/Task"}}),
+                    _obj(["task", "retry_after", "reason"], {
+                        "task": {"type": "object", "nullable": True, "enum": [None]},
+                        "retry_after": NUM, "reason": STR})]},
+                "UploadAccepted": _obj(["accepted", "round_id", "reports"], {
+                    "accepted": BOOL, "round_id": INT, "reports": INT}),
+                "Round": ROUND, "ModelVersion": VERSION, "Status": STATUS,
+                "RoundConfig": _config_schema(patch=False),
+                "RoundConfigPatch": _config_schema(patch=True),
+                "TrainingAction": _obj(["action"], {
+                    "action": {"type": "string", "enum": ["start", "stop"]}}, extra=False),
+                "TrainingState": _obj(["training"], {
+                    "training": {"type": "string", "enum": ["running", "stopped"]}}),
+            },
+        },
+    }

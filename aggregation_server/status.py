@@ -1,0 +1,98 @@
+"""What `GET /v1/status`, the dashboard and the Prometheus gauges show, read from the database."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from sqlalchemy import func, select
+
+from aggregation_server import accounting
+from aggregation_server.config import RoundConfig
+from aggregation_server.db import Device, ModelVersion, Round, ServerState, Task
+from aggregation_server.rounds import COUNTED, RoundService, noise_stddev
+
+HISTORY = 200  # rounds and versions listed
+
+
+def finite(value: float | None) -> float | None:
+    """JSON has no infinity: non-finite numbers become null."""
+    return value if value is None or math.isfinite(value) else None
+
+
+def round_json(r: Round) -> dict[str, Any]:
+    config = RoundConfig.from_dict(r.config)
+    return {"id": r.id, "state": r.state, "model_version": r.model_version,
+            "new_version": r.new_version, "opened_at": r.opened_at, "deadline": r.deadline,
+            "closed_at": r.closed_at, "target": r.target, "minimum": r.minimum,
+            "capacity": r.capacity, "tasks_issued": r.tasks_issued, "reports": r.reports,
+            "reason": r.reason, "metrics": r.metrics or {}, "epsilon_max": finite(r.epsilon_max),
+            "noise_multiplier": config.noise_multiplier, "clip_norm": config.clip_norm,
+            "secure_aggregation": config.secure_aggregation}
+
+
+def version_json(v: ModelVersion) -> dict[str, Any]:
+    return {"version": v.version, "sha256": v.sha256, "size": v.size,
+            "created_at": v.created_at, "round_id": v.round_id, "reports": v.reports,
+            "metrics": v.metrics or {}, "provenance": v.provenance or {}}
+
+
+def build_status(service: RoundService) -> dict[str, Any]:
+    """The whole picture: training state, current round, devices, versions, privacy."""
+    with service.db.read() as s:
+        state = s.get(ServerState, 1)
+        config = RoundConfig.from_dict(state.config)
+        rounds = s.scalars(select(Round).order_by(Round.id.desc()).limit(HISTORY)).all()
+        versions = s.scalars(select(ModelVersion).order_by(ModelVersion.version.desc())
+                             .limit(HISTORY)).all()
+        enrolled = s.scalar(select(func.count()).select_from(Device))
+        per_device = s.execute(select(Task.device_id, func.count()).where(
+            Task.state.in_(COUNTED)).group_by(Task.device_id)).all()
+        done = s.scalar(select(func.count()).select_from(Round).where(Round.state == "closed"))
+        abandoned = s.scalar(select(func.count()).select_from(Round)
+                             .where(Round.state == "abandoned"))
+        spent = service.epsilon_max(s, config)
+    histogram: dict[str, int] = {}
+    for _, n in per_device:
+        histogram[str(n)] = histogram.get(str(n), 0) + 1
+    latest = versions[0]
+    return {
+        "time": time.time(),
+        "training": "running" if state.training else "stopped",
+        "blocked_reason": state.blocked_reason,
+        "round": round_json(rounds[0]) if rounds else None,
+        "rounds_closed": done, "rounds_abandoned": abandoned,
+        "devices": {"enrolled": enrolled, "participants": len(per_device),
+                    "participations": histogram},
+        "model": {"version": latest.version, "sha256": latest.sha256,
+                  "num_params": service.num_params},
+        "versions": [version_json(v) for v in reversed(versions)],
+        "rounds": [round_json(r) for r in reversed(rounds)],
+        "privacy": {
+            "epsilon_spent_max": finite(spent),
+            "epsilon_budget": config.epsilon_budget,
+            "epsilon_at_cap": finite(accounting.guarantee(config, done)),
+            "delta": config.delta, "noise_multiplier": config.noise_multiplier,
+            "clip_norm": config.clip_norm, "noise_stddev": noise_stddev(config),
+            "participation_cap": config.participation_cap,
+            "sampling_rate": config.sampling_rate,
+            "accountant": "RDP, dp-accounting (per device, composed over its rounds)",
+            "assumptions": accounting.assumptions(config),
+        },
+        "config": config.to_dict(),
+    }
+
+
+def gauges(service: RoundService) -> dict[str, Any]:
+    """Flat numbers for Prometheus."""
+    st = build_status(service)
+    r = st["round"] or {}
+    budget = st["privacy"]["epsilon_budget"]
+    return {"pk_round_id": r.get("id"), "pk_round_reports": r.get("reports"),
+            "pk_round_tasks_issued": r.get("tasks_issued"), "pk_round_target": r.get("target"),
+            "pk_model_version": st["model"]["version"],
+            "pk_devices_enrolled": st["devices"]["enrolled"],
+            "pk_rounds_closed": st["rounds_closed"], "pk_rounds_abandoned": st["rounds_abandoned"],
+            "pk_training_running": 1 if st["training"] == "running" else 0,
+            "pk_epsilon_spent_max": st["privacy"]["epsilon_spent_max"],
+            "pk_epsilon_budget": -1 if budget is None else budget}

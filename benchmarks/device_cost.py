@@ -1,0 +1,138 @@
+"""On-device cost of one round: local training time and peak memory, bytes up and down.
+
+    .venv/bin/python benchmarks/device_cost.py [--repeats 5]
+
+Histories: the `federated` senders at the median and the 90th percentile of message
+counts. Model: the default ~1.5M-parameter LSTM (the cached public pre-trained one if
+present, else freshly initialised: the cost does not depend on the weights). Training:
+the server's default round hyper-parameters, one CPU thread, through the device's own
+`run_task` (train, delta, clip, noise, encode). Each process is fresh, so its peak
+resident memory (ru_maxrss) is its own; it runs the round once cold (first round after the
+app starts: lazy torch start-up included) and then `--warm` times (steady state).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+from aggregation_server.config import RoundConfig  # noqa: E402  (the server's defaults)
+from data import load_split  # noqa: E402
+from model.checkpoint import CheckpointMeta, model_to_bytes, read_metadata  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
+from model.lstm import NextWordLSTM  # noqa: E402
+from model.paths import PRETRAINED_MODEL, TOKENIZER_PATH  # noqa: E402
+from model.tokenizer import WordTokenizer  # noqa: E402
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "nproc": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "memory_gb": round(psutil.virtual_memory().total / 2**30),
+            "load_average_1min": round(os.getloadavg()[0], 2)}  # other work skews timings
+
+
+def artefacts() -> tuple[str, bytes, str]:
+    """(tokenizer json, global model checkpoint bytes, where the model came from)."""
+    if TOKENIZER_PATH.is_file() and PRETRAINED_MODEL.is_file():
+        return TOKENIZER_PATH.read_text(), PRETRAINED_MODEL.read_bytes(), "public pre-trained"
+    public = [m for d in load_split("public") for m in d.messages]
+    tokenizer = WordTokenizer.build(public, vocab_size=10_000)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size)
+    torch.manual_seed(0)
+    blob = model_to_bytes(NextWordLSTM(config), CheckpointMeta(config, tokenizer.sha256, 1))
+    return tokenizer.to_json(), blob, "freshly initialised (no cached pre-trained model)"
+
+
+def histories() -> dict[str, list[str]]:
+    """The federated senders closest to the median and the 90th-percentile history size."""
+    devices = load_split("federated")
+    counts = np.array([len(d.messages) for d in devices])
+    picked = {}
+    for label, q in (("median", 50), ("p90", 90)):
+        target = np.percentile(counts, q)
+        device = min(devices, key=lambda d: (abs(len(d.messages) - target), d.sender))
+        picked[label] = device.messages
+    return picked
+
+
+def one_run(tokenizer_json: str, blob: bytes, messages: list[str], task: dict, warm: int,
+            queue) -> None:
+    """In a fresh process: the device's round once cold, then `warm` times; time, memory, bytes."""
+    torch.set_num_threads(1)
+    from keyboard_app.local_training import run_task
+    tokenizer = WordTokenizer.from_json(tokenizer_json)
+    base_rss = psutil.Process().memory_info().rss
+    times = []
+    for _ in range(1 + warm):
+        start = time.perf_counter()
+        local = run_task(task, blob, tokenizer, messages, seed=0)
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    queue.put({"cold_seconds": times[0], "warm_seconds": statistics.median(times[1:]),
+               "peak_rss": peak, "base_rss": base_rss,
+               "upload_bytes": len(local.body), "examples": local.update.num_examples,
+               "steps": local.result.steps, "tokens": local.result.tokens})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per history")
+    parser.add_argument("--warm", type=int, default=3, help="warm rounds per process")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    info = machine()
+    print("machine:", json.dumps(info))
+    tokenizer_json, blob, origin = artefacts()
+    config = RoundConfig()
+    task = {"round_id": 1, "model_version": 1, "model_sha256": "", "deadline": 0.0,
+            "clip_norm": config.clip_norm, "noise_stddev": 0.01, "secure_aggregation": False,
+            "train": {"epochs": config.train_epochs, "batch_size": config.train_batch_size,
+                      "lr": config.train_lr, "optimizer": config.train_optimizer,
+                      "max_examples": config.train_max_examples}}
+    params = NextWordLSTM(ModelConfig.from_json(read_metadata(blob)["config"])).num_parameters()
+    print(f"model: {params:,} parameters, {origin}; task train {task['train']}, one thread")
+    ctx = mp.get_context("spawn")
+    report = {"machine": info, "parameters": params, "model": origin, "train": task["train"],
+              "download_bytes_per_round": len(blob),
+              "tokenizer_bytes_first_round": len(tokenizer_json.encode()), "histories": {}}
+    for label, messages in histories().items():
+        runs = []
+        for _ in range(args.repeats):
+            queue = ctx.Queue()
+            proc = ctx.Process(target=one_run, args=(tokenizer_json, blob, messages, task,
+                                                     args.warm, queue))
+            proc.start()
+            runs.append(queue.get())
+            proc.join()
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        report["histories"][label] = {"messages": len(messages), **med}
+        print(f"{label:6s} history: {len(messages):4d} messages, {med['examples']:.0f} examples, "
+              f"{med['steps']:.0f} steps, {med['tokens']:.0f} tokens | local round "
+              f"{med['warm_seconds']:.2f} s warm, {med['cold_seconds']:.2f} s first in a new "
+              f"process | peak RSS {med['peak_rss'] / 2**20:.0f} MiB "
+              f"({(med['peak_rss'] - med['base_rss']) / 2**20:+.0f} MiB over the loaded process) "
+              f"| upload {med['upload_bytes'] / 2**20:.2f} MiB")
+    print(f"download per round: model {len(blob) / 2**20:.2f} MiB (ETag: only when it changed); "
+          f"tokenizer {len(tokenizer_json.encode()) / 2**10:.0f} KiB on first contact only")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Update ingestion over real HTTP on loopback, default-size (about 1.5M parameter) model.
+
+Measures, per round of N reports (randomly initialised model, DP-noised random updates):
+  * updates/s: N-1 uploads from concurrent clients, each acknowledged only once durably stored;
+  * time to close: the N-th upload, which reaches the target and aggregates the round
+    (request latency, and the aggregation time the server logs).
+Targets (issue 3): >= 30 updates/s with 2 cores, <= 2 s to aggregate 100 updates.
+
+    .venv/bin/python benchmarks/server_ingest.py [--reports 100] [--rounds 3] [--clients 8]
+                                                 [--gunicorn WORKERS]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from federated.privacy import privatize  # noqa: E402
+from federated.wire import Update, encode_update  # noqa: E402
+
+
+def machine_info() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def make_model(folder: Path) -> tuple[Path, Path, dict]:
+    """A randomly initialised default-config model and a tokenizer from public messages."""
+    import torch
+
+    from data import load_split
+    from model.checkpoint import CheckpointMeta, save_checkpoint
+    from model.config import ModelConfig
+    from model.lstm import NextWordLSTM
+    from model.tokenizer import WordTokenizer
+    torch.manual_seed(0)
+    tokenizer = WordTokenizer.build([m for d in load_split("public") for m in d.messages])
+    model = NextWordLSTM(ModelConfig(vocab_size=tokenizer.vocab_size))
+    tokenizer.save(folder / "tokenizer.json")
+    save_checkpoint(folder / "model.safetensors", model,
+                    CheckpointMeta(model.config, tokenizer.sha256, 0, {"init": "random"}))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return folder / "model.safetensors", folder / "tokenizer.json", shapes
+
+
+def start_server(data_dir: Path, model: Path, tokenizer: Path, round_config: dict,
+                 gunicorn: int = 0) -> tuple[subprocess.Popen, str, Path]:
+    """The server as a separate process (dev server, or gunicorn with N workers)."""
+    port = _free_port()
+    env = dict(os.environ, PK_DATA_DIR=str(data_dir), PK_INIT_MODEL=str(model),
+               PK_TOKENIZER=str(tokenizer), PK_ADMIN_TOKEN="bench", PK_PORT=str(port),
+               PK_TICK_SECONDS="1", PK_LOG_LEVEL="INFO",
+               **{f"PK_ROUND_{k.upper()}": str(v) for k, v in round_config.items()})
+    log = data_dir.parent / f"{data_dir.name}.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if gunicorn:  # create the schema and version 0 once, then start the workers
+        subprocess.run([sys.executable, "-c", "from aggregation_server.app import create_app, "
+                        "shutdown; shutdown(create_app())"], env=env, cwd=ROOT, check=True,
+                       stderr=subprocess.DEVNULL)
+        args = [sys.executable, "-m", "gunicorn", "-w", str(gunicorn), "--threads", "8",
+                "-b", f"127.0.0.1:{port}", "--timeout", "120",
+                "aggregation_server.app:create_app()"]
+    else:
+        args = [sys.executable, "-m", "aggregation_server"]
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if requests.get(f"{url}/v1/status", timeout=5).ok:
+                return proc, url, log
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deltas(shapes: dict, count: int, clip: float, stddev: float) -> list[dict]:
+    """`count` distinct clipped and noised random updates (reused across devices)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(count):
+        raw = {k: rng.normal(0, 0.01, s).astype(np.float32) for k, s in shapes.items()}
+        out.append(privatize(raw, clip, stddev, rng)[0])
+    return out
+
+
+def prepare_round(http: requests.Session, url: str, n: int, pool: list[dict]) -> list:
+    """Enrol n devices, check them in, and encode each one's update for its task."""
+    jobs = []
+    for i in range(n):
+        device = http.post(f"{url}/v1/devices", timeout=60).json()
+        headers = {"Authorization": f"Bearer {device['token']}"}
+        task = http.post(f"{url}/v1/checkin", json={"num_examples": 50}, headers=headers,
+                         timeout=60).json()["task"]
+        body = encode_update(Update(pool[i % len(pool)], task["round_id"],
+                                    task["model_version"], 50, {"loss": 4.0}))
+        jobs.append((task["round_id"], headers, body))
+    return jobs
+
+
+def upload(job) -> float:
+    round_id, headers, body = job
+    started = time.perf_counter()
+    r = requests.put(f"{URL}/v1/rounds/{round_id}/update", data=body, timeout=300,
+                     headers={**headers, "Idempotency-Key": str(uuid.uuid4())})
+    if r.status_code != 202:
+        raise RuntimeError(f"upload refused: {r.status_code} {r.text}")
+    return time.perf_counter() - started
+
+
+URL = ""
+
+
+def run_round(url: str, jobs: list, clients: int, log: Path) -> dict:
+    global URL
+    URL = url
+    first = jobs[:-1]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        latencies = list(pool.map(upload, first))
+    ingest = time.perf_counter() - started
+    close = upload(jobs[-1])
+    round_id = jobs[-1][0]
+    logged = [json.loads(line) for line in log.read_text().splitlines()
+              if '"round_closed"' in line]
+    seconds = next(e["seconds"] for e in logged if e["round_id"] == round_id)
+    return {"updates_per_s": len(first) / ingest, "median_upload_s": statistics.median(latencies),
+            "close_request_s": close, "aggregation_s": seconds}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reports", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--gunicorn", type=int, default=0, help="workers (0: the dev server)")
+    args = p.parse_args()
+    print(json.dumps({"machine": machine_info()}, indent=1))
+    n = args.reports
+    config = {"target_reports": n, "min_reports": n, "overcommit": 1.0, "round_seconds": 3600,
+              "participation_cap": 1000, "epsilon_budget": None, "noise_multiplier": 1.0,
+              "clip_norm": 1.0}
+    with tempfile.TemporaryDirectory(prefix="pk-bench-") as tmp:
+        tmp = Path(tmp)
+        model, tokenizer, shapes = make_model(tmp)
+        params = sum(int(np.prod(s)) for s in shapes.values())
+        proc, url, log = start_server(tmp / "data", model, tokenizer, config, args.gunicorn)
+        try:
+            pool = deltas(shapes, 8, 1.0, 1.0 / np.sqrt(n))
+            http = requests.Session()
+            results = []
+            for _ in range(args.rounds):
+                jobs = prepare_round(http, url, n, pool)
+                results.append(run_round(url, jobs, args.clients, log))
+                print(json.dumps(results[-1]))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    summary = {k: round(statistics.median(r[k] for r in results), 3) for k in results[0]}
+    print(json.dumps({"benchmark": "server_ingest", "params": params,
+                      "update_bytes": len(jobs[0][2]), "reports_per_round": n,
+                      "rounds": args.rounds, "clients": args.clients,
+                      "server": f"gunicorn -w {args.gunicorn} --threads 8" if args.gunicorn
+                      else "python -m aggregation_server (werkzeug, threaded)",
+                      "median": summary,
+                      "targets": {"updates_per_s": ">= 30", "aggregation_s": "<= 2"}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

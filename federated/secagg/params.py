@@ -1,0 +1,109 @@
+"""`RoundConfig`: everything public about one secure-aggregation round."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from federated.secagg import graph
+from federated.secagg.encoding import FixedPoint
+from federated.secagg.messages import MessageError, _b64, _bytes, _int
+
+SEED_BYTES = 32
+MAX_CLIENTS = 100_000
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """The public parameters of a round; the server sends `to_dict()` to every device.
+
+    Client ids are 1..num_clients (the server maps its device ids to them). Each client
+    masks with `degree` neighbours of the graph fixed by `graph_seed` (degree =
+    num_clients - 1: every other client, the original protocol) and shares its secrets
+    among those neighbours and itself, `threshold` of whom reconstruct them. The round is
+    abandoned if fewer than `min_clients` masked inputs arrive.
+    """
+
+    round_id: int
+    num_clients: int
+    degree: int
+    threshold: int
+    graph_seed: bytes
+    dimension: int
+    encoding: FixedPoint
+    min_clients: int
+
+    def __post_init__(self) -> None:
+        n, k, t = self.num_clients, self.degree, self.threshold
+        problems = [
+            (not 2 <= n <= MAX_CLIENTS, f"num_clients must be in 2..{MAX_CLIENTS}, got {n}"),
+            (n > self.encoding.max_clients, f"encoding sums at most {self.encoding.max_clients}"
+                                            f" clients, round has {n}"),
+            (not (k == n - 1 or (2 <= k < n - 1 and k % 2 == 0)),
+             f"degree must be even in 2..{n - 2} or exactly {n - 1}, got {k}"),
+            (not 1 <= t <= k + 1, f"threshold must be in 1..{k + 1}, got {t}"),
+            (len(self.graph_seed) != SEED_BYTES, f"graph_seed must be {SEED_BYTES} bytes"),
+            (self.dimension < 1, f"dimension must be positive, got {self.dimension}"),
+            (not 1 <= self.min_clients <= n, f"min_clients must be in 1..{n}"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise ValueError(message)
+
+    @classmethod
+    def create(cls, round_id: int, num_clients: int, dimension: int, clip_norm: float,
+               noise_stddev: float, dropout_rate: float = 0.1, corrupt_rate: float = 0.0,
+               min_clients: int | None = None, degree: int | None = None,
+               graph_seed: bytes | None = None) -> RoundConfig:
+        """A config with k, t from `graph.choose_degree` (or the given degree, t > (k+1)/2)
+        and the encoding from `FixedPoint.choose`."""
+        if degree is None:
+            degree, threshold = graph.choose_degree(num_clients, dropout_rate, corrupt_rate)
+        else:
+            degree = min(degree, num_clients - 1)
+            threshold = (degree + 1) // 2 + 1  # the smallest t > (k + 1) / 2
+        encoding = FixedPoint.choose(clip_norm, noise_stddev, num_clients, dimension)
+        return cls(round_id, num_clients, degree, threshold, graph_seed or os.urandom(SEED_BYTES),
+                   dimension, encoding, min_clients or threshold)
+
+    @cached_property
+    def graph(self) -> dict[int, frozenset[int]]:
+        """Every client's neighbours (not itself)."""
+        return graph.neighbourhoods(self.num_clients, self.degree, self.graph_seed)
+
+    @property
+    def max_masked_bytes(self) -> int:
+        """The size limit for a masked input's safetensors bytes."""
+        return self.dimension * self.encoding.dtype.itemsize + 1024
+
+    @property
+    def context(self) -> bytes:
+        """Bytes naming this round, mixed into every key derivation and associated data."""
+        return self.round_id.to_bytes(8, "big") + self.graph_seed
+
+    def to_dict(self) -> dict:
+        return {"round_id": self.round_id, "num_clients": self.num_clients,
+                "degree": self.degree, "threshold": self.threshold,
+                "graph_seed": _b64(self.graph_seed), "dimension": self.dimension,
+                "encoding": self.encoding.to_dict(), "min_clients": self.min_clients}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RoundConfig:
+        """Parse and check; raises MessageError with the reason."""
+        keys = {"round_id", "num_clients", "degree", "threshold", "graph_seed", "dimension",
+                "encoding", "min_clients"}
+        if not isinstance(data, dict) or set(data) != keys:
+            raise MessageError(f"round config must be an object with exactly {sorted(keys)}")
+        try:
+            return cls(_int(data["round_id"], "round_id"),
+                       _int(data["num_clients"], "num_clients", 2),
+                       _int(data["degree"], "degree", 1), _int(data["threshold"], "threshold", 1),
+                       _bytes(data["graph_seed"], "graph_seed", SEED_BYTES),
+                       _int(data["dimension"], "dimension", 1),
+                       FixedPoint.from_dict(data["encoding"]),
+                       _int(data["min_clients"], "min_clients", 1))
+        except MessageError:
+            raise
+        except ValueError as err:
+            raise MessageError(f"round config: {err}") from None

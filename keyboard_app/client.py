@@ -1,0 +1,262 @@
+"""The device's HTTP client for the aggregation server (the contract in the server's OpenAPI).
+
+A `requests` session with timeouts; urllib3 `Retry` with exponential back-off and jitter
+for idempotent calls (GET, and the PUT upload, which an Idempotency-Key makes idempotent);
+connection failures are retried for every call since nothing reached the server. The
+global model and tokenizer are cached in the data directory and revalidated with ETags;
+the device token lives there too, readable by the owner only (0600).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from federated.wire import API_PREFIX
+from model.checkpoint import CheckpointError, read_metadata
+
+USER_AGENT = "private-keyboard-device/1"
+MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
+RETRY_STATUS = (429, 500, 502, 503, 504)
+
+
+class SyncError(Exception):
+    """Talking to the server failed."""
+
+
+class ServerUnavailable(SyncError):
+    """The server cannot be reached or keeps failing: keep using the cached model, try later."""
+
+
+class ServerRejected(SyncError):
+    """The server answered 4xx: the request was wrong or not allowed (not worth retrying)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status, self.code, self.message = status, code, message
+        super().__init__(f"{status} {code}: {message}")
+
+
+@dataclass(frozen=True)
+class ModelBlob:
+    """A global model checkpoint as downloaded: its bytes, version and sha256."""
+
+    data: bytes
+    version: int
+    sha256: str
+
+
+def make_retry(retries: int = 4, backoff: float = 0.5, backoff_max: float = 30.0) -> Retry:
+    """Exponential back-off with jitter; status retries only for idempotent methods."""
+    return Retry(total=retries, connect=retries, read=retries, status=retries,
+                 backoff_factor=backoff, backoff_jitter=backoff, backoff_max=backoff_max,
+                 status_forcelist=RETRY_STATUS, allowed_methods=frozenset({"GET", "HEAD", "PUT"}),
+                 raise_on_status=False, respect_retry_after_header=True)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write atomically, readable and writable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _etag_hex(etag: str | None) -> str | None:
+    value = (etag or "").removeprefix("W/").strip('"').lower()
+    return value if len(value) == 64 and all(c in "0123456789abcdef" for c in value) else None
+
+
+class SyncClient:
+    """Enrolment, model and tokenizer downloads, check-ins and uploads for one device.
+
+    `data_dir` holds the device token; `cache_dir` (default `data_dir/cache`) the model and
+    tokenizer, and may be shared by many simulated devices.
+    """
+
+    def __init__(self, server_url: str, data_dir: str | Path, *,
+                 cache_dir: str | Path | None = None, timeout: tuple[float, float] = (3.05, 30),
+                 retry: Retry | None = None, session: requests.Session | None = None) -> None:
+        self.base = server_url.rstrip("/")
+        self.data_dir = Path(data_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.data_dir / "cache"
+        if not self.data_dir.exists():  # private when we create it; never chmod a user's dir
+            self.data_dir.mkdir(mode=0o700, parents=True)
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        adapter = HTTPAdapter(max_retries=retry or make_retry())
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["User-Agent"] = USER_AGENT
+        self.token_path = self.data_dir / "device.json"
+        self._identity = self._load_identity()
+
+    # --- identity -------------------------------------------------------------
+    def _load_identity(self) -> dict | None:
+        try:
+            identity = json.loads(self.token_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return identity if identity.get("server") == self.base else None
+
+    @property
+    def device_id(self) -> str | None:
+        return self._identity["device_id"] if self._identity else None
+
+    def enrol(self, force: bool = False) -> str:
+        """Register this device once (the token is kept in the data dir); its device id."""
+        if self._identity and not force:
+            return self._identity["device_id"]
+        body = self._json(self._request("POST", "/devices", json={}), 201)
+        if not isinstance(body.get("device_id"), str) or not isinstance(body.get("token"), str):
+            raise ServerRejected(201, "bad_response", "enrolment answer lacks device_id/token")
+        self._identity = {"server": self.base, "device_id": body["device_id"],
+                          "token": body["token"]}
+        write_private(self.token_path, json.dumps(self._identity).encode())
+        return body["device_id"]
+
+    # --- downloads with ETag caching ----------------------------------------------
+    def tokenizer_json(self) -> str:
+        """The server's tokenizer.json text, revalidated against the cached copy."""
+        path = self.cache_dir / "tokenizer.cache.json"
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cached = None
+        headers = {"If-None-Match": cached["etag"]} if cached and cached.get("etag") else {}
+        response = self._request("GET", "/tokenizer", headers=headers)
+        if response.status_code == 304 and cached:
+            return cached["text"]
+        self._check(response, 200)
+        text = response.content.decode("utf-8")
+        write_private(path, json.dumps({"etag": response.headers.get("ETag"),
+                                        "text": text}).encode("utf-8"))
+        return text
+
+    def cached_tokenizer_json(self) -> str | None:
+        """The cached tokenizer text, for working offline."""
+        try:
+            return json.loads((self.cache_dir / "tokenizer.cache.json").read_text())["text"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def cached_model(self) -> ModelBlob | None:
+        """The last downloaded global model, for working offline (None if none or corrupt)."""
+        try:
+            data = (self.cache_dir / "model.safetensors").read_bytes()
+            version = int(read_metadata(data)["version"])
+        except (OSError, CheckpointError, KeyError, ValueError):
+            return None
+        return ModelBlob(data, version, hashlib.sha256(data).hexdigest())
+
+    def model(self, version: int | None = None) -> ModelBlob:
+        """The latest global model (or a given version), from cache when the ETag matches."""
+        cached = self.cached_model()
+        if cached and version is not None and cached.version != version:
+            cached = None
+        headers = {"If-None-Match": f'"{cached.sha256}"'} if cached else {}
+        path = "/model" if version is None else f"/models/{int(version)}"
+        response = self._request("GET", path, headers=headers)
+        if response.status_code == 304 and cached:
+            return cached
+        self._check(response, 200)
+        data = response.content
+        sha = hashlib.sha256(data).hexdigest()
+        expected = _etag_hex(response.headers.get("ETag"))
+        if expected and expected != sha:
+            raise ServerUnavailable(f"model download corrupted: sha256 {sha[:12]} but ETag "
+                                    f"{expected[:12]}")
+        try:
+            got_version = int(read_metadata(data)["version"])
+        except (CheckpointError, KeyError, ValueError) as err:
+            raise ServerRejected(200, "bad_model", f"not a model checkpoint: {err}") from None
+        write_private(self.cache_dir / "model.safetensors", data)
+        return ModelBlob(data, got_version, sha)
+
+    # --- device calls --------------------------------------------------------------
+    def checkin(self, num_examples: int, model_version: int | None) -> dict:
+        """Ask for a task: {"task": {...}} or {"task": None, "retry_after": s, "reason": ..}."""
+        return self._json(self._device("POST", "/checkin", json={
+            "num_examples": int(num_examples), "model_version": model_version}), 200)
+
+    def upload(self, round_id: int, body: bytes, idempotency_key: str | None = None) -> dict:
+        """PUT an encoded update; retried safely thanks to the Idempotency-Key."""
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4()),
+                   "Content-Type": "application/octet-stream"}
+        return self._json(self._device("PUT", f"/rounds/{int(round_id)}/update",
+                                       data=body, headers=headers), 202)
+
+    def status(self) -> dict:
+        """The server's public status (round, participants, epsilon...)."""
+        return self._json(self._request("GET", "/status"), 200)
+
+    def close(self) -> None:
+        self.session.close()
+
+    # --- plumbing ------------------------------------------------------------------
+    def _device(self, method: str, path: str, **kwargs) -> requests.Response:
+        """A call with the device token; re-enrols once if the server forgot the device."""
+        self.enrol()
+        for attempt in (0, 1):
+            headers = {**kwargs.pop("headers", {}),
+                       "Authorization": f"Bearer {self._identity['token']}"}
+            kwargs["headers"] = headers
+            response = self._request(method, path, **kwargs)
+            if response.status_code != 401 or attempt:
+                return response
+            self.enrol(force=True)
+        return response
+
+    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
+        url = self.base + API_PREFIX + path
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, stream=True,
+                                            **kwargs)
+            length = int(response.headers.get("Content-Length") or 0)
+            if length > MAX_DOWNLOAD_BYTES:
+                response.close()
+                raise ServerRejected(response.status_code, "too_large",
+                                     f"{method} {path} answer of {length} bytes is too large")
+            response.content  # read the body within the timeout
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
+                requests.exceptions.ChunkedEncodingError) as err:
+            raise ServerUnavailable(f"{method} {url}: server unreachable ({type(err).__name__})"
+                                    ) from None
+        if response.status_code in RETRY_STATUS:
+            raise ServerUnavailable(f"{method} {url}: {response.status_code} after retries")
+        return response
+
+    @staticmethod
+    def _check(response: requests.Response, expected: int) -> None:
+        if response.status_code == expected:
+            return
+        try:
+            body = response.json()
+            code, message = str(body.get("error")), str(body.get("message"))
+        except ValueError:
+            code, message = "http_error", response.text[:200]
+        raise ServerRejected(response.status_code, code, message)
+
+    def _json(self, response: requests.Response, expected: int) -> dict:
+        self._check(response, expected)
+        try:
+            body = response.json()
+        except ValueError:
+            raise ServerRejected(response.status_code, "bad_response",
+                                 "answer is not JSON") from None
+        if not isinstance(body, dict):
+            raise ServerRejected(response.status_code, "bad_response", "answer is not an object")
+        return body

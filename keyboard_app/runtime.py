@@ -1,0 +1,338 @@
+"""The device loop shared by the keyboard app, the headless device and the fleet simulator.
+
+enrol once -> fetch the global model (ETag) -> when eligible, check in -> on a task:
+train locally, clip and noise, upload -> otherwise wait what the server asks. Without a
+server the device keeps predicting with its cached model and tries again with back-off.
+
+`run_once()` does one pass and says how long to wait before the next; `start()` runs
+passes in a background thread until `stop()`. Nothing here imports Kivy.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from keyboard_app.client import (ModelBlob, ServerRejected, ServerUnavailable, SyncClient,
+                                 write_private)
+from keyboard_app.eligibility import Eligibility
+from keyboard_app.history import HistoryStore
+from keyboard_app.local_training import TaskError, check_task, run_task
+from model.checkpoint import CheckpointError, CheckpointMeta, model_from_bytes, read_metadata
+from model.lstm import NextWordLSTM
+from model.tokenizer import TokenizerError, WordTokenizer
+
+log = logging.getLogger(__name__)
+ModelListener = Callable[[NextWordLSTM, WordTokenizer, int], None]
+
+
+@dataclass
+class Step:
+    """What one pass of the loop did, and how many seconds to wait before the next."""
+
+    outcome: str  # offline | paused | not-eligible | no-task | uploaded | interrupted | ...
+    wait: float
+    detail: str = ""
+
+
+@dataclass
+class DeviceStatus:
+    """What the privacy panel shows."""
+
+    state: str = "starting"
+    detail: str = ""
+    device_id: str | None = None
+    model_version: int | None = None
+    server_reachable: bool | None = None
+    last_participation: float | None = None  # unix time
+    last_round_id: int | None = None
+    rounds_joined: int = 0
+    last_update_bytes: int | None = None
+    clip_norm: float | None = None
+    noise_stddev: float | None = None
+    epsilon: float | None = None  # the server's /v1/status: the most any device has spent
+    epsilon_budget: float | None = None
+    delta: float | None = None
+    paused: bool = False
+    last_loss: float | None = None  # local training loss (never sent)
+
+
+_PERSISTED = ("last_participation", "last_round_id", "rounds_joined", "last_update_bytes",
+              "clip_norm", "noise_stddev", "epsilon", "epsilon_budget", "delta")
+
+
+def _number(value: object) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok else None
+
+
+class DeviceRuntime:
+    """One device: its history, eligibility, sync client, current model and the loop.
+
+    Injectable for tests and simulations: `history` (anything with messages/count/clock),
+    `eligibility`, `client`, `rng` (noise), `train_seed`, `cache_dir` (a model cache many
+    devices share), `load_model=False` (don't build the model for prediction: saves memory
+    when one process runs many devices).
+    """
+
+    def __init__(self, data_dir: str | Path, server_url: str, *,
+                 history: HistoryStore | None = None, eligibility: Eligibility | None = None,
+                 client: SyncClient | None = None, cache_dir: str | Path | None = None,
+                 rng: np.random.Generator | None = None, train_seed: int | None = None,
+                 poll_seconds: float = 30.0, max_backoff: float = 300.0,
+                 load_model: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.load_model = load_model
+        self.client = client or SyncClient(server_url, self.data_dir, cache_dir=cache_dir)
+        self.history = history or HistoryStore(self.data_dir / "history.sqlite")
+        self.eligibility = eligibility or Eligibility()
+        self.rng, self.train_seed = rng, train_seed
+        self.poll_seconds, self.max_backoff = poll_seconds, max_backoff
+        self.model: NextWordLSTM | None = None
+        self.tokenizer: WordTokenizer | None = None
+        self.blob: ModelBlob | None = None
+        self._status = DeviceStatus(device_id=self.client.device_id)
+        self._state_path = self.data_dir / "state.json"
+        self._listeners: list[ModelListener] = []
+        self._lock = threading.Lock()
+        self._load_state()
+        self._stop, self._wake = threading.Event(), threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failures = 0
+        self._pending: dict | None = None  # an update whose upload failed, retried until deadline
+        self._load_cached_model()
+
+    # --- public API --------------------------------------------------------------
+    def status(self) -> DeviceStatus:
+        """A snapshot of the device's state for the privacy panel."""
+        with self._lock:
+            snapshot = DeviceStatus(**asdict(self._status))
+        snapshot.paused = self.eligibility.paused
+        return snapshot
+
+    def add_model_listener(self, listener: ModelListener) -> None:
+        """Call `listener(model, tokenizer, version)` (on the loop's thread) on a new model."""
+        self._listeners.append(listener)
+        if self.model is not None and self.tokenizer is not None and self.blob is not None:
+            listener(self.model, self.tokenizer, self.blob.version)
+
+    def note_typing(self) -> None:
+        """The user is typing: the device is busy, and training in progress stops."""
+        self.eligibility.note_activity()
+
+    def pause(self) -> None:
+        """Stop taking part in learning (training in progress stops) until resume()."""
+        self.eligibility.pause()
+        self._set(state="paused", detail="learning paused by the user")
+
+    def resume(self) -> None:
+        self.eligibility.resume()
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run the loop in a background thread."""
+        if self._thread and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="device-runtime", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop the loop (training in progress stops at the next batch) and wait for it."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def run_once(self) -> Step:
+        """One pass: sync, and take part in a round if there is one and the device may."""
+        if self.eligibility.paused:
+            return self._step("paused", self.poll_seconds, "learning paused by the user")
+        try:
+            self._set(device_id=self.client.enrol())
+            if self._pending:  # trained earlier, the upload failed: send the same bytes
+                if self.eligibility.should_stop():
+                    return self._step("not-eligible", self.poll_seconds, "; ".join(
+                        self.eligibility.check(10**9).reasons))
+                return self._upload_pending()
+            self._refresh_model()
+            return self._maybe_participate()
+        except ServerUnavailable as err:
+            return self._offline(err)
+        except (ServerRejected, TaskError, CheckpointError, TokenizerError) as err:
+            log.warning("round skipped: %s", err)
+            self._set(server_reachable=True)
+            return self._step("rejected", self.poll_seconds, str(err))
+
+    # --- the pass ----------------------------------------------------------------
+    def _maybe_participate(self) -> Step:
+        new = self.history.count(since=self._status.last_participation)
+        verdict = self.eligibility.check(new)
+        if not verdict.eligible:
+            return self._step("not-eligible", max(verdict.wait, self.poll_seconds),
+                              "; ".join(verdict.reasons))
+        reply = self.client.checkin(self.history.count(), self._status.model_version)
+        task = reply.get("task")
+        if not task or task.get("round_id") == self._status.last_round_id:
+            wait = float(reply.get("retry_after") or self.poll_seconds)
+            return self._step("no-task", wait, str(reply.get("reason") or "no round open"))
+        return self._participate(task)
+
+    def _participate(self, task: dict) -> Step:
+        check_task(task)
+        blob = self.blob
+        if blob is None or blob.version != task["model_version"]:
+            blob = self.client.model(int(task["model_version"]))
+        if task.get("model_sha256") and blob.sha256 != task["model_sha256"]:
+            raise ServerRejected(200, "model_mismatch", "the round's model sha256 differs "
+                                                        "from the downloaded model")
+        tokenizer = self._tokenizer_for(blob)
+        deadline = float(task.get("deadline") or time.time() + 3600)
+        started = self.history.clock()
+        messages = self.history.messages(limit=int(task["train"].get("max_examples") or 10**9))
+        self._set(state="training", detail=f"round {task['round_id']}: training on "
+                                           f"{len(messages)} messages")
+        log.info("round %s: training on %d messages", task["round_id"], len(messages))
+        local = run_task(task, blob.data, tokenizer, messages, seed=self.train_seed, rng=self.rng,
+                         should_stop=lambda: self._interrupted(deadline))
+        if local is None:
+            why = "; ".join(self.eligibility.check(10**9).reasons) or "stopped or past deadline"
+            return self._step("interrupted", self.poll_seconds, f"training stopped: {why}")
+        self._set(last_loss=local.result.mean_loss, clip_norm=float(task["clip_norm"]),
+                  noise_stddev=float(task["noise_stddev"]))
+        self._pending = {"round_id": int(task["round_id"]), "body": local.body,
+                         "key": str(uuid.uuid4()), "deadline": deadline, "started": started}
+        return self._upload_pending()
+
+    def _upload_pending(self) -> Step:
+        pending = self._pending
+        if time.time() > pending["deadline"]:
+            self._pending = None
+            return self._step("missed", self.poll_seconds, "update not delivered before deadline")
+        self._set(state="uploading", detail=f"round {pending['round_id']}: sending "
+                                            f"{len(pending['body'])} bytes")
+        try:
+            reply = self.client.upload(pending["round_id"], pending["body"], pending["key"])
+        except ServerRejected:
+            self._pending = None
+            raise
+        self._pending = None
+        self._set(last_participation=pending["started"], last_round_id=pending["round_id"],
+                  rounds_joined=self._status.rounds_joined + 1,
+                  last_update_bytes=len(pending["body"]))
+        self._refresh_privacy()
+        self._save_state()
+        log.info("round %s: uploaded %d bytes (reports now %s)", pending["round_id"],
+                 len(pending["body"]), reply.get("reports"))
+        return self._step("uploaded", 0.0, f"round {pending['round_id']}")
+
+    def _interrupted(self, deadline: float) -> bool:
+        return self._stop.is_set() or self.eligibility.should_stop() or time.time() > deadline
+
+    # --- model and tokenizer ---------------------------------------------------------
+    def _refresh_model(self) -> None:
+        blob = self.client.model()
+        if self.blob is None or blob.sha256 != self.blob.sha256:
+            self._install(blob, self._tokenizer_for(blob))
+        self._set(server_reachable=True)
+
+    def _tokenizer_for(self, blob: ModelBlob) -> WordTokenizer:
+        """The tokenizer the model was trained with, fetched again if it changed."""
+        wanted = CheckpointMeta.from_strings(read_metadata(blob.data)).tokenizer_sha256
+        if self.tokenizer is None or self.tokenizer.sha256 != wanted:
+            tokenizer = WordTokenizer.from_json(self.client.tokenizer_json())
+            if tokenizer.sha256 != wanted:
+                raise TokenizerError(f"server tokenizer {tokenizer.sha256[:12]} is not the "
+                                     f"model's {wanted[:12]}")
+            self.tokenizer = tokenizer
+        return self.tokenizer
+
+    def _install(self, blob: ModelBlob, tokenizer: WordTokenizer) -> None:
+        """Make `blob` the current global model; build it for prediction unless told not to."""
+        if self.load_model:
+            model, meta = model_from_bytes(blob.data, tokenizer_sha256=tokenizer.sha256)
+        else:  # simulations: train from the bytes, never predict
+            model, meta = None, CheckpointMeta.from_strings(read_metadata(blob.data))
+        self.model, self.blob = model, blob
+        self._set(model_version=meta.version)
+        log.info("model version %d (sha256 %s)", meta.version, blob.sha256[:12])
+        for listener in list(self._listeners) if model is not None else []:
+            try:
+                listener(model, tokenizer, meta.version)
+            except Exception:  # a UI bug must not stop learning
+                log.exception("model listener failed")
+
+    def _load_cached_model(self) -> None:
+        blob, text = self.client.cached_model(), self.client.cached_tokenizer_json()
+        if blob is None or text is None:
+            return
+        try:
+            self.tokenizer = WordTokenizer.from_json(text)
+            self._install(blob, self.tokenizer)
+        except (CheckpointError, TokenizerError) as err:
+            log.warning("cached model unusable: %s", err)
+
+    def _refresh_privacy(self) -> None:
+        """Epsilon as the server accounts it (best effort: a failure keeps the old figure)."""
+        try:
+            status = self.client.status()
+        except (ServerUnavailable, ServerRejected):
+            return
+        privacy = status.get("privacy") if isinstance(status.get("privacy"), dict) else {}
+        self._set(epsilon=_number(privacy.get("epsilon_spent_max")),
+                  epsilon_budget=_number(privacy.get("epsilon_budget")),
+                  delta=_number(privacy.get("delta")))
+
+    # --- bookkeeping -----------------------------------------------------------------
+    def _step(self, outcome: str, wait: float, detail: str = "") -> Step:
+        if outcome != "offline":
+            self._failures = 0
+        self._set(state=outcome, detail=detail)
+        return Step(outcome, wait, detail)
+
+    def _offline(self, err: Exception) -> Step:
+        self._failures += 1
+        wait = min(self.max_backoff, 5.0 * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.5)
+        log.warning("server unavailable (%s); using the cached model, retry in %.0f s", err, wait)
+        self._set(server_reachable=False, state="offline", detail=str(err))
+        return Step("offline", wait, str(err))
+
+    def _set(self, **changes) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self._status, key, value)
+
+    def _load_state(self) -> None:
+        """What the device remembers about its participation with this server."""
+        try:
+            saved = json.loads(self._state_path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(saved, dict) and saved.get("server") == self.client.base:
+            self._set(**{k: saved[k] for k in _PERSISTED if k in saved})
+
+    def _save_state(self) -> None:
+        with self._lock:
+            saved = {k: getattr(self._status, k) for k in _PERSISTED}
+        saved["server"] = self.client.base
+        write_private(self._state_path, json.dumps(saved).encode())
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                step = self.run_once()
+            except Exception as err:  # keep the keyboard working whatever happens here
+                log.exception("device loop error")
+                step = self._step("error", self.poll_seconds, str(err))
+            self._wake.wait(step.wait)
+            self._wake.clear()
+        self._set(state="stopped", detail="")

@@ -1,0 +1,137 @@
+"""What the UI needs besides drawing: the history store, the predictor and the device runtime.
+
+Plain Python, no Kivy. The App calls `open()` in a background thread (it reads models from
+disk); every later model comes from the runtime's thread through `on_model`, which the App
+hands over to the Kivy clock. Suggestions and history writes happen on the UI thread.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from keyboard_app.history import HistoryStore
+from keyboard_app.runtime import DeviceRuntime
+from keyboard_app.ui.prefs import Prefs
+from model import paths
+from model.checkpoint import CheckpointError, load_checkpoint
+from model.lstm import NextWordLSTM
+from model.predictor import Predictor
+from model.tokenizer import TokenizerError, WordTokenizer
+
+log = logging.getLogger("keyboard_app.ui")
+HISTORY_FILE = "history.sqlite"  # the file name DeviceRuntime uses by default
+
+
+@dataclass
+class ModelReady:
+    """A predictor to install on the UI thread, and where its model came from."""
+
+    predictor: Predictor | None
+    version: int | None
+    source: str  # "global" (server or its cache) | "pretrained" | "none"
+    problem: str = ""  # why there is no model, or why the pretrained one was unusable
+
+
+OnModel = Callable[[ModelReady], None]
+
+
+class Backend:
+    """The history, the current predictor and (with a server URL) the device runtime."""
+
+    def __init__(self, data_dir: str | Path, prefs: Prefs, *,
+                 pretrained_model: str | Path | None = None,
+                 tokenizer_path: str | Path | None = None,
+                 runtime_options: dict | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.prefs = prefs
+        self.pretrained_model = Path(pretrained_model or paths.PRETRAINED_MODEL)
+        self.tokenizer_path = Path(tokenizer_path or paths.TOKENIZER_PATH)
+        self.runtime_options = runtime_options or {}
+        self.history = HistoryStore(self.data_dir / HISTORY_FILE,
+                                    retention_days=prefs.retention_days, filters=prefs.filters())
+        self.runtime: DeviceRuntime | None = None
+        self.user_paused = False
+
+    # --- models ---------------------------------------------------------------------
+    def open(self, on_model: OnModel) -> None:
+        """Blocking (call it off the UI thread): load the best model there is, start syncing."""
+        got_global = False
+
+        def from_runtime(model: NextWordLSTM, tokenizer: WordTokenizer, version: int) -> None:
+            nonlocal got_global
+            got_global = True
+            on_model(ModelReady(Predictor(model, tokenizer), version, "global"))
+
+        if self.prefs.server_url:
+            self.runtime = DeviceRuntime(self.data_dir, self.prefs.server_url,
+                                         history=self.history, **self.runtime_options)
+            self._apply_pause()
+            self.runtime.add_model_listener(from_runtime)  # calls back now if one is cached
+        if not got_global:
+            on_model(self.load_pretrained())
+        if self.runtime:
+            self.runtime.start()
+
+    def load_pretrained(self) -> ModelReady:
+        """The public pre-trained model from the cache, or why there is none."""
+        if not self.pretrained_model.is_file() or not self.tokenizer_path.is_file():
+            return ModelReady(None, None, "none", "no pre-trained model in "
+                              f"{self.pretrained_model.parent}")
+        try:
+            tokenizer = WordTokenizer.load(self.tokenizer_path)
+            model, meta = load_checkpoint(self.pretrained_model, tokenizer.sha256)
+        except (CheckpointError, TokenizerError) as err:
+            log.warning("pre-trained model unusable: %s", err)
+            return ModelReady(None, None, "none", str(err))
+        return ModelReady(Predictor(model, tokenizer), meta.version, "pretrained")
+
+    def close(self) -> None:
+        """Stop the runtime (waits for training to stop at its next batch)."""
+        if self.runtime:
+            self.runtime.stop()
+        self.history.close()
+
+    # --- learning ---------------------------------------------------------------------
+    def note_typing(self) -> None:
+        runtime = self.runtime  # read once: a reconnect may swap it from another thread
+        if runtime:
+            runtime.note_typing()
+
+    def set_paused(self, paused: bool) -> None:
+        self.user_paused = paused
+        self._apply_pause()
+
+    def _apply_pause(self) -> None:
+        runtime = self.runtime
+        if runtime is None:
+            return
+        if self.user_paused or not self.prefs.participate:
+            runtime.pause()
+        else:
+            runtime.resume()
+
+    def runtime_status(self) -> dict | None:
+        """The runtime's status as a dict, or None without a server."""
+        runtime = self.runtime
+        return asdict(runtime.status()) if runtime else None
+
+    # --- settings ------------------------------------------------------------------------
+    def apply_prefs(self, prefs: Prefs) -> bool:
+        """Use new settings now; True when the server URL changed (call `restart` off the UI
+        thread then)."""
+        changed_server = prefs.server_url != self.prefs.server_url
+        self.prefs = prefs
+        self.history.retention_days = prefs.retention_days
+        self.history.filters = prefs.filters()
+        self._apply_pause()
+        return changed_server
+
+    def restart(self, on_model: OnModel) -> None:
+        """Blocking: stop the runtime and open again with the current server URL."""
+        if self.runtime:
+            self.runtime.stop()
+            self.runtime = None
+        self.open(on_model)

@@ -1,0 +1,139 @@
+"""Plain-language text for the status line and the privacy panel (pure Python, no Kivy)."""
+from __future__ import annotations
+
+import time
+
+PRETRAIN_HINT = "run `python -m model.pretrain` or set a server in Settings"
+
+
+def _esc(text: str) -> str:
+    """Kivy markup escaping, so that a URL or an error shows literally."""
+    return text.replace("&", "&amp;").replace("[", "&bl;").replace("]", "&br;")
+
+
+def when(ts: float | None, now: float | None = None) -> str:
+    """'27 Nov 2026 15:20 (3 min ago)' for a unix time."""
+    if ts is None:
+        return "never"
+    ago = max(0.0, (now or time.time()) - ts)
+    if ago < 90:
+        rel = f"{ago:.0f} s ago"
+    elif ago < 5400:
+        rel = f"{ago / 60:.0f} min ago"
+    elif ago < 2 * 86400:
+        rel = f"{ago / 3600:.0f} h ago"
+    else:
+        rel = f"{ago / 86400:.0f} days ago"
+    return time.strftime("%d %b %Y %H:%M", time.localtime(ts)) + f" ({rel})"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n} bytes" if n < 1000 else f"{n / 1000:.1f} kB" if n < 10**6 else f"{n / 1e6:.2f} MB"
+
+
+def model_text(version: int | None, source: str) -> str:
+    if source == "none":
+        return "no model"
+    named = f"model v{version}" if version is not None else "model"
+    return f"{named} ({'pre-trained on public data' if source == 'pretrained' else 'global'})"
+
+
+def status_line(server_url: str, runtime: dict | None, version: int | None, source: str,
+                loading: bool, problem: str = "") -> tuple[str, str]:
+    """(text, level) for the line under the title bar; level is ok/info/warn/error."""
+    if loading:
+        return "Loading the model...", "info"
+    if source == "none":
+        why = f" ({_esc(problem)})" if problem else ""
+        text = f"No model yet{why}: {PRETRAIN_HINT}. You can still type."
+        return (text + (" Waiting for the server..." if server_url else "")), "error"
+    model = model_text(version, source)
+    if not server_url:
+        return f"Offline (no server set): suggestions from the cached {model}.", "info"
+    reachable = (runtime or {}).get("server_reachable")
+    if reachable is False:
+        return f"Server unreachable: using the cached {model}; retrying in the background.", "warn"
+    if reachable is None:
+        return f"Connecting to {_esc(server_url)}... using the cached {model}.", "info"
+    state = (runtime or {}).get("state", "")
+    doing = {"training": "training in the background", "uploading": "sending an update",
+             "paused": "learning paused", "not-eligible": "learning when idle",
+             "no-task": "waiting for a round", "uploaded": "update sent"}.get(state, state)
+    return f"Connected: {model}" + (f", {doing}." if doing else "."), "ok"
+
+
+def privacy_lines(stats: dict, runtime: dict | None, *, version: int | None, source: str,
+                  server_url: str, participate: bool, user_paused: bool,
+                  incognito: bool, now: float | None = None) -> dict[str, str]:
+    """The privacy panel's paragraphs, keyed by section line."""
+    n = stats.get("messages", 0)
+    stored = (f"[b]{n} message{'s' if n != 1 else ''}[/b] stored, the oldest from "
+              f"{when(stats.get('oldest'), now)}." if n else "[b]0 messages[/b] stored.")
+    f = stats.get("filters", {})
+    never = ["password fields", "incognito mode"]
+    if f.get("digits"):
+        never.append(f"numbers of {f.get('min_digits', 7)}+ digits")
+    if f.get("emails"):
+        never.append("e-mail addresses")
+    kept_out = sum((stats.get("not_stored") or {}).values()) + stats.get("redacted", 0)
+    days, cap = stats.get("retention_days"), stats.get("max_messages")
+    kept = " ".join([
+        (f"Kept {days:g} days" if days else "Kept without time limit")
+        + (f", at most {cap:,} messages" if cap else "") + ", only on this device.",
+        f"Never stored: {', '.join(never)}.",
+        f"Kept out or redacted so far: {kept_out}.",
+        "Incognito is on." if incognito else ""]).strip()
+    rt = runtime or {}
+    if rt.get("last_participation"):
+        participation = (f"Last took part: round {rt.get('last_round_id')}, "
+                         f"{when(rt['last_participation'], now)}; "
+                         f"{rt.get('rounds_joined', 0)} round(s) in all.")
+        secure = rt.get("secure_aggregation", (rt.get("extra") or {}).get("secure_aggregation"))
+        update = (f"Sent: one update of {size(rt.get('last_update_bytes'))} (a change of model "
+                  f"weights, no text), clipped to L2 norm {rt.get('clip_norm'):g} with Gaussian "
+                  f"noise of std {rt.get('noise_stddev'):g} added on this device. Secure "
+                  f"aggregation: {'yes' if secure else 'no' if secure is False else 'not reported'}.")
+    else:
+        participation = "Has not taken part in a training round yet."
+        update = ("Sent: nothing but requests for the model and for tasks." if server_url
+                  else "Sent: nothing (no server).")
+    if not server_url:
+        learning = "Learning: off (no server set in Settings)."
+    elif not participate:
+        learning = "Learning: off (Settings: take part in training is off)."
+    elif user_paused:
+        learning = "Learning: paused by you."
+    else:
+        detail = rt.get("detail") or rt.get("state") or ""
+        learning = ("Learning: on, only while idle, charging and on an unmetered network. "
+                    + (f"Now: {_esc(detail)}." if detail else ""))
+    model = f"In use: {model_text(version, source)}" + \
+            (f" from {_esc(server_url)}." if source == "global" else ".")
+    eps = rt.get("epsilon")
+    if eps is None:
+        epsilon = "Privacy budget: the server has not reported epsilon yet."
+    else:
+        budget = f", of a budget of {rt['epsilon_budget']:g}" if rt.get("epsilon_budget") else ""
+        delta = f" (delta {rt['delta']:g})" if rt.get("delta") else ""
+        epsilon = (f"Privacy (the server's accounting): at most epsilon {eps:.2f} spent by any "
+                   f"device{budget}{delta}.")
+    return {"stored": stored, "kept": kept, "participation": participation, "update": update,
+            "learning": learning, "model": model, "epsilon": epsilon}
+
+
+STORED_NOTES = {
+    "stored": "stored on this device for learning",
+    "stored-redacted": "stored, with a number or address cut out",
+    "password-field": "password field: not stored",
+    "incognito": "incognito: not stored",
+    "contains-long-number": "not stored: contains a long number",
+    "contains-email": "not stored: contains an e-mail address",
+    "empty": "not stored: nothing left after filtering",
+}
+
+
+def stored_note(reason: str | None) -> str:
+    """The small line under a sent message saying what the history store did with it."""
+    return STORED_NOTES.get(reason or "", f"not stored ({reason})")

@@ -1,0 +1,197 @@
+"""Next-word suggestions for a keyboard: the model state is cached along the typed words.
+
+The predictor keeps the path of word ids it has read (after <bos>) and the scorer state
+after each of them, so typing one more word costs one model step, a keystroke inside a
+word costs none, and backspacing over a word reuses an earlier state.
+"""
+from __future__ import annotations
+
+import string
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.lstm import NextWordLSTM
+from model.metrics import PrefixIndex, best_k
+from model.paths import TOKENIZER_PATH
+from model.tokenizer import WordTokenizer
+from model.words import words
+
+MAX_CONTEXT = 64  # words read when a context is computed from scratch
+MAX_NODES = 256  # cached states; older ones are dropped (backspacing that far recomputes)
+_WORD_CHARS = frozenset(string.ascii_letters + string.digits + "'")
+_I_WORDS = frozenset({"i", "i'm", "i'll", "i've", "i'd"})
+
+
+class Scorer(Protocol):
+    """What the predictor and the evaluation need from a model (LSTM or n-gram)."""
+
+    vocab_size: int
+
+    def start(self) -> Any:
+        """The state after <bos>."""
+
+    def step(self, state: Any, word_id: int) -> Any:
+        """The state after one more word."""
+
+    def log_probs(self, state: Any) -> np.ndarray:
+        """Normalized log-probabilities (V,) of the next event."""
+
+    def score_messages(self, sequences: Sequence[Sequence[int]]
+                       ) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, log-probs (len - 1, V)) for each sequence [<bos>, ..., <eos>], any order."""
+
+
+class LSTMScorer:
+    """The NextWordLSTM behind the Scorer interface; eval mode, torch.inference_mode."""
+
+    def __init__(self, model: NextWordLSTM, pad_id: int = 0, bos_id: int = 2,
+                 batch_tokens: int = 4096) -> None:
+        self.model = model.eval()
+        self.vocab_size = model.config.vocab_size
+        self.pad_id, self.bos_id, self.batch_tokens = pad_id, bos_id, batch_tokens
+
+    @torch.inference_mode()
+    def step(self, state: Any, word_id: int) -> Any:
+        ids = torch.tensor([[word_id]], dtype=torch.long)
+        return self.model.lstm(self.model.embedding(ids), state)[1]
+
+    def start(self) -> Any:
+        return self.step(None, self.bos_id)
+
+    @torch.inference_mode()
+    def log_probs(self, state: Any) -> np.ndarray:
+        return torch.log_softmax(self.model.logits(state[0][0, 0]), dim=-1).numpy()
+
+    @torch.inference_mode()
+    def score_messages(self, sequences: Sequence[Sequence[int]]
+                       ) -> Iterator[tuple[int, np.ndarray]]:
+        """Whole messages through the LSTM in padded batches of similar length."""
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        start = 0
+        while start < len(order):
+            width = len(sequences[order[start]]) - 1
+            batch = order[start:start + max(1, self.batch_tokens // max(width, 1))]
+            start += len(batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, :len(sequences[i]) - 1] = torch.tensor(sequences[i][:-1])
+            logits, _ = self.model(ids)
+            logp = torch.log_softmax(logits, dim=-1).numpy()
+            for row, i in enumerate(batch):
+                yield i, logp[row, :len(sequences[i]) - 1]
+
+
+def split_partial(text: str) -> tuple[str, str]:
+    """(text before the word being typed, that partial word); the partial may be ''."""
+    i = len(text)
+    while i and text[i - 1] in _WORD_CHARS:
+        i -= 1
+    while i < len(text) and text[i] == "'":
+        i += 1
+    return text[:i], text[i:]
+
+
+def shape(word: str, typed: str, sentence_start: bool) -> str:
+    """Capitalise a lower-case suggestion to fit what was typed and where."""
+    letters = [c for c in typed if c.isalpha()]
+    if len(letters) >= 2 and all(c.isupper() for c in letters):
+        return word.upper()
+    if word in _I_WORDS:
+        return "I" + word[1:]
+    if sentence_start or typed[:1].isupper():
+        return word[:1].upper() + word[1:]
+    return word
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    return next(i for i in range(n) if a[i] != b[i])
+
+
+class Predictor:
+    """Suggestions from a scorer and a tokenizer; thread-safe, the model can be swapped."""
+
+    def __init__(self, model: Scorer | NextWordLSTM, tokenizer: WordTokenizer,
+                 max_context: int = MAX_CONTEXT) -> None:
+        self.tokenizer = tokenizer
+        self.index = PrefixIndex(tokenizer.id_to_word)
+        self.max_context = max_context
+        self._lock = threading.RLock()
+        self.set_model(model)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_path: str | Path,
+                        tokenizer_path: str | Path = TOKENIZER_PATH) -> Predictor:
+        """A predictor for a checkpoint, checked against the tokenizer it was trained with."""
+        tokenizer = WordTokenizer.load(tokenizer_path)
+        model, _ = load_checkpoint(checkpoint_path, tokenizer.sha256)
+        return cls(model, tokenizer)
+
+    def set_model(self, model: Scorer | NextWordLSTM) -> None:
+        """Swap in a new model (from any thread); the cached states are dropped."""
+        scorer = LSTMScorer(model) if isinstance(model, NextWordLSTM) else model
+        if scorer.vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(f"model has {scorer.vocab_size} ids, tokenizer "
+                             f"{self.tokenizer.vocab_size}")
+        with self._lock:
+            self.scorer = scorer
+            self._path: list[int] = []  # word ids read after <bos>
+            self._base = 0  # self._states[j] follows self._path[:self._base + j]
+            self._states = [scorer.start()]
+            self._scores: list[tuple[np.ndarray, np.ndarray] | None] = [None]
+
+    def suggest(self, text_before_cursor: str, k: int = 3) -> list[str]:
+        """The k best words to insert at the cursor, completing the partial word if any."""
+        before, partial = split_partial(text_before_cursor)
+        context = words(before)
+        with self._lock:
+            _, by_spelling = self._context_scores(self._ids(context))
+            lo, hi = self.index.span(partial.lower())
+            best = best_k(by_spelling[lo:hi], self.index.ids[lo:hi], k)
+        sentence_start = not context or before.rstrip()[-1:] in (".", "!", "?")
+        return [shape(self.tokenizer.id_to_word[i], partial, sentence_start) for i in best]
+
+    def next_word_scores(self, text_before_cursor: str) -> np.ndarray:
+        """Log-probabilities (V,) of the word at the cursor, before any typed prefix."""
+        before, _ = split_partial(text_before_cursor)
+        with self._lock:
+            return self._context_scores(self._ids(words(before)))[0].copy()
+
+    def _ids(self, context: list[str]) -> list[int]:
+        get, unk = self.tokenizer.word_to_id.get, self.tokenizer.unk_id
+        return [get(w, unk) for w in context]
+
+    def _context_scores(self, ctx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(log-probs by id, log-probs in spelling order) after <bos> + ctx; caller holds the lock.
+
+        The cached path may run past `ctx` (after a backspace): it is kept until the text
+        diverges from it, so retyping a deleted word costs nothing either.
+        """
+        keep = _common_prefix(self._path, ctx)
+        if keep < self._base or len(ctx) - keep > self.max_context:
+            self._base = max(0, len(ctx) - self.max_context)
+            self._path, self._states, self._scores = ctx, [self.scorer.start()], [None]
+            keep = self._base
+        if keep < len(ctx):
+            del self._states[keep - self._base + 1:], self._scores[keep - self._base + 1:]
+            for word_id in ctx[keep:]:
+                self._states.append(self.scorer.step(self._states[-1], word_id))
+                self._scores.append(None)
+            self._path = ctx
+        if len(self._states) > MAX_NODES:
+            drop = len(self._states) - MAX_NODES // 2
+            del self._states[:drop], self._scores[:drop]
+            self._base += drop
+        node = len(ctx) - self._base
+        if self._scores[node] is None:
+            logp = self.scorer.log_probs(self._states[node])
+            self._scores[node] = (logp, logp[self.index.ids])
+        return self._scores[node]

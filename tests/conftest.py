@@ -1,0 +1,303 @@
+"""Shared fixtures: a tiny checkpoint, running aggregation servers (in-thread or as real
+processes), fresh PostgreSQL databases.
+
+PostgreSQL tests (marker `postgres`) use the server named by `PG_TEST_URL`; they fail
+when `CI=true` and it is missing, and are skipped otherwise.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Small, fast rounds for tests; each test overrides what it needs.
+TEST_ROUND = {"target_reports": 3, "min_reports": 2, "overcommit": 1.5, "round_seconds": 120.0,
+              "retry_after": 30.0, "participation_cap": 3, "clip_norm": 1.0,
+              "noise_multiplier": 1.0, "epsilon_budget": 20.0}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> dict[str, Any]:
+    """A tokenizer from a few hundred public messages and a tiny LSTM checkpoint."""
+    import torch
+
+    from data import load_split
+    from model.checkpoint import CheckpointMeta, save_checkpoint
+    from model.config import ModelConfig
+    from model.lstm import NextWordLSTM
+    from model.tokenizer import WordTokenizer
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    messages = [m for device in load_split("public")[:20] for m in device.messages][:400]
+    tokenizer = WordTokenizer.build(messages, vocab_size=300)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, embed_dim=16, hidden_size=32)
+    model = NextWordLSTM(config)
+    folder = tmp_path_factory.mktemp("tiny_model")
+    tokenizer.save(folder / "tokenizer.json")
+    save_checkpoint(folder / "model.safetensors", model,
+                    CheckpointMeta(config, tokenizer.sha256, version=7,
+                                   training={"source": "random init for tests"}))
+    weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    return {"checkpoint": folder / "model.safetensors", "tokenizer": folder / "tokenizer.json",
+            "tokenizer_sha256": tokenizer.sha256, "weights": weights,
+            "shapes": {k: v.shape for k, v in weights.items()},
+            "num_params": sum(v.size for v in weights.values())}
+
+
+@dataclass
+class DeviceCreds:
+    device_id: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass
+class Server:
+    """A running server and the calls tests make to it."""
+
+    url: str
+    data_dir: Path
+    admin_token: str
+    shapes: dict[str, tuple[int, ...]]
+    app: Any = None
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+    http: requests.Session = field(default_factory=requests.Session)
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def enrol(self) -> DeviceCreds:
+        r = self.http.post(f"{self.url}/v1/devices", timeout=30)
+        assert r.status_code == 201, r.text
+        return DeviceCreds(**r.json())
+
+    def checkin(self, device: DeviceCreds, num_examples: int = 20) -> dict:
+        r = self.http.post(f"{self.url}/v1/checkin", json={"num_examples": num_examples,
+                                                           "model_version": None},
+                           headers=device.headers, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def task(self, device: DeviceCreds) -> dict:
+        answer = self.checkin(device)
+        assert answer["task"] is not None, answer
+        return answer["task"]
+
+    def update_bytes(self, task: dict, seed: int = 0, scale: float = 0.1,
+                     num_examples: int = 20, metrics: dict | None = None,
+                     tensors: dict | None = None) -> bytes:
+        """A valid update for `task`: a random delta, clipped and noised as the task says."""
+        from federated.privacy import privatize
+        from federated.wire import Update, encode_update
+        if tensors is None:
+            rng = np.random.default_rng(seed)
+            raw = {k: rng.normal(0, scale, s).astype(np.float32) for k, s in self.shapes.items()}
+            tensors, _ = privatize(raw, task["clip_norm"], task["noise_stddev"],
+                                   np.random.default_rng(seed + 10_000))
+        return encode_update(Update(tensors, task["round_id"], task["model_version"],
+                                    num_examples, metrics or {"loss": 3.0, "accuracy": 0.2}))
+
+    def upload(self, device: DeviceCreds, round_id: int, body: bytes,
+               key: str | None = None) -> requests.Response:
+        headers = {**device.headers, "Idempotency-Key": key or str(uuid.uuid4()),
+                   "Content-Type": "application/octet-stream"}
+        return self.http.put(f"{self.url}/v1/rounds/{round_id}/update", data=body,
+                             headers=headers, timeout=120)
+
+    def status(self) -> dict:
+        r = self.http.get(f"{self.url}/v1/status", timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def set_config(self, **changes) -> requests.Response:
+        return self.http.put(f"{self.url}/v1/admin/config", json=changes, headers=self.admin,
+                             timeout=30)
+
+    def training(self, action: str) -> requests.Response:
+        return self.http.post(f"{self.url}/v1/admin/training", json={"action": action},
+                              headers=self.admin, timeout=60)
+
+    def model(self, version: int | None = None) -> tuple[dict, dict, requests.Response]:
+        from federated.wire import tensors_from_bytes
+        path = "/v1/model" if version is None else f"/v1/models/{version}"
+        r = self.http.get(self.url + path, timeout=60)
+        assert r.status_code == 200, r.text
+        tensors, meta = tensors_from_bytes(r.content)
+        return tensors, meta, r
+
+    def events(self, name: str) -> list[dict]:
+        """The JSON log lines of a server process with this event name."""
+        lines = self.log.read_text().splitlines() if self.log else []
+        return [e for e in map(_json_or_none, lines) if e and e.get("event") == name]
+
+    def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition") -> dict:
+        """Poll /v1/status until predicate(status) holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            if predicate(st):
+                return st
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {json.dumps(st)[:2000]}")
+            time.sleep(0.1)
+
+
+def _json_or_none(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+def _settings(data_dir: Path, tiny: dict, db_url: str | None, round_config: dict | None,
+              **overrides):
+    from aggregation_server.config import Settings
+    values = dict(data_dir=data_dir, db_url=db_url, init_model=tiny["checkpoint"],
+                  tokenizer=tiny["tokenizer"], admin_token="admin-secret", tick_seconds=0.0,
+                  log_level="WARNING", round=dict(TEST_ROUND, **(round_config or {})))
+    values.update({k: v for k, v in overrides.items() if k != "settings_round"})
+    return Settings(**values)
+
+
+def serve_in_thread(settings) -> tuple[str, Any, Any]:
+    """Run create_app(settings) on a free loopback port: (url, app, stop function)."""
+    from werkzeug.serving import make_server
+
+    from aggregation_server.app import create_app, shutdown
+    app = create_app(settings)
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        srv.shutdown()
+        thread.join(timeout=10)
+        srv.server_close()
+        shutdown(app)
+    return f"http://127.0.0.1:{srv.server_port}", app, stop
+
+
+@pytest.fixture(scope="session")
+def server_settings(tiny_model):
+    """server_settings(data_dir, db_url=None, round=None, **overrides) -> Settings for tests."""
+    return lambda data_dir, db_url=None, round=None, **kw: _settings(
+        data_dir, tiny_model, db_url, round, **kw)
+
+
+@pytest.fixture(scope="module")
+def module_server(server_settings, tmp_path_factory):
+    """One in-thread server shared by a module: {"url", "admin", "device"} (tokens)."""
+    url, app, stop = serve_in_thread(server_settings(tmp_path_factory.mktemp("server")))
+    device = requests.post(f"{url}/v1/devices", timeout=30).json()["token"]
+    yield {"url": url, "admin": app.extensions["pk.admin"], "device": device}
+    stop()
+
+
+@pytest.fixture
+def start_server(tiny_model, server_settings, tmp_path):
+    """start_server(db_url=None, round=None, data_dir=None, **settings) -> Server (in-thread)."""
+    stops = []
+
+    def start(db_url: str | None = None, round: dict | None = None,
+              data_dir: Path | None = None, **overrides) -> Server:
+        """`round` is merged onto TEST_ROUND; `settings_round=` replaces it (tests of start-up)."""
+        data_dir = data_dir or tmp_path / f"server{len(stops)}"
+        settings = server_settings(data_dir, db_url, round, **overrides)
+        if "settings_round" in overrides:
+            settings.round = overrides["settings_round"]
+        url, app, stop = serve_in_thread(settings)
+        stops.append(stop)
+        return Server(url, data_dir, app.extensions["pk.admin"], tiny_model["shapes"], app=app)
+
+    yield start
+    for stop in stops:
+        stop()
+
+
+@pytest.fixture
+def server(start_server) -> Server:
+    """A fresh in-thread server on SQLite with the test round config."""
+    return start_server()
+
+
+@pytest.fixture
+def start_process(tiny_model, tmp_path):
+    """start_process(data_dir, db_url=None, round=None, tick=0.2) -> Server (real process)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(data_dir: Path, db_url: str | None = None, round: dict | None = None,
+              tick: float = 0.2) -> Server:
+        config = tmp_path / f"config{len(procs)}.json"
+        config.write_text(json.dumps({"round": dict(TEST_ROUND, **(round or {})),
+                                      "tick_seconds": tick}))
+        log = tmp_path / f"server{len(procs)}.log"
+        args = [sys.executable, "-m", "aggregation_server", "--data-dir", str(data_dir),
+                "--port", "0", "--config", str(config), "--admin-token", "admin-secret",
+                "--init-model", str(tiny_model["checkpoint"]),
+                "--tokenizer", str(tiny_model["tokenizer"])]
+        if db_url:
+            args += ["--db", db_url]
+        with open(log, "wb") as err:
+            proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        procs.append(proc)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = re.search(r'"event": "listening".*?"port": (\d+)', log.read_text())
+            if found:
+                return Server(f"http://127.0.0.1:{found.group(1)}", data_dir, "admin-secret",
+                              tiny_model["shapes"], proc=proc, log=log)
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"server did not start:\n{log.read_text()[-3000:]}")
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty PostgreSQL database for this test (dropped afterwards)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    base = os.environ.get("PG_TEST_URL")
+    if not base:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("PG_TEST_URL is not set, and CI=true requires the PostgreSQL tests")
+        pytest.skip("PG_TEST_URL not set (run .ci/postgres.sh)")
+    name = f"pk_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -1,0 +1,102 @@
+"""The app against a real aggregation server on loopback: a round runs in the background
+while the user keeps typing, and the model version on screen changes."""
+import time
+
+import kivy_env  # noqa: E402  sets up Kivy's environment first
+
+kivy_env.configure_window(kivy_env.PHONE)
+
+ROUND = {"target_reports": 1, "min_reports": 1, "overcommit": 1.0, "retry_after": 0.5,
+         "round_seconds": 120.0, "train_epochs": 1.0, "train_batch_size": 8,
+         "train_lr": 0.5, "noise_multiplier": 1.0, "clip_norm": 1.0}
+IDLE = 0.4  # seconds without typing before the device may train
+
+
+def test_round_in_background_while_typing(start_server, tiny_model, tmp_path):
+    from keyboard_app.eligibility import Eligibility, EligibilitySettings
+    from keyboard_app.ui.app import KeyboardApp
+    server = start_server(round=ROUND)
+    start_version = server.status()["model"]["version"]
+    eligibility = Eligibility(EligibilitySettings(idle_seconds=IDLE, require_charging=False,
+                                                  min_new_messages=2))
+    pretrained, tokenizer = kivy_env.tiny_model()
+    app = KeyboardApp(tmp_path / "device", server_url=server.url, pretrained_model=pretrained,
+                      tokenizer_path=tokenizer,
+                      runtime_options={"eligibility": eligibility, "poll_seconds": 0.2})
+    drv = kivy_env.Driver(app)
+    try:
+        screen = app.typing
+        screen.field.focus = True
+        drv.until(lambda: app.model_source == "global" and app.model_version == start_version,
+                  timeout=60, what="the server's model")
+        drv.until(lambda: app.status_text.startswith("Connected"), what="connected status")
+        assert f"v{start_version}" in app.status_text
+
+        for text in ("see you tomorrow", "how are you doing", "thanks a lot"):
+            drv.type(text)
+            assert eligibility.idle_for() < IDLE        # typing keeps the device busy
+            drv.key(13)
+        assert app.backend.history.count() == 3
+
+        # Keep typing in bursts; the round trains and uploads in the idle gaps, in the
+        # runtime's thread, while every keystroke still gets its suggestions at once.
+        keystrokes, deadline = 0, time.monotonic() + 90
+        while app.model_version == start_version:
+            assert time.monotonic() < deadline, f"no new model: {app.backend.runtime_status()}"
+            for char in "so what ":
+                drv.type(char)
+                keystrokes += 1
+                assert screen.strip.suggestions == app.predictor.suggest(
+                    screen.before_cursor())
+            pause_until = time.monotonic() + IDLE * 2
+            while time.monotonic() < pause_until and app.model_version == start_version:
+                drv.frames()
+                time.sleep(0.02)
+        assert app.model_version > start_version and keystrokes > 0
+        drv.until(lambda: f"v{app.model_version}" in app.status_text, what="status update")
+        status = app.backend.runtime_status()
+        assert status["rounds_joined"] == 1 and status["last_update_bytes"] > 0
+        assert status["clip_norm"] == 1.0 and status["noise_stddev"] > 0
+        drv.type("and then ")
+        assert len(screen.strip.suggestions) == 3         # the new model suggests
+        drv.screenshot("app_after_round")
+
+        drv.tap(screen.ids.privacy_button)
+        lines = app.panel.lines
+        assert f"round {status['last_round_id']}" in lines["participation"]
+        assert "clipped to L2 norm 1" in lines["update"]
+        assert f"std {status['noise_stddev']:g}" in lines["update"]
+        assert f"model v{app.model_version}" in lines["model"]
+        assert "epsilon" in lines["epsilon"]
+        drv.screenshot("app_privacy_after_round")
+
+        drv.tap(app.panel.ids.pause)                        # the user pauses learning
+        assert app.backend.runtime.status().paused
+        drv.until(lambda: "paused" in app.panel.ids.learning.text, what="paused shown")
+    finally:
+        drv.close()
+
+
+def test_setting_a_server_url_connects_without_restarting_the_app(start_server, tmp_path):
+    from keyboard_app.ui.app import KeyboardApp
+    server = start_server(round=ROUND)
+    pretrained, tokenizer = kivy_env.tiny_model()
+    app = KeyboardApp(tmp_path / "device", pretrained_model=pretrained, tokenizer_path=tokenizer)
+    drv = kivy_env.Driver(app)
+    try:
+        drv.until(lambda: app.predictor is not None, what="the pre-trained model")
+        assert app.model_source == "pretrained" and app.status_text.startswith("Offline")
+        drv.tap(app.typing.ids.settings_button)
+        app.settings_screen.ids.server_url.text = server.url
+        drv.tap(app.settings_screen.ids.save)
+        assert app.settings_screen.message == "Saved."
+        drv.until(lambda: app.model_source == "global", timeout=60, what="the server's model")
+        drv.until(lambda: app.status_text.startswith("Connected"), what="connected status")
+        assert app.backend.runtime is not None and app.prefs.server_url == server.url
+        app.show("typing")
+        app.typing.field.focus = True
+        drv.type("hi ")
+        assert len(app.typing.strip.suggestions) == 3
+        drv.screenshot("app_connected")
+    finally:
+        drv.close()

@@ -1,0 +1,197 @@
+"""The sync client against a real HTTP server on loopback that fails, then recovers."""
+import hashlib
+import json
+import os
+import socket
+import stat
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from keyboard_app.client import ServerRejected, ServerUnavailable, SyncClient, make_retry
+from model.checkpoint import CheckpointMeta, model_to_bytes
+from model.config import ModelConfig
+from model.lstm import NextWordLSTM
+
+CONFIG = ModelConfig(vocab_size=20, embed_dim=4, hidden_size=8)
+MODEL = model_to_bytes(NextWordLSTM(CONFIG), CheckpointMeta(CONFIG, "0" * 64, version=4))
+ETAG = f'"{hashlib.sha256(MODEL).hexdigest()}"'
+
+
+class FlakyServer:
+    """Answers per the contract, after failing the first `failures[(method, path)]` times."""
+
+    def __init__(self) -> None:
+        self.failures: dict[tuple[str, str], int] = {}
+        self.requests: list[dict] = []
+        self.model, self.etag = MODEL, ETAG
+        self.tokens: set[str] = set()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status, body=b"", headers=None):
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                server.requests.append({"method": self.command, "path": self.path,
+                                        "headers": dict(self.headers), "body": body})
+                key = (self.command, self.path)
+                if server.failures.get(key, 0) > 0:
+                    server.failures[key] -= 1
+                    return self._reply(503, b'{"error": "unavailable", "message": "busy"}')
+                self._reply(*server.answer(self.command, self.path, self.headers, body))
+
+            do_GET = do_POST = do_PUT = _handle
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def answer(self, method, path, headers, body):
+        js = lambda status, obj: (status, json.dumps(obj).encode())  # noqa: E731
+        if (method, path) == ("POST", "/v1/devices"):
+            token = f"token-{len(self.tokens)}"
+            self.tokens.add(token)
+            return js(201, {"device_id": f"dev{len(self.tokens)}", "token": token})
+        if path.startswith("/v1/") and path != "/v1/model" and method != "GET" and \
+                headers.get("Authorization", "").removeprefix("Bearer ") not in self.tokens:
+            return js(401, {"error": "unauthorized", "message": "unknown device token"})
+        if (method, path) == ("GET", "/v1/model"):
+            if headers.get("If-None-Match") == self.etag:
+                return 304, b"", {"ETag": self.etag}
+            return 200, self.model, {"ETag": self.etag, "X-Model-Version": "4"}
+        if (method, path) == ("POST", "/v1/checkin"):
+            request = json.loads(body)
+            if not isinstance(request.get("num_examples"), int):
+                return js(400, {"error": "bad_request", "message": "num_examples must be int"})
+            return js(200, {"task": None, "retry_after": 12.5, "reason": "no round open"})
+        if (method, path) == ("PUT", "/v1/rounds/3/update"):
+            return js(202, {"accepted": True, "round_id": 3, "reports": 1})
+        return js(404, {"error": "not_found", "message": path})
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = FlakyServer()
+    yield s
+    s.close()
+
+
+def client_for(server_url, tmp_path, **kwargs):
+    return SyncClient(server_url, tmp_path / "device", retry=make_retry(backoff=0.01), **kwargs)
+
+
+def test_get_retries_through_two_503s(server, tmp_path):
+    server.failures[("GET", "/v1/model")] = 2
+    blob = client_for(server.url, tmp_path).model()
+    assert blob.data == MODEL and blob.version == 4
+    assert [r["path"] for r in server.requests] == ["/v1/model"] * 3
+
+
+def test_etag_cache_avoids_downloading_again(server, tmp_path):
+    client = client_for(server.url, tmp_path)
+    client.model()
+    again = client_for(server.url, tmp_path).model()  # a restarted app
+    assert again.data == MODEL
+    assert server.requests[-1]["headers"]["If-None-Match"] == ETAG
+    assert (tmp_path / "device" / "cache" / "model.safetensors").read_bytes() == MODEL
+
+
+def test_upload_retries_with_the_same_idempotency_key(server, tmp_path):
+    server.failures[("PUT", "/v1/rounds/3/update")] = 2
+    client = client_for(server.url, tmp_path)
+    assert client.upload(3, b"update-bytes", "key-123") == {"accepted": True, "round_id": 3,
+                                                            "reports": 1}
+    puts = [r for r in server.requests if r["method"] == "PUT"]
+    assert len(puts) == 3
+    assert {r["headers"]["Idempotency-Key"] for r in puts} == {"key-123"}
+    assert {r["body"] for r in puts} == {b"update-bytes"}
+
+
+def test_non_idempotent_post_is_not_retried_on_503(server, tmp_path):
+    client = client_for(server.url, tmp_path)
+    client.enrol()
+    server.failures[("POST", "/v1/checkin")] = 1
+    with pytest.raises(ServerUnavailable, match="503"):
+        client.checkin(5, None)
+    assert sum(r["path"] == "/v1/checkin" for r in server.requests) == 1
+    assert client.checkin(5, None)["retry_after"] == 12.5  # it recovered
+
+
+def test_persistent_failure_is_server_unavailable(server, tmp_path):
+    server.failures[("GET", "/v1/model")] = 100
+    with pytest.raises(ServerUnavailable, match="503 after retries"):
+        client_for(server.url, tmp_path).model()
+    assert len(server.requests) == 5  # the first try and 4 retries
+
+
+def test_unreachable_server_keeps_the_cached_model(server, tmp_path):
+    client_for(server.url, tmp_path).model()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    offline = client_for(dead, tmp_path)
+    with pytest.raises(ServerUnavailable, match="unreachable"):
+        offline.model()
+    assert offline.cached_model().data == MODEL
+
+
+def test_token_is_private_and_reused(server, tmp_path):
+    client = client_for(server.url, tmp_path)
+    device_id = client.enrol()
+    path = tmp_path / "device" / "device.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "device").st_mode) == 0o700
+    again = client_for(server.url, tmp_path)
+    assert again.enrol() == device_id
+    assert sum(r["path"] == "/v1/devices" for r in server.requests) == 1
+    again.checkin(1, 4)
+    assert server.requests[-1]["headers"]["Authorization"] == "Bearer token-0"
+
+
+def test_forgotten_device_enrols_again(server, tmp_path):
+    client = client_for(server.url, tmp_path)
+    client.enrol()
+    server.tokens.clear()  # the server lost its database
+    assert client.checkin(1, None)["task"] is None
+    assert [r["path"] for r in server.requests] == ["/v1/devices", "/v1/checkin",
+                                                    "/v1/devices", "/v1/checkin"]
+
+
+def test_rejections_carry_the_server_message(server, tmp_path):
+    client = client_for(server.url, tmp_path)
+    with pytest.raises(ServerRejected) as info:
+        client.upload(99, b"x")
+    assert (info.value.status, info.value.code) == (404, "not_found")
+    with pytest.raises(ServerRejected, match="404 not_found"):
+        client.model(version=12)
+
+
+def test_corrupted_download_is_refused(server, tmp_path):
+    server.model = MODEL[:-4] + b"\x00\x00\x00\x01"  # not what the ETag promises
+    with pytest.raises(ServerUnavailable, match="corrupted"):
+        client_for(server.url, tmp_path).model()
+    assert not (tmp_path / "device" / "cache" / "model.safetensors").exists()
+
+
+def test_retry_policy_has_backoff_and_jitter():
+    retry = make_retry()
+    assert retry.backoff_factor > 0 and retry.backoff_jitter > 0
+    assert "POST" not in retry.allowed_methods and "PUT" in retry.allowed_methods

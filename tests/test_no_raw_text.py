@@ -1,0 +1,253 @@
+"""Raw text never leaves the device.
+
+Three devices, each a real `federated` chat user, take part in two rounds with the real
+server. They only know the address of a TCP relay on loopback that records every byte
+they send before passing it on, so nothing they send can go around the recording. The
+test then parses that byte stream back into HTTP requests, decodes every body (JSON,
+safetensors header and metadata), and shows that
+
+- no run of 3 consecutive words of any message (hence no message of 3+ words), nor any
+  longer message verbatim, nor the redacted phone number or e-mail, appears anywhere in
+  what was sent, in raw bytes or in any decoding of them;
+- every uploaded tensor is exactly the clipped, noised update: the server's own copy of
+  the round's global model, trained on the device's history with the round's settings,
+  minus the global model, clipped to C, plus the noise of the device's seeded generator.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from data import load_split
+from federated.privacy import clip, privatize
+from federated.wire import decode_update, l2_norm, tensors_from_bytes
+from keyboard_app.eligibility import Eligibility, EligibilitySettings
+from keyboard_app.history import HistoryStore
+from keyboard_app.runtime import DeviceRuntime
+from model.checkpoint import model_from_bytes
+from model.tokenizer import WordTokenizer
+from model.train import TrainConfig, train
+from model.words import words
+
+ROUNDS = {"target_reports": 3, "min_reports": 3, "overcommit": 1.0, "retry_after": 0.2,
+          "noise_multiplier": 0.3, "clip_norm": 0.5, "epsilon_budget": None,
+          "participation_cap": 5, "train_batch_size": 8, "train_epochs": 1.0, "train_lr": 0.5,
+          "train_optimizer": "sgd", "train_max_examples": 40}
+SECRETS = ["call me at 0612 345 678 tonight", "my address is jane.doe@example.org ok"]
+
+
+class RecordingRelay:
+    """A TCP relay on loopback: client bytes are recorded, then forwarded to `upstream`.
+
+    `cut()` drops every connection and refuses new ones until `mend()` (a network outage).
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.streams: list[bytearray] = []  # one per client connection, everything it sent
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.closed = self.down = False
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.upstream)
+            self.sockets += [client, upstream]
+            record = bytearray()
+            self.streams.append(record)
+            threading.Thread(target=self._pipe, args=(client, upstream, record),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, None),
+                             daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket, record: bytearray | None) -> None:
+        try:
+            while data := source.recv(65536):
+                if record is not None:
+                    record.extend(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        self.down = True
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.sockets.clear()
+
+    def mend(self) -> None:
+        self.down = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.cut()
+        self.listener.close()
+
+
+def parse_requests(stream: bytes) -> list[dict]:
+    """HTTP/1.1 requests (method, path, headers, body) from one connection's bytes."""
+    found, pos = [], 0
+    while pos < len(stream):
+        end = stream.index(b"\r\n\r\n", pos)
+        head = stream[pos:end].decode("latin-1").split("\r\n")
+        method, path, _ = head[0].split(" ")
+        headers = {k.strip().lower(): v.strip() for k, v in
+                   (line.split(":", 1) for line in head[1:])}
+        assert "chunked" not in headers.get("transfer-encoding", "")
+        length = int(headers.get("content-length", 0))
+        body = stream[end + 4:end + 4 + length]
+        assert len(body) == length, "truncated request body"
+        found.append({"method": method, "path": path, "headers": headers, "body": body,
+                      "raw": stream[pos:end + 4 + length]})
+        pos = end + 4 + length
+    return found
+
+
+def decodings(request: dict) -> list[str]:
+    """Every textual view of a request: raw bytes, the JSON body, the safetensors header."""
+    views = [request["raw"].decode("latin-1"), request["raw"].decode("utf-8", "replace")]
+    body = request["body"]
+    if request["headers"].get("content-type", "").startswith("application/json"):
+        views.append(json.dumps(json.loads(body), ensure_ascii=False))
+    if request["method"] == "PUT":
+        size = int.from_bytes(body[:8], "little")
+        header = json.loads(body[8:8 + size])
+        views.append(json.dumps(header, ensure_ascii=False))
+        views += [str(v) for v in header["__metadata__"].values()]
+    return views
+
+
+def leaks(messages: list[str], views: list[str]) -> list[str]:
+    """Every 3-word run of any message (and any message verbatim) found in the views."""
+    flat = [" " + " ".join(words(v)) + " " for v in views]
+    raw = [v.lower() for v in views]
+    found = []
+    for message in messages:
+        w = words(message)
+        for i in range(len(w) - 2):
+            run = " " + " ".join(w[i:i + 3]) + " "
+            if any(run in f for f in flat):
+                found.append(run.strip())
+        if len(message) >= 12 and any(message.lower() in r for r in raw):
+            found.append(message)
+    return found
+
+
+def test_the_leak_detector_finds_text():
+    """Control: the detector does see a message hidden in a request."""
+    request = {"method": "POST", "headers": {"content-type": "application/json"},
+               "body": b'{"note": "I Will, see-you AT the party"}',
+               "raw": b"POST /v1/checkin HTTP/1.1\r\n\r\n"}
+    assert leaks(["see you at the party tonight"], decodings(request)) == \
+        ["see you at", "you at the", "at the party"]
+    assert leaks(["totally different words here"], decodings(request)) == []
+
+
+@pytest.fixture(scope="module")
+def histories():
+    senders = [d for d in load_split("federated") if 25 <= len(d.messages) <= 60][:3]
+    assert len(senders) == 3
+    return [d.messages + SECRETS for d in senders]
+
+
+def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp_path,
+                                                              histories):
+    torch.set_num_threads(1)
+    server = start_server(round=ROUNDS)
+    relay = RecordingRelay(int(server.url.rsplit(":", 1)[1]))
+    devices = []
+    for i, messages in enumerate(histories):
+        history = HistoryStore(":memory:", retention_days=None)
+        history.add_many(messages)
+        eligibility = Eligibility(EligibilitySettings(idle_seconds=0, min_new_messages=0),
+                                  battery=lambda: None)
+        devices.append(DeviceRuntime(tmp_path / f"device{i}", relay.url, history=history,
+                                     eligibility=eligibility, rng=np.random.default_rng(100 + i),
+                                     train_seed=i, poll_seconds=0.05))
+    try:
+        uploads = {i: 0 for i in range(3)}
+        deadline = time.monotonic() + 120
+        while min(uploads.values()) < 2:
+            assert time.monotonic() < deadline, f"devices stalled: {uploads}"
+            for i, device in enumerate(devices):
+                if uploads[i] < 2 and device.run_once().outcome == "uploaded":
+                    uploads[i] += 1
+            time.sleep(0.05)
+        server.wait_for(lambda st: st["rounds_closed"] >= 2, what="two rounds aggregated")
+    finally:
+        relay.close()
+
+    # Every byte each device sent, as HTTP requests.
+    sent = [r for stream in relay.streams for r in parse_requests(bytes(stream))]
+    kinds = {(r["method"], r["path"].split("/")[2]) for r in sent}
+    assert {("POST", "devices"), ("GET", "model"), ("GET", "tokenizer"), ("POST", "checkin"),
+            ("PUT", "rounds")} <= kinds
+    puts = [r for r in sent if r["method"] == "PUT"]
+    assert len(puts) == 6
+
+    # 1. No text: no 3-word run of any message, no secret, in any view of any request.
+    everything = [m for h in histories for m in h]
+    for request in sent:
+        assert leaks(everything, decodings(request)) == [], request["raw"][:300]
+    for request in sent:  # JSON bodies say nothing but how many examples and which model
+        if request["method"] == "POST":
+            assert set(json.loads(request["body"])) <= {"num_examples", "model_version"}
+        if request["method"] == "GET":
+            assert request["body"] == b""
+    blob = b"".join(bytes(s) for s in relay.streams)
+    for secret in (b"0612", b"345 678", b"jane.doe", b"example.org"):
+        assert secret not in blob
+
+    # 2. The tensors are exactly the clipped, noised difference, recomputed here from the
+    #    server's own copy of each round's model and the round settings.
+    tokenizer = WordTokenizer.from_json(requests.get(server.url + "/v1/tokenizer").text)
+    rngs = {i: np.random.default_rng(100 + i) for i in range(3)}
+    token_of = {d.client._identity["token"]: i for i, d in enumerate(devices)}
+    stddev = ROUNDS["noise_multiplier"] * ROUNDS["clip_norm"] / np.sqrt(ROUNDS["min_reports"])
+    for put in puts:
+        i = token_of[put["headers"]["authorization"].removeprefix("Bearer ")]
+        update = decode_update(put["body"], server.shapes)
+        global_bytes = requests.get(f"{server.url}/v1/models/{update.model_version}").content
+        global_tensors, _ = tensors_from_bytes(global_bytes)
+        model, _ = model_from_bytes(global_bytes)
+        kept = devices[i].history.messages()[-ROUNDS["train_max_examples"]:]
+        train(model, tokenizer.encode_messages(kept),
+              TrainConfig(epochs=ROUNDS["train_epochs"], batch_size=ROUNDS["train_batch_size"],
+                          lr=ROUNDS["train_lr"], optimizer=ROUNDS["train_optimizer"], seed=i,
+                          threads=1), progress=False)
+        trained = model.state_dict()
+        delta = {k: trained[k].numpy() - global_tensors[k] for k in sorted(global_tensors)}
+        expected, prenorm = privatize(delta, ROUNDS["clip_norm"], stddev, rngs[i])
+        for name in expected:
+            np.testing.assert_array_equal(update.tensors[name], expected[name])
+        clipped, _ = clip(delta, ROUNDS["clip_norm"])
+        assert prenorm > ROUNDS["clip_norm"] >= l2_norm(clipped)  # clipping did bite
+        noise = np.concatenate([(update.tensors[k] - clipped[k]).ravel() for k in clipped])
+        assert noise.std() == pytest.approx(stddev, rel=0.05)
+        assert update.num_examples == len(kept) and update.metrics == {}

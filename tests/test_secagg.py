@@ -1,0 +1,500 @@
+"""Secure aggregation: protocol rounds with dropouts, refusals, malformed input, encoding edges."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from safetensors.numpy import save as st_save
+from scipy import stats
+
+from federated.secagg import (AdvertiseKeys, FixedPoint, KeysRelay, LateMessageError, MaskedInput,
+                              MessageError, ProtocolError, RefusedRequest, ReplayError,
+                              RoundAbandoned, RoundConfig, SecAggClient, SecAggServerRound,
+                              ShareKeys, UnmaskRequest, UnmaskResponse, choose_degree, flatten,
+                              message_from_dict, message_from_json, neighbourhoods, unflatten)
+from federated.secagg import crypto, shamir
+from federated.secagg.encoding import EncodingError
+from federated.secagg.graph import neighbours
+
+MAX_BYTES = 1 << 24
+PHASES = ("advertise", "share", "masked", "unmask")
+
+
+def det_bytes(seed: int):
+    """Deterministic randomness, so statistical tests cannot flake."""
+    return random.Random(seed).randbytes
+
+
+class Sim:
+    """A round driven the way the HTTP layer will: every message through its wire form."""
+
+    def __init__(self, n: int, d: int = 64, degree: int | None = None, seed: int = 0,
+                 updates: dict[int, np.ndarray] | None = None, clip: float = 1.0,
+                 noise: float = 0.05):
+        self.config = RoundConfig.create(3, n, d, clip_norm=clip, noise_stddev=noise,
+                                         degree=degree, graph_seed=bytes([seed]) * 32)
+        self.server = SecAggServerRound(self.config)
+        self.clients = {i: SecAggClient(self.config, i, det_bytes(1000 * seed + i))
+                        for i in range(1, n + 1)}
+        rng = np.random.default_rng(seed)
+        self.updates = updates or {i: rng.normal(0, 0.05, d).astype(np.float32)
+                                   for i in self.clients}
+        self.requests: dict = {}
+        self.stored: dict[int, np.ndarray] = {}  # the masked inputs, as a server would store them
+
+    def send(self, client: int, message) -> None:
+        if isinstance(message, MaskedInput):
+            self.stored[client] = message.masked
+            self.server.receive_masked_input(client, message.to_bytes())
+        else:
+            self.server.receive_json(client, json.dumps(message.to_dict()))
+
+    def phase(self, name: str, drop=(), close: bool = True):
+        for i, client in self.clients.items():
+            if i in drop or i in self.server.dropped or (name != "advertise"
+                                                         and i not in self.requests):
+                continue
+            if name == "advertise":
+                self.send(i, client.advertise_keys())
+            elif name == "share":
+                self.send(i, client.share_keys(KeysRelay.from_dict(self.requests[i].to_dict())))
+            elif name == "masked":
+                self.send(i, client.masked_input(self.requests[i], self.updates[i]))
+            else:
+                self.send(i, client.unmask(UnmaskRequest.from_dict(self.requests[i].to_dict())))
+        if close:
+            self.close(name)
+
+    def close(self, name: str):
+        closer = {"advertise": self.server.close_advertise, "share": self.server.close_share_keys,
+                  "masked": self.server.close_masked_input, "unmask": self.server.finish}[name]
+        out = closer()
+        self.requests = out if isinstance(out, dict) else {}
+        return out
+
+    def run(self, drops: dict[str, set[int]] | None = None):
+        drops = drops or {}
+        for name in PHASES:
+            self.phase(name, drops.get(name, ()))
+        return self.server.result
+
+    def check_sum(self, result) -> None:
+        want = sum(self.updates[i].astype(np.float64) for i in result.survivors)
+        enc = self.config.encoding
+        assert np.abs(result.total - want).max() <= len(result.survivors) * enc.step / 2 * 1.000001
+
+
+# ---------------------------------------------------------------- whole rounds
+
+@pytest.mark.parametrize("n, degree", [(8, None), (20, 6), (20, None)])
+def test_round_without_dropout_gives_the_plain_sum(n, degree):
+    sim = Sim(n, degree=degree)
+    result = sim.run()
+    assert result.survivors == list(range(1, n + 1)) and result.dropped == {}
+    sim.check_sum(result)
+    assert all(m.dtype == np.uint32 for m in sim.stored.values())
+
+
+def test_complete_graph_is_the_original_protocol():
+    config = RoundConfig.create(1, 10, 8, clip_norm=1.0, noise_stddev=0.1)
+    assert (config.degree, config.threshold) == (9, 6)  # k = n - 1, t > (k + 1) / 2
+    assert all(v == set(range(1, 11)) - {u} for u, v in config.graph.items())
+    sim = Sim(10, degree=9)
+    sim.check_sum(sim.run())
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_up_to_n_minus_t_dropouts_at_each_phase(phase):
+    sim = Sim(10, degree=9)  # t = 6: four may drop
+    dropped = {2, 5, 7, 10}
+    result = sim.run({phase: dropped})
+    expected = set(range(1, 11)) - (dropped if phase != "unmask" else set())
+    assert set(result.survivors) == expected
+    sim.check_sum(result)
+    if phase != "unmask":
+        assert all("dropped out" in result.dropped[c] for c in dropped)
+
+
+def test_sparse_graph_dropouts_in_every_phase():
+    sim = Sim(24, degree=8)  # t = 5 of 9 holders
+    result = sim.run({"advertise": {1}, "share": {4}, "masked": {9, 17}, "unmask": {12, 20}})
+    assert set(result.survivors) == set(range(1, 25)) - {1, 4, 9, 17}
+    sim.check_sum(result)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_too_many_dropouts_abandon_with_a_reason(phase):
+    sim = Sim(10, degree=9)
+    drops = {1, 2, 3, 4, 5}  # n - t + 1
+    with pytest.raises(RoundAbandoned) as info:
+        sim.run({phase: drops})
+    assert sim.server.phase == "abandoned" and sim.server.reason == info.value.reason
+    assert ("only 5 clients" in info.value.reason or "needed" in info.value.reason)
+    with pytest.raises(LateMessageError, match="abandoned"):
+        sim.server.receive(6, UnmaskResponse(3, 6, {}, {}))
+
+
+def test_sparse_neighbourhood_too_thin_abandons():
+    sim = Sim(20, degree=6)  # t = 4 of 7 holders
+    u = 5
+    victims = set(sorted(sim.config.graph[u])[:4])  # u keeps 2 neighbours + itself < 4
+    with pytest.raises(RoundAbandoned, match=f"client {u}'s masks cannot be removed"):
+        sim.run({"masked": victims})
+
+
+def test_wrap_around_edges_all_clients_at_the_bound():
+    n, d = 9, 16
+    for sign in (1, -1):
+        bound = FixedPoint.choose(1.0, 0.05, n, d).bound
+        updates = {i: np.full(d, sign * bound, np.float32) for i in range(1, n + 1)}
+        updates[1][:4] = sign * 1e6  # far outside: clamped on the device
+        sim = Sim(n, d, updates=updates)
+        result = sim.run()
+        np.testing.assert_allclose(result.total, sign * n * bound, rtol=0,
+                                   atol=n * sim.config.encoding.step)
+
+
+# ---------------------------------------------------------------- refusals
+
+def _to_unmask(sim: Sim) -> None:
+    for name in PHASES[:3]:
+        sim.phase(name)
+
+
+def test_client_refuses_requests_that_reveal_both_shares():
+    sim = Sim(10, degree=9)
+    _to_unmask(sim)
+    client, request = sim.clients[1], sim.requests[1]
+    peers = list(request.survivors)
+    both = UnmaskRequest(3, tuple(peers), (peers[0],))
+    with pytest.raises(RefusedRequest, match="both as survivors and as dropped"):
+        client.unmask(both)
+    with pytest.raises(RefusedRequest, match="lists this client"):
+        client.unmask(UnmaskRequest(3, tuple(peers), (1,)))
+    with pytest.raises(RefusedRequest, match="partition"):
+        client.unmask(UnmaskRequest(3, tuple(peers[:-1]), ()))
+    with pytest.raises(RefusedRequest, match="neighbours survived"):
+        client.unmask(UnmaskRequest(3, tuple(peers[:3]), tuple(peers[3:])))
+    answer = client.unmask(request)
+    assert set(answer.seed_shares) == set(peers) | {1} and answer.key_shares == {}
+    assert client.unmask(request) == answer  # a retry gets the same answer
+    # Asking again with a peer now "dropped" would reveal its key share after its seed share.
+    with pytest.raises(RefusedRequest, match="already answered"):
+        client.unmask(UnmaskRequest(3, tuple(peers[1:]), (peers[0],)))
+
+
+def test_lying_server_cannot_get_both_secrets_of_a_client():
+    """Telling half the neighbours that client 1 survived and half that it dropped yields
+    fewer than t shares of each of its secrets (t > (k + 1) / 2)."""
+    sim = Sim(10, degree=9)
+    _to_unmask(sim)
+    others = list(range(2, 11))
+    seeds, keys = {}, {}
+    for v in others:
+        client = sim.clients[v]
+        survivors = set(sim.requests[v].survivors)
+        if v % 2:  # these are told 1 dropped
+            reply = client.unmask(UnmaskRequest(3, tuple(sorted(survivors - {1})), (1,)))
+            keys.update({v: reply.key_shares[1]})
+        else:
+            reply = client.unmask(sim.requests[v])
+            seeds.update({v: reply.seed_shares[1]})
+    t = sim.config.threshold
+    assert len(seeds) < t and len(keys) < t
+    mask_public = sim.server.keys[1][1]
+    assert shamir.recover(keys, len(keys), lambda s: crypto.public_bytes(
+        crypto.X25519PrivateKey.from_private_bytes(s)) == mask_public) is None
+
+
+def test_client_refuses_bad_key_relays():
+    sim = Sim(20, degree=6)
+    sim.phase("advertise")
+    me = 1
+    request = sim.requests[me]
+    outsider = next(v for v in range(2, 21) if v not in sim.config.graph[me])
+    fake = dict(request.keys)
+    fake[outsider] = sim.server.keys[outsider]
+    with pytest.raises(ProtocolError, match="non-neighbours"):
+        sim.clients[me].share_keys(KeysRelay(3, fake))
+    replayed = dict(request.keys)
+    first = next(iter(replayed))
+    replayed[first] = (sim.server.keys[me][0], replayed[first][1])  # the client's own key back
+    with pytest.raises(ProtocolError, match="not all distinct"):
+        sim.clients[me].share_keys(KeysRelay(3, replayed))
+    with pytest.raises(ProtocolError, match="neighbours advertised"):
+        sim.clients[me].share_keys(KeysRelay(3, dict(list(request.keys.items())[:1])))
+    with pytest.raises(ProtocolError, match="round"):
+        sim.clients[me].share_keys(KeysRelay(4, request.keys))
+    sim.clients[me].share_keys(request)  # the genuine relay still works after the refusals
+
+
+# ---------------------------------------------------------------- malformed, late, replayed
+
+def test_replayed_late_and_misaddressed_messages_change_nothing():
+    sim = Sim(10, degree=9)
+    first = sim.clients[1].advertise_keys()
+    sim.send(1, first)
+    with pytest.raises(ReplayError, match="already sent"):
+        sim.send(1, first)
+    with pytest.raises(ProtocolError, match="round 99"):
+        sim.server.receive(2, AdvertiseKeys(99, 2, first.cipher_key, first.mask_key))
+    with pytest.raises(ProtocolError, match="sent by client 3"):
+        sim.server.receive(3, AdvertiseKeys(3, 2, first.cipher_key, first.mask_key))
+    for i in range(2, 10):
+        sim.send(i, sim.clients[i].advertise_keys())
+    sim.close("advertise")  # client 10 dropped out
+    with pytest.raises(LateMessageError, match="client 10 is out"):
+        sim.send(10, sim.clients[10].advertise_keys())
+    with pytest.raises(LateMessageError, match="share phase"):
+        sim.send(1, first)  # replay of a closed phase's message
+    sim.phase("share", drop={9})
+    with pytest.raises(LateMessageError, match="client 9 is out"):
+        sim.server.receive(9, MaskedInput(3, 9, np.zeros(64, np.uint32)))
+    relay = sim.requests[8]
+    sim.phase("masked", drop={8})
+    late = sim.clients[8].masked_input(relay, sim.updates[8])  # after the deadline
+    with pytest.raises(LateMessageError, match="client 8 is out"):
+        sim.send(8, late)
+    sim.phase("unmask")
+    result = sim.server.result
+    assert 8 not in result.survivors and 1 in result.survivors and 1 not in result.dropped
+    sim.check_sum(result)
+
+
+def test_malformed_keys_exclude_the_client_and_the_round_goes_on():
+    sim = Sim(10, degree=9)
+    low_order = bytes(32)  # the zero point: small order
+    with pytest.raises(MessageError, match="small-order"):
+        sim.server.receive(4, AdvertiseKeys(3, 4, low_order, bytes(range(32))))
+    assert "excluded" in sim.server.dropped[4]
+    result = sim.run()
+    assert 4 not in result.survivors and len(result.survivors) == 9
+    sim.check_sum(result)
+
+
+def test_malformed_bodies_exclude_the_sender():
+    sim = Sim(10, degree=9)
+    with pytest.raises(MessageError, match="not JSON"):
+        sim.server.receive_json(2, b"{oops")
+    sim.phase("advertise")
+    sim.phase("share")
+    with pytest.raises(MessageError, match="not safetensors"):
+        sim.server.receive_masked_input(5, b"\x80\x04garbage")
+    with pytest.raises(MessageError, match="over the"):
+        sim.server.receive_masked_input(7, bytes(sim.config.max_masked_bytes + 1))
+    sim.phase("masked")
+    sim.phase("unmask")
+    result = sim.server.result
+    assert {2, 5, 7}.isdisjoint(result.survivors) and len(result.survivors) == 7
+    assert all("excluded" in result.dropped[c] for c in (2, 5, 7))
+    sim.check_sum(result)
+
+
+def test_malformed_share_keys_exclude_the_client():
+    sim = Sim(10, degree=9)
+    sim.phase("advertise")
+    good = sim.clients[3].share_keys(sim.requests[3])
+    missing = ShareKeys(3, 3, good.seed_commitment, dict(list(good.ciphertexts.items())[1:]))
+    with pytest.raises(ProtocolError, match="addressed to exactly"):
+        sim.server.receive(3, missing)
+    with pytest.raises(LateMessageError):
+        sim.server.receive(3, good)  # excluded: even the good one is now refused
+    sim.phase("share")
+    sim.phase("masked")
+    sim.phase("unmask")
+    assert 3 not in sim.server.result.survivors
+    sim.check_sum(sim.server.result)
+
+
+def test_malformed_masked_input_excludes_the_client_and_its_masks_are_removed():
+    sim = Sim(10, degree=9)
+    sim.phase("advertise")
+    sim.phase("share")
+    with pytest.raises(MessageError, match="uint32 of shape"):
+        sim.server.receive(6, MaskedInput(3, 6, np.zeros(63, np.uint32)))
+    sim.phase("masked")  # everyone else masks with 6, so its key must be reconstructed
+    sim.phase("unmask")
+    assert 6 not in sim.server.result.survivors
+    sim.check_sum(sim.server.result)
+
+
+def test_bad_unmask_shares_are_outvoted_or_excluded():
+    sim = Sim(10, degree=9)
+    _to_unmask(sim)
+    liar = sim.clients[2].unmask(sim.requests[2])
+    forged = {v: (int.from_bytes(s, "big") + 1).to_bytes(66, "big")
+              for v, s in liar.seed_shares.items()}
+    sim.server.receive(2, UnmaskResponse(3, 2, forged, {}))  # well-formed, but wrong
+    with pytest.raises(ProtocolError, match=r"clients \[4\] were not asked for"):
+        sim.server.receive(3, UnmaskResponse(3, 3, {}, {4: liar.seed_shares[4]}))
+    assert "excluded" in sim.server.dropped[3]
+    for i in range(4, 11):
+        sim.send(i, sim.clients[i].unmask(sim.requests[i]))
+    result = sim.server.finish()
+    assert set(result.survivors) == set(range(1, 11))  # 2 and 3 sent masked inputs
+    sim.check_sum(result)
+
+
+@pytest.mark.parametrize("data, message", [
+    ([], "unknown message type"),
+    ({"type": "nope"}, "unknown message type"),
+    ({"type": "advertise_keys", "round_id": 1, "client_id": 1, "cipher_key": "AA=="},
+     "missing fields"),
+    ({"type": "advertise_keys", "round_id": True, "client_id": 1, "cipher_key": "",
+      "mask_key": ""}, "round_id must be an integer"),
+    ({"type": "advertise_keys", "round_id": 1, "client_id": 0, "cipher_key": "",
+      "mask_key": ""}, "client_id must be an integer in 1"),
+    ({"type": "advertise_keys", "round_id": 1, "client_id": 1, "cipher_key": "@@@@",
+      "mask_key": ""}, "not valid base64"),
+    ({"type": "advertise_keys", "round_id": 1, "client_id": 1, "cipher_key": "AAAA",
+      "mask_key": ""}, "must be 32 bytes"),
+    ({"type": "share_keys", "round_id": 1, "client_id": 1, "seed_commitment": "A" * 43 + "=",
+      "ciphertexts": {"01": ""}}, "not a client id"),
+    ({"type": "share_keys", "round_id": 1, "client_id": 1, "seed_commitment": "A" * 43 + "=",
+      "ciphertexts": {"2": "AAAA"}}, "must be 160 bytes"),
+    ({"type": "unmask_request", "round_id": 1, "survivors": [2, 2], "dropped": []}, "repeated"),
+    ({"type": "unmask_response", "round_id": 1, "client_id": 1,
+      "seed_shares": {"2": "A" * 88}, "key_shares": {"2": "A" * 88}}, "both shares"),
+    ({"type": "unmask_response", "round_id": 1, "client_id": 1,
+      "seed_shares": {"2": "/" * 88}, "key_shares": {}}, "not a field element"),
+])
+def test_malformed_json_messages_are_refused_with_the_reason(data, message):
+    with pytest.raises(MessageError, match=message):
+        message_from_dict(data)
+
+
+def test_message_from_json_limits():
+    with pytest.raises(MessageError, match="not JSON"):
+        message_from_json(b"\xff{")
+    with pytest.raises(MessageError, match="over the"):
+        message_from_json("x" * 100, max_bytes=10)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: b"short", "not safetensors"),
+    (lambda: b"\x80\x04\x95" + bytes(40), "not safetensors"),  # a pickle header
+    (lambda: st_save({"masked": np.zeros(4, np.float32)},
+                     metadata={"format": "private-keyboard/secagg-masked-1",
+                               "round_id": "1", "client_id": "1"}), "uint32 or uint64"),
+    (lambda: st_save({"masked": np.zeros(4, np.uint32)}, metadata={"format": "x"}), "format"),
+    (lambda: st_save({"masked": np.zeros(4, np.uint32)},
+                     metadata={"format": "private-keyboard/secagg-masked-1", "round_id": "-1",
+                               "client_id": "1"}), "round_id"),
+    (lambda: st_save({"m": np.zeros(4, np.uint32)},
+                     metadata={"format": "private-keyboard/secagg-masked-1"}), "one tensor"),
+    (lambda: bytes(64), "over the"),
+])
+def test_malformed_masked_inputs_are_refused(make, message):
+    with pytest.raises(MessageError, match=message):
+        MaskedInput.from_bytes(make(), max_bytes=60 if message == "over the" else MAX_BYTES)
+
+
+def test_round_config_round_trip_and_checks():
+    config = RoundConfig.create(5, 30, 100, clip_norm=2.0, noise_stddev=0.3)
+    assert RoundConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    bad = config.to_dict() | {"degree": 7}
+    with pytest.raises(MessageError, match="degree must be even"):
+        RoundConfig.from_dict(bad)
+    with pytest.raises(MessageError, match="threshold"):
+        RoundConfig.from_dict(config.to_dict() | {"threshold": config.degree + 2})
+    with pytest.raises(MessageError, match="exactly"):
+        RoundConfig.from_dict(config.to_dict() | {"extra": 1})
+
+
+# ---------------------------------------------------------------- building blocks
+
+def test_shamir_threshold_and_robust_recovery():
+    secret = bytes(range(32))
+    shares = shamir.split(secret, 4, [1, 2, 5, 9, 10, 11])
+    assert all(shamir.combine({x: shares[x] for x in xs}) == secret
+               for xs in ([1, 2, 5, 9], [2, 9, 10, 11], [1, 5, 10, 11, 9]))
+    assert shamir.combine({x: shares[x] for x in (1, 2, 5)}) != secret
+    shares[2] = (int.from_bytes(shares[2], "big") ^ 1).to_bytes(66, "big")
+    assert shamir.recover(shares, 4, lambda s: s == secret) == secret
+    assert shamir.recover({1: shares[1]}, 4, lambda s: True) is None
+
+
+def test_masked_input_is_independent_of_the_update():
+    """The server's stored masked input of a device looks uniform mod 2^32 and the same
+    whether the update is all zeros or all at the bound."""
+    d = 20000
+    stored = []
+    for level in (0.0, 1.0):
+        bound = FixedPoint.choose(1.0, 0.05, 5, d).bound
+        updates = {i: np.full(d, level * bound, np.float32) for i in range(1, 6)}
+        sim = Sim(5, d, updates=updates, seed=11)
+        sim.run()
+        stored.append(sim.stored[1])
+    for masked in stored:
+        for bits in (masked >> 24, masked & 0xFF):  # high and low byte: 256 bins each
+            counts = np.bincount(bits.astype(np.int64), minlength=256)
+            assert stats.chisquare(counts).pvalue > 1e-4
+    assert stats.ks_2samp(stored[0], stored[1]).pvalue > 1e-4
+    encoded = FixedPoint.choose(1.0, 0.05, 5, d).encode(np.full(d, 1.0))
+    assert stats.ks_2samp(stored[1], encoded).pvalue < 1e-10  # the test can tell unmasked data
+
+
+def test_fixed_point_edges():
+    n = 7
+    enc = FixedPoint(32, 1.5, n)
+    assert n * enc.max_int <= 2 ** 31 - 1 < n * (enc.max_int + 1)  # the largest safe bound
+    edges = np.array([enc.bound, -enc.bound, 2 * enc.bound, -1e30, 0.0])
+    q = enc.encode(edges).view(np.int32)
+    assert list(q) == [enc.max_int, -enc.max_int, enc.max_int, -enc.max_int, 0]
+    for value in (enc.bound, -enc.bound):
+        words = [enc.encode(np.full(3, value)) for _ in range(n)]
+        total = np.sum(words, axis=0, dtype=np.uint32)  # wraps mod 2^32 like unmasking
+        np.testing.assert_allclose(enc.decode(total), n * value, atol=n * enc.step / 2)
+    rng = np.random.default_rng(1)
+    xs = rng.uniform(-enc.bound, enc.bound, (n, 1000))
+    total = np.sum([enc.encode(x) for x in xs], axis=0, dtype=np.uint32)
+    assert np.abs(enc.decode(total) - xs.sum(axis=0)).max() <= n * enc.step / 2 * 1.000001
+    with pytest.raises(EncodingError, match="non-finite"):
+        enc.encode(np.array([np.nan]))
+
+
+def test_fixed_point_64_bits_and_choice():
+    enc = FixedPoint(64, 2.0, 3)
+    q = enc.encode(np.array([2.0, -2.0, 1e300])).view(np.int64)
+    assert list(q) == [enc.max_int, -enc.max_int, enc.max_int]
+    total = np.sum([enc.encode(np.array([2.0, -2.0]))] * 3, axis=0, dtype=np.uint64)
+    np.testing.assert_allclose(enc.decode(total), [6.0, -6.0], atol=3 * enc.step)
+    chosen = FixedPoint.choose(clip_norm=1.0, noise_stddev=0.1, num_clients=100, dimension=10**6)
+    assert chosen.bits == 32
+    assert chosen.bound == pytest.approx(1.0 + 0.1 * np.sqrt(2 * np.log(1e18)))
+    assert FixedPoint.choose(1.0, 1e-7, 10**6, 10**6).bits == 64
+    with pytest.raises(ValueError, match="bits"):
+        FixedPoint(16, 1.0, 2)
+
+
+def test_flatten_round_trip():
+    shapes = {"b": (2, 3), "a": (4,)}
+    tensors = {"a": np.arange(4, dtype=np.float32), "b": np.ones((2, 3), np.float32)}
+    back = unflatten(flatten(tensors, shapes), shapes)
+    assert all(np.array_equal(back[k], tensors[k]) for k in shapes)
+    with pytest.raises(EncodingError, match="shape"):
+        flatten({"a": np.zeros(3), "b": np.ones((2, 3))}, shapes)
+
+
+def test_graph_is_symmetric_regular_and_seeded():
+    graph = neighbourhoods(50, 8, bytes(32))
+    assert all(len(vs) == 8 and u not in vs for u, vs in graph.items())
+    assert all(u in graph[v] for u, vs in graph.items() for v in vs)
+    assert graph == neighbourhoods(50, 8, bytes(32)) != neighbourhoods(50, 8, b"\x01" * 32)
+    assert all(neighbours(50, 8, bytes(32), u) == graph[u] for u in (1, 17, 50))
+    with pytest.raises(ValueError, match="even"):
+        neighbourhoods(50, 7, bytes(32))
+
+
+def test_choose_degree_grows_like_log_n():
+    assert choose_degree(10) == (9, 6)  # small rounds: the complete graph
+    k100, t100 = choose_degree(100)
+    k10k, _ = choose_degree(10000)
+    assert k100 < 30 and k10k < 2 * k100 and t100 > (k100 + 1) / 2
+    k, t = choose_degree(100, dropout_rate=0.1, corrupt_rate=0.05)
+    assert k > k100 and t > (k + 1) / 2
+    assert choose_degree(4, corrupt_rate=0.5) == (3, 4)  # secure, but no dropout tolerated
+    with pytest.raises(ValueError, match="rates"):
+        choose_degree(100, dropout_rate=1.0)
