@@ -5,6 +5,7 @@ import argparse
 import json
 import math
 import platform
+import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -40,17 +41,33 @@ def configs_from_flags(args: argparse.Namespace, vocab_size: int) -> tuple[Model
 def train_and_save(out: Path, tokenizer: WordTokenizer, train_messages: list[str],
                    valid_messages: list[str], model_config: ModelConfig,
                    train_config: TrainConfig, data_name: str, version: int = 0) -> dict:
-    """Train a new model on `train_messages`, report valid loss, save a checkpoint; return a summary."""
+    """Train a new model on `train_messages`, keep the epoch with the best `valid` loss, save it.
+
+    Returns a summary (also written as JSON beside the checkpoint).
+    """
     torch.manual_seed(train_config.seed)
     model = NextWordLSTM(model_config)
     sequences = tokenizer.encode_messages(train_messages)
+    valid = tokenizer.encode_messages(valid_messages)
+    valid_losses: list[float] = []
+    best: dict[str, torch.Tensor] = {}
+
+    def validate(epoch: int, trained: NextWordLSTM) -> None:
+        valid_losses.append(mean_loss(trained, valid, tokenizer.pad_id))
+        print(f"epoch {epoch}: valid loss {valid_losses[-1]:.4f}", file=sys.stderr, flush=True)
+        if valid_losses[-1] == min(valid_losses):
+            best.update({k: v.clone() for k, v in trained.state_dict().items()})
+
     started = time.time()
-    result = train(model, sequences, train_config, pad_id=tokenizer.pad_id)
-    valid_loss = mean_loss(model, tokenizer.encode_messages(valid_messages), tokenizer.pad_id)
+    result = train(model, sequences, train_config, pad_id=tokenizer.pad_id, on_epoch=validate)
+    final_loss = mean_loss(model, valid, tokenizer.pad_id)
+    if best and min(valid_losses) < final_loss:
+        model.load_state_dict(best)
+    valid_loss = min([final_loss, *valid_losses])
     summary = {
         "data": data_name, "messages": len(sequences), "tokens_per_epoch": sum(len(s) - 1 for s in sequences),
         "train_config": train_config.to_dict(), "epoch_losses": result.epoch_losses,
-        "valid_loss": valid_loss, "valid_perplexity_capped64": math.exp(valid_loss),
+        "valid_loss": valid_loss, "valid_losses_per_epoch": valid_losses, "valid_perplexity_capped64": math.exp(valid_loss),
         "seconds": round(time.time() - started, 1), "tokens_per_second": round(result.tokens_per_second),
         "parameters": model.num_parameters(), "machine": f"{platform.processor() or platform.machine()}, "
                                                           f"{torch.get_num_threads()} threads",

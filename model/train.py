@@ -90,11 +90,14 @@ def make_optimizer(model: NextWordLSTM, config: TrainConfig) -> torch.optim.Opti
 
 def train(model: NextWordLSTM, sequences: list[list[int]], config: TrainConfig,
           pad_id: int = 0, should_stop: Callable[[], bool] | None = None,
-          progress: bool | None = None) -> TrainResult:
+          progress: bool | None = None,
+          on_epoch: Callable[[int, NextWordLSTM], None] | None = None) -> TrainResult:
     """Train `model` in place on token sequences (<bos> ... <eos>); deterministic for a seed.
 
     `should_stop` is polled between batches; when it returns True training ends at once.
     The progress bar shows when stderr is a terminal, unless `progress` says otherwise.
+    `on_epoch(epoch, model)` runs after each full epoch (for validation); the model is
+    back in training mode afterwards.
     """
     sequences = [s for s in sequences if len(s) >= 2]
     result = TrainResult()
@@ -141,6 +144,9 @@ def train(model: NextWordLSTM, sequences: list[list[int]], config: TrainConfig,
                 bar.set_postfix(loss=f"{epoch_sum / max(epoch_tokens, 1):.3f}")
             if epoch_tokens:
                 result.epoch_losses.append(epoch_sum / epoch_tokens)
+                if on_epoch and not result.stopped:
+                    on_epoch(len(result.epoch_losses), model)
+                    model.train()
             loss_sum += epoch_sum
             loss_tokens += epoch_tokens
     finally:

@@ -199,3 +199,18 @@ def test_retry_after_the_round_closed_still_gets_its_answer(server):
     assert server.status()["rounds"][0]["state"] == "closed"
     replay = server.upload(devices[0], tasks[0]["round_id"], bodies[0], keys[0])
     assert replay.status_code == 202 and replay.json() == answers[0]
+
+
+@pytest.mark.parametrize("factor, status", [(0.999, 202), (1.001, 422)])
+def test_norm_bound_is_exact_at_the_edge(start_server, factor, status):
+    server = start_server(round={"noise_multiplier": 0.0, "epsilon_budget": None})
+    device = server.enrol()
+    task = server.task(device)
+    assert task["noise_stddev"] == 0.0  # no DP: the bound is the clipping norm itself
+    rng = np.random.default_rng(3)
+    raw = {k: rng.normal(0, 1, s) for k, s in server.shapes.items()}
+    norm = np.sqrt(sum((v ** 2).sum() for v in raw.values()))
+    tensors = {k: (v * factor * task["clip_norm"] / norm).astype(np.float32)
+               for k, v in raw.items()}
+    r = server.upload(device, task["round_id"], server.update_bytes(task, tensors=tensors))
+    assert r.status_code == status, r.text
