@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from aggregation_server import accounting
 from aggregation_server.config import RoundConfig
 from aggregation_server.db import Device, ModelVersion, Round, ServerState, Task
-from aggregation_server.rounds import COUNTED, RoundService, noise_stddev
+from aggregation_server.rounds import COUNTED, RoundService
+from aggregation_server.uploads import noise_stddev
 
 HISTORY = 200  # rounds and versions listed
 

@@ -73,10 +73,7 @@ def start_server(data_dir: Path, model: Path, tokenizer: Path, round_config: dic
                **{f"PK_ROUND_{k.upper()}": str(v) for k, v in round_config.items()})
     log = data_dir.parent / f"{data_dir.name}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
-    if gunicorn:  # create the schema and version 0 once, then start the workers
-        subprocess.run([sys.executable, "-c", "from aggregation_server.app import create_app, "
-                        "shutdown; shutdown(create_app())"], env=env, cwd=ROOT, check=True,
-                       stderr=subprocess.DEVNULL)
+    if gunicorn:
         args = [sys.executable, "-m", "gunicorn", "-w", str(gunicorn), "--threads", "8",
                 "-b", f"127.0.0.1:{port}", "--timeout", "120",
                 "aggregation_server.app:create_app()"]

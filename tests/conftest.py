@@ -56,8 +56,7 @@ def tiny_model(tmp_path_factory) -> dict[str, Any]:
     weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     return {"checkpoint": folder / "model.safetensors", "tokenizer": folder / "tokenizer.json",
             "tokenizer_sha256": tokenizer.sha256, "weights": weights,
-            "shapes": {k: v.shape for k, v in weights.items()},
-            "num_params": sum(v.size for v in weights.values())}
+            "shapes": {k: v.shape for k, v in weights.items()}}
 
 
 @dataclass
@@ -171,13 +170,15 @@ def _json_or_none(line: str) -> dict | None:
 
 
 def _settings(data_dir: Path, tiny: dict, db_url: str | None, round_config: dict | None,
-              **overrides):
+              settings_round: dict | None = None, **overrides):
+    """Test settings: `round_config` merged onto TEST_ROUND, or exactly `settings_round`."""
     from aggregation_server.config import Settings
+    explicit = dict(TEST_ROUND, **(round_config or {})) if settings_round is None \
+        else settings_round
     values = dict(data_dir=data_dir, db_url=db_url, init_model=tiny["checkpoint"],
                   tokenizer=tiny["tokenizer"], admin_token="admin-secret", tick_seconds=0.0,
-                  log_level="WARNING", round=dict(TEST_ROUND, **(round_config or {})))
-    values.update({k: v for k, v in overrides.items() if k != "settings_round"})
-    return Settings(**values)
+                  log_level="WARNING", round=explicit)
+    return Settings(**{**values, **overrides})
 
 
 def serve_in_thread(settings) -> tuple[str, Any, Any]:
@@ -223,10 +224,7 @@ def start_server(tiny_model, server_settings, tmp_path):
               data_dir: Path | None = None, **overrides) -> Server:
         """`round` is merged onto TEST_ROUND; `settings_round=` replaces it (tests of start-up)."""
         data_dir = data_dir or tmp_path / f"server{len(stops)}"
-        settings = server_settings(data_dir, db_url, round, **overrides)
-        if "settings_round" in overrides:
-            settings.round = overrides["settings_round"]
-        url, app, stop = serve_in_thread(settings)
+        url, app, stop = serve_in_thread(server_settings(data_dir, db_url, round, **overrides))
         stops.append(stop)
         return Server(url, data_dir, app.extensions["pk.admin"], tiny_model["shapes"], app=app)
 

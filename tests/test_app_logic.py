@@ -89,3 +89,20 @@ def test_privacy_lines_report_what_was_sent():
                                    incognito=True)
     assert "0 messages" in empty["stored"] and "not taken part" in empty["participation"]
     assert "no server" in empty["learning"] and "Incognito is on" in empty["kept"]
+
+
+def test_command_line_and_no_kivy_outside_the_ui():
+    import subprocess
+    import sys
+
+    from keyboard_app.__main__ import parse_args
+    args = parse_args(["--server", "http://127.0.0.1:8000", "--size", "1280x720"])
+    assert args.server == "http://127.0.0.1:8000" and (args.width, args.height) == (1280, 720)
+    with pytest.raises(SystemExit):
+        parse_args(["--size", "big"])
+    code = ("import sys, keyboard_app.runtime, keyboard_app.device, keyboard_app.ui.backend, "
+            "keyboard_app.ui.describe, keyboard_app.ui.prefs, keyboard_app.ui.editing; "
+            "print('kivy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

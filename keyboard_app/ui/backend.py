@@ -11,14 +11,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from keyboard_app.history import HistoryStore
-from keyboard_app.runtime import DeviceRuntime
 from keyboard_app.ui.prefs import Prefs
 from model import paths
-from model.checkpoint import CheckpointError, load_checkpoint
-from model.lstm import NextWordLSTM
-from model.predictor import Predictor
-from model.tokenizer import TokenizerError, WordTokenizer
+
+if TYPE_CHECKING:  # torch-heavy: imported by open(), off the UI thread, so the window shows first
+    from keyboard_app.runtime import DeviceRuntime
+    from model.lstm import NextWordLSTM
+    from model.predictor import Predictor
+    from model.tokenizer import WordTokenizer
 
 log = logging.getLogger("keyboard_app.ui")
 HISTORY_FILE = "history.sqlite"  # the file name DeviceRuntime uses by default
@@ -58,6 +61,8 @@ class Backend:
     # --- models ---------------------------------------------------------------------
     def open(self, on_model: OnModel) -> None:
         """Blocking (call it off the UI thread): load the best model there is, start syncing."""
+        from keyboard_app.runtime import DeviceRuntime
+        from model.predictor import Predictor
         got_global = False
 
         def from_runtime(model: NextWordLSTM, tokenizer: WordTokenizer, version: int) -> None:
@@ -77,6 +82,9 @@ class Backend:
 
     def load_pretrained(self) -> ModelReady:
         """The public pre-trained model from the cache, or why there is none."""
+        from model.checkpoint import CheckpointError, load_checkpoint
+        from model.predictor import Predictor
+        from model.tokenizer import TokenizerError, WordTokenizer
         if not self.pretrained_model.is_file() or not self.tokenizer_path.is_file():
             return ModelReady(None, None, "none", "no pre-trained model in "
                               f"{self.pretrained_model.parent}")

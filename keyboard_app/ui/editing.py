@@ -1,11 +1,10 @@
 """The text edits behind the suggestion strip (pure Python, no Kivy)."""
 from __future__ import annotations
 
-from model.predictor import split_partial
-
 
 def partial_word(before_cursor: str) -> str:
     """The word being typed at the cursor, as the predictor sees it ('' after a space)."""
+    from model.predictor import split_partial  # torch: not needed before a model is loaded
     return split_partial(before_cursor)[1]
 
 

@@ -1,7 +1,7 @@
 """Settings: server URL, taking part in training, retention and filters (saved as JSON)."""
 from kivy.app import App
 from kivy.lang import Builder
-from kivy.properties import StringProperty
+from kivy.properties import BooleanProperty, StringProperty
 from kivy.uix.screenmanager import Screen
 
 from keyboard_app.ui import widgets  # noqa: F401  (kv rules)
@@ -118,7 +118,7 @@ Builder.load_string("""
                 Para:
                     id: message
                     text: root.message
-                    color: theme.DANGER if root.message.startswith('Not saved') else theme.MUTED
+                    color: theme.DANGER if root.error else theme.MUTED
                 Para:
                     text: 'Data directory: ' + app.data_dir
                     color: theme.MUTED
@@ -130,6 +130,7 @@ class SettingsScreen(Screen):
     """Edits a copy of the app's Prefs; Save validates, persists and applies them."""
 
     message = StringProperty("")
+    error = BooleanProperty(False)
 
     def load(self, prefs: Prefs) -> None:
         """Show `prefs` in the form."""
@@ -143,7 +144,7 @@ class SettingsScreen(Screen):
         ids.filter_emails.active = prefs.filter_emails
         ids.mode_redact.active = prefs.filter_mode == "redact"
         ids.mode_drop.active = prefs.filter_mode == "drop"
-        self.message = ""
+        self.message, self.error = "", False
 
     def read(self) -> Prefs:
         """The form as Prefs (not yet validated)."""
@@ -159,7 +160,7 @@ class SettingsScreen(Screen):
         try:
             App.get_running_app().apply_prefs(self.read())
         except PrefsError as err:
-            self.message = f"Not saved: {err}"
+            self.message, self.error = f"Not saved: {err}", True
             return False
-        self.message = "Saved."
+        self.message, self.error = "Saved.", False
         return True

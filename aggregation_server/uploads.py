@@ -1,0 +1,87 @@
+"""Checks on an uploaded update, in the order the API applies them; each refusal is an ApiError."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from federated import privacy
+from federated.wire import Update, WireError, decode_update, l2_norm
+
+from aggregation_server.config import RoundConfig
+from aggregation_server.db import Round, Task
+from aggregation_server.errors import ApiError
+
+
+def noise_stddev(config: RoundConfig) -> float:
+    """The noise each device adds: z*C/sqrt(min_reports) (0 when DP is off)."""
+    if config.noise_multiplier <= 0:
+        return 0.0
+    return privacy.noise_stddev(config.clip_norm, config.noise_multiplier, config.min_reports)
+
+
+def replay(task: Task | None, key: str, digest: str) -> dict | None:
+    """The stored answer if this is a retry of an accepted upload (same key and body)."""
+    if task is None or task.idempotency_key != key:
+        return None
+    if task.body_sha256 != digest:
+        raise ApiError(409, "idempotency_key_reused",
+                       "this Idempotency-Key was used for a different update body")
+    return task.response
+
+
+def check_open(r: Round, task: Task | None, now: float) -> None:
+    """The round takes uploads and this device holds an unused task in it."""
+    if r.state == "closing":
+        raise ApiError(409, "round_closed", f"round {r.id} is closed: it is being aggregated")
+    if r.state != "open":
+        why = f" ({r.reason})" if r.reason else ""
+        raise ApiError(409, "round_closed", f"round {r.id} is {r.state}{why}")
+    if now >= r.deadline:
+        raise ApiError(409, "round_closed", f"round {r.id} passed its deadline")
+    if task is None:
+        raise ApiError(403, "no_task", f"this device holds no task in round {r.id}")
+    if task.state != "issued":
+        raise ApiError(409, "already_submitted",
+                       f"this device already submitted an update to round {r.id}; "
+                       "a retry must reuse its Idempotency-Key")
+
+
+def check_update(body: bytes, r: Round, config: RoundConfig, shapes: dict[str, tuple[int, ...]],
+                 max_bytes: int) -> Update:
+    """The decoded update if it fits the model, the round and the round's norm bound."""
+    if len(body) > max_bytes:
+        raise ApiError(413, "too_large", f"update of {len(body)} bytes is over the "
+                                         f"{max_bytes}-byte limit")
+    try:
+        update = decode_update(body, shapes, max_bytes)
+    except WireError as err:
+        raise ApiError(400, "invalid_update", str(err)) from None
+    if update.round_id != r.id:
+        raise ApiError(400, "wrong_round", f"update says round {update.round_id}, "
+                                           f"uploaded to round {r.id}")
+    if update.model_version != r.model_version:
+        raise ApiError(400, "wrong_model_version",
+                       f"update was trained from model version {update.model_version}, "
+                       f"round {r.id} trains version {r.model_version}")
+    num_params = sum(math.prod(shape) for shape in shapes.values())
+    bound = privacy.norm_bound(config.clip_norm, noise_stddev(config), num_params)
+    norm = quick_norm(update.tensors)
+    if abs(norm - bound) <= 1e-3 * bound:  # too close to call in float32: exact norm
+        norm = l2_norm(update.tensors)
+    if norm > bound:
+        raise ApiError(422, "norm_too_large",
+                       f"update L2 norm {norm:.4g} is over the round's bound {bound:.4g} "
+                       f"(clip norm {config.clip_norm} plus the task's noise)")
+    return update
+
+
+def quick_norm(tensors: dict[str, np.ndarray], block: int = 4096) -> float:
+    """The L2 norm from float32 BLAS dot products over blocks of 4096 values, added in
+    float64: many times faster than float64 throughout, relative error below 3e-4."""
+    total = 0.0
+    for tensor in tensors.values():
+        flat = tensor.ravel()
+        for i in range(0, flat.size, block):
+            total += float(np.dot(flat[i:i + block], flat[i:i + block]))
+    return math.sqrt(total)

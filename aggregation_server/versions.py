@@ -1,0 +1,101 @@
+"""Global model versions as files: version 0 from a checkpoint, later ones from a round's updates.
+
+Only files here (written atomically); the caller records the result in the database.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aggregation_server.config import RoundConfig, Settings
+from aggregation_server.db import ModelVersion
+from aggregation_server.storage import (BlobStore, StorageError, check_checkpoint,
+                                        load_tokenizer_text, sha256_hex)
+from aggregation_server.strategy import (RoundInputs, StoredUpdate, Tensors, mean_for,
+                                         server_optimizer, weighted_metrics)
+
+log = logging.getLogger("aggregation_server.versions")
+
+
+def initial_version(blobs: BlobStore, settings: Settings) -> ModelVersion:
+    """Validate --init-model and its tokenizer, store them as version 0."""
+    init, tok = settings.init_model, settings.tokenizer
+    if not init or not tok:
+        raise StorageError(f"{blobs.root} holds no model yet: start once with "
+                           "--init-model CHECKPOINT --tokenizer tokenizer.json")
+    if not Path(init).is_file():
+        raise StorageError(f"{init}: file not found")
+    tokenizer_text, tokenizer_sha = load_tokenizer_text(Path(tok))
+    tensors, meta = check_checkpoint(Path(init).read_bytes(), tokenizer_sha)
+    meta = dict(meta, version="0")  # re-saved with version 0 in its metadata
+    path = blobs.model_path(0)
+    data = blobs.write_tensors(path, tensors, meta)
+    blobs.write("tokenizer.json", tokenizer_text.encode("utf-8"))
+    log.info("model_initialized", extra={"source": str(init), "sha256": sha256_hex(data)})
+    return ModelVersion(version=0, sha256=sha256_hex(data), path=path, size=len(data),
+                        created_at=time.time(), round_id=None, reports=0, metrics={},
+                        provenance={"source": Path(init).name,
+                                    "training": json.loads(meta["training"])})
+
+
+@dataclass
+class NewVersion:
+    """A version written to disk, not yet recorded in the database."""
+
+    version: int
+    path: str
+    sha256: str
+    size: int
+    metrics: dict[str, float]
+    provenance: dict[str, Any]
+    optimizer_path: str | None
+
+    def row(self, round_id: int) -> ModelVersion:
+        return ModelVersion(version=self.version, sha256=self.sha256, path=self.path,
+                            size=self.size, created_at=time.time(), round_id=round_id,
+                            reports=self.provenance["reports"], metrics=self.metrics,
+                            provenance=self.provenance, optimizer_path=self.optimizer_path)
+
+
+def build_version(blobs: BlobStore, shapes: dict, round_id: int, config: RoundConfig,
+                  updates: list[StoredUpdate], base: ModelVersion, version: int,
+                  prev_optimizer: str | None) -> NewVersion:
+    """Mean of the updates (streamed), server optimizer step, new checkpoint file.
+
+    Deterministic for the same inputs, so a process taking over a lapsed aggregation
+    writes the same files again.
+    """
+    inputs = RoundInputs(round_id, config, shapes, updates, lambda u: blobs.tensors(u.path))
+    delta = mean_for(config)(inputs)
+    optimizer = server_optimizer(config)
+    state = _optimizer_state(blobs, prev_optimizer, optimizer.name)
+    weights, state = optimizer.step(blobs.tensors(base.path), delta, state)
+    del delta
+    metrics = weighted_metrics(updates)
+    provenance = {
+        "round_id": round_id, "base_version": base.version, "reports": len(updates),
+        "server_optimizer": optimizer.name, "server_lr": config.server_lr,
+        "weighting": "uniform" if config.uniform else "examples",
+        "clip_norm": config.clip_norm, "noise_multiplier": config.noise_multiplier,
+        "min_reports": config.min_reports, "secure_aggregation": config.secure_aggregation,
+        "metrics": metrics}
+    meta = dict(blobs.metadata(base.path), version=str(version),
+                training=json.dumps({"federated": provenance}, sort_keys=True))
+    path = blobs.model_path(version)
+    data = blobs.write_tensors(path, weights, meta)
+    opt_path = None
+    if state:
+        opt_path = blobs.optimizer_path(version)
+        blobs.write_tensors(opt_path, state, {"optimizer": optimizer.name})
+    return NewVersion(version, path, sha256_hex(data), len(data), metrics, provenance, opt_path)
+
+
+def _optimizer_state(blobs: BlobStore, path: str | None, name: str) -> Tensors:
+    """The server optimizer's state after the latest version, if it was the same kind."""
+    if not path or blobs.metadata(path).get("optimizer") != name:
+        return {}
+    return blobs.tensors(path)

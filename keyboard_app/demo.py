@@ -1,0 +1,311 @@
+"""`python -m keyboard_app.demo` (`make demo`): the federated keyboard end to end, in one run folder.
+
+1. pre-train the first global model on public text (skipped when cached);
+2. a fleet of simulated phones (`federated` chat users, through the real device runtime and
+   a real server with SQLite) trains it for a few minutes without differential privacy;
+3. the same fleet, from the same start model, for the same rounds with differential
+   privacy (a separate server);
+4. a table on `test`: the n-gram baseline, the public pre-trained LSTM and both
+   federated LSTMs (with epsilon and delta).
+
+Leaves report.json, report.md and demo.png in runs/<time>/ (each fleet in a subfolder).
+`--quick` is a one-minute smoke run: a small model, a few short rounds, part of `test`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from keyboard_app.simulate import FleetConfig, FleetError, describe, run_fleet
+from model.paths import CACHE_DIR, PRETRAINED_DIR, ROOT
+
+QUICK_DIR = CACHE_DIR / "demo-quick"  # the quick run's small pre-trained model
+QUICK_PRETRAIN = ["--epochs", "1", "--embed-dim", "32", "--hidden-size", "64",
+                  "--batch-size", "128"]
+
+
+@dataclass
+class DemoConfig:
+    """What the demo runs; the defaults fit in 15 minutes on 2 cores."""
+
+    rounds: int = 40                # at most; the first fleet stops after `fleet_minutes`
+    fleet_minutes: float = 2.75
+    devices_per_round: int = 20
+    max_examples: int = 500
+    client_lr: float = 0.5
+    server_optimizer: str = "fedavgm"
+    server_lr: float = 1.0
+    server_momentum: float = 0.5
+    clip_norm: float = 1.0
+    noise_multiplier: float = 0.5
+    dp_server_momentum: float = 0.0  # momentum would accumulate the noise
+    delta: float = 1e-5
+    dropout: float = 0.1
+    eval_every: int = 5
+    eval_senders: int = 30
+    test_senders: int = 0            # 0: all of `test`
+    workers: int = 2
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        return cls(rounds=4, fleet_minutes=0.4, devices_per_round=8, max_examples=100,
+                   eval_every=2, eval_senders=10, test_senders=25)
+
+    def fleet(self, dp: bool, rounds: int | None = None) -> FleetConfig:
+        return FleetConfig(
+            rounds=rounds or self.rounds, devices_per_round=self.devices_per_round,
+            dropout=self.dropout, client_lr=self.client_lr, max_examples=self.max_examples,
+            server_optimizer=self.server_optimizer, server_lr=self.server_lr,
+            server_momentum=self.dp_server_momentum if dp else self.server_momentum,
+            clip_norm=self.clip_norm, noise_multiplier=self.noise_multiplier if dp else 0.0,
+            delta=self.delta, eval_every=self.eval_every, eval_senders=self.eval_senders,
+            final_eval=False, workers=self.workers, seed=self.seed,
+            max_minutes=None if dp or rounds else self.fleet_minutes)
+
+
+class Stages:
+    """Numbered stage lines with their durations."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n, self.seconds = total, 0, {}
+        self.started = time.time()
+
+    def start(self, name: str) -> None:
+        self.n += 1
+        self.name, self.t0 = name, time.time()
+        print(f"[{self.n}/{self.total}] {name} ...", flush=True)
+
+    def done(self, note: str = "") -> None:
+        self.seconds[self.name] = round(time.time() - self.t0, 1)
+        print(f"      done in {self.seconds[self.name]:.0f} s{'; ' + note if note else ''}",
+              flush=True)
+
+
+def pretrained(quick: bool) -> tuple[Path, bool]:
+    """The pre-trained model's folder (trained now unless cached) and whether it was cached."""
+    from model import pretrain
+    folder = QUICK_DIR if quick else PRETRAINED_DIR
+    if pretrain.is_cached(folder):
+        return folder, True
+    code = pretrain.main(["--out-dir", str(folder), *(QUICK_PRETRAIN if quick else [])])
+    if code or not pretrain.is_cached(folder):
+        raise FleetError(f"pre-training failed (exit code {code})")
+    return folder, False
+
+
+# --- evaluation on test, two models at a time -------------------------------------------------
+def _evaluate(job: tuple[str, str, str, int]) -> dict[str, Any]:
+    """In a worker: (name, kind 'ngram' or a checkpoint path, tokenizer path, senders)."""
+    import torch
+    torch.set_num_threads(1)
+    from data import load_split
+    from model.checkpoint import load_checkpoint
+    from model.evaluate import evaluate_scorer
+    from model.ngram import KneserNey
+    from model.tokenizer import WordTokenizer
+    name, what, tokenizer_path, senders = job
+    tokenizer = WordTokenizer.load(tokenizer_path)
+    if what == "ngram":
+        public = [m for d in load_split("public") for m in d.messages]
+        scorer = KneserNey.from_messages(public, tokenizer)
+    else:
+        scorer = load_checkpoint(what, tokenizer.sha256)[0]
+    devices = load_split("test")
+    devices = devices[:senders] if senders else devices
+    started = time.time()
+    row = {"name": name, **evaluate_scorer(scorer, tokenizer, devices)}
+    row["eval_seconds"] = round(time.time() - started, 1)
+    return row
+
+
+def evaluate_on_test(models: list[tuple[str, str]], tokenizer: Path, senders: int,
+                     workers: int) -> list[dict[str, Any]]:
+    """EVALUATION.md metrics on `test` for each (name, 'ngram' or checkpoint path)."""
+    jobs = [(name, what, str(tokenizer), senders) for name, what in models]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_evaluate, jobs))
+
+
+# --- the report ------------------------------------------------------------------------------------
+def table_rows(rows: list[dict], privacy: dict[str, str]) -> list[list[str]]:
+    head = ["model", "top-1", "top-3", "macro top-1", "KSR", "perplexity", "privacy"]
+    out = [head]
+    for r in rows:
+        out.append([r["name"], f"{r['top1']:.2%}", f"{r['top3']:.2%}", f"{r['macro_top1']:.2%}",
+                    f"{r['ksr']:.2%}", f"{r['perplexity']:.1f}", privacy.get(r["name"], "")])
+    return out
+
+
+def text_table(cells: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i in (0, len(row) - 1) else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))) for row in cells)
+
+
+def markdown_table(cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells[1:]])
+
+
+def plot(no_dp: list[dict], dp: list[dict], rows: list[dict], path: Path, title: str) -> None:
+    """valid top-1 of both fleets against rounds; epsilon of the DP fleet."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    fig, (acc, eps) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for records, label in ((no_dp, "federated, no DP"), (dp, "federated, DP")):
+        points = [(r["round"], 100 * r["valid"]["top1"]) for r in records if r.get("valid")]
+        if points:
+            acc.plot(*zip(*points), marker="o", label=label)
+    acc.set(xlabel="round", ylabel="top-1 (%)", title="global model on valid (subset)")
+    acc.legend()
+    points = [(r["round"], r["epsilon"]) for r in dp if r.get("epsilon") is not None]
+    if points:
+        eps.plot(*zip(*points), marker=".", color="tab:red")
+    eps.set(xlabel="round", ylabel=f"epsilon (delta = {dp[0]['delta']:g})",
+            title="privacy spent by the DP fleet (most any device spent)")
+    for axes in (acc, eps):
+        axes.grid(alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path, report: dict, cells: list[list[str]]) -> None:
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    no_dp, dp = report["fleets"]["no_dp"], report["fleets"]["dp"]
+    cfg = report["config"]
+    lines = [
+        f"# Federated keyboard demo ({report['started']})", "",
+        f"Test split: {report['test']['senders']} senders, {report['test']['words']} words"
+        + (" (a subset: quick run)" if cfg["test_senders"] else "") + ".", "",
+        markdown_table(cells), "",
+        f"- Fleets: {no_dp['rounds_run']} rounds of {cfg['devices_per_round']} devices out of "
+        f"{no_dp['population']} `federated` senders, dropout {cfg['dropout']}, each device "
+        f"training on its most recent {cfg['max_examples']} messages, local SGD lr "
+        f"{cfg['client_lr']}; server {cfg['server_optimizer']} lr {cfg['server_lr']} "
+        f"(momentum {cfg['server_momentum']} without DP, {cfg['dp_server_momentum']} with DP).",
+        f"- DP: every update clipped to L2 norm {cfg['clip_norm']} and noised on the device "
+        f"so that each round's sum has noise multiplier {cfg['noise_multiplier']}; epsilon "
+        f"{_eps(dp['epsilon'])} at delta {cfg['delta']:g} is what the server's accountant "
+        "reports for the device that took part most often (its rounds composed, no "
+        f"amplification by sampling; {_eps(dp['epsilon_if_sampled'])} if the uniform "
+        "sampling of devices were counted as Poisson sampling).",
+        f"- With only {no_dp['population']} devices, noise this large relative to "
+        f"{cfg['devices_per_round']} reports per round costs accuracy: see "
+        "`benchmarks/federated.py` for what population would allow epsilon <= 10.",
+        f"- Stages (seconds): {json.dumps(report['stages'])}; total {report['seconds']:.0f} s "
+        f"on {report['machine']['nproc']} cores ({report['machine']['cpu']}).", "",
+        "![valid accuracy and epsilon](demo.png)", ""]
+    (run_dir / "report.md").write_text("\n".join(lines))
+
+
+def _eps(value: float | None) -> str:
+    return "infinite" if value is None else f"{value:.2f}"
+
+
+# --- main --------------------------------------------------------------------------------------------
+def run_demo(config: DemoConfig, run_dir: Path, quick: bool) -> dict:
+    from model.evaluate import machine
+    stages = Stages(5)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.now().isoformat(timespec="seconds")
+    print(f"run folder: {run_dir}", flush=True)
+
+    stages.start("pre-trained model (public split)" + (", small for --quick" if quick else ""))
+    folder, cached = pretrained(quick)
+    stages.done(f"{'cached' if cached else 'trained'} in {folder}")
+    model, tokenizer = folder / "model.safetensors", folder / "tokenizer.json"
+
+    stages.start("federated fleet without differential privacy")
+    no_dp = run_fleet(config.fleet(dp=False), run_dir / "fleet-no-dp", init_model=model,
+                      tokenizer=tokenizer, title="federated, no DP")
+    stages.done(describe(no_dp).replace("\n", "\n      "))
+
+    stages.start(f"the same fleet with differential privacy, {no_dp['rounds_run']} rounds")
+    dp = run_fleet(config.fleet(dp=True, rounds=no_dp["rounds_run"]), run_dir / "fleet-dp",
+                   init_model=model, tokenizer=tokenizer, title="federated, DP")
+    stages.done(describe(dp).replace("\n", "\n      "))
+
+    stages.start("evaluation on test")
+    models = [("n-gram (Kneser-Ney 3, public)", "ngram"), ("LSTM, public pre-trained", str(model)),
+              ("LSTM, federated, no DP", str(run_dir / "fleet-no-dp" / "model.safetensors")),
+              ("LSTM, federated, DP", str(run_dir / "fleet-dp" / "model.safetensors"))]
+    rows = evaluate_on_test(models, tokenizer, config.test_senders, config.workers)
+    stages.done()
+
+    stages.start("report")
+    privacy = {models[2][0]: "none (epsilon infinite)",
+               models[3][0]: f"epsilon {_eps(dp['epsilon'])}, delta {config.delta:g}"}
+    cells = table_rows(rows, privacy)
+    rounds = no_dp["rounds_run"]
+    plot(_records(run_dir / "fleet-no-dp"), _records(run_dir / "fleet-dp"), rows,
+         run_dir / "demo.png", f"{rounds} rounds x {config.devices_per_round} devices "
+         f"(population {no_dp['population']}); DP: z={config.noise_multiplier:g}, "
+         f"C={config.clip_norm:g}, epsilon {_eps(dp['epsilon'])} at delta {config.delta:g}")
+    report = {"started": started, "quick": quick, "config": asdict(config),
+              "pretrained": {"folder": str(folder), "cached": cached},
+              "rows": rows, "privacy": privacy,
+              "test": {"senders": rows[0]["senders"], "words": rows[0]["words"]},
+              "fleets": {"no_dp": no_dp, "dp": dp}, "stages": stages.seconds,
+              "seconds": round(time.time() - stages.started, 1), "machine": machine()}
+    write_report(run_dir, report, cells)
+    stages.done()
+    print(f"\ntest split ({rows[0]['senders']} senders, {rows[0]['words']} words"
+          f"{', a subset' if config.test_senders else ''}); {rounds} rounds x "
+          f"{config.devices_per_round} devices per round:\n")
+    print(text_table(cells))
+    print(f"\ntotal {report['seconds']:.0f} s. Report: {run_dir / 'report.md'}, "
+          f"{run_dir / 'report.json'}, {run_dir / 'demo.png'}")
+    return report
+
+
+def _records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m keyboard_app.demo",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="one-minute smoke run: small model, few rounds, part of test")
+    p.add_argument("--run-dir", type=Path, default=None, help="default: runs/<time>")
+    for name in ("rounds", "fleet_minutes", "devices_per_round", "noise_multiplier",
+                 "clip_norm", "test_senders", "workers", "seed"):
+        kind = type(getattr(DemoConfig, name))
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                       help=f"default: {getattr(DemoConfig, name)} ({getattr(DemoConfig.quick(), name)} "
+                            "with --quick)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = DemoConfig.quick() if args.quick else DemoConfig()
+    changes = {k: v for k, v in vars(args).items() if k not in ("quick", "run_dir") and v is not None}
+    config = replace(config, **changes)
+    run_dir = args.run_dir or ROOT / "runs" / f"{datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        run_demo(config, run_dir, args.quick)
+    except (FleetError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The fleet simulator: real device runtimes in worker processes, real HTTP, a real server."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from data import load_split
+from federated import privacy
+from keyboard_app import simulate
+from keyboard_app.simulate import FleetConfig, run_fleet
+from model.checkpoint import load_checkpoint
+from model.tokenizer import WordTokenizer
+from model.train import mean_loss
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def senders():
+    """Six real `federated` users with a few dozen messages each."""
+    picked = [d for d in load_split("federated") if 20 <= len(d.messages) <= 60][:6]
+    assert len(picked) == 6
+    return picked
+
+
+def records_of(run_dir):
+    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+
+
+def loss_on(checkpoint, tokenizer, devices) -> float:
+    model, _ = load_checkpoint(checkpoint, tokenizer.sha256)
+    messages = [m for d in devices for m in d.messages]
+    return mean_loss(model, tokenizer.encode_messages(messages), tokenizer.pad_id)
+
+
+def test_command_runs_a_fleet_whose_model_improves_on_its_users(tiny_model, tmp_path,
+                                                                senders):
+    """`python -m keyboard_app.simulate` with its own server process: 3 rounds of 3 devices."""
+    torch.set_num_threads(1)
+    run_dir = tmp_path / "run"
+    population = [d.sender for d in senders]
+    config = FleetConfig(rounds=3, devices_per_round=3, max_examples=40, batch_size=8,
+                         client_lr=0.5, server_optimizer="fedavg", clip_norm=5.0,
+                         eval_every=2, eval_senders=2, final_eval=False, workers=2, seed=3)
+    summary = run_fleet(config, run_dir, init_model=tiny_model["checkpoint"],
+                        tokenizer=tiny_model["tokenizer"], senders=population, progress=False)
+
+    records = records_of(run_dir)
+    assert [r["round"] for r in records] == [0, 1, 2, 3]
+    for k, r in enumerate(records[1:], start=1):
+        assert r["state"] == "closed" and r["reports"] == 3 == r["outcomes"]["uploaded"]
+        # the documented sampling: the first devices of a seeded uniform permutation
+        order = np.random.default_rng([3, k]).permutation(len(population))
+        assert r["checked_in"] == order[:3].tolist()
+        assert r["upload_bytes"] > 0 and math.isfinite(r["local_loss"])
+        assert r["epsilon"] is None  # no noise: no differential privacy claimed
+    assert [r["round"] for r in records if r.get("valid")] == [0, 2, 3]
+    assert 0 <= records[-1]["valid"]["top1"] <= 1
+    assert summary["rounds_closed"] == 3 and summary["reports"] == 9
+    assert json.loads((run_dir / "population.json").read_text()) == population
+    png = (run_dir / "fleet.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 5_000
+    assert (run_dir / "server" / "server.sqlite3").is_file()  # its own server, SQLite
+
+    # The global model improved on the messages of the users it was trained on.
+    tokenizer = WordTokenizer.load(tiny_model["tokenizer"])
+    before = loss_on(tiny_model["checkpoint"], tokenizer, senders)
+    after = loss_on(run_dir / "model.safetensors", tokenizer, senders)
+    assert after < before - 0.2, (before, after)
+
+
+def test_dropout_and_privacy_against_a_running_server(start_server, tmp_path, senders):
+    """Dropped devices send nothing and are replaced; epsilon is the server's accountant's."""
+    torch.set_num_threads(1)
+    server = start_server()
+    config = FleetConfig(rounds=3, devices_per_round=2, dropout=0.5, max_examples=30,
+                         batch_size=8, clip_norm=0.5, noise_multiplier=1.0, delta=1e-5,
+                         server_optimizer="fedavg", eval_every=0, final_eval=False,
+                         workers=1, seed=1)
+    summary = run_fleet(config, tmp_path / "run", server_url=server.url,
+                        admin_token=server.admin_token,
+                        senders=[d.sender for d in senders], progress=False)
+
+    records = records_of(tmp_path / "run")[1:]
+    assert [r["reports"] for r in records] == [2, 2, 2]
+    dropped = sum(r["outcomes"].get("interrupted", 0) for r in records)
+    assert dropped > 0  # seed 1 drops some; each was replaced by the next device
+    for r in records:
+        assert len(set(r["checked_in"])) == len(r["checked_in"]) == r["tasks_issued"]
+        assert r["outcomes"].get("interrupted", 0) + r["reports"] == r["tasks_issued"]
+    status = server.status()
+    assert status["config"]["target_reports"] == 2 and status["config"]["noise_multiplier"] == 1.0
+    assert status["config"]["participation_cap"] == 3 and status["config"]["epsilon_budget"] is None
+    most = max(int(n) for n in status["devices"]["participations"])
+    expected = privacy.epsilon(1.0, most, 1e-5)
+    assert summary["epsilon"] == pytest.approx(expected)
+    assert records[-1]["epsilon"] == pytest.approx(expected)
+    assert records[-1]["epsilon_if_sampled"] == pytest.approx(
+        privacy.epsilon(1.0, 3, 1e-5, sampling_rate=2 / 6, rounds=3))
+    assert status["training"] == "stopped"  # the simulator stops training when done
+
+
+def test_command_line_checks(capsys):
+    assert simulate.main(["--server", "http://127.0.0.1:9", "--admin-token", ""]) == 2
+    assert "--admin-token" in capsys.readouterr().err
+    assert simulate.main(["--dropout", "1.0"]) == 2
+    assert "dropout" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="server optimizer"):
+        FleetConfig(server_optimizer="sgd")
