@@ -33,6 +33,7 @@ from aggregation_server.errors import ApiError
 from aggregation_server.logs import configure_logging
 from aggregation_server.metrics import ServerMetrics
 from aggregation_server.rounds import RoundService
+from aggregation_server.secure_api import secagg
 from aggregation_server.status import gauges
 from aggregation_server.storage import BlobStore
 
@@ -99,7 +100,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions["pk.service"] = service
     app.extensions["pk.admin"] = admin_token(settings)
-    for blueprint in (*BLUEPRINTS, dashboard, prometheus):
+    for blueprint in (*BLUEPRINTS, secagg, dashboard, prometheus):
         app.register_blueprint(blueprint)
     _register_handlers(app)
     if settings.tick_seconds > 0:

@@ -55,7 +55,10 @@ class RoundConfig:
     train_lr: float = 0.5
     train_optimizer: str = "sgd"
     train_max_examples: int = 1000
-    secure_aggregation: bool = False  # needs a secure-aggregation mean registered in strategy
+    secure_aggregation: bool = True   # devices mask updates; the server learns only the sum
+    secagg_phase_seconds: float = 30.0  # each protocol phase after key advertisement
+    secagg_dropout_rate: float = 0.1  # expected dropouts, sets the SecAgg+ degree k
+    secagg_corrupt_rate: float = 0.0  # devices assumed to collude with the server
 
     @property
     def capacity(self) -> int:
@@ -118,10 +121,29 @@ class RoundConfig:
             (self.train_optimizer in TRAIN_OPTIMIZERS,
              f"train_optimizer must be one of {TRAIN_OPTIMIZERS}"),
             (self.train_max_examples >= 1, "train_max_examples must be at least 1"),
+            (0 < self.secagg_phase_seconds <= 86400, "secagg_phase_seconds must be in (0, 86400]"),
+            (0 <= self.secagg_dropout_rate < 0.5, "secagg_dropout_rate must be in [0, 0.5)"),
+            (0 <= self.secagg_corrupt_rate < 0.5, "secagg_corrupt_rate must be in [0, 0.5)"),
+            *self._secure_checks(),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+
+    def _secure_checks(self) -> list[tuple[bool, str]]:
+        """What secure aggregation needs (nothing when it is off)."""
+        if not self.secure_aggregation:
+            return []
+        return [
+            (self.capacity >= 2, "secure_aggregation needs at least 2 tasks per round "
+                                 "(target_reports * overcommit)"),
+            (self.round_seconds > 3 * self.secagg_phase_seconds,
+             "round_seconds must be more than 3 x secagg_phase_seconds with secure_aggregation "
+             "(the rest is for training and key advertisement)"),
+            (self.uniform, "weighting 'examples' needs secure_aggregation false: the server "
+                           "learns only the sum of the updates, so it averages uniformly"),
+        ]
 
 
 def _check_type(name: str, value: Any, hint: Any) -> Any:

@@ -103,9 +103,10 @@ def _table(rounds: list[dict]) -> str:
         f"<tr><td>{r['id']}</td><td class='{r['state']}'>{r['state']}</td>"
         f"<td>{r['reports']}/{r['target']} (min {r['minimum']})</td><td>{r['tasks_issued']}</td>"
         f"<td>{'' if r['new_version'] is None else r['new_version']}</td>"
+        f"<td>{'yes' if r.get('secure_aggregation') else 'no'}</td>"
         f"<td>{escape(r['reason'] or '')}</td></tr>" for r in reversed(rounds[-15:]))
     return ("<table><tr><th>round</th><th>state</th><th>reports</th><th>tasks</th>"
-            f"<th>new version</th><th>reason</th></tr>{rows}</table>")
+            f"<th>new version</th><th>secure aggregation</th><th>reason</th></tr>{rows}</table>")
 
 
 STYLE = """body{font-family:sans-serif;margin:24px;color:#222;background:#f7f7f8}
@@ -126,6 +127,7 @@ def page() -> Response:
     eps = "n/a" if p["epsilon_spent_max"] is None else f"{p['epsilon_spent_max']:.3f}"
     cards = [("training", st["training"]),
              ("round", f"{r['id']} {r['state']}" if r else "none"),
+             ("secure aggregation", ("on" if r["secure_aggregation"] else "off") if r else "-"),
              ("reports", f"{r['reports']}/{r['target']}" if r else "-"),
              ("model version", st["model"]["version"]),
              ("devices enrolled", st["devices"]["enrolled"]),

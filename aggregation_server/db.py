@@ -12,8 +12,8 @@ import threading
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Integer, String, Text, create_engine,
-                        event, text)
+from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
+                        create_engine, event, text)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -97,6 +97,54 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     provenance: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     optimizer_path: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class SecAggRound(Base):
+    """A secure-aggregation round's protocol state (aggregation_server.secure): its public
+    config (federated.secagg RoundConfig), the phase and when the phase closes at the latest."""
+
+    __tablename__ = "secagg_rounds"
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), primary_key=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    phase: Mapped[str] = mapped_column(String(16))  # advertise share masked unmask done abandoned
+    phase_deadline: Mapped[float] = mapped_column(Float)
+    messages: Mapped[int] = mapped_column(Integer, default=0)  # stored messages (cache key)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class SecAggMember(Base):
+    """A device's protocol client id (1..n) in a secure round, given with its task."""
+
+    __tablename__ = "secagg_members"
+    __table_args__ = (UniqueConstraint("round_id", "device_id"),)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), primary_key=True)
+    client_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+
+
+class SecAggMessage(Base):
+    """A protocol message the round took (accepted, or excluding its sender), in order; a
+    masked input's bytes are a blob at `path` (uniformly random alone)."""
+
+    __tablename__ = "secagg_messages"
+    __table_args__ = (UniqueConstraint("round_id", "phase", "client_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    phase: Mapped[str] = mapped_column(String(16))
+    client_id: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str | None] = mapped_column(Text, default=None)
+    path: Mapped[str | None] = mapped_column(Text, default=None)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class SecAggRelay(Base):
+    """What the server relays to one client when a phase closes (keys, shares, unmask)."""
+
+    __tablename__ = "secagg_relays"
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    client_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    body: Mapped[str] = mapped_column(Text)
 
 
 class Database:

@@ -92,7 +92,36 @@ TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "train", "
     "train": _obj(["epochs", "batch_size", "lr", "optimizer", "max_examples"], {
         "epochs": NUM, "batch_size": INT, "lr": NUM,
         "optimizer": {"type": "string", "enum": list(TRAIN_OPTIMIZERS)}, "max_examples": INT}),
-    "clip_norm": NUM, "noise_stddev": NUM, "secure_aggregation": BOOL})
+    "clip_norm": NUM, "noise_stddev": NUM, "secure_aggregation": BOOL,
+    "secagg": _obj(["client_id", "config", "advertise_by"], {
+        "client_id": {"type": "integer", "minimum": 1},
+        "config": {"type": "object", "description": "federated.secagg RoundConfig.to_dict()"},
+        "advertise_by": {"type": "number", "description": "unix time: train, then advertise "
+                                                          "keys before this"}})})
+
+ROUND_ID = {"name": "round_id", "in": "path", "required": True,
+            "schema": {"type": "integer", "minimum": 0, "maximum": INT32}}
+SECAGG_MESSAGE = {"required": True, "content": {"application/json": {"schema": _obj(
+    ["type", "round_id", "client_id"], {"type": STR, "round_id": INT, "client_id": INT})}}}
+
+
+def _secagg_post(summary: str, body: dict | None = None) -> dict:
+    return {"summary": summary, "security": [{"device": []}], "parameters": [ROUND_ID],
+            "requestBody": body or SECAGG_MESSAGE,
+            "responses": {"202": {"description": "Taken and stored", "content": _json("SecAggAccepted")},
+                          **ERRORS}}
+
+
+def _secagg_get(summary: str) -> dict:
+    return {"summary": summary, "security": [{"device": []}], "parameters": [ROUND_ID],
+            "responses": {
+                "200": {"description": "What the server relays to this device",
+                        "content": {"application/json": {"schema": _obj(["type", "round_id"], {
+                            "type": STR, "round_id": INT})}}},
+                "202": {"description": "The phase is still open: ask again after retry_after "
+                                       "seconds", "headers": {"Retry-After": {"schema": INT}},
+                        "content": _json("SecAggPending")},
+                **ERRORS}}
 
 
 def _binary_get(summary: str, extra_params: list | None = None) -> dict:
@@ -137,6 +166,22 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"202": {"description": "Stored durably; retries with the same "
                                                      "Idempotency-Key get the same answer",
                                       "content": _json("UploadAccepted")}, **ERRORS}}},
+            "/v1/rounds/{round_id}/secagg/advertise": {"post": _secagg_post(
+                "Secure aggregation, phase 0: advertise two public keys (advertise_keys); "
+                "a malformed message excludes the device")},
+            "/v1/rounds/{round_id}/secagg/keys": {"get": _secagg_get(
+                "The neighbours' public keys (keys_relay), once key advertisement closed")},
+            "/v1/rounds/{round_id}/secagg/shares": {
+                "post": _secagg_post("Phase 1: encrypted shares for each neighbour (share_keys)"),
+                "get": _secagg_get("The shares addressed to this device (shares_relay)")},
+            "/v1/rounds/{round_id}/secagg/masked": {"put": _secagg_post(
+                "Phase 2: the masked update (safetensors, private-keyboard/secagg-masked-1)",
+                {"required": True, "content": {"application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"}}}})},
+            "/v1/rounds/{round_id}/secagg/unmask": {
+                "get": _secagg_get("Phase 3: which neighbours survived and which dropped "
+                                   "(unmask_request)"),
+                "post": _secagg_post("The shares that remove the masks (unmask_response)")},
             "/v1/model": {"get": _binary_get("The latest global model")},
             "/v1/models/{version}": {"get": _binary_get("One global model version", [
                 {"name": "version", "in": "path", "required": True,
@@ -200,6 +245,10 @@ def openapi_document() -> dict[str, Any]:
                         "retry_after": NUM, "reason": STR})]},
                 "UploadAccepted": _obj(["accepted", "round_id", "reports"], {
                     "accepted": BOOL, "round_id": INT, "reports": INT}),
+                "SecAggAccepted": _obj(["accepted", "round_id", "phase", "client_id"], {
+                    "accepted": BOOL, "round_id": INT, "phase": STR, "client_id": INT}),
+                "SecAggPending": _obj(["retry_after", "phase"], {"retry_after": NUM,
+                                                                 "phase": STR}),
                 "Round": ROUND, "ModelVersion": VERSION, "Status": STATUS,
                 "RoundConfig": _config_schema(patch=False),
                 "RoundConfigPatch": _config_schema(patch=True),

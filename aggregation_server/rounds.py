@@ -27,6 +27,7 @@ from aggregation_server.config import RoundConfig, Settings
 from aggregation_server.db import Database, Device, ModelVersion, Round, ServerState, Task
 from aggregation_server.errors import ApiError
 from aggregation_server.metrics import ServerMetrics
+from aggregation_server.secure import SecureRounds
 from aggregation_server.storage import BlobStore, sha256_hex
 from aggregation_server.strategy import MEANS, AggregationUnavailable, StoredUpdate
 from aggregation_server.uploads import check_open, check_update, noise_stddev, replay
@@ -44,6 +45,7 @@ class RoundService:
                  metrics: ServerMetrics | None = None) -> None:
         self.db, self.blobs, self.settings = db, blobs, settings
         self.metrics = metrics or ServerMetrics()
+        self.secure = SecureRounds(self)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.num_params = 0
         self.tokenizer_sha256 = ""
@@ -129,9 +131,12 @@ class RoundService:
             if r is None or r.state != "open" or now >= r.deadline:
                 return self._no_round(s, r, now)
             config = RoundConfig.from_dict(r.config)
+            refusal = config.secure_aggregation and self.secure.checkin_refusal(s, r, now)
+            if refusal:
+                return self._no_task(refusal, self._pace(config, r, now))
             task = s.get(Task, (r.id, device_id))
             if task is not None and task.state == "issued":
-                return {"task": self._task(s, r, config)}
+                return {"task": self._task(s, r, config, device_id)}
             if task is not None:
                 return self._no_task(f"this device already reported in round {r.id}",
                                      self._pace(config, r, now))
@@ -152,8 +157,10 @@ class RoundService:
                                      "out", self._pace(config, r, now))
             s.add(Task(round_id=r.id, device_id=device_id, state="issued", issued_at=now,
                        noise_multiplier=config.noise_multiplier))
+            if config.secure_aggregation:
+                self.secure.add_member(s, r, device_id)
             r.tasks_issued += 1
-            return {"task": self._task(s, r, config)}
+            return {"task": self._task(s, r, config, device_id)}
 
     def _no_round(self, s: Session, r: Round | None, now: float) -> dict:
         state = s.get(ServerState, 1)
@@ -180,16 +187,18 @@ class RoundService:
         left = max(r.deadline - now, 1.0)
         return min(left, config.retry_after) * random.uniform(0.8, 1.2)
 
-    @staticmethod
-    def _task(s: Session, r: Round, config: RoundConfig) -> dict:
+    def _task(self, s: Session, r: Round, config: RoundConfig, device_id: str) -> dict:
         model = s.get(ModelVersion, r.model_version)
-        return {"round_id": r.id, "model_version": r.model_version, "model_sha256": model.sha256,
+        task = {"round_id": r.id, "model_version": r.model_version, "model_sha256": model.sha256,
                 "deadline": r.deadline,
                 "train": {"epochs": config.train_epochs, "batch_size": config.train_batch_size,
                           "lr": config.train_lr, "optimizer": config.train_optimizer,
                           "max_examples": config.train_max_examples},
                 "clip_norm": config.clip_norm, "noise_stddev": noise_stddev(config),
                 "secure_aggregation": config.secure_aggregation}
+        if config.secure_aggregation:
+            task["secagg"] = self.secure.task_fields(s, r, device_id)
+        return task
 
     # ----- uploads --------------------------------------------------------------------
     def submit(self, device_id: str, round_id: int, key: str, body: bytes) -> dict:
@@ -205,6 +214,10 @@ class RoundService:
                 return earlier
             check_open(r, task, time.time())
             config = RoundConfig.from_dict(r.config)
+        if config.secure_aggregation:
+            raise ApiError(409, "secure_aggregation",
+                           f"round {round_id} uses secure aggregation: send the masked update "
+                           f"through /v1/rounds/{round_id}/secagg/, not a plain update")
         upd = check_update(body, r, config, self.shapes, self.settings.max_update_bytes)
         path = self.blobs.update_path(round_id, device_id, digest)
         self.blobs.write(path, body)
@@ -243,7 +256,9 @@ class RoundService:
             r = self._current(s)
             training = s.get(ServerState, 1).training
         ended = r is None
-        if r is not None and r.state == "open":
+        if r is not None and r.state == "open" and r.config.get("secure_aggregation"):
+            ended = self.secure.tick(r.id, now)  # its phases' deadlines, then unmasking
+        elif r is not None and r.state == "open":
             if r.reports >= r.target or (now >= r.deadline and r.reports >= r.minimum):
                 ended = self.close_round(r.id)
             elif now >= r.deadline:
@@ -278,11 +293,13 @@ class RoundService:
                       capacity=config.capacity, tasks_issued=0, reports=0, attempts=0)
             s.add(r)
             s.flush()
+            if config.secure_aggregation:
+                self.secure.open(s, r, config)
             round_id = r.id
         log.info("round_opened", extra={"round_id": round_id, "target": config.target_reports})
         return round_id
 
-    def close_round(self, round_id: int) -> bool:
+    def close_round(self, round_id: int, reason: str | None = None) -> bool:
         """Aggregate the round if this process wins the open -> closing switch."""
         now = time.time()
         with self.db.write() as s:
@@ -295,6 +312,7 @@ class RoundService:
                 r.reason = (f"reached the target of {r.target} reports" if r.reports >= r.target
                             else f"deadline reached with {r.reports} reports "
                                  f"(minimum {r.minimum})")
+                r.reason = reason or r.reason
             r.state, r.lease_until = "closing", now + self.settings.lease_seconds
             r.attempts += 1
             attempts = r.attempts
@@ -324,6 +342,8 @@ class RoundService:
         config = RoundConfig.from_dict(r.config)
         updates = [StoredUpdate(t.device_id, t.path, t.num_examples, t.metrics or {})
                    for t in tasks]
+        if config.secure_aggregation:
+            self.secure.unmask(round_id)  # the mean that strategy.secure_mean reads
         new = build_version(self.blobs, self.shapes, round_id, config, updates, base,
                             r.new_version, prev_optimizer)
         with self.db.write() as s:

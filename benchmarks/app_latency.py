@@ -1,6 +1,6 @@
 """The keyboard app's responsiveness: start to first suggestion, and per-keystroke time.
 
-    .venv/bin/python benchmarks/app_latency.py [--keystrokes 2000] [--starts 3]
+    .venv/bin/python benchmarks/app_latency.py [--keystrokes 2000] [--starts 3] [--screenshot PNG]
 
 Each run is a fresh process that opens the app (phone-sized window; offscreen Mesa when
 there is no display) on the pre-trained model in .cache/pretrained, or on a randomly
@@ -82,6 +82,8 @@ def child(args: argparse.Namespace) -> None:
     if args.keystrokes:
         Clock._max_fps = 0  # measure work per keystroke, not the 60 fps frame limiter
         result["keystrokes"] = keystrokes(app, Window, EventLoop, args.keystrokes)
+    if args.screenshot:
+        screenshot(app, Window, EventLoop, args.screenshot)
     app.dispatch("on_stop")
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -121,10 +123,28 @@ def keystrokes(app, window, loop, count: int, warmup: int = 100) -> dict:
     return {"suggest": stats(per_key), "frame": stats(frames)}
 
 
+def screenshot(app, window, loop, path: Path) -> None:
+    """A short conversation typed into the app, saved as a PNG (for the README)."""
+    screen = app.typing
+    screen.field.text = ""
+    for message in ("Are you coming to the party tonight?", "I think so", "What time"):
+        for char in message:
+            window.dispatch("on_textinput", char)
+            loop.idle()
+        screen.send()
+    for char in "See you th":
+        window.dispatch("on_textinput", char)
+        loop.idle()
+    for _ in range(3):
+        loop.idle()
+    app.root.export_to_png(str(path))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keystrokes", type=int, default=2000)
     parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--screenshot", type=Path, help="also save the app (first run) as PNG")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", type=Path, help=argparse.SUPPRESS)
@@ -142,6 +162,8 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--child", "--model", str(model), "--tokenizer",
                    str(tokenizer), "--data-dir", str(Path(tmp) / f"device{i}"),
                    "--keystrokes", str(args.keystrokes if i == 0 else 0)]
+            if args.screenshot and i == 0:
+                cmd += ["--screenshot", str(args.screenshot.resolve())]
             launched = time.time()
             out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
             line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))

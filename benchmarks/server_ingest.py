@@ -82,12 +82,13 @@ def start_server(data_dir: Path, model: Path, tokenizer: Path, round_config: dic
     with open(log, "wb") as err:
         proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if requests.get(f"{url}/v1/status", timeout=5).ok:
+            if requests.get(f"{url}/v1/status", timeout=30).ok:
                 return proc, url, log
-        except requests.ConnectionError:
-            time.sleep(0.1)
+        except requests.RequestException:
+            time.sleep(0.2)
     raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
 
 

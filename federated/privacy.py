@@ -12,8 +12,6 @@ import math
 import secrets
 
 import numpy as np
-from dp_accounting import dp_event
-from dp_accounting.rdp import RdpAccountant
 
 Tensors = dict[str, np.ndarray]
 
@@ -75,6 +73,9 @@ def epsilon(noise_multiplier: float, participations: int, delta: float,
     rounds, each a Gaussian mechanism with this noise multiplier, composed.
     With `sampling_rate` q and `rounds` T: Poisson subsampling amplification over T rounds.
     """
+    from dp_accounting import dp_event  # imported here: it pulls in scipy (~2 s at start-up)
+    from dp_accounting.rdp import RdpAccountant
+
     if noise_multiplier <= 0:
         return math.inf
     if participations <= 0 and not sampling_rate:

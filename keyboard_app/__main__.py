@@ -16,8 +16,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Private Keyboard: type with next-word suggestions from an on-device model that "
         "learns with federated learning and differential privacy."))
     parser.add_argument("--server", metavar="URL", default=None,
-                        help="aggregation server, e.g. http://127.0.0.1:8000 (default: the "
-                             "URL saved in Settings; none: offline on the cached model)")
+                        help="aggregation server, e.g. http://127.0.0.1:8000; remembered in "
+                             "Settings (default: the saved URL; none: offline on the cached "
+                             "model)")
     parser.add_argument("--data-dir", metavar="DIR", type=Path, default=default_data_dir(),
                         help="typing history, settings, device token and model cache "
                              "(default: %(default)s)")

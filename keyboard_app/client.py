@@ -75,6 +75,11 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
+def _number_or(value: object, default: float) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok and value == value else default
+
+
 def _etag_hex(etag: str | None) -> str | None:
     value = (etag or "").removeprefix("W/").strip('"').lower()
     return value if len(value) == 64 and all(c in "0123456789abcdef" for c in value) else None
@@ -198,6 +203,27 @@ class SyncClient:
                    "Content-Type": "application/octet-stream"}
         return self._json(self._device("PUT", f"/rounds/{int(round_id)}/update",
                                        data=body, headers=headers), 202)
+
+    def secagg_send(self, round_id: int, step: str, *, message: dict | None = None,
+                    masked: bytes | None = None) -> dict:
+        """POST a secure-aggregation message (JSON) to /rounds/<id>/secagg/<step>, or PUT
+        the masked input (bytes) to .../masked; the 202 answer."""
+        path = f"/rounds/{int(round_id)}/secagg/{step}"
+        if masked is not None:
+            response = self._device("PUT", path, data=masked,
+                                    headers={"Content-Type": "application/octet-stream"})
+        else:
+            response = self._device("POST", path, json=message)
+        return self._json(response, 202)
+
+    def secagg_fetch(self, round_id: int, step: str) -> tuple[dict | None, float]:
+        """GET what the server relays for a phase: (relay, 0) once the phase closed, or
+        (None, seconds to wait) while it is open."""
+        response = self._device("GET", f"/rounds/{int(round_id)}/secagg/{step}")
+        if response.status_code == 202:
+            wait = _number_or(self._json(response, 202).get("retry_after"), 1.0)
+            return None, min(max(wait, 0.1), 60.0)
+        return self._json(response, 200), 0.0
 
     def status(self) -> dict:
         """The server's public status (round, participants, epsilon...)."""

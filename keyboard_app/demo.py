@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from keyboard_app.simulate import FleetConfig, FleetError, describe, run_fleet
+from keyboard_app.simulate import FleetConfig, FleetError, describe, evaluate_split, run_fleet
 from model.paths import CACHE_DIR, PRETRAINED_DIR, ROOT
 
 QUICK_DIR = CACHE_DIR / "demo-quick"  # the quick run's small pre-trained model
 QUICK_PRETRAIN = ["--epochs", "1", "--embed-dim", "32", "--hidden-size", "64",
-                  "--batch-size", "128"]
+                  "--batch-size", "128", "--threads", "1"]
 
 
 @dataclass
@@ -91,48 +89,21 @@ class Stages:
 
 
 def pretrained(quick: bool) -> tuple[Path, bool]:
-    """The pre-trained model's folder (trained now unless cached) and whether it was cached."""
+    """The pre-trained model's folder (trained now unless cached) and whether it was cached.
+
+    --quick uses the cached full-size model when there is one, else a small one of its own.
+    """
     from model import pretrain
-    folder = QUICK_DIR if quick else PRETRAINED_DIR
+    if pretrain.is_cached(PRETRAINED_DIR) or not quick:
+        folder, flags = PRETRAINED_DIR, []
+    else:
+        folder, flags = QUICK_DIR, QUICK_PRETRAIN
     if pretrain.is_cached(folder):
         return folder, True
-    code = pretrain.main(["--out-dir", str(folder), *(QUICK_PRETRAIN if quick else [])])
+    code = pretrain.main(["--out-dir", str(folder), *flags])
     if code or not pretrain.is_cached(folder):
         raise FleetError(f"pre-training failed (exit code {code})")
     return folder, False
-
-
-# --- evaluation on test, two models at a time -------------------------------------------------
-def _evaluate(job: tuple[str, str, str, int]) -> dict[str, Any]:
-    """In a worker: (name, kind 'ngram' or a checkpoint path, tokenizer path, senders)."""
-    import torch
-    torch.set_num_threads(1)
-    from data import load_split
-    from model.checkpoint import load_checkpoint
-    from model.evaluate import evaluate_scorer
-    from model.ngram import KneserNey
-    from model.tokenizer import WordTokenizer
-    name, what, tokenizer_path, senders = job
-    tokenizer = WordTokenizer.load(tokenizer_path)
-    if what == "ngram":
-        public = [m for d in load_split("public") for m in d.messages]
-        scorer = KneserNey.from_messages(public, tokenizer)
-    else:
-        scorer = load_checkpoint(what, tokenizer.sha256)[0]
-    devices = load_split("test")
-    devices = devices[:senders] if senders else devices
-    started = time.time()
-    row = {"name": name, **evaluate_scorer(scorer, tokenizer, devices)}
-    row["eval_seconds"] = round(time.time() - started, 1)
-    return row
-
-
-def evaluate_on_test(models: list[tuple[str, str]], tokenizer: Path, senders: int,
-                     workers: int) -> list[dict[str, Any]]:
-    """EVALUATION.md metrics on `test` for each (name, 'ngram' or checkpoint path)."""
-    jobs = [(name, what, str(tokenizer), senders) for name, what in models]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_evaluate, jobs))
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -224,7 +195,7 @@ def run_demo(config: DemoConfig, run_dir: Path, quick: bool) -> dict:
     started = datetime.now().isoformat(timespec="seconds")
     print(f"run folder: {run_dir}", flush=True)
 
-    stages.start("pre-trained model (public split)" + (", small for --quick" if quick else ""))
+    stages.start("pre-trained model (public split)")
     folder, cached = pretrained(quick)
     stages.done(f"{'cached' if cached else 'trained'} in {folder}")
     model, tokenizer = folder / "model.safetensors", folder / "tokenizer.json"
@@ -243,7 +214,7 @@ def run_demo(config: DemoConfig, run_dir: Path, quick: bool) -> dict:
     models = [("n-gram (Kneser-Ney 3, public)", "ngram"), ("LSTM, public pre-trained", str(model)),
               ("LSTM, federated, no DP", str(run_dir / "fleet-no-dp" / "model.safetensors")),
               ("LSTM, federated, DP", str(run_dir / "fleet-dp" / "model.safetensors"))]
-    rows = evaluate_on_test(models, tokenizer, config.test_senders, config.workers)
+    rows = evaluate_split(models, tokenizer, "test", config.test_senders, config.workers)
     stages.done()
 
     stages.start("report")

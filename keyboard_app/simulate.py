@@ -355,6 +355,39 @@ class Evaluator:
                 **{k: result[k] for k in self.KEYS}}
 
 
+def _evaluate_job(job: tuple[str, str, str, str, int]) -> dict[str, Any]:
+    """In a worker: (name, 'ngram' or a checkpoint path, tokenizer path, split, senders)."""
+    import torch
+    torch.set_num_threads(1)
+    from model.checkpoint import load_checkpoint
+    from model.evaluate import evaluate_scorer
+    from model.ngram import KneserNey
+    from model.tokenizer import WordTokenizer
+    name, what, tokenizer_path, split, senders = job
+    tokenizer = WordTokenizer.load(tokenizer_path)
+    if what == "ngram":  # the baseline: trained on the public split only
+        public = [m for d in load_split("public") for m in d.messages]
+        scorer = KneserNey.from_messages(public, tokenizer)
+    else:
+        scorer = load_checkpoint(what, tokenizer.sha256)[0]
+    devices = load_split(split)
+    started = time.time()
+    row = {"name": name, **evaluate_scorer(scorer, tokenizer,
+                                           devices[:senders] if senders else devices)}
+    row["eval_seconds"] = round(time.time() - started, 1)
+    return row
+
+
+def evaluate_split(models: list[tuple[str, str]], tokenizer: Path, split: str = "test",
+                   senders: int = 0, workers: int = 2) -> list[dict[str, Any]]:
+    """EVALUATION.md metrics on `split` (its first `senders`, 0: all) for each
+    (name, 'ngram' or checkpoint path), `workers` models at a time, one thread each."""
+    jobs = [(name, what, str(tokenizer), split, senders) for name, what in models]
+    with ProcessPoolExecutor(min(workers, len(jobs)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_evaluate_job, jobs))
+
+
 def plot_rounds(records: list[dict], path: Path, title: str) -> None:
     """valid top-1 / top-3 and epsilon against rounds, as a PNG."""
     import matplotlib

@@ -90,8 +90,10 @@ class Driver:
         for _ in range(n):
             self.loop.idle()
 
-    def until(self, condition: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-        """Run frames until `condition()` holds; fail after `timeout` seconds."""
+    def until(self, condition: Callable[[], bool], timeout: float = 120.0,
+              what: str = "") -> None:
+        """Run frames until `condition()` holds; fail after `timeout` seconds (a ceiling for
+        busy machines, not a speed requirement)."""
         end = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > end:

@@ -42,6 +42,7 @@ def test_without_any_model_it_says_how_to_get_one_and_still_types(tmp_path, case
 
 def test_with_an_unreachable_server_it_works_on_the_cached_model(tmp_path):
     from keyboard_app.client import SyncClient, make_retry
+    from keyboard_app.ui.prefs import load_prefs
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
@@ -59,5 +60,6 @@ def test_with_an_unreachable_server_it_works_on_the_cached_model(tmp_path):
         drv.type("are you ")
         assert len(screen.strip.suggestions) == 3
         drv.screenshot("app_server_unreachable")
+        assert load_prefs(data_dir)[0].server_url == url       # --server is remembered
     finally:
         drv.close()

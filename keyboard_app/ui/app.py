@@ -64,9 +64,9 @@ class KeyboardApp(App):
         prefs, problem = load_prefs(self.data_dir)
         if problem:
             log.warning(problem)
-        if server_url is not None:
-            prefs.server_url = server_url
-            prefs.validate()
+        if server_url is not None and server_url != prefs.server_url:
+            prefs.server_url = server_url  # remembered, as if typed in Settings
+            save_prefs(self.data_dir, prefs)
         self.prefs = prefs
         self.backend = Backend(self.data_dir, prefs, pretrained_model=pretrained_model,
                                tokenizer_path=tokenizer_path, runtime_options=runtime_options)
@@ -184,7 +184,7 @@ class KeyboardApp(App):
         self.refresh()
 
     def apply_prefs(self, prefs: Prefs) -> None:
-        """Validate, save and use new settings (raises PrefsError); reconnects if the URL changed."""
+        """Validate, save and use new settings (raises PrefsError); reconnect on a new URL."""
         save_prefs(self.data_dir, prefs)
         self.prefs = prefs
         if self.backend.apply_prefs(prefs):

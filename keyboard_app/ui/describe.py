@@ -91,10 +91,11 @@ def privacy_lines(stats: dict, runtime: dict | None, *, version: int | None, sou
                          f"{when(rt['last_participation'], now)}; "
                          f"{rt.get('rounds_joined', 0)} round(s) in all.")
         secure = rt.get("secure_aggregation", (rt.get("extra") or {}).get("secure_aggregation"))
+        secure_text = "yes" if secure else "no" if secure is False else "not reported"
         update = (f"Sent: one update of {size(rt.get('last_update_bytes'))} (a change of model "
                   f"weights, no text), clipped to L2 norm {rt.get('clip_norm'):g} with Gaussian "
                   f"noise of std {rt.get('noise_stddev'):g} added on this device. Secure "
-                  f"aggregation: {'yes' if secure else 'no' if secure is False else 'not reported'}.")
+                  f"aggregation: {secure_text}.")
     else:
         participation = "Has not taken part in a training round yet."
         update = ("Sent: nothing but requests for the model and for tasks." if server_url

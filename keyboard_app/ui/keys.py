@@ -18,7 +18,9 @@ Builder.load_string("""
     font_size: '19sp'
     canvas.before:
         Color:
-            rgba: (0.72, 0.75, 0.8, 1) if self.state == 'down' else (theme.KEY if not self.special else (0.7, 0.73, 0.78, 1))
+            rgba:
+                (theme.KEY_DOWN if self.state == 'down' else
+                theme.KEY_SPECIAL if self.special else theme.KEY)
         RoundedRectangle:
             pos: self.x + dp(2.5), self.y + dp(4)
             size: self.width - dp(5), self.height - dp(8)

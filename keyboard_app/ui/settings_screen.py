@@ -58,7 +58,9 @@ Builder.load_string("""
                     text: 'Take part in training'
                 Choice:
                     id: participate
-                    text: 'On: learn from my typing when idle' if self.active else 'Off: never train on this device'
+                    text:
+                        ('On: learn from my typing when idle' if self.active else
+                        'Off: never train on this device')
                     allow_no_selection: True
                 Heading:
                     text: 'Keep typing history for'
@@ -85,11 +87,11 @@ Builder.load_string("""
                     text: 'Never store'
                 Choice:
                     id: filter_digits
-                    text: 'Long numbers (cards, phones): ' + ('filtered' if self.active else 'not filtered')
+                    text: 'Long numbers (cards, phones): ' + ('filtered' if self.active else 'kept')
                     allow_no_selection: True
                 Choice:
                     id: filter_emails
-                    text: 'E-mail addresses: ' + ('filtered' if self.active else 'not filtered')
+                    text: 'E-mail addresses: ' + ('filtered' if self.active else 'kept')
                     allow_no_selection: True
                 BoxLayout:
                     size_hint_y: None

@@ -1,0 +1,397 @@
+"""Secure aggregation in the server's rounds: `federated.secagg` driven over HTTP, with every
+protocol message kept in the database and every masked input on disk.
+
+A secure round (the default, `RoundConfig.secure_aggregation`) hands its tasks out like a
+plain one, each with a protocol client id 1..n (n = the round's capacity, fixed when the
+round opens). Devices train, then go through the phases of Bonawitz et al. (CCS 2017) with
+SecAgg+ neighbourhoods (Bell et al., CCS 2020):
+
+  advertise --keys relay--> share --shares relay--> masked --unmask request--> unmask --> done
+
+A phase closes as soon as everyone expected has answered (key advertisement: once the
+round's target of devices advertised), or at its deadline if enough did; with too few the
+round is abandoned with the protocol's reason. The advertise phase ends
+`3 * secagg_phase_seconds` before the round's deadline (training happens before it), each
+later phase `secagg_phase_seconds` after the previous one closed at the latest.
+
+No state lives only in one process's memory: a message the round takes (accepted, or
+excluding its sender) is stored before it is acknowledged, and the protocol state
+(`SecAggServerRound`) is rebuilt by replaying the stored messages in order, with the phase
+closes in between (deterministic); each process caches the rebuilt state keyed by the
+number of stored messages and the phase. Every change happens in a write transaction
+holding the round's row lock (SQLite: the write lock), the discipline `rounds.py` uses to
+close rounds. What a phase close relays to each device is stored too, so serving it is
+one read. The sum is unmasked inside the round's aggregation lease (`RoundService.close_round`)
+and divided by the number of survivors: that mean replaces the plain mean
+(`strategy.register_mean`), and the configured server optimizer applies as usual.
+
+What bounds one device's influence, now that the server cannot check a masked update's
+norm (the plain path's 422 norm check): the device clips its update to `clip_norm` (and
+adds its noise) before masking, and the fixed-point encoding clamps every coordinate to
+the encoding's bound B; a tampered device can still add an arbitrary vector modulo 2^b,
+so the server checks that the unmasked sum's L2 norm is at most n times the norm a plain
+upload may have (`privacy.norm_bound`) and abandons the round otherwise.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from aggregation_server.config import RoundConfig
+from aggregation_server.db import (Round, SecAggMember, SecAggMessage, SecAggRelay, SecAggRound,
+                                   Task)
+from aggregation_server.errors import ApiError
+from aggregation_server.storage import sha256_hex
+from aggregation_server.strategy import (AggregationUnavailable, RoundInputs, StoredUpdate,
+                                         Tensors, register_mean)
+from aggregation_server.uploads import noise_stddev
+from federated import privacy
+from federated.secagg import (LateMessageError, MessageError, ReplayError, RoundAbandoned,
+                              SecAggError, SecAggServerRound, unflatten)
+from federated.secagg import RoundConfig as ProtocolConfig
+
+if TYPE_CHECKING:
+    from aggregation_server.rounds import RoundService
+
+log = logging.getLogger("aggregation_server.secure")
+PHASES = ("advertise", "share", "masked", "unmask")
+ORDER = (*PHASES, "done")
+LATER = {"advertise": 3, "share": 2, "masked": 1, "unmask": 0}  # phases after each
+CLOSE = {"advertise": ("close_advertise", "keys", "share"),
+         "share": ("close_share_keys", "shares", "masked"),
+         "masked": ("close_masked_input", "unmask", "unmask")}
+RELAY_PHASE = {"keys": "share", "shares": "masked", "unmask": "unmask"}  # served from
+MAX_JSON_BYTES = 1 << 20
+MEAN_FORMAT = "private-keyboard/secagg-mean-1"
+
+
+def mean_path(round_id: int) -> str:
+    """Where the unmasked mean of a round is written (deleted with the round's updates)."""
+    return f"updates/{round_id}/secagg-mean.safetensors"
+
+
+def masked_path(round_id: int, client_id: int, body_sha256: str) -> str:
+    return f"updates/{round_id}/masked-{client_id}-{body_sha256[:16]}.safetensors"
+
+
+def _text(body: bytes) -> str:
+    """A JSON body as stored; bytes that are not UTF-8 (refused as not JSON) as ''."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+
+
+def secure_mean(inputs: RoundInputs) -> Tensors:
+    """The unmasked sum divided by the survivors, written by `SecureRounds.unmask` just before."""
+    return inputs.load(StoredUpdate("secure-aggregation", mean_path(inputs.round_id), 0))
+
+
+register_mean(True, secure_mean)
+
+
+class SecureRounds:
+    """The secure-aggregation part of a `RoundService` (same database and blobs)."""
+
+    def __init__(self, service: RoundService) -> None:
+        self.service = service
+        self._cache: dict[int, tuple[tuple[int, str], SecAggServerRound]] = {}
+        self._cache_lock = threading.Lock()
+
+    # ----- opening and check-in (called inside RoundService's transactions) ----------------
+    def open(self, s: Session, r: Round, config: RoundConfig) -> None:
+        """Fix the protocol's public config for a new round (n = its capacity)."""
+        unfilled = 1.0 - r.target / r.capacity  # slots that may never be handed out
+        protocol = ProtocolConfig.create(
+            r.id, r.capacity, self.service.num_params, config.clip_norm, noise_stddev(config),
+            dropout_rate=min(0.9, config.secagg_dropout_rate + unfilled),
+            corrupt_rate=config.secagg_corrupt_rate)
+        protocol = replace(protocol, min_clients=min(protocol.num_clients,
+                                                     max(protocol.min_clients, r.minimum)))
+        s.add(SecAggRound(round_id=r.id, config=protocol.to_dict(), phase="advertise",
+                          phase_deadline=self._deadline(r, config, "advertise", r.opened_at),
+                          messages=0))
+
+    @staticmethod
+    def checkin_refusal(s: Session, r: Round, now: float) -> str | None:
+        """Why the round takes no (more) devices, or None while keys are being advertised."""
+        row = s.get(SecAggRound, r.id)
+        if row.phase != "advertise" or now >= row.phase_deadline:
+            return (f"round {r.id} runs secure aggregation and is past key advertisement "
+                    f"({row.phase} phase): it takes no more devices")
+        return None
+
+    @staticmethod
+    def add_member(s: Session, r: Round, device_id: str) -> None:
+        """Give the device the next protocol client id (call before counting its task)."""
+        s.add(SecAggMember(round_id=r.id, client_id=r.tasks_issued + 1, device_id=device_id))
+
+    @staticmethod
+    def task_fields(s: Session, r: Round, device_id: str) -> dict:
+        """The task's "secagg" part: the protocol config, this device's client id, and when
+        its keys must be advertised (training must end before)."""
+        row = s.get(SecAggRound, r.id)
+        client = s.scalar(select(SecAggMember.client_id).where(
+            SecAggMember.round_id == r.id, SecAggMember.device_id == device_id))
+        return {"client_id": client, "config": row.config, "advertise_by": row.phase_deadline}
+
+    # ----- device messages -------------------------------------------------------------------
+    def receive(self, device_id: str, round_id: int, phase: str, body: bytes) -> dict:
+        """Take one device's message for `phase` (masked: safetensors bytes, else JSON)."""
+        self.service.tick()
+        with self.service.db.read() as s:
+            r, row, client = self._member(s, round_id, device_id)
+            self._check_phase(r, row, phase)
+            limit = ProtocolConfig.from_dict(row.config).max_masked_bytes \
+                if phase == "masked" else MAX_JSON_BYTES
+        if len(body) > limit:
+            raise ApiError(413, "too_large", f"{phase} message of {len(body)} bytes is over "
+                                             f"the {limit}-byte limit")
+        path = masked_path(round_id, client, sha256_hex(body)) if phase == "masked" else None
+        if path:
+            self.service.blobs.write(path, body)
+        now = time.time()
+        with self.service.db.write() as s:
+            r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
+            row = s.get(SecAggRound, round_id, with_for_update=True, populate_existing=True)
+            self._check_phase(r, row, phase)  # it may have closed meanwhile
+            srv = self._state(s, row)
+            was_out = client in srv.dropped
+            try:
+                if path:
+                    srv.receive_masked_input(client, body)
+                else:
+                    srv.receive_json(client, body)
+                error = None
+            except SecAggError as err:
+                error = err
+            excluded = not was_out and client in srv.dropped
+            if error is None or excluded:
+                s.add(SecAggMessage(round_id=round_id, phase=phase, client_id=client,
+                                    body=None if path else _text(body), path=path,
+                                    received_at=now))
+                row.messages += 1
+            if error is None and path:
+                self._count_report(s, r, device_id, path, now)
+            if error is None and self._ready(srv, r, row):
+                self._close(s, r, row, srv, now)
+            key, outcome, reason = (row.messages, row.phase), row.phase, row.reason
+            orphan = path and s.scalar(select(SecAggMessage.id).where(
+                SecAggMessage.path == path)) is None
+        self._keep(round_id, key, srv)
+        if orphan:  # refused (an identical accepted copy would be stored, and kept)
+            self.service.blobs.abs(path).unlink(missing_ok=True)
+        if self._conclude(round_id, outcome, reason):
+            self.service.tick()  # opens the next round
+        if error is not None:
+            raise self._refusal(error, excluded, client, round_id)
+        log.info("secagg_message", extra={"round_id": round_id, "phase": phase,
+                                          "client_id": client, "device_id": device_id})
+        return {"accepted": True, "round_id": round_id, "phase": phase, "client_id": client}
+
+    def relay(self, device_id: str, round_id: int, kind: str) -> tuple[int, dict]:
+        """(200, what the server relays to this device) or (202, when to ask again)."""
+        self.service.tick()
+        with self.service.db.read() as s:
+            r, row, client = self._member(s, round_id, device_id)
+            if ORDER.index(row.phase) < ORDER.index(RELAY_PHASE[kind]):
+                left = row.phase_deadline - time.time()
+                return 202, {"retry_after": round(max(0.2, min(5.0, left / 10)), 1),
+                             "phase": row.phase}
+            found = s.get(SecAggRelay, (round_id, kind, client))
+        if found is None:
+            raise ApiError(409, "not_live", f"this device (client {client}) is out of round "
+                                            f"{round_id}: it missed a phase or was excluded")
+        return 200, json.loads(found.body)
+
+    # ----- deadlines and the end of a round ----------------------------------------------------
+    def tick(self, round_id: int, now: float) -> bool:
+        """Close phases whose deadline passed; aggregate or abandon a finished protocol.
+        True if the round ended."""
+        with self.service.db.read() as s:
+            row = s.get(SecAggRound, round_id)
+        if row is None:
+            return False
+        if row.phase in PHASES and now >= row.phase_deadline:
+            with self.service.db.write() as s:
+                r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
+                row = s.get(SecAggRound, round_id, with_for_update=True, populate_existing=True)
+                srv = None
+                if r.state == "open":
+                    srv = self._state(s, row)
+                    while row.phase in PHASES and now >= row.phase_deadline:
+                        self._close(s, r, row, srv, now)
+                key = (row.messages, row.phase)
+            if srv is not None:
+                self._keep(round_id, key, srv)
+        return self._conclude(round_id, row.phase, row.reason)
+
+    def _conclude(self, round_id: int, phase: str, reason: str | None) -> bool:
+        if phase == "done":
+            ended = self.service.close_round(round_id, reason)
+        elif phase == "abandoned":
+            ended = self.service.abandon_round(round_id, reason or "secure aggregation failed")
+        else:
+            return False
+        with self._cache_lock:
+            self._cache.pop(round_id, None)
+        return ended
+
+    def unmask(self, round_id: int) -> int:
+        """Recover the sum of the round's masked inputs (inside the aggregation lease) and
+        write sum / survivors where `secure_mean` reads it; the number of survivors."""
+        svc = self.service
+        with svc.db.read() as s:
+            r, row = s.get(Round, round_id), s.get(SecAggRound, round_id)
+            srv = self._rebuild(s, row)
+        try:
+            result = srv.finish()
+        except RoundAbandoned as err:
+            raise AggregationUnavailable(f"secure aggregation could not unmask the sum: "
+                                         f"{err.reason}") from None
+        config, n = RoundConfig.from_dict(r.config), len(result.survivors)
+        limit = n * privacy.norm_bound(config.clip_norm, noise_stddev(config), svc.num_params)
+        norm = float(np.linalg.norm(result.total))
+        if not norm <= limit:
+            raise AggregationUnavailable(
+                f"the unmasked sum of {n} updates has L2 norm {norm:.4g}, over {n} times the "
+                f"bound of one update ({limit:.4g} in all): a device sent out-of-range values")
+        mean = unflatten((result.total / n).astype(np.float32), svc.shapes)
+        svc.blobs.write_tensors(mean_path(round_id), mean,
+                                {"format": MEAN_FORMAT, "survivors": str(n)})
+        log.info("secagg_unmasked", extra={"round_id": round_id, "survivors": n,
+                                           "dropped": len(result.dropped)})
+        return n
+
+    # ----- protocol state ------------------------------------------------------------------------
+    def _member(self, s: Session, round_id: int, device_id: str) -> tuple[Round, SecAggRound, int]:
+        r = s.get(Round, round_id)
+        if r is None:
+            raise ApiError(404, "no_such_round", f"there is no round {round_id}")
+        row = s.get(SecAggRound, round_id)
+        if row is None:
+            raise ApiError(409, "not_secure", f"round {round_id} does not use secure "
+                                              "aggregation: upload with PUT .../update")
+        client = s.scalar(select(SecAggMember.client_id).where(
+            SecAggMember.round_id == round_id, SecAggMember.device_id == device_id))
+        if client is None:
+            raise ApiError(403, "not_participant", f"this device holds no task in round {round_id}")
+        if r.state != "open" or row.phase == "abandoned":
+            why = r.reason or row.reason
+            raise ApiError(409, "round_closed", f"round {round_id} is "
+                           f"{r.state if r.state != 'open' else 'abandoned'}"
+                           + (f" ({why})" if why else ""))
+        return r, row, client
+
+    @staticmethod
+    def _check_phase(r: Round, row: SecAggRound, phase: str) -> None:
+        if r.state != "open" or row.phase == "abandoned":
+            raise ApiError(409, "round_closed", f"round {r.id} is no longer open"
+                           + (f" ({r.reason or row.reason})" if r.reason or row.reason else ""))
+        have, want = ORDER.index(row.phase), ORDER.index(phase)
+        if want < have:
+            raise ApiError(409, "late", f"the {phase} phase of round {r.id} is closed; the "
+                                        f"round is in the {row.phase} phase")
+        if want > have:
+            raise ApiError(409, "wrong_phase", f"round {r.id} is in the {row.phase} phase; "
+                                               f"{phase} messages come later")
+
+    @staticmethod
+    def _ready(srv: SecAggServerRound, r: Round, row: SecAggRound) -> bool:
+        """Whether the phase can close now: the target advertised keys, or all answered."""
+        if row.phase == "advertise":
+            return len(srv.keys) >= r.target or srv.ready()
+        return srv.ready()
+
+    def _close(self, s: Session, r: Round, row: SecAggRound, srv: SecAggServerRound,
+               now: float) -> None:
+        """End the current phase: store each device's relay and the next phase's deadline."""
+        phase = row.phase
+        if phase == "unmask":
+            row.phase = "done"
+            row.reason = (f"secure aggregation: unmasked the sum of {len(srv.contributors)} "
+                          f"masked updates ({len(srv.keys)} devices advertised keys)")
+            return
+        method, kind, following = CLOSE[phase]
+        try:
+            relays = getattr(srv, method)()
+        except RoundAbandoned as err:
+            row.phase, row.reason = "abandoned", f"secure aggregation, {phase} phase: {err.reason}"
+            return
+        for client, relay in relays.items():
+            s.add(SecAggRelay(round_id=r.id, kind=kind, client_id=client,
+                              body=json.dumps(relay.to_dict())))
+        row.phase = following
+        row.phase_deadline = self._deadline(r, RoundConfig.from_dict(r.config), following, now)
+        log.info("secagg_phase", extra={"round_id": r.id, "phase": following,
+                                        "live": len(relays)})
+
+    @staticmethod
+    def _deadline(r: Round, config: RoundConfig, phase: str, now: float) -> float:
+        latest = r.deadline - config.secagg_phase_seconds * LATER[phase]
+        return latest if phase == "advertise" else min(now + config.secagg_phase_seconds, latest)
+
+    @staticmethod
+    def _count_report(s: Session, r: Round, device_id: str, path: str, now: float) -> None:
+        """A masked input is in the sum: the device's report counts (privacy accounting too)."""
+        task = s.get(Task, (r.id, device_id), populate_existing=True)
+        task.state, task.submitted_at, task.path = "submitted", now, path
+        task.num_examples, task.metrics = 0, {}  # not disclosed with secure aggregation
+        r.reports += 1
+
+    def _state(self, s: Session, row: SecAggRound) -> SecAggServerRound:
+        """The round's protocol state: this process's cached copy if it is current, else
+        rebuilt from the database. Taken out of the cache: put it back with `_keep`."""
+        with self._cache_lock:
+            hit = self._cache.pop(row.round_id, None)
+        if hit is not None and hit[0] == (row.messages, row.phase):
+            return hit[1]
+        return self._rebuild(s, row)
+
+    def _keep(self, round_id: int, key: tuple[int, str], srv: SecAggServerRound) -> None:
+        with self._cache_lock:
+            self._cache = {round_id: (key, srv)}  # one open round at a time
+
+    def _rebuild(self, s: Session, row: SecAggRound) -> SecAggServerRound:
+        """Replay the stored messages, phase by phase, closing each phase the round closed."""
+        srv = SecAggServerRound(ProtocolConfig.from_dict(row.config))
+        messages = s.scalars(select(SecAggMessage).where(SecAggMessage.round_id == row.round_id)
+                             .order_by(SecAggMessage.id)).all()
+        closed = min(ORDER.index(row.phase) if row.phase in ORDER else 0, len(CLOSE))
+        for i, phase in enumerate(PHASES):
+            for m in messages:
+                if m.phase == phase:
+                    self._replay(srv, m)
+            if i < closed:
+                getattr(srv, CLOSE[phase][0])()
+        return srv
+
+    def _replay(self, srv: SecAggServerRound, m: SecAggMessage) -> None:
+        try:
+            if m.path:
+                srv.receive_masked_input(m.client_id, self.service.blobs.abs(m.path).read_bytes())
+            else:
+                srv.receive_json(m.client_id, m.body.encode("utf-8"))
+        except SecAggError:
+            pass  # it excluded its sender then, and does again
+
+    @staticmethod
+    def _refusal(err: SecAggError, excluded: bool, client: int, round_id: int) -> ApiError:
+        out = f"; this device (client {client}) is excluded from round {round_id}"
+        if isinstance(err, MessageError):
+            return ApiError(400, "malformed_message", f"{err}{out if excluded else ''}")
+        if excluded:
+            return ApiError(422, "excluded", f"{err}{out}")
+        if isinstance(err, ReplayError):
+            return ApiError(409, "replayed", str(err))
+        if isinstance(err, LateMessageError):
+            return ApiError(409, "late", str(err))
+        return ApiError(400, "rejected", str(err))
