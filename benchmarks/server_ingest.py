@@ -164,7 +164,7 @@ def main() -> None:
     n = args.reports
     config = {"target_reports": n, "min_reports": n, "overcommit": 1.0, "round_seconds": 3600,
               "participation_cap": 1000, "epsilon_budget": None, "noise_multiplier": 1.0,
-              "clip_norm": 1.0}
+              "clip_norm": 1.0, "secure_aggregation": False}  # the plain (DP-only) upload path
     with tempfile.TemporaryDirectory(prefix="pk-bench-") as tmp:
         tmp = Path(tmp)
         model, tokenizer, shapes = make_model(tmp)

@@ -31,7 +31,8 @@ def rss_mib(pid: int, field: str) -> float:
 def one_run(tmp: Path, name: str, model: Path, tokenizer: Path, pool: list, n: int,
             clients: int) -> dict:
     config = {"target_reports": n, "min_reports": n, "overcommit": 1.0, "round_seconds": 3600,
-              "participation_cap": 1000, "epsilon_budget": None, "noise_multiplier": 1.0}
+              "participation_cap": 1000, "epsilon_budget": None, "noise_multiplier": 1.0,
+              "secure_aggregation": False}
     proc, url, log = start_server(tmp / name, model, tokenizer, config)
     try:
         jobs = prepare_round(requests.Session(), url, n, pool)

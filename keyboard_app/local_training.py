@@ -16,6 +16,7 @@ import numpy as np
 
 from federated.privacy import privatize
 from federated.wire import Update, encode_update, tensors_from_bytes
+from keyboard_app.secure_upload import parse_task
 from model.checkpoint import model_from_bytes
 from model.tokenizer import WordTokenizer
 from model.train import TrainConfig, TrainResult, train
@@ -61,9 +62,11 @@ def check_task(task: dict) -> None:
         raise TaskError("task ids and max_examples must be non-negative / positive")
     if not (math.isfinite(clip_norm) and clip_norm > 0 and math.isfinite(stddev) and stddev >= 0):
         raise TaskError(f"task clip_norm {clip_norm} / noise_stddev {stddev} out of range")
-    if task.get("secure_aggregation"):
-        raise TaskError("the round asks for secure aggregation, which this device does not "
-                        "implement: it will not send a plain update instead")
+    if task.get("secure_aggregation"):  # sent only masked (keyboard_app.secure_upload)
+        try:
+            parse_task(task)
+        except ValueError as err:
+            raise TaskError(str(err)) from None
     train_config(task["train"], seed=0)
 
 

@@ -26,6 +26,7 @@ from keyboard_app.client import (ModelBlob, ServerRejected, ServerUnavailable, S
 from keyboard_app.eligibility import Eligibility
 from keyboard_app.history import HistoryStore
 from keyboard_app.local_training import TaskError, check_task, run_task
+from keyboard_app.secure_upload import SecureRoundError, SecureUpload, parse_task
 from model.checkpoint import CheckpointError, CheckpointMeta, model_from_bytes, read_metadata
 from model.lstm import NextWordLSTM
 from model.tokenizer import TokenizerError, WordTokenizer
@@ -63,10 +64,12 @@ class DeviceStatus:
     delta: float | None = None
     paused: bool = False
     last_loss: float | None = None  # local training loss (never sent)
+    secure_aggregation: bool | None = None  # whether the last round took part in used it
 
 
 _PERSISTED = ("last_participation", "last_round_id", "rounds_joined", "last_update_bytes",
-              "clip_norm", "noise_stddev", "epsilon", "epsilon_budget", "delta")
+              "clip_norm", "noise_stddev", "epsilon", "epsilon_budget", "delta",
+              "secure_aggregation")
 
 
 def _number(value: object) -> float | None:
@@ -197,18 +200,22 @@ class DeviceRuntime:
                                                         "from the downloaded model")
         tokenizer = self._tokenizer_for(blob)
         deadline = float(task.get("deadline") or time.time() + 3600)
+        secure = parse_task(task) if task.get("secure_aggregation") else None
+        train_by = secure.advertise_by if secure else deadline
         started = self.history.clock()
         messages = self.history.messages(limit=int(task["train"].get("max_examples") or 10**9))
         self._set(state="training", detail=f"round {task['round_id']}: training on "
                                            f"{len(messages)} messages")
         log.info("round %s: training on %d messages", task["round_id"], len(messages))
         local = run_task(task, blob.data, tokenizer, messages, seed=self.train_seed, rng=self.rng,
-                         should_stop=lambda: self._interrupted(deadline))
+                         should_stop=lambda: self._interrupted(train_by))
         if local is None:
             why = "; ".join(self.eligibility.check(10**9).reasons) or "stopped or past deadline"
             return self._step("interrupted", self.poll_seconds, f"training stopped: {why}")
         self._set(last_loss=local.result.mean_loss, clip_norm=float(task["clip_norm"]),
                   noise_stddev=float(task["noise_stddev"]))
+        if secure:
+            return self._secure_upload(secure, local.update, started)
         self._pending = {"round_id": int(task["round_id"]), "body": local.body,
                          "key": str(uuid.uuid4()), "deadline": deadline, "started": started}
         return self._upload_pending()
@@ -228,12 +235,35 @@ class DeviceRuntime:
         self._pending = None
         self._set(last_participation=pending["started"], last_round_id=pending["round_id"],
                   rounds_joined=self._status.rounds_joined + 1,
-                  last_update_bytes=len(pending["body"]))
+                  last_update_bytes=len(pending["body"]), secure_aggregation=False)
         self._refresh_privacy()
         self._save_state()
         log.info("round %s: uploaded %d bytes (reports now %s)", pending["round_id"],
                  len(pending["body"]), reply.get("reports"))
         return self._step("uploaded", 0.0, f"round {pending['round_id']}")
+
+    def _secure_upload(self, task, update, started: float) -> Step:
+        """Run the secure-aggregation phases (blocking, polling until the round's deadline)."""
+        round_id = task.config.round_id
+
+        def masked(nbytes: int) -> None:  # the update is in the round's sum from here on
+            self._set(last_participation=started, last_round_id=round_id,
+                      rounds_joined=self._status.rounds_joined + 1, last_update_bytes=nbytes,
+                      secure_aggregation=True)
+            self._save_state()
+
+        upload = SecureUpload(self.client, task, wait=self._stop.wait, on_masked=masked,
+                              on_phase=lambda step: self._set(
+                                  state="uploading",
+                                  detail=f"round {round_id}: secure aggregation, {step}"))
+        try:
+            nbytes = upload.run(update)
+        except SecureRoundError as err:
+            log.warning("secure aggregation: %s", err)
+            return self._step("missed", self.poll_seconds, str(err))
+        self._refresh_privacy()
+        log.info("round %s: masked update of %d bytes in the secure sum", round_id, nbytes)
+        return self._step("uploaded", 0.0, f"round {round_id} (secure aggregation)")
 
     def _interrupted(self, deadline: float) -> bool:
         return self._stop.is_set() or self.eligibility.should_stop() or time.time() > deadline

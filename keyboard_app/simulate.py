@@ -660,7 +660,8 @@ def _summary(config: FleetConfig, applied: dict, population: list[Device], recor
     last_eval = next((r["valid"] for r in reversed(records) if r.get("valid")), None)
     return {
         "config": asdict(config), "server": url, "round_settings": applied,
-        "population": len(population), "rounds_run": len(done),
+        "population": len(population), "num_params": status["model"]["num_params"],
+        "rounds_run": len(done),
         "rounds_closed": sum(r["state"] == "closed" for r in done),
         "reports": sum(r["reports"] for r in done),
         "wall_seconds": round(seconds, 1), "machine": machine,

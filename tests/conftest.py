@@ -25,10 +25,12 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Small, fast rounds for tests; each test overrides what it needs.
+# Small, fast rounds for tests; each test overrides what it needs (secure aggregation is
+# on by default in the server, off here).
 TEST_ROUND = {"target_reports": 3, "min_reports": 2, "overcommit": 1.5, "round_seconds": 120.0,
               "retry_after": 30.0, "participation_cap": 3, "clip_norm": 1.0,
-              "noise_multiplier": 1.0, "epsilon_budget": 20.0}
+              "noise_multiplier": 1.0, "epsilon_budget": 20.0,
+              "secure_aggregation": False}  # the plain path; tests/test_secure_rounds.py: secure
 
 
 @pytest.fixture(scope="session")

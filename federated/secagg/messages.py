@@ -322,8 +322,8 @@ JSON_MESSAGES = {m.TYPE: m for m in (AdvertiseKeys, KeysRelay, ShareKeys, Shares
 def message_from_dict(data: Any):
     """Any JSON message, by its "type" field; MessageError if unknown or malformed."""
     kind = data.get("type") if isinstance(data, dict) else None
-    if kind not in JSON_MESSAGES:
-        raise MessageError(f"unknown message type {kind!r}; "
+    if not isinstance(kind, str) or kind not in JSON_MESSAGES:
+        raise MessageError(f"unknown message type {kind!r:.60}; "
                            f"expected one of {sorted(JSON_MESSAGES)}")
     return JSON_MESSAGES[kind].from_dict(data)
 
@@ -334,6 +334,6 @@ def message_from_json(text: str | bytes, max_bytes: int = 1 << 20):
         raise MessageError(f"message of {len(text)} bytes is over the {max_bytes}-byte limit")
     try:
         data = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # also too deep, too long ints
         raise MessageError("message is not JSON") from None
     return message_from_dict(data)

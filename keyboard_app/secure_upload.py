@@ -1,0 +1,136 @@
+"""The device's secure-aggregation path: after local training has produced the clipped and
+noised update, take part in the round's protocol (`federated.secagg.SecAggClient`) so that
+the server learns only the sum of the round's updates, never this one.
+
+advertise keys -> (wait) keys relay -> send encrypted shares -> (wait) shares relay ->
+send the masked update -> (wait) unmask request -> send the shares that remove the masks.
+
+Each wait polls the server with the `retry_after` it gives, until the round's deadline;
+the whole exchange blocks the caller (a device restarted mid-round has lost its keys and
+counts as dropped out, which the protocol tolerates). The device's update is only ever sent
+masked: clamped to the encoding's bound, plus masks that cancel only in the sum.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from federated.secagg import (KeysRelay, RoundConfig, SecAggClient, SecAggError, SharesRelay,
+                              UnmaskRequest, flatten)
+from federated.wire import Update
+from keyboard_app.client import ServerRejected, ServerUnavailable, SyncClient
+
+log = logging.getLogger(__name__)
+
+
+class SecureRoundError(Exception):
+    """This device left the secure round: deadline, stop, refusal or a protocol breach."""
+
+
+@dataclass(frozen=True)
+class SecureTask:
+    """The "secagg" part of a check-in task."""
+
+    config: RoundConfig
+    client_id: int
+    advertise_by: float  # training must end (and keys be advertised) before this
+    deadline: float  # the round's deadline: stop polling after it
+
+
+def parse_task(task: dict) -> SecureTask:
+    """The task's secure-aggregation parameters; ValueError saying what is wrong."""
+    part = task.get("secagg")
+    if not isinstance(part, dict):
+        raise ValueError("secure-aggregation task lacks its 'secagg' parameters")
+    try:
+        config = RoundConfig.from_dict(part.get("config"))
+    except SecAggError as err:
+        raise ValueError(f"secure-aggregation config: {err}") from None
+    client, by = part.get("client_id"), part.get("advertise_by")
+    if type(client) is not int or not 1 <= client <= config.num_clients:
+        raise ValueError(f"secagg client_id must be in 1..{config.num_clients}, got {client!r}")
+    if not isinstance(by, (int, float)) or isinstance(by, bool) or not math.isfinite(by):
+        raise ValueError("secagg advertise_by must be a unix time")
+    if config.round_id != task.get("round_id"):
+        raise ValueError(f"secagg config is for round {config.round_id}, the task for round "
+                         f"{task.get('round_id')}")
+    return SecureTask(config, client, float(by), float(task.get("deadline") or by))
+
+
+class SecureUpload:
+    """One device's run through a secure round over `client`.
+
+    `wait(seconds)` sleeps and returns True if the device must stop; `on_phase(name)` is
+    told each step; `on_masked(nbytes)` once the masked update is accepted (from then on
+    the update is part of the round's sum).
+    """
+
+    def __init__(self, client: SyncClient, task: SecureTask, *,
+                 wait: Callable[[float], bool] = lambda s: bool(time.sleep(s)),
+                 on_phase: Callable[[str], None] = lambda phase: None,
+                 on_masked: Callable[[int], None] = lambda nbytes: None) -> None:
+        self.client, self.task = client, task
+        self.round_id = task.config.round_id
+        self.wait, self.on_phase, self.on_masked = wait, on_phase, on_masked
+
+    def run(self, update: Update) -> int:
+        """Go through all phases with this (clipped, noised) update; the masked bytes sent."""
+        shapes = {name: tuple(t.shape) for name, t in update.tensors.items()}
+        flat = flatten(update.tensors, shapes)
+        if flat.size != self.task.config.dimension:
+            raise SecureRoundError(f"update has {flat.size} values, the round expects "
+                                   f"{self.task.config.dimension}")
+        device = SecAggClient(self.task.config, self.task.client_id)
+        try:
+            self._send("advertise", device.advertise_keys().to_dict())
+            keys = KeysRelay.from_dict(self._fetch("keys"))
+            self._send("shares", device.share_keys(keys).to_dict())
+            shares = SharesRelay.from_dict(self._fetch("shares"))
+            masked = device.masked_input(shares, flat).to_bytes()
+            self._send("masked", masked=masked)
+            self.on_masked(len(masked))
+            request = UnmaskRequest.from_dict(self._fetch("unmask"))
+            self._send("unmask", device.unmask(request).to_dict())
+        except SecAggError as err:  # a relay this device will not act on, or a refusal
+            raise SecureRoundError(f"round {self.round_id}: {type(err).__name__}: {err}") from None
+        return len(masked)
+
+    def _send(self, step: str, message: dict | None = None, masked: bytes | None = None) -> None:
+        """Deliver one message, retrying while the server is unreachable; a retry that the
+        server calls a replay means the first attempt arrived."""
+        self.on_phase(step)
+        retried = False
+        while True:
+            try:
+                self.client.secagg_send(self.round_id, step, message=message, masked=masked)
+                return
+            except ServerUnavailable as err:
+                self._pause(2.0, f"sending {step}: {err}")
+                retried = True
+            except ServerRejected as err:
+                if retried and err.code == "replayed":
+                    return
+                raise
+
+    def _fetch(self, step: str) -> dict:
+        """Poll for the relay of `step` until the server has it (or the deadline)."""
+        self.on_phase(f"waiting for {step}")
+        while True:
+            try:
+                relay, retry_after = self.client.secagg_fetch(self.round_id, step)
+            except ServerUnavailable as err:
+                relay, retry_after = None, 2.0
+                log.info("round %s: %s", self.round_id, err)
+            if relay is not None:
+                return relay
+            self._pause(retry_after, f"waiting for {step}")
+
+    def _pause(self, seconds: float, what: str) -> None:
+        left = self.task.deadline - time.time()
+        if left <= 0:
+            raise SecureRoundError(f"round {self.round_id}: deadline passed while {what}")
+        if self.wait(min(seconds, left)):
+            raise SecureRoundError(f"round {self.round_id}: stopped while {what}")

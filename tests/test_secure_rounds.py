@@ -1,0 +1,429 @@
+"""Secure aggregation in the real server and device runtime, over real HTTP.
+
+Devices run `federated.secagg` through `/v1/rounds/<id>/secagg/` (the device code in
+`keyboard_app.secure_upload`, or a `SecAggClient` driven step by step from the test); the
+server keeps every protocol message in SQLite and every masked input on disk.
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+
+import numpy as np
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error, positive_data_acceptance
+from scipy import stats
+from sqlalchemy import func, select
+
+from aggregation_server.db import SecAggMessage, SecAggRound, Task
+from aggregation_server.openapi import openapi_document
+from federated.privacy import privatize
+from federated.secagg import (KeysRelay, MaskedInput, MessageError, SecAggClient, SharesRelay,
+                              UnmaskRequest, flatten, message_from_json)
+from federated.secagg import RoundConfig as ProtocolConfig
+from federated.wire import Update
+from keyboard_app.client import ServerRejected, SyncClient
+from keyboard_app.secure_upload import SecureRoundError, SecureUpload, parse_task
+
+SECURE = {"secure_aggregation": True, "overcommit": 1.0, "round_seconds": 60.0,
+          "secagg_phase_seconds": 2.0, "retry_after": 0.5}
+
+
+def secure_round(n: int, minimum: int, **extra) -> dict:
+    return {**SECURE, "target_reports": n, "min_reports": minimum, **extra}
+
+
+# ---------------------------------------------------------------- helpers
+
+class Member:
+    """A device of a secure round driven step by step from the test."""
+
+    def __init__(self, server, index: int) -> None:
+        self.server, self.creds = server, server.enrol()
+        self.task = server.task(self.creds)
+        self.round_id = self.task["round_id"]
+        self.config = ProtocolConfig.from_dict(self.task["secagg"]["config"])
+        self.id = self.task["secagg"]["client_id"]
+        self.device = SecAggClient(self.config, self.id)
+        rng = np.random.default_rng(index)
+        raw = {k: rng.normal(0, 0.05, s).astype(np.float32) for k, s in server.shapes.items()}
+        self.update, _ = privatize(raw, self.task["clip_norm"], self.task["noise_stddev"],
+                                   np.random.default_rng(index + 100))
+
+    def url(self, step: str) -> str:
+        return f"{self.server.url}/v1/rounds/{self.round_id}/secagg/{step}"
+
+    def post(self, step: str, message: dict | bytes):
+        if isinstance(message, bytes):
+            return self.server.http.post(self.url(step), data=message, timeout=30, headers={
+                **self.creds.headers, "Content-Type": "application/json"})
+        return self.server.http.post(self.url(step), json=message, headers=self.creds.headers,
+                                     timeout=30)
+
+    def put_masked(self, body: bytes):
+        return self.server.http.put(self.url("masked"), data=body, timeout=30, headers={
+            **self.creds.headers, "Content-Type": "application/octet-stream"})
+
+    def get(self, step: str):
+        return self.server.http.get(self.url(step), headers=self.creds.headers, timeout=30)
+
+    def relay(self, step: str) -> dict:
+        r = self.get(step)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def flat(self) -> np.ndarray:
+        return flatten(self.update, self.server.shapes)
+
+    def advertise(self):
+        return self.post("advertise", self.device.advertise_keys().to_dict())
+
+    def share(self):
+        return self.post("shares", self.device.share_keys(
+            KeysRelay.from_dict(self.relay("keys"))).to_dict())
+
+    def mask(self):
+        return self.put_masked(self.device.masked_input(
+            SharesRelay.from_dict(self.relay("shares")), self.flat()).to_bytes())
+
+    def unmask(self):
+        self.answer = self.device.unmask(UnmaskRequest.from_dict(self.relay("unmask"))).to_dict()
+        return self.post("unmask", self.answer)
+
+
+def accepted(response) -> None:
+    assert response.status_code == 202 and response.json()["accepted"], response.text
+
+
+def refused(response, status: int, code: str, needle: str = "") -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code and needle in body["message"], body
+
+
+def service(server):
+    return server.app.extensions["pk.service"]
+
+
+def stored(server, round_id: int) -> tuple[int, str]:
+    """(protocol messages stored, phase) of a round: what a refusal must not change."""
+    with service(server).db.read() as s:
+        count = s.scalar(select(func.count()).select_from(SecAggMessage)
+                         .where(SecAggMessage.round_id == round_id))
+        return count, s.get(SecAggRound, round_id).phase
+
+
+def expect_new_model(server, updates: list[dict], step: float, version: int = 1) -> None:
+    """The new global model is the old one plus the plain mean of `updates` (FedAvg, lr 1),
+    to within the fixed-point step (and float32 rounding)."""
+    base, _, _ = server.model(version - 1)
+    new, meta, _ = server.model(version)
+    for name in server.shapes:
+        mean = (sum(u[name].astype(np.float64) for u in updates) / len(updates)).astype(np.float32)
+        expected = (base[name] + np.float32(1.0) * mean).astype(np.float32)
+        slack = step / 2 + 2 * np.spacing(np.maximum(np.abs(expected), np.abs(mean)))
+        assert np.all(np.abs(new[name] - expected) <= slack), name
+    assert '"secure_aggregation": true' in meta["training"]
+
+
+def run_device(server, data_dir, index: int, results: dict, stop_at: str | None = None) -> None:
+    """One device in a thread: check in, then `SecureUpload` (the device's real code) with a
+    known update; `stop_at` makes it vanish just before that step (a dropout)."""
+    client = SyncClient(server.url, data_dir / f"device{index}")
+    try:
+        task = client.checkin(20, None)["task"]
+        rng = np.random.default_rng(index)
+        raw = {k: rng.normal(0, 0.05, s).astype(np.float32) for k, s in server.shapes.items()}
+        tensors, _ = privatize(raw, task["clip_norm"], task["noise_stddev"],
+                               np.random.default_rng(index + 100))
+        update = Update(tensors, task["round_id"], task["model_version"], 20, {})
+
+        def phase(step: str) -> None:
+            if step == stop_at:
+                raise SecureRoundError(f"dropped out before {step}")
+        sent = []
+        upload = SecureUpload(client, parse_task(task), on_phase=phase, on_masked=sent.append)
+        try:
+            upload.run(update)
+            results[index] = ("done", tensors, task)
+        except (SecureRoundError, ServerRejected) as err:
+            results[index] = (str(err), tensors if sent else None, task)
+    finally:
+        client.close()
+
+
+def run_fleet(server, data_dir, n: int, stops: dict[int, str] | None = None) -> dict:
+    results: dict = {}
+    threads = [threading.Thread(target=run_device, args=(server, data_dir, i, results,
+                                                         (stops or {}).get(i)))
+               for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == n, results
+    return results
+
+
+# ---------------------------------------------------------------- whole rounds
+
+def test_devices_run_a_secure_round_with_the_real_runtime(start_server, tmp_path):
+    """Five real device runtimes (training, clipping, noise, masking) in threads: the round
+    closes on the unmasked mean, and device, status and dashboard say it was secure."""
+    from data import load_split
+    from keyboard_app.eligibility import Eligibility, EligibilitySettings
+    from keyboard_app.history import HistoryStore
+    from keyboard_app.runtime import DeviceRuntime
+    server = start_server(round=secure_round(5, 4, train_batch_size=8, train_max_examples=30))
+    senders = [d for d in load_split("federated") if 20 <= len(d.messages) <= 60][:5]
+    runtimes, steps = [], {}
+    for i, sender in enumerate(senders):
+        history = HistoryStore(":memory:", retention_days=None)
+        history.add_many(sender.messages)
+        eligibility = Eligibility(EligibilitySettings(idle_seconds=0, min_new_messages=0),
+                                  battery=lambda: None)
+        runtimes.append(DeviceRuntime(tmp_path / f"phone{i}", server.url, history=history,
+                                      eligibility=eligibility, poll_seconds=0.1,
+                                      load_model=False))
+    threads = [threading.Thread(target=lambda i=i: steps.__setitem__(i, runtimes[i].run_once()))
+               for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [steps[i].outcome for i in range(5)] == ["uploaded"] * 5, steps
+    st = server.wait_for(lambda st: st["model"]["version"] == 1, what="secure round closed")
+    closed = st["rounds"][0]
+    assert closed["state"] == "closed" and closed["secure_aggregation"] is True
+    assert closed["reports"] == 5 and "unmasked the sum of 5" in closed["reason"]
+    assert st["round"]["secure_aggregation"] is True  # the next round, secure too
+    assert st["versions"][-1]["provenance"]["secure_aggregation"] is True
+    for runtime in runtimes:
+        status = runtime.status()
+        assert status.secure_aggregation is True and status.rounds_joined == 1
+        assert status.last_update_bytes >= 4 * sum(int(np.prod(s)) for s in server.shapes.values())
+        runtime.client.close()
+    page = server.http.get(server.url + "/", timeout=30).text
+    assert "secure aggregation" in page and "<td>yes</td>" in page
+    assert not list((server.data_dir / "updates" / "1").glob("*"))  # masked inputs deleted
+
+
+def test_unmasked_sum_is_the_plain_sum_despite_dropouts_in_every_phase(start_server, tmp_path):
+    """Seven devices, over two server instances sharing the database (so the protocol state
+    is rebuilt from stored messages, never taken from one process's memory); one vanishes
+    after advertising keys, one after sharing them, one after sending its masked input."""
+    a = start_server(round=secure_round(7, 4))
+    b = start_server(data_dir=a.data_dir, round=secure_round(7, 4))
+    results: dict = {}
+    stops = {1: "shares", 3: "masked", 5: "unmask"}
+    threads = [threading.Thread(target=run_device, args=(a if i % 2 else b, tmp_path, i,
+                                                         results, stops.get(i)))
+               for i in range(7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert {i: r[0] for i, r in results.items()} == {
+        0: "done", 1: "dropped out before shares", 2: "done", 3: "dropped out before masked",
+        4: "done", 5: "dropped out before unmask", 6: "done"}
+    st = a.wait_for(lambda st: st["model"]["version"] == 1, what="secure round closed")
+    assert st["rounds"][0]["reports"] == 5  # device 5's masked input is in the sum
+    step = ProtocolConfig.from_dict(results[0][2]["secagg"]["config"]).encoding.step
+    expect_new_model(a, [r[1] for r in results.values() if r[1] is not None], step)
+
+
+def test_too_many_dropouts_abandon_the_round_with_the_reason(start_server, tmp_path):
+    server = start_server(round=secure_round(5, 4))
+    results = run_fleet(server, tmp_path, 5, stops={0: "shares", 1: "shares"})
+    st = server.wait_for(lambda st: st["rounds"][0]["state"] == "abandoned", what="abandoned")
+    reason = st["rounds"][0]["reason"]
+    assert "secure aggregation, share phase" in reason and "at least 4 needed" in reason, reason
+    assert all("round_closed" in results[i][0] for i in (2, 3, 4)), results
+    assert st["model"]["version"] == 0 and st["round"]["id"] == 2  # the next round opened
+    assert not list((server.data_dir / "updates" / "1").glob("*"))
+
+
+# ---------------------------------------------------------------- refusals
+
+def test_late_replayed_and_out_of_phase_messages_are_refused_and_change_nothing(start_server):
+    server = start_server(round=secure_round(4, 3))
+    members = [Member(server, i) for i in range(4)]
+    first, rid = members[0], members[0].round_id
+    message = first.device.advertise_keys().to_dict()
+    accepted(first.post("advertise", message))
+    before = stored(server, rid)
+    refused(first.post("advertise", message), 409, "replayed", "already sent")
+    refused(first.post("shares", {"type": "share_keys"}), 409, "wrong_phase", "come later")
+    assert first.get("keys").status_code == 202 and "retry_after" in first.get("keys").json()
+    outsider = server.enrol()
+    assert server.checkin(outsider)["task"] is None  # the round's 4 tasks are handed out
+    r = server.http.post(first.url("advertise"), json=message, headers=outsider.headers,
+                         timeout=30)
+    refused(r, 403, "not_participant")
+    r = server.http.post(first.url("advertise").replace(f"/{rid}/", "/999/"), json=message,
+                         headers=first.creds.headers, timeout=30)
+    refused(r, 404, "no_such_round")
+    r = server.http.post(first.url("advertise"), data=b"{}", headers={
+        **first.creds.headers, "Content-Type": "text/plain"}, timeout=30)
+    refused(r, 415, "unsupported_media_type")
+    plain = server.upload(first.creds, rid, server.update_bytes(first.task))
+    refused(plain, 409, "secure_aggregation", "masked update")
+    assert stored(server, rid) == before
+    for m in members[1:]:
+        accepted(m.advertise())
+    assert stored(server, rid)[1] == "share"
+    refused(first.post("advertise", message), 409, "late", "closed")
+    for m in members[:3]:  # the last device never shares its keys: dropped at the deadline
+        accepted(m.share())
+    server.wait_for(lambda st: stored(server, rid)[1] == "masked", what="share deadline")
+    last = members[3]
+    before = stored(server, rid)
+    refused(last.post("shares", {"type": "share_keys"}), 409, "late", "closed")
+    refused(last.get("shares"), 409, "not_live", "missed a phase")
+    for m in members[:3]:
+        accepted(m.mask())
+    refused(first.put_masked(MaskedInput(rid, first.id, np.zeros(
+        first.config.dimension, first.config.encoding.dtype)).to_bytes()), 409, "late")
+    assert stored(server, rid)[0] == before[0] + 3
+    for m in members[:3]:
+        accepted(m.unmask())
+    st = server.wait_for(lambda st: st["model"]["version"] == 1, what="round closed")
+    assert st["rounds"][0]["reports"] == 3
+    refused(first.post("unmask", first.answer), 409, "round_closed", "closed")
+    expect_new_model(server, [m.update for m in members[:3]], first.config.encoding.step)
+
+
+def test_malformed_messages_exclude_the_sender_and_the_round_goes_on(start_server):
+    server = start_server(round=secure_round(5, 3))
+    members = [Member(server, i) for i in range(5)]
+    rid, bad_keys, bad_masked = members[0].round_id, members[1], members[3]
+    message = bad_keys.device.advertise_keys().to_dict()
+    refused(bad_keys.post("advertise", {**message, "cipher_key": "not base64!"}), 400,
+            "malformed_message", "excluded")
+    assert stored(server, rid) == (1, "advertise")  # the exclusion is stored (replayed later)
+    refused(bad_keys.post("advertise", message), 409, "late", "excluded")
+    for m in members[:1] + members[2:]:
+        accepted(m.advertise())
+    assert stored(server, rid)[1] == "share"  # everyone left has answered
+    refused(bad_keys.get("keys"), 409, "not_live")
+    for m in members[:1] + members[2:]:
+        accepted(m.share())
+    relay = SharesRelay.from_dict(bad_masked.relay("shares"))
+    good = bad_masked.device.masked_input(relay, bad_masked.flat())
+    wrong = MaskedInput(rid, bad_masked.id, good.masked[:-1]).to_bytes()  # one value short
+    refused(bad_masked.put_masked(wrong), 400, "malformed_message", "excluded")
+    refused(members[4].post("unmask", b"{not json"), 409, "wrong_phase")
+    for m in (members[0], members[2], members[4]):
+        accepted(m.mask())
+    for m in (members[0], members[2], members[4]):
+        accepted(m.unmask())
+    st = server.wait_for(lambda st: st["model"]["version"] == 1, what="round closed")
+    assert st["rounds"][0]["reports"] == 3
+    expect_new_model(server, [members[i].update for i in (0, 2, 4)],
+                     members[0].config.encoding.step)
+
+
+# ---------------------------------------------------------------- what the server holds
+
+def test_stored_round_data_does_not_reveal_an_update(start_server):
+    """Everything the server stores for a round (protocol messages in the database, masked
+    inputs on disk) once all masked inputs are in: a device's stored masked input looks
+    uniformly random and the same whether its update is all at +bound or all zeros. (An
+    update with every value at the bound is far longer than the clip norm allows: once
+    unmasked, the sum's norm check refuses the round.)"""
+    server = start_server(round=secure_round(4, 3))
+    members = [Member(server, i) for i in range(4)]
+    rid, config = members[0].round_id, members[0].config
+    bound = config.encoding.bound
+    members[0].update = {k: np.full(s, bound, np.float32) for k, s in server.shapes.items()}
+    members[1].update = {k: np.zeros(s, np.float32) for k, s in server.shapes.items()}
+    for phase in ("advertise", "share", "mask"):
+        for m in members:
+            accepted(getattr(m, phase)())
+    assert stored(server, rid)[1] == "unmask"
+    with service(server).db.read() as s:
+        rows = s.scalars(select(SecAggMessage).where(SecAggMessage.round_id == rid)).all()
+        tasks = s.scalars(select(Task).where(Task.round_id == rid)).all()
+    files = sorted((server.data_dir / "updates" / str(rid)).iterdir())
+    masked_rows = [m for m in rows if m.phase == "masked"]
+    assert sorted(server.data_dir / m.path for m in masked_rows) == files  # nothing else
+    assert all(m.body is None for m in masked_rows) and all(m.path is None for m in rows
+                                                            if m.phase != "masked")
+    assert all(t.num_examples == 0 and t.metrics == {} for t in tasks)
+    blob = {m.client_id: MaskedInput.from_bytes((server.data_dir / m.path).read_bytes(),
+                                                config.max_masked_bytes).masked
+            for m in masked_rows}
+    at_bound, zeros = blob[members[0].id], blob[members[1].id]
+    for masked in (at_bound, zeros):
+        for part in (masked >> 24, masked & 0xFF):  # high and low byte: 256 bins each
+            counts = np.bincount(part.astype(np.int64), minlength=256)
+            assert stats.chisquare(counts).pvalue > 1e-4
+    assert stats.ks_2samp(at_bound, zeros).pvalue > 1e-4
+    plain = config.encoding.encode(members[0].flat())
+    assert stats.ks_2samp(at_bound, plain).pvalue < 1e-10  # the test would see an update
+    for m in members:
+        accepted(m.unmask())
+    # what stops such a device: all its values at the bound make the unmasked sum too long
+    st = server.wait_for(lambda st: st["rounds"][0]["state"] == "abandoned", what="abandoned")
+    assert "over 4 times the bound of one update" in st["rounds"][0]["reason"]
+    assert not (server.data_dir / "updates" / str(rid)).exists()
+
+
+def test_secure_tasks_and_the_plain_path_by_configuration(start_server):
+    server = start_server(round=secure_round(3, 2))
+    device = server.enrol()
+    task = server.task(device)
+    assert task["secure_aggregation"] is True and task["secagg"]["client_id"] == 1
+    config = ProtocolConfig.from_dict(task["secagg"]["config"])
+    assert config.num_clients == 3 and config.dimension == sum(
+        int(np.prod(s)) for s in server.shapes.values())
+    assert task["secagg"]["advertise_by"] == pytest.approx(task["deadline"] - 3 * 2.0)
+    assert server.task(device) == task  # asking again: the same task and client id
+    assert server.set_config(secure_aggregation=False).status_code == 200
+    assert server.training("stop").status_code == 200
+    assert server.training("start").status_code == 200
+    plain = server.task(device)
+    assert plain["secure_aggregation"] is False and "secagg" not in plain
+    r = server.upload(device, plain["round_id"], server.update_bytes(plain), str(uuid.uuid4()))
+    assert r.status_code == 202, r.text
+    st = server.status()
+    assert [(r["id"], r["secure_aggregation"]) for r in st["rounds"]] == [(1, True), (2, False)]
+    r = server.http.get(f"{server.url}/v1/rounds/2/secagg/keys", headers=device.headers,
+                        timeout=30)
+    refused(r, 409, "not_secure")
+
+
+# ---------------------------------------------------------------- fuzzing
+
+@pytest.mark.parametrize("body", [b'{"type": {}}', b'{"type": ["advertise_keys"]}',
+                                  b"[" * 100_000 + b"]" * 100_000, b"1" * 5000])
+def test_odd_json_is_a_malformed_message(body):
+    """What the fuzzer below once turned into 500s: parsing says 'malformed'."""
+    with pytest.raises(MessageError):
+        message_from_json(body)
+
+
+SECAGG_API = schemathesis.openapi.from_dict(openapi_document()).include(path_regex="/secagg/")
+
+
+@pytest.fixture
+def fuzz_target(start_server):
+    """A secure round and a device holding a task in it (its first bad message excludes it)."""
+    server = start_server(round=secure_round(3, 2))
+    device = server.enrol()
+    return server, device, server.task(device)["round_id"]
+
+
+@pytest.mark.slow
+@SECAGG_API.parametrize()
+@settings(max_examples=6, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+def test_fuzzed_protocol_calls_get_documented_answers_never_5xx(case, fuzz_target):
+    server, device, round_id = fuzz_target
+    case.path_parameters = {**(case.path_parameters or {}), "round_id": round_id}
+    response = case.call(base_url=server.url, timeout=60, headers=device.headers)
+    assert response.status_code < 500, response.text
+    case.validate_response(response, additional_checks=[not_a_server_error],
+                           excluded_checks=[positive_data_acceptance])
