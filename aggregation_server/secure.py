@@ -204,8 +204,8 @@ class SecureRounds:
             r, row, client = self._member(s, round_id, device_id)
             if ORDER.index(row.phase) < ORDER.index(RELAY_PHASE[kind]):
                 # often enough to answer the next phase well within its time
-                every = RoundConfig.from_dict(r.config).secagg_phase_seconds / 10
-                return 202, {"retry_after": round(max(0.2, min(5.0, every)), 1),
+                every = RoundConfig.from_dict(r.config).secagg_phase_seconds / 20
+                return 202, {"retry_after": round(max(0.2, min(2.0, every)), 1),
                              "phase": row.phase}
             found = s.get(SecAggRelay, (round_id, kind, client))
         if found is None:

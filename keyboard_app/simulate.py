@@ -260,14 +260,13 @@ class DeviceJob:
 _WORKER: dict[str, Any] = {}
 
 
-def init_worker(senders: list[str], log_dir: str) -> None:
+def init_worker(devices: list[Device], log_dir: str) -> None:
     """Worker process set-up: one torch thread, the population's messages, a log file."""
     import torch
     torch.set_num_threads(1)
     logging.basicConfig(filename=str(Path(log_dir) / f"worker-{os.getpid()}.log"),
                         level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    by_sender = {d.sender: d for d in load_split("federated")}
-    _WORKER["devices"] = [by_sender[s] for s in senders]
+    _WORKER["devices"] = devices
     _WORKER["histories"] = {}
 
 
@@ -620,8 +619,7 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
         applied = admin.configure(settings)
         pool = stack.enter_context(ProcessPoolExecutor(
             config.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker, initargs=([d.sender for d in population],
-                                               str(run_dir / "logs"))))
+            initializer=init_worker, initargs=(population, str(run_dir / "logs"))))
         evaluator = None
         if config.eval_every or config.final_eval:
             evaluator = Evaluator(admin.tokenizer_json(), choose_valid(config), config.workers)
@@ -664,7 +662,9 @@ def _summary(config: FleetConfig, applied: dict, population: list[Device], recor
         "rounds_run": len(done),
         "rounds_closed": sum(r["state"] == "closed" for r in done),
         "reports": sum(r["reports"] for r in done),
-        "wall_seconds": round(seconds, 1), "machine": machine,
+        "wall_seconds": round(seconds, 1),
+        "round_seconds": round(sum(r.get("round_seconds", 0.0) for r in done), 1),
+        "machine": machine,
         "start_valid": records[0].get("valid"), "last_valid": last_eval,
         "final_valid": final_valid,
         "epsilon": done[-1]["epsilon"] if done else None,

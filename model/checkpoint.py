@@ -106,6 +106,7 @@ def save_checkpoint(path: str | Path, model: NextWordLSTM, meta: CheckpointMeta)
         f.write(model_to_bytes(model, meta))
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is no secret
     os.replace(tmp, path)
 
 

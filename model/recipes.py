@@ -70,7 +70,7 @@ def train_and_save(out: Path, tokenizer: WordTokenizer, train_messages: list[str
         "valid_loss": valid_loss, "valid_losses_per_epoch": valid_losses, "valid_perplexity_capped64": math.exp(valid_loss),
         "seconds": round(time.time() - started, 1), "tokens_per_second": round(result.tokens_per_second),
         "parameters": model.num_parameters(), "machine": f"{platform.processor() or platform.machine()}, "
-                                                          f"{torch.get_num_threads()} threads",
+                   f"{train_config.threads or torch.get_num_threads()} training threads",
     }
     save_checkpoint(out, model, CheckpointMeta(model_config, tokenizer.sha256, version, summary))
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))

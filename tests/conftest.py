@@ -152,7 +152,7 @@ class Server:
         lines = self.log.read_text().splitlines() if self.log else []
         return [e for e in map(_json_or_none, lines) if e and e.get("event") == name]
 
-    def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition") -> dict:
+    def wait_for(self, predicate, timeout: float = 120.0, what: str = "condition") -> dict:
         """Poll /v1/status until predicate(status) holds."""
         deadline = time.monotonic() + timeout
         while True:

@@ -7,6 +7,7 @@ server keeps every protocol message in SQLite and every masked input on disk.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -27,8 +28,10 @@ from federated.wire import Update
 from keyboard_app.client import ServerRejected, SyncClient
 from keyboard_app.secure_upload import SecureRoundError, SecureUpload, parse_task
 
-SECURE = {"secure_aggregation": True, "overcommit": 1.0, "round_seconds": 60.0,
-          "secagg_phase_seconds": 2.0, "retry_after": 0.5}
+# Phases close once everyone expected has answered; a dropout is waited for until the phase
+# deadline, which tests bring forward (`expire`) instead of sleeping through it.
+SECURE = {"secure_aggregation": True, "overcommit": 1.0, "round_seconds": 120.0,
+          "secagg_phase_seconds": 15.0, "retry_after": 0.5}
 
 
 def secure_round(n: int, minimum: int, **extra) -> dict:
@@ -115,6 +118,33 @@ def stored(server, round_id: int) -> tuple[int, str]:
         return count, s.get(SecAggRound, round_id).phase
 
 
+def expire(server, round_id: int, phase: str) -> None:
+    """Bring the deadline of `phase`, if current, forward to now (the next request closes it)."""
+    with service(server).db.write() as s:
+        row = s.get(SecAggRound, round_id)
+        if row.phase == phase:
+            row.phase_deadline = time.time() - 1
+
+
+def expire_after(server, answers: dict[str, int], stop: threading.Event) -> threading.Thread:
+    """A watcher that expires each phase as soon as `answers[phase]` messages of it are stored
+    (the devices that did not drop out have all answered)."""
+    def watch() -> None:
+        while not stop.wait(0.05):
+            with service(server).db.read() as s:
+                row = s.scalars(select(SecAggRound).order_by(SecAggRound.round_id.desc())
+                                .limit(1)).first()
+                if row is None or row.phase not in answers:
+                    continue
+                count = s.scalar(select(func.count()).select_from(SecAggMessage).where(
+                    SecAggMessage.round_id == row.round_id, SecAggMessage.phase == row.phase))
+            if count >= answers[row.phase]:
+                expire(server, row.round_id, row.phase)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
 def expect_new_model(server, updates: list[dict], step: float, version: int = 1) -> None:
     """The new global model is the old one plus the plain mean of `updates` (FedAvg, lr 1),
     to within the fixed-point step (and float32 rounding)."""
@@ -154,15 +184,21 @@ def run_device(server, data_dir, index: int, results: dict, stop_at: str | None 
         client.close()
 
 
-def run_fleet(server, data_dir, n: int, stops: dict[int, str] | None = None) -> dict:
+def run_fleet(servers: list, data_dir, n: int, stops: dict[int, str],
+              answers: dict[str, int]) -> dict:
+    """n devices in threads (device i talks to servers[i % len(servers)])."""
     results: dict = {}
-    threads = [threading.Thread(target=run_device, args=(server, data_dir, i, results,
-                                                         (stops or {}).get(i)))
+    stop = threading.Event()
+    expire_after(servers[0], answers, stop)
+    threads = [threading.Thread(target=run_device, args=(servers[i % len(servers)], data_dir, i,
+                                                         results, stops.get(i)))
                for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=120)
+    servers[0].wait_for(lambda st: st["rounds"][0]["state"] != "open", what="round ended")
+    stop.set()
     assert len(results) == n, results
     return results
 
@@ -216,15 +252,8 @@ def test_unmasked_sum_is_the_plain_sum_despite_dropouts_in_every_phase(start_ser
     after advertising keys, one after sharing them, one after sending its masked input."""
     a = start_server(round=secure_round(7, 4))
     b = start_server(data_dir=a.data_dir, round=secure_round(7, 4))
-    results: dict = {}
-    stops = {1: "shares", 3: "masked", 5: "unmask"}
-    threads = [threading.Thread(target=run_device, args=(a if i % 2 else b, tmp_path, i,
-                                                         results, stops.get(i)))
-               for i in range(7)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results = run_fleet([a, b], tmp_path, 7, stops={1: "shares", 3: "masked", 5: "unmask"},
+                        answers={"share": 6, "masked": 5, "unmask": 4})
     assert {i: r[0] for i, r in results.items()} == {
         0: "done", 1: "dropped out before shares", 2: "done", 3: "dropped out before masked",
         4: "done", 5: "dropped out before unmask", 6: "done"}
@@ -236,7 +265,8 @@ def test_unmasked_sum_is_the_plain_sum_despite_dropouts_in_every_phase(start_ser
 
 def test_too_many_dropouts_abandon_the_round_with_the_reason(start_server, tmp_path):
     server = start_server(round=secure_round(5, 4))
-    results = run_fleet(server, tmp_path, 5, stops={0: "shares", 1: "shares"})
+    results = run_fleet([server], tmp_path, 5, stops={0: "shares", 1: "shares"},
+                        answers={"share": 3})
     st = server.wait_for(lambda st: st["rounds"][0]["state"] == "abandoned", what="abandoned")
     reason = st["rounds"][0]["reason"]
     assert "secure aggregation, share phase" in reason and "at least 4 needed" in reason, reason
@@ -277,7 +307,9 @@ def test_late_replayed_and_out_of_phase_messages_are_refused_and_change_nothing(
     refused(first.post("advertise", message), 409, "late", "closed")
     for m in members[:3]:  # the last device never shares its keys: dropped at the deadline
         accepted(m.share())
-    server.wait_for(lambda st: stored(server, rid)[1] == "masked", what="share deadline")
+    expire(server, rid, "share")
+    server.status()  # any request applies the deadline
+    assert stored(server, rid)[1] == "masked"
     last = members[3]
     before = stored(server, rid)
     refused(last.post("shares", {"type": "share_keys"}), 409, "late", "closed")
@@ -379,7 +411,7 @@ def test_secure_tasks_and_the_plain_path_by_configuration(start_server):
     config = ProtocolConfig.from_dict(task["secagg"]["config"])
     assert config.num_clients == 3 and config.dimension == sum(
         int(np.prod(s)) for s in server.shapes.values())
-    assert task["secagg"]["advertise_by"] == pytest.approx(task["deadline"] - 3 * 2.0)
+    assert task["secagg"]["advertise_by"] == pytest.approx(task["deadline"] - 3 * 15.0)
     assert server.task(device) == task  # asking again: the same task and client id
     assert server.set_config(secure_aggregation=False).status_code == 200
     assert server.training("stop").status_code == 200

@@ -81,9 +81,10 @@ def test_kill_9_mid_round_loses_no_acknowledged_update(start_process, tiny_model
 def test_round_closes_by_its_deadline_after_a_restart(start_process, tiny_model, tmp_path):
     data = tmp_path / "data"
     first = start_process(data, round={"target_reports": 5, "min_reports": 2,
-                                       "round_seconds": 6.0})
+                                       "round_seconds": 10.0})
+    assert first.training("stop").status_code == first.training("start").status_code == 200
     devices = [first.enrol() for _ in range(2)]
-    tasks = [first.task(d) for d in devices]
+    tasks = [first.task(d) for d in devices]  # a fresh round: its deadline is 10 s away
     bodies = [first.update_bytes(t, seed=i) for i, t in enumerate(tasks)]
     for d, t, b in zip(devices, tasks, bodies):
         assert first.upload(d, t["round_id"], b).status_code == 202
@@ -93,9 +94,12 @@ def test_round_closes_by_its_deadline_after_a_restart(start_process, tiny_model,
     # the restarted process's ticker closes the round at its deadline
     while time.time() < tasks[0]["deadline"] + 0.5:
         time.sleep(0.2)
-    st = second.wait_for(lambda s: s["rounds"][0]["state"] == "closed", what="deadline close")
-    assert st["rounds"][0]["reports"] == 2 and "deadline" in st["rounds"][0]["reason"]
-    assert second.events("round_closed")[0]["round_id"] == 1
+    round_id = tasks[0]["round_id"]
+    st = second.wait_for(lambda s: s["rounds"][round_id - 1]["state"] == "closed",
+                         what="deadline close")
+    closed = st["rounds"][round_id - 1]
+    assert closed["reports"] == 2 and "deadline" in closed["reason"]
+    assert second.events("round_closed")[0]["round_id"] == round_id
     assert_model(second.model(1)[0], expected_model(tiny_model["weights"], bodies,
                                                     tiny_model["shapes"]))
 
@@ -156,7 +160,7 @@ def test_two_processes_on_one_postgres_serve_one_round(start_process, tiny_model
 @pytest.mark.postgres
 def test_two_tickers_close_a_deadline_round_once(start_process, tiny_model, pg_url, tmp_path):
     data = tmp_path / "shared"
-    config = {"target_reports": 10, "min_reports": 2, "round_seconds": 4.0}
+    config = {"target_reports": 10, "min_reports": 2, "round_seconds": 10.0}
     a = start_process(data, db_url=pg_url, round=config, tick=0.05)
     b = start_process(data, db_url=pg_url, round=config, tick=0.05)
     assert a.training("stop").status_code == b.training("start").status_code == 200

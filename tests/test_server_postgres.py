@@ -39,7 +39,7 @@ def test_round_life_cycle_on_postgres(pg_server):
 
 
 def test_abandoned_round_on_postgres(pg_server):
-    server = pg_server(round_seconds=2.0)
+    server = pg_server(round_seconds=4.0)
     device = server.enrol()
     task = server.task(device)
     assert server.upload(device, 1, server.update_bytes(task)).status_code == 202

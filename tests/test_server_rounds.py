@@ -62,7 +62,7 @@ def test_overcommit_and_pace_steering(server):
 
 
 def test_deadline_with_minimum_closes(start_server):
-    server = start_server(round={"round_seconds": 2.0})
+    server = start_server(round={"round_seconds": 4.0})
     devices = [server.enrol() for _ in range(2)]
     tasks = [server.task(d) for d in devices]
     _upload_all(server, devices, tasks)
@@ -73,7 +73,7 @@ def test_deadline_with_minimum_closes(start_server):
 
 
 def test_deadline_below_minimum_abandons_with_reason(start_server):
-    server = start_server(round={"round_seconds": 2.0})
+    server = start_server(round={"round_seconds": 4.0})
     devices = [server.enrol() for _ in range(2)]
     tasks = [server.task(d) for d in devices]
     _upload_all(server, devices[:1], tasks[:1])
@@ -92,12 +92,12 @@ def test_deadline_below_minimum_abandons_with_reason(start_server):
 
 
 def test_background_ticker_applies_the_deadline_without_requests(start_server):
-    server = start_server(round={"round_seconds": 1.5}, tick_seconds=0.1)
+    server = start_server(round={"round_seconds": 4.0}, tick_seconds=0.1)
     devices = [server.enrol() for _ in range(2)]
     tasks = [server.task(d) for d in devices]
     _upload_all(server, devices, tasks)
     service = server.app.extensions["pk.service"]
-    for _ in range(100):  # read the database directly: no HTTP request may trigger it
+    for _ in range(600):  # read the database directly: no HTTP request may trigger it
         with service.db.read() as s:
             if s.get(Round, 2) is not None:
                 break
