@@ -353,7 +353,7 @@ class RoundService:
             if s.get(ModelVersion, new.version) is None:
                 s.add(new.row(round_id))
             s.execute(update(Task).where(Task.round_id == round_id, Task.state == "submitted")
-                      .values(state="aggregated", path=None))
+                      .values(state="aggregated", path=None, metrics=None, num_examples=None))
             r.state, r.closed_at, r.lease_until = "closed", time.time(), None
             r.metrics = new.metrics
             s.flush()
@@ -376,7 +376,7 @@ class RoundService:
             r.state, r.reason, r.closed_at, r.lease_until = "abandoned", reason, now, None
             s.execute(update(Task).where(Task.round_id == round_id,
                                          Task.state.in_(("issued", "submitted")))
-                      .values(state="discarded", path=None))
+                      .values(state="discarded", path=None, metrics=None, num_examples=None))
         self.blobs.delete_round_updates(round_id)
         log.warning("round_abandoned", extra={"round_id": round_id, "reason": reason})
         return True

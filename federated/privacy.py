@@ -13,6 +13,8 @@ import secrets
 
 import numpy as np
 
+from federated.wire import l2_norm
+
 Tensors = dict[str, np.ndarray]
 
 
@@ -28,8 +30,7 @@ def clip(tensors: Tensors, clip_norm: float) -> tuple[Tensors, float]:
 
     Returns the clipped tensors and the norm before clipping.
     """
-    norm = math.sqrt(sum(float(np.dot(t.ravel().astype(np.float64), t.ravel()))
-                         for t in tensors.values()))
+    norm = l2_norm(tensors)
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     # float32 rounding can push the scaled norm a hair above C: shrink by one ulp's worth.
     scale *= 1.0 - 1e-6 if scale < 1.0 else 1.0

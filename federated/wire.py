@@ -36,7 +36,7 @@ class Update:
 
 def l2_norm(tensors: dict[str, np.ndarray]) -> float:
     """The L2 norm of all tensors taken together as one vector."""
-    return math.sqrt(sum(float(np.dot(t.ravel().astype(np.float64), t.ravel()))
+    return math.sqrt(sum(float(np.einsum("i,i->", t.ravel(), t.ravel(), dtype=np.float64))
                          for t in tensors.values()))
 
 

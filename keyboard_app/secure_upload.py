@@ -44,7 +44,7 @@ def parse_task(task: dict) -> SecureTask:
     """The task's secure-aggregation parameters; ValueError saying what is wrong."""
     part = task.get("secagg")
     if not isinstance(part, dict):
-        raise ValueError("secure-aggregation task lacks its 'secagg' parameters")
+        raise ValueError("secure aggregation task lacks its 'secagg' parameters")
     try:
         config = RoundConfig.from_dict(part.get("config"))
     except SecAggError as err:

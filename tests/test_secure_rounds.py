@@ -450,7 +450,7 @@ def fuzz_target(start_server):
 
 @pytest.mark.slow
 @SECAGG_API.parametrize()
-@settings(max_examples=6, deadline=None, derandomize=True,
+@settings(max_examples=5, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 def test_fuzzed_protocol_calls_get_documented_answers_never_5xx(case, fuzz_target):
     server, device, round_id = fuzz_target

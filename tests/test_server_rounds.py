@@ -46,8 +46,10 @@ def test_round_closes_at_target_and_keeps_versions(server, tiny_model):
     assert st["rounds"][0]["metrics"]["loss"] == pytest.approx(3.0)
     service = server.app.extensions["pk.service"]
     with service.db.read() as s:
-        assert all(t.path is None and t.state == "aggregated"
-                   for t in s.scalars(select(Task).where(Task.round_id == 1)))
+        tasks = s.scalars(select(Task).where(Task.round_id == 1)).all()
+    # only aggregates are kept: no per-device update, metrics or example count
+    assert [(t.state, t.path, t.metrics, t.num_examples) for t in tasks] == \
+        [("aggregated", None, None, None)] * 3
 
 
 def test_overcommit_and_pace_steering(server):
