@@ -108,8 +108,8 @@ SECAGG_MESSAGE = {"required": True, "content": {"application/json": {"schema": _
 def _secagg_post(summary: str, body: dict | None = None) -> dict:
     return {"summary": summary, "security": [{"device": []}], "parameters": [ROUND_ID],
             "requestBody": body or SECAGG_MESSAGE,
-            "responses": {"202": {"description": "Taken and stored", "content": _json("SecAggAccepted")},
-                          **ERRORS}}
+            "responses": {"202": {"description": "Taken and stored",
+                                  "content": _json("SecAggAccepted")}, **ERRORS}}
 
 
 def _secagg_get(summary: str) -> dict:

@@ -14,7 +14,8 @@ from aggregation_server.api import device_id, service
 from aggregation_server.errors import ApiError
 from aggregation_server.secure import MAX_JSON_BYTES
 
-secagg = Blueprint("secagg", __name__, url_prefix="/v1/rounds/<int(max=2147483647):round_id>/secagg")
+secagg = Blueprint("secagg", __name__,
+                   url_prefix="/v1/rounds/<int(max=2147483647):round_id>/secagg")
 
 
 def _body(mimetype: str, limit: int | None = None) -> bytes:

@@ -174,6 +174,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server-momentum", type=float, default=0.9)
     p.add_argument("--clip-norm", type=float, default=0.5,
                    help="every run, with and without noise (median update norm ~0.3)")
+    p.add_argument("--dp-clip-norm", type=float, default=None,
+                   help="clip norm of the DP runs (default: --clip-norm)")
+    p.add_argument("--dp-server-momentum", type=float, default=None,
+                   help="server momentum of the DP runs (default: --server-momentum)")
     p.add_argument("--noise", type=float, nargs="+", default=[0.1, 0.3, 1.0],
                    help="noise multipliers of the privacy-utility table")
     p.add_argument("--delta", type=float, default=1e-5)
@@ -208,12 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     fleets["no-dp"] = run_fleet(base, run_dir / "fleet-no-dp", init_model=args.init_model,
                                 tokenizer=args.tokenizer)
     print(describe(fleets["no-dp"]))
+    dp_changes = {"clip_norm": args.dp_clip_norm or base.clip_norm,
+                  "server_momentum": base.server_momentum if args.dp_server_momentum is None
+                  else args.dp_server_momentum}
     if not args.skip_dp:
         for z in args.noise:
             print(f"\n(b) federated, DP z={z:g}")
-            fleets[f"dp-z{z:g}"] = run_fleet(replace(base, noise_multiplier=z),
+            fleets[f"dp-z{z:g}"] = run_fleet(replace(base, noise_multiplier=z, **dp_changes),
                                              run_dir / f"fleet-dp-z{z:g}",
-                                             init_model=args.init_model, tokenizer=args.tokenizer)
+                                             init_model=args.init_model, tokenizer=args.tokenizer,
+                                             start_valid=fleets["no-dp"]["start_valid"])
             print(describe(fleets[f"dp-z{z:g}"]))
 
     print("\nevaluation on test")
@@ -231,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {r["name"]: r for r in rows}
 
     head = ["model", "top-1", "top-3", "top-1 excl unk", "macro top-1", "KSR", "perplexity",
-            "rounds x devices", "epsilon (delta)", "wall time"]
+            "rounds x devices", "epsilon (delta)", "wall time (evaluations included)"]
     lines = []
     for r in rows:
         fleet = fleets.get(r["name"].removeprefix("LSTM, federated "))
@@ -242,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                      "none" if not fleet["noise_multiplier"] else
                      f"{fmt_eps(eps)} ({args.delta:g}); {fmt_eps(fleet['epsilon_if_sampled'])}"
                      " if Poisson-sampled",
-                     f"{fleet['wall_seconds'] / 60:.1f} min"]
+                     f"{fleet['wall_seconds'] / 60:.1f} min ({fleet['round_seconds'] / 60:.1f} "
+                     "in rounds)"]
         lines.append([r["name"], pct(r["top1"]), pct(r["top3"]), pct(r["top1_excl_unk"]),
                       pct(r["macro_top1"]), pct(r["ksr"]), f"{r['perplexity']:.1f}", *extra])
     print(f"\ntest: {rows[0]['senders']} senders, {rows[0]['words']} words")
@@ -250,14 +259,14 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"machine": info, "config": vars(args) | {"run_dir": str(run_dir)},
               "fleet": base.__dict__, "rows": rows, "fleets": fleets, "table": table}
-    baseline = by_name[f"LSTM, federated no-dp"]["top1"]
+    baseline = by_name["LSTM, federated no-dp"]["top1"]
     dp_rows = [{"noise_multiplier": f["noise_multiplier"],
                 "top1": by_name[f"LSTM, federated {name}"]["top1"]}
                for name, f in fleets.items() if f["noise_multiplier"]]
     if dp_rows:
-        sigma, measured = tolerated_sigma(dp_rows, baseline, args.clip_norm,
+        sigma, measured = tolerated_sigma(dp_rows, baseline, dp_changes["clip_norm"],
                                           base.devices_per_round)
-        needs = requirements(sigma, args.clip_norm, base.rounds, args.delta,
+        needs = requirements(sigma, dp_changes["clip_norm"], base.rounds, args.delta,
                              fleets["no-dp"]["population"])
         needs["sigma_is_measured"] = measured
         result["requirements"] = needs

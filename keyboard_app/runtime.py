@@ -3,6 +3,8 @@
 enrol once -> fetch the global model (ETag) -> when eligible, check in -> on a task:
 train locally, clip and noise, upload -> otherwise wait what the server asks. Without a
 server the device keeps predicting with its cached model and tries again with back-off.
+In a secure-aggregation round the update is sent only masked, through the protocol's phases
+(`keyboard_app.secure_upload`): that pass blocks, polling, until the round is done.
 
 `run_once()` does one pass and says how long to wait before the next; `start()` runs
 passes in a background thread until `stop()`. Nothing here imports Kivy.
@@ -21,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from federated.wire import Update
 from keyboard_app.client import (ModelBlob, ServerRejected, ServerUnavailable, SyncClient,
                                  write_private)
 from keyboard_app.eligibility import Eligibility
 from keyboard_app.history import HistoryStore
 from keyboard_app.local_training import TaskError, check_task, run_task
-from keyboard_app.secure_upload import SecureRoundError, SecureUpload, parse_task
+from keyboard_app.secure_upload import SecureRoundError, SecureTask, SecureUpload, parse_task
 from model.checkpoint import CheckpointError, CheckpointMeta, model_from_bytes, read_metadata
 from model.lstm import NextWordLSTM
 from model.tokenizer import TokenizerError, WordTokenizer
@@ -242,7 +245,7 @@ class DeviceRuntime:
                  len(pending["body"]), reply.get("reports"))
         return self._step("uploaded", 0.0, f"round {pending['round_id']}")
 
-    def _secure_upload(self, task, update, started: float) -> Step:
+    def _secure_upload(self, task: SecureTask, update: Update, started: float) -> Step:
         """Run the secure-aggregation phases (blocking, polling until the round's deadline)."""
         round_id = task.config.round_id
 

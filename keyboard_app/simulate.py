@@ -36,7 +36,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (FIRST_COMPLETED, Future, ProcessPoolExecutor,
+                                ThreadPoolExecutor, wait)
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -83,6 +84,7 @@ class FleetConfig:
     overcommit: float | None = None  # None: 1.3, more with dropout
     round_timeout: float = 900.0     # the server's round deadline, seconds
     assume_sampling: bool = False    # let the server's accountant assume Poisson sampling
+    secure_aggregation: bool = False  # rounds with secure aggregation (devices run in threads)
     eval_every: int = 5              # evaluate on `valid` every K rounds (0: never during)
     eval_senders: int = 40           # valid senders in those evaluations (0: all)
     final_eval: bool = True          # evaluate on all of `valid` at the end
@@ -112,7 +114,8 @@ class FleetConfig:
         """The server's round config (admin API) for this fleet."""
         overcommit = self.overcommit or (1.3 if self.dropout == 0 else
                                          min(10.0, max(1.3, 2.0 / (1.0 - self.dropout))))
-        weighting = self.weighting or ("examples" if self.noise_multiplier == 0 else "uniform")
+        weighting = self.weighting or ("examples" if self.noise_multiplier == 0
+                                       and not self.secure_aggregation else "uniform")
         return {
             "target_reports": self.devices_per_round,
             "min_reports": min(self.reports_needed, self.devices_per_round),
@@ -125,7 +128,10 @@ class FleetConfig:
             "server_lr": self.server_lr, "server_momentum": self.server_momentum,
             "train_epochs": self.local_epochs, "train_batch_size": self.batch_size,
             "train_lr": self.client_lr, "train_optimizer": self.client_optimizer,
-            "train_max_examples": self.max_examples, "secure_aggregation": False}
+            "train_max_examples": self.max_examples,
+            "secure_aggregation": self.secure_aggregation,
+            **({"secagg_phase_seconds": min(30.0, self.round_timeout / 10)}
+               if self.secure_aggregation else {})}
 
     def sampling_rate(self, population: int) -> float:
         return min(1.0, self.devices_per_round / max(population, 1))
@@ -433,6 +439,7 @@ class Fleet:
     pool: ProcessPoolExecutor
     evaluator: Evaluator | None
     progress: bool = True
+    start_valid: dict | None = None
     records: list[dict] = field(default_factory=list)
 
     def run(self) -> list[dict]:
@@ -465,7 +472,7 @@ class Fleet:
                   "wall_seconds": 0.0, "epsilon": 0.0 if self.config.noise_multiplier else None,
                   "delta": self.config.delta}
         if self.evaluator and self.config.eval_every:
-            record["valid"] = self.evaluator(self.admin.model())
+            record["valid"] = self.start_valid or self.evaluator(self.admin.model())
         return record
 
     def _keep(self, record: dict) -> None:
@@ -593,10 +600,12 @@ def choose_valid(config: FleetConfig) -> list[Device]:
 def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = None,
               admin_token: str | None = None, init_model: Path = PRETRAINED_MODEL,
               tokenizer: Path = TOKENIZER_PATH, senders: list[str] | None = None,
-              progress: bool = True, title: str | None = None) -> dict[str, Any]:
+              progress: bool = True, title: str | None = None,
+              start_valid: dict | None = None) -> dict[str, Any]:
     """Run the fleet against `server_url` (or a server started in `run_dir/server`).
 
-    Returns the summary (also written to run_dir/summary.json).
+    `start_valid`: the start model's valid figures when already known (same start model
+    and config). Returns the summary (also written to run_dir/summary.json).
     """
     from model.evaluate import machine
     run_dir = Path(run_dir)
@@ -617,14 +626,20 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
             server_url, admin_token = server.url, server.admin_token
         admin = ServerAdmin(server_url, admin_token)
         applied = admin.configure(settings)
-        pool = stack.enter_context(ProcessPoolExecutor(
-            config.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker, initargs=(population, str(run_dir / "logs"))))
+        if config.secure_aggregation:  # a round's devices go through the phases together
+            init_worker(population, str(run_dir / "logs"))
+            pool = stack.enter_context(ThreadPoolExecutor(
+                math.ceil(applied["target_reports"] * applied["overcommit"])))
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(
+                config.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=init_worker, initargs=(population, str(run_dir / "logs"))))
         evaluator = None
         if config.eval_every or config.final_eval:
             evaluator = Evaluator(admin.tokenizer_json(), choose_valid(config), config.workers)
         list(pool.map(worker_ready, [0.5] * config.workers))  # start-up not in round 1
-        fleet = Fleet(config, run_dir, admin, server_url, population, pool, evaluator, progress)
+        fleet = Fleet(config, run_dir, admin, server_url, population, pool, evaluator, progress,
+                      start_valid)
         try:
             records = fleet.run()
         finally:
@@ -712,7 +727,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ("server_optimizer", str, "fedavg | fedavgm | fedadam"), ("server_lr", float, None),
             ("server_momentum", float, None), ("clip_norm", float, None),
             ("noise_multiplier", float, "0: no differential privacy"), ("delta", float, None),
-            ("min_reports", int, "default: devices per round"),
+            ("min_reports", int, "fewest reports a round may close with at its deadline; "
+             "default: devices per round"),
             ("overcommit", float, "default: 1.3, more with dropout"),
             ("round_timeout", float, "the server's round deadline in seconds"),
             ("eval_every", int, "evaluate on valid every K rounds (0: never)"),
@@ -729,6 +745,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--assume-sampling", action="store_true",
                    help="let the server's accountant assume Poisson sampling at rate "
                         "devices per round / population (amplification)")
+    p.add_argument("--secure-aggregation", action="store_true",
+                   help="rounds with secure aggregation: the server learns only each round's "
+                        "sum (a round's devices then run as threads of this process)")
     p.add_argument("--no-final-eval", dest="final_eval", action="store_false",
                    help="skip the evaluation on all of valid at the end")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

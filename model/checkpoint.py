@@ -97,17 +97,22 @@ def model_from_bytes(data: bytes, tokenizer_sha256: str | None = None,
     return model, meta
 
 
-def save_checkpoint(path: str | Path, model: NextWordLSTM, meta: CheckpointMeta) -> None:
-    """Write atomically: a crash leaves the old file or the new one, never half of one."""
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """Write bytes so that a crash leaves the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
-        f.write(model_to_bytes(model, meta))
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is no secret
     os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | Path, model: NextWordLSTM, meta: CheckpointMeta) -> None:
+    """Write a checkpoint atomically."""
+    write_atomically(path, model_to_bytes(model, meta))
 
 
 def load_checkpoint(path: str | Path, tokenizer_sha256: str | None = None,

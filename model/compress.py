@@ -9,9 +9,7 @@ keys, its format marked int8; loading gives back a float NextWordLSTM.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ from safetensors.torch import load as st_load, save as st_save
 from torch import Tensor
 
 from model.checkpoint import (FORMAT, CheckpointError, CheckpointMeta, load_checkpoint,
+                              write_atomically,
                               read_metadata)
 from model.lstm import NextWordLSTM
 
@@ -98,12 +97,7 @@ def model_from_int8_bytes(data: bytes, tokenizer_sha256: str | None = None
 
 def save_int8(path: str | Path, model: NextWordLSTM, meta: CheckpointMeta) -> None:
     """Write the int8 file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(model_to_int8_bytes(model, meta))
-    os.replace(tmp, path)
+    write_atomically(path, model_to_int8_bytes(model, meta))
 
 
 def load_int8(path: str | Path, tokenizer_sha256: str | None = None
@@ -115,6 +109,17 @@ def load_int8(path: str | Path, tokenizer_sha256: str | None = None
         return model_from_int8_bytes(path.read_bytes(), tokenizer_sha256)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
+
+
+def load_any(path: str | Path, tokenizer_sha256: str | None = None
+             ) -> tuple[NextWordLSTM, CheckpointMeta]:
+    """A float32 or an int8 checkpoint, whichever the file holds."""
+    path = Path(path)
+    try:
+        int8 = path.is_file() and read_metadata(path.read_bytes()).get("format") == FORMAT_INT8
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    return load_int8(path, tokenizer_sha256) if int8 else load_checkpoint(path, tokenizer_sha256)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 from data import Device, load_split
-from model.checkpoint import CheckpointError, load_checkpoint
+from model.checkpoint import CheckpointError
+from model.compress import load_any
 from model.lstm import NextWordLSTM
 from model.metrics import NextWordMetrics
 from model.ngram import KneserNey
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-senders must be at least 1")
     try:
         tokenizer = WordTokenizer.load(args.tokenizer)
-        models = [(_label(p), load_checkpoint(p, tokenizer.sha256)[0]) for p in args.checkpoints]
+        models = [(_label(p), load_any(p, tokenizer.sha256)[0]) for p in args.checkpoints]
     except (TokenizerError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -246,6 +246,22 @@ def test_devices_run_a_secure_round_with_the_real_runtime(start_server, tmp_path
     assert not list((server.data_dir / "updates" / "1").glob("*"))  # masked inputs deleted
 
 
+def test_fleet_simulator_runs_secure_rounds(start_server, tmp_path):
+    """keyboard_app.simulate with --secure-aggregation: a round's devices run concurrently."""
+    from data import load_split
+    from keyboard_app.simulate import FleetConfig, run_fleet
+    server = start_server()
+    senders = [d.sender for d in load_split("federated") if 20 <= len(d.messages) <= 60][:4]
+    config = FleetConfig(rounds=1, devices_per_round=3, max_examples=20, batch_size=8,
+                         clip_norm=5.0, server_optimizer="fedavg", eval_every=0,
+                         final_eval=False, secure_aggregation=True, seed=1)
+    summary = run_fleet(config, tmp_path / "run", server_url=server.url,
+                        admin_token=server.admin_token, senders=senders, progress=False)
+    assert summary["rounds_closed"] == 1 and summary["reports"] == 3
+    assert summary["round_settings"]["secure_aggregation"] is True
+    assert all(r["secure_aggregation"] for r in server.status()["rounds"])
+
+
 def test_unmasked_sum_is_the_plain_sum_despite_dropouts_in_every_phase(start_server, tmp_path):
     """Seven devices, over two server instances sharing the database (so the protocol state
     is rebuilt from stored messages, never taken from one process's memory); one vanishes
@@ -261,6 +277,20 @@ def test_unmasked_sum_is_the_plain_sum_despite_dropouts_in_every_phase(start_ser
     assert st["rounds"][0]["reports"] == 5  # device 5's masked input is in the sum
     step = ProtocolConfig.from_dict(results[0][2]["secagg"]["config"]).encoding.step
     expect_new_model(a, [r[1] for r in results.values() if r[1] is not None], step)
+
+
+@pytest.mark.postgres
+def test_secure_round_on_postgresql_with_two_servers(start_server, pg_url, tmp_path):
+    """The same over PostgreSQL: the servers serialise each round's changes by row locks."""
+    a = start_server(db_url=pg_url, round=secure_round(5, 3))
+    b = start_server(db_url=pg_url, data_dir=a.data_dir, round=secure_round(5, 3))
+    results = run_fleet([a, b], tmp_path, 5, stops={2: "masked"}, answers={"masked": 4})
+    assert [results[i][0] for i in range(5)] == ["done"] * 2 + [
+        "dropped out before masked"] + ["done"] * 2
+    st = b.wait_for(lambda st: st["model"]["version"] == 1, what="secure round closed")
+    assert st["rounds"][0]["reports"] == 4
+    step = ProtocolConfig.from_dict(results[0][2]["secagg"]["config"]).encoding.step
+    expect_new_model(b, [r[1] for r in results.values() if r[1] is not None], step)
 
 
 def test_too_many_dropouts_abandon_the_round_with_the_reason(start_server, tmp_path):
