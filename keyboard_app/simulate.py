@@ -38,7 +38,7 @@ import time
 from collections import Counter
 from concurrent.futures import (FIRST_COMPLETED, Future, ProcessPoolExecutor,
                                 ThreadPoolExecutor, wait)
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -616,6 +616,15 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
     settings = config.round_settings(len(population))
     started = time.time()
     with ExitStack() as stack:
+        if config.secure_aggregation:  # a round's devices go through the phases together
+            init_worker(population, str(run_dir / "logs"))
+            pool = stack.enter_context(ThreadPoolExecutor(
+                math.ceil(settings["target_reports"] * settings["overcommit"])))
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(
+                config.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=init_worker, initargs=(population, str(run_dir / "logs"))))
+        warming = [pool.submit(worker_ready, 0.5) for _ in range(config.workers)]  # meanwhile:
         if server_url is None:
             for path in (init_model, tokenizer):
                 if not Path(path).is_file():
@@ -626,24 +635,18 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
             server_url, admin_token = server.url, server.admin_token
         admin = ServerAdmin(server_url, admin_token)
         applied = admin.configure(settings)
-        if config.secure_aggregation:  # a round's devices go through the phases together
-            init_worker(population, str(run_dir / "logs"))
-            pool = stack.enter_context(ThreadPoolExecutor(
-                math.ceil(applied["target_reports"] * applied["overcommit"])))
-        else:
-            pool = stack.enter_context(ProcessPoolExecutor(
-                config.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=init_worker, initargs=(population, str(run_dir / "logs"))))
         evaluator = None
         if config.eval_every or config.final_eval:
             evaluator = Evaluator(admin.tokenizer_json(), choose_valid(config), config.workers)
-        list(pool.map(worker_ready, [0.5] * config.workers))  # start-up not in round 1
+        for future in warming:  # the workers' start-up is not counted in round 1
+            future.result()
         fleet = Fleet(config, run_dir, admin, server_url, population, pool, evaluator, progress,
                       start_valid)
         try:
             records = fleet.run()
         finally:
-            admin.training("stop")
+            with suppress(FleetError):  # keep the first error
+                admin.training("stop")
         final_model = admin.model()
         (run_dir / "model.safetensors").write_bytes(final_model)
         final_valid = None
