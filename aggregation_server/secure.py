@@ -156,8 +156,16 @@ class SecureRounds:
             raise ApiError(413, "too_large", f"{phase} message of {len(body)} bytes is over "
                                              f"the {limit}-byte limit")
         path = masked_path(round_id, client, sha256_hex(body)) if phase == "masked" else None
-        if path:
+        if path:  # on disk before it counts, as plain uploads are
             self.service.blobs.write(path, body)
+        try:
+            return self._take(device_id, round_id, phase, client, body, path)
+        finally:
+            if path:
+                self._drop_unless_stored(path)
+
+    def _take(self, device_id: str, round_id: int, phase: str, client: int, body: bytes,
+              path: str | None) -> dict:
         now = time.time()
         with self.service.db.write() as s:
             r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
@@ -184,11 +192,7 @@ class SecureRounds:
             if error is None and self._ready(srv, r, row):
                 self._close(s, r, row, srv, now)
             key, outcome, reason = (row.messages, row.phase), row.phase, row.reason
-            orphan = path and s.scalar(select(SecAggMessage.id).where(
-                SecAggMessage.path == path)) is None
         self._keep(round_id, key, srv)
-        if orphan:  # refused (an identical accepted copy would be stored, and kept)
-            self.service.blobs.abs(path).unlink(missing_ok=True)
         if self._conclude(round_id, outcome, reason):
             self.service.tick()  # opens the next round
         if error is not None:
@@ -196,6 +200,13 @@ class SecureRounds:
         log.info("secagg_message", extra={"round_id": round_id, "phase": phase,
                                           "client_id": client, "device_id": device_id})
         return {"accepted": True, "round_id": round_id, "phase": phase, "client_id": client}
+
+    def _drop_unless_stored(self, path: str) -> None:
+        """Delete a refused masked input's file (an identical accepted copy is kept)."""
+        with self.service.db.read() as s:
+            kept = s.scalar(select(SecAggMessage.id).where(SecAggMessage.path == path))
+        if kept is None:
+            self.service.blobs.abs(path).unlink(missing_ok=True)
 
     def relay(self, device_id: str, round_id: int, kind: str) -> tuple[int, dict]:
         """(200, what the server relays to this device) or (202, when to ask again)."""

@@ -228,7 +228,7 @@ def test_devices_run_a_secure_round_with_the_real_runtime(start_server, tmp_path
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=120)
     assert [steps[i].outcome for i in range(5)] == ["uploaded"] * 5, steps
     st = server.wait_for(lambda st: st["model"]["version"] == 1, what="secure round closed")
     closed = st["rounds"][0]
@@ -239,7 +239,7 @@ def test_devices_run_a_secure_round_with_the_real_runtime(start_server, tmp_path
     for runtime in runtimes:
         status = runtime.status()
         assert status.secure_aggregation is True and status.rounds_joined == 1
-        assert status.last_update_bytes >= 4 * sum(int(np.prod(s)) for s in server.shapes.values())
+        assert status.last_update_bytes >= 4 * sum(map(np.prod, server.shapes.values()))
         runtime.client.close()
     page = server.http.get(server.url + "/", timeout=30).text
     assert "secure aggregation" in page and "<td>yes</td>" in page
