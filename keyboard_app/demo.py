@@ -9,7 +9,8 @@
    federated LSTMs (with epsilon and delta).
 
 Leaves report.json, report.md and demo.png in runs/<time>/ (each fleet in a subfolder).
-`--quick` is a one-minute smoke run: a small model, a few short rounds, part of `test`.
+`--quick` is a smoke run of about a minute: 3 short rounds, part of `test` (on the cached
+pre-trained model; a small one is pre-trained for it only when none is cached).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class DemoConfig:
     dp_server_momentum: float = 0.0  # momentum would accumulate the noise
     delta: float = 1e-5
     dropout: float = 0.1
-    eval_every: int = 5
+    eval_every: int = 10
     eval_senders: int = 30
     test_senders: int = 0            # 0: all of `test`
     workers: int = 2
@@ -69,7 +70,8 @@ class DemoConfig:
             noise_multiplier=self.noise_multiplier if dp else 0.0, delta=self.delta,
             weighting="uniform", eval_every=self.eval_every, eval_senders=self.eval_senders,
             final_eval=False, workers=self.workers, seed=self.seed,
-            max_minutes=None if dp else self.fleet_minutes)
+            max_minutes=self.fleet_minutes and (2 * self.fleet_minutes if dp else
+                                                self.fleet_minutes))  # DP: a safety net
 
 
 class Stages:
@@ -129,30 +131,32 @@ def markdown_table(cells: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells[1:]])
 
 
-def plot(no_dp: list[dict], dp: list[dict], rows: list[dict], path: Path, title: str) -> None:
-    """valid top-1 of both fleets against rounds; epsilon of the DP fleet."""
+def plot(no_dp: list[dict], dp: list[dict], path: Path, title: str) -> None:
+    """valid top-1 and perplexity of both fleets against rounds; epsilon of the DP fleet."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-    fig, (acc, eps) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (acc, ppl, eps) = plt.subplots(1, 3, figsize=(15, 4.2))
     for records, label in ((no_dp, "federated, no DP"), (dp, "federated, DP")):
-        points = [(r["round"], 100 * r["valid"]["top1"]) for r in records if r.get("valid")]
-        if points:
-            acc.plot(*zip(*points), marker="o", label=label)
-    acc.set(xlabel="round", ylabel="top-1 (%)", title="global model on valid (subset)")
+        evaluated = [r for r in records if r.get("valid")]
+        rounds = [r["round"] for r in evaluated]
+        acc.plot(rounds, [100 * r["valid"]["top1"] for r in evaluated], marker="o", label=label)
+        ppl.plot(rounds, [r["valid"]["perplexity"] for r in evaluated], marker="o", label=label)
+    acc.set(xlabel="round", ylabel="top-1 (%)", title="top-1 on valid (subset)")
+    ppl.set(xlabel="round", ylabel="perplexity", title="perplexity on valid (subset)")
     acc.legend()
     points = [(r["round"], r["epsilon"]) for r in dp if r.get("epsilon") is not None]
     if points:
         eps.plot(*zip(*points), marker=".", color="tab:red")
     eps.set(xlabel="round", ylabel=f"epsilon (delta = {dp[0]['delta']:g})",
-            title="privacy spent by the DP fleet (most any device spent)")
-    for axes in (acc, eps):
+            title="privacy spent by the DP fleet (most any device)")
+    for axes in (acc, ppl, eps):
         axes.grid(alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -167,7 +171,10 @@ def write_report(run_dir: Path, report: dict, cells: list[list[str]]) -> None:
         f"Test split: {report['test']['senders']} senders, {report['test']['words']} words"
         + (" (a subset: quick run)" if cfg["test_senders"] else "") + ".", "",
         markdown_table(cells), "",
-        f"- Fleets: {no_dp['rounds_run']} rounds of {cfg['devices_per_round']} devices out of "
+        f"- Fleets: {no_dp['rounds_run']} rounds"
+        + (f" (DP fleet: {dp['rounds_run']}, stopped by its time limit)"
+           if dp["rounds_run"] != no_dp["rounds_run"] else "")
+        + f" of {cfg['devices_per_round']} devices out of "
         f"{no_dp['population']} `federated` senders, dropout {cfg['dropout']}, each device "
         f"training on its most recent {cfg['max_examples']} messages, local SGD lr "
         f"{cfg['client_lr']}; server {cfg['server_optimizer']} lr {cfg['server_lr']} "
@@ -232,8 +239,8 @@ def run_demo(config: DemoConfig, run_dir: Path, quick: bool) -> dict:
                models[3][0]: f"epsilon {_eps(dp['epsilon'])}, delta {config.delta:g}"}
     cells = table_rows(rows, privacy)
     rounds = no_dp["rounds_run"]
-    plot(_records(run_dir / "fleet-no-dp"), _records(run_dir / "fleet-dp"), rows,
-         run_dir / "demo.png", f"{rounds} rounds x {config.devices_per_round} devices "
+    plot(_records(run_dir / "fleet-no-dp"), _records(run_dir / "fleet-dp"), run_dir / "demo.png",
+         f"{rounds} rounds x {config.devices_per_round} devices "
          f"(population {no_dp['population']}); DP: z={config.noise_multiplier:g}, "
          f"C={config.dp_clip_norm:g}, epsilon {_eps(dp['epsilon'])} at delta {config.delta:g}")
     report = {"started": started, "quick": quick, "config": asdict(config),
@@ -261,7 +268,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m keyboard_app.demo",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="one-minute smoke run: small model, few rounds, part of test")
+                   help="a smoke run of about a minute: 3 short rounds, part of test")
     p.add_argument("--run-dir", type=Path, default=None, help="default: runs/<time>")
     for name in ("rounds", "fleet_minutes", "devices_per_round", "noise_multiplier",
                  "dp_clip_norm", "test_senders", "workers", "seed"):

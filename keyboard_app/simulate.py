@@ -394,19 +394,20 @@ def evaluate_split(models: list[tuple[str, str]], tokenizer: Path, split: str = 
 
 
 def plot_rounds(records: list[dict], path: Path, title: str) -> None:
-    """valid top-1 / top-3 and epsilon against rounds, as a PNG."""
+    """valid top-1 / top-3, valid perplexity and epsilon against rounds, as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-    fig, (acc, eps) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (acc, ppl, eps) = plt.subplots(1, 3, figsize=(14, 4))
     evaluated = [r for r in records if r.get("valid")]
+    rounds = [r["round"] for r in evaluated]
     for key, label in (("top1", "top-1"), ("top3", "top-3")):
-        acc.plot([r["round"] for r in evaluated], [100 * r["valid"][key] for r in evaluated],
-                 marker="o", label=f"valid {label}")
+        acc.plot(rounds, [100 * r["valid"][key] for r in evaluated], marker="o", label=label)
     acc.set(xlabel="round", ylabel="accuracy (%)", title="global model on valid")
-    acc.grid(alpha=0.3)
     acc.legend()
+    ppl.plot(rounds, [r["valid"]["perplexity"] for r in evaluated], marker="o", color="tab:green")
+    ppl.set(xlabel="round", ylabel="perplexity", title="perplexity on valid")
     points = [(r["round"], r["epsilon"]) for r in records if r.get("epsilon") is not None]
     if points:
         eps.plot(*zip(*points), marker=".", color="tab:red")
@@ -417,12 +418,12 @@ def plot_rounds(records: list[dict], path: Path, title: str) -> None:
                  va="center", transform=eps.transAxes)
         eps.set_yticks([])
     eps.set(xlabel="round", title="privacy spent (most any device spent)")
-    eps.grid(alpha=0.3)
-    for axes in (acc, eps):
+    for axes in (acc, ppl, eps):
+        axes.grid(alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
