@@ -23,7 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from keyboard_app.simulate import FleetConfig, FleetError, describe, evaluate_split, run_fleet
+from keyboard_app.simulate import (FleetConfig, FleetError, describe, evaluate_split, run_fleet,
+                                   save_figure)
 from model.paths import CACHE_DIR, PRETRAINED_DIR, ROOT
 
 QUICK_DIR = CACHE_DIR / "demo-quick"  # the quick run's small pre-trained model
@@ -136,7 +137,6 @@ def plot(no_dp: list[dict], dp: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
     fig, (acc, ppl, eps) = plt.subplots(1, 3, figsize=(15, 4.2))
     for records, label in ((no_dp, "federated, no DP"), (dp, "federated, DP")):
         evaluated = [r for r in records if r.get("valid")]
@@ -151,13 +151,7 @@ def plot(no_dp: list[dict], dp: list[dict], path: Path, title: str) -> None:
         eps.plot(*zip(*points), marker=".", color="tab:red")
     eps.set(xlabel="round", ylabel=f"epsilon (delta = {dp[0]['delta']:g})",
             title="privacy spent by the DP fleet (most any device)")
-    for axes in (acc, ppl, eps):
-        axes.grid(alpha=0.3)
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, (acc, ppl, eps), title, path)
 
 
 def write_report(run_dir: Path, report: dict, cells: list[list[str]]) -> None:

@@ -398,7 +398,6 @@ def plot_rounds(records: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
     fig, (acc, ppl, eps) = plt.subplots(1, 3, figsize=(14, 4))
     evaluated = [r for r in records if r.get("valid")]
     rounds = [r["round"] for r in evaluated]
@@ -418,9 +417,16 @@ def plot_rounds(records: list[dict], path: Path, title: str) -> None:
                  va="center", transform=eps.transAxes)
         eps.set_yticks([])
     eps.set(xlabel="round", title="privacy spent (most any device spent)")
-    for axes in (acc, ppl, eps):
-        axes.grid(alpha=0.3)
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    save_figure(fig, (acc, ppl, eps), title, path)
+
+
+def save_figure(fig: Any, axes: tuple, title: str, path: Path) -> None:
+    """Grid, whole-number round ticks, a title; write the PNG and free the figure."""
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
