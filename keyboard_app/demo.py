@@ -39,7 +39,7 @@ class DemoConfig:
     rounds: int = 60                 # at most: the first fleet stops after `fleet_minutes`
     fleet_minutes: float | None = 2.75
     devices_per_round: int = 20
-    max_examples: int = 200          # each round a device trains on its latest 200 messages
+    max_examples: int = 200          # each round a device trains on a sample of <= 200 messages
     client_lr: float = 0.316         # Reddi et al. 2021 (Stack Overflow next word): SGD
     server_optimizer: str = "fedavgm"  # 10^-0.5 on devices, FedAvgM lr 1, momentum 0.9
     server_lr: float = 1.0
@@ -170,7 +170,7 @@ def write_report(run_dir: Path, report: dict, cells: list[list[str]]) -> None:
            if dp["rounds_run"] != no_dp["rounds_run"] else "")
         + f" of {cfg['devices_per_round']} devices out of "
         f"{no_dp['population']} `federated` senders, dropout {cfg['dropout']}, each device "
-        f"training on its most recent {cfg['max_examples']} messages, local SGD lr "
+        f"training on a random sample of at most {cfg['max_examples']} messages, local SGD lr "
         f"{cfg['client_lr']}; server {cfg['server_optimizer']} lr {cfg['server_lr']} "
         f"(momentum {cfg['server_momentum']} without DP, {cfg['dp_server_momentum']} with DP).",
         f"- DP: every update clipped to L2 norm {cfg['dp_clip_norm']} (without DP: "

@@ -94,10 +94,22 @@ def make_update(delta: Tensors, task: dict, num_examples: int,
                   metrics or {}), prenorm
 
 
+def sample_messages(messages: list[str], limit: int, seed: int) -> list[str]:
+    """At most `limit` of `messages`, a seeded uniform sample kept in time order.
+
+    A random sample rather than the latest ones: over its rounds a device with a long
+    history trains on all of it, not only on its last `limit` messages.
+    """
+    if len(messages) <= limit:
+        return messages
+    keep = np.random.default_rng(seed).choice(len(messages), limit, replace=False)
+    return [messages[i] for i in sorted(keep)]
+
+
 def run_task(task: dict, global_bytes: bytes, tokenizer: WordTokenizer, messages: list[str],
              *, should_stop: Callable[[], bool] | None = None, seed: int | None = None,
              rng: np.random.Generator | None = None) -> LocalUpdate | None:
-    """Train on the most recent `max_examples` messages and build the upload.
+    """Train on a sample of at most `max_examples` messages and build the upload.
 
     Returns None when `should_stop` interrupted training (a partial update is never sent)
     or when no message has a word to learn from.
@@ -106,8 +118,9 @@ def run_task(task: dict, global_bytes: bytes, tokenizer: WordTokenizer, messages
     params = task["train"]
     config = train_config(params, seed)
     limit = int(params.get("max_examples") or len(messages))
-    delta, result, examples = local_delta(global_bytes, tokenizer, messages[-limit:], config,
-                                          should_stop)
+    delta, result, examples = local_delta(global_bytes, tokenizer,
+                                          sample_messages(messages, limit, config.seed),
+                                          config, should_stop)
     if result.stopped or examples == 0 or result.steps == 0:
         return None
     update, prenorm = make_update(delta, task, examples, rng)

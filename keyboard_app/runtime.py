@@ -206,7 +206,7 @@ class DeviceRuntime:
         secure = parse_task(task) if task.get("secure_aggregation") else None
         train_by = secure.advertise_by if secure else deadline
         started = self.history.clock()
-        messages = self.history.messages(limit=int(task["train"].get("max_examples") or 10**9))
+        messages = self.history.messages()  # run_task samples at most max_examples of them
         self._set(state="training", detail=f"round {task['round_id']}: training on "
                                            f"{len(messages)} messages")
         log.info("round %s: training on %d messages", task["round_id"], len(messages))

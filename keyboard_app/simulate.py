@@ -15,7 +15,7 @@ the server's accountant still counts each device's real participations without
 amplification unless `--assume-sampling` is given. Dropout: a dropped device is unplugged
 at a random batch of its local training (the runtime stops and sends nothing), and the
 next device of the permutation checks in instead. Heavy senders are capped on purpose:
-each round a device trains on its most recent `--max-examples` messages only.
+each round a device trains on a random sample of at most `--max-examples` messages.
 
 Writes into the run folder: rounds.jsonl (one JSON object per round), summary.json,
 fleet.png (valid accuracy and epsilon against rounds), model.safetensors (the final global
@@ -54,6 +54,22 @@ from model.paths import PRETRAINED_MODEL, ROOT, TOKENIZER_PATH
 log = logging.getLogger("keyboard_app.simulate")
 logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's notes on fractional orders
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
+CHECK_INS = ("uniform", "by-data")
+SAMPLING = {  # how the summary describes each check-in order
+    "uniform": "each round, devices check in in the order of a fresh seeded uniform random "
+               "permutation of the population (numpy default_rng([seed, round])) until the "
+               "round's target of reports is met or all its tasks are handed out: a uniform "
+               "sample without replacement, independent of the data and across rounds (what "
+               "sampling-based accounting assumes; epsilon_if_sampled uses Poisson sampling at "
+               "rate devices_per_round / population as an approximation). The server's "
+               "epsilon counts each device's real participations, composed, with no "
+               "amplification",
+    "by-data": "each round, devices check in in a fresh seeded order drawn without "
+               "replacement with probability proportional to their number of messages (a "
+               "device that types more is eligible more often), until the round's target of "
+               "reports is met: not a uniform sample, so epsilon_if_sampled does not apply. "
+               "The server's epsilon counts each device's real participations, composed, "
+               "with no amplification; heavy typers take part in most rounds"}
 FINISHED = ("closed", "abandoned")
 
 
@@ -72,7 +88,7 @@ class FleetConfig:
     client_lr: float = 0.5
     client_optimizer: str = "sgd"
     batch_size: int = 16
-    max_examples: int = 1000         # each round, a device trains on its most recent M messages
+    max_examples: int = 1000         # each round, a device trains on a random sample of at most M messages
     server_optimizer: str = "fedavgm"
     server_lr: float = 1.0
     server_momentum: float = 0.9
@@ -92,6 +108,7 @@ class FleetConfig:
     seed: int = 0
     population: int | None = None    # None: every federated sender; N: a seeded random N
     max_minutes: float | None = None  # stop after the round that passes this wall time
+    check_in: str = "uniform"        # or "by-data": a device checks in as often as it types
 
     def __post_init__(self) -> None:
         checks = [(self.rounds >= 1, "rounds must be at least 1"),
@@ -100,6 +117,7 @@ class FleetConfig:
                   (self.workers >= 1, "workers must be at least 1"),
                   (self.eval_every >= 0 and self.eval_senders >= 0,
                    "eval-every and eval-senders must not be negative"),
+                  (self.check_in in CHECK_INS, f"check-in must be one of {CHECK_INS}"),
                   (self.server_optimizer in SERVER_OPTIMIZERS,
                    f"server optimizer must be one of {SERVER_OPTIMIZERS}")]
         for ok, message in checks:
@@ -434,6 +452,19 @@ def save_figure(fig: Any, axes: tuple, title: str, path: Path) -> None:
 
 
 # --- the fleet ----------------------------------------------------------------------------------
+def check_in_order(population: list[Device], how: str, rng: np.random.Generator) -> np.ndarray:
+    """The order devices check in for a round: uniform, or weighted by history size.
+
+    "by-data" models eligibility's "enough new messages since the last round": a device
+    that types ten times as much becomes eligible about ten times as often, so every
+    message, not every device, has about the same chance to be trained on.
+    """
+    if how == "uniform":
+        return rng.permutation(len(population))
+    sizes = np.array([len(d.messages) for d in population], dtype=float)
+    return rng.choice(len(population), len(population), replace=False, p=sizes / sizes.sum())
+
+
 @dataclass
 class Fleet:
     """The simulation loop: rounds of check-ins dispatched to worker processes."""
@@ -515,7 +546,7 @@ class Fleet:
         r = self.admin.open_round(after)
         round_started = time.time()
         rng = np.random.default_rng([cfg.seed, k])
-        order = rng.permutation(len(self.population))
+        order = check_in_order(self.population, cfg.check_in, rng)
         drops, where = rng.random(len(order)) < cfg.dropout, rng.random(len(order))
         pending: dict[Future, int] = {}
         outcomes, results, checked_in, pos = Counter(), [], [], 0
@@ -696,17 +727,10 @@ def _summary(config: FleetConfig, applied: dict, population: list[Device], recor
         "epsilon_if_sampled": done[-1].get("epsilon_if_sampled") if done else None,
         "delta": config.delta, "noise_multiplier": config.noise_multiplier,
         "privacy": status["privacy"],
-        "sampling": ("each round, devices check in in the order of a fresh seeded uniform "
-                     "random permutation of the population (numpy default_rng([seed, round])) "
-                     "until the round's target of reports is met or all its tasks are handed "
-                     "out: a uniform sample without replacement, independent of the data and "
-                     "across rounds (what sampling-based accounting assumes; "
-                     "epsilon_if_sampled uses Poisson sampling at rate devices_per_round / "
-                     "population as an approximation). The server's epsilon counts each "
-                     "device's real participations, composed, with no amplification"
+        "sampling": (SAMPLING[config.check_in]
                      + (" (here: told to assume sampling)" if config.assume_sampling else "")),
-        "heavy_senders": (f"each round a device trains on its most recent {config.max_examples} "
-                          f"messages only; {int((counts > config.max_examples).sum())} of "
+        "heavy_senders": (f"each round a device trains on a random sample of at most "
+                          f"{config.max_examples} of its messages; {int((counts > config.max_examples).sum())} of "
                           f"{len(population)} senders have more (the largest "
                           f"{int(counts.max()) if len(counts) else 0})"),
         "dropout": (f"a checked-in device drops out with probability {config.dropout}: it is "
@@ -733,7 +757,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ("dropout", float, "chance a checked-in device stops before uploading"),
             ("local_epochs", float, None), ("client_lr", float, None),
             ("client_optimizer", str, "sgd | adam | adamw"), ("batch_size", int, None),
-            ("max_examples", int, "each round, train on the most recent M messages"),
+            ("max_examples", int, "each round, train on a random sample of at most M messages"),
             ("server_optimizer", str, "fedavg | fedavgm | fedadam"), ("server_lr", float, None),
             ("server_momentum", float, None), ("clip_norm", float, None),
             ("noise_multiplier", float, "0: no differential privacy"), ("delta", float, None),
@@ -749,6 +773,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default = getattr(d, name)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
                        help=(help_text + " " if help_text else "") + f"(default: {default})")
+    p.add_argument("--check-in", choices=CHECK_INS, default=d.check_in,
+                   help="which devices check in first each round: a uniform random order, "
+                        "or weighted by how many messages each has (default: %(default)s)")
     p.add_argument("--weighting", choices=("uniform", "examples"), default=None,
                    help="how the server weights reports (default: examples without noise; "
                         "the server uses uniform whenever there is noise)")

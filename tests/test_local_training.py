@@ -7,7 +7,8 @@ import torch
 
 from federated.privacy import clip
 from federated.wire import decode_update, l2_norm, tensors_from_bytes
-from keyboard_app.local_training import TaskError, make_update, run_task, train_config
+from keyboard_app.local_training import (TaskError, make_update, run_task, sample_messages,
+                                         train_config)
 from model.checkpoint import CheckpointMeta, model_from_bytes, model_to_bytes
 from model.config import ModelConfig
 from model.lstm import NextWordLSTM
@@ -57,11 +58,18 @@ def test_update_is_local_minus_global_clipped(setup):
     assert decoded.metrics == {}  # nothing about the local loss leaves the device
 
 
-def test_max_examples_keeps_the_most_recent_messages(setup):
+def test_max_examples_trains_on_a_seeded_sample(setup):
     tokenizer, blob = setup
     local = run_task(task(train={**task()["train"], "max_examples": 3}), blob, tokenizer,
                      TEXT, seed=1)
     assert local.update.num_examples == 3
+    history = [f"message number {i}" for i in range(50)]
+    samples = [sample_messages(history, 10, seed) for seed in range(20)]
+    assert all(len(s) == 10 and s == sorted(s, key=history.index) for s in samples)
+    assert sample_messages(history, 10, 3) == samples[3]  # reproducible from the seed
+    seen = {m for s in samples for m in s}
+    assert len(seen) > 40  # over rounds the whole history gets used, not only the end
+    assert sample_messages(history, 60, 0) == history
 
 
 def test_interrupted_training_sends_nothing(setup):

@@ -30,6 +30,7 @@ from federated.privacy import clip, privatize
 from federated.wire import decode_update, l2_norm, tensors_from_bytes
 from keyboard_app.eligibility import Eligibility, EligibilitySettings
 from keyboard_app.history import HistoryStore
+from keyboard_app.local_training import sample_messages
 from keyboard_app.runtime import DeviceRuntime
 from model.checkpoint import model_from_bytes
 from model.tokenizer import WordTokenizer
@@ -236,7 +237,7 @@ def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp
         global_bytes = requests.get(f"{server.url}/v1/models/{update.model_version}").content
         global_tensors, _ = tensors_from_bytes(global_bytes)
         model, _ = model_from_bytes(global_bytes)
-        kept = devices[i].history.messages()[-ROUNDS["train_max_examples"]:]
+        kept = sample_messages(devices[i].history.messages(), ROUNDS["train_max_examples"], i)
         train(model, tokenizer.encode_messages(kept),
               TrainConfig(epochs=ROUNDS["train_epochs"], batch_size=ROUNDS["train_batch_size"],
                           lr=ROUNDS["train_lr"], optimizer=ROUNDS["train_optimizer"], seed=i,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from data import load_split
+from data import Device, load_split
 from federated import privacy
 from keyboard_app import simulate
 from keyboard_app.simulate import FleetConfig, run_fleet
@@ -109,3 +109,19 @@ def test_command_line_checks(capsys):
     assert "dropout" in capsys.readouterr().err
     with pytest.raises(ValueError, match="server optimizer"):
         FleetConfig(server_optimizer="sgd")
+    with pytest.raises(ValueError, match="check-in"):
+        FleetConfig(check_in="by-battery")
+
+
+def test_check_in_by_data_favours_devices_that_type_more():
+    sizes = [1] * 9 + [91]  # the last device wrote 91 of the 100 messages
+    population = [Device(f"s{i}", "federated", ["hi"] * n, [0.0] * n)
+                  for i, n in enumerate(sizes)]
+    rng = np.random.default_rng(0)
+    firsts = {how: [int(simulate.check_in_order(population, how, rng)[0]) for _ in range(2000)]
+              for how in ("uniform", "by-data")}
+    for how, first in firsts.items():
+        orders = simulate.check_in_order(population, how, rng)
+        assert sorted(orders) == list(range(10))  # a permutation: nobody twice, nobody left out
+    assert firsts["by-data"].count(9) / 2000 == pytest.approx(0.91, abs=0.03)
+    assert firsts["uniform"].count(9) / 2000 == pytest.approx(0.10, abs=0.03)
