@@ -147,7 +147,7 @@ class RoundConfig:
 
 
 def _check_type(name: str, value: Any, hint: Any) -> Any:
-    """`value` if it fits `hint` (int, float, str, bool or Optional of one); ints count as floats."""
+    """`value` if it fits `hint` (int, float, str, bool or Optional of one); ints pass as floats."""
     optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
     base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
     if value is None and optional:

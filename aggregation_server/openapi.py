@@ -11,8 +11,9 @@ from aggregation_server.config import (SERVER_OPTIMIZERS, TRAIN_OPTIMIZERS, WEIG
                                        RoundConfig)
 
 INT32 = 2**31 - 1
+ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 ERRORS = {"4XX": {"description": "Refused: what was wrong, no state changed",
-                  "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}
+                  "content": ERROR_BODY}}
 ETAG = {"ETag": {"description": "Quoted sha256 hex of the body", "schema": {"type": "string"}}}
 
 
@@ -66,7 +67,8 @@ VERSION = _obj(["version", "sha256", "created_at"], {
     "reports": INT, "metrics": {"type": "object", "additionalProperties": NUM},
     "provenance": {"type": "object"}})
 
-STATUS = _obj(["training", "round", "devices", "model", "versions", "rounds", "privacy", "config"], {
+STATUS = _obj(["training", "round", "devices", "model", "versions", "rounds", "privacy",
+               "config"], {
     "time": NUM, "training": {"type": "string", "enum": ["running", "stopped"]},
     "blocked_reason": NULLSTR,
     "round": {"allOf": [{"$ref": "#/components/schemas/Round"}], "nullable": True},

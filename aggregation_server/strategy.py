@@ -129,7 +129,7 @@ class FedAvgM:
 
 @dataclass(frozen=True)
 class FedAdam:
-    """Reddi et al. 2021: m <- b1 m + (1-b1) d;  v <- b2 v + (1-b2) d^2;  x <- x + lr m/(sqrt(v)+tau).
+    """Reddi et al. 2021: m <- b1 m + (1-b1) d; v <- b2 v + (1-b2) d^2; x <- x + lr m/(sqrt(v)+tau).
 
     m starts at 0 and v at tau^2, as in the paper (no bias correction).
     """

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
-import platform
 import resource
 import statistics
 import sys
@@ -33,18 +31,10 @@ from aggregation_server.config import RoundConfig  # noqa: E402  (the server's d
 from data import load_split  # noqa: E402
 from model.checkpoint import CheckpointMeta, model_to_bytes, read_metadata  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
+from model.evaluate import machine  # noqa: E402
 from model.lstm import NextWordLSTM  # noqa: E402
 from model.paths import PRETRAINED_MODEL, TOKENIZER_PATH  # noqa: E402
 from model.tokenizer import WordTokenizer  # noqa: E402
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "nproc": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "memory_gb": round(psutil.virtual_memory().total / 2**30),
-            "load_average_1min": round(os.getloadavg()[0], 2)}  # other work skews timings
 
 
 def artefacts() -> tuple[str, bytes, str]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,14 +33,7 @@ from federated.secagg import RoundConfig, SecAggClient, SecAggServerRound, flatt
 from federated.secagg.messages import MaskedInput  # noqa: E402
 from federated.wire import Update, encode_update  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "nproc": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "cryptography": cryptography.__version__}
+from model.evaluate import machine as machine_info  # noqa: E402
 
 
 def model_shapes() -> dict[str, tuple[int, ...]]:
@@ -138,7 +129,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     shapes = model_shapes()
-    info = machine()
+    info = machine_info() | {"numpy": np.__version__, "cryptography": cryptography.__version__}
     print(json.dumps(info))
     rows = []
     for spec in args.rounds.split(","):

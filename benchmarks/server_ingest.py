@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -33,15 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from federated.privacy import privatize  # noqa: E402
 from federated.wire import Update, encode_update  # noqa: E402
-
-
-def machine_info() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
-    mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1),
-            "python": platform.python_version(), "platform": platform.platform()}
+from model.evaluate import machine as machine_info  # noqa: E402
 
 
 def make_model(folder: Path) -> tuple[Path, Path, dict]:

@@ -1,4 +1,4 @@
-"""`python -m keyboard_app.demo` (`make demo`): the federated keyboard end to end, in one run folder.
+"""`python -m keyboard_app.demo` (`make demo`): the federated keyboard end to end, one run folder.
 
 1. pre-train the first global model on public text (skipped when cached);
 2. a fleet of simulated phones (`federated` chat users, through the real device runtime and
@@ -21,7 +21,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from keyboard_app.simulate import (FleetConfig, FleetError, describe, evaluate_split, run_fleet,
                                    save_figure)
@@ -111,7 +110,7 @@ def pretrained(quick: bool) -> tuple[Path, bool]:
     return folder, False
 
 
-# --- the report ------------------------------------------------------------------------------------
+# --- the report -----------------------------------------------------------------------------------
 def table_rows(rows: list[dict], privacy: dict[str, str]) -> list[list[str]]:
     head = ["model", "top-1", "top-3", "macro top-1", "KSR", "perplexity", "privacy"]
     out = [head]
@@ -184,7 +183,7 @@ def write_report(run_dir: Path, report: dict, cells: list[list[str]]) -> None:
         f"in each of the model's {params:,} weights (norm {sigma * params ** 0.5:.2g}), "
         f"against an average update of norm at most C = {cfg['dp_clip_norm']}: with "
         f"{cfg['devices_per_round']} devices per round out of {no_dp['population']}, "
-        "differential privacy at this epsilon can add little. `benchmarks/federated.py` "
+        "differential privacy at this epsilon can add little. `benchmarks/federated_quality.py` "
         "computes with the accountant what population would reach epsilon <= 10 with less "
         "than 1 point of top-1 lost.",
         f"- Stages (seconds): {json.dumps(report['stages'])}; total {report['seconds']:.0f} s "
@@ -197,7 +196,7 @@ def _eps(value: float | None) -> str:
     return "infinite" if value is None else f"{value:.2f}"
 
 
-# --- main --------------------------------------------------------------------------------------------
+# --- main -----------------------------------------------------------------------------------------
 def run_demo(config: DemoConfig, run_dir: Path, quick: bool) -> dict:
     from model.evaluate import machine
     stages = Stages(5)
@@ -269,15 +268,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         kind = int if name in ("rounds", "devices_per_round", "test_senders", "workers",
                                "seed") else float
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                       help=f"default: {getattr(DemoConfig, name)} ({getattr(DemoConfig.quick(), name)} "
-                            "with --quick)")
+                       help=f"default: {getattr(DemoConfig, name)} "
+                            f"({getattr(DemoConfig.quick(), name)} with --quick)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = DemoConfig.quick() if args.quick else DemoConfig()
-    changes = {k: v for k, v in vars(args).items() if k not in ("quick", "run_dir") and v is not None}
+    changes = {k: v for k, v in vars(args).items()
+               if k not in ("quick", "run_dir") and v is not None}
     config = replace(config, **changes)
     run_dir = args.run_dir or ROOT / "runs" / f"{datetime.now():%Y%m%d-%H%M%S}"
     try:

@@ -55,11 +55,11 @@ def check_task(task: dict) -> None:
     try:
         ids = int(task["round_id"]), int(task["model_version"])
         clip_norm, stddev = float(task["clip_norm"]), float(task["noise_stddev"])
-        max_examples = int(task["train"].get("max_examples") or 1)
+        max_examples = int(task["train"].get("max_examples") or 0)  # 0 or missing: no cap
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise TaskError(f"malformed task ({type(err).__name__}: {err})") from None
-    if min(ids) < 0 or max_examples < 1:
-        raise TaskError("task ids and max_examples must be non-negative / positive")
+    if min(*ids, max_examples) < 0:
+        raise TaskError("task ids and max_examples must not be negative")
     if not (math.isfinite(clip_norm) and clip_norm > 0 and math.isfinite(stddev) and stddev >= 0):
         raise TaskError(f"task clip_norm {clip_norm} / noise_stddev {stddev} out of range")
     if task.get("secure_aggregation"):  # sent only masked (keyboard_app.secure_upload)
@@ -109,7 +109,8 @@ def sample_messages(messages: list[str], limit: int, seed: int) -> list[str]:
 def run_task(task: dict, global_bytes: bytes, tokenizer: WordTokenizer, messages: list[str],
              *, should_stop: Callable[[], bool] | None = None, seed: int | None = None,
              rng: np.random.Generator | None = None) -> LocalUpdate | None:
-    """Train on a sample of at most `max_examples` messages and build the upload.
+    """Train on a sample of at most `max_examples` messages (0 or missing: all of them) and
+    build the upload.
 
     Returns None when `should_stop` interrupted training (a partial update is never sent)
     or when no message has a word to learn from.

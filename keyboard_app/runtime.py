@@ -1,7 +1,7 @@
 """The device loop shared by the keyboard app, the headless device and the fleet simulator.
 
 enrol once -> fetch the global model (ETag) -> when eligible, check in -> on a task:
-train locally, clip and noise, upload -> otherwise wait what the server asks. Without a
+train locally, clip and noise, upload -> otherwise wait as long as the server asks. Without a
 server the device keeps predicting with its cached model and tries again with back-off.
 In a secure-aggregation round the update is sent only masked, through the protocol's phases
 (`keyboard_app.secure_upload`): that pass blocks, polling, until the round is done.
@@ -67,7 +67,7 @@ class DeviceStatus:
     delta: float | None = None
     paused: bool = False
     last_loss: float | None = None  # local training loss (never sent)
-    secure_aggregation: bool | None = None  # whether the last round took part in used it
+    secure_aggregation: bool | None = None  # whether the last round it took part in used it
 
 
 _PERSISTED = ("last_participation", "last_round_id", "rounds_joined", "last_update_bytes",
@@ -207,9 +207,10 @@ class DeviceRuntime:
         train_by = secure.advertise_by if secure else deadline
         started = self.history.clock()
         messages = self.history.messages()  # run_task samples at most max_examples of them
-        self._set(state="training", detail=f"round {task['round_id']}: training on "
+        n = min(len(messages), int(task["train"].get("max_examples") or len(messages)))
+        self._set(state="training", detail=f"round {task['round_id']}: training on {n} of "
                                            f"{len(messages)} messages")
-        log.info("round %s: training on %d messages", task["round_id"], len(messages))
+        log.info("round %s: training on %d of %d messages", task["round_id"], n, len(messages))
         local = run_task(task, blob.data, tokenizer, messages, seed=self.train_seed, rng=self.rng,
                          should_stop=lambda: self._interrupted(train_by))
         if local is None:

@@ -12,10 +12,14 @@ permutation of the population until the round's target of reports is met (or all
 tasks are handed out): a uniform sample without replacement, independent of the data and
 across rounds. That is what makes sampling-based (amplified) privacy accounting plausible;
 the server's accountant still counts each device's real participations without
-amplification unless `--assume-sampling` is given. Dropout: a dropped device is unplugged
-at a random batch of its local training (the runtime stops and sends nothing), and the
-next device of the permutation checks in instead. Heavy senders are capped on purpose:
-each round a device trains on a random sample of at most `--max-examples` messages.
+amplification unless `--assume-sampling` is given. With `--check-in by-data` the order is
+drawn with probability proportional to each device's number of messages instead (a phone
+that types more is eligible more often): rounds then follow where the text is, closer to
+central training, where every message counts the same; heavy typers take part in most rounds.
+Dropout: a dropped device is unplugged at a random batch of its local training (the
+runtime stops and sends nothing), and the next device in the order checks in instead.
+Heavy senders are capped on purpose: each round a device trains on a random sample of at
+most `--max-examples` messages.
 
 Writes into the run folder: rounds.jsonl (one JSON object per round), summary.json,
 fleet.png (valid accuracy and epsilon against rounds), model.safetensors (the final global
@@ -88,14 +92,14 @@ class FleetConfig:
     client_lr: float = 0.5
     client_optimizer: str = "sgd"
     batch_size: int = 16
-    max_examples: int = 1000         # each round, a device trains on a random sample of at most M messages
+    max_examples: int = 1000         # each round, a device trains on a sample of <= M messages
     server_optimizer: str = "fedavgm"
     server_lr: float = 1.0
     server_momentum: float = 0.9
     clip_norm: float = 1.0
     noise_multiplier: float = 0.0
     delta: float = 1e-5
-    weighting: str | None = None     # None: by examples without noise (the server forces uniform with it)
+    weighting: str | None = None     # None: by examples without noise (uniform with noise)
     min_reports: int | None = None   # None: devices_per_round (noise is scaled for this many)
     overcommit: float | None = None  # None: 1.3, more with dropout
     round_timeout: float = 900.0     # the server's round deadline, seconds
@@ -118,6 +122,8 @@ class FleetConfig:
                   (self.eval_every >= 0 and self.eval_senders >= 0,
                    "eval-every and eval-senders must not be negative"),
                   (self.check_in in CHECK_INS, f"check-in must be one of {CHECK_INS}"),
+                  (self.check_in == "uniform" or not self.assume_sampling,
+                   "assume-sampling needs check-in uniform (by-data is not a uniform sample)"),
                   (self.server_optimizer in SERVER_OPTIMIZERS,
                    f"server optimizer must be one of {SERVER_OPTIMIZERS}")]
         for ok, message in checks:
@@ -456,12 +462,12 @@ def check_in_order(population: list[Device], how: str, rng: np.random.Generator)
     """The order devices check in for a round: uniform, or weighted by history size.
 
     "by-data" models eligibility's "enough new messages since the last round": a device
-    that types ten times as much becomes eligible about ten times as often, so every
-    message, not every device, has about the same chance to be trained on.
+    that types ten times as much becomes eligible about ten times as often (draws without
+    replacement, so one round never takes a device twice).
     """
     if how == "uniform":
         return rng.permutation(len(population))
-    sizes = np.array([len(d.messages) for d in population], dtype=float)
+    sizes = np.array([max(len(d.messages), 1) for d in population], dtype=float)
     return rng.choice(len(population), len(population), replace=False, p=sizes / sizes.sum())
 
 
@@ -602,7 +608,7 @@ class Fleet:
             "delta": privacy_info["delta"],
             "participations": status["devices"]["participations"],
         }
-        if cfg.noise_multiplier:
+        if cfg.noise_multiplier and cfg.check_in == "uniform":  # by-data is not a uniform sample
             record["epsilon_if_sampled"] = privacy.epsilon(
                 cfg.noise_multiplier, k, cfg.delta,
                 sampling_rate=cfg.sampling_rate(len(self.population)), rounds=k)
@@ -730,8 +736,9 @@ def _summary(config: FleetConfig, applied: dict, population: list[Device], recor
         "sampling": (SAMPLING[config.check_in]
                      + (" (here: told to assume sampling)" if config.assume_sampling else "")),
         "heavy_senders": (f"each round a device trains on a random sample of at most "
-                          f"{config.max_examples} of its messages; {int((counts > config.max_examples).sum())} of "
-                          f"{len(population)} senders have more (the largest "
+                          f"{config.max_examples} of its messages; "
+                          f"{int((counts > config.max_examples).sum())} of {len(population)} "
+                          f"senders have more (the largest "
                           f"{int(counts.max()) if len(counts) else 0})"),
         "dropout": (f"a checked-in device drops out with probability {config.dropout}: it is "
                     "unplugged at a random batch of its local training and sends nothing"),
@@ -796,6 +803,16 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
     return FleetConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
+def _privacy(summary: dict) -> str:
+    eps, sampled = summary["epsilon"], summary["epsilon_if_sampled"]
+    if not summary["noise_multiplier"]:
+        return "none (noise multiplier 0)"
+    if eps is None:
+        return "epsilon infinite"
+    return (f"epsilon {eps:.2f} at delta {summary['delta']:g} (server accountant)"
+            + (f"; {sampled:.2f} if sampling were Poisson" if sampled is not None else ""))
+
+
 def describe(summary: dict) -> str:
     """A few lines on how the run went."""
     def acc(valid: dict | None) -> str:
@@ -803,16 +820,12 @@ def describe(summary: dict) -> str:
             return "-"
         return (f"top-1 {valid['top1']:.2%}, top-3 {valid['top3']:.2%}, "
                 f"perplexity {valid['perplexity']:.1f} ({valid['senders']} senders)")
-    eps = summary["epsilon"]
     lines = [f"{summary['rounds_run']} rounds ({summary['rounds_closed']} closed), "
              f"{summary['reports']} reports from a population of {summary['population']}, "
              f"{summary['wall_seconds']:.0f} s",
              f"valid at the start: {acc(summary['start_valid'])}",
              f"valid at the end:   {acc(summary['final_valid'] or summary['last_valid'])}",
-             "privacy: " + ("none (noise multiplier 0)" if not summary["noise_multiplier"] else
-                            f"epsilon {eps:.2f} at delta {summary['delta']:g} (server "
-                            f"accountant); {summary['epsilon_if_sampled']:.2f} if sampling "
-                            "were Poisson" if eps is not None else "epsilon infinite")]
+             "privacy: " + _privacy(summary)]
     return "\n".join(lines)
 
 

@@ -107,8 +107,9 @@ def measure_latency(predictor: Predictor, devices: Sequence[Device],
             "latency_keystrokes": len(ms)}
 
 
-def machine() -> dict[str, str | int]:
-    """What the figures were measured on (EVALUATION.md asks for nproc and CPU model)."""
+def machine() -> dict[str, str | int | float]:
+    """What a figure was measured on: EVALUATION.md's nproc and CPU model, and what else
+    skews timings (threads, memory, the load average when it was taken)."""
     cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -117,8 +118,11 @@ def machine() -> dict[str, str | int]:
                 break
     except OSError:
         pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {"nproc": os.cpu_count() or 0, "cpu": cpu, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "memory_gib": round(memory / 2**30, 1),
+            "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def table(rows: list[dict]) -> str:

@@ -31,7 +31,8 @@ def add_training_flags(parser: argparse.ArgumentParser, defaults: TrainConfig,
     parser.add_argument("--dropout", type=float, default=model_defaults.dropout)
 
 
-def configs_from_flags(args: argparse.Namespace, vocab_size: int) -> tuple[ModelConfig, TrainConfig]:
+def configs_from_flags(args: argparse.Namespace,
+                       vocab_size: int) -> tuple[ModelConfig, TrainConfig]:
     train_config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     model_config = ModelConfig(vocab_size=vocab_size, embed_dim=args.embed_dim,
                                hidden_size=args.hidden_size, dropout=args.dropout)
@@ -65,11 +66,15 @@ def train_and_save(out: Path, tokenizer: WordTokenizer, train_messages: list[str
         model.load_state_dict(best)
     valid_loss = min([final_loss, *valid_losses])
     summary = {
-        "data": data_name, "messages": len(sequences), "tokens_per_epoch": sum(len(s) - 1 for s in sequences),
+        "data": data_name, "messages": len(sequences),
+        "tokens_per_epoch": sum(len(s) - 1 for s in sequences),
         "train_config": train_config.to_dict(), "epoch_losses": result.epoch_losses,
-        "valid_loss": valid_loss, "valid_losses_per_epoch": valid_losses, "valid_perplexity_capped64": math.exp(valid_loss),
-        "seconds": round(time.time() - started, 1), "tokens_per_second": round(result.tokens_per_second),
-        "parameters": model.num_parameters(), "machine": f"{platform.processor() or platform.machine()}, "
+        "valid_loss": valid_loss, "valid_losses_per_epoch": valid_losses,
+        "valid_perplexity_capped64": math.exp(valid_loss),
+        "seconds": round(time.time() - started, 1),
+        "tokens_per_second": round(result.tokens_per_second),
+        "parameters": model.num_parameters(),
+        "machine": f"{platform.processor() or platform.machine()}, "
                    f"{train_config.threads or torch.get_num_threads()} training threads",
     }
     save_checkpoint(out, model, CheckpointMeta(model_config, tokenizer.sha256, version, summary))

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tokenizer = load_or_build_tokenizer(args.tokenizer)
     model_config, train_config = configs_from_flags(args, tokenizer.vocab_size)
-    print(f"central training on public + federated: {model_config}, {train_config}", file=sys.stderr)
+    print(f"central training on public + federated: {model_config}, {train_config}",
+          file=sys.stderr)
     summary = train_and_save(args.out, tokenizer, messages_of(("public", "federated")),
                              messages_of("valid"), model_config, train_config, "public+federated")
     print(json.dumps(summary, indent=2))

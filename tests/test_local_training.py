@@ -89,6 +89,7 @@ def test_bad_train_parameters_are_a_task_error(setup):
         run_task(task(train={"epochs": 1}), blob, tokenizer, TEXT)
     for bad, why in ((task(clip_norm=0.0), "clip_norm"), (task(noise_stddev=float("nan")), "noise"),
                      (task(secure_aggregation=True), "secure aggregation"),
+                     (task(train={**task()["train"], "max_examples": -5}), "max_examples"),
                      ({"round_id": 1}, "malformed task")):
         with pytest.raises(TaskError, match=why):
             run_task(bad, blob, tokenizer, TEXT)

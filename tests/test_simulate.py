@@ -111,6 +111,8 @@ def test_command_line_checks(capsys):
         FleetConfig(server_optimizer="sgd")
     with pytest.raises(ValueError, match="check-in"):
         FleetConfig(check_in="by-battery")
+    with pytest.raises(ValueError, match="assume-sampling"):
+        FleetConfig(check_in="by-data", assume_sampling=True)
 
 
 def test_check_in_by_data_favours_devices_that_type_more():

@@ -1,7 +1,7 @@
 """Federated figures for BENCHMARKS.md: the fleet against the central upper bound, and the
 privacy-utility table with what it would take to reach epsilon <= 10.
 
-    .venv/bin/python benchmarks/federated.py [--rounds 100] [--devices-per-round 50]
+    .venv/bin/python benchmarks/federated_quality.py [--rounds 100] [--devices-per-round 50]
         [--noise 0.1 0.3 1.0] [--skip-dp] [--run-dir DIR]
 
 (a) Federated LSTM without DP, trained only on `federated` senders (simulated phones
@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import replace
@@ -35,7 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from federated.privacy import epsilon  # noqa: E402
-from keyboard_app.simulate import FleetConfig, describe, evaluate_split, run_fleet  # noqa: E402
+from keyboard_app.simulate import (CHECK_INS, FleetConfig, describe, evaluate_split,  # noqa: E402
+                                   run_fleet)
 from model.checkpoint import read_metadata  # noqa: E402
 from model.evaluate import machine  # noqa: E402
 from model.paths import CENTRAL_MODEL, PRETRAINED_MODEL, ROOT, TOKENIZER_PATH  # noqa: E402
@@ -46,16 +46,18 @@ TARGET_EPSILON, MAX_LOSS = 10.0, 0.01  # epsilon <= 10 with less than 1 point to
 
 
 def fleet_config(args: argparse.Namespace) -> FleetConfig:
-    """Reddi et al. 2021's tuned Stack Overflow next-word setting: client SGD lr 10^-0.5,
-    batch 16, one local epoch; server FedAvgM lr 1, momentum 0.9."""
+    """The fleet of (a); the defaults start from Reddi et al. 2021's tuned Stack Overflow
+    next-word setting (client SGD lr 10^-0.5, batch 16; server FedAvgM lr 1, momentum 0.9)."""
     return FleetConfig(rounds=args.rounds, devices_per_round=args.devices_per_round,
-                       local_epochs=1.0, client_lr=args.client_lr, batch_size=16,
+                       local_epochs=args.local_epochs, client_lr=args.client_lr,
+                       client_optimizer=args.client_optimizer, batch_size=16,
                        max_examples=args.max_examples, server_optimizer=args.server_optimizer,
                        server_lr=args.server_lr, server_momentum=args.server_momentum,
                        clip_norm=args.clip_norm, delta=args.delta, weighting="uniform",
-                       eval_every=args.eval_every, eval_senders=args.eval_senders,
-                       final_eval=False, workers=args.workers, seed=args.seed,
-                       population=args.population)
+                       check_in=args.check_in, eval_every=args.eval_every,
+                       eval_senders=args.eval_senders, final_eval=False, workers=args.workers,
+                       seed=args.seed, population=args.population,
+                       max_minutes=args.max_minutes)
 
 
 # --- (c) what it would take ----------------------------------------------------------------------
@@ -141,7 +143,7 @@ def tolerated_sigma(rows: list[dict], baseline_top1: float, clip_norm: float,
     return min(r["noise_multiplier"] for r in rows) * clip_norm / per_round, False
 
 
-# --- printing --------------------------------------------------------------------------------------
+# --- printing -------------------------------------------------------------------------------------
 def print_table(head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(head, widths)) + " |",
@@ -157,18 +159,24 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def fmt_eps(x: float | None) -> str:
-    return "inf" if x is None else f"{x:.2f}"
+def fmt_eps(x: float | None, missing: str = "inf") -> str:
+    return missing if x is None else f"{x:.2f}"
 
 
-# --- main ------------------------------------------------------------------------------------------
+# --- main -----------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--devices-per-round", type=int, default=50)
     p.add_argument("--client-lr", type=float, default=0.316)
+    p.add_argument("--client-optimizer", default="sgd", help="sgd | adam | adamw")
+    p.add_argument("--local-epochs", type=float, default=1.0)
     p.add_argument("--max-examples", type=int, default=500,
-                   help="each round a device trains on its most recent M messages")
+                   help="each round a device trains on a random sample of at most M messages")
+    p.add_argument("--check-in", choices=CHECK_INS, default="uniform",
+                   help="check-in order of (a): uniform, or weighted by messages typed")
+    p.add_argument("--dp-check-in", choices=CHECK_INS, default="uniform",
+                   help="check-in order of the DP runs (uniform: what sampling assumes)")
     p.add_argument("--server-optimizer", default="fedavgm")
     p.add_argument("--server-lr", type=float, default=1.0)
     p.add_argument("--server-momentum", type=float, default=0.9)
@@ -182,6 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="noise multipliers of the privacy-utility table")
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--skip-dp", action="store_true", help="only (a)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="end each fleet after the round that passes this many minutes")
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--eval-senders", type=int, default=40)
     p.add_argument("--test-senders", type=int, default=0, help="0: all of test")
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run_dir = args.run_dir or ROOT / "runs" / f"bench-federated-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    info = machine() | {"load_average_1min": round(os.getloadavg()[0], 2)}
+    info = machine()
     print(f"machine: {info['nproc']} cores, {info['cpu']}, torch {info['torch']}, "
           f"load average {info['load_average_1min']}")
     base = fleet_config(args)
@@ -212,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     fleets["no-dp"] = run_fleet(base, run_dir / "fleet-no-dp", init_model=args.init_model,
                                 tokenizer=args.tokenizer)
     print(describe(fleets["no-dp"]))
-    dp_changes = {"clip_norm": args.dp_clip_norm or base.clip_norm,
+    dp_changes = {"clip_norm": args.dp_clip_norm or base.clip_norm, "check_in": args.dp_check_in,
                   "server_momentum": base.server_momentum if args.dp_server_momentum is None
                   else args.dp_server_momentum}
     if not args.skip_dp:
@@ -248,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             eps = fleet["epsilon"]
             extra = [f"{fleet['rounds_run']} x {base.devices_per_round}",
                      "none" if not fleet["noise_multiplier"] else
-                     f"{fmt_eps(eps)} ({args.delta:g}); {fmt_eps(fleet['epsilon_if_sampled'])}"
+                     f"{fmt_eps(eps)} ({args.delta:g}); "
+                     f"{fmt_eps(fleet['epsilon_if_sampled'], 'n/a')}"
                      " if Poisson-sampled",
                      f"{fleet['wall_seconds'] / 60:.1f} min ({fleet['round_seconds'] / 60:.1f} "
                      "in rounds)"]
