@@ -5,8 +5,9 @@ gets on the same `federated` text, pooled and shuffled on one machine.
         [--batch-size 16] [--messages 44000] [--eval-senders 40]
 
 It trains one pass over the first `--messages` of the shuffled federated messages at one
-thread, then evaluates on the same 40 `valid` senders as the fleet's periodic evaluations
-(`keyboard_app.simulate.choose_valid`), so its figures sit beside a fleet's valid curve. A
+thread, then evaluates on the same 40 `valid` senders as the periodic evaluations of a fleet
+run with `--seed 0` (`keyboard_app.simulate.choose_valid`), so its figures sit beside that
+fleet's valid curve. A
 reference for data efficiency only: the product never pools federated text.
 """
 from __future__ import annotations

@@ -2,13 +2,15 @@
 privacy-utility table with what it would take to reach epsilon <= 10.
 
     .venv/bin/python benchmarks/federated_quality.py [--rounds 100] [--devices-per-round 50]
-        [--noise 0.1 0.3 1.0] [--skip-dp] [--run-dir DIR]
+        [--check-in uniform|by-data] [--max-examples M] [--clip-norm C]
+        [--noise 0.1 0.3 1.0] [--dp-clip-norm C] [--dp-check-in ...] [--skip-dp] [--run-dir DIR]
 
 (a) Federated LSTM without DP, trained only on `federated` senders (simulated phones
     through the real runtime and server) from the public pre-trained start; on `test` at
     the end beside the public pre-trained start, the central upper bound (when cached) and
     the n-gram baseline, all measured in this run.
-(b) The same fleet with DP for each noise multiplier z (same clip norm, rounds, devices):
+(b) The same fleet with DP for each noise multiplier z (same rounds and devices; clip norm,
+    server momentum and check-in order from the `--dp-*` flags):
     top-1 on `test` and epsilon at delta. Epsilon is the server accountant's: the device
     that took part most often, its rounds composed, no amplification by sampling; beside it
     the epsilon if the uniform sampling of devices is counted as Poisson sampling.

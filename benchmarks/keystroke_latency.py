@@ -1,4 +1,4 @@
-"""Keystroke latency of Predictor.suggest, as ../shared/EVALUATION.md defines it.
+"""Keystroke latency of Predictor.suggest, as docs/EVALUATION.md defines it.
 
     .venv/bin/python benchmarks/keystroke_latency.py [--keystrokes N]
 

@@ -1,4 +1,4 @@
-"""The sender split of ../shared/EVALUATION.md: public / federated / valid / test."""
+"""The sender split of docs/EVALUATION.md: public / federated / valid / test."""
 from hashlib import sha256
 
 ROLES = ("public", "federated", "valid", "test")

@@ -1,4 +1,4 @@
-"""Offline evaluation, exactly as ../shared/EVALUATION.md: quality on a split and keystroke latency.
+"""Offline evaluation, exactly as docs/EVALUATION.md: quality on a split and keystroke latency.
 
     python -m model.evaluate CHECKPOINT... [--split valid|test] [--ngram]
         [--ngram-train public|central] [--tokenizer PATH] [--json OUT]

@@ -1,4 +1,4 @@
-"""The next-word metrics of ../shared/EVALUATION.md, from per-position score vectors.
+"""The next-word metrics of docs/EVALUATION.md, from per-position score vectors.
 
 A scorer gives, for every position of a message, a vector of log-probabilities over the
 whole vocabulary. Suggestions are vocabulary words only (ids >= FIRST_WORD_ID: never

@@ -1,6 +1,6 @@
 """`python -m model.pretrain`: the tokenizer and the first global model, from public text only.
 
-Public means the senders of buckets 0-9 (../shared/EVALUATION.md): the server may use them.
+Public means the senders of buckets 0-9 (docs/EVALUATION.md): the server may use them.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`python -m model.train_central`: the central upper bound, trained on buckets 0-79 pooled.
 
-A reference only (../shared/EVALUATION.md): it sees federated text on one machine, which the
+A reference only (docs/EVALUATION.md): it sees federated text on one machine, which the
 product never does. It uses the public tokenizer, so it compares with every other model.
 """
 from __future__ import annotations

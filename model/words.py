@@ -1,4 +1,4 @@
-"""Scoring words, exactly as ../shared/EVALUATION.md defines them."""
+"""Scoring words, exactly as docs/EVALUATION.md defines them."""
 import re
 
 WORD_PATTERN = r"[a-z0-9]+(?:'[a-z0-9]+)*"
