@@ -677,6 +677,8 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
             server = stack.enter_context(ServerProcess(run_dir / "server", Path(init_model),
                                                        Path(tokenizer)))
             server_url, admin_token = server.url, server.admin_token
+        # on the way out, first stop handing devices out (the server must outlive their jobs)
+        stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         admin = ServerAdmin(server_url, admin_token)
         applied = admin.configure(settings)
         evaluator = None
@@ -829,8 +831,13 @@ def describe(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # `kill` ends a fleet as Ctrl-C does: workers and server too
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         config = config_from_args(args)

@@ -1,8 +1,13 @@
 """The fleet simulator: real device runtimes in worker processes, real HTTP, a real server."""
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -11,6 +16,7 @@ from federated import privacy
 from keyboard_app import simulate
 from keyboard_app.simulate import FleetConfig, run_fleet
 from model.checkpoint import load_checkpoint
+from model.paths import ROOT
 from model.tokenizer import WordTokenizer
 from model.train import mean_loss
 
@@ -127,3 +133,33 @@ def test_check_in_by_data_favours_devices_that_type_more():
         assert sorted(orders) == list(range(10))  # a permutation: nobody twice, nobody left out
     assert firsts["by-data"].count(9) / 2000 == pytest.approx(0.91, abs=0.03)
     assert firsts["uniform"].count(9) / 2000 == pytest.approx(0.10, abs=0.03)
+
+
+def test_a_killed_fleet_leaves_no_process_behind(tiny_model, tmp_path):
+    """SIGTERM ends the fleet like Ctrl-C: its worker processes and its server end too."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keyboard_app.simulate",
+         "--init-model", str(tiny_model["checkpoint"]), "--tokenizer", str(tiny_model["tokenizer"]),
+         "--rounds", "1000", "--population", "6",
+         "--devices-per-round", "2", "--max-examples", "20", "--eval-every", "0",
+         "--no-final-eval", "-q", "--run-dir", str(run_dir)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(_lines(run_dir / "rounds.jsonl")) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 3  # two workers and the server at least
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+        _, alive = psutil.wait_procs(children, timeout=20)
+        assert alive == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _lines(path):
+    return path.read_text().splitlines() if path.is_file() else []
