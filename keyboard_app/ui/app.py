@@ -26,13 +26,8 @@ log = logging.getLogger("keyboard_app.ui")
 Builder.load_string("""
 #:import theme keyboard_app.ui.theme
 
-<Root@BoxLayout>:
-    canvas.before:
-        Color:
-            rgba: theme.BACKGROUND
-        Rectangle:
-            pos: self.pos
-            size: self.size
+<Root@Painted>:
+    orientation: 'horizontal'
 
 <SidePanel@BoxLayout>:
     orientation: 'vertical'

@@ -107,15 +107,8 @@ Builder.load_string("""
     BoxLayout:
         id: box
         orientation: 'vertical'
-        TopBar:
-            FlatButton:
-                text: 'Back'
-                size_hint_x: None
-                width: dp(72)
-                fill: 1, 1, 1, 0.18
-                on_release: app.show('typing')
-            TitleLabel:
-                text: 'Privacy'
+        BackBar:
+            title: 'Privacy'
 """)
 
 

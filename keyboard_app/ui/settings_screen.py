@@ -18,23 +18,10 @@ Builder.load_string("""
     fill: theme.ACCENT if self.state == 'down' else theme.STRIP
 
 <SettingsScreen>:
-    BoxLayout:
-        orientation: 'vertical'
-        canvas.before:
-            Color:
-                rgba: theme.SURFACE
-            Rectangle:
-                pos: self.pos
-                size: self.size
-        TopBar:
-            FlatButton:
-                text: 'Back'
-                size_hint_x: None
-                width: dp(72)
-                fill: 1, 1, 1, 0.18
-                on_release: app.show('typing')
-            TitleLabel:
-                text: 'Settings'
+    Painted:
+        fill: theme.SURFACE
+        BackBar:
+            title: 'Settings'
         ScrollView:
             do_scroll_x: False
             BoxLayout:

@@ -66,32 +66,21 @@ Builder.load_string("""
         halign: 'right'
 
 <TypingScreen>:
-    BoxLayout:
-        orientation: 'vertical'
-        canvas.before:
-            Color:
-                rgba: theme.BACKGROUND
-            Rectangle:
-                pos: self.pos
-                size: self.size
+    Painted:
         TopBar:
             TitleLabel:
                 text: 'Private Keyboard'
-            FlatButton:
+            BarButton:
                 id: privacy_button
                 text: 'Privacy'
-                size_hint_x: None
                 width: dp(84) if not app.wide else 0
                 opacity: 1 if not app.wide else 0
                 disabled: app.wide
-                fill: 1, 1, 1, 0.18
                 on_release: app.show('privacy')
-            FlatButton:
+            BarButton:
                 id: settings_button
                 text: 'Settings'
-                size_hint_x: None
                 width: dp(88)
-                fill: 1, 1, 1, 0.18
                 on_release: app.show('settings')
         StatusLine:
             id: status

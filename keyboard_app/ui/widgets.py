@@ -1,7 +1,9 @@
-"""Small styled widgets the screens share: text, headings, flat buttons, a top bar."""
+"""Small styled widgets the screens share: text, headings, flat buttons, top bars, a
+painted background."""
 from kivy.lang import Builder
 from kivy.properties import BooleanProperty, ColorProperty
 from kivy.uix.behaviors import ToggleButtonBehavior
+from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.button import Button
 from kivy.uix.label import Label
 
@@ -69,6 +71,28 @@ Builder.load_string("""
     valign: 'middle'
     padding: dp(6), 0
     shorten: True
+
+<BarButton@FlatButton>:
+    size_hint_x: None
+    fill: 1, 1, 1, 0.18
+
+<BackBar@TopBar>:
+    title: ''
+    BarButton:
+        text: 'Back'
+        width: dp(72)
+        on_release: app.show('typing')
+    TitleLabel:
+        text: root.title
+
+<Painted>:
+    orientation: 'vertical'
+    canvas.before:
+        Color:
+            rgba: self.fill
+        Rectangle:
+            pos: self.pos
+            size: self.size
 """)
 
 
@@ -96,3 +120,9 @@ class FlatToggle(ToggleButtonBehavior, FlatButton):
 
     def on_active(self, _widget, active: bool) -> None:
         self.state = "down" if active else "normal"
+
+
+class Painted(BoxLayout):
+    """A vertical box painted in one colour (`fill`)."""
+
+    fill = ColorProperty(theme.BACKGROUND)
