@@ -183,7 +183,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server-lr", type=float, default=1.0)
     p.add_argument("--server-momentum", type=float, default=0.9)
     p.add_argument("--clip-norm", type=float, default=0.5,
-                   help="every run, with and without noise (median update norm ~0.3)")
+                   help="clip norm of (a), and of the DP runs unless --dp-clip-norm "
+                        "(median update norm ~0.4: a device with 17 messages, lr 0.316)")
     p.add_argument("--dp-clip-norm", type=float, default=None,
                    help="clip norm of the DP runs (default: --clip-norm)")
     p.add_argument("--dp-server-momentum", type=float, default=None,

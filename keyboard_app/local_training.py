@@ -94,6 +94,11 @@ def make_update(delta: Tensors, task: dict, num_examples: int,
                   metrics or {}), prenorm
 
 
+def example_limit(params: dict, available: int) -> int:
+    """How many of `available` messages a task's `train` parameters let a round use."""
+    return min(available, int(params.get("max_examples") or available))
+
+
 def sample_messages(messages: list[str], limit: int, seed: int) -> list[str]:
     """At most `limit` of `messages`, a seeded uniform sample kept in time order.
 
@@ -118,7 +123,7 @@ def run_task(task: dict, global_bytes: bytes, tokenizer: WordTokenizer, messages
     check_task(task)
     params = task["train"]
     config = train_config(params, seed)
-    limit = int(params.get("max_examples") or len(messages))
+    limit = example_limit(params, len(messages))
     delta, result, examples = local_delta(global_bytes, tokenizer,
                                           sample_messages(messages, limit, config.seed),
                                           config, should_stop)

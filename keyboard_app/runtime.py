@@ -28,7 +28,7 @@ from keyboard_app.client import (ModelBlob, ServerRejected, ServerUnavailable, S
                                  write_private)
 from keyboard_app.eligibility import Eligibility
 from keyboard_app.history import HistoryStore
-from keyboard_app.local_training import TaskError, check_task, run_task
+from keyboard_app.local_training import TaskError, check_task, example_limit, run_task
 from keyboard_app.secure_upload import SecureRoundError, SecureTask, SecureUpload, parse_task
 from model.checkpoint import CheckpointError, CheckpointMeta, model_from_bytes, read_metadata
 from model.lstm import NextWordLSTM
@@ -207,7 +207,7 @@ class DeviceRuntime:
         train_by = secure.advertise_by if secure else deadline
         started = self.history.clock()
         messages = self.history.messages()  # run_task samples at most max_examples of them
-        n = min(len(messages), int(task["train"].get("max_examples") or len(messages)))
+        n = example_limit(task["train"], len(messages))
         self._set(state="training", detail=f"round {task['round_id']}: training on {n} of "
                                            f"{len(messages)} messages")
         log.info("round %s: training on %d of %d messages", task["round_id"], n, len(messages))
