@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from federated.wire import MAX_UPDATE_BYTES
+from model.schedule import SCHEDULES, lr_factor
 
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
 WEIGHTINGS = ("uniform", "examples")
@@ -47,6 +48,8 @@ class RoundConfig:
     server_optimizer: str = "fedavg"  # fedavg | fedavgm | fedadam (Reddi et al. 2021)
     server_lr: float = 1.0
     server_momentum: float = 0.9      # FedAvgM
+    server_lr_schedule: str = "constant"  # or "cosine": server_lr falls to 0 over ...
+    server_lr_rounds: int = 1000      # ... this many model versions (counted from version 0)
     adam_beta1: float = 0.9           # FedAdam
     adam_beta2: float = 0.99
     adam_tau: float = 1e-3
@@ -69,6 +72,11 @@ class RoundConfig:
     def uniform(self) -> bool:
         """Whether the round's mean weights every report equally."""
         return self.weighting == "uniform" or self.noise_multiplier > 0
+
+    def server_lr_at(self, version: int) -> float:
+        """The server learning rate of the step that makes model `version` (1, 2, ...)."""
+        return self.server_lr * lr_factor(self.server_lr_schedule, version - 1,
+                                          self.server_lr_rounds)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +120,10 @@ class RoundConfig:
              f"server_optimizer must be one of {SERVER_OPTIMIZERS}"),
             (0 < self.server_lr <= 100, "server_lr must be in (0, 100]"),
             (0 <= self.server_momentum < 1, "server_momentum must be in [0, 1)"),
+            (self.server_lr_schedule in SCHEDULES,
+             f"server_lr_schedule must be one of {SCHEDULES}"),
+            (1 <= self.server_lr_rounds <= 10_000_000,
+             "server_lr_rounds must be in [1, 10000000]"),
             (0 <= self.adam_beta1 < 1, "adam_beta1 must be in [0, 1)"),
             (0 <= self.adam_beta2 < 1, "adam_beta2 must be in [0, 1)"),
             (0 < self.adam_tau <= 10, "adam_tau must be in (0, 10]"),

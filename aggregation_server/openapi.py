@@ -7,7 +7,8 @@ from dataclasses import fields
 from functools import lru_cache
 from typing import Any
 
-from aggregation_server.config import (SERVER_OPTIMIZERS, TRAIN_OPTIMIZERS, WEIGHTINGS,
+from aggregation_server.config import (SCHEDULES, SERVER_OPTIMIZERS, TRAIN_OPTIMIZERS,
+                                       WEIGHTINGS,
                                        RoundConfig)
 
 INT32 = 2**31 - 1
@@ -38,7 +39,7 @@ NULLNUM, NULLINT, NULLSTR = ({"type": "number", "nullable": True},
 def _config_schema(patch: bool) -> dict:
     """RoundConfig as a schema: all fields (responses) or any subset (PUT body)."""
     enums = {"weighting": WEIGHTINGS, "server_optimizer": SERVER_OPTIMIZERS,
-             "train_optimizer": TRAIN_OPTIMIZERS}
+             "train_optimizer": TRAIN_OPTIMIZERS, "server_lr_schedule": SCHEDULES}
     kinds = {int: "integer", float: "number", str: "string", bool: "boolean"}
     props = {}
     for f in fields(RoundConfig):

@@ -152,10 +152,11 @@ class FedAdam:
         return new_w, new_s
 
 
-def server_optimizer(config: RoundConfig) -> FedAvg | FedAvgM | FedAdam:
-    """The server optimizer a round's config names."""
+def server_optimizer(config: RoundConfig, version: int) -> FedAvg | FedAvgM | FedAdam:
+    """The server optimizer a round's config names, at its learning rate for making `version`."""
+    lr = config.server_lr_at(version)
     if config.server_optimizer == "fedavgm":
-        return FedAvgM(config.server_lr, config.server_momentum)
+        return FedAvgM(lr, config.server_momentum)
     if config.server_optimizer == "fedadam":
-        return FedAdam(config.server_lr, config.adam_beta1, config.adam_beta2, config.adam_tau)
-    return FedAvg(config.server_lr)
+        return FedAdam(lr, config.adam_beta1, config.adam_beta2, config.adam_tau)
+    return FedAvg(lr)

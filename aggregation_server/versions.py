@@ -71,14 +71,14 @@ def build_version(blobs: BlobStore, shapes: dict, round_id: int, config: RoundCo
     """
     inputs = RoundInputs(round_id, config, shapes, updates, lambda u: blobs.tensors(u.path))
     delta = mean_for(config)(inputs)
-    optimizer = server_optimizer(config)
+    optimizer = server_optimizer(config, version)
     state = _optimizer_state(blobs, prev_optimizer, optimizer.name)
     weights, state = optimizer.step(blobs.tensors(base.path), delta, state)
     del delta
     metrics = weighted_metrics(updates)
     provenance = {
         "round_id": round_id, "base_version": base.version, "reports": len(updates),
-        "server_optimizer": optimizer.name, "server_lr": config.server_lr,
+        "server_optimizer": optimizer.name, "server_lr": optimizer.lr,
         "weighting": "uniform" if config.uniform else "examples",
         "clip_norm": config.clip_norm, "noise_multiplier": config.noise_multiplier,
         "min_reports": config.min_reports, "secure_aggregation": config.secure_aggregation,

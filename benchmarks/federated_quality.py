@@ -40,6 +40,7 @@ from keyboard_app.simulate import (CHECK_INS, FleetConfig, describe, evaluate_sp
                                    run_fleet)
 from model.checkpoint import read_metadata  # noqa: E402
 from model.evaluate import machine  # noqa: E402
+from model.schedule import SCHEDULES  # noqa: E402
 from model.paths import CENTRAL_MODEL, PRETRAINED_MODEL, ROOT, TOKENIZER_PATH  # noqa: E402
 from model.tokenizer import WordTokenizer  # noqa: E402
 
@@ -55,6 +56,7 @@ def fleet_config(args: argparse.Namespace) -> FleetConfig:
                        client_optimizer=args.client_optimizer, batch_size=16,
                        max_examples=args.max_examples, server_optimizer=args.server_optimizer,
                        server_lr=args.server_lr, server_momentum=args.server_momentum,
+                       server_lr_schedule=args.server_lr_schedule,
                        clip_norm=args.clip_norm, delta=args.delta, weighting="uniform",
                        check_in=args.check_in, eval_every=args.eval_every,
                        eval_senders=args.eval_senders, final_eval=False, workers=args.workers,
@@ -182,6 +184,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server-optimizer", default="fedavgm")
     p.add_argument("--server-lr", type=float, default=1.0)
     p.add_argument("--server-momentum", type=float, default=0.9)
+    p.add_argument("--server-lr-schedule", choices=SCHEDULES, default="constant",
+                   help="cosine: the server lr falls to 0 over --rounds")
     p.add_argument("--clip-norm", type=float, default=0.5,
                    help="clip norm of (a), and of the DP runs unless --dp-clip-norm "
                         "(median update norm ~0.4: a device with 17 messages, lr 0.316)")

@@ -54,6 +54,7 @@ import requests
 from data import Device, load_split
 from federated import privacy
 from model.paths import PRETRAINED_MODEL, ROOT, TOKENIZER_PATH
+from model.schedule import SCHEDULES
 
 log = logging.getLogger("keyboard_app.simulate")
 logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's notes on fractional orders
@@ -96,6 +97,7 @@ class FleetConfig:
     server_optimizer: str = "fedavgm"
     server_lr: float = 1.0
     server_momentum: float = 0.9
+    server_lr_schedule: str = "constant"  # or "cosine": the server lr falls to 0 over `rounds`
     clip_norm: float = 1.0
     noise_multiplier: float = 0.0
     delta: float = 1e-5
@@ -125,7 +127,9 @@ class FleetConfig:
                   (self.check_in == "uniform" or not self.assume_sampling,
                    "assume-sampling needs check-in uniform (by-data is not a uniform sample)"),
                   (self.server_optimizer in SERVER_OPTIMIZERS,
-                   f"server optimizer must be one of {SERVER_OPTIMIZERS}")]
+                   f"server optimizer must be one of {SERVER_OPTIMIZERS}"),
+                  (self.server_lr_schedule in SCHEDULES,
+                   f"server lr schedule must be one of {SCHEDULES}")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -150,6 +154,7 @@ class FleetConfig:
             "sampling_rate": self.sampling_rate(population) if self.assume_sampling else None,
             "weighting": weighting, "server_optimizer": self.server_optimizer,
             "server_lr": self.server_lr, "server_momentum": self.server_momentum,
+            "server_lr_schedule": self.server_lr_schedule, "server_lr_rounds": self.rounds,
             "train_epochs": self.local_epochs, "train_batch_size": self.batch_size,
             "train_lr": self.client_lr, "train_optimizer": self.client_optimizer,
             "train_max_examples": self.max_examples,
@@ -782,6 +787,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default = getattr(d, name)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
                        help=(help_text + " " if help_text else "") + f"(default: {default})")
+    p.add_argument("--server-lr-schedule", choices=SCHEDULES, default=d.server_lr_schedule,
+                   help="cosine: the server lr falls to 0 over --rounds model versions, counted "
+                        "from the server's version 0 (default: %(default)s)")
     p.add_argument("--check-in", choices=CHECK_INS, default=d.check_in,
                    help="which devices check in first each round: a uniform random order, "
                         "or weighted by how many messages each has (default: %(default)s)")

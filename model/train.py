@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from model.lstm import NextWordLSTM
+from model.schedule import SCHEDULES, lr_factor
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -35,8 +36,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule {self.schedule!r} not in ('constant', 'cosine')")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} not in {SCHEDULES}")
         if not (self.epochs > 0 and self.batch_size > 0 and self.lr > 0 and self.max_len > 1):
             raise ValueError("epochs, batch_size, lr must be positive and max_len > 1")
 
@@ -111,9 +112,8 @@ def train(model: NextWordLSTM, sequences: list[list[int]], config: TrainConfig,
     optimizer = make_optimizer(model, config)
     batches_per_epoch = math.ceil(len(sequences) / config.batch_size)
     total_steps = max(1, round(config.epochs * batches_per_epoch))
-    schedule = (lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))) \
-        if config.schedule == "cosine" else (lambda step: 1.0)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(config.schedule, step, total_steps))
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=total_steps, disable=not show, unit="batch", leave=False)
     model.train()

@@ -9,6 +9,7 @@ from model.checkpoint import (CheckpointError, CheckpointMeta, load_checkpoint, 
                               save_checkpoint)
 from model.config import ModelConfig
 from model.lstm import NextWordLSTM
+from model.schedule import lr_factor
 from model.tokenizer import TokenizerError, WordTokenizer
 from model.train import TrainConfig, mean_loss, train
 from model.words import words
@@ -135,8 +136,17 @@ def test_training_stops_promptly(tokenizer, messages):
     assert result.stopped and result.steps == 3
 
 
+def test_cosine_schedule_falls_from_one_to_zero_and_stays():
+    assert [lr_factor("cosine", s, 4) for s in (0, 2, 4, 9)] == pytest.approx([1, 0.5, 0, 0])
+    assert lr_factor("constant", 7, 4) == 1.0
+    with pytest.raises(ValueError, match="schedule 'step' not in"):
+        lr_factor("step", 0, 4)
+
+
 def test_train_config_is_validated():
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="step")
     with pytest.raises(ValueError, match="positive"):
         TrainConfig(lr=0)

@@ -41,6 +41,8 @@ def test_file_then_environment_then_flags(tmp_path, suffix):
     ({}, {"PK_PORT": "eighty"}, "PK_PORT='eighty' is not a valid int"),
     ({}, {"PK_ROUND_CLIP_NORM": "x"}, "PK_ROUND_CLIP_NORM"),
     ({}, {"PK_ROUND_MIN_REPORTS": "0"}, "min_reports must be at least 1"),
+    ({}, {"PK_ROUND_SERVER_LR_SCHEDULE": "step"}, "server_lr_schedule must be one of"),
+    ({}, {"PK_ROUND_SERVER_LR_ROUNDS": "0"}, "server_lr_rounds must be in"),
     ({}, {"PK_START_TRAINING": "maybe"}, "PK_START_TRAINING"),
     ({"config": "/nonexistent.toml"}, {}, "not found"),
 ])

@@ -3,6 +3,7 @@ the ticker, pace steering, participation cap, budget refusal, and the aggregatio
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
@@ -202,6 +203,8 @@ def _run_round(server, updates, examples):
     {"server_optimizer": "fedavg", "server_lr": 1.0, "weighting": "uniform"},
     {"server_optimizer": "fedavgm", "server_lr": 0.7, "server_momentum": 0.9,
      "weighting": "examples"},
+    {"server_optimizer": "fedavgm", "server_lr": 0.7, "server_momentum": 0.9,
+     "weighting": "uniform", "server_lr_schedule": "cosine", "server_lr_rounds": 3},
     {"server_optimizer": "fedadam", "server_lr": 0.01, "adam_beta1": 0.9, "adam_beta2": 0.99,
      "adam_tau": 1e-3, "weighting": "examples"},
 ])
@@ -217,17 +220,22 @@ def test_aggregation_matches_the_reference_maths(start_server, tiny_model, round
         updates = _fixed_updates(server, scale=0.9, n=3)
         got = _run_round(server, updates, examples)
         w = np.array(examples, float) if cfg["weighting"] == "examples" else np.ones(3)
+        lr = cfg["server_lr"]
+        if cfg.get("server_lr_schedule") == "cosine":  # 0.7, then 0.7 * 0.75
+            lr *= 0.5 * (1 + math.cos(math.pi * step / cfg["server_lr_rounds"]))
+        training = json.loads(server.model()[1]["training"])["federated"]
+        assert training["server_lr"] == pytest.approx(lr)
         for k in weights:
             delta = sum(wi * u[k].astype(np.float64) for wi, u in zip(w, updates)) / w.sum()
             if cfg["server_optimizer"] == "fedavg":
-                weights[k] = weights[k] + cfg["server_lr"] * delta
+                weights[k] = weights[k] + lr * delta
             elif cfg["server_optimizer"] == "fedavgm":
                 m[k] = cfg["server_momentum"] * m[k] + delta
-                weights[k] = weights[k] + cfg["server_lr"] * m[k]
+                weights[k] = weights[k] + lr * m[k]
             else:
                 m[k] = cfg["adam_beta1"] * m[k] + (1 - cfg["adam_beta1"]) * delta
                 v_[k] = cfg["adam_beta2"] * v_[k] + (1 - cfg["adam_beta2"]) * delta ** 2
-                weights[k] = weights[k] + cfg["server_lr"] * m[k] / (np.sqrt(v_[k]) + cfg["adam_tau"])
+                weights[k] = weights[k] + lr * m[k] / (np.sqrt(v_[k]) + cfg["adam_tau"])
             np.testing.assert_allclose(got[k], weights[k], rtol=1e-4, atol=1e-6,
                                        err_msg=f"round {step + 1}, tensor {k}")
 

@@ -119,6 +119,10 @@ def test_command_line_checks(capsys):
         FleetConfig(check_in="by-battery")
     with pytest.raises(ValueError, match="assume-sampling"):
         FleetConfig(check_in="by-data", assume_sampling=True)
+    with pytest.raises(ValueError, match="server lr schedule"):
+        FleetConfig(server_lr_schedule="step")
+    settings = FleetConfig(rounds=7, server_lr_schedule="cosine").round_settings(population=10)
+    assert (settings["server_lr_schedule"], settings["server_lr_rounds"]) == ("cosine", 7)
 
 
 def test_check_in_by_data_favours_devices_that_type_more():
