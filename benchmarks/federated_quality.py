@@ -205,7 +205,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--population", type=int, default=None, help="default: all federated")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init-model", type=Path, default=PRETRAINED_MODEL)
+    p.add_argument("--init-model", type=Path, default=PRETRAINED_MODEL,
+                   help="start model (default: the public pre-trained one); a fleet's "
+                        "model.safetensors continues that run, with fresh server momentum")
     p.add_argument("--tokenizer", type=Path, default=TOKENIZER_PATH)
     p.add_argument("--central", type=Path, default=CENTRAL_MODEL,
                    help="the central upper bound (skipped if missing)")
@@ -243,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nevaluation on test")
     sha = WordTokenizer.load(args.tokenizer).sha256
-    models = [("n-gram (Kneser-Ney 3, public)", "ngram"),
-              ("LSTM, public pre-trained (start)", str(args.init_model))]
+    start = ("LSTM, public pre-trained (start)" if args.init_model == PRETRAINED_MODEL
+             else f"LSTM, start ({args.init_model})")
+    models = [("n-gram (Kneser-Ney 3, public)", "ngram"), (start, str(args.init_model))]
     if args.central.is_file() and read_metadata(args.central.read_bytes()).get(
             "tokenizer_sha256") == sha:
         models.append(("LSTM, central upper bound", str(args.central)))
