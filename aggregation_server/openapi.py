@@ -8,8 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 from aggregation_server.config import (SCHEDULES, SERVER_OPTIMIZERS, TRAIN_OPTIMIZERS,
-                                       WEIGHTINGS,
-                                       RoundConfig)
+                                       WEIGHTINGS, RoundConfig)
 
 INT32 = 2**31 - 1
 ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
