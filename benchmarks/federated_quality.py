@@ -40,8 +40,8 @@ from keyboard_app.simulate import (CHECK_INS, FleetConfig, describe, evaluate_sp
                                    run_fleet)
 from model.checkpoint import read_metadata  # noqa: E402
 from model.evaluate import machine  # noqa: E402
-from model.schedule import SCHEDULES  # noqa: E402
 from model.paths import CENTRAL_MODEL, PRETRAINED_MODEL, ROOT, TOKENIZER_PATH  # noqa: E402
+from model.schedule import SCHEDULES  # noqa: E402
 from model.tokenizer import WordTokenizer  # noqa: E402
 
 logging.getLogger("absl").setLevel(logging.ERROR)
