@@ -18,6 +18,49 @@ from federated.wire import l2_norm
 Tensors = dict[str, np.ndarray]
 
 
+# The share of a round's reports that may come from devices adding no noise (fake or
+# tampered devices), by default: each honest device adds enough noise that the honest
+# reports alone carry z * C (Kairouz et al. 2021 size distributed noise the same way).
+DISHONEST_SHARE = 1 / 3
+
+
+def honest_reports(min_reports: int, dishonest_share: float = DISHONEST_SHARE) -> int:
+    """The fewest honest reports in a round of >= `min_reports` reports of which at most
+    `dishonest_share` come from devices that add no noise."""
+    if min_reports < 1:
+        raise ValueError("min_reports must be at least 1")
+    if not 0.0 <= dishonest_share < 1.0:
+        raise ValueError("dishonest_share must be in [0, 1)")
+    return max(1, math.ceil((1.0 - dishonest_share) * min_reports - 1e-9))
+
+
+def device_noise_stddev(clip_norm: float, noise_multiplier: float, min_reports: int, *,
+                        secure: bool, dishonest_share: float = DISHONEST_SHARE) -> float:
+    """The per-coordinate noise one device adds to its clipped update.
+
+    Secure rounds: the server sees only the sum, so each device adds z*C/sqrt(h), h the
+    fewest honest reports (`honest_reports`): the honest part of the sum carries z*C.
+    Plain rounds: the server sees each update, so the device adds the full z*C itself.
+    """
+    if noise_multiplier <= 0:
+        return 0.0
+    if not secure:
+        return noise_multiplier * clip_norm
+    return noise_multiplier * clip_norm / math.sqrt(honest_reports(min_reports, dishonest_share))
+
+
+def visible_noise_multiplier(stddev: float, clip_norm: float, min_reports: int, *,
+                             secure: bool, dishonest_share: float = DISHONEST_SHARE) -> float:
+    """The noise multiplier protecting one device's update from whoever sees what the
+    server sees: its own noise in a plain round, the honest reports' summed noise in a
+    secure round (under the dishonest-share assumption)."""
+    if stddev <= 0 or clip_norm <= 0:
+        return 0.0
+    if not secure:
+        return stddev / clip_norm
+    return stddev * math.sqrt(honest_reports(min_reports, dishonest_share)) / clip_norm
+
+
 def noise_stddev(clip_norm: float, noise_multiplier: float, min_reports: int) -> float:
     """The per-coordinate noise each device adds: z * C / sqrt(min_reports)."""
     if min_reports < 1:
@@ -63,6 +106,27 @@ def norm_bound(clip_norm: float, stddev: float, num_params: int, tail: float = 6
     with probability exp(-tail^2 / 2) (Gaussian concentration of a Lipschitz function).
     """
     return clip_norm + stddev * (math.sqrt(num_params) + tail)
+
+
+def composed_epsilon(noise_multipliers: list[float], delta: float) -> float:
+    """Epsilon at `delta` of a sequence of Gaussian mechanisms with these (possibly
+    different) noise multipliers, composed, from the RDP accountant of `dp-accounting`.
+    A multiplier of 0 (no noise) makes it infinite."""
+    from dp_accounting import dp_event
+    from dp_accounting.rdp import RdpAccountant
+
+    if not noise_multipliers:
+        return 0.0
+    if min(noise_multipliers) <= 0:
+        return math.inf
+    counts: dict[float, int] = {}
+    for z in noise_multipliers:
+        counts[float(z)] = counts.get(float(z), 0) + 1
+    accountant = RdpAccountant()
+    accountant.compose(dp_event.ComposedDpEvent(
+        [dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(z), n)
+         for z, n in sorted(counts.items())]))
+    return float(accountant.get_epsilon(delta))
 
 
 def epsilon(noise_multiplier: float, participations: int, delta: float,
