@@ -19,6 +19,7 @@ from model.checkpoint import load_checkpoint
 from model.lstm import NextWordLSTM
 from model.metrics import PrefixIndex, best_k
 from model.paths import TOKENIZER_PATH
+from model.personal import PersonalLayer, PersonalModel, PersonalWeights
 from model.tokenizer import WordTokenizer
 from model.words import words
 
@@ -125,6 +126,9 @@ class Predictor:
         self.index = PrefixIndex(tokenizer.id_to_word)
         self.max_context = max_context
         self._lock = threading.RLock()
+        self.personal: PersonalLayer | None = None
+        self._personal_key: tuple | None = None  # what self._personal_scores was made for
+        self._personal_scores: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.set_model(model)
 
     @classmethod
@@ -148,22 +152,74 @@ class Predictor:
             self._states = [scorer.start()]
             self._scores: list[tuple[np.ndarray, np.ndarray] | None] = [None]
 
+    def set_personal(self, model: PersonalModel | None,
+                     weights: PersonalWeights = PersonalWeights()) -> None:
+        """Mix the person's own words and phrasing into every suggestion (None: stop)."""
+        layer = PersonalLayer(model, self.tokenizer.id_to_word, weights,
+                              self.tokenizer.unk_id) if model is not None else None
+        with self._lock:
+            self.personal, self._personal_key = layer, None
+
+    def learn(self, text: str) -> None:
+        """Count one sent message in the personal model (usable from the next keystroke)."""
+        with self._lock:
+            if self.personal is not None:
+                self.personal.learn(text)
+
     def suggest(self, text_before_cursor: str, k: int = 3) -> list[str]:
         """The k best words to insert at the cursor, completing the partial word if any."""
         before, partial = split_partial(text_before_cursor)
         context = words(before)
         with self._lock:
-            _, by_spelling = self._context_scores(self._ids(context))
-            lo, hi = self.index.span(partial.lower())
-            best = best_k(by_spelling[lo:hi], self.index.ids[lo:hi], k)
+            if self.personal is None:
+                _, by_spelling = self._context_scores(self._ids(context))
+                lo, hi = self.index.span(partial.lower())
+                found = [self.tokenizer.id_to_word[i]
+                         for i in best_k(by_spelling[lo:hi], self.index.ids[lo:hi], k)]
+            else:
+                found = self._personal_best(context, partial.lower(), k)
         sentence_start = not context or before.rstrip()[-1:] in (".", "!", "?")
-        return [shape(self.tokenizer.id_to_word[i], partial, sentence_start) for i in best]
+        return [shape(w, partial, sentence_start) if w == w.lower() or partial.isupper() else w
+                for w in found]
 
     def next_word_scores(self, text_before_cursor: str) -> np.ndarray:
-        """Log-probabilities (V,) of the word at the cursor, before any typed prefix."""
+        """Log-probabilities (V,) of the word at the cursor, before any typed prefix
+        (with the personal layer: over the vocabulary only, its other words left out)."""
         before, _ = split_partial(text_before_cursor)
+        context = words(before)
         with self._lock:
-            return self._context_scores(self._ids(words(before)))[0].copy()
+            if self.personal is not None:
+                return self._personal_context_scores(context)[0].copy()
+            return self._context_scores(self._ids(context))[0].copy()
+
+    def _personal_context_scores(self, context: list[str]
+                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(combined log-probs by id, the same in spelling order, log-probs of the personal
+        words outside the vocabulary); caller holds the lock. One context is cached."""
+        layer = self.personal
+        ids = self._ids(context)
+        key = (tuple(ids), tuple(context[-2:]), layer.model.version, id(self.scorer))
+        if key != self._personal_key:
+            if not layer.current():
+                layer.refresh()
+            combined, oov = layer.combine(self._context_scores(ids)[0], context)
+            self._personal_scores = (combined, combined[self.index.ids], oov)
+            self._personal_key = key
+        return self._personal_scores
+
+    def _personal_best(self, context: list[str], prefix: str, k: int) -> list[str]:
+        """The k best vocabulary or personal words starting with `prefix` (lock held)."""
+        layer = self.personal
+        combined, by_spelling, oov = self._personal_context_scores(context)
+        lo, hi = self.index.span(prefix)
+        ranked = [(-float(combined[i]), 0, int(i), self.tokenizer.id_to_word[i])
+                  for i in best_k(by_spelling[lo:hi], self.index.ids[lo:hi], k)]
+        olo, ohi = layer.oov_span(prefix)
+        positions = np.arange(olo, ohi)
+        for j in best_k(oov[olo:ohi], positions, k):
+            ranked.append((-float(oov[j]), 1, int(j), layer.oov_words[j]))
+        ranked.sort()
+        return [layer.model.form(word) for *_, word in ranked[:k]]
 
     def _ids(self, context: list[str]) -> list[int]:
         get, unk = self.tokenizer.word_to_id.get, self.tokenizer.unk_id

@@ -1,0 +1,371 @@
+"""The personal layer: one person's words and phrasing, learned on the device at once.
+
+`PersonalModel` counts the person's own words (unigrams, and bigrams and trigrams within a
+message, a message starting with the context <s>), keyed by the words themselves, so it
+survives a new global model and a new tokenizer. It is plain data: `grams()` and
+`add_gram()` are all a store needs, `to_dict()`/`from_dict()` make it JSON.
+
+`PersonalLayer` binds a model to one global vocabulary and mixes it with the global
+model's probabilities p_g(w | h), an interpolated Pitman-Yor n-gram whose base is the
+global model (d discount, theta concentration; n, T: count and distinct followers of the
+context):
+
+    p(w | u v) = (c3(u v w) - d)+ / (n3 + theta) + (theta + d T3) / (n3 + theta) * p2(w | v)
+    p2(w | v)  = (c2(v w) - d)+ / (n2 + theta)   + (theta + d T2) / (n2 + theta) * p1(w)
+    p1(w)      = lam c1(w) / N + (1 - lam) pg(w),   lam = gamma N / (N + beta)
+    pg(w)      = p_g(w | h) for a vocabulary word; for a word outside the vocabulary
+                 p_g(<unk> | h) c1(w) / (N_oov + kappa)
+
+so the person's weight grows with how much they typed (N words in all, n in a context),
+and a word typed once (even outside the vocabulary) can be suggested in the next message.
+Only the words the person used are touched per context: a keystroke stays sub-millisecond.
+"""
+from __future__ import annotations
+
+import math
+import re
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.words import WORD_PATTERN
+
+BOS = "<s>"  # the context before a message's first word
+_GAP = ""  # where a word too long to learn was skipped
+Gram = tuple[str, ...]  # (w,), (v, w) or (u, v, w); v or u may be BOS
+_WORD = re.compile(WORD_PATTERN)
+_WORD_ANY_CASE = re.compile(WORD_PATTERN, re.IGNORECASE)
+_TOP = "\U0010ffff"
+DICTIONARY_HEADER = "# Private Keyboard personal dictionary, version 1"
+MAX_DICTIONARY_WORDS = 50_000
+MAX_WORD_LENGTH = 48
+MAX_COUNT = 1_000_000
+
+
+class DictionaryError(ValueError):
+    """A personal dictionary file that cannot be imported (nothing was changed)."""
+
+
+@dataclass(frozen=True)
+class PersonalWeights:
+    """How much the person's counts weigh against the global model (tuned on `valid`)."""
+
+    discount: float = 0.5  # d of the bigram and trigram levels
+    theta: float = 1.0  # concentration of the bigram and trigram levels
+    gamma: float = 0.1  # the most the person's unigram can weigh
+    beta: float = 1000.0  # words typed at which the unigram weighs gamma / 2
+    kappa: float = 1.0  # unknown-word mass kept for words the person has not typed yet
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.discount < 1 and self.theta >= 0 and self.theta + self.discount > 0
+                and 0 <= self.gamma < 1 and self.beta > 0 and self.kappa > 0):
+            raise ValueError(f"personal weights out of range: {self}")
+
+
+def message_words(text: str) -> list[tuple[str, str]]:
+    """(scoring word, how it was written) for each word of a message (model.words)."""
+    return [(m.group(0).lower(), m.group(0)) for m in _WORD_ANY_CASE.finditer(text)
+            if _WORD.fullmatch(m.group(0).lower())]
+
+
+def is_word(word: str) -> bool:
+    """A scoring word (lower case, as model.words.words gives them) of sensible length."""
+    return 0 < len(word) <= MAX_WORD_LENGTH and _WORD.fullmatch(word) is not None
+
+
+class PersonalModel:
+    """Counts of the person's unigrams, bigrams and trigrams, keyed by words."""
+
+    def __init__(self) -> None:
+        self.unigrams: Counter[str] = Counter()
+        self.followers: dict[tuple[str, ...], Counter[str]] = {}  # (v,) and (u, v) contexts
+        self.forms: dict[str, str] = {}  # words the person writes with capitals ("iPhone")
+        self.total = 0  # words learned (N)
+        self.version = 0  # bumped on every change
+
+    # --- learning ----------------------------------------------------------------------
+    def learn(self, text: str) -> list[Gram]:
+        """Count one sent message; returns the grams counted (each once more)."""
+        pairs = message_words(text)
+        grams: list[Gram] = []
+        prev = (BOS, BOS)
+        for i, (word, written) in enumerate(pairs):
+            if len(word) > MAX_WORD_LENGTH:  # a run of characters, not a word to learn
+                prev = (prev[1], _GAP)
+                continue
+            grams.append((word,))
+            if prev[1] != _GAP:
+                grams.append((prev[1], word))
+            if prev[1] != BOS and _GAP not in prev:
+                grams.append((prev[0], prev[1], word))
+            if i > 0:  # mid-message: how the person writes it, not a capitalised start
+                self._note_form(word, written)
+            prev = (prev[1], word)
+        for gram in grams:
+            self.add_gram(gram, 1)
+        return grams
+
+    def _note_form(self, word: str, written: str) -> None:
+        if written == word:
+            self.forms.pop(word, None)
+        elif written != word.upper() or len(word) > 1 and written.isupper():
+            self.forms[word] = written
+
+    def add_gram(self, gram: Gram, count: int) -> None:
+        """Add `count` to one gram (a store loading, an import, or learning)."""
+        if count <= 0:
+            return
+        if len(gram) == 1:
+            self.unigrams[gram[0]] += count
+            self.total += count
+        else:
+            self.followers.setdefault(gram[:-1], Counter())[gram[-1]] += count
+        self.version += 1
+
+    def set_form(self, word: str, form: str) -> None:
+        if form.lower() == word and form != word:
+            self.forms[word] = form
+            self.version += 1
+
+    def remove(self, word: str) -> int:
+        """Forget `word` everywhere (its count, and every context it appears in); returns
+        the count it had."""
+        had = self.unigrams.pop(word, 0)
+        self.total -= had
+        self.forms.pop(word, None)
+        for context in [c for c in self.followers if word in c]:
+            del self.followers[context]
+        for context, counter in list(self.followers.items()):
+            if counter.pop(word, None) is not None and not counter:
+                del self.followers[context]
+        self.version += 1
+        return had
+
+    def clear(self) -> None:
+        self.__init__()
+
+    # --- reading -----------------------------------------------------------------------
+    def grams(self) -> Iterator[tuple[Gram, int]]:
+        """Every (gram, count): unigrams, then bigrams and trigrams."""
+        for word, n in self.unigrams.items():
+            yield (word,), n
+        for context, counter in self.followers.items():
+            for word, n in counter.items():
+                yield (*context, word), n
+
+    def words(self, outside: Iterable[str] | None = None) -> list[tuple[str, int]]:
+        """(word, count), most used first; only words not in `outside` if given."""
+        skip = set(outside or ())
+        return sorted(((w, n) for w, n in self.unigrams.items() if w not in skip),
+                      key=lambda item: (-item[1], item[0]))
+
+    def form(self, word: str) -> str:
+        """How the person writes `word` ("iPhone"), or the word itself."""
+        return self.forms.get(word, word)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able data (every gram with its count, and the written forms)."""
+        return {"grams": [[*gram, n] for gram, n in self.grams()], "forms": dict(self.forms)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PersonalModel:
+        model = cls()
+        for *gram, n in data.get("grams", []):
+            model.add_gram(tuple(gram), int(n))
+        for word, form in data.get("forms", {}).items():
+            model.set_form(word, form)
+        return model
+
+
+# --- the personal dictionary file -------------------------------------------------------
+def dictionary_text(model: PersonalModel) -> str:
+    """The plain-text export: a header, then `word<TAB>count[<TAB>written form]` lines."""
+    lines = [DICTIONARY_HEADER,
+             "# word<TAB>times used[<TAB>how it is written]; lines starting with # are notes"]
+    for word, n in model.words():
+        form = model.forms.get(word)
+        lines.append(f"{word}\t{n}" + (f"\t{form}" if form else ""))
+    return "\n".join(lines) + "\n"
+
+
+def parse_dictionary(text: str) -> list[tuple[str, int, str | None]]:
+    """(word, count, written form) from a dictionary file; DictionaryError with the line
+    number when anything in it is not as `dictionary_text` writes it."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != DICTIONARY_HEADER:
+        raise DictionaryError("This is not a personal dictionary file: its first line must "
+                              f"be '{DICTIONARY_HEADER}'.")
+    entries: dict[str, tuple[str, int, str | None]] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) not in (2, 3):
+            raise DictionaryError(f"Line {number}: expected 'word<TAB>count', got "
+                                  f"{_show(line)}.")
+        word, count, form = fields[0], fields[1], fields[2] if len(fields) == 3 else None
+        if not is_word(word):
+            raise DictionaryError(f"Line {number}: {_show(word)} is not a word (lower-case "
+                                  f"letters, digits and inner apostrophes, at most "
+                                  f"{MAX_WORD_LENGTH} characters).")
+        if not count.isdigit() or not 1 <= int(count) <= MAX_COUNT:
+            raise DictionaryError(f"Line {number}: the count {_show(count)} is not a whole "
+                                  f"number from 1 to {MAX_COUNT}.")
+        if form is not None and form.lower() != word:
+            raise DictionaryError(f"Line {number}: the written form {_show(form)} is not "
+                                  f"{_show(word)} with capitals.")
+        entries[word] = (word, int(count), form)
+        if len(entries) > MAX_DICTIONARY_WORDS:
+            raise DictionaryError(f"The file has more than {MAX_DICTIONARY_WORDS} words.")
+    return list(entries.values())
+
+
+def _show(text: str) -> str:
+    return repr(text[:40] + ("..." if len(text) > 40 else ""))
+
+
+# --- the layer over a global vocabulary ----------------------------------------------------
+@dataclass
+class _Followers:
+    """One context's counts as arrays: vocabulary ids, and positions among the OOV words."""
+
+    ids: np.ndarray
+    counts: np.ndarray
+    oov: np.ndarray
+    oov_counts: np.ndarray
+    n: int
+    distinct: int
+
+
+class PersonalLayer:
+    """A PersonalModel over one global vocabulary: combined log-probabilities, fast.
+
+    Words the person typed that the vocabulary lacks are kept in `oov_words` (sorted, for
+    prefix search); `combine` scores them beside the vocabulary. Call `refresh()` after the
+    model changed (learning does it through `learn`).
+    """
+
+    def __init__(self, model: PersonalModel, id_to_word: Sequence[str],
+                 weights: PersonalWeights = PersonalWeights(), unk_id: int = 1,
+                 first_word_id: int = 4) -> None:
+        self.model, self.weights = model, weights
+        self.unk_id, self.first = unk_id, first_word_id
+        self.word_to_id = {w: i for i, w in enumerate(id_to_word) if i >= first_word_id}
+        self.vocab_size = len(id_to_word)
+        self._version = -1
+        self.refresh()
+
+    def learn(self, text: str) -> list[Gram]:
+        """Learn one message and bring the arrays up to date."""
+        grams = self.model.learn(text)
+        self.refresh(grams)
+        return grams
+
+    def refresh(self, grams: Sequence[Gram] | None = None) -> None:
+        """Rebuild the arrays (or, given the grams just counted, update them in place)."""
+        model = self.model
+        new_oov = grams is None or self._version < 0 or any(len(g) == 1 and g[0] not in self.word_to_id
+                                       and g[0] not in self._oov_pos for g in grams)
+        if new_oov:
+            self.unigram = np.zeros(self.vocab_size)
+            oov = sorted(w for w in model.unigrams if w not in self.word_to_id)
+            self.oov_words = oov
+            self._oov_pos = {w: i for i, w in enumerate(oov)}
+            self.oov_counts = np.array([model.unigrams[w] for w in oov], dtype=np.float64)
+            for word, n in model.unigrams.items():
+                if word in self.word_to_id:
+                    self.unigram[self.word_to_id[word]] = n
+            self._cache: dict[tuple[str, ...], _Followers | None] = {}
+        else:
+            for gram in grams:
+                if len(gram) == 1:
+                    word = gram[0]
+                    if word in self.word_to_id:
+                        self.unigram[self.word_to_id[word]] = model.unigrams[word]
+                    else:
+                        self.oov_counts[self._oov_pos[word]] = model.unigrams[word]
+                else:
+                    self._cache.pop(gram[:-1], None)
+        self.oov_total = float(self.oov_counts.sum())
+        self._version = model.version
+
+    def current(self) -> bool:
+        """Whether the arrays follow the model (False after a change made elsewhere)."""
+        return self._version == self.model.version
+
+    def _followers(self, context: tuple[str, ...]) -> _Followers | None:
+        if context in self._cache:
+            return self._cache[context]
+        counter = self.model.followers.get(context)
+        found = None
+        if counter:
+            ids, counts, oov, oov_counts = [], [], [], []
+            for word, n in counter.items():
+                i = self.word_to_id.get(word)
+                if i is not None:
+                    ids.append(i)
+                    counts.append(n)
+                elif word in self._oov_pos:
+                    oov.append(self._oov_pos[word])
+                    oov_counts.append(n)
+            found = _Followers(np.array(ids, dtype=np.int64), np.array(counts, dtype=np.float64),
+                               np.array(oov, dtype=np.int64),
+                               np.array(oov_counts, dtype=np.float64),
+                               sum(counter.values()), len(counter))
+        self._cache[context] = found
+        return found
+
+    def combine(self, log_probs: np.ndarray, context: Sequence[str]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(log-probs over the vocabulary, log-probs of `oov_words`) of the next word after
+        the message's words `context`, from the global model's `log_probs` (V,)."""
+        w = self.weights
+        probs = np.exp(log_probs.astype(np.float64))
+        n_all = self.model.total
+        oov = probs[self.unk_id] * self.oov_counts / (self.oov_total + w.kappa)
+        probs[self.unk_id] *= w.kappa / (self.oov_total + w.kappa)  # the rest of <unk>
+        if n_all:
+            lam = w.gamma * n_all / (n_all + w.beta)
+            probs *= 1 - lam
+            probs += self.unigram * (lam / n_all)
+            oov *= 1 - lam
+            oov += self.oov_counts * (lam / n_all)
+        padded = [BOS, BOS, *context[-2:]]
+        for ctx in ((padded[-1],), (padded[-2], padded[-1])):
+            if ctx == (BOS, BOS):
+                continue
+            stats = self._followers(ctx)
+            if stats is None:
+                continue
+            denominator = stats.n + w.theta
+            probs *= (w.theta + w.discount * stats.distinct) / denominator
+            oov *= (w.theta + w.discount * stats.distinct) / denominator
+            probs[stats.ids] += np.maximum(stats.counts - w.discount, 0) / denominator
+            oov[stats.oov] += np.maximum(stats.oov_counts - w.discount, 0) / denominator
+        with np.errstate(divide="ignore"):
+            return np.log(probs), np.log(oov)
+
+    def oov_span(self, prefix: str) -> tuple[int, int]:
+        """[lo, hi) positions in `oov_words` of the words starting with `prefix`."""
+        if not prefix:
+            return 0, len(self.oov_words)
+        return (bisect_left(self.oov_words, prefix),
+                bisect_left(self.oov_words, prefix + _TOP))
+
+    def knows(self, word: str) -> bool:
+        """Whether the person has used `word` (the keyboard's own-words check)."""
+        return word in self.model.unigrams
+
+
+def total_log_prob(log_probs: np.ndarray, oov_log_probs: np.ndarray) -> float:
+    """log of the probability mass over the vocabulary and the OOV words (about 0)."""
+    both = np.concatenate([log_probs, oov_log_probs])
+    top = float(both.max())
+    return top + math.log(float(np.exp(both - top).sum()))
+
+
+__all__ = ["BOS", "DictionaryError", "PersonalLayer", "PersonalModel", "PersonalWeights",
+           "dictionary_text", "parse_dictionary", "message_words", "is_word"]

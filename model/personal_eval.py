@@ -1,0 +1,201 @@
+"""The personalised evaluation of docs/EVALUATION.md: a person typing over time.
+
+For each sender with at least 20 messages: the personal layer learns the first half
+(floor(n/2) messages); the second half is typed in order, each message scored with what was
+learned before it and then learned. Every word of the second half is a target (top-1,
+top-3, KSR; a word outside the global vocabulary is a hit when the personal layer suggests
+it). The global model alone is scored on exactly the same words in the same pass, and any
+number of personal weightings share one pass of the global model.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from data import Device
+from model.metrics import FIRST_WORD_ID, SUGGESTIONS, PrefixIndex
+from model.personal import PersonalLayer, PersonalModel, PersonalWeights
+from model.predictor import Scorer
+from model.tokenizer import WordTokenizer
+from model.words import words
+
+MIN_MESSAGES = 20
+HISTORY_BUCKETS = ((20, 49), (50, 199), (200, None))  # messages per sender
+CHUNK = 256  # messages scored by the global model at a time
+
+
+@dataclass
+class Tally:
+    """Hits and keystrokes of one way of suggesting, per sender."""
+
+    per_sender: dict[str, list[int]] = field(default_factory=dict)  # words, top1, top3, chars, keys
+
+    def add(self, sender: str, words_: int, top1: int, top3: int, chars: int, keys: int) -> None:
+        row = self.per_sender.setdefault(sender, [0, 0, 0, 0, 0])
+        for i, v in enumerate((words_, top1, top3, chars, keys)):
+            row[i] += v
+
+    def result(self, senders: Sequence[str] | None = None) -> dict[str, float | int]:
+        rows = [self.per_sender[s] for s in (senders or self.per_sender)
+                if self.per_sender.get(s, [0])[0]]
+        total = np.sum(rows, axis=0) if rows else np.zeros(5)
+        return {"top1": total[1] / total[0] if total[0] else float("nan"),
+                "top3": total[2] / total[0] if total[0] else float("nan"),
+                "ksr": 1 - total[4] / total[3] if total[3] else float("nan"),
+                "macro_top1": float(np.mean([r[1] / r[0] for r in rows])) if rows else float("nan"),
+                "macro_top3": float(np.mean([r[2] / r[0] for r in rows])) if rows else float("nan"),
+                "words": int(total[0]), "senders": len(rows)}
+
+    def sender_top1(self, sender: str) -> float:
+        row = self.per_sender[sender]
+        return row[1] / row[0]
+
+
+class _Ranker:
+    """Ranks and keystrokes of a target among vocabulary and personal words (EVALUATION.md)."""
+
+    def __init__(self, tokenizer: WordTokenizer) -> None:
+        self.word_to_id = {w: i for i, w in enumerate(tokenizer.id_to_word)
+                           if i >= FIRST_WORD_ID}
+        self.index = PrefixIndex(tokenizer.id_to_word)
+        self._spans: dict[str, list[tuple[int, int]]] = {}
+
+    def score(self, word: str, row: np.ndarray, oov_words: list[str], oov: np.ndarray,
+              layer: PersonalLayer | None) -> tuple[int, int]:
+        """(rank, keystrokes) of `word`; rank is SUGGESTIONS + 1 when it cannot be suggested."""
+        wid = self.word_to_id.get(word)
+        j = None
+        if wid is None:
+            j = layer._oov_pos.get(word) if layer is not None else None
+            if j is None or j >= len(oov):
+                return SUGGESTIONS + 1, len(word) + 1
+            target = oov[j]
+        else:
+            target = row[wid]
+        rank = self._above(target, wid, j, row[self.index.ids], self.index.ids, oov, 0)
+        if rank < SUGGESTIONS:
+            return rank, 1
+        spans = self._spans.get(word)
+        if spans is None:
+            spans = self._spans[word] = [self.index.span(word[:k]) for k in range(1, len(word))]
+        for k, (lo, hi) in enumerate(spans, start=1):
+            ids = self.index.ids[lo:hi]
+            olo, ohi = layer.oov_span(word[:k]) if layer is not None and len(oov) else (0, 0)
+            if self._above(target, wid, j, row[ids], ids, oov[olo:ohi], olo) < SUGGESTIONS:
+                return rank, k + 1
+        return rank, len(word) + 1
+
+    @staticmethod
+    def _above(target: float, wid: int | None, j: int | None, scores: np.ndarray,
+               ids: np.ndarray, oov: np.ndarray, oov_start: int) -> int:
+        """How many words rank above the target (ties: vocabulary first, then lower id)."""
+        if wid is not None:
+            vocab = int((scores > target).sum() + ((scores == target) & (ids < wid)).sum())
+            return vocab + int((oov > target).sum())
+        positions = np.arange(oov_start, oov_start + len(oov))
+        return int((scores >= target).sum() + (oov > target).sum()
+                   + ((oov == target) & (positions < j)).sum())
+
+
+@dataclass
+class PersonalisedResult:
+    """The global model alone and each weighting, on the same words."""
+
+    weights: list[PersonalWeights]
+    global_: Tally
+    personal: list[Tally]
+    history: dict[str, int]  # sender -> messages in all
+
+    def summary(self, i: int = 0) -> dict:
+        """Figures of weighting `i` against the global model (EVALUATION.md's report)."""
+        senders = list(self.history)
+        base, mine = self.global_.result(), self.personal[i].result()
+        gains = {s: mine_t - base_t for s in senders
+                 for base_t, mine_t in [(self.global_.sender_top1(s),
+                                         self.personal[i].sender_top1(s))]}
+        by_length = []
+        for lo, hi in HISTORY_BUCKETS:
+            group = [s for s in senders if self.history[s] >= lo and
+                     (hi is None or self.history[s] <= hi)]
+            by_length.append({"messages": f"{lo}-{hi}" if hi else f"{lo}+",
+                              "senders": len(group),
+                              "global": self.global_.result(group) if group else None,
+                              "personal": self.personal[i].result(group) if group else None})
+        heavy = [s for s in senders if self.history[s] // 2 >= 50]
+        return {"weights": asdict(self.weights[i]), "global": base, "personal": mine,
+                "gain": {k: mine[k] - base[k] for k in
+                         ("top1", "top3", "ksr", "macro_top1", "macro_top3")},
+                "senders_gaining": sum(g > 0.005 for g in gains.values()),
+                "senders_losing": sum(g < -0.005 for g in gains.values()),
+                "worst_sender_gain_history_50": min((gains[s] for s in heavy), default=None),
+                "senders_history_50": len(heavy),
+                "worst_sender_gain_messages_50": min(
+                    (gains[s] for s in senders if self.history[s] >= 50), default=None),
+                "by_history_length": by_length,
+                "per_sender_top1_gain": gains}
+
+
+def evaluate_personalised(scorer: Scorer, tokenizer: WordTokenizer, devices: Sequence[Device],
+                          weights: Sequence[PersonalWeights], min_messages: int = MIN_MESSAGES,
+                          progress: bool = False) -> PersonalisedResult:
+    """The protocol over `devices` (those with at least `min_messages`), every weighting."""
+    chosen = [d for d in devices if len(d.messages) >= min_messages]
+    ranker = _Ranker(tokenizer)
+    result = PersonalisedResult(list(weights), Tally(), [Tally() for _ in weights],
+                                {d.sender: len(d.messages) for d in chosen})
+    total = sum(len(words(m)) for d in chosen for m in d.messages[len(d.messages) // 2:])
+    with tqdm(total=total, unit="word", disable=not progress, leave=False,
+              file=sys.stderr) as bar:
+        for device in chosen:
+            _evaluate_sender(scorer, tokenizer, device, result, ranker, bar)
+    return result
+
+
+def _evaluate_sender(scorer: Scorer, tokenizer: WordTokenizer, device: Device,
+                     result: PersonalisedResult, ranker: _Ranker, bar: tqdm) -> None:
+    half = len(device.messages) // 2
+    layer = PersonalLayer(PersonalModel(), tokenizer.id_to_word, result.weights[0],
+                          tokenizer.unk_id)
+    for message in device.messages[:half]:
+        layer.model.learn(message)
+    layer.refresh()
+    typed = device.messages[half:]
+    for start in range(0, len(typed), CHUNK):
+        chunk = typed[start:start + CHUNK]
+        rows = [(m, words(m)) for m in chunk]
+        sequences = [[tokenizer.bos_id, *[tokenizer.word_to_id.get(w, tokenizer.unk_id)
+                                          for w in ws], tokenizer.eos_id]
+                     for _, ws in rows if ws]
+        scored = dict(scorer.score_messages(sequences))
+        k = 0
+        for message, ws in rows:
+            if ws:
+                _score_message(device.sender, ws, scored[k], layer, result, ranker)
+                k += 1
+                bar.update(len(ws))
+            layer.learn(message)
+
+
+def _score_message(sender: str, ws: list[str], log_probs: np.ndarray, layer: PersonalLayer,
+                   result: PersonalisedResult, ranker: _Ranker) -> None:
+    chars = sum(len(w) + 1 for w in ws)
+    empty = np.zeros(0)
+    tallies = [(result.global_, None)] + [(t, w) for t, w in
+                                          zip(result.personal, result.weights)]
+    for tally, weights in tallies:
+        top1 = top3 = keys = 0
+        for i, word in enumerate(ws):
+            if weights is None:
+                rank, k = ranker.score(word, log_probs[i], [], empty, None)
+            else:
+                layer.weights = weights
+                row, oov = layer.combine(log_probs[i], ws[:i])
+                rank, k = ranker.score(word, row, layer.oov_words, oov, layer)
+            top1 += rank < 1
+            top3 += rank < SUGGESTIONS
+            keys += k
+        tally.add(sender, len(ws), top1, top3, chars, keys)

@@ -1,0 +1,214 @@
+"""The personal layer: counts, the mixture with the global model, the Predictor hook, the
+dictionary file, and the personalised evaluation against the plain metrics."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from data import Device, load_split
+from model.config import ModelConfig
+from model.evaluate import evaluate_scorer
+from model.lstm import NextWordLSTM
+from model.ngram import KneserNey
+from model.personal import (BOS, DictionaryError, PersonalLayer, PersonalModel,
+                            PersonalWeights, dictionary_text, parse_dictionary,
+                            total_log_prob)
+from model.personal_eval import evaluate_personalised
+from model.predictor import LSTMScorer, Predictor
+from model.tokenizer import WordTokenizer
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> WordTokenizer:
+    messages = [m for d in load_split("public")[:30] for m in d.messages][:2000]
+    return WordTokenizer.build(messages, vocab_size=600)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer) -> NextWordLSTM:
+    torch.manual_seed(0)
+    return NextWordLSTM(ModelConfig(vocab_size=tokenizer.vocab_size, embed_dim=16,
+                                    hidden_size=32)).eval()
+
+
+def test_learning_counts_words_and_short_contexts():
+    person = PersonalModel()
+    grams = person.learn("Met Zorblat at the iPhone store, zorblat again")
+    assert person.total == 8
+    assert person.unigrams["zorblat"] == 2 and person.unigrams["the"] == 1
+    assert person.followers[(BOS,)] == {"met": 1}
+    assert person.followers[("met",)] == {"zorblat": 1}
+    assert person.followers[("met", "zorblat")] == {"at": 1}
+    assert ("store", "zorblat", "again") in grams and (BOS, "met") in grams
+    assert person.form("iphone") == "iPhone"
+    assert person.form("zorblat") == "zorblat"  # written lower case mid-message last
+    assert person.form("met") == "met"  # a capital at the start of a message says nothing
+
+
+def test_a_word_too_long_is_skipped_and_breaks_the_context():
+    person = PersonalModel()
+    person.learn("see " + "a" * 60 + " you")
+    assert "a" * 60 not in person.unigrams and person.total == 2
+    assert person.followers == {(BOS,): {"see": 1}}
+
+
+def test_removing_a_word_forgets_every_context_it_is_in():
+    person = PersonalModel()
+    person.learn("we met zorblat at the park")
+    person.learn("zorblat said hi")
+    assert person.remove("zorblat") == 2
+    assert "zorblat" not in person.unigrams and person.total == 7
+    assert all("zorblat" not in (*c, *f) for c, f in person.followers.items())
+    assert ("we",) in person.followers and person.followers[("at",)] == {"the": 1}
+
+
+def test_to_dict_round_trip():
+    person = PersonalModel()
+    person.learn("Hello there Zorblat, hello iPhone")
+    again = PersonalModel.from_dict(person.to_dict())
+    assert dict(again.grams()) == dict(person.grams())
+    assert again.forms == person.forms and again.total == person.total
+
+
+def test_the_mixture_is_a_distribution_and_empty_is_the_global_model(tokenizer, model):
+    scorer = LSTMScorer(model)
+    logp = scorer.log_probs(scorer.step(scorer.start(), tokenizer.word_to_id["i"]))
+    empty = PersonalLayer(PersonalModel(), tokenizer.id_to_word)
+    combined, oov = empty.combine(logp, ["i"])
+    np.testing.assert_allclose(combined, logp, rtol=0, atol=1e-5)
+    assert len(oov) == 0
+    person = PersonalModel()
+    for text in ("i love zorblat", "i love my dog", "zorblat and qwxy are here"):
+        person.learn(text)
+    for weights in (PersonalWeights(), PersonalWeights(discount=0, theta=0.5, gamma=0.5)):
+        layer = PersonalLayer(person, tokenizer.id_to_word, weights)
+        for context in ([], ["i"], ["i", "love"], ["qwxy"]):
+            combined, oov = layer.combine(logp, context)
+            assert total_log_prob(combined, oov) == pytest.approx(0.0, abs=1e-6)
+        assert layer.oov_words == ["qwxy", "zorblat"]
+
+
+def test_weights_grow_with_what_the_person_typed(tokenizer, model):
+    scorer = LSTMScorer(model)
+    logp = scorer.log_probs(scorer.step(scorer.start(), tokenizer.word_to_id["i"]))
+    person = PersonalModel()
+    layer = PersonalLayer(person, tokenizer.id_to_word)
+    shares = []
+    for _ in range(4):
+        layer.learn("i love zorblat")
+        combined, oov = layer.combine(logp, ["i", "love"])
+        shares.append(math.exp(oov[layer.oov_words.index("zorblat")]))
+    assert shares == sorted(shares) and shares[-1] > 2 * shares[0]
+
+
+def test_predictor_without_personal_words_is_unchanged(tokenizer, model):
+    plain, personal = Predictor(model, tokenizer), Predictor(model, tokenizer)
+    personal.set_personal(PersonalModel())
+    for text in ("", "how are", "how are y", "I think that we sh", "Ok. "):
+        assert personal.suggest(text) == plain.suggest(text)
+        np.testing.assert_allclose(personal.next_word_scores(text),
+                                   plain.next_word_scores(text), atol=1e-5)
+
+
+def test_a_new_word_is_suggested_in_the_next_message(tokenizer, model):
+    predictor = Predictor(model, tokenizer)
+    predictor.set_personal(PersonalModel())
+    assert "zorblat" not in tokenizer.word_to_id
+    assert not any(w.lower() == "zorblat" for w in predictor.suggest("we met "))
+    predictor.learn("Yesterday we met Zorblat at the station")
+    assert predictor.suggest("Tomorrow we met ")[0] == "Zorblat"  # next word, as written
+    assert predictor.suggest("I saw zo")[0] == "Zorblat"  # completion
+    assert predictor.suggest("I saw ZO")[0] == "ZORBLAT"  # shouting stays shouting
+    predictor.personal.model.remove("zorblat")
+    assert not any(w.lower() == "zorblat" for w in predictor.suggest("Tomorrow we met "))
+    assert not any(w.lower() == "zorblat" for w in predictor.suggest("I saw zo"))
+
+
+def test_personal_words_survive_a_new_vocabulary(tokenizer, model):
+    """The model keeps words, not ids: over a vocabulary that has the word, it is a
+    vocabulary word; over one that lacks it, a personal one; suggested either way."""
+    person = PersonalModel()
+    for _ in range(3):
+        person.learn("see me at zorblat now")
+    words_in = list(tokenizer.id_to_word) + ["zorblat"]
+    small = NextWordLSTM(ModelConfig(vocab_size=len(words_in), embed_dim=16, hidden_size=32))
+    logp = LSTMScorer(small).log_probs(LSTMScorer(small).start())
+    inside = PersonalLayer(person, words_in)
+    combined, oov = inside.combine(logp, ["me", "at"])
+    assert "zorblat" not in inside.oov_words and int(np.argmax(combined)) == len(words_in) - 1
+    outside = PersonalLayer(person, tokenizer.id_to_word)
+    combined, oov = outside.combine(logp[:-1], ["me", "at"])
+    assert "zorblat" in outside.oov_words
+    assert oov[outside.oov_words.index("zorblat")] > combined.max()
+
+
+def test_dictionary_file_round_trip():
+    person = PersonalModel()
+    person.learn("hello Zorblat and zorblat's iPhone")
+    text = dictionary_text(person)
+    assert text.splitlines()[0] == "# Private Keyboard personal dictionary, version 1"
+    assert "zorblat\t1\tZorblat" in text.splitlines()
+    entries = {w: (n, f) for w, n, f in parse_dictionary(text)}
+    assert entries["zorblat's"] == (1, None) and entries["iphone"] == (1, "iPhone")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "first line"),
+    ("zorblat\t3\n", "first line"),
+    ("# Private Keyboard personal dictionary, version 1\nzorblat 3\n", "Line 2"),
+    ("# Private Keyboard personal dictionary, version 1\nZorblat\t3\n", "not a word"),
+    ("# Private Keyboard personal dictionary, version 1\nok\t1\nhi there\t3\n", "Line 3"),
+    ("# Private Keyboard personal dictionary, version 1\nzorblat\t-3\n", "whole number"),
+    ("# Private Keyboard personal dictionary, version 1\nzorblat\t99999999999\n",
+     "whole number"),
+    ("# Private Keyboard personal dictionary, version 1\nzorblat\t3\tFoo\n", "written form"),
+    ("# Private Keyboard personal dictionary, version 1\n" + "a" * 49 + "\t3\n", "not a word"),
+    ("# Private Keyboard personal dictionary, version 1\n\x00\x01\t3\n", "not a word"),
+])
+def test_a_malformed_dictionary_says_which_line(text, message):
+    with pytest.raises(DictionaryError, match=message):
+        parse_dictionary(text)
+
+
+def test_personalised_evaluation_matches_the_plain_metrics_for_the_global_model(
+        tokenizer, model):
+    """The global model alone, scored by the personalised protocol, gives exactly what
+    model.evaluate gives on the same second-half messages; the personal layer changes it."""
+    public = [m for d in load_split("public")[:30] for m in d.messages][:2000]
+    kneser_ney = KneserNey.from_messages(public, tokenizer)
+    devices = [d for d in load_split("valid") if 20 <= len(d.messages) <= 40][:3]
+    result = evaluate_personalised(kneser_ney, tokenizer, devices, [PersonalWeights()])
+    halves = [Device(d.sender, d.role, d.messages[len(d.messages) // 2:]) for d in devices]
+    plain = evaluate_scorer(kneser_ney, tokenizer, halves)
+    mine = result.global_.result()
+    assert mine["top1"] > 0.05
+    for key in ("top1", "top3", "ksr", "macro_top1", "words"):
+        assert mine[key] == pytest.approx(plain[key], abs=1e-12), key
+    summary = result.summary(0)
+    assert summary["personal"]["words"] == plain["words"]
+    assert summary["personal"]["top1"] != mine["top1"]
+    assert summary["senders_gaining"] + summary["senders_losing"] <= 3
+
+
+def test_the_evaluation_ranks_as_the_predictor_suggests(tokenizer, model):
+    """Top-1 of the evaluation is the Predictor's first suggestion, word for word."""
+    from model.personal_eval import _Ranker
+    person = PersonalModel()
+    history = ["i love zorblat so much", "zorblat is my cat", "i love my cat"]
+    for text in history:
+        person.learn(text)
+    predictor = Predictor(model, tokenizer)
+    predictor.set_personal(person)
+    layer = predictor.personal
+    ranker = _Ranker(tokenizer)
+    scorer = LSTMScorer(model)
+    for context in ([], ["i"], ["i", "love"], ["zorblat"], ["my", "cat", "is"]):
+        state = scorer.start()
+        for w in context:
+            state = scorer.step(state, tokenizer.word_to_id.get(w, tokenizer.unk_id))
+        row, oov = layer.combine(scorer.log_probs(state), context)
+        first = predictor.suggest(" ".join(context) + " ")[0].lower()
+        assert ranker.score(first, row, layer.oov_words, oov, layer)[0] == 0, context
