@@ -1,71 +1,24 @@
 """Checkpoints: `safetensors` weights with JSON metadata. Never pickle."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load, save as st_save
 
+from device_model.checkpoint import (FORMAT, CheckpointError,  # noqa: F401 (re-exported)
+                                     CheckpointMeta, read_metadata)
 from model.config import ModelConfig
 from model.lstm import NextWordLSTM
-
-FORMAT = "private-keyboard/checkpoint-1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated, incompatible or holds non-finite weights."""
-
-
-@dataclass
-class CheckpointMeta:
-    """What a checkpoint says about itself besides its weights."""
-
-    config: ModelConfig
-    tokenizer_sha256: str
-    version: int = 0
-    training: dict = field(default_factory=dict)
-
-    def to_strings(self) -> dict[str, str]:
-        return {"format": FORMAT, "config": self.config.to_json(),
-                "tokenizer_sha256": self.tokenizer_sha256, "version": str(self.version),
-                "training": json.dumps(self.training, sort_keys=True)}
-
-    @classmethod
-    def from_strings(cls, meta: dict[str, str] | None) -> CheckpointMeta:
-        if not meta or meta.get("format") != FORMAT:
-            raise CheckpointError(f"not a {FORMAT} file (metadata format is "
-                                  f"{(meta or {}).get('format')!r})")
-        try:
-            return cls(ModelConfig.from_json(meta["config"]), meta["tokenizer_sha256"],
-                       int(meta["version"]), json.loads(meta["training"]))
-        except (KeyError, ValueError, TypeError) as err:
-            raise CheckpointError(f"bad checkpoint metadata: {err}") from None
 
 
 def model_to_bytes(model: NextWordLSTM, meta: CheckpointMeta) -> bytes:
     """The model's weights and metadata as safetensors bytes."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return st_save(tensors, metadata=meta.to_strings())
-
-
-def read_metadata(data: bytes) -> dict[str, str]:
-    """The raw string metadata of safetensors bytes, without reading the tensors."""
-    if len(data) < 8:
-        raise CheckpointError(f"truncated: {len(data)} bytes")
-    header_len = int.from_bytes(data[:8], "little")
-    if header_len > len(data) - 8:
-        raise CheckpointError(f"truncated: header says {header_len} bytes, "
-                              f"file has {len(data) - 8}")
-    try:
-        header = json.loads(data[8:8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError("malformed safetensors header") from None
-    return header.get("__metadata__") or {}
 
 
 def model_from_bytes(data: bytes, tokenizer_sha256: str | None = None,

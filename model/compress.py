@@ -17,13 +17,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load, save as st_save
 from torch import Tensor
 
+from device_model.checkpoint import FORMAT_INT8, SCALE
 from model.checkpoint import (FORMAT, CheckpointError, CheckpointMeta, load_checkpoint,
                               write_atomically,
                               read_metadata)
 from model.lstm import NextWordLSTM
-
-FORMAT_INT8 = FORMAT + "+int8"
-SCALE = ".scale"
 
 
 def quantize(weight: Tensor) -> tuple[Tensor, Tensor]:

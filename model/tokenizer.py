@@ -7,14 +7,9 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+from device_model.tokenizer import (BOS, EOS, PAD, SPECIALS, UNK,  # noqa: F401 (re-exported)
+                                    TokenizerError)
 from model.words import WORD_PATTERN
-
-PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
-SPECIALS = (PAD, UNK, BOS, EOS)
-
-
-class TokenizerError(ValueError):
-    """A tokenizer file is missing or not a tokenizer of this project."""
 
 
 class WordTokenizer:

@@ -5,74 +5,16 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from device_model.train import (OPTIMIZERS, TrainConfig, TrainResult,  # noqa: F401 (re-exported)
+                                batches as _batches)
 from model.lstm import NextWordLSTM
-from model.schedule import SCHEDULES, lr_factor
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-
-
-@dataclass
-class TrainConfig:
-    """How to train: epochs over a list of messages, batch size, learning rate, optimizer, seed."""
-
-    epochs: float = 1.0
-    batch_size: int = 32
-    lr: float = 2e-3
-    optimizer: str = "adam"
-    seed: int = 0
-    max_len: int = 64  # longest message in tokens; longer ones are cut
-    grad_clip: float = 1.0
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # or "cosine"
-    threads: int | None = None  # torch threads while training; None keeps the current
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule {self.schedule!r} not in {SCHEDULES}")
-        if not (self.epochs > 0 and self.batch_size > 0 and self.lr > 0 and self.max_len > 1):
-            raise ValueError("epochs, batch_size, lr must be positive and max_len > 1")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class TrainResult:
-    """What a training run did."""
-
-    steps: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-    mean_loss: float = float("nan")
-    epoch_losses: list[float] = field(default_factory=list)
-    stopped: bool = False  # True when `should_stop` ended it early
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
-
-
-def _batches(sequences: list[list[int]], batch_size: int, max_len: int,
-             rng: np.random.Generator) -> list[list[list[int]]]:
-    """Shuffled batches of similar-length sequences (little padding)."""
-    order = rng.permutation(len(sequences))
-    chunks = []
-    pool = batch_size * 50
-    for start in range(0, len(order), pool):
-        window = sorted(order[start:start + pool], key=lambda i: len(sequences[i]))
-        chunks += [[sequences[i][:max_len + 1] for i in window[j:j + batch_size]]
-                   for j in range(0, len(window), batch_size)]
-    rng.shuffle(chunks)
-    return chunks
+from model.schedule import lr_factor
 
 
 def _pad(batch: list[list[int]], pad_id: int) -> torch.Tensor:
