@@ -1,7 +1,9 @@
 """The wire format of model updates and models: `safetensors` bytes with string metadata.
 
-Nothing that crosses the network is ever unpickled: tensors are parsed by `safetensors`,
-metadata is JSON, and every check here raises `WireError` with a message fit for a 4xx.
+Nothing that crosses the network is ever unpickled: tensors are parsed by
+`device_model.tensorfile` (NumPy only, header size and nesting bounded, the bytes the
+`safetensors` library writes), metadata is JSON, and every check here raises `WireError`
+with a message fit for a 4xx.
 """
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as st_load, save as st_save
+
+from device_model import tensorfile
+from device_model.tensorfile import TensorFileError, TensorInfo
 
 API_PREFIX = "/v1"
 UPDATE_FORMAT = "private-keyboard/update-1"
@@ -47,22 +50,16 @@ def encode_update(update: Update) -> bytes:
             "num_examples": str(update.num_examples),
             "metrics": json.dumps(update.metrics, sort_keys=True)}
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in update.tensors.items()}
-    return st_save(tensors, metadata=meta)
+    return tensorfile.save(tensors, meta)
 
 
-def _header(data: bytes) -> dict:
-    if len(data) < 8:
-        raise WireError(f"body of {len(data)} bytes is not safetensors (too short)")
-    size = int.from_bytes(data[:8], "little")
-    if size > len(data) - 8:
-        raise WireError("truncated safetensors body: header runs past the end")
+def _header(data: bytes) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """(tensor entries, string metadata) of safetensors bytes, checked in full."""
     try:
-        header = json.loads(data[8:8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise WireError("malformed safetensors header (not JSON)") from None
-    if not isinstance(header, dict):
-        raise WireError("malformed safetensors header (not an object)")
-    return header
+        infos, meta, _ = tensorfile.read_header(data)
+    except TensorFileError as err:
+        raise WireError(f"malformed safetensors body: {err}") from None
+    return infos, meta
 
 
 def _metadata_int(meta: dict, key: str, minimum: int = 0) -> int:
@@ -83,25 +80,20 @@ def decode_update(data: bytes, expected: Shapes, max_bytes: int = MAX_UPDATE_BYT
     """
     if len(data) > max_bytes:
         raise WireError(f"update of {len(data)} bytes is over the {max_bytes}-byte limit")
-    header = _header(data)
-    meta = header.get("__metadata__") or {}
+    declared, meta = _header(data)
     if meta.get("format") != UPDATE_FORMAT:
         raise WireError(f"metadata format must be {UPDATE_FORMAT!r}")
-    declared = {k: v for k, v in header.items() if k != "__metadata__"}
     missing, extra = sorted(set(expected) - set(declared)), sorted(set(declared) - set(expected))
     if missing or extra:
         raise WireError(f"tensor names do not match the model: missing {missing[:5]}, "
                         f"unexpected {extra[:5]}")
     for name, info in declared.items():
-        if not isinstance(info, dict) or info.get("dtype") != "F32":
+        if info.dtype != "F32":
             raise WireError(f"tensor {name!r} must be float32 (F32)")
-        if tuple(info.get("shape", ())) != tuple(expected[name]):
-            raise WireError(f"tensor {name!r} has shape {info.get('shape')}, "
+        if info.shape != tuple(expected[name]):
+            raise WireError(f"tensor {name!r} has shape {list(info.shape)}, "
                             f"expected {list(expected[name])}")
-    try:
-        tensors = st_load(data)
-    except (SafetensorError, ValueError) as err:
-        raise WireError(f"malformed safetensors body: {err}") from None
+    tensors, _ = tensors_from_bytes(data)
     for name, tensor in tensors.items():
         if not np.isfinite(tensor).all():
             raise WireError(f"tensor {name!r} has non-finite values (nan or inf)")
@@ -118,14 +110,15 @@ def decode_update(data: bytes, expected: Shapes, max_bytes: int = MAX_UPDATE_BYT
 
 def tensors_to_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
     """Any named float32 tensors as safetensors bytes (models, aggregates)."""
-    return st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
-                   metadata=metadata)
+    return tensorfile.save({k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()},
+                           metadata)
 
 
 def tensors_from_bytes(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Named tensors and string metadata from safetensors bytes; WireError if malformed."""
-    header = _header(data)
+    """Named tensors (writable copies) and string metadata from safetensors bytes;
+    WireError if malformed."""
     try:
-        return st_load(data), header.get("__metadata__") or {}
-    except (SafetensorError, ValueError) as err:
+        tensors, meta = tensorfile.load(data)
+    except TensorFileError as err:
         raise WireError(f"malformed safetensors body: {err}") from None
+    return {k: v.copy() for k, v in tensors.items()}, meta

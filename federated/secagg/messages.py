@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 import numpy as np
-from safetensors.numpy import save as st_save
 
+from device_model import tensorfile
 from federated.secagg import crypto, shamir
 from federated.wire import WireError, tensors_from_bytes
 
@@ -239,7 +239,7 @@ class MaskedInput:
     def to_bytes(self) -> bytes:
         meta = {"format": MASKED_FORMAT, "round_id": str(self.round_id),
                 "client_id": str(self.client_id)}
-        return st_save({"masked": np.ascontiguousarray(self.masked)}, metadata=meta)
+        return tensorfile.save({"masked": np.ascontiguousarray(self.masked)}, meta)
 
     @classmethod
     def from_bytes(cls, data: bytes, max_bytes: int) -> MaskedInput:
