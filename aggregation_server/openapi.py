@@ -88,13 +88,16 @@ STATUS = _obj(["training", "round", "devices", "model", "versions", "rounds", "p
     "config": {"$ref": "#/components/schemas/RoundConfig"}})
 
 TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "train", "clip_norm",
-             "noise_stddev", "secure_aggregation"], {
+             "noise_stddev", "noise_multiplier", "min_reports", "secure_aggregation"], {
     "round_id": INT, "model_version": INT, "model_sha256": STR,
     "deadline": {"type": "number", "description": "unix time"},
     "train": _obj(["epochs", "batch_size", "lr", "optimizer", "max_examples"], {
         "epochs": NUM, "batch_size": INT, "lr": NUM,
         "optimizer": {"type": "string", "enum": list(TRAIN_OPTIMIZERS)}, "max_examples": INT}),
     "clip_norm": NUM, "noise_stddev": NUM, "secure_aggregation": BOOL,
+    "noise_multiplier": {"type": "number", "description": "z: each device sizes its own noise "
+                                                         "from z, clip_norm and min_reports"},
+    "min_reports": {"type": "integer", "minimum": 1},
     "secagg": _obj(["client_id", "config", "advertise_by"], {
         "client_id": {"type": "integer", "minimum": 1},
         "config": {"type": "object", "description": "federated.secagg RoundConfig.to_dict()"},

@@ -195,6 +195,7 @@ class RoundService:
                           "lr": config.train_lr, "optimizer": config.train_optimizer,
                           "max_examples": config.train_max_examples},
                 "clip_norm": config.clip_norm, "noise_stddev": noise_stddev(config),
+                "noise_multiplier": config.noise_multiplier, "min_reports": config.min_reports,
                 "secure_aggregation": config.secure_aggregation}
         if config.secure_aggregation:
             task["secagg"] = self.secure.task_fields(s, r, device_id)

@@ -14,10 +14,10 @@ from aggregation_server.errors import ApiError
 
 
 def noise_stddev(config: RoundConfig) -> float:
-    """The noise each device adds: z*C/sqrt(min_reports) (0 when DP is off)."""
-    if config.noise_multiplier <= 0:
-        return 0.0
-    return privacy.noise_stddev(config.clip_norm, config.noise_multiplier, config.min_reports)
+    """The noise each honest device adds (it sizes it itself, `keyboard_app.privacy_policy`):
+    z*C/sqrt(honest reports) in secure rounds, the full z*C in plain ones (0 when DP is off)."""
+    return privacy.device_noise_stddev(config.clip_norm, config.noise_multiplier,
+                                       config.min_reports, secure=config.secure_aggregation)
 
 
 def replay(task: Task | None, key: str, digest: str) -> dict | None:

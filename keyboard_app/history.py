@@ -1,7 +1,8 @@
 """The typing history a device keeps for local training: SQLite in the app's data directory.
 
 Never stored: text typed in password fields or in incognito mode, and (by default) long
-digit runs such as card or phone numbers and e-mail addresses. Those are *redacted* (the
+digit runs such as phone numbers however they are spaced, payment card numbers (Luhn),
+IBAN-like account numbers and e-mail addresses. Those are *redacted* (the
 match is cut out and the rest of the message kept) rather than the whole message dropped:
 the words around a number still teach the model, the number itself never reaches disk.
 `Filters(mode="drop")` drops such messages whole instead.
@@ -23,20 +24,56 @@ from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, c
                         delete, event, func, insert, select, update)
 from sqlalchemy.pool import StaticPool
 
-# N or more digits, each pair separated by at most two spaces, dashes, dots or parentheses
-# ("4111 1111 1111 1111", "+1 (555) 123-4567", "0612345678").
-DIGIT_RUN = r"\+?\(?\d(?:[\s\-.()]{0,2}\d){%d,}\)?"
+# Digits joined by up to three separators of the kinds people type in numbers: spaces,
+# dashes, dots, slashes, underscores, parentheses ("4111 - 1111 - 1111 - 1111",
+# "+1 (555) 123-4567", "555/123/4567", "4111_1111_1111_1111"). How many digits make a
+# run sensitive is decided per match (`Filters.min_digits`), so one regex finds them all.
+SEPARATOR = r"[\s\-./_()]"
+DIGIT_RUN = rf"\+?\(?\d(?:{SEPARATOR}{{0,3}}\d)*\)?"
+# Kept although they may have 7+ digits: a date or a range of years standing alone (not
+# followed by more digits), e.g. "12/10/2024", "2024-03-15", "15.03.2024", "2019-2024".
+_ALONE = rf"(?!{SEPARATOR}{{0,3}}\d)"
+DATE = (rf"(?:(?P<d1>\d{{1,2}})(?P<s>[/.\-])(?P<d2>\d{{1,2}})(?P=s)(?P<y>(?:19|20)?\d\d)"
+        rf"|(?P<iy>(?:19|20)\d\d)-(?P<im>\d\d)-(?P<id>\d\d)"
+        rf"|(?:19|20)\d\d ?[\-/] ?(?:19|20)\d\d){_ALONE}")
+# Two letters, two check digits, then 11 to 30 letters or digits, run together or in
+# groups of four ("GB82WEST12345698765432", "DE89 3704 0044 0532 0130 00"); it must hold
+# at least 6 digits in all.
+IBAN = (r"\b[A-Za-z]{2}\d{2}(?:[A-Za-z0-9]{11,30}"
+        r"|(?: [A-Za-z0-9]{4}){2,7}(?: [A-Za-z0-9]{1,3})?)\b")
 EMAIL = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+"
 
 STORED, REDACTED = "stored", "stored-redacted"
 PASSWORD, INCOGNITO, EMPTY = "password-field", "incognito", "empty"
 HAS_NUMBER, HAS_EMAIL = "contains-long-number", "contains-email"
+HAS_CARD, HAS_IBAN = "contains-card-number", "contains-bank-account"
 EXPIRED = "older-than-retention"
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn checksum of payment card numbers."""
+    total = 0
+    for i, char in enumerate(reversed(digits)):
+        n = int(char) * (2 if i % 2 else 1)
+        total += n - 9 if n > 9 else n
+    return total % 10 == 0
+
+
+def _is_date(match: re.Match) -> bool:
+    """A plausible calendar date (day and month in range, either order) or a year range."""
+    parts = match.groupdict()
+    if parts["iy"]:
+        return 1 <= int(parts["im"]) <= 12 and 1 <= int(parts["id"]) <= 31
+    if parts["d1"]:
+        a, b = int(parts["d1"]), int(parts["d2"])
+        return 1 <= min(a, b) and max(a, b) <= 31 and min(a, b) <= 12
+    return True
 
 
 @dataclass(frozen=True)
 class Filters:
-    """What never reaches the history: long digit runs and e-mail addresses.
+    """What never reaches the history: long digit runs, card and account numbers (`digits`)
+    and e-mail addresses (`emails`).
 
     mode "redact" cuts the match out of the message; "drop" refuses the whole message.
     """
@@ -52,13 +89,31 @@ class Filters:
         if self.min_digits < 2:
             raise ValueError("min_digits must be at least 2")
 
-    def patterns(self) -> list[tuple[re.Pattern, str]]:
-        found = []
+    def patterns(self) -> list[tuple[re.Pattern, Callable[[re.Match], bool], str]]:
+        """(pattern, whether a match must go, reason), applied in this order."""
+        found: list[tuple[re.Pattern, Callable[[re.Match], bool], str]] = []
         if self.emails:  # before digits: an address may hold a digit run
-            found.append((re.compile(EMAIL), HAS_EMAIL))
+            found.append((_EMAIL, lambda m: True, HAS_EMAIL))
         if self.digits:
-            found.append((re.compile(DIGIT_RUN % (self.min_digits - 1)), HAS_NUMBER))
+            found.append((_IBAN, lambda m: sum(c.isdigit() for c in m[0]) >= 6, HAS_IBAN))
+            found.append((_RUN, _is_card, HAS_CARD))
+            found.append((_RUN, lambda m: (m["run"] is not None or not _is_date(m))
+                          and len(_digits(m)) >= self.min_digits, HAS_NUMBER))
         return found
+
+
+_EMAIL, _IBAN = re.compile(EMAIL), re.compile(IBAN)
+_RUN = re.compile(rf"(?P<date>{DATE})|(?P<run>{DIGIT_RUN})")
+
+
+def _digits(match: re.Match) -> str:
+    return "".join(c for c in match[0] if c.isdigit())
+
+
+def _is_card(match: re.Match) -> bool:
+    """A payment card number: 13 to 19 digits passing the Luhn check (whatever min_digits)."""
+    digits = _digits(match)
+    return match["run"] is not None and 13 <= len(digits) <= 19 and luhn_valid(digits)
 
 
 def filter_message(text: str, filters: Filters = Filters(), *, incognito: bool = False,
@@ -69,11 +124,12 @@ def filter_message(text: str, filters: Filters = Filters(), *, incognito: bool =
     if incognito:
         return None, INCOGNITO
     removed = None
-    for pattern, why in filters.patterns():
-        if pattern.search(text):
-            if filters.mode == "drop":
-                return None, why
-            text, removed = pattern.sub(" ", text), why
+    for pattern, sensitive, why in filters.patterns():
+        if not any(sensitive(m) for m in pattern.finditer(text)):
+            continue
+        if filters.mode == "drop":
+            return None, why
+        text, removed = pattern.sub(lambda m: " " if sensitive(m) else m[0], text), why
     text = " ".join(text.split())
     if not text:
         return None, removed or EMPTY

@@ -3,7 +3,9 @@ clipped and noised difference.
 
 The training loop is `model.train.train` (the same code the server-side references use),
 at one CPU thread. The clipping and noise are `federated.privacy.privatize`, the code the
-server's accountant assumes. Nothing but the encoded update leaves this module.
+server's accountant assumes; the noise level is the device's own (`keyboard_app.
+privacy_policy`), never one the server dictates. Nothing but the encoded update leaves
+this module.
 """
 from __future__ import annotations
 
@@ -54,14 +56,14 @@ def check_task(task: dict) -> None:
     """Raise TaskError unless the task is one this device can carry out faithfully."""
     try:
         ids = int(task["round_id"]), int(task["model_version"])
-        clip_norm, stddev = float(task["clip_norm"]), float(task["noise_stddev"])
+        clip_norm = float(task["clip_norm"])
         max_examples = int(task["train"].get("max_examples") or 0)  # 0 or missing: no cap
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise TaskError(f"malformed task ({type(err).__name__}: {err})") from None
     if min(*ids, max_examples) < 0:
         raise TaskError("task ids and max_examples must not be negative")
-    if not (math.isfinite(clip_norm) and clip_norm > 0 and math.isfinite(stddev) and stddev >= 0):
-        raise TaskError(f"task clip_norm {clip_norm} / noise_stddev {stddev} out of range")
+    if not (math.isfinite(clip_norm) and clip_norm > 0):
+        raise TaskError(f"task clip_norm {clip_norm} out of range")
     if task.get("secure_aggregation"):  # sent only masked (keyboard_app.secure_upload)
         try:
             parse_task(task)
@@ -85,11 +87,12 @@ def local_delta(global_bytes: bytes, tokenizer: WordTokenizer, messages: list[st
     return delta, result, len(sequences)
 
 
-def make_update(delta: Tensors, task: dict, num_examples: int,
+def make_update(delta: Tensors, task: dict, num_examples: int, noise_stddev: float,
                 rng: np.random.Generator | None = None,
                 metrics: dict[str, float] | None = None) -> tuple[Update, float]:
-    """Clip the delta to the task's norm and add its noise; (update, norm before clipping)."""
-    noised, prenorm = privatize(delta, float(task["clip_norm"]), float(task["noise_stddev"]), rng)
+    """Clip the delta to the task's norm and add the device's noise of std `noise_stddev`;
+    (update, norm before clipping)."""
+    noised, prenorm = privatize(delta, float(task["clip_norm"]), noise_stddev, rng)
     return Update(noised, int(task["round_id"]), int(task["model_version"]), num_examples,
                   metrics or {}), prenorm
 
@@ -112,10 +115,11 @@ def sample_messages(messages: list[str], limit: int, seed: int) -> list[str]:
 
 
 def run_task(task: dict, global_bytes: bytes, tokenizer: WordTokenizer, messages: list[str],
-             *, should_stop: Callable[[], bool] | None = None, seed: int | None = None,
-             rng: np.random.Generator | None = None) -> LocalUpdate | None:
+             *, noise_stddev: float, should_stop: Callable[[], bool] | None = None,
+             seed: int | None = None, rng: np.random.Generator | None = None
+             ) -> LocalUpdate | None:
     """Train on a sample of at most `max_examples` messages (0 or missing: all of them) and
-    build the upload.
+    build the upload, noised with `noise_stddev` (the device's, from its privacy policy).
 
     Returns None when `should_stop` interrupted training (a partial update is never sent)
     or when no message has a word to learn from.
@@ -129,6 +133,6 @@ def run_task(task: dict, global_bytes: bytes, tokenizer: WordTokenizer, messages
                                           config, should_stop)
     if result.stopped or examples == 0 or result.steps == 0:
         return None
-    update, prenorm = make_update(delta, task, examples, rng)
+    update, prenorm = make_update(delta, task, examples, noise_stddev, rng)
     return LocalUpdate(encode_update(update), update, prenorm, result)
 

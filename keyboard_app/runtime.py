@@ -1,7 +1,9 @@
 """The device loop shared by the keyboard app, the headless device and the fleet simulator.
 
-enrol once -> fetch the global model (ETag) -> when eligible, check in -> on a task:
-train locally, clip and noise, upload -> otherwise wait as long as the server asks. Without a
+enrol once -> fetch the global model (ETag) -> when eligible, check in -> on a task: check
+it against the device's privacy policy and its privacy ledger (refused: nothing trained,
+nothing sent) -> train locally, clip, add the noise the device sizes itself, record it in
+the ledger, upload -> otherwise wait as long as the server asks. Without a
 server the device keeps predicting with its cached model and tries again with back-off.
 In a secure-aggregation round the update is sent only masked, through the protocol's phases
 (`keyboard_app.secure_upload`): that pass blocks, polling, until the round is done.
@@ -23,12 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
+from federated.privacy import composed_epsilon
 from federated.wire import Update
 from keyboard_app.client import (ModelBlob, ServerRejected, ServerUnavailable, SyncClient,
                                  write_private)
 from keyboard_app.eligibility import Eligibility
 from keyboard_app.history import HistoryStore
+from keyboard_app.ledger import FILE_NAME as LEDGER_FILE
+from keyboard_app.ledger import PrivacyLedger
 from keyboard_app.local_training import TaskError, check_task, example_limit, run_task
+from keyboard_app.privacy_policy import REASONS, DevicePolicy, PolicyRefusal, RoundTerms
 from keyboard_app.secure_upload import SecureRoundError, SecureTask, SecureUpload, parse_task
 from model.checkpoint import CheckpointError, CheckpointMeta, model_from_bytes, read_metadata
 from model.lstm import NextWordLSTM
@@ -68,6 +74,14 @@ class DeviceStatus:
     paused: bool = False
     last_loss: float | None = None  # local training loss (never sent)
     secure_aggregation: bool | None = None  # whether the last round it took part in used it
+    refusal: str | None = None  # why the last task was refused, in plain words
+    refused_round: int | None = None
+    ledger_rounds: int = 0  # rounds whose server accepted this device's update (any server)
+    ledger_sent: int = 0  # updates sent (an answer may never have come): all count in epsilon
+    ledger_epsilon: float = 0.0  # this device's own epsilon, from its ledger
+    epsilon_limit: float | None = None  # the policy's lifetime budget
+    ledger_delta: float | None = None
+    policy: dict | None = None  # the device policy's settings
 
 
 _PERSISTED = ("last_participation", "last_round_id", "rounds_joined", "last_update_bytes",
@@ -86,7 +100,8 @@ class DeviceRuntime:
     Injectable for tests and simulations: `history` (anything with messages/count/clock),
     `eligibility`, `client`, `rng` (noise), `train_seed`, `cache_dir` (a model cache many
     devices share), `load_model=False` (don't build the model for prediction: saves memory
-    when one process runs many devices).
+    when one process runs many devices), `policy` (default: the safe `DevicePolicy()`),
+    `ledger` (default: the ledger file in `data_dir`).
     """
 
     def __init__(self, data_dir: str | Path, server_url: str, *,
@@ -94,8 +109,11 @@ class DeviceRuntime:
                  client: SyncClient | None = None, cache_dir: str | Path | None = None,
                  rng: np.random.Generator | None = None, train_seed: int | None = None,
                  poll_seconds: float = 30.0, max_backoff: float = 300.0,
-                 load_model: bool = True) -> None:
+                 load_model: bool = True, policy: DevicePolicy | None = None,
+                 ledger: PrivacyLedger | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.policy = policy or DevicePolicy()
+        self.ledger = ledger or PrivacyLedger(self.data_dir / LEDGER_FILE)
         self.load_model = load_model
         self.client = client or SyncClient(server_url, self.data_dir, cache_dir=cache_dir)
         self.history = history or HistoryStore(self.data_dir / "history.sqlite")
@@ -110,6 +128,8 @@ class DeviceRuntime:
         self._listeners: list[ModelListener] = []
         self._lock = threading.Lock()
         self._load_state()
+        self._refresh_ledger()
+        self._refused: tuple[str, int] | None = None  # (server, round) last refused
         self._stop, self._wake = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._failures = 0
@@ -181,6 +201,8 @@ class DeviceRuntime:
 
     # --- the pass ----------------------------------------------------------------
     def _maybe_participate(self) -> Step:
+        if self._budget_spent():
+            return self._step("budget-spent", self.max_backoff, REASONS["budget"])
         new = self.history.count(since=self._status.last_participation)
         verdict = self.eligibility.check(new)
         if not verdict.eligible:
@@ -191,10 +213,40 @@ class DeviceRuntime:
         if not task or task.get("round_id") == self._status.last_round_id:
             wait = float(reply.get("retry_after") or self.poll_seconds)
             return self._step("no-task", wait, str(reply.get("reason") or "no round open"))
+        if self._refused == (self.client.base, task.get("round_id")):  # said once already
+            return self._step("refused", self.poll_seconds, self._status.refusal or "")
         return self._participate(task)
+
+    def _budget_spent(self) -> bool:
+        """Whether one more round at the policy's least noise could pass its budget."""
+        policy = self.policy
+        if policy.epsilon_budget is None or policy.min_noise_multiplier <= 0:
+            return False
+        after = composed_epsilon([*self.ledger.multipliers(), policy.min_noise_multiplier],
+                                 policy.delta)
+        return after > policy.epsilon_budget
+
+    def _accept(self, task: dict) -> RoundTerms | Step:
+        """The round's terms under this device's policy and ledger, or the refusal's Step
+        (recorded in the ledger; the panel shows its reason)."""
+        try:
+            terms = self.policy.terms(task)
+            self.policy.check_budget(self.ledger.multipliers(), terms)
+            return terms
+        except PolicyRefusal as refusal:
+            round_id = int(task["round_id"])
+            log.warning("round %s refused by the device's privacy policy: %s", round_id,
+                        refusal.detail)
+            self.ledger.record_refusal(self.client.base, round_id, refusal)
+            self._refused = (self.client.base, round_id)
+            self._set(refusal=refusal.reason, refused_round=round_id)
+            return self._step("refused", self.poll_seconds, refusal.reason)
 
     def _participate(self, task: dict) -> Step:
         check_task(task)
+        terms = self._accept(task)  # before anything is downloaded or trained
+        if isinstance(terms, Step):
+            return terms
         blob = self.blob
         if blob is None or blob.version != task["model_version"]:
             blob = self.client.model(int(task["model_version"]))
@@ -211,17 +263,19 @@ class DeviceRuntime:
         self._set(state="training", detail=f"round {task['round_id']}: training on {n} of "
                                            f"{len(messages)} messages")
         log.info("round %s: training on %d of %d messages", task["round_id"], n, len(messages))
-        local = run_task(task, blob.data, tokenizer, messages, seed=self.train_seed, rng=self.rng,
+        local = run_task(task, blob.data, tokenizer, messages, noise_stddev=terms.noise_stddev,
+                         seed=self.train_seed, rng=self.rng,
                          should_stop=lambda: self._interrupted(train_by))
         if local is None:
             why = "; ".join(self.eligibility.check(10**9).reasons) or "stopped or past deadline"
             return self._step("interrupted", self.poll_seconds, f"training stopped: {why}")
-        self._set(last_loss=local.result.mean_loss, clip_norm=float(task["clip_norm"]),
-                  noise_stddev=float(task["noise_stddev"]))
+        self._set(last_loss=local.result.mean_loss, clip_norm=terms.clip_norm,
+                  noise_stddev=terms.noise_stddev)
         if secure:
-            return self._secure_upload(secure, local.update, started)
+            return self._secure_upload(secure, local.update, started, terms)
         self._pending = {"round_id": int(task["round_id"]), "body": local.body,
-                         "key": str(uuid.uuid4()), "deadline": deadline, "started": started}
+                         "key": str(uuid.uuid4()), "deadline": deadline, "started": started,
+                         "terms": terms, "ledger_id": None}
         return self._upload_pending()
 
     def _upload_pending(self) -> Step:
@@ -231,12 +285,19 @@ class DeviceRuntime:
             return self._step("missed", self.poll_seconds, "update not delivered before deadline")
         self._set(state="uploading", detail=f"round {pending['round_id']}: sending "
                                             f"{len(pending['body'])} bytes")
+        if pending["ledger_id"] is None:  # spent once the bytes leave, whatever the answer
+            pending["ledger_id"] = self.ledger.record_sent(self.client.base, pending["round_id"],
+                                                           pending["terms"])
+            self._refresh_ledger()
         try:
             reply = self.client.upload(pending["round_id"], pending["body"], pending["key"])
         except ServerRejected:
             self._pending = None
+            self.ledger.mark(pending["ledger_id"], accepted=False)
             raise
         self._pending = None
+        self.ledger.mark(pending["ledger_id"], accepted=True)
+        self._refresh_ledger()
         self._set(last_participation=pending["started"], last_round_id=pending["round_id"],
                   rounds_joined=self._status.rounds_joined + 1,
                   last_update_bytes=len(pending["body"]), secure_aggregation=False)
@@ -246,17 +307,26 @@ class DeviceRuntime:
                  len(pending["body"]), reply.get("reports"))
         return self._step("uploaded", 0.0, f"round {pending['round_id']}")
 
-    def _secure_upload(self, task: SecureTask, update: Update, started: float) -> Step:
+    def _secure_upload(self, task: SecureTask, update: Update, started: float,
+                       terms: RoundTerms) -> Step:
         """Run the secure-aggregation phases (blocking, polling until the round's deadline)."""
         round_id = task.config.round_id
+        entry: list[int] = []
+
+        def sending(_nbytes: int) -> None:  # spent once the masked bytes leave
+            entry.append(self.ledger.record_sent(self.client.base, round_id, terms))
+            self._refresh_ledger()
 
         def masked(nbytes: int) -> None:  # the update is in the round's sum from here on
+            self.ledger.mark(entry[0], accepted=True)
+            self._refresh_ledger()
             self._set(last_participation=started, last_round_id=round_id,
                       rounds_joined=self._status.rounds_joined + 1, last_update_bytes=nbytes,
                       secure_aggregation=True)
             self._save_state()
 
         upload = SecureUpload(self.client, task, wait=self._stop.wait, on_masked=masked,
+                              on_sending_masked=sending,
                               on_phase=lambda step: self._set(
                                   state="uploading",
                                   detail=f"round {round_id}: secure aggregation, {step}"))
@@ -327,6 +397,13 @@ class DeviceRuntime:
                   delta=_number(privacy.get("delta")))
 
     # --- bookkeeping -----------------------------------------------------------------
+    def _refresh_ledger(self) -> None:
+        """The ledger's figures and the policy, for the privacy panel."""
+        summary = self.ledger.summary(self.policy.delta)
+        self._set(ledger_rounds=summary["rounds"], ledger_sent=summary["sent"],
+                  ledger_epsilon=summary["epsilon"], epsilon_limit=self.policy.epsilon_budget,
+                  ledger_delta=self.policy.delta, policy=self.policy.settings())
+
     def _step(self, outcome: str, wait: float, detail: str = "") -> Step:
         if outcome != "offline":
             self._failures = 0

@@ -64,17 +64,20 @@ class SecureUpload:
     """One device's run through a secure round over `client`.
 
     `wait(seconds)` sleeps and returns True if the device must stop; `on_phase(name)` is
-    told each step; `on_masked(nbytes)` once the masked update is accepted (from then on
-    the update is part of the round's sum).
+    told each step; `on_sending_masked(nbytes)` just before the masked update is sent,
+    `on_masked(nbytes)` once it is accepted (from then on the update is part of the round's
+    sum).
     """
 
     def __init__(self, client: SyncClient, task: SecureTask, *,
                  wait: Callable[[float], bool] = lambda s: bool(time.sleep(s)),
                  on_phase: Callable[[str], None] = lambda phase: None,
-                 on_masked: Callable[[int], None] = lambda nbytes: None) -> None:
+                 on_masked: Callable[[int], None] = lambda nbytes: None,
+                 on_sending_masked: Callable[[int], None] = lambda nbytes: None) -> None:
         self.client, self.task = client, task
         self.round_id = task.config.round_id
         self.wait, self.on_phase, self.on_masked = wait, on_phase, on_masked
+        self.on_sending_masked = on_sending_masked
 
     def run(self, update: Update) -> int:
         """Go through all phases with this (clipped, noised) update; the masked bytes sent."""
@@ -90,6 +93,7 @@ class SecureUpload:
             self._send("shares", device.share_keys(keys).to_dict())
             shares = SharesRelay.from_dict(self._fetch("shares"))
             masked = device.masked_input(shares, flat).to_bytes()
+            self.on_sending_masked(len(masked))
             self._send("masked", masked=masked)
             self.on_masked(len(masked))
             request = UnmaskRequest.from_dict(self._fetch("unmask"))

@@ -53,6 +53,7 @@ import requests
 
 from data import Device, load_split
 from federated import privacy
+from keyboard_app.privacy_policy import DevicePolicy
 from model.paths import PRETRAINED_MODEL, ROOT, TOKENIZER_PATH
 from model.schedule import SCHEDULES
 
@@ -161,6 +162,15 @@ class FleetConfig:
             "secure_aggregation": self.secure_aggregation,
             **({"secagg_phase_seconds": min(30.0, self.round_timeout / 10)}
                if self.secure_aggregation else {})}
+
+    def device_policy(self) -> DevicePolicy:
+        """The simulated phones' privacy policy: exactly this fleet's round settings, set in
+        code (a small cohort, or no noise for the comparison fleet, is looser than a real
+        phone's defaults), without a lifetime limit (the server's accountant reports it)."""
+        return DevicePolicy.relaxed(
+            min_noise_multiplier=self.noise_multiplier, max_clip_norm=self.clip_norm,
+            min_reports=min(self.reports_needed, self.devices_per_round),
+            epsilon_budget=None, delta=self.delta)
 
     def sampling_rate(self, population: int) -> float:
         return min(1.0, self.devices_per_round / max(population, 1))
@@ -290,6 +300,7 @@ class DeviceJob:
     train_seed: int
     noise_seed: int
     unplug_after: int | None  # dropout: unplugged after this many training batches
+    policy: DevicePolicy  # the fleet's explicit device policy (`FleetConfig.device_policy`)
 
 
 _WORKER: dict[str, Any] = {}
@@ -349,7 +360,7 @@ def device_round(job: DeviceJob) -> dict[str, Any]:
                               battery=UnplugProbe(job.unplug_after))
     runtime = DeviceRuntime(job.data_dir, job.url, history=_history(job.index),
                             eligibility=eligibility, cache_dir=job.cache_dir, load_model=False,
-                            train_seed=job.train_seed,
+                            train_seed=job.train_seed, policy=job.policy,
                             rng=np.random.default_rng(job.noise_seed))
     try:
         step = runtime.run_once()
@@ -549,7 +560,8 @@ class Fleet:
             unplug = int(u * steps)
         return DeviceJob(index, self.url, str(self.run_dir / "devices" / f"{index:04d}"),
                          str(self.run_dir / "devices" / "model-cache"),
-                         int(seeds[0] & 0x7FFFFFFF), int(seeds[1]), unplug)
+                         int(seeds[0] & 0x7FFFFFFF), int(seeds[1]), unplug,
+                         self.config.device_policy())
 
     def _round(self, k: int, after: int, started: float) -> dict:
         """Dispatch check-ins until the target is met; wait for the round to finish."""

@@ -13,6 +13,12 @@ ROUND = {"target_reports": 1, "min_reports": 1, "overcommit": 1.0, "retry_after"
 IDLE = 0.4  # seconds without typing before the device may train
 
 
+def _policy():
+    """One-device rounds: looser than a phone's default policy, so set in code."""
+    from keyboard_app.privacy_policy import DevicePolicy
+    return DevicePolicy.relaxed(min_reports=1, epsilon_budget=None)
+
+
 def test_round_in_background_while_typing(start_server, tiny_model, tmp_path):
     from keyboard_app.eligibility import Eligibility, EligibilitySettings
     from keyboard_app.ui.app import KeyboardApp
@@ -23,7 +29,8 @@ def test_round_in_background_while_typing(start_server, tiny_model, tmp_path):
     pretrained, tokenizer = kivy_env.tiny_model()
     app = KeyboardApp(tmp_path / "device", server_url=server.url, pretrained_model=pretrained,
                       tokenizer_path=tokenizer,
-                      runtime_options={"eligibility": eligibility, "poll_seconds": 0.2})
+                      runtime_options={"eligibility": eligibility, "poll_seconds": 0.2,
+                                       "policy": _policy()})
     drv = kivy_env.Driver(app)
     try:
         screen = app.typing

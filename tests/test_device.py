@@ -13,12 +13,15 @@ from data import load_split
 from keyboard_app.client import SyncClient, make_retry
 from keyboard_app.eligibility import Battery, Eligibility, EligibilitySettings
 from keyboard_app.history import HistoryStore
+from keyboard_app.privacy_policy import DevicePolicy
 from keyboard_app.runtime import DeviceRuntime
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_DEVICE_ROUNDS = {"target_reports": 1, "min_reports": 1, "overcommit": 1.0,
                      "retry_after": 0.2, "noise_multiplier": 0.5, "epsilon_budget": None,
                      "participation_cap": 20, "train_batch_size": 4, "train_epochs": 1.0}
+# one-device rounds at z = 0.5: looser than a phone's default policy, so set in code
+POLICY = DevicePolicy.relaxed(min_noise_multiplier=0.5, min_reports=1, epsilon_budget=None)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,7 @@ def make_device(url, tmp_path, messages, *, phone=None, clock=None, client=None,
                                                      **settings}),
                               clock=clock or Clock(), battery=phone or Phone())
     return DeviceRuntime(tmp_path / "device", url, history=history, eligibility=eligibility,
-                         client=client, poll_seconds=0.1)
+                         client=client, poll_seconds=0.1, policy=POLICY)
 
 
 def run_until(device, outcome, tries=40):
@@ -185,22 +188,38 @@ def test_background_loop_start_pause_stop(start_server, tmp_path, sender_message
 
 
 def test_headless_device_command(start_process, tmp_path, sender_messages):
-    server = start_process(tmp_path / "server", round=ONE_DEVICE_ROUNDS)
+    """The command with a phone's default privacy policy, in rounds of five (four of them
+    reports the test uploads itself)."""
+    server = start_process(tmp_path / "server", round={
+        **ONE_DEVICE_ROUNDS, "target_reports": 5, "min_reports": 5, "noise_multiplier": 1.0})
     history = tmp_path / "history.txt"
     history.write_text("\n".join(sender_messages + ["ring me on 0612 345 678 or x@y.org ok"]))
     data_dir = tmp_path / "device"
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "keyboard_app.device", "--server", server.url, "--history",
          str(history), "--data-dir", str(data_dir), "--rounds", "2", "--max-wait", "0.5",
-         "--timeout", "120"], cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    log = proc.stderr
+         "--timeout", "150"], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "device.log").open("w"))
+    try:
+        for closed in (0, 1):
+            server.wait_for(lambda st: st["rounds_closed"] >= closed, what="round closed")
+            for _ in range(4):
+                others = server.enrol()
+                task = server.task(others)
+                assert task["round_id"] == closed + 1
+                reply = server.upload(others, task["round_id"], server.update_bytes(task))
+                assert reply.status_code == 202, reply.text
+        proc.wait(timeout=180)
+    finally:
+        proc.kill()
+    log = (tmp_path / "device.log").read_text()
+    assert proc.returncode == 0, log
     assert f"history: {len(sender_messages) + 1} of {len(sender_messages) + 1} messages stored " \
            f"(1 redacted" in log
     assert "round 1: uploaded" in log and "round 2: uploaded" in log
     assert "took part in 2 round(s)" in log
     status = server.wait_for(lambda st: st["rounds_closed"] >= 2, what="two rounds closed")
-    assert status["devices"]["enrolled"] == 1 and status["model"]["version"] >= 2
+    assert status["devices"]["enrolled"] == 9 and status["model"]["version"] >= 2
     assert stat.S_IMODE(os.stat(data_dir / "device.json").st_mode) == 0o600
     stored = HistoryStore(data_dir / "history.sqlite", retention_days=None).messages()
     assert stored[-1] == "ring me on or ok"
@@ -229,7 +248,7 @@ def test_simulated_devices_share_a_cache_and_skip_prediction(start_server, tmp_p
         history.add_many(sender_messages[i::2])
         devices.append(DeviceRuntime(
             tmp_path / f"sim{i}", server.url, history=history, cache_dir=cache,
-            load_model=False, poll_seconds=0.1, train_seed=i,
+            load_model=False, poll_seconds=0.1, train_seed=i, policy=POLICY,
             eligibility=Eligibility(EligibilitySettings(idle_seconds=0, min_new_messages=0),
                                     battery=lambda: None)))
     assert [d.run_once().outcome for d in devices] == ["uploaded", "uploaded"]

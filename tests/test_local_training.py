@@ -34,14 +34,15 @@ def task(**changes) -> dict:
     base = {"round_id": 7, "model_version": 3, "model_sha256": "", "deadline": 0.0,
             "train": {"epochs": 2.0, "batch_size": 4, "lr": 0.5, "optimizer": "sgd",
                       "max_examples": 1000},
-            "clip_norm": 1.0, "noise_stddev": 0.0, "secure_aggregation": False}
+            "clip_norm": 1.0, "noise_multiplier": 1.0, "min_reports": 5,
+            "secure_aggregation": False}
     base.update(changes)
     return base
 
 
 def test_update_is_local_minus_global_clipped(setup):
     tokenizer, blob = setup
-    local = run_task(task(clip_norm=1e6), blob, tokenizer, TEXT, seed=1)
+    local = run_task(task(clip_norm=1e6), blob, tokenizer, TEXT, noise_stddev=0.0, seed=1)
     # the same training by hand: the delta must be exactly trained - global
     model, _ = model_from_bytes(blob)
     train(model, tokenizer.encode_messages(TEXT), train_config(task()["train"], seed=1),
@@ -61,7 +62,7 @@ def test_update_is_local_minus_global_clipped(setup):
 def test_max_examples_trains_on_a_seeded_sample(setup):
     tokenizer, blob = setup
     local = run_task(task(train={**task()["train"], "max_examples": 3}), blob, tokenizer,
-                     TEXT, seed=1)
+                     TEXT, noise_stddev=0.0, seed=1)
     assert local.update.num_examples == 3
     history = [f"message number {i}" for i in range(50)]
     samples = [sample_messages(history, 10, seed) for seed in range(20)]
@@ -76,23 +77,24 @@ def test_interrupted_training_sends_nothing(setup):
     tokenizer, blob = setup
     polls = []
     stop = lambda: polls.append(1) or len(polls) > 2  # noqa: E731
-    assert run_task(task(), blob, tokenizer, TEXT, should_stop=stop) is None
+    assert run_task(task(), blob, tokenizer, TEXT, noise_stddev=0.0, should_stop=stop) is None
     assert len(polls) == 3
-    assert run_task(task(), blob, tokenizer, ["!!!", "..."]) is None  # no word to learn
+    assert run_task(task(), blob, tokenizer, ["!!!", "..."], noise_stddev=0.0) is None  # no words
 
 
 def test_bad_train_parameters_are_a_task_error(setup):
     tokenizer, blob = setup
     with pytest.raises(TaskError, match="optimizer"):
-        run_task(task(train={**task()["train"], "optimizer": "lbfgs"}), blob, tokenizer, TEXT)
+        run_task(task(train={**task()["train"], "optimizer": "lbfgs"}), blob, tokenizer, TEXT,
+                 noise_stddev=0.0)
     with pytest.raises(TaskError, match="lack 'batch_size'"):
-        run_task(task(train={"epochs": 1}), blob, tokenizer, TEXT)
-    for bad, why in ((task(clip_norm=0.0), "clip_norm"), (task(noise_stddev=float("nan")), "noise"),
+        run_task(task(train={"epochs": 1}), blob, tokenizer, TEXT, noise_stddev=0.0)
+    for bad, why in ((task(clip_norm=0.0), "clip_norm"), (task(clip_norm=float("nan")), "clip"),
                      (task(secure_aggregation=True), "secure aggregation"),
                      (task(train={**task()["train"], "max_examples": -5}), "max_examples"),
                      ({"round_id": 1}, "malformed task")):
         with pytest.raises(TaskError, match=why):
-            run_task(bad, blob, tokenizer, TEXT)
+            run_task(bad, blob, tokenizer, TEXT, noise_stddev=0.0)
 
 
 def test_clipped_norm_is_never_above_c():
@@ -103,7 +105,7 @@ def test_clipped_norm_is_never_above_c():
             for _ in range(20):
                 delta = {k: (rng.standard_normal(s) * scale).astype(np.float32)
                          for k, s in shapes.items()}
-                update, prenorm = make_update(delta, task(clip_norm=clip_norm), 5)
+                update, prenorm = make_update(delta, task(clip_norm=clip_norm), 5, 0.0)
                 assert l2_norm(update.tensors) <= clip_norm
                 assert prenorm == pytest.approx(l2_norm(delta), rel=1e-5)
                 if prenorm <= clip_norm:  # short updates pass unchanged
@@ -115,12 +117,12 @@ def test_clipped_norm_is_never_above_c():
                                                    delta[k], rtol=1e-4, atol=1e-6 * scale)
 
 
-def test_noise_has_the_task_scale():
+def test_noise_has_the_given_scale():
     """Over many draws the added noise is N(0, sigma^2) per coordinate, independent."""
     sigma, n_draws, dim = 0.3, 300, 1000
     delta = {"w": np.full((dim,), 0.01, np.float32)}  # norm 0.32 < C: clipping is a no-op
     clipped, _ = clip(delta, 1.0)
-    noise = np.stack([make_update(delta, task(noise_stddev=sigma), 1)[0].tensors["w"]
+    noise = np.stack([make_update(delta, task(), 1, sigma)[0].tensors["w"]
                       - clipped["w"] for _ in range(n_draws)]).astype(np.float64)
     n = noise.size
     assert abs(noise.mean()) < 6 * sigma / math.sqrt(n)
@@ -133,8 +135,8 @@ def test_noise_has_the_task_scale():
 
 def test_seeded_rng_makes_the_noise_reproducible():
     delta = {"w": np.ones((50,), np.float32)}
-    first, _ = make_update(delta, task(noise_stddev=0.1), 1, np.random.default_rng(5))
-    again, _ = make_update(delta, task(noise_stddev=0.1), 1, np.random.default_rng(5))
-    other, _ = make_update(delta, task(noise_stddev=0.1), 1)
+    first, _ = make_update(delta, task(), 1, 0.1, np.random.default_rng(5))
+    again, _ = make_update(delta, task(), 1, 0.1, np.random.default_rng(5))
+    other, _ = make_update(delta, task(), 1, 0.1)
     np.testing.assert_array_equal(first.tensors["w"], again.tensors["w"])
     assert not np.array_equal(first.tensors["w"], other.tensors["w"])

@@ -211,6 +211,7 @@ def test_devices_run_a_secure_round_with_the_real_runtime(start_server, tmp_path
     from data import load_split
     from keyboard_app.eligibility import Eligibility, EligibilitySettings
     from keyboard_app.history import HistoryStore
+    from keyboard_app.privacy_policy import DevicePolicy
     from keyboard_app.runtime import DeviceRuntime
     server = start_server(round=secure_round(5, 4, train_batch_size=8, train_max_examples=30))
     senders = [d for d in load_split("federated") if 20 <= len(d.messages) <= 60][:5]
@@ -222,7 +223,8 @@ def test_devices_run_a_secure_round_with_the_real_runtime(start_server, tmp_path
                                   battery=lambda: None)
         runtimes.append(DeviceRuntime(tmp_path / f"phone{i}", server.url, history=history,
                                       eligibility=eligibility, poll_seconds=0.1,
-                                      load_model=False))
+                                      load_model=False, policy=DevicePolicy.relaxed(
+                                          min_reports=4, epsilon_budget=None)))
     threads = [threading.Thread(target=lambda i=i: steps.__setitem__(i, runtimes[i].run_once()))
                for i in range(5)]
     for t in threads:

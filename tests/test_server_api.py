@@ -23,8 +23,10 @@ def test_enrolment_stores_only_a_hash_of_the_token(server):
 def test_checkin_gives_a_task_with_the_privacy_parameters(server):
     task = server.task(server.enrol())
     assert set(task) == {"round_id", "model_version", "model_sha256", "deadline", "train",
-                         "clip_norm", "noise_stddev", "secure_aggregation"}
-    assert task["noise_stddev"] == pytest.approx(1.0 * 1.0 / 2 ** 0.5)  # z*C/sqrt(min)
+                         "clip_norm", "noise_stddev", "noise_multiplier", "min_reports",
+                         "secure_aggregation"}
+    assert task["noise_stddev"] == pytest.approx(1.0 * 1.0)  # plain: z*C on each device
+    assert (task["noise_multiplier"], task["min_reports"]) == (1.0, 2)
     assert task["secure_aggregation"] is False
     assert set(task["train"]) == {"epochs", "batch_size", "lr", "optimizer", "max_examples"}
     _, _, r = server.model()

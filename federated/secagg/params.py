@@ -14,6 +14,29 @@ SEED_BYTES = 32
 MAX_CLIENTS = 100_000
 
 
+def hiding_problem(num_clients: int, degree: int, threshold: int) -> str | None:
+    """Why a round of n clients, degree k and threshold t would let a server that lies about
+    who dropped out recover one client's input, or None when it cannot (no corrupt devices).
+
+    Each client's two secrets (self-mask seed, mask key) are Shamir-shared among its k
+    neighbours and itself, k + 1 holders, t of whom reconstruct either. An honest holder
+    reveals, for any peer, one of the two shares, never both; a server that shows some
+    holders "it survived" and others "it dropped" gets both secrets only from two disjoint
+    groups of t holders, which exist when 2t <= k + 1. So require t > (k + 1) / 2, and
+    t >= 2 (t = 1: the client's own share alone would do).
+    """
+    n, k, t = num_clients, degree, threshold
+    if t < 2:
+        return f"threshold t = {t}: one share reconstructs a secret (need t >= 2)"
+    if 2 * t <= k + 1:
+        return (f"threshold t = {t} is not above half of the {k + 1} holders of a client's "
+                f"secrets (degree k = {k}): a server lying about dropouts could collect both "
+                f"secrets of one client (need t > {(k + 1) / 2:g})")
+    if not 1 <= k <= n - 1:
+        return f"degree k = {k} is not in 1..{n - 1}"
+    return None
+
+
 @dataclass(frozen=True)
 class RoundConfig:
     """The public parameters of a round; the server sends `to_dict()` to every device.

@@ -74,7 +74,8 @@ def privacy_lines(stats: dict, runtime: dict | None, *, version: int | None, sou
     f = stats.get("filters", {})
     never = ["password fields", "incognito mode"]
     if f.get("digits"):
-        never.append(f"numbers of {f.get('min_digits', 7)}+ digits")
+        never.append(f"numbers of {f.get('min_digits', 7)}+ digits (however they are "
+                     "spaced), card and bank account numbers")
     if f.get("emails"):
         never.append("e-mail addresses")
     kept_out = sum((stats.get("not_stored") or {}).values()) + stats.get("redacted", 0)
@@ -130,6 +131,8 @@ STORED_NOTES = {
     "password-field": "password field: not stored",
     "incognito": "incognito: not stored",
     "contains-long-number": "not stored: contains a long number",
+    "contains-card-number": "not stored: contains a card number",
+    "contains-bank-account": "not stored: contains a bank account number",
     "contains-email": "not stored: contains an e-mail address",
     "empty": "not stored: nothing left after filtering",
 }

@@ -1,0 +1,206 @@
+"""The device's own privacy policy: what a round must promise before this phone trains for it.
+
+The server proposes each round's privacy parameters in its task; the device decides. A task
+outside the policy is refused before any training (nothing is computed, nothing is sent),
+and the device sizes its noise itself from the task's noise multiplier z, clip norm C,
+cohort and secure flag (`federated.privacy.device_noise_stddev`): it never uses a noise
+level the server dictates. The user may tighten the policy in Settings, never loosen it
+below the defaults; nothing the server sends changes it. Simulations and tests that need a
+looser policy (tiny rounds, a fleet without noise) build one in code with
+`DevicePolicy.relaxed(...)`, and only that way.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from federated.privacy import (DISHONEST_SHARE, composed_epsilon, device_noise_stddev,
+                               visible_noise_multiplier)
+from federated.secagg.params import hiding_problem
+from keyboard_app.secure_upload import parse_task
+
+TIGHTER_IS_LARGER = ("min_noise_multiplier", "min_reports", "dishonest_share")
+TIGHTER_IS_SMALLER = ("max_clip_norm", "epsilon_budget", "delta")
+
+
+class PolicyError(ValueError):
+    """A policy that is malformed, or looser than the safe defaults outside `relaxed()`."""
+
+
+class PolicyRefusal(Exception):
+    """A task this device will not take part in; `reason` is for people, `detail` for logs."""
+
+    def __init__(self, code: str, reason: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code, self.reason, self.detail = code, reason, detail
+
+
+@dataclass(frozen=True)
+class RoundTerms:
+    """What the device does in a round it accepted: its noise and what the server can see."""
+
+    clip_norm: float
+    noise_multiplier: float  # the task's z
+    min_reports: int
+    secure: bool
+    noise_stddev: float  # per coordinate, added on this device
+    visible_multiplier: float  # the noise multiplier protecting this update from the server
+
+
+def _refuse(code: str, detail: str) -> PolicyRefusal:
+    return PolicyRefusal(code, REASONS[code], detail)
+
+
+REASONS = {
+    "malformed": "This round did not say clearly how it protects your privacy, so your phone "
+                 "did not take part.",
+    "noise_too_low": "This round asked for less noise than your privacy settings allow, so "
+                     "your phone did not take part.",
+    "clip_too_large": "This round let one phone's update weigh more than your privacy "
+                      "settings allow, so your phone did not take part.",
+    "cohort_too_small": "This round would have mixed your update with fewer phones than your "
+                        "privacy settings require, so your phone did not take part.",
+    "secure_required": "This round would have shown your phone's update to the server on its "
+                       "own (secure aggregation off), which your privacy settings do not "
+                       "allow, so your phone did not take part.",
+    "secagg_unsafe": "This round's secure aggregation could let the server uncover a single "
+                     "phone's update, so your phone did not take part.",
+    "budget": "Taking part in this round would pass the privacy limit you set for this phone, "
+              "so it did not take part. It will not take part in learning any more.",
+}
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    """The least a round must promise; the defaults are what we would accept for ourselves.
+
+    - `min_noise_multiplier` 1.0: each round is a Gaussian mechanism with z >= 1 against
+      the server (one round then costs epsilon about 5 at delta 1e-6); below that the
+      guarantee of a single round is weak.
+    - `max_clip_norm` 1.0: epsilon does not depend on C (the noise scales with it), but C
+      bounds how far one phone's typing can move the shared model; the project's rounds
+      use C <= 1 and an LSTM update's norm is about 0.3.
+    - `min_reports` 5: in a secure round the device adds only its share of the noise and is
+      hidden in a sum; fewer than 5 reports make that crowd too small (the server's default
+      round has 5).
+    - `require_secure_aggregation` False: a plain round (the server sees each update) is
+      accepted only because the device then adds the full z*C itself, so the server sees
+      an update exactly as private as the sum of a secure round; True refuses plain rounds.
+    - `dishonest_share` 1/3: secure rounds' noise is sized so that the honest reports alone
+      carry z*C even if a third of the reports come from fake devices adding none.
+    - SecAgg+ (n, k, t): always `federated.secagg.params.hiding_problem` (t > (k + 1) / 2,
+      t >= 2), and the round's own minimum of masked inputs must cover `min_reports`.
+    - `epsilon_budget` 10 at `delta` 1e-6, over this phone's lifetime and every server:
+      with z = 1 that is 3 rounds (epsilon 9.85); delta is one in a million people.
+    """
+
+    min_noise_multiplier: float = 1.0
+    max_clip_norm: float = 1.0
+    min_reports: int = 5
+    require_secure_aggregation: bool = False
+    dishonest_share: float = DISHONEST_SHARE
+    epsilon_budget: float | None = 10.0  # None (relaxed policies only): no lifetime limit
+    delta: float = 1e-6
+    explicitly_relaxed: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (math.isfinite(self.min_noise_multiplier) and self.min_noise_multiplier >= 0,
+             "min_noise_multiplier must be a finite number >= 0"),
+            (math.isfinite(self.max_clip_norm) and self.max_clip_norm > 0,
+             "max_clip_norm must be a positive finite number"),
+            (isinstance(self.min_reports, int) and self.min_reports >= 1,
+             "min_reports must be a whole number >= 1"),
+            (0 <= self.dishonest_share < 1, "dishonest_share must be in [0, 1)"),
+            (self.epsilon_budget is None or self.epsilon_budget > 0,
+             "epsilon_budget must be positive"),
+            (0 < self.delta < 1, "delta must be in (0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PolicyError(message)
+        looser = self.loosenings()
+        if looser and not self.explicitly_relaxed:
+            raise PolicyError(f"{', '.join(looser)} looser than the safe defaults; only "
+                              "DevicePolicy.relaxed(...) (simulations, tests) may do that")
+
+    @classmethod
+    def relaxed(cls, **values) -> DevicePolicy:
+        """A policy that may be looser than the defaults, for simulations and tests only.
+
+        The app never builds one: its Settings can only tighten the defaults.
+        """
+        return cls(**values, explicitly_relaxed=True)
+
+    def loosenings(self) -> list[str]:
+        """The settings of this policy that are looser than the safe defaults."""
+        safe = {f.name: f.default for f in fields(DevicePolicy)}
+        looser = [n for n in TIGHTER_IS_LARGER if getattr(self, n) < safe[n]]
+        looser += [n for n in TIGHTER_IS_SMALLER if (getattr(self, n) or math.inf) > safe[n]]
+        if safe["require_secure_aggregation"] and not self.require_secure_aggregation:
+            looser.append("require_secure_aggregation")
+        return looser
+
+    def settings(self) -> dict:
+        """The policy's values (what Settings stores), without the `relaxed` marker."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "explicitly_relaxed"}
+
+    # --- checking a task ---------------------------------------------------------------------
+    def terms(self, task: dict) -> RoundTerms:
+        """The round's terms if this task is inside the policy; else PolicyRefusal."""
+        try:
+            clip_norm, z = float(task["clip_norm"]), float(task["noise_multiplier"])
+            cohort, secure = task["min_reports"], task["secure_aggregation"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise _refuse("malformed", f"task lacks usable privacy terms ({err!r})") from None
+        if type(cohort) is not int or type(secure) is not bool or not (
+                math.isfinite(clip_norm) and clip_norm > 0 and math.isfinite(z)):
+            raise _refuse("malformed", f"clip_norm {clip_norm}, noise_multiplier {z}, "
+                                       f"min_reports {cohort!r}, secure {secure!r}")
+        if z < self.min_noise_multiplier:
+            raise _refuse("noise_too_low", f"noise multiplier {z:g} is below this device's "
+                                           f"minimum {self.min_noise_multiplier:g}")
+        if clip_norm > self.max_clip_norm:
+            raise _refuse("clip_too_large", f"clip norm {clip_norm:g} is above this device's "
+                                            f"maximum {self.max_clip_norm:g}")
+        if cohort < self.min_reports:
+            raise _refuse("cohort_too_small", f"min_reports {cohort} is below this device's "
+                                              f"minimum {self.min_reports}")
+        if not secure and self.require_secure_aggregation:
+            raise _refuse("secure_required", "the round is plain and this device requires "
+                                             "secure aggregation")
+        stddev = device_noise_stddev(clip_norm, z, cohort, secure=secure,
+                                     dishonest_share=self.dishonest_share)
+        if secure:
+            self._check_secure(task, clip_norm, cohort, stddev)
+        visible = visible_noise_multiplier(stddev, clip_norm, cohort, secure=secure,
+                                           dishonest_share=self.dishonest_share)
+        return RoundTerms(clip_norm, z, cohort, secure, stddev, visible)
+
+    @staticmethod
+    def _check_secure(task: dict, clip_norm: float, cohort: int, stddev: float) -> None:
+        """The SecAgg+ parameters hide one input; the protocol's own minimum covers the
+        cohort the noise was sized for; its number format does not cut the noise off."""
+        try:
+            config = parse_task(task).config
+        except ValueError as err:
+            raise _refuse("malformed", str(err)) from None
+        problem = hiding_problem(config.num_clients, config.degree, config.threshold)
+        if problem:
+            raise _refuse("secagg_unsafe", problem)
+        if config.min_clients < cohort:
+            raise _refuse("secagg_unsafe", f"the protocol unmasks sums of {config.min_clients} "
+                                           f"inputs, below the round's min_reports {cohort}")
+        if config.encoding.bound < clip_norm + 2 * stddev:
+            raise _refuse("secagg_unsafe", f"encoding bound {config.encoding.bound:g} would "
+                                           f"clamp the noise (std {stddev:g})")
+
+    def check_budget(self, spent: list[float], terms: RoundTerms) -> float:
+        """Epsilon after one more round on `terms`, given the visible multipliers of the
+        rounds already in the ledger; PolicyRefusal if that passes the lifetime budget."""
+        after = composed_epsilon([*spent, terms.visible_multiplier], self.delta)
+        if self.epsilon_budget is not None and after > self.epsilon_budget:
+            raise _refuse("budget", f"epsilon would reach {after:.2f}, above this device's "
+                                    f"limit {self.epsilon_budget:g} (delta {self.delta:g})")
+        return after
