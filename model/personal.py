@@ -145,7 +145,10 @@ class PersonalModel:
         return had
 
     def clear(self) -> None:
+        """Forget everything (the version still moves on, so cached scores are dropped)."""
+        version = self.version
         self.__init__()
+        self.version = version + 1
 
     # --- reading -----------------------------------------------------------------------
     def grams(self) -> Iterator[tuple[Gram, int]]:

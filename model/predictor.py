@@ -160,11 +160,11 @@ class Predictor:
         with self._lock:
             self.personal, self._personal_key = layer, None
 
-    def learn(self, text: str) -> None:
-        """Count one sent message in the personal model (usable from the next keystroke)."""
+    def learn(self, text: str) -> list[tuple[str, ...]]:
+        """Count one sent message in the personal model (usable from the next keystroke);
+        returns the grams counted (none without a personal model)."""
         with self._lock:
-            if self.personal is not None:
-                self.personal.learn(text)
+            return self.personal.learn(text) if self.personal is not None else []
 
     def suggest(self, text_before_cursor: str, k: int = 3) -> list[str]:
         """The k best words to insert at the cursor, completing the partial word if any."""

@@ -14,9 +14,11 @@ from kivy.metrics import dp
 from kivy.properties import BooleanProperty, NumericProperty, StringProperty
 from kivy.uix.screenmanager import NoTransition, ScreenManager
 
+from keyboard_app.history import filter_message
 from keyboard_app.ui import describe, theme
 from keyboard_app.ui.backend import Backend, ModelReady
 from keyboard_app.ui.prefs import Prefs, load_prefs, save_prefs
+from keyboard_app.ui.personal_screen import PersonalScreen
 from keyboard_app.ui.privacy import PrivacyPanel, PrivacyScreen
 from keyboard_app.ui.settings_screen import SettingsScreen
 from keyboard_app.ui.typing_screen import TypingScreen
@@ -73,8 +75,9 @@ class KeyboardApp(App):
     def build(self):
         self.typing, self.privacy = TypingScreen(name="typing"), PrivacyScreen(name="privacy")
         self.settings_screen = SettingsScreen(name="settings")
+        self.personal_screen = PersonalScreen(name="personal")
         self.screens = ScreenManager(transition=NoTransition())
-        for screen in (self.typing, self.privacy, self.settings_screen):
+        for screen in (self.typing, self.privacy, self.settings_screen, self.personal_screen):
             self.screens.add_widget(screen)
         self.panel = PrivacyPanel()
         self.side = Factory.SidePanel(size_hint_x=0.42)
@@ -147,6 +150,8 @@ class KeyboardApp(App):
             name = "typing"
         if name == "settings":
             self.settings_screen.load(self.prefs)
+        if name == "personal":
+            self.personal_screen.load()
         self.screens.current = name
         if name == "typing":
             self.typing.field.focus = True
@@ -159,6 +164,9 @@ class KeyboardApp(App):
         """Offer a sent message to the history store; (stored, note to show under it)."""
         history = self.backend.history
         stored = history.add(text, incognito=self.incognito, password=password)
+        if stored:  # the personal layer learns exactly what the history kept
+            kept, _ = filter_message(text, history.filters)
+            self.backend.learn_personal(kept or "", self.predictor)
         return stored, describe.stored_note(history.last_reason)
 
     def history_count(self) -> int:
@@ -166,6 +174,7 @@ class KeyboardApp(App):
 
     def delete_history(self) -> int:
         deleted = self.backend.history.delete_all()
+        self.backend.personal.delete_all()  # the learned words go with the history
         self.refresh()
         return deleted
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keyboard_app.history import HistoryStore
+from keyboard_app.personal_store import FILE_NAME as PERSONAL_FILE, PersonalStore
 from keyboard_app.ui.prefs import Prefs
 from model import paths
 
@@ -55,6 +56,7 @@ class Backend:
         self.runtime_options = runtime_options or {}
         self.history = HistoryStore(self.data_dir / HISTORY_FILE,
                                     retention_days=prefs.retention_days, filters=prefs.filters())
+        self.personal = PersonalStore(self.data_dir / PERSONAL_FILE)
         self.runtime: DeviceRuntime | None = None
         self.user_paused = False
 
@@ -68,7 +70,8 @@ class Backend:
         def from_runtime(model: NextWordLSTM, tokenizer: WordTokenizer, version: int) -> None:
             nonlocal got_global
             got_global = True
-            on_model(ModelReady(Predictor(model, tokenizer), version, "global"))
+            on_model(ModelReady(self.personalise(Predictor(model, tokenizer)), version,
+                                "global"))
 
         if self.prefs.server_url:
             self.runtime = DeviceRuntime(self.data_dir, self.prefs.server_url,
@@ -94,13 +97,31 @@ class Backend:
         except (CheckpointError, TokenizerError) as err:
             log.warning("pre-trained model unusable: %s", err)
             return ModelReady(None, None, "none", str(err))
-        return ModelReady(Predictor(model, tokenizer), meta.version, "pretrained")
+        return ModelReady(self.personalise(Predictor(model, tokenizer)), meta.version,
+                          "pretrained")
 
     def close(self) -> None:
         """Stop the runtime (waits for training to stop at its next batch)."""
         if self.runtime:
             self.runtime.stop()
         self.history.close()
+        self.personal.close()
+
+    # --- the personal layer -------------------------------------------------------------
+    def personalise(self, predictor: Predictor) -> Predictor:
+        """Mix the person's learned words into a new predictor's suggestions."""
+        predictor.set_personal(self.personal.model)
+        return predictor
+
+    def learn_personal(self, text: str, predictor: Predictor | None) -> None:
+        """Learn a sent message the history kept (already filtered), unless paused."""
+        if self.personal.paused:
+            return
+        layer = predictor.personal if predictor is not None else None
+        if layer is not None and layer.model is self.personal.model:
+            self.personal.record(predictor.learn(text))  # arrays updated in place
+        else:
+            self.personal.learn(text)
 
     # --- learning ---------------------------------------------------------------------
     def note_typing(self) -> None:

@@ -61,6 +61,12 @@ Builder.load_string("""
                 height: dp(48)
                 active: app.learning_paused
                 on_active: app.set_learning_paused(self.active)
+            FlatButton:
+                id: learned_words
+                text: 'Learned words (list, remove, pause, export)'
+                size_hint_y: None
+                height: dp(48)
+                on_release: app.show('personal')
             FlatToggle:
                 id: incognito
                 text: 'Incognito is on (tap to turn off)' if self.active else 'Turn incognito on'
@@ -124,8 +130,9 @@ class PrivacyPanel(BoxLayout):
     def confirm_delete(self) -> Popup:
         """Ask first; the history is deleted only on 'Delete'."""
         count = App.get_running_app().history_count()
-        popup = ConfirmDelete(message=f"All {count} stored messages will be erased from this "
-                                      "device. This cannot be undone.")
+        popup = ConfirmDelete(message=f"All {count} stored messages and the words learned "
+                                      "from them will be erased from this device. This "
+                                      "cannot be undone.")
         popup.open()
         return popup
 

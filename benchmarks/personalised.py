@@ -1,0 +1,188 @@
+"""The personalised evaluation (docs/EVALUATION.md): the global model alone and with the
+personal layer, as each sender types the second half of their messages.
+
+    python benchmarks/personalised.py [CHECKPOINT] [--split test|valid]
+    python benchmarks/personalised.py [CHECKPOINT] --tune          # the grid, on valid only
+    python benchmarks/personalised.py [CHECKPOINT] --latency       # keystroke latency
+
+Weights are tuned with `--tune` on `valid` senders only (it refuses `test`); the chosen
+weights are the defaults of model.personal.PersonalWeights, which the plain run uses.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from data import load_split  # noqa: E402
+from model.compress import load_any  # noqa: E402
+from model.evaluate import machine  # noqa: E402
+from model.paths import PRETRAINED_MODEL, ROOT, TOKENIZER_PATH  # noqa: E402
+from model.personal import PersonalModel, PersonalWeights  # noqa: E402
+from model.personal_eval import MIN_MESSAGES, evaluate_personalised  # noqa: E402
+from model.predictor import LSTMScorer, Predictor  # noqa: E402
+from model.tokenizer import WordTokenizer  # noqa: E402
+
+GRID = {"discount": (0.5, 0.8), "theta": (5.0, 10.0, 20.0, 40.0), "gamma": (0.0, 0.05, 0.15),
+        "beta": (1000.0,), "kappa": (1.0,)}
+TARGETS = {"top1": 0.02, "macro_top1": 0.01, "top3": 0.03, "ksr": 0.015}
+MAX_LOSS = 0.005  # no sender with 50+ history messages worse by more than this (top-1)
+
+
+def grid(spec: dict[str, tuple[float, ...]]) -> list[PersonalWeights]:
+    names = [f.name for f in fields(PersonalWeights)]
+    return [PersonalWeights(**dict(zip(names, values)))
+            for values in itertools.product(*(spec[n] for n in names))]
+
+
+def objective(summary: dict) -> float:
+    """How far the weakest target is met (1.0: all exactly met); -1 when a sender with
+    50+ history messages loses more than 0.5 points of top-1."""
+    worst = summary["worst_sender_gain_history_50"]
+    if worst is not None and worst < -MAX_LOSS:
+        return -1.0
+    return min(summary["gain"][k] / t for k, t in TARGETS.items())
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def report(summary: dict) -> str:
+    """The table of BENCHMARKS.md: global against personal, then by history length."""
+    g, p, d = summary["global"], summary["personal"], summary["gain"]
+    keys = [("top1", "top-1"), ("top3", "top-3"), ("ksr", "KSR"), ("macro_top1", "macro top-1"),
+            ("macro_top3", "macro top-3")]
+    lines = ["| | " + " | ".join(t for _, t in keys) + " |", "|---" * (len(keys) + 1) + "|",
+             "| global model alone | " + " | ".join(pct(g[k]) for k, _ in keys) + " |",
+             "| with the personal layer | " + " | ".join(pct(p[k]) for k, _ in keys) + " |",
+             "| gain (points) | " + " | ".join(f"{100 * d[k]:+.2f}" for k, _ in keys) + " |",
+             "", _counts(summary), "",
+             "| messages per sender | senders | words | global top-1 | personal top-1 | gain "
+             "| global KSR | personal KSR | gain |", "|---" * 9 + "|"]
+    for row in summary["by_history_length"]:
+        if not row["senders"]:
+            continue
+        gl, pe = row["global"], row["personal"]
+        lines.append(f"| {row['messages']} | {row['senders']} | {gl['words']:,} | "
+                     f"{pct(gl['top1'])} | {pct(pe['top1'])} | "
+                     f"{100 * (pe['top1'] - gl['top1']):+.2f} | {pct(gl['ksr'])} | "
+                     f"{pct(pe['ksr'])} | {100 * (pe['ksr'] - gl['ksr']):+.2f} |")
+    return "\n".join(lines)
+
+
+def _counts(summary: dict) -> str:
+    p, worst = summary["personal"], summary["worst_sender_gain_history_50"]
+    text = (f"{p['senders']} senders, {p['words']:,} words; top-1 up by more than 0.5 points "
+            f"for {summary['senders_gaining']} senders, down by more than 0.5 for "
+            f"{summary['senders_losing']}")
+    if worst is not None:
+        text += (f"; worst top-1 change among the {summary['senders_history_50']} senders "
+                 f"with 50+ history messages: {100 * worst:+.2f} points")
+    return text + "."
+
+
+def latency(predictor: Predictor, keystrokes: int) -> dict:
+    """Keystroke latency with the personal model of the `test` sender with the most
+    messages (the largest personal model there): it learns the first half, then types the
+    second half character by character, learning each message after it is typed."""
+    device = max(load_split("test"), key=lambda d: len(d.messages))
+    person = PersonalModel()
+    half = len(device.messages) // 2
+    for message in device.messages[:half]:
+        person.learn(message)
+    predictor.set_personal(person)
+    torch.set_num_threads(1)
+    wall, cpu, learn = [], [], []
+    for message in device.messages[half:]:
+        for i in range(1, len(message) + 1):
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            predictor.suggest(message[:i], 3)
+            cpu.append(time.thread_time() - start_cpu)
+            wall.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        predictor.learn(message)
+        learn.append(time.perf_counter() - start)
+        if len(wall) >= keystrokes + 100:
+            break
+    ms, cpu_ms = np.array(wall[100:]) * 1000, np.array(cpu[100:]) * 1000
+    return {"sender_messages": len(device.messages), "personal_words": person.total,
+            "personal_distinct_words": len(person.unigrams),
+            "keystrokes": len(ms), "median_ms": float(np.median(ms)),
+            "p99_ms": float(np.percentile(ms, 99)), "cpu_median_ms": float(np.median(cpu_ms)),
+            "cpu_p99_ms": float(np.percentile(cpu_ms, 99)),
+            "learn_median_ms": float(np.median(learn) * 1000),
+            "learn_max_ms": float(np.max(learn) * 1000)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", nargs="?", type=Path, default=PRETRAINED_MODEL)
+    parser.add_argument("--tokenizer", type=Path, default=TOKENIZER_PATH)
+    parser.add_argument("--split", choices=("valid", "test"), default=None,
+                        help="default: test (valid with --tune)")
+    parser.add_argument("--tune", action="store_true",
+                        help=f"evaluate the grid {GRID} on valid and print the ranking")
+    parser.add_argument("--latency", action="store_true", help="keystroke latency only")
+    parser.add_argument("--keystrokes", type=int, default=2000)
+    parser.add_argument("--max-senders", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.tune and args.split == "test":
+        parser.error("--tune looks at valid senders only, never test")
+    split = "valid" if args.tune else args.split or "test"
+    torch.set_num_threads(1)
+    tokenizer = WordTokenizer.load(args.tokenizer)
+    model, _ = load_any(args.checkpoint, tokenizer.sha256)
+    info = machine()
+    print(f"machine: {info['nproc']} cores, {info['cpu']}; load average "
+          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; model {args.checkpoint}")
+    if args.latency:
+        found = latency(Predictor(model, tokenizer), args.keystrokes)
+        print(json.dumps(found, indent=1))
+        print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        return 0
+    devices = load_split(split)[:args.max_senders]
+    weights = grid(GRID) if args.tune else [PersonalWeights()]
+    start = time.perf_counter()
+    result = evaluate_personalised(LSTMScorer(model), tokenizer, devices, weights,
+                                   progress=sys.stderr.isatty())
+    seconds = time.perf_counter() - start
+    summaries = [result.summary(i) for i in range(len(weights))]
+    out = args.json or ROOT / "runs" / f"personalised-{split}{'-tune' if args.tune else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"split": split, "checkpoint": str(args.checkpoint),
+                               "min_messages": MIN_MESSAGES, "machine": info,
+                               "seconds": round(seconds, 1), "summaries": summaries},
+                              indent=1) + "\n")
+    if args.tune:
+        ranked = sorted(summaries, key=objective, reverse=True)
+        print("| " + " | ".join(f.name for f in fields(PersonalWeights)) +
+              " | top-1 | macro top-1 | top-3 | KSR | worst 50+ | objective |")
+        for s in ranked:
+            w, d = s["weights"], s["gain"]
+            print("| " + " | ".join(f"{w[f.name]:g}" for f in fields(PersonalWeights)) + " | " +
+                  " | ".join(f"{100 * d[k]:+.2f}" for k in TARGETS) +
+                  f" | {100 * (s['worst_sender_gain_history_50'] or 0):+.2f} | "
+                  f"{objective(s):.3f} |")
+        print(f"chosen on valid: {ranked[0]['weights']}")
+        print(report(ranked[0]))
+    else:
+        print(f"split {split}, weights {asdict(weights[0])}")
+        print(report(summaries[0]))
+    print(f"{seconds:.0f} s; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The person's learned words on the device: SQLite beside the typing history.
+
+`personal.sqlite` in the app's data folder (created with mode 0600, deleted rows overwritten
+on disk) holds every count of `model.personal.PersonalModel` (unigrams, bigrams, trigrams,
+by word, never by token id: a new global model or tokenizer keeps them), the forms written
+with capitals, and whether learning is paused. It learns only what the history store kept
+(after its filters: never incognito or password fields, never long numbers or e-mail
+addresses), is deleted with the history, and nothing in it is ever sent.
+
+Export writes the personal dictionary as plain text (`model.personal.dictionary_text`:
+a header line, then `word<TAB>times used[<TAB>how it is written]`); import reads the same
+format, checks all of it before changing anything, and keeps the larger count of a word.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from model.personal import (DictionaryError, Gram, PersonalModel, dictionary_text,
+                            parse_dictionary)
+
+FILE_NAME = "personal.sqlite"
+MAX_IMPORT_BYTES = 4_000_000
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS grams (w1 TEXT NOT NULL, w2 TEXT NOT NULL, w3 TEXT NOT NULL,
+                                  n INTEGER NOT NULL, PRIMARY KEY (w1, w2, w3));
+CREATE TABLE IF NOT EXISTS forms (word TEXT PRIMARY KEY, form TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _row(gram: Gram) -> tuple[str, str, str]:
+    return ("",) * (3 - len(gram)) + tuple(gram)  # type: ignore[return-value]
+
+
+class PersonalStore:
+    """The personal model of one device and its file. Thread-safe."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA secure_delete=ON")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self.model = self._load()
+
+    def _load(self) -> PersonalModel:
+        model = PersonalModel()
+        for w1, w2, w3, n in self._db.execute("SELECT w1, w2, w3, n FROM grams"):
+            model.add_gram(tuple(w for w in (w1, w2, w3) if w), int(n))  # '' pads the front
+        for word, form in self._db.execute("SELECT word, form FROM forms"):
+            model.set_form(word, form)
+        return model
+
+    # --- learning -------------------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        """Whether learning new words is paused (kept across restarts)."""
+        row = self._db.execute("SELECT value FROM settings WHERE name = 'paused'").fetchone()
+        return bool(row and row[0] == "1")
+
+    def set_paused(self, paused: bool) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO settings VALUES ('paused', ?) ON CONFLICT(name) "
+                             "DO UPDATE SET value = excluded.value", ("1" if paused else "0",))
+
+    def record(self, grams: list[Gram]) -> None:
+        """Persist grams the model has just counted once each (and their words' forms)."""
+        words = {g[0] for g in grams if len(g) == 1}
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT INTO grams VALUES (?, ?, ?, 1) ON CONFLICT"
+                                 "(w1, w2, w3) DO UPDATE SET n = n + 1", map(_row, grams))
+            self._sync_forms(words)
+            self._db.execute("COMMIT")
+
+    def learn(self, text: str) -> list[Gram]:
+        """Count one message (already filtered by the history) unless paused."""
+        if self.paused:
+            return []
+        grams = self.model.learn(text)
+        self.record(grams)
+        return grams
+
+    def _sync_forms(self, words: set[str]) -> None:
+        for word in words:
+            form = self.model.forms.get(word)
+            if form:
+                self._db.execute("INSERT INTO forms VALUES (?, ?) ON CONFLICT(word) DO UPDATE "
+                                 "SET form = excluded.form", (word, form))
+            else:
+                self._db.execute("DELETE FROM forms WHERE word = ?", (word,))
+
+    # --- the person's controls ---------------------------------------------------------
+    def remove(self, word: str) -> int:
+        """Forget one word everywhere; returns how often it had been used."""
+        had = self.model.remove(word)
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM grams WHERE w1 = ? OR w2 = ? OR w3 = ?", (word,) * 3)
+            self._db.execute("DELETE FROM forms WHERE word = ?", (word,))
+            self._db.execute("COMMIT")
+        return had
+
+    def delete_all(self) -> int:
+        """Forget everything learned (with the history); returns how many words it knew."""
+        known = len(self.model.unigrams)
+        self.model.clear()
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM grams")
+            self._db.execute("DELETE FROM forms")
+            self._db.execute("COMMIT")
+            if self.path != ":memory:":
+                self._db.execute("VACUUM")
+        return known
+
+    def export_to(self, path: str | Path) -> int:
+        """Write the personal dictionary to `path` (mode 0600); returns how many words."""
+        target = Path(path).expanduser()
+        if target.is_dir():
+            raise DictionaryError(f"{target} is a folder: give a file name to write to.")
+        text = dictionary_text(self.model)
+        temporary = target.with_name(target.name + ".part")
+        try:
+            fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(temporary, target)
+        except OSError as err:
+            raise DictionaryError(f"Could not write {target}: {err.strerror}. Choose a "
+                                  "folder you can write to.") from None
+        return len(self.model.unigrams)
+
+    def import_from(self, path: str | Path) -> int:
+        """Merge a personal dictionary file (each word keeps the larger count); returns
+        how many words changed. DictionaryError, and no change at all, when the file is
+        not a valid dictionary."""
+        source = Path(path).expanduser()
+        try:
+            with open(source, "rb") as f:
+                data = f.read(MAX_IMPORT_BYTES + 1)
+        except OSError as err:
+            raise DictionaryError(f"Could not read {source}: {err.strerror}.") from None
+        if len(data) > MAX_IMPORT_BYTES:
+            raise DictionaryError(f"{source.name} is larger than {MAX_IMPORT_BYTES // 10**6} "
+                                  "MB: it is not a personal dictionary.")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DictionaryError(f"{source.name} is not a text file (not UTF-8).") from None
+        entries = parse_dictionary(text)
+        changed = []
+        for word, count, form in entries:
+            more = count - self.model.unigrams.get(word, 0)
+            if more > 0 or (form and self.model.forms.get(word) != form):
+                changed.append((word, max(more, 0), form))
+        with self._lock:
+            self._db.execute("BEGIN")
+            for word, more, form in changed:
+                if more:
+                    self._db.execute("INSERT INTO grams VALUES ('', '', ?, ?) ON CONFLICT"
+                                     "(w1, w2, w3) DO UPDATE SET n = n + ?", (word, more, more))
+                if form:
+                    self._db.execute("INSERT INTO forms VALUES (?, ?) ON CONFLICT(word) DO "
+                                     "UPDATE SET form = excluded.form", (word, form))
+            self._db.execute("COMMIT")
+        for word, more, form in changed:
+            self.model.add_gram((word,), more)
+            if form:
+                self.model.set_form(word, form)
+        return len(changed)
+
+    def close(self) -> None:
+        self._db.close()

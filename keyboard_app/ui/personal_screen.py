@@ -1,0 +1,201 @@
+"""The learned-words screen: the person's new words, remove one, pause learning,
+export or import the personal dictionary. Reached from the privacy panel."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from kivy.app import App
+from kivy.lang import Builder
+from kivy.properties import NumericProperty, StringProperty
+from kivy.uix.boxlayout import BoxLayout
+from kivy.uix.screenmanager import Screen
+
+from keyboard_app.ui import widgets  # noqa: F401  (kv rules)
+from model.personal import DictionaryError
+
+MAX_ROWS = 200  # the most used new words listed (the export has them all)
+DEFAULT_FILE = "~/private-keyboard-dictionary.txt"
+
+Builder.load_string("""
+#:import theme keyboard_app.ui.theme
+
+<LearnedWordRow>:
+    size_hint_y: None
+    height: dp(44)
+    spacing: dp(6)
+    Label:
+        text: root.form
+        color: theme.TEXT
+        font_size: theme.BODY_SP
+        text_size: self.size
+        halign: 'left'
+        valign: 'middle'
+        shorten: True
+    Label:
+        text: f'used {root.count}x'
+        color: theme.MUTED
+        font_size: theme.SMALL_SP
+        size_hint_x: None
+        width: dp(70)
+    FlatButton:
+        id: forget
+        text: 'Remove'
+        fill: theme.DANGER
+        size_hint_x: None
+        width: dp(92)
+        on_release: root.remove()
+
+<PersonalScreen>:
+    Painted:
+        fill: theme.SURFACE
+        TopBar:
+            BarButton:
+                text: 'Back'
+                width: dp(72)
+                on_release: app.show('privacy')
+            TitleLabel:
+                text: 'Learned words'
+        ScrollView:
+            do_scroll_x: False
+            BoxLayout:
+                orientation: 'vertical'
+                size_hint_y: None
+                height: self.minimum_height
+                padding: dp(14), dp(6), dp(14), dp(14)
+                spacing: dp(2)
+                Para:
+                    id: summary
+                FlatToggle:
+                    id: pause
+                    text: 'Learning words is paused (tap to resume)' if self.active else 'Pause learning words'
+                    size_hint_y: None
+                    height: dp(48)
+                    on_active: root.set_paused(self.active)
+                Heading:
+                    text: 'Back up or move your dictionary'
+                Para:
+                    text: 'A plain text file of the words you use (one per line, with how often). It stays where you put it.'
+                    color: theme.MUTED
+                    font_size: theme.SMALL_SP
+                TextInput:
+                    id: path
+                    multiline: False
+                    write_tab: False
+                    hint_text: 'File, e.g. ~/private-keyboard-dictionary.txt'
+                    font_size: theme.BODY_SP
+                    size_hint_y: None
+                    height: dp(44)
+                    padding: dp(10), (self.height - self.line_height) / 2
+                BoxLayout:
+                    size_hint_y: None
+                    height: dp(48)
+                    spacing: dp(6)
+                    FlatButton:
+                        id: export
+                        text: 'Export to this file'
+                        on_release: root.export()
+                    FlatButton:
+                        id: import_
+                        text: 'Import from this file'
+                        on_release: root.import_()
+                Para:
+                    id: message
+                Heading:
+                    text: 'New words you use'
+                BoxLayout:
+                    id: rows
+                    orientation: 'vertical'
+                    size_hint_y: None
+                    height: self.minimum_height
+                Para:
+                    id: more
+                    color: theme.MUTED
+                    font_size: theme.SMALL_SP
+""")
+
+
+class LearnedWordRow(BoxLayout):
+    """One learned word, how often it was used, and a button to forget it."""
+
+    word = StringProperty("")
+    form = StringProperty("")
+    count = NumericProperty(0)
+
+    def remove(self) -> None:
+        screen = self.parent_screen
+        screen.remove_word(self.word)
+
+    @property
+    def parent_screen(self) -> PersonalScreen:
+        widget = self.parent
+        while not isinstance(widget, PersonalScreen):
+            widget = widget.parent
+        return widget
+
+
+class PersonalScreen(Screen):
+    """What the keyboard learned from the person, and their controls over it."""
+
+    def on_kv_post(self, _base) -> None:
+        self.ids.path.text = DEFAULT_FILE
+
+    @property
+    def store(self):
+        return App.get_running_app().backend.personal
+
+    def vocabulary(self) -> set[str]:
+        """The global model's words: everything else the person typed is a new word."""
+        predictor = App.get_running_app().predictor
+        return set(predictor.tokenizer.word_to_id) if predictor is not None else set()
+
+    def load(self, message: str = "") -> None:
+        """Fill the list from the store (the newest counts)."""
+        store = self.store
+        model = store.model
+        new = model.words(outside=self.vocabulary())
+        self.ids.pause.active = store.paused
+        self.ids.summary.text = (
+            f"Learned on this device from {model.total} words you sent ({len(model.unigrams)} "
+            f"different, {len(new)} new to the keyboard). Used only for your suggestions, "
+            "never sent anywhere, deleted with your typing history.")
+        rows = self.ids.rows
+        rows.clear_widgets()
+        for word, count in new[:MAX_ROWS]:
+            rows.add_widget(LearnedWordRow(word=word, form=model.form(word), count=count))
+        self.ids.more.text = (
+            "No new words yet: words you send that the keyboard does not know appear here."
+            if not new else f"And {len(new) - MAX_ROWS} more (all are in an export)."
+            if len(new) > MAX_ROWS else "")
+        self.ids.message.text = message
+
+    def set_paused(self, paused: bool) -> None:
+        if paused != self.store.paused:
+            self.store.set_paused(paused)
+
+    def remove_word(self, word: str) -> None:
+        self.store.remove(word)
+        self.load(f"Forgot \u201c{word}\u201d: it is no longer suggested.")
+
+    def export(self) -> None:
+        path = self.ids.path.text.strip()
+        if not path:
+            self.load("Type the file to write first.")
+            return
+        try:
+            n = self.store.export_to(path)
+        except DictionaryError as err:
+            self.load(str(err))
+            return
+        self.load(f"Wrote {n} words to {Path(path).expanduser()}.")
+
+    def import_(self) -> None:
+        path = self.ids.path.text.strip()
+        if not path:
+            self.load("Type the file to read first.")
+            return
+        try:
+            n = self.store.import_from(path)
+        except DictionaryError as err:
+            self.load(f"Nothing imported. {err}")
+            return
+        self.load(f"Imported {n} words from {Path(path).expanduser()}.")

@@ -1,0 +1,158 @@
+"""The keyboard learns the person's words on screen: a new word sent once is suggested in
+the next message; incognito, password fields and paused learning teach nothing; the
+learned-words screen (from the privacy panel) lists, removes, exports and imports them.
+
+Headless, real widgets, a tiny model; screenshots in test-artifacts/.
+"""
+import pytest
+
+import kivy_env  # noqa: E402  sets up Kivy's environment first
+
+kivy_env.configure_window(kivy_env.PHONE)
+
+
+@pytest.fixture(scope="module")
+def drv(tmp_path_factory):
+    from keyboard_app.ui.app import KeyboardApp
+    model, tokenizer = kivy_env.tiny_model()
+    app = KeyboardApp(tmp_path_factory.mktemp("device"), pretrained_model=model,
+                      tokenizer_path=tokenizer)
+    driver = kivy_env.Driver(app)
+    driver.until(lambda: app.predictor is not None, what="the model to load")
+    yield driver
+    driver.close()
+
+
+@pytest.fixture
+def screen(drv):
+    app = drv.app
+    app.show("typing")
+    app.set_incognito(False)
+    app.typing.password_mode = False
+    app.typing.field.text = ""
+    drv.frames(2)
+    return app.typing
+
+
+def send(drv, text: str) -> None:
+    drv.type(text)
+    drv.key(13)
+
+
+def suggested(drv, screen, text: str) -> list[str]:
+    screen.field.text = ""
+    drv.type(text)
+    found = list(screen.strip.suggestions)
+    screen.field.text = ""
+    drv.frames()
+    return found
+
+
+def test_a_new_word_sent_once_is_suggested_in_the_next_message(drv, screen):
+    predictor = drv.app.predictor
+    assert "zorblat" not in predictor.tokenizer.word_to_id           # not in the vocabulary
+    assert "Zorblat" not in suggested(drv, screen, "we met at zo")
+    send(drv, "Yesterday we met Zorblat at the lake")
+    assert suggested(drv, screen, "we met at zo")[0] == "Zorblat"    # completion
+    assert "Zorblat" in suggested(drv, screen, "Today we met ")       # next word
+    drv.type("Today we met ")
+    slot = list(screen.strip.slots).index("Zorblat")
+    drv.tap(screen.strip.children[2 - slot])                          # tap it
+    assert screen.field.text == "Today we met Zorblat "
+    drv.key(13)                                                        # sent: a second use
+    assert drv.app.backend.personal.model.unigrams["zorblat"] == 2
+    drv.screenshot("app_personal_suggested")
+
+
+def test_incognito_password_and_filtered_text_teach_nothing(drv, screen):
+    model = drv.app.backend.personal.model
+    drv.app.set_incognito(True)
+    send(drv, "quuxplorp is my secret")
+    drv.app.set_incognito(False)
+    screen.password_mode = True
+    send(drv, "hunterplorp2")
+    screen.password_mode = False
+    send(drv, "write to jane.plorpdoe@example.org or 0612345678 later")
+    assert not {"quuxplorp", "hunterplorp2", "plorpdoe", "jane", "example", "0612345678"} \
+        & set(model.unigrams)
+    assert model.unigrams["later"] >= 1                               # the rest is learned
+    assert not any(w.lower().startswith("quux") for w in suggested(drv, screen, "quu"))
+
+
+def test_the_privacy_panel_lists_learned_words_and_can_remove_one(drv, screen):
+    app = drv.app
+    send(drv, "Dinner with Marguerithe at Blorpville")
+    drv.tap(screen.ids.privacy_button)
+    drv.tap(app.panel.ids.learned_words)
+    assert app.screens.current == "personal"
+    page = app.personal_screen
+    rows = {row.form: row for row in page.ids.rows.children}
+    assert {"Zorblat", "Marguerithe", "Blorpville"} <= set(rows)
+    assert rows["Zorblat"].count == 2
+    assert "never sent anywhere" in page.ids.summary.text
+    drv.screenshot("app_learned_words")
+    drv.tap(rows["Blorpville"].ids.forget)
+    assert "Blorpville" not in {row.form for row in page.ids.rows.children}
+    assert "Forgot" in page.ids.message.text
+    assert "blorpville" not in app.backend.personal.model.unigrams
+    app.show("typing")
+    assert not any(w.startswith("Blorp") for w in suggested(drv, screen, "at blo"))
+    assert suggested(drv, screen, "with marg")[0] == "Marguerithe"
+
+
+def test_pausing_learning_words(drv, screen):
+    app = drv.app
+    app.show("personal")
+    page = app.personal_screen
+    drv.tap(page.ids.pause)
+    assert app.backend.personal.paused
+    app.show("typing")
+    send(drv, "Snorkelpuff again")
+    assert "snorkelpuff" not in app.backend.personal.model.unigrams
+    assert app.backend.history.messages()[-1] == "Snorkelpuff again"  # history unaffected
+    app.show("personal")
+    assert page.ids.pause.active
+    drv.tap(page.ids.pause)
+    assert not app.backend.personal.paused
+
+
+def test_export_and_a_hostile_import_from_the_screen(drv, screen, tmp_path):
+    app = drv.app
+    app.show("personal")
+    page, store = app.personal_screen, app.backend.personal
+    page.ids.path.text = str(tmp_path / "mine.txt")
+    drv.tap(page.ids.export)
+    assert page.ids.message.text.startswith("Wrote ")
+    assert "zorblat\t2\tZorblat" in (tmp_path / "mine.txt").read_text().splitlines()
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\x00\xff not a dictionary")
+    before = dict(store.model.grams())
+    page.ids.path.text = str(bad)
+    drv.tap(page.ids.import_)
+    assert page.ids.message.text.startswith("Nothing imported.")
+    assert "not a text file" in page.ids.message.text
+    assert dict(store.model.grams()) == before
+    drv.screenshot("app_learned_words_import_refused")
+    store.remove("zorblat")
+    page.ids.path.text = str(tmp_path / "mine.txt")
+    drv.tap(page.ids.import_)
+    assert page.ids.message.text.startswith("Imported ")
+    assert store.model.unigrams["zorblat"] == 2
+    app.show("typing")
+    assert suggested(drv, screen, "we met at zo")[0] == "Zorblat"
+
+
+def test_deleting_the_history_deletes_the_learned_words(drv, screen):
+    from kivy.uix.popup import Popup
+    app = drv.app
+    drv.tap(screen.ids.privacy_button)
+    drv.tap(app.panel.ids.delete)
+    popup = next(w for w in drv.window.children if isinstance(w, Popup))
+    assert "the words learned" in popup.message
+    drv.tap(popup.ids.confirm)
+    drv.until(lambda: not any(isinstance(w, Popup) for w in drv.window.children),
+              what="the popup to close")
+    assert app.backend.history.count() == 0
+    assert app.backend.personal.model.total == 0
+    app.show("typing")
+    assert "Zorblat" not in suggested(drv, screen, "we met at zo")

@@ -1,0 +1,108 @@
+"""The personal store: SQLite beside the history, kept across restarts, removal, pause,
+deletion, and export/import of the dictionary (a hostile file changes nothing)."""
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from keyboard_app.personal_store import MAX_IMPORT_BYTES, PersonalStore
+from model.personal import DICTIONARY_HEADER, DictionaryError
+
+
+def rows(path) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return sorted(db.execute("SELECT * FROM grams")) + sorted(db.execute(
+            "SELECT * FROM forms"))
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = PersonalStore(tmp_path / "personal.sqlite")
+    store.learn("Met Zorblat at the lake")
+    store.learn("zorblat and my iPhone")
+    yield store
+    store.close()
+
+
+def test_counts_survive_a_restart_and_the_file_is_private(store, tmp_path):
+    path = tmp_path / "personal.sqlite"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    again = PersonalStore(path)
+    assert dict(again.model.grams()) == dict(store.model.grams())
+    assert again.model.unigrams["zorblat"] == 2 and again.model.total == store.model.total
+    assert again.model.form("iphone") == "iPhone" and again.model.form("zorblat") == "Zorblat"
+    assert again.model.followers[("met", "zorblat")] == {"at": 1}
+    again.close()
+
+
+def test_pause_is_kept_and_stops_learning(store, tmp_path):
+    store.set_paused(True)
+    assert store.learn("Blorptastic weather") == []
+    assert "blorptastic" not in store.model.unigrams
+    again = PersonalStore(tmp_path / "personal.sqlite")
+    assert again.paused and "blorptastic" not in again.model.unigrams
+    again.set_paused(False)
+    assert again.learn("Blorptastic weather") and not again.paused
+    again.close()
+
+
+def test_remove_forgets_the_word_on_disk_too(store, tmp_path):
+    assert store.remove("zorblat") == 2
+    assert not any("zorblat" in row for row in rows(tmp_path / "personal.sqlite"))
+    again = PersonalStore(tmp_path / "personal.sqlite")
+    assert "zorblat" not in again.model.unigrams and again.model.unigrams["lake"] == 1
+    again.close()
+
+
+def test_delete_all_empties_the_file(store, tmp_path):
+    version = store.model.version
+    assert store.delete_all() == 8
+    assert rows(tmp_path / "personal.sqlite") == []
+    assert store.model.total == 0 and store.model.version > version
+    assert b"zorblat" not in (tmp_path / "personal.sqlite").read_bytes()
+
+
+def test_export_then_import_elsewhere(store, tmp_path):
+    target = tmp_path / "backup" / "words.txt"
+    target.parent.mkdir()
+    assert store.export_to(target) == 8
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    lines = target.read_text().splitlines()
+    assert lines[0] == DICTIONARY_HEADER and "zorblat\t2\tZorblat" in lines and "iphone\t1\tiPhone" in lines
+    other = PersonalStore(tmp_path / "other.sqlite")
+    other.learn("zorblat zorblat zorblat")
+    assert other.import_from(target) == 8  # zorblat keeps its larger count, gets its form
+    assert other.model.unigrams["zorblat"] == 3 and other.model.unigrams["lake"] == 1
+    assert other.model.form("iphone") == "iPhone" and other.model.form("zorblat") == "Zorblat"
+    assert other.import_from(target) == 0  # importing twice changes nothing
+    reopened = PersonalStore(tmp_path / "other.sqlite")
+    assert dict(reopened.model.grams()) == dict(other.model.grams())
+    for s in (other, reopened):
+        s.close()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00binary", "not a text file"),
+    (b"zorblat\t3\n", "not a personal dictionary"),
+    ((DICTIONARY_HEADER + "\nok\t2\nrm -rf /\t1\n").encode(), "Line 3"),
+    ((DICTIONARY_HEADER + "\n" + "word\t1\n" * 10).encode() + b"x" * MAX_IMPORT_BYTES,
+     "larger than"),
+])
+def test_a_hostile_or_malformed_import_changes_nothing(store, tmp_path, content, message):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    before, grams = rows(tmp_path / "personal.sqlite"), dict(store.model.grams())
+    with pytest.raises(DictionaryError, match=message):
+        store.import_from(bad)
+    assert rows(tmp_path / "personal.sqlite") == before
+    assert dict(store.model.grams()) == grams
+
+
+def test_missing_file_and_folder_targets_say_so(store, tmp_path):
+    with pytest.raises(DictionaryError, match="Could not read"):
+        store.import_from(tmp_path / "nowhere.txt")
+    with pytest.raises(DictionaryError, match="is a folder"):
+        store.export_to(tmp_path)
+    with pytest.raises(DictionaryError, match="Could not write"):
+        store.export_to(tmp_path / "no" / "such" / "folder.txt")
