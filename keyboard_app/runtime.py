@@ -101,7 +101,9 @@ class DeviceRuntime:
     `eligibility`, `client`, `rng` (noise), `train_seed`, `cache_dir` (a model cache many
     devices share), `load_model=False` (don't build the model for prediction: saves memory
     when one process runs many devices), `policy` (default: the safe `DevicePolicy()`),
-    `ledger` (default: the ledger file in `data_dir`).
+    `ledger` (default: the ledger file in `data_dir`), `local_update` (what a round
+    computes, by default `run_task`; the privacy audit's canary devices send a fixed
+    direction instead).
     """
 
     def __init__(self, data_dir: str | Path, server_url: str, *,
@@ -110,7 +112,8 @@ class DeviceRuntime:
                  rng: np.random.Generator | None = None, train_seed: int | None = None,
                  poll_seconds: float = 30.0, max_backoff: float = 300.0,
                  load_model: bool = True, policy: DevicePolicy | None = None,
-                 ledger: PrivacyLedger | None = None) -> None:
+                 ledger: PrivacyLedger | None = None,
+                 local_update: Callable = run_task) -> None:
         self.data_dir = Path(data_dir)
         self.policy = policy or DevicePolicy()
         self.ledger = ledger or PrivacyLedger(self.data_dir / LEDGER_FILE)
@@ -119,6 +122,7 @@ class DeviceRuntime:
         self.history = history or HistoryStore(self.data_dir / "history.sqlite")
         self.eligibility = eligibility or Eligibility()
         self.rng, self.train_seed = rng, train_seed
+        self.local_update = local_update  # run_task; privacy audits' canary devices differ
         self.poll_seconds, self.max_backoff = poll_seconds, max_backoff
         self.model: NextWordLSTM | None = None
         self.tokenizer: WordTokenizer | None = None
@@ -263,9 +267,9 @@ class DeviceRuntime:
         self._set(state="training", detail=f"round {task['round_id']}: training on {n} of "
                                            f"{len(messages)} messages")
         log.info("round %s: training on %d of %d messages", task["round_id"], n, len(messages))
-        local = run_task(task, blob.data, tokenizer, messages, noise_stddev=terms.noise_stddev,
-                         seed=self.train_seed, rng=self.rng,
-                         should_stop=lambda: self._interrupted(train_by))
+        local = self.local_update(task, blob.data, tokenizer, messages,
+                                  noise_stddev=terms.noise_stddev, seed=self.train_seed,
+                                  rng=self.rng, should_stop=lambda: self._interrupted(train_by))
         if local is None:
             why = "; ".join(self.eligibility.check(10**9).reasons) or "stopped or past deadline"
             return self._step("interrupted", self.poll_seconds, f"training stopped: {why}")

@@ -301,6 +301,7 @@ class DeviceJob:
     noise_seed: int
     unplug_after: int | None  # dropout: unplugged after this many training batches
     policy: DevicePolicy  # the fleet's explicit device policy (`FleetConfig.device_policy`)
+    direction_seed: int | None = None  # a privacy-audit canary: sends this direction instead
 
 
 _WORKER: dict[str, Any] = {}
@@ -358,10 +359,12 @@ def device_round(job: DeviceJob) -> dict[str, Any]:
     started = time.perf_counter()
     eligibility = Eligibility(EligibilitySettings(idle_seconds=0, min_new_messages=0),
                               battery=UnplugProbe(job.unplug_after))
+    extra = {} if job.direction_seed is None else {
+        "local_update": direction_update(job.direction_seed)}
     runtime = DeviceRuntime(job.data_dir, job.url, history=_history(job.index),
                             eligibility=eligibility, cache_dir=job.cache_dir, load_model=False,
                             train_seed=job.train_seed, policy=job.policy,
-                            rng=np.random.default_rng(job.noise_seed))
+                            rng=np.random.default_rng(job.noise_seed), **extra)
     try:
         step = runtime.run_once()
         status = runtime.status()
@@ -372,6 +375,48 @@ def device_round(job: DeviceJob) -> dict[str, Any]:
             "local_loss": status.last_loss if step.outcome == "uploaded" else None,
             "upload_bytes": status.last_update_bytes if step.outcome == "uploaded" else None,
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+def direction_update(direction_seed: int):
+    """A canary device's round for the one-run empirical epsilon (`privacy_audit.empirical`):
+    instead of training, send the seed's fixed random direction of norm C, with the noise
+    the device's policy sized, like any other update (same signature as `run_task`)."""
+    def run(task: dict, global_bytes: bytes, tokenizer: Any, messages: list[str],
+            **options: Any):
+        from federated.wire import encode_update, tensors_from_bytes
+        from keyboard_app.local_training import LocalUpdate, check_task, make_update
+        from model.train import TrainResult
+        from privacy_audit.empirical import direction
+        check_task(task)
+        tensors, _ = tensors_from_bytes(global_bytes)
+        delta = direction(direction_seed, {k: v.shape for k, v in tensors.items()},
+                          float(task["clip_norm"]))
+        update, prenorm = make_update(delta, task, 1, options["noise_stddev"],
+                                      options.get("rng"))
+        return LocalUpdate(encode_update(update), update, prenorm,
+                           TrainResult(steps=1, mean_loss=0.0))
+    return run
+
+
+def with_audit_devices(devices: list[Device], extra_messages: dict[str, list[str]],
+                       direction_seeds: list[int], seed: int) -> list[Device]:
+    """The population for a privacy audit (`benchmarks/privacy_audit.py`): canary messages
+    added to chosen senders' histories at random times within them, and one extra device
+    per direction seed (its history one placeholder message; it never trains)."""
+    rng = np.random.default_rng([seed, 2**31 + 2])
+    out = []
+    for d in devices:
+        extra = extra_messages.get(d.sender, [])
+        if extra:
+            times = rng.uniform(min(d.timestamps), max(d.timestamps), len(extra))
+            merged = sorted(zip([*d.timestamps, *times], [*d.messages, *extra]))
+            d = Device(d.sender, d.role, [m for _, m in merged], [t for t, _ in merged])
+        out.append(d)
+    missing = set(extra_messages) - {d.sender for d in devices}
+    if missing:
+        raise FleetError(f"canary senders not in the population: {sorted(missing)[:5]}")
+    return out + [Device(f"direction-canary-{s}", "canary", ["canary"], [0.0])
+                  for s in direction_seeds]
 
 
 # --- evaluation and the plot --------------------------------------------------------------------
@@ -500,6 +545,7 @@ class Fleet:
     evaluator: Evaluator | None
     progress: bool = True
     start_valid: dict | None = None
+    direction_seeds: dict[int, int] = field(default_factory=dict)  # population index -> seed
     records: list[dict] = field(default_factory=list)
 
     def run(self) -> list[dict]:
@@ -561,7 +607,7 @@ class Fleet:
         return DeviceJob(index, self.url, str(self.run_dir / "devices" / f"{index:04d}"),
                          str(self.run_dir / "devices" / "model-cache"),
                          int(seeds[0] & 0x7FFFFFFF), int(seeds[1]), unplug,
-                         self.config.device_policy())
+                         self.config.device_policy(), self.direction_seeds.get(index))
 
     def _round(self, k: int, after: int, started: float) -> dict:
         """Dispatch check-ins until the target is met; wait for the round to finish."""
@@ -662,17 +708,24 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
               admin_token: str | None = None, init_model: Path = PRETRAINED_MODEL,
               tokenizer: Path = TOKENIZER_PATH, senders: list[str] | None = None,
               progress: bool = True, title: str | None = None,
-              start_valid: dict | None = None) -> dict[str, Any]:
+              start_valid: dict | None = None,
+              extra_messages: dict[str, list[str]] | None = None,
+              direction_seeds: list[int] = ()) -> dict[str, Any]:
     """Run the fleet against `server_url` (or a server started in `run_dir/server`).
 
     `start_valid`: the start model's valid figures when already known (same start model
-    and config). Returns the summary (also written to run_dir/summary.json).
+    and config). A privacy audit adds `extra_messages` (sender -> canary messages) to
+    histories and one random-direction canary device per `direction_seeds` entry
+    (`with_audit_devices`). Returns the summary (also written to run_dir/summary.json).
     """
     from model.evaluate import machine
     run_dir = Path(run_dir)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     (run_dir / "rounds.jsonl").unlink(missing_ok=True)
     population = choose_population(config, senders)
+    if extra_messages or direction_seeds:
+        population = with_audit_devices(population, extra_messages or {},
+                                        list(direction_seeds), config.seed)
     (run_dir / "population.json").write_text(json.dumps([d.sender for d in population]))
     settings = config.round_settings(len(population))
     started = time.time()
@@ -704,7 +757,8 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
         for future in warming:  # the workers' start-up is not counted in round 1
             future.result()
         fleet = Fleet(config, run_dir, admin, server_url, population, pool, evaluator, progress,
-                      start_valid)
+                      start_valid, {len(population) - len(direction_seeds) + i: s
+                                    for i, s in enumerate(direction_seeds)})
         try:
             records = fleet.run()
         finally:

@@ -95,3 +95,82 @@ def test_canaries_are_spread_over_their_devices_and_checked() -> None:
     assert placed["x"][0].startswith(audit.PREFIX + " ")
     with pytest.raises(ValueError, match="has copies but no device"):
         audit.insertions([audit.Canary("c", ("w1",), copies=2)])
+
+
+# --- the one-run empirical epsilon (Andrew et al. 2024) -----------------------------------------
+def test_gaussian_epsilon_matches_dp_accounting_for_equal_variances() -> None:
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
+    from privacy_audit.empirical import gaussian_epsilon
+    for mu in (0.5, 2.0):
+        expected = pld.from_gaussian_mechanism(1.0 / mu, value_discretization_interval=1e-4
+                                               ).get_epsilon_for_delta(1e-5)
+        found = gaussian_epsilon(0.0, 0.3, 0.3 * mu, 0.3, 1e-5)
+        assert found == pytest.approx(expected, rel=2e-3)
+    assert gaussian_epsilon(1.0, 0.2, 1.0, 0.2, 1e-5) == 0.0
+
+
+def test_inserted_directions_stand_out_in_the_model_delta_unless_noise_hides_them() -> None:
+    from privacy_audit.empirical import cosines, direction, empirical_epsilon
+    shapes = {"a": (3000,), "b": (40, 50)}
+    inserted, held_out = list(range(10)), list(range(100, 160))
+    rng = np.random.default_rng(0)
+
+    def estimate(noise: float) -> dict:
+        delta = {k: rng.normal(0, noise, s) for k, s in shapes.items()}
+        for seed in inserted:
+            for k, v in direction(seed, shapes, norm=1.0).items():
+                delta[k] = delta[k] + v
+        return empirical_epsilon(cosines(delta, inserted), cosines(delta, held_out), 1e-5,
+                                 dim=3000 + 40 * 50)
+    assert np.linalg.norm(np.concatenate([v.ravel() for v in direction(3, shapes, 2.0).values()])
+                          ) == pytest.approx(2.0, rel=1e-5)
+    clear, hidden = estimate(0.01), estimate(1.0)
+    assert clear["inserted_mean"] > 0.2 and abs(clear["held_out_mean"]) < 0.01
+    assert clear["epsilon"] > 20 and clear["epsilon_mean_shift"] > 20
+    assert hidden["epsilon_mean_shift"] < clear["epsilon_mean_shift"] / 4
+    assert abs(hidden["held_out_std"] / hidden["null_std"] - 1) < 0.25  # the null holds
+
+
+# --- the fleet's hooks: canary messages in histories, random-direction canary devices -----------
+def test_canary_messages_join_histories_in_time_order() -> None:
+    from data import Device
+    from keyboard_app.simulate import FleetError, with_audit_devices
+    devices = [Device("a", "federated", ["x", "y", "z"], [1.0, 2.0, 3.0]),
+               Device("b", "federated", ["w"], [5.0])]
+    out = with_audit_devices(devices, {"a": ["secret", "secret"]}, [7], seed=0)
+    assert [d.sender for d in out] == ["a", "b", "direction-canary-7"]
+    assert sorted(out[0].messages) == sorted(["x", "y", "z", "secret", "secret"])
+    assert out[0].timestamps == sorted(out[0].timestamps)
+    assert out[1] is devices[1] and devices[0].messages == ["x", "y", "z"]
+    with pytest.raises(FleetError, match="not in the population"):
+        with_audit_devices(devices, {"nobody": ["secret"]}, [], seed=0)
+
+
+def test_direction_canaries_go_through_the_real_fleet_and_stand_out(tiny_model, tmp_path
+                                                                    ) -> None:
+    """Real server process, real device runtimes in two workers: two direction canaries
+    take part in both rounds; the final model delta points their way, not elsewhere."""
+    import json
+
+    from federated.wire import tensors_from_bytes
+    from keyboard_app.simulate import FleetConfig, run_fleet
+    from privacy_audit.empirical import cosines
+    senders = [d.sender for d in load_split("federated") if 20 <= len(d.messages) <= 60][:4]
+    config = FleetConfig(rounds=2, devices_per_round=6, max_examples=40, batch_size=8,
+                         client_lr=0.5, server_optimizer="fedavg", clip_norm=1.0,
+                         weighting="uniform", eval_every=0, final_eval=False, workers=2, seed=1)
+    run_dir = tmp_path / "run"
+    run_fleet(config, run_dir, init_model=tiny_model["checkpoint"],
+              tokenizer=tiny_model["tokenizer"], senders=senders, progress=False,
+              extra_messages={senders[0]: [audit.PREFIX + " alpha beta"] * 3},
+              direction_seeds=[0, 1])
+    population = json.loads((run_dir / "population.json").read_text())
+    assert population[-2:] == ["direction-canary-0", "direction-canary-1"]
+    for index in (4, 5):
+        state = json.loads((run_dir / "devices" / f"{index:04d}" / "state.json").read_text())
+        assert state["rounds_joined"] == 2
+    final, _ = tensors_from_bytes((run_dir / "model.safetensors").read_bytes())
+    delta = {k: final[k] - tiny_model["weights"][k] for k in final}
+    inserted, held_out = cosines(delta, [0, 1]), cosines(delta, range(100, 120))
+    assert inserted.min() > 0.05 > np.abs(held_out).max(), (inserted, held_out)

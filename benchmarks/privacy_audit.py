@@ -1,0 +1,342 @@
+"""The privacy audit through the real fleet (issue 13), for BENCHMARKS.md.
+
+    .venv/bin/python benchmarks/privacy_audit.py [--rounds 24] [--devices-per-round 25]
+        [--population 100] [--sigma-means 0 0.0016 0.005] [--direction-canaries 16]
+        [--run-dir DIR]
+
+1. Canary exposure (Carlini et al. 2019): canaries "my secret code is w1 w2 w3" go into
+   chosen simulated devices' histories, 1, 4 and 16 copies on one device, and 4 and 16
+   spread over four devices, beside never-inserted canaries. Setups: central fine-tuning of
+   the start model on the pooled histories (the control), and fleets (real device
+   runtime, real HTTP, real server) with clipping only and with noise. Exposure by rank
+   among `--fillings` random secrets, and the suggestion strip (does typing the prefix,
+   then each secret word, suggest the next secret word among the three?).
+2. One-run empirical epsilon (Andrew et al. 2024): `--direction-canaries` extra devices
+   in every fleet send a fixed random direction of norm C instead of training; from the
+   final model delta, cosines of the inserted against `--held-out-directions` never-sent
+   directions -> Gaussians -> epsilon, beside the accountant's epsilon for that run.
+3. Utility at the noise of large cohorts (an extrapolation, McMahan et al. 2018): each
+   fleet's noise is given as `sigma_mean`, the noise per coordinate of the round's
+   average; `privacy_audit.planner` says which cohorts, populations and epsilons carry
+   that noise. Top-1 on `test` of every fleet against the fleet without noise.
+
+Writes audit.json, audit.md and exposure.png into the run folder.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from federated import privacy  # noqa: E402
+from federated.wire import tensors_from_bytes  # noqa: E402
+from keyboard_app.simulate import (FleetConfig, choose_population, evaluate_split,  # noqa: E402
+                                   run_fleet)
+from model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from model.evaluate import machine  # noqa: E402
+from model.paths import PRETRAINED_MODEL, ROOT, TOKENIZER_PATH  # noqa: E402
+from model.predictor import Predictor  # noqa: E402
+from model.tokenizer import WordTokenizer  # noqa: E402
+from model.train import TrainConfig, train  # noqa: E402
+from privacy_audit import canaries as audit  # noqa: E402
+from privacy_audit import empirical, planner  # noqa: E402
+
+logging.getLogger("absl").setLevel(logging.ERROR)
+LAYOUT = ((1, 1), (4, 1), (4, 4), (16, 1), (16, 4))  # (copies, devices)
+
+
+def column(copies: int, devices: int) -> str:
+    return f"{copies}x, {'1 device' if devices == 1 else f'{devices} devices'}"
+
+
+# --- set-up -------------------------------------------------------------------------------------
+def plan_canaries(args: argparse.Namespace, tokenizer: WordTokenizer, population: list
+                  ) -> tuple[list[audit.Canary], list[str]]:
+    """Canaries on devices whose every message fits in a round's sample."""
+    rng = np.random.default_rng([args.seed, 13])
+    fits = [d.sender for d in population if 20 <= len(d.messages) <= args.max_examples - 20]
+    needed = args.canaries_per_cell * sum(n for _, n in LAYOUT)
+    if len(fits) < needed:
+        raise SystemExit(f"error: only {len(fits)} devices with 20..{args.max_examples - 20} "
+                         f"messages, {needed} needed: raise --population")
+    hosts = list(rng.permutation(fits)[:needed])
+    layout = []
+    for copies, devices in LAYOUT:
+        for i in range(args.canaries_per_cell):
+            layout.append((f"{column(copies, devices)} #{i + 1}", copies,
+                           [hosts.pop() for _ in range(devices)]))
+    candidates = audit.candidate_words(tokenizer, skip=100, count=args.candidates)
+    return (audit.make_canaries(candidates, layout, args.held_out_canaries, args.secret_length,
+                                rng), candidates)
+
+
+def fleet_noise_multiplier(config: FleetConfig, population: int, sigma_mean: float) -> float:
+    """The server's noise multiplier that gives a round average of `devices_per_round`
+    reports noise `sigma_mean` per coordinate (all reports carry the task's noise)."""
+    from aggregation_server.config import RoundConfig
+    from aggregation_server.uploads import noise_stddev
+    if sigma_mean <= 0:
+        return 0.0
+    per_z = noise_stddev(RoundConfig.from_dict(
+        replace(config, noise_multiplier=1.0).round_settings(population)))
+    n = config.devices_per_round
+    return sigma_mean * n / (math.sqrt(n) * per_z)
+
+
+# --- measurements -------------------------------------------------------------------------------
+def measure(name: str, model_path: Path, start: dict, tokenizer: WordTokenizer,
+            canaries: list[audit.Canary], candidates: list[str], args: argparse.Namespace,
+            direction_seeds: list[int]) -> dict:
+    """Exposure, suggestion strip and (for fleets) the direction canaries' cosines."""
+    model, _ = load_checkpoint(model_path, tokenizer.sha256)
+    exposure = audit.exposures(model, tokenizer, canaries, candidates, args.fillings,
+                               np.random.default_rng([args.seed, 7]))
+    predictor = Predictor(model, tokenizer)
+    strip = [audit.suggestion_check(predictor, c) for c in canaries]
+    out = {"setup": name, "model": str(model_path), "exposures": audit.as_rows(exposure),
+           "suggestions": strip}
+    if direction_seeds:
+        final, _ = tensors_from_bytes(model_path.read_bytes())
+        delta = {k: final[k] - start[k] for k in start}
+        held = list(range(10_000, 10_000 + args.held_out_directions))
+        inserted, held_out = empirical.cosines(delta, direction_seeds), empirical.cosines(
+            delta, held)
+        out["directions"] = {"inserted": inserted.tolist(), "held_out": held_out.tolist(),
+                             **empirical.empirical_epsilon(inserted, held_out, args.delta,
+                                                           sum(v.size for v in delta.values()))}
+    return out
+
+
+def accountant(fleet_dir: Path, summary: dict, direction_index: list[int], delta: float
+               ) -> dict:
+    """The accountant's epsilon for the direction canaries of this run: each round one
+    Gaussian mechanism whose noise is the sum's (all reports carry the task's noise, as
+    in the simulation), composed over the canary's own participations (the most of any)."""
+    stddev = summary["privacy"]["noise_stddev"]
+    clip = summary["privacy"]["clip_norm"]
+    joined = []
+    for index in direction_index:
+        state = fleet_dir / "devices" / f"{index:04d}" / "state.json"
+        joined.append(json.loads(state.read_text()).get("rounds_joined", 0)
+                      if state.is_file() else 0)
+    reports = summary["config"]["devices_per_round"]
+    z_sum = stddev * math.sqrt(reports) / clip
+    return {"participations": joined, "noise_multiplier_of_sum": z_sum,
+            "sigma_mean": stddev * math.sqrt(reports) / reports,
+            "epsilon": privacy.composed_epsilon([z_sum] * max(joined), delta),
+            "server_epsilon": summary.get("epsilon"), "delta": delta}
+
+
+def central_control(args: argparse.Namespace, population: list, tokenizer: WordTokenizer,
+                    run_dir: Path) -> Path:
+    """The start model fine-tuned on the pooled histories (canaries included)."""
+    model, meta = load_checkpoint(args.init_model, tokenizer.sha256)
+    messages = [m for d in population for m in d.messages]
+    config = TrainConfig(epochs=args.central_epochs, batch_size=32, lr=args.central_lr,
+                         optimizer="adam", seed=args.seed, threads=args.workers)
+    started = time.time()
+    result = train(model, tokenizer.encode_messages(messages), config,
+                   pad_id=tokenizer.pad_id, progress=False)
+    path = run_dir / "central" / "model.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = dataclasses.replace(meta, training={"audit": "central control", **config.to_dict(),
+                                        "messages": len(messages),
+                                        "seconds": round(time.time() - started, 1),
+                                        "loss": result.mean_loss})
+    save_checkpoint(path, model, meta)
+    return path
+
+
+# --- reporting ----------------------------------------------------------------------------------
+def exposure_table(results: list[dict], canaries: list[audit.Canary]) -> str:
+    cols = [column(c, d) for c, d in LAYOUT]
+    head = ["setup", "sigma_mean", *cols, "never inserted (mean / max)",
+            "secret words suggested (inserted)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        by = {}
+        for e in r["exposures"]:
+            by.setdefault(e["name"].split(" #")[0] if e["copies"] else "held", []).append(
+                e["exposure"])
+        held = by.get("held", [])
+        strip = [s for s in r["suggestions"] if s["copies"]]
+        cells = [" / ".join(f"{v:.1f}" for v in by.get(c, [])) for c in cols]
+        sigma = r.get("sigma_mean")
+        lines.append("| " + " | ".join([
+            r["setup"], "-" if sigma is None else f"{sigma:.2g}", *cells,
+            f"{np.mean(held):.1f} / {max(held):.1f}",
+            f"{sum(s['words_suggested'] for s in strip)} of "
+            f"{sum(s['length'] for s in strip)}"]) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fleets = [r for r in results if r.get("sigma_mean") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [max(r["sigma_mean"], 1e-5) for r in fleets]
+    for copies, devices in LAYOUT:
+        name = column(copies, devices)
+        ys = [np.mean([e["exposure"] for e in r["exposures"] if e["name"].startswith(name)])
+              for r in fleets]
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.plot(xs, [np.mean([e["exposure"] for e in r["exposures"] if not e["copies"]])
+                 for r in fleets], "k--", marker="x", label="never inserted")
+    central = [r for r in results if r.get("sigma_mean") is None]
+    if central:
+        ax.axhline(np.mean([e["exposure"] for e in central[0]["exposures"] if e["copies"] == 16]),
+                   color="grey", ls=":", label="central control, 16x (mean)")
+    ax.set_xscale("log")
+    ax.set(xlabel="noise per coordinate of the round's average (1e-5 = clipping only)",
+           ylabel="exposure (bits)", title="canary exposure against noise")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def large_cohort_levels(rounds: int, clip_norm: float) -> list[dict]:
+    """sigma_mean of rounds of 1,000 and 5,000 devices at the z the accountant needs for
+    epsilon <= 10 and <= 2 over `rounds`, populations 10^5 and 10^6 (delta 1/(10 N))."""
+    rows = []
+    for population in (10**5, 10**6):
+        for cohort in (1000, 5000):
+            for target in (10.0, 2.0):
+                p = planner.plan(planner.Setting(population, cohort, rounds,
+                                                 0.1 / population, target, clip_norm))
+                plain, sampled = p.options
+                rows.append({"population": population, "cohort": cohort,
+                             "target_epsilon": target, "delta": 0.1 / population,
+                             "cap": p.setting.cap, "z": plain.noise_multiplier,
+                             "sigma_mean": plain.sigma_mean,
+                             "z_if_sampled": sampled.noise_multiplier,
+                             "sigma_mean_if_sampled": sampled.sigma_mean})
+    return rows
+
+
+# --- main ---------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=24)
+    p.add_argument("--devices-per-round", type=int, default=25)
+    p.add_argument("--population", type=int, default=100, help="federated senders in the fleet")
+    p.add_argument("--max-examples", type=int, default=256)
+    p.add_argument("--client-lr", type=float, default=0.316)
+    p.add_argument("--clip-norm", type=float, default=0.5)
+    p.add_argument("--sigma-means", type=float, nargs="+", default=[0.0, 0.0016, 0.005],
+                   help="one fleet per noise per coordinate of the round's average (0: "
+                        "clipping only)")
+    p.add_argument("--direction-canaries", type=int, default=16)
+    p.add_argument("--held-out-directions", type=int, default=200)
+    p.add_argument("--canaries-per-cell", type=int, default=2)
+    p.add_argument("--held-out-canaries", type=int, default=10)
+    p.add_argument("--secret-length", type=int, default=3)
+    p.add_argument("--candidates", type=int, default=2000)
+    p.add_argument("--fillings", type=int, default=10_000)
+    p.add_argument("--central-epochs", type=float, default=2.0)
+    p.add_argument("--central-lr", type=float, default=1e-3)
+    p.add_argument("--skip-central", action="store_true")
+    p.add_argument("--skip-test", action="store_true", help="no evaluation on test")
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-model", type=Path, default=PRETRAINED_MODEL)
+    p.add_argument("--tokenizer", type=Path, default=TOKENIZER_PATH)
+    p.add_argument("--run-dir", type=Path, default=None)
+    return p.parse_args(argv)
+
+
+def base_config(args: argparse.Namespace) -> FleetConfig:
+    return FleetConfig(rounds=args.rounds, devices_per_round=args.devices_per_round,
+                       client_lr=args.client_lr, batch_size=16, max_examples=args.max_examples,
+                       server_optimizer="fedavgm", server_lr=1.0, server_momentum=0.9,
+                       clip_norm=args.clip_norm, delta=args.delta, weighting="uniform",
+                       check_in="uniform", eval_every=0, final_eval=False,
+                       workers=args.workers, seed=args.seed, population=args.population)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run_dir = args.run_dir or ROOT / "runs" / f"audit-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.workers)
+    tokenizer = WordTokenizer.load(args.tokenizer)
+    base = base_config(args)
+    population = choose_population(base)
+    canaries, candidates = plan_canaries(args, tokenizer, population)
+    extra = audit.insertions(canaries)
+    seeds = list(range(args.direction_canaries))
+    start, _ = tensors_from_bytes(Path(args.init_model).read_bytes())
+    report: dict = {"machine": machine(), "args": vars(args) | {"run_dir": str(run_dir)},
+                    "canaries": [asdict(c) for c in canaries], "results": [],
+                    "large_cohorts": large_cohort_levels(args.rounds, args.clip_norm)}
+    save = lambda: (run_dir / "audit.json").write_text(  # noqa: E731
+        json.dumps(report, indent=2, default=str) + "\n")
+    save()
+    print(f"machine load {report['machine']['load_average_1min']}; {len(canaries)} canaries "
+          f"on {len(extra)} devices; run folder {run_dir}", flush=True)
+    started = time.time()
+    if not args.skip_central:
+        from keyboard_app.simulate import with_audit_devices
+        pooled = with_audit_devices(population, extra, [], args.seed)
+        path = central_control(args, pooled, tokenizer, run_dir)
+        row = measure("central fine-tuning (control)", path, start, tokenizer, canaries,
+                      candidates, args, [])
+        row["minutes"] = round((time.time() - started) / 60, 1)
+        report["results"].append(row)
+        save()
+        print(exposure_table(report["results"], canaries), flush=True)
+    for sigma in args.sigma_means:
+        name = "fleet, clipping only" if sigma == 0 else f"fleet, DP sigma_mean {sigma:g}"
+        config = replace(base, noise_multiplier=fleet_noise_multiplier(
+            base, len(population) + len(seeds), sigma))
+        fleet_dir = run_dir / (f"fleet-sigma{sigma:g}")
+        t0 = time.time()
+        summary = run_fleet(config, fleet_dir, init_model=args.init_model,
+                            tokenizer=args.tokenizer, extra_messages=extra,
+                            direction_seeds=seeds, progress=False, title=name)
+        row = measure(name, fleet_dir / "model.safetensors", start, tokenizer, canaries,
+                      candidates, args, seeds)
+        index = list(range(summary["population"] - len(seeds), summary["population"]))
+        row["accountant"] = accountant(fleet_dir, summary, index, args.delta)
+        row["sigma_mean"] = row["accountant"]["sigma_mean"]
+        row["fleet_noise_multiplier"] = config.noise_multiplier
+        row["minutes"] = round((time.time() - t0) / 60, 1)
+        row["rounds_run"], row["round_seconds"] = summary["rounds_run"], summary["round_seconds"]
+        report["results"].append(row)
+        save()
+        d = row["directions"]
+        print(f"{name}: {row['minutes']} min; empirical epsilon {d['epsilon']:.3g} "
+              f"(accountant {row['accountant']['epsilon']:.3g})", flush=True)
+        print(exposure_table(report["results"], canaries), flush=True)
+        plot(report["results"], run_dir / "exposure.png")
+    if not args.skip_test:
+        models = [("start", str(args.init_model))] + [(r["setup"], r["model"])
+                                                      for r in report["results"]]
+        report["test"] = evaluate_split(models, args.tokenizer, "test", 0, args.workers)
+        save()
+    (run_dir / "audit.md").write_text(exposure_table(report["results"], canaries) + "\n")
+    report["seconds"] = round(time.time() - started, 1)
+    save()
+    print(f"done in {report['seconds'] / 60:.1f} min; wrote {run_dir}/audit.json, audit.md, "
+          "exposure.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
