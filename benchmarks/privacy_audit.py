@@ -82,16 +82,16 @@ def plan_canaries(args: argparse.Namespace, tokenizer: WordTokenizer, population
                                 rng), candidates)
 
 
-def fleet_noise_multiplier(config: FleetConfig, population: int, sigma_mean: float) -> float:
-    """The server's noise multiplier that gives a round average of `devices_per_round`
-    reports noise `sigma_mean` per coordinate (all reports carry the task's noise)."""
-    from aggregation_server.config import RoundConfig
-    from aggregation_server.uploads import noise_stddev
+def fleet_noise_multiplier(config: FleetConfig, sigma_mean: float) -> float:
+    """The fleet's noise multiplier z whose round average of `devices_per_round` reports
+    carries `sigma_mean` per coordinate, with the noise devices size themselves
+    (`federated.privacy.device_noise_stddev`: z*C in plain rounds, z*C/sqrt(h) in secure
+    ones)."""
     if sigma_mean <= 0:
         return 0.0
-    per_z = noise_stddev(RoundConfig.from_dict(
-        replace(config, noise_multiplier=1.0).round_settings(population)))
     n = config.devices_per_round
+    per_z = privacy.device_noise_stddev(config.clip_norm, 1.0, min(config.reports_needed, n),
+                                        secure=config.secure_aggregation)
     return sigma_mean * n / (math.sqrt(n) * per_z)
 
 
@@ -122,18 +122,20 @@ def measure(name: str, model_path: Path, start: dict, tokenizer: WordTokenizer,
 def accountant(fleet_dir: Path, summary: dict, direction_index: list[int], delta: float
                ) -> dict:
     """The accountant's epsilon for the direction canaries of this run: each round one
-    Gaussian mechanism whose noise is the sum's (all reports carry the task's noise, as
-    in the simulation), composed over the canary's own participations (the most of any)."""
-    stddev = summary["privacy"]["noise_stddev"]
-    clip = summary["privacy"]["clip_norm"]
-    joined = []
+    Gaussian mechanism whose noise is the sum's (every report carries the device's noise,
+    as in the simulation; the noise each device added is read from its state), composed
+    over the canary's own participations (the most of any canary)."""
+    states = []
     for index in direction_index:
-        state = fleet_dir / "devices" / f"{index:04d}" / "state.json"
-        joined.append(json.loads(state.read_text()).get("rounds_joined", 0)
-                      if state.is_file() else 0)
+        path = fleet_dir / "devices" / f"{index:04d}" / "state.json"
+        states.append(json.loads(path.read_text()) if path.is_file() else {})
+    joined = [s.get("rounds_joined", 0) for s in states]
+    stddev = max((s.get("noise_stddev") or 0.0) for s in states)
+    clip = summary["config"]["clip_norm"]
     reports = summary["config"]["devices_per_round"]
     z_sum = stddev * math.sqrt(reports) / clip
-    return {"participations": joined, "noise_multiplier_of_sum": z_sum,
+    return {"participations": joined, "device_noise_stddev": stddev,
+            "noise_multiplier_of_sum": z_sum,
             "sigma_mean": stddev * math.sqrt(reports) / reports,
             "epsilon": privacy.composed_epsilon([z_sum] * max(joined), delta),
             "server_epsilon": summary.get("epsilon"), "delta": delta}
@@ -267,6 +269,7 @@ def base_config(args: argparse.Namespace) -> FleetConfig:
                        server_optimizer="fedavgm", server_lr=1.0, server_momentum=0.9,
                        clip_norm=args.clip_norm, delta=args.delta, weighting="uniform",
                        check_in="uniform", eval_every=0, final_eval=False,
+                       secure_aggregation=False,  # the same sum, devices in processes: faster
                        workers=args.workers, seed=args.seed, population=args.population)
 
 
@@ -303,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exposure_table(report["results"], canaries), flush=True)
     for sigma in args.sigma_means:
         name = "fleet, clipping only" if sigma == 0 else f"fleet, DP sigma_mean {sigma:g}"
-        config = replace(base, noise_multiplier=fleet_noise_multiplier(
-            base, len(population) + len(seeds), sigma))
+        config = replace(base, noise_multiplier=fleet_noise_multiplier(base, sigma))
         fleet_dir = run_dir / (f"fleet-sigma{sigma:g}")
         t0 = time.time()
         summary = run_fleet(config, fleet_dir, init_model=args.init_model,

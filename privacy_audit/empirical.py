@@ -54,7 +54,8 @@ def _tail_delta(eps: float, mu0: float, s0: float, mu1: float, s1: float,
     step = grid[1] - grid[0]
     worst = 0.0
     for a, b in ((log_p, log_q), (log_q, log_p)):
-        diff = np.exp(a) - np.exp(eps + b)
+        with np.errstate(over="ignore"):  # exp overflows to inf: no mass there
+            diff = np.exp(a) - np.exp(eps + b)
         worst = max(worst, float(np.clip(diff, 0, None).sum() * step))
     return worst
 
