@@ -400,7 +400,7 @@ def direction_update(direction_seed: int):
 
 def with_audit_devices(devices: list[Device], extra_messages: dict[str, list[str]],
                        direction_seeds: list[int], seed: int) -> list[Device]:
-    """The population for a privacy audit (`benchmarks/privacy_audit.py`): canary messages
+    """The population for a privacy audit (`benchmarks/privacy_audit_fleet.py`): canary messages
     added to chosen senders' histories at random times within them, and one extra device
     per direction seed (its history one placeholder message; it never trains)."""
     rng = np.random.default_rng([seed, 2**31 + 2])

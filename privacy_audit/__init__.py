@@ -8,5 +8,5 @@ operator plans with.
 - `privacy_audit.empirical`: the one-run empirical epsilon of Andrew et al. (ICLR 2024)
   from random-direction canary devices.
 
-`benchmarks/privacy_audit.py` runs them through the real fleet.
+`benchmarks/privacy_audit_fleet.py` runs them through the real fleet.
 """

@@ -1,6 +1,6 @@
 """The privacy audit through the real fleet (issue 13), for BENCHMARKS.md.
 
-    .venv/bin/python benchmarks/privacy_audit.py [--rounds 24] [--devices-per-round 25]
+    .venv/bin/python benchmarks/privacy_audit_fleet.py [--rounds 24] [--devices-per-round 25]
         [--population 100] [--sigma-means 0 0.0016 0.005] [--direction-canaries 16]
         [--run-dir DIR]
 
