@@ -131,6 +131,12 @@ class PrivacyLedger:
         """This device's epsilon at `delta` over every round in the ledger."""
         return composed_epsilon(self.multipliers(), delta)
 
+    def revision(self) -> tuple[int, ...]:
+        """Changes whenever a row is added or marked (a cheap cache key)."""
+        return tuple(self._read("SELECT (SELECT count(*) FROM rounds), "
+                                "(SELECT count(accepted) FROM rounds), "
+                                "(SELECT count(*) FROM refusals)")[0])
+
     def summary(self, delta: float) -> dict:
         """Counts and epsilon for the status and the privacy panel."""
         entries = self.entries()

@@ -66,7 +66,9 @@ REASONS = {
     "secagg_unsafe": "This round's secure aggregation could let the server uncover a single "
                      "phone's update, so your phone did not take part.",
     "budget": "Taking part in this round would pass the privacy limit you set for this phone, "
-              "so it did not take part. It will not take part in learning any more.",
+              "so it did not take part.",
+    "budget_spent": "Your phone has used up the privacy limit you set, so it no longer takes "
+                    "part in learning.",
 }
 
 
@@ -170,13 +172,21 @@ class DevicePolicy:
         if not secure and self.require_secure_aggregation:
             raise _refuse("secure_required", "the round is plain and this device requires "
                                              "secure aggregation")
-        stddev = device_noise_stddev(clip_norm, z, cohort, secure=secure,
-                                     dishonest_share=self.dishonest_share)
+        share = self._share(task)
+        stddev = device_noise_stddev(clip_norm, z, cohort, secure=secure, dishonest_share=share)
         if secure:
             self._check_secure(task, clip_norm, cohort, stddev)
         visible = visible_noise_multiplier(stddev, clip_norm, cohort, secure=secure,
-                                           dishonest_share=self.dishonest_share)
+                                           dishonest_share=share)
         return RoundTerms(clip_norm, z, cohort, secure, stddev, visible)
+
+    def _share(self, task: dict) -> float:
+        """The dishonest share the noise is sized for: the policy's, or the task's if the
+        server assumes more (a server assuming less changes nothing)."""
+        told = task.get("dishonest_share", 0.0)
+        if isinstance(told, bool) or not isinstance(told, (int, float)) or not 0 <= told < 1:
+            raise _refuse("malformed", f"dishonest_share {told!r} is not in [0, 1)")
+        return max(self.dishonest_share, float(told))
 
     @staticmethod
     def _check_secure(task: dict, clip_norm: float, cohort: int, stddev: float) -> None:

@@ -154,6 +154,11 @@ class DeviceRuntime:
         if self.model is not None and self.tokenizer is not None and self.blob is not None:
             listener(self.model, self.tokenizer, self.blob.version)
 
+    def set_policy(self, policy: DevicePolicy) -> None:
+        """Use a new privacy policy (the user tightened it) from the next task on."""
+        self.policy = policy
+        self._refresh_ledger()
+
     def note_typing(self) -> None:
         """The user is typing: the device is busy, and training in progress stops."""
         self.eligibility.note_activity()
@@ -206,7 +211,7 @@ class DeviceRuntime:
     # --- the pass ----------------------------------------------------------------
     def _maybe_participate(self) -> Step:
         if self._budget_spent():
-            return self._step("budget-spent", self.max_backoff, REASONS["budget"])
+            return self._step("budget-spent", self.max_backoff, REASONS["budget_spent"])
         new = self.history.count(since=self._status.last_participation)
         verdict = self.eligibility.check(new)
         if not verdict.eligible:

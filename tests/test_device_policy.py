@@ -57,6 +57,9 @@ def test_the_device_sizes_its_noise_and_ignores_the_servers():
     assert secure.visible_multiplier == pytest.approx(1.0)
     share = DevicePolicy(dishonest_share=0.5).terms(secure_task())
     assert share.noise_stddev == pytest.approx(1.0 / math.sqrt(5))  # a warier device adds more
+    told = policy.terms({**secure_task(), "dishonest_share": 0.5})  # so does a warier server's
+    assert told.noise_stddev == pytest.approx(share.noise_stddev)
+    assert policy.terms({**secure_task(), "dishonest_share": 0.0}) == secure  # never less
 
 
 @pytest.mark.parametrize("changes, code", [

@@ -141,7 +141,7 @@ class KeyboardApp(App):
                 self.backend.history.stats(), runtime, version=version,
                 source=self.model_source, server_url=self.prefs.server_url,
                 participate=self.prefs.participate, user_paused=self.learning_paused,
-                incognito=self.incognito)
+                incognito=self.incognito, ledger=self.backend.ledger_view())
 
     # --- actions the screens call ----------------------------------------------------------
     def show(self, name: str) -> None:

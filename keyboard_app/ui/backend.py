@@ -19,6 +19,8 @@ from keyboard_app.ui.prefs import Prefs
 from model import paths
 
 if TYPE_CHECKING:  # torch-heavy: imported by open(), off the UI thread, so the window shows first
+    from keyboard_app.ledger import PrivacyLedger
+    from keyboard_app.privacy_policy import DevicePolicy
     from keyboard_app.runtime import DeviceRuntime
     from model.lstm import NextWordLSTM
     from model.predictor import Predictor
@@ -58,14 +60,19 @@ class Backend:
                                     retention_days=prefs.retention_days, filters=prefs.filters())
         self.personal = PersonalStore(self.data_dir / PERSONAL_FILE)
         self.runtime: DeviceRuntime | None = None
+        self.ledger: PrivacyLedger | None = None  # opened by open(), off the UI thread
+        self._ledger_view: tuple[tuple, dict] | None = None
         self.user_paused = False
 
     # --- models ---------------------------------------------------------------------
     def open(self, on_model: OnModel) -> None:
         """Blocking (call it off the UI thread): load the best model there is, start syncing."""
+        from keyboard_app.ledger import FILE_NAME, PrivacyLedger
         from keyboard_app.runtime import DeviceRuntime
         from model.predictor import Predictor
         got_global = False
+        self.ledger = self.ledger or PrivacyLedger(self.data_dir / FILE_NAME)
+        self.ledger_view()  # the first epsilon imports dp-accounting: here, not on the UI
 
         def from_runtime(model: NextWordLSTM, tokenizer: WordTokenizer, version: int) -> None:
             nonlocal got_global
@@ -74,8 +81,9 @@ class Backend:
                                 "global"))
 
         if self.prefs.server_url:
+            options = {**self.runtime_options, "policy": self.policy(), "ledger": self.ledger}
             self.runtime = DeviceRuntime(self.data_dir, self.prefs.server_url,
-                                         history=self.history, **self.runtime_options)
+                                         history=self.history, **options)
             self._apply_pause()
             self.runtime.add_model_listener(from_runtime)  # calls back now if one is cached
         if not got_global:
@@ -142,6 +150,34 @@ class Backend:
         else:
             runtime.resume()
 
+    def policy(self) -> DevicePolicy:
+        """The device privacy policy: the user's settings (or one a test set in code)."""
+        return self.runtime_options.get("policy") or self.prefs.policy()
+
+    def ledger_view(self) -> dict | None:
+        """The privacy ledger and policy for the panel (None until open() opened it);
+        recomputed only when the ledger or the policy changed."""
+        ledger, policy = self.ledger, self.policy()
+        if ledger is None:
+            return None
+        key = (ledger.revision(), policy)
+        if self._ledger_view is None or self._ledger_view[0] != key:
+            from federated.privacy import composed_epsilon
+            summary = ledger.summary(policy.delta)
+            limit = policy.epsilon_budget
+            next_round = composed_epsilon([*ledger.multipliers(), policy.min_noise_multiplier],
+                                          policy.delta) if limit else 0.0
+            last = summary["last"]
+            refusals = ledger.refusals(1)
+            self._ledger_view = (key, {
+                "rounds": summary["rounds"], "sent": summary["sent"],
+                "epsilon": summary["epsilon"], "limit": limit, "delta": policy.delta,
+                "exhausted": bool(limit) and next_round > limit,
+                "last_seen": last.seen if last else None, "last_ts": last.ts if last else None,
+                "refusal": refusals[0] if refusals else None,
+                "policy": policy.settings(), "relaxed": policy.explicitly_relaxed})
+        return self._ledger_view[1]
+
     def runtime_status(self) -> dict | None:
         """The runtime's status as a dict, or None without a server."""
         runtime = self.runtime
@@ -155,6 +191,9 @@ class Backend:
         self.prefs = prefs
         self.history.retention_days = prefs.retention_days
         self.history.filters = prefs.filters()
+        runtime = self.runtime
+        if runtime is not None:
+            runtime.set_policy(self.policy())
         self._apply_pause()
         return changed_server
 

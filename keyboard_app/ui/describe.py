@@ -60,22 +60,25 @@ def status_line(server_url: str, runtime: dict | None, version: int | None, sour
     state = (runtime or {}).get("state", "")
     doing = {"training": "training in the background", "uploading": "sending an update",
              "paused": "learning paused", "not-eligible": "learning when idle",
-             "no-task": "waiting for a round", "uploaded": "update sent"}.get(state, state)
+             "no-task": "waiting for a round", "uploaded": "update sent",
+             "refused": "a round was refused (see Privacy)",
+             "budget-spent": "privacy limit reached, not learning"}.get(state, state)
     return f"Connected: {model}" + (f", {doing}." if doing else "."), "ok"
 
 
 def privacy_lines(stats: dict, runtime: dict | None, *, version: int | None, source: str,
                   server_url: str, participate: bool, user_paused: bool,
-                  incognito: bool, now: float | None = None) -> dict[str, str]:
-    """The privacy panel's paragraphs, keyed by section line."""
+                  incognito: bool, ledger: dict | None = None,
+                  now: float | None = None) -> dict[str, str]:
+    """The privacy panel's paragraphs, keyed by section line (`ledger`: Backend.ledger_view)."""
     n = stats.get("messages", 0)
     stored = (f"[b]{n} message{'s' if n != 1 else ''}[/b] stored, the oldest from "
               f"{when(stats.get('oldest'), now)}." if n else "[b]0 messages[/b] stored.")
     f = stats.get("filters", {})
     never = ["password fields", "incognito mode"]
     if f.get("digits"):
-        never.append(f"numbers of {f.get('min_digits', 7)}+ digits (however they are "
-                     "spaced), card and bank account numbers")
+        never.append(f"numbers of {f.get('min_digits', 7)}+ digits, card and bank account "
+                     "numbers")
     if f.get("emails"):
         never.append("e-mail addresses")
     kept_out = sum((stats.get("not_stored") or {}).values()) + stats.get("redacted", 0)
@@ -119,10 +122,47 @@ def privacy_lines(stats: dict, runtime: dict | None, *, version: int | None, sou
     else:
         budget = f", of a budget of {rt['epsilon_budget']:g}" if rt.get("epsilon_budget") else ""
         delta = f" (delta {rt['delta']:g})" if rt.get("delta") else ""
-        epsilon = (f"Privacy (the server's accounting): at most epsilon {eps:.2f} spent by any "
+        epsilon = (f"The server's own accounting: at most epsilon {eps:.2f} spent by any "
                    f"device{budget}{delta}.")
     return {"stored": stored, "kept": kept, "participation": participation, "update": update,
-            "learning": learning, "model": model, "epsilon": epsilon}
+            "learning": learning, "model": model, "epsilon": epsilon,
+            **ledger_lines(ledger, now)}
+
+
+def ledger_lines(ledger: dict | None, now: float | None = None) -> dict[str, str]:
+    """The device's own ledger and privacy limits, in plain words with the numbers."""
+    if ledger is None:
+        return {"ledger": "Privacy ledger: opening...", "ledger_seen": "", "policy": "",
+                "refusal": ""}
+    n, limit = ledger["rounds"], ledger["limit"]
+    limit_text = f"your limit {limit:g}" if limit else "no limit (a simulation's setting)"
+    joined = (f"Your phone has contributed to {n} round{'s' if n != 1 else ''}." if n else
+              "Your phone has not contributed to any round yet.")
+    spent = (f"{joined} Privacy spent: ε = {ledger['epsilon']:.1f} of {limit_text} "
+             f"(δ = {ledger['delta']:g}).")
+    unanswered = ledger["sent"] - n
+    if unanswered > 0:
+        spent += (f" {unanswered} more update{'s' if unanswered != 1 else ''} left the phone "
+                  "without the server confirming; counted all the same.")
+    if ledger["exhausted"]:
+        spent += " The limit is reached: your phone no longer takes part in learning."
+    seen = (f"Last round, {when(ledger['last_ts'], now)}: the server could see "
+            f"{ledger['last_seen']}." if ledger["last_seen"] else "")
+    p = ledger["policy"]
+    secure = ("secure aggregation required" if p["require_secure_aggregation"] else
+              "without secure aggregation, your phone adds all of the round's noise itself")
+    policy = (f"Your limits: noise of at least {p['min_noise_multiplier']:g} times the "
+              f"clipping norm, each phone's update clipped to at most "
+              f"{p['max_clip_norm']:g}, at least {p['min_reports']} phones a round, {secure}. "
+              + ("Set in code for a simulation or test." if ledger["relaxed"] else
+                 "The server cannot loosen them; you can make them stricter in Settings.")
+              + " Deleting your typing history does not reset this ledger: privacy spent "
+                "stays spent.")
+    r = ledger["refusal"]
+    refusal = (f"Last refused: round {r['round_id']}, {when(r['ts'], now)}. {r['reason']}"
+               if r else "No round has been refused.")
+    return {"ledger": spent, "ledger_seen": _esc(seen), "policy": policy,
+            "refusal": _esc(refusal)}
 
 
 STORED_NOTES = {

@@ -10,6 +10,11 @@ from urllib.parse import urlparse
 
 FILE_NAME = "settings.json"
 RETENTION_CHOICES = (7, 30, 90, 365)
+# The privacy limits Settings offers, the default (the device policy's) first: each step
+# is stricter. Nothing looser than the first can be saved.
+NOISE_CHOICES = (1.0, 1.5, 2.0)
+EPSILON_CHOICES = (10.0, 6.0, 3.0)
+COHORT_CHOICES = (5, 20, 100)
 
 
 class PrefsError(ValueError):
@@ -26,6 +31,11 @@ class Prefs:
     filter_digits: bool = True  # long digit runs (card and phone numbers) never stored
     filter_emails: bool = True  # e-mail addresses never stored
     filter_mode: str = "redact"  # "redact": cut the match out; "drop": skip the message
+    # the device privacy policy, tightened by the user (never below DevicePolicy's defaults)
+    min_noise_multiplier: float = 1.0
+    epsilon_limit: float = 10.0
+    min_round_size: int = 5
+    require_secure_aggregation: bool = False
 
     def validate(self) -> None:
         """Raise PrefsError naming the first bad value."""
@@ -37,11 +47,26 @@ class Prefs:
         days = self.retention_days
         if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
             raise PrefsError(f"retention must be 1 to 3650 days, not {self.retention_days!r}")
-        for name in ("participate", "filter_digits", "filter_emails"):
+        for name in ("participate", "filter_digits", "filter_emails",
+                     "require_secure_aggregation"):
             if not isinstance(getattr(self, name), bool):
                 raise PrefsError(f"{name} must be true or false")
         if self.filter_mode not in ("redact", "drop"):
             raise PrefsError(f"filter_mode must be 'redact' or 'drop', not {self.filter_mode!r}")
+        self.policy()
+
+    def policy(self):
+        """The device privacy policy these settings ask for; PrefsError if any limit is
+        looser than the defaults (they can only be made stricter)."""
+        from keyboard_app.privacy_policy import DevicePolicy, PolicyError
+        try:
+            return DevicePolicy(min_noise_multiplier=float(self.min_noise_multiplier),
+                                epsilon_budget=float(self.epsilon_limit),
+                                min_reports=self.min_round_size,
+                                require_secure_aggregation=self.require_secure_aggregation)
+        except (PolicyError, TypeError, ValueError) as err:
+            raise PrefsError(f"privacy limits can only be made stricter than the defaults "
+                             f"({err})") from None
 
     def filters(self):
         """The history store's Filters for these settings."""

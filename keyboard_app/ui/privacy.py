@@ -81,6 +81,20 @@ Builder.load_string("""
                 size_hint_y: None
                 height: dp(48)
                 on_release: root.confirm_delete()
+            Heading:
+                text: 'Privacy spent by this phone'
+            Para:
+                id: ledger
+            Para:
+                id: ledger_seen
+                color: theme.MUTED
+                font_size: theme.SMALL_SP
+            Para:
+                id: refusal
+            Para:
+                id: policy
+                color: theme.MUTED
+                font_size: theme.SMALL_SP
 
 <ConfirmDelete>:
     title: 'Delete typing history?'

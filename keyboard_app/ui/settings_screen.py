@@ -1,11 +1,13 @@
-"""Settings: server URL, taking part in training, retention and filters (saved as JSON)."""
+"""Settings: server URL, taking part in training, privacy limits, retention and filters
+(saved as JSON)."""
 from kivy.app import App
 from kivy.lang import Builder
 from kivy.properties import BooleanProperty, StringProperty
 from kivy.uix.screenmanager import Screen
 
 from keyboard_app.ui import widgets  # noqa: F401  (kv rules)
-from keyboard_app.ui.prefs import RETENTION_CHOICES, Prefs, PrefsError
+from keyboard_app.ui.prefs import (COHORT_CHOICES, EPSILON_CHOICES, NOISE_CHOICES,
+                                   RETENTION_CHOICES, Prefs, PrefsError)
 
 Builder.load_string("""
 #:import theme keyboard_app.ui.theme
@@ -95,23 +97,95 @@ Builder.load_string("""
                     text: 'Password fields and incognito mode are never stored.'
                     color: theme.MUTED
                     font_size: theme.SMALL_SP
-                Widget:
-                    size_hint_y: None
-                    height: dp(8)
-                FlatButton:
-                    id: save
-                    text: 'Save'
-                    size_hint_y: None
-                    height: dp(48)
-                    on_release: root.save()
+                Heading:
+                    text: 'Privacy limits (only stricter than the defaults)'
                 Para:
-                    id: message
-                    text: root.message
-                    color: theme.DANGER if root.error else theme.MUTED
+                    text: 'Least noise a round must add (noise multiplier):'
+                    font_size: theme.SMALL_SP
+                BoxLayout:
+                    size_hint_y: None
+                    height: dp(44)
+                    Choice:
+                        id: noise_0
+                        text: '1 (default)'
+                        group: 'noise'
+                    Choice:
+                        id: noise_1
+                        text: '1.5'
+                        group: 'noise'
+                    Choice:
+                        id: noise_2
+                        text: '2'
+                        group: 'noise'
+                Para:
+                    text: 'Privacy limit for this phone, for ever (epsilon; lower is stricter):'
+                    font_size: theme.SMALL_SP
+                BoxLayout:
+                    size_hint_y: None
+                    height: dp(44)
+                    Choice:
+                        id: epsilon_0
+                        text: '10 (default)'
+                        group: 'epsilon'
+                    Choice:
+                        id: epsilon_1
+                        text: '6'
+                        group: 'epsilon'
+                    Choice:
+                        id: epsilon_2
+                        text: '3'
+                        group: 'epsilon'
+                Para:
+                    text: 'Fewest phones in a round:'
+                    font_size: theme.SMALL_SP
+                BoxLayout:
+                    size_hint_y: None
+                    height: dp(44)
+                    Choice:
+                        id: cohort_0
+                        text: '5 (default)'
+                        group: 'cohort'
+                    Choice:
+                        id: cohort_1
+                        text: '20'
+                        group: 'cohort'
+                    Choice:
+                        id: cohort_2
+                        text: '100'
+                        group: 'cohort'
+                Choice:
+                    id: require_secure
+                    text:
+                        ('Secure aggregation: required' if self.active else
+                        'Secure aggregation: or the full noise added on this phone')
+                    allow_no_selection: True
+                Para:
+                    text:
+                        ('Your phone refuses any round outside these limits. The server '
+                        'cannot change them.')
+                    color: theme.MUTED
+                    font_size: theme.SMALL_SP
                 Para:
                     text: 'Data directory: ' + app.data_dir
                     color: theme.MUTED
                     font_size: theme.SMALL_SP
+        BoxLayout:
+            orientation: 'vertical'
+            size_hint_y: None
+            height: self.minimum_height
+            padding: dp(14), dp(4), dp(14), dp(8)
+            spacing: dp(2)
+            Para:
+                id: message
+                text: root.message
+                color: theme.DANGER if root.error else theme.MUTED
+                height: (self.texture_size[1] + dp(6)) if self.text else 0
+            FlatButton:
+                id: save
+                text: 'Save'
+                size_hint_y: None
+                height: dp(48)
+                on_release: root.save()
 """)
 
 
@@ -133,7 +207,22 @@ class SettingsScreen(Screen):
         ids.filter_emails.active = prefs.filter_emails
         ids.mode_redact.active = prefs.filter_mode == "redact"
         ids.mode_drop.active = prefs.filter_mode == "drop"
+        for name, choices, value in self._limits(prefs):
+            chosen = max(i for i, c in enumerate(choices) if _stricter_or_equal(name, value, c))
+            for i in range(len(choices)):
+                ids[f"{name}_{i}"].active = i == chosen
+        ids.require_secure.active = prefs.require_secure_aggregation
         self.message, self.error = "", False
+
+    @staticmethod
+    def _limits(prefs: Prefs) -> list[tuple[str, tuple, float]]:
+        return [("noise", NOISE_CHOICES, prefs.min_noise_multiplier),
+                ("epsilon", EPSILON_CHOICES, prefs.epsilon_limit),
+                ("cohort", COHORT_CHOICES, prefs.min_round_size)]
+
+    def _chosen(self, name: str, choices: tuple):
+        return next((c for i, c in enumerate(choices) if self.ids[f"{name}_{i}"].active),
+                    choices[0])
 
     def read(self) -> Prefs:
         """The form as Prefs (not yet validated)."""
@@ -142,7 +231,11 @@ class SettingsScreen(Screen):
         return Prefs(server_url=ids.server_url.text.strip(), participate=ids.participate.active,
                      retention_days=days, filter_digits=ids.filter_digits.active,
                      filter_emails=ids.filter_emails.active,
-                     filter_mode="drop" if ids.mode_drop.active else "redact")
+                     filter_mode="drop" if ids.mode_drop.active else "redact",
+                     min_noise_multiplier=self._chosen("noise", NOISE_CHOICES),
+                     epsilon_limit=self._chosen("epsilon", EPSILON_CHOICES),
+                     min_round_size=self._chosen("cohort", COHORT_CHOICES),
+                     require_secure_aggregation=ids.require_secure.active)
 
     def save(self) -> bool:
         """Validate, persist and apply; the message line says what happened."""
@@ -153,3 +246,8 @@ class SettingsScreen(Screen):
             return False
         self.message, self.error = "Saved.", False
         return True
+
+
+def _stricter_or_equal(name: str, value: float, choice: float) -> bool:
+    """Whether a saved limit is at least as strict as a choice (lower epsilon is stricter)."""
+    return value <= choice if name == "epsilon" else value >= choice
