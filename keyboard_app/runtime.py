@@ -335,7 +335,7 @@ class DeviceRuntime:
             self._save_state()
 
         upload = SecureUpload(self.client, task, wait=self._stop.wait, on_masked=masked,
-                              on_sending_masked=sending,
+                              on_sending_masked=sending, min_survivors=terms.min_reports,
                               on_phase=lambda step: self._set(
                                   state="uploading",
                                   detail=f"round {round_id}: secure aggregation, {step}"))

@@ -66,18 +66,21 @@ class SecureUpload:
     `wait(seconds)` sleeps and returns True if the device must stop; `on_phase(name)` is
     told each step; `on_sending_masked(nbytes)` just before the masked update is sent,
     `on_masked(nbytes)` once it is accepted (from then on the update is part of the round's
-    sum).
+    sum). `min_survivors`: the fewest inputs the device lets the server unmask a sum of,
+    where it can see them all (the complete graph); its noise was sized for that many.
     """
 
     def __init__(self, client: SyncClient, task: SecureTask, *,
                  wait: Callable[[float], bool] = lambda s: bool(time.sleep(s)),
                  on_phase: Callable[[str], None] = lambda phase: None,
                  on_masked: Callable[[int], None] = lambda nbytes: None,
-                 on_sending_masked: Callable[[int], None] = lambda nbytes: None) -> None:
+                 on_sending_masked: Callable[[int], None] = lambda nbytes: None,
+                 min_survivors: int = 1) -> None:
         self.client, self.task = client, task
         self.round_id = task.config.round_id
         self.wait, self.on_phase, self.on_masked = wait, on_phase, on_masked
         self.on_sending_masked = on_sending_masked
+        self.min_survivors = min_survivors
 
     def run(self, update: Update) -> int:
         """Go through all phases with this (clipped, noised) update; the masked bytes sent."""
@@ -97,10 +100,22 @@ class SecureUpload:
             self._send("masked", masked=masked)
             self.on_masked(len(masked))
             request = UnmaskRequest.from_dict(self._fetch("unmask"))
+            self._check_survivors(request)
             self._send("unmask", device.unmask(request).to_dict())
         except SecAggError as err:  # a relay this device will not act on, or a refusal
             raise SecureRoundError(f"round {self.round_id}: {type(err).__name__}: {err}") from None
         return len(masked)
+
+    def _check_survivors(self, request: UnmaskRequest) -> None:
+        """Refuse to unmask a sum of fewer inputs than the noise was sized for (checkable
+        when every client is a neighbour; with SecAgg+ each device sees only its own)."""
+        config = self.task.config
+        if config.degree == config.num_clients - 1 and \
+                len(request.survivors) + 1 < self.min_survivors:
+            raise SecureRoundError(
+                f"round {self.round_id}: the server asked to unmask a sum of "
+                f"{len(request.survivors) + 1} inputs; this device's noise needs at least "
+                f"{self.min_survivors}")
 
     def _send(self, step: str, message: dict | None = None, masked: bytes | None = None) -> None:
         """Deliver one message, retrying while the server is unreachable; a retry that the

@@ -109,3 +109,12 @@ def test_the_budget_counts_every_round_sent():
     assert caught.value.code == "budget" and "privacy limit" in caught.value.reason
     unlimited = DevicePolicy.relaxed(epsilon_budget=None, min_noise_multiplier=0.0)
     assert math.isinf(unlimited.check_budget([], unlimited.terms(task(noise_multiplier=0.0))))
+
+
+def test_a_secure_round_is_not_unmasked_over_fewer_inputs_than_the_noise_was_sized_for():
+    from federated.secagg import UnmaskRequest
+    from keyboard_app.secure_upload import SecureRoundError, SecureUpload, parse_task
+    upload = SecureUpload(None, parse_task(secure_task(n=6, minimum=5)), min_survivors=5)
+    upload._check_survivors(UnmaskRequest(4, (2, 3, 4, 5), (6,)))  # 5 inputs in the sum
+    with pytest.raises(SecureRoundError, match="unmask a sum of 3 inputs"):
+        upload._check_survivors(UnmaskRequest(4, (2, 3), (4, 5, 6)))
