@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -133,3 +134,15 @@ def weights_to_bytes(weights: Weights, meta: CheckpointMeta) -> bytes:
     """Float32 weights and metadata as checkpoint bytes (what `model_to_bytes` writes)."""
     return tensorfile.save({k: np.asarray(v, dtype=np.float32) for k, v in weights.items()},
                            meta.to_strings())
+
+
+def load_weights(path: str | Path, tokenizer_sha256: str | None = None
+                 ) -> tuple[Weights, CheckpointMeta]:
+    """`weights_from_bytes` of a file; every problem is a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return weights_from_bytes(path.read_bytes(), tokenizer_sha256)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None

@@ -7,6 +7,10 @@ from pathlib import Path
 
 
 def default_data_dir() -> Path:
+    """The app's private storage on Android, else $XDG_DATA_HOME/private-keyboard."""
+    from keyboard_app import android
+    if android.ON_ANDROID:
+        return android.storage_dir()
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "private-keyboard"
 

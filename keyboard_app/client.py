@@ -20,8 +20,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from device_model.checkpoint import CheckpointError, read_metadata
 from federated.wire import API_PREFIX
-from model.checkpoint import CheckpointError, read_metadata
 
 USER_AGENT = "private-keyboard-device/1"
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024

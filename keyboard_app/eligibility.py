@@ -1,7 +1,9 @@
 """When a device may train (Bonawitz et al. 2019): idle, charging, unmetered, enough new text.
 
-On a desktop: `psutil` reports the battery where there is one (no battery means mains
-power); whether the network is metered cannot be detected, so it is a setting.
+On Android the platform reports the battery and whether the network is metered
+(`keyboard_app.android`). On a desktop: `psutil` reports the battery where there is one (no
+battery means mains power); whether the network is metered cannot be detected, so it is a
+setting.
 Training polls `should_stop()` between batches and ends as soon as the user types,
 unplugs, the network becomes metered or learning is paused.
 """
@@ -12,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import psutil
+from keyboard_app import android
 
 
 @dataclass(frozen=True)
@@ -25,11 +27,22 @@ class Battery:
 
 def psutil_battery() -> Battery | None:
     """The machine's battery via psutil, or None when it has none (mains powered)."""
+    import psutil  # desktop only: python-for-android has no psutil recipe
     try:
         info = psutil.sensors_battery()
     except (AttributeError, NotImplementedError, OSError):
         return None
     return None if info is None else Battery(float(info.percent), bool(info.power_plugged))
+
+
+def platform_battery() -> Battery | None:
+    """The battery as the platform reports it: Android's BatteryManager, else psutil."""
+    return Battery(*android.battery()) if android.ON_ANDROID else psutil_battery()
+
+
+def platform_metered() -> bool | None:
+    """Whether the network is metered, where the platform can tell (Android); else None."""
+    return android.network_metered() if android.ON_ANDROID else None
 
 
 @dataclass
@@ -39,7 +52,7 @@ class EligibilitySettings:
     idle_seconds: float = 60.0
     require_charging: bool = True
     require_unmetered: bool = True
-    network_metered: bool = False  # desktop: the user's say-so, it cannot be detected
+    network_metered: bool = False  # desktop: the user's say-so, it cannot be detected there
     min_new_messages: int = 10
 
 
@@ -55,15 +68,18 @@ class Verdict:
 class Eligibility:
     """Tracks typing activity and the device's condition; thread-safe.
 
-    `clock` (monotonic seconds) and `battery` (a probe) are injectable for tests.
+    `clock` (monotonic seconds), `battery` and `metered` (probes; `metered` None: cannot
+    tell, the setting decides) are injectable for tests.
     """
 
     def __init__(self, settings: EligibilitySettings | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 battery: Callable[[], Battery | None] = psutil_battery) -> None:
+                 battery: Callable[[], Battery | None] = platform_battery,
+                 metered: Callable[[], bool | None] = platform_metered) -> None:
         self.settings = settings or EligibilitySettings()
         self.clock = clock
         self.battery = battery
+        self.metered = metered
         self.paused = False
         self._last_activity: float | None = None
         self._lock = threading.Lock()
@@ -97,8 +113,10 @@ class Eligibility:
             battery = self.battery()
             if battery is not None and not battery.plugged:
                 reasons.append(f"on battery ({battery.percent:.0f}%), not charging")
-        if s.require_unmetered and s.network_metered:
-            reasons.append("on a metered network")
+        if s.require_unmetered:
+            detected = self.metered()
+            if s.network_metered if detected is None else detected:
+                reasons.append("on a metered network")
         return reasons, wait
 
     def check(self, new_messages: int) -> Verdict:

@@ -1,9 +1,10 @@
 """One device's part of a round: train the global model on local history, send only the
 clipped and noised difference.
 
-The training loop is `model.train.train` (the same code the server-side references use),
-at one CPU thread. The clipping and noise are `federated.privacy.privatize`, the code the
-server's accountant assumes; the noise level is the device's own (`keyboard_app.
+The training loop is `device_model.train.train`, NumPy only: step for step the loop of
+`model.train.train` that the server-side references use (tests/test_device_model.py holds
+the two to the same update). The clipping and noise are `federated.privacy.privatize`, the
+code the server's accountant assumes; the noise level is the device's own (`keyboard_app.
 privacy_policy`), never one the server dictates. Nothing but the encoded update leaves
 this module.
 """
@@ -16,12 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from device_model.checkpoint import weights_from_bytes
+from device_model.lstm import NumpyLSTM
+from device_model.tokenizer import DeviceTokenizer
+from device_model.train import TrainConfig, TrainResult, train
 from federated.privacy import privatize
-from federated.wire import Update, encode_update, tensors_from_bytes
+from federated.wire import Update, encode_update
 from keyboard_app.secure_upload import parse_task
-from model.checkpoint import model_from_bytes
-from model.tokenizer import WordTokenizer
-from model.train import TrainConfig, TrainResult, train
 
 Tensors = dict[str, np.ndarray]
 
@@ -72,16 +74,15 @@ def check_task(task: dict) -> None:
     train_config(task["train"], seed=0)
 
 
-def local_delta(global_bytes: bytes, tokenizer: WordTokenizer, messages: list[str],
+def local_delta(global_bytes: bytes, tokenizer: DeviceTokenizer, messages: list[str],
                 config: TrainConfig, should_stop: Callable[[], bool] | None = None
                 ) -> tuple[Tensors, TrainResult, int]:
     """Train a copy of the global model on `messages`; (local - global, result, examples)."""
-    model, _ = model_from_bytes(global_bytes, tokenizer_sha256=tokenizer.sha256)
-    global_tensors, _ = tensors_from_bytes(global_bytes)
+    global_tensors, meta = weights_from_bytes(global_bytes, tokenizer_sha256=tokenizer.sha256)
+    model = NumpyLSTM({k: v.copy() for k, v in global_tensors.items()}, meta.config)
     sequences = tokenizer.encode_messages(messages)
-    result = train(model, sequences, config, pad_id=tokenizer.pad_id,
-                   should_stop=should_stop, progress=False)
-    local = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    result = train(model, sequences, config, pad_id=tokenizer.pad_id, should_stop=should_stop)
+    local = model.weights
     # sorted names: a fixed order, so a seeded noise generator gives reproducible updates
     delta = {k: (local[k] - global_tensors[k]).astype(np.float32) for k in sorted(global_tensors)}
     return delta, result, len(sequences)
@@ -114,7 +115,7 @@ def sample_messages(messages: list[str], limit: int, seed: int) -> list[str]:
     return [messages[i] for i in sorted(keep)]
 
 
-def run_task(task: dict, global_bytes: bytes, tokenizer: WordTokenizer, messages: list[str],
+def run_task(task: dict, global_bytes: bytes, tokenizer: DeviceTokenizer, messages: list[str],
              *, noise_stddev: float, should_stop: Callable[[], bool] | None = None,
              seed: int | None = None, rng: np.random.Generator | None = None
              ) -> LocalUpdate | None:

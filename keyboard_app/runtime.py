@@ -25,6 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from device_model.checkpoint import (CheckpointError, CheckpointMeta, read_metadata,
+                                     weights_from_bytes)
+from device_model.lstm import NumpyLSTM
+from device_model.tokenizer import DeviceTokenizer, TokenizerError
 from federated.privacy import composed_epsilon
 from federated.wire import Update
 from keyboard_app.client import (ModelBlob, ServerRejected, ServerUnavailable, SyncClient,
@@ -36,12 +40,9 @@ from keyboard_app.ledger import PrivacyLedger
 from keyboard_app.local_training import TaskError, check_task, example_limit, run_task
 from keyboard_app.privacy_policy import REASONS, DevicePolicy, PolicyRefusal, RoundTerms
 from keyboard_app.secure_upload import SecureRoundError, SecureTask, SecureUpload, parse_task
-from model.checkpoint import CheckpointError, CheckpointMeta, model_from_bytes, read_metadata
-from model.lstm import NextWordLSTM
-from model.tokenizer import TokenizerError, WordTokenizer
 
 log = logging.getLogger(__name__)
-ModelListener = Callable[[NextWordLSTM, WordTokenizer, int], None]
+ModelListener = Callable[[NumpyLSTM, DeviceTokenizer, int], None]
 
 
 @dataclass
@@ -124,8 +125,8 @@ class DeviceRuntime:
         self.rng, self.train_seed = rng, train_seed
         self.local_update = local_update  # run_task; privacy audits' canary devices differ
         self.poll_seconds, self.max_backoff = poll_seconds, max_backoff
-        self.model: NextWordLSTM | None = None
-        self.tokenizer: WordTokenizer | None = None
+        self.model: NumpyLSTM | None = None
+        self.tokenizer: DeviceTokenizer | None = None
         self.blob: ModelBlob | None = None
         self._status = DeviceStatus(device_id=self.client.device_id)
         self._state_path = self.data_dir / "state.json"
@@ -358,21 +359,22 @@ class DeviceRuntime:
             self._install(blob, self._tokenizer_for(blob))
         self._set(server_reachable=True)
 
-    def _tokenizer_for(self, blob: ModelBlob) -> WordTokenizer:
+    def _tokenizer_for(self, blob: ModelBlob) -> DeviceTokenizer:
         """The tokenizer the model was trained with, fetched again if it changed."""
         wanted = CheckpointMeta.from_strings(read_metadata(blob.data)).tokenizer_sha256
         if self.tokenizer is None or self.tokenizer.sha256 != wanted:
-            tokenizer = WordTokenizer.from_json(self.client.tokenizer_json())
+            tokenizer = DeviceTokenizer.from_json(self.client.tokenizer_json())
             if tokenizer.sha256 != wanted:
                 raise TokenizerError(f"server tokenizer {tokenizer.sha256[:12]} is not the "
                                      f"model's {wanted[:12]}")
             self.tokenizer = tokenizer
         return self.tokenizer
 
-    def _install(self, blob: ModelBlob, tokenizer: WordTokenizer) -> None:
+    def _install(self, blob: ModelBlob, tokenizer: DeviceTokenizer) -> None:
         """Make `blob` the current global model; build it for prediction unless told not to."""
         if self.load_model:
-            model, meta = model_from_bytes(blob.data, tokenizer_sha256=tokenizer.sha256)
+            weights, meta = weights_from_bytes(blob.data, tokenizer_sha256=tokenizer.sha256)
+            model = NumpyLSTM(weights, meta.config)
         else:  # simulations: train from the bytes, never predict
             model, meta = None, CheckpointMeta.from_strings(read_metadata(blob.data))
         self.model, self.blob = model, blob
@@ -389,7 +391,7 @@ class DeviceRuntime:
         if blob is None or text is None:
             return
         try:
-            self.tokenizer = WordTokenizer.from_json(text)
+            self.tokenizer = DeviceTokenizer.from_json(text)
             self._install(blob, self.tokenizer)
         except (CheckpointError, TokenizerError) as err:
             log.warning("cached model unusable: %s", err)

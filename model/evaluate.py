@@ -24,11 +24,11 @@ from tqdm import tqdm
 from data import Device, load_split
 from model.checkpoint import CheckpointError
 from model.compress import load_any
-from model.lstm import NextWordLSTM
+from model.lstm import LSTMScorer, NextWordLSTM
 from model.metrics import NextWordMetrics
 from model.ngram import KneserNey
 from model.paths import ROOT, TOKENIZER_PATH
-from model.predictor import LSTMScorer, Predictor, Scorer
+from model.predictor import Predictor, Scorer
 from model.tokenizer import TokenizerError, WordTokenizer
 from model.words import words
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -40,3 +43,43 @@ class NextWordLSTM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class LSTMScorer:
+    """The NextWordLSTM behind the Scorer interface; eval mode, torch.inference_mode."""
+
+    def __init__(self, model: NextWordLSTM, pad_id: int = 0, bos_id: int = 2,
+                 batch_tokens: int = 4096) -> None:
+        self.model = model.eval()
+        self.vocab_size = model.config.vocab_size
+        self.pad_id, self.bos_id, self.batch_tokens = pad_id, bos_id, batch_tokens
+
+    @torch.inference_mode()
+    def step(self, state: Any, word_id: int) -> Any:
+        ids = torch.tensor([[word_id]], dtype=torch.long)
+        return self.model.lstm(self.model.embedding(ids), state)[1]
+
+    def start(self) -> Any:
+        return self.step(None, self.bos_id)
+
+    @torch.inference_mode()
+    def log_probs(self, state: Any) -> np.ndarray:
+        return torch.log_softmax(self.model.logits(state[0][0, 0]), dim=-1).numpy()
+
+    @torch.inference_mode()
+    def score_messages(self, sequences: Sequence[Sequence[int]]
+                       ) -> Iterator[tuple[int, np.ndarray]]:
+        """Whole messages through the LSTM in padded batches of similar length."""
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        start = 0
+        while start < len(order):
+            width = len(sequences[order[start]]) - 1
+            batch = order[start:start + max(1, self.batch_tokens // max(width, 1))]
+            start += len(batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, :len(sequences[i]) - 1] = torch.tensor(sequences[i][:-1])
+            logits, _ = self.model(ids)
+            logp = torch.log_softmax(logits, dim=-1).numpy()
+            for row, i in enumerate(batch):
+                yield i, logp[row, :len(sequences[i]) - 1]

@@ -10,18 +10,22 @@ import string
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
-from model.checkpoint import load_checkpoint
-from model.lstm import NextWordLSTM
+from device_model.checkpoint import load_weights
+from device_model.lstm import NumpyLSTM
+from device_model.scorer import NumpyScorer
+from device_model.tokenizer import DeviceTokenizer
 from model.metrics import PrefixIndex, best_k
 from model.paths import TOKENIZER_PATH
 from model.personal import PersonalLayer, PersonalModel, PersonalWeights
-from model.tokenizer import WordTokenizer
 from model.words import words
+
+if TYPE_CHECKING:  # PyTorch and `tokenizers`: the device runs without them
+    from model.lstm import NextWordLSTM
+    from model.tokenizer import WordTokenizer
 
 MAX_CONTEXT = 64  # words read when a context is computed from scratch
 MAX_NODES = 256  # cached states; older ones are dropped (backspacing that far recomputes)
@@ -48,44 +52,21 @@ class Scorer(Protocol):
         """(index, log-probs (len - 1, V)) for each sequence [<bos>, ..., <eos>], any order."""
 
 
-class LSTMScorer:
-    """The NextWordLSTM behind the Scorer interface; eval mode, torch.inference_mode."""
+def as_scorer(model: Scorer | NumpyLSTM | NextWordLSTM) -> Scorer:
+    """A Scorer for the NumPy LSTM (the device's), the PyTorch one, or any Scorer."""
+    if isinstance(model, NumpyLSTM):
+        return NumpyScorer(model)
+    if hasattr(model, "log_probs"):
+        return model
+    from model.lstm import LSTMScorer  # PyTorch is imported only when given a torch model
+    return LSTMScorer(model)
 
-    def __init__(self, model: NextWordLSTM, pad_id: int = 0, bos_id: int = 2,
-                 batch_tokens: int = 4096) -> None:
-        self.model = model.eval()
-        self.vocab_size = model.config.vocab_size
-        self.pad_id, self.bos_id, self.batch_tokens = pad_id, bos_id, batch_tokens
 
-    @torch.inference_mode()
-    def step(self, state: Any, word_id: int) -> Any:
-        ids = torch.tensor([[word_id]], dtype=torch.long)
-        return self.model.lstm(self.model.embedding(ids), state)[1]
-
-    def start(self) -> Any:
-        return self.step(None, self.bos_id)
-
-    @torch.inference_mode()
-    def log_probs(self, state: Any) -> np.ndarray:
-        return torch.log_softmax(self.model.logits(state[0][0, 0]), dim=-1).numpy()
-
-    @torch.inference_mode()
-    def score_messages(self, sequences: Sequence[Sequence[int]]
-                       ) -> Iterator[tuple[int, np.ndarray]]:
-        """Whole messages through the LSTM in padded batches of similar length."""
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-        start = 0
-        while start < len(order):
-            width = len(sequences[order[start]]) - 1
-            batch = order[start:start + max(1, self.batch_tokens // max(width, 1))]
-            start += len(batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, :len(sequences[i]) - 1] = torch.tensor(sequences[i][:-1])
-            logits, _ = self.model(ids)
-            logp = torch.log_softmax(logits, dim=-1).numpy()
-            for row, i in enumerate(batch):
-                yield i, logp[row, :len(sequences[i]) - 1]
+def __getattr__(name: str) -> Any:
+    if name == "LSTMScorer":  # moved to model.lstm; still importable from here, lazily
+        from model.lstm import LSTMScorer
+        return LSTMScorer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def split_partial(text: str) -> tuple[str, str]:
@@ -120,7 +101,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 class Predictor:
     """Suggestions from a scorer and a tokenizer; thread-safe, the model can be swapped."""
 
-    def __init__(self, model: Scorer | NextWordLSTM, tokenizer: WordTokenizer,
+    def __init__(self, model: Scorer | NumpyLSTM | NextWordLSTM,
+                 tokenizer: DeviceTokenizer | WordTokenizer,
                  max_context: int = MAX_CONTEXT) -> None:
         self.tokenizer = tokenizer
         self.index = PrefixIndex(tokenizer.id_to_word)
@@ -134,14 +116,15 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, checkpoint_path: str | Path,
                         tokenizer_path: str | Path = TOKENIZER_PATH) -> Predictor:
-        """A predictor for a checkpoint, checked against the tokenizer it was trained with."""
-        tokenizer = WordTokenizer.load(tokenizer_path)
-        model, _ = load_checkpoint(checkpoint_path, tokenizer.sha256)
-        return cls(model, tokenizer)
+        """A predictor on the NumPy runtime for a float or int8 checkpoint, checked against
+        the tokenizer it was trained with."""
+        tokenizer = DeviceTokenizer.load(tokenizer_path)
+        weights, meta = load_weights(checkpoint_path, tokenizer.sha256)
+        return cls(NumpyLSTM(weights, meta.config), tokenizer)
 
-    def set_model(self, model: Scorer | NextWordLSTM) -> None:
+    def set_model(self, model: Scorer | NumpyLSTM | NextWordLSTM) -> None:
         """Swap in a new model (from any thread); the cached states are dropped."""
-        scorer = LSTMScorer(model) if isinstance(model, NextWordLSTM) else model
+        scorer = as_scorer(model)
         if scorer.vocab_size != self.tokenizer.vocab_size:
             raise ValueError(f"model has {scorer.vocab_size} ids, tokenizer "
                              f"{self.tokenizer.vocab_size}")

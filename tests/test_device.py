@@ -84,7 +84,7 @@ def test_runtime_round_trip_and_status(start_server, tmp_path, sender_messages):
     assert status.server_reachable and status.rounds_joined == 1 and status.last_round_id == 1
     assert status.clip_norm == 1.0 and status.noise_stddev == pytest.approx(0.5)
     assert status.epsilon is not None and status.epsilon > 0 and status.delta == 1e-6
-    assert status.last_update_bytes > 4 * sum(s.numel() for s in device.model.parameters())
+    assert status.last_update_bytes > 4 * device.model.num_parameters()
     assert status.last_participation is not None
     server.wait_for(lambda st: st["model"]["version"] == 1, what="round 1 aggregated")
     # the next pass picks up the new global model and tells the listener

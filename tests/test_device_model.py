@@ -2,6 +2,8 @@
 updates and files (the tolerances of issue 19)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from torch.nn import functional as F
 from data import load_split
 from device_model import checkpoint as dcheck
 from device_model.lstm import Dropout, NumpyLSTM, loss_and_grads
+from device_model.scorer import NumpyScorer
 from device_model.tokenizer import DeviceTokenizer, TokenizerError
 from device_model.train import TrainConfig, dropout_rng, pad
 from device_model.train import train as np_train
@@ -19,7 +22,7 @@ from model.compress import model_from_int8_bytes, model_to_int8_bytes
 from model.config import ModelConfig
 from model.lstm import NextWordLSTM
 from model.paths import PRETRAINED_MODEL, TOKENIZER_PATH
-from model.predictor import LSTMScorer
+from model.lstm import LSTMScorer
 from model.tokenizer import WordTokenizer
 from model.train import train as torch_train
 
@@ -200,7 +203,6 @@ def test_tokenizer_reads_the_pretrained_file_identically(messages):
     (lambda s: s["added_tokens"][0].update(lstrip=True), "added token"),
 ])
 def test_tokenizer_refuses_other_configurations(tokenizer, change, message):
-    import json
     spec = json.loads(tokenizer.to_json())
     change(spec)
     with pytest.raises(TokenizerError, match=message):
@@ -246,3 +248,49 @@ def test_model_file_errors(tokenizer):
         dcheck.weights_from_bytes(model_to_bytes(model, meta))
     with pytest.raises(CheckpointError, match="not a private-keyboard"):
         dcheck.weights_from_bytes(dcheck.tensorfile.save({"x": np.zeros(2, np.float32)}))
+
+
+# --------------------------------------------------------------------------- the predictor
+def test_suggestions_and_scores_match_torch_on_real_size_weights(tokenizer, messages):
+    from model.predictor import Predictor
+    words = [tokenizer.id_to_word[i % tokenizer.vocab_size] for i in range(REAL.vocab_size)]
+    vocab = {w if i < tokenizer.vocab_size else f"w{i}": i for i, w in enumerate(words)}
+    big = WordTokenizer.from_json(tokenizer.to_json().replace(
+        json_vocab(tokenizer), json.dumps(vocab, separators=(",", ":"))))
+    model = torch_model(REAL, seed=4, spread=0.5)
+    ours, reference = Predictor(as_numpy(model), big), Predictor(model, big)
+    for text in ["", "how are y", "See you at the ", "i think so, but "] + messages[:20]:
+        assert ours.suggest(text, k=5) == reference.suggest(text, k=5)
+        assert np.abs(ours.next_word_scores(text) - reference.next_word_scores(text)).max() < 1e-5
+    seqs = big.encode_messages(messages[:30])
+    mine = dict(NumpyScorer(as_numpy(model)).score_messages(seqs))
+    for i, logp in LSTMScorer(model).score_messages(seqs):
+        assert np.abs(mine[i] - logp).max() < 1e-5
+
+
+def json_vocab(tokenizer: WordTokenizer) -> str:
+    return json.dumps(json.loads(tokenizer.to_json())["model"]["vocab"], separators=(",", ":"),
+                      ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------- the device's round
+def test_the_devices_round_matches_a_torch_round(tokenizer, messages):
+    from keyboard_app.local_training import run_task, sample_messages, train_config
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, dropout=0.1, **SMALL)
+    start = torch_model(config, seed=6)
+    blob = model_to_bytes(start, CheckpointMeta(config, tokenizer.sha256, 2))
+    task = {"round_id": 1, "model_version": 2, "clip_norm": 1e6, "noise_stddev": 0.0,
+            "train": {"epochs": 1.0, "batch_size": 16, "lr": 3e-3, "optimizer": "adam",
+                      "max_examples": 120}}
+    local = run_task(task, blob, DeviceTokenizer.from_json(tokenizer.to_json()), messages[:300],
+                     noise_stddev=0.0, seed=9)
+    config_t = train_config(task["train"], seed=9)
+    sample = sample_messages(messages[:300], 120, config_t.seed)
+    reference, _ = model_from_bytes(blob)
+    reference.drop = NumpyMasks(Dropout(config.dropout, dropout_rng(config_t.seed)))
+    torch_train(reference, tokenizer.encode_messages(sample), config_t, progress=False)
+    names = sorted(local.update.tensors)
+    ref = np.concatenate([(reference.state_dict()[k].numpy()
+                           - start.state_dict()[k].numpy()).ravel() for k in names])
+    ours = np.concatenate([local.update.tensors[k].ravel() for k in names])
+    assert relative(ours, ref) < 1e-4 and local.result.steps == 8

@@ -5,15 +5,17 @@ import numpy as np
 import pytest
 import torch
 
+from device_model.checkpoint import weights_from_bytes
+from device_model.lstm import NumpyLSTM
+from device_model.train import train
 from federated.privacy import clip
 from federated.wire import decode_update, l2_norm, tensors_from_bytes
 from keyboard_app.local_training import (TaskError, make_update, run_task, sample_messages,
                                          train_config)
-from model.checkpoint import CheckpointMeta, model_from_bytes, model_to_bytes
+from model.checkpoint import CheckpointMeta, model_to_bytes
 from model.config import ModelConfig
 from model.lstm import NextWordLSTM
 from model.tokenizer import WordTokenizer
-from model.train import train
 
 TEXT = ["how are you doing today", "i am doing fine thanks", "what are you up to",
         "see you later tonight", "are you coming to the party", "i think so yes",
@@ -43,13 +45,14 @@ def task(**changes) -> dict:
 def test_update_is_local_minus_global_clipped(setup):
     tokenizer, blob = setup
     local = run_task(task(clip_norm=1e6), blob, tokenizer, TEXT, noise_stddev=0.0, seed=1)
-    # the same training by hand: the delta must be exactly trained - global
-    model, _ = model_from_bytes(blob)
-    train(model, tokenizer.encode_messages(TEXT), train_config(task()["train"], seed=1),
-          progress=False)
+    # the same training by hand on the device's NumPy runtime (tests/test_device_model.py
+    # holds it to PyTorch's): the delta must be exactly trained - global
+    weights, meta = weights_from_bytes(blob)
+    model = NumpyLSTM(weights, meta.config)
+    train(model, tokenizer.encode_messages(TEXT), train_config(task()["train"], seed=1))
     global_tensors, _ = tensors_from_bytes(blob)
-    for name, value in model.state_dict().items():
-        expected = value.numpy() - global_tensors[name]
+    for name, value in model.weights.items():
+        expected = value - global_tensors[name]
         np.testing.assert_array_equal(local.update.tensors[name], expected.astype(np.float32))
     assert local.prenorm == pytest.approx(l2_norm(local.update.tensors), rel=1e-5)
     assert local.prenorm > 0

@@ -18,13 +18,13 @@ from keyboard_app.personal_store import FILE_NAME as PERSONAL_FILE, PersonalStor
 from keyboard_app.ui.prefs import Prefs
 from model import paths
 
-if TYPE_CHECKING:  # torch-heavy: imported by open(), off the UI thread, so the window shows first
+if TYPE_CHECKING:  # imported by open(), off the UI thread, so the window shows first
+    from device_model.lstm import NumpyLSTM
+    from device_model.tokenizer import DeviceTokenizer
     from keyboard_app.ledger import PrivacyLedger
     from keyboard_app.privacy_policy import DevicePolicy
     from keyboard_app.runtime import DeviceRuntime
-    from model.lstm import NextWordLSTM
     from model.predictor import Predictor
-    from model.tokenizer import WordTokenizer
 
 log = logging.getLogger("keyboard_app.ui")
 HISTORY_FILE = "history.sqlite"  # the file name DeviceRuntime uses by default
@@ -74,7 +74,7 @@ class Backend:
         self.ledger = self.ledger or PrivacyLedger(self.data_dir / FILE_NAME)
         self.ledger_view()  # the first epsilon imports dp-accounting: here, not on the UI
 
-        def from_runtime(model: NextWordLSTM, tokenizer: WordTokenizer, version: int) -> None:
+        def from_runtime(model: NumpyLSTM, tokenizer: DeviceTokenizer, version: int) -> None:
             nonlocal got_global
             got_global = True
             on_model(ModelReady(self.personalise(Predictor(model, tokenizer)), version,
@@ -92,21 +92,23 @@ class Backend:
             self.runtime.start()
 
     def load_pretrained(self) -> ModelReady:
-        """The public pre-trained model from the cache, or why there is none."""
-        from model.checkpoint import CheckpointError, load_checkpoint
+        """The public pre-trained model from the cache (on the NumPy runtime), or why there is
+        none."""
+        from device_model.checkpoint import CheckpointError, load_weights
+        from device_model.lstm import NumpyLSTM
+        from device_model.tokenizer import DeviceTokenizer, TokenizerError
         from model.predictor import Predictor
-        from model.tokenizer import TokenizerError, WordTokenizer
         if not self.pretrained_model.is_file() or not self.tokenizer_path.is_file():
             return ModelReady(None, None, "none", "no pre-trained model in "
                               f"{self.pretrained_model.parent}")
         try:
-            tokenizer = WordTokenizer.load(self.tokenizer_path)
-            model, meta = load_checkpoint(self.pretrained_model, tokenizer.sha256)
+            tokenizer = DeviceTokenizer.load(self.tokenizer_path)
+            weights, meta = load_weights(self.pretrained_model, tokenizer.sha256)
         except (CheckpointError, TokenizerError) as err:
             log.warning("pre-trained model unusable: %s", err)
             return ModelReady(None, None, "none", str(err))
-        return ModelReady(self.personalise(Predictor(model, tokenizer)), meta.version,
-                          "pretrained")
+        predictor = Predictor(NumpyLSTM(weights, meta.config), tokenizer)
+        return ModelReady(self.personalise(predictor), meta.version, "pretrained")
 
     def close(self) -> None:
         """Stop the runtime (waits for training to stop at its next batch)."""
