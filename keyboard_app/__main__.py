@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("KIVY_NO_ARGS", "1")  # our options, not Kivy's
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # local training on one core (NumPy)
     from kivy.config import Config
     Config.set("graphics", "width", str(args.width))
     Config.set("graphics", "height", str(args.height))

@@ -735,6 +735,7 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
             pool = stack.enter_context(ThreadPoolExecutor(
                 math.ceil(settings["target_reports"] * settings["overcommit"])))
         else:
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # workers: one BLAS thread each
             pool = stack.enter_context(ProcessPoolExecutor(
                 config.workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=init_worker, initargs=(population, str(run_dir / "logs"))))

@@ -155,7 +155,8 @@ def test_one_local_round_matches_torch(tokenizer, messages, optimizer, dropout):
     ref_result = torch_train(reference, sequences, train_config, progress=False)
     ours = as_numpy(start)
     result = np_train(ours, sequences, train_config)
-    assert (result.steps, result.tokens) == (ref_result.steps, ref_result.tokens) and result.steps > 5
+    assert (result.steps, result.tokens) == (ref_result.steps, ref_result.tokens)
+    assert result.steps > 5
     assert result.mean_loss == pytest.approx(ref_result.mean_loss, rel=1e-5)
     ref_delta = np.concatenate([(v.numpy() - before[k]).ravel()
                                 for k, v in reference.state_dict().items()])
@@ -224,8 +225,9 @@ def test_model_files_read_and_write_like_torch(tokenizer):
     again, got = model_from_bytes(dcheck.weights_to_bytes(weights, meta), tokenizer.sha256)
     assert got == meta
     assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
-    int8, _ = dcheck.weights_from_bytes(model_to_int8_bytes(model, meta))
-    for name, value in model_from_int8_bytes(model_to_int8_bytes(model, meta))[0].state_dict().items():
+    int8_bytes = model_to_int8_bytes(model, meta)
+    int8, _ = dcheck.weights_from_bytes(int8_bytes)
+    for name, value in model_from_int8_bytes(int8_bytes)[0].state_dict().items():
         assert np.array_equal(int8[name], value.numpy())
 
 

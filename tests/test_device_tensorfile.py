@@ -59,7 +59,7 @@ def test_update_bytes_the_server_reads_are_unchanged():
     assert all(np.array_equal(decoded.tensors[k], v) for k, v in update.tensors.items())
 
 
-def _raw(header: object, data: bytes = b"", pad: bool = True) -> bytes:
+def _raw(header: object, data: bytes = b"") -> bytes:
     text = json.dumps(header).encode() if not isinstance(header, bytes) else header
     return len(text).to_bytes(8, "little") + text + data
 
@@ -78,7 +78,8 @@ GOOD = {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
     (_raw(b'{"x": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}, "x": {}}'), "duplicate"),
     (_raw({"x": {"dtype": "F33", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)), "dtype"),
     (_raw({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)), "do not hold"),
-    (_raw({"x": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, bytes(8)), "non-negative"),
+    (_raw({"x": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, bytes(8)),
+     "non-negative"),
     (_raw({"x": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}, bytes(8)), "integers"),
     (_raw({"x": {"dtype": "F32", "shape": [2]}}, bytes(8)), "exactly"),
     (_raw({**GOOD, "y": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8)),

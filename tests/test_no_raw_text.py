@@ -26,6 +26,9 @@ import requests
 import torch
 
 from data import load_split
+from device_model.checkpoint import weights_from_bytes
+from device_model.lstm import NumpyLSTM
+from device_model.train import TrainConfig, train
 from federated.privacy import clip, privatize
 from federated.wire import decode_update, l2_norm, tensors_from_bytes
 from keyboard_app.eligibility import Eligibility, EligibilitySettings
@@ -33,9 +36,7 @@ from keyboard_app.history import HistoryStore
 from keyboard_app.local_training import sample_messages
 from keyboard_app.privacy_policy import DevicePolicy
 from keyboard_app.runtime import DeviceRuntime
-from model.checkpoint import model_from_bytes
 from model.tokenizer import WordTokenizer
-from model.train import TrainConfig, train
 from model.words import words
 
 ROUNDS = {"target_reports": 3, "min_reports": 3, "overcommit": 1.0, "retry_after": 0.2,
@@ -240,14 +241,15 @@ def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp
         update = decode_update(put["body"], server.shapes)
         global_bytes = requests.get(f"{server.url}/v1/models/{update.model_version}").content
         global_tensors, _ = tensors_from_bytes(global_bytes)
-        model, _ = model_from_bytes(global_bytes)
+        weights, meta = weights_from_bytes(global_bytes)  # the device's NumPy runtime
+        model = NumpyLSTM(weights, meta.config)
         kept = sample_messages(devices[i].history.messages(), ROUNDS["train_max_examples"], i)
         train(model, tokenizer.encode_messages(kept),
               TrainConfig(epochs=ROUNDS["train_epochs"], batch_size=ROUNDS["train_batch_size"],
                           lr=ROUNDS["train_lr"], optimizer=ROUNDS["train_optimizer"], seed=i,
-                          threads=1), progress=False)
-        trained = model.state_dict()
-        delta = {k: trained[k].numpy() - global_tensors[k] for k in sorted(global_tensors)}
+                          threads=1))
+        trained = model.weights
+        delta = {k: trained[k] - global_tensors[k] for k in sorted(global_tensors)}
         expected, prenorm = privatize(delta, ROUNDS["clip_norm"], stddev, rngs[i])
         for name in expected:
             np.testing.assert_array_equal(update.tensors[name], expected[name])
