@@ -27,16 +27,19 @@ BLOCKED = ("torch", "tokenizers", "safetensors")
 TEXTS = ["how are ", "see you t", "I think "]
 # python-for-android's recipes (pythonforandroid/recipes at kivy/python-for-android a608f59)
 # that the spec may name, and the pure-Python packages p4a installs with pip.
-RECIPES = {"python3", "kivy", "numpy", "sqlite3", "sqlalchemy", "openssl", "cryptography",
-           "cffi", "pillow", "pyjnius", "android", "setuptools", "pyopenssl"}
+RECIPES = {"python3", "kivy", "numpy", "scipy", "sqlite3", "sqlalchemy", "openssl",
+           "cryptography", "cffi", "pillow", "pyjnius", "android", "setuptools", "pyopenssl"}
 PURE_PYTHON = {"requests", "urllib3", "idna", "certifi", "charset-normalizer",
-               "typing-extensions", "filetype"}
+               "typing-extensions", "filetype", "dp-accounting", "absl-py", "attrs"}
 # An imported top-level module -> the requirement that provides it.
 PROVIDER = {"kivy": "kivy", "numpy": "numpy", "sqlalchemy": "sqlalchemy", "PIL": "pillow",
             "cryptography": "cryptography", "_cffi_backend": "cffi", "_openssl": "cryptography",
             "requests": "requests", "urllib3": "urllib3", "idna": "idna", "certifi": "certifi",
             "charset_normalizer": "charset-normalizer", "typing_extensions": "typing-extensions",
-            "filetype": "filetype", "jnius": "pyjnius", "android": "android"}
+            "filetype": "filetype", "jnius": "pyjnius", "android": "android",
+            "dp_accounting": "dp-accounting", "absl": "absl-py", "attr": "attrs",
+            "scipy": "scipy", "_csparsetools": "scipy", "_cyutility": "scipy",
+            "_moduleTNC": "scipy", "_ni_label": "scipy"}
 NOT_PACKAGES = ("__editable__", "_cython_", "_distutils_hack", "_sysconfigdata", "cython_runtime",
                 "__main__", "kivy_env", "keyboard_app", "device_model", "federated", "model")
 
@@ -59,8 +62,12 @@ from keyboard_app.ui.backend import Backend
 from keyboard_app.ui.prefs import Prefs
 
 folder = {folder!r}
-ready = Backend(folder + "/data", Prefs(), pretrained_model=folder + "/model.safetensors",
-                tokenizer_path=folder + "/tokenizer.json").load_pretrained()
+backend = Backend(folder + "/data", Prefs(), pretrained_model=folder + "/model.safetensors",
+                  tokenizer_path=folder + "/tokenizer.json")
+got = []
+backend.open(got.append)  # what the app does at start (no server: the pre-trained model)
+ready = got[0]
+backend.ledger_view()  # what the privacy panel shows
 task = {{"round_id": 4, "model_version": 0, "clip_norm": 1.0, "noise_stddev": 0.01,
          "train": {{"epochs": 1.0, "batch_size": 8, "lr": 0.01, "optimizer": "adam"}}}}
 local = run_task(task, open(folder + "/model.safetensors", "rb").read(),
@@ -124,7 +131,7 @@ def test_buildozer_requirements_are_recipes_or_pure_python():
 def test_buildozer_requirements_cover_every_module_the_device_path_imports(device_run):
     imported = [m for m in device_run["modules"] if not m.startswith(NOT_PACKAGES)]
     unknown = [m for m in imported if m not in PROVIDER]
-    assert not unknown, "new device-path imports: add them to buildozer.spec and PROVIDER"
+    assert not unknown, f"new device-path imports {unknown}: add them to buildozer.spec, PROVIDER"
     missing = {PROVIDER[m] for m in imported} - set(_requirements())
     assert not missing
     # Android-only imports (never loaded on a desktop) must be in the spec too
