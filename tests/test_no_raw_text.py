@@ -7,8 +7,9 @@ test then parses that byte stream back into HTTP requests, decodes every body (J
 safetensors header and metadata), and shows that
 
 - no run of 3 consecutive words of any message (hence no message of 3+ words), nor any
-  longer message verbatim, nor the redacted phone number or e-mail, appears anywhere in
-  what was sent, in raw bytes or in any decoding of them;
+  longer message verbatim, nor the redacted phone number or e-mail, nor a word the
+  devices' personal layers learned, appears anywhere in what was sent, in raw bytes or in
+  any decoding of them;
 - every uploaded tensor is exactly the clipped, noised update: the server's own copy of
   the round's global model, trained on the device's history with the round's settings,
   minus the global model, clipped to C, plus the noise of the device's seeded generator.
@@ -34,6 +35,7 @@ from federated.wire import decode_update, l2_norm, tensors_from_bytes
 from keyboard_app.eligibility import Eligibility, EligibilitySettings
 from keyboard_app.history import HistoryStore
 from keyboard_app.local_training import sample_messages
+from keyboard_app.personal_store import PersonalStore
 from keyboard_app.privacy_policy import DevicePolicy
 from keyboard_app.runtime import DeviceRuntime
 from model.tokenizer import WordTokenizer
@@ -46,7 +48,9 @@ ROUNDS = {"target_reports": 3, "min_reports": 3, "overcommit": 1.0, "retry_after
 # tiny rounds (3 reports, z = 0.3): looser than a phone's default policy, so set in code
 POLICY = DevicePolicy.relaxed(min_noise_multiplier=0.3, max_clip_norm=0.5, min_reports=3,
                               epsilon_budget=None)
-SECRETS = ["call me at 0612 345 678 tonight", "my address is jane.doe@example.org ok"]
+PERSONAL_WORD = "zorblatquux"  # a word only these devices know, learned by their personal layer
+SECRETS = ["call me at 0612 345 678 tonight", "my address is jane.doe@example.org ok",
+           f"dinner with {PERSONAL_WORD.title()} at eight"]
 
 
 class RecordingRelay:
@@ -193,6 +197,9 @@ def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp
         history.add_many(messages)
         eligibility = Eligibility(EligibilitySettings(idle_seconds=0, min_new_messages=0),
                                   battery=lambda: None)
+        personal = PersonalStore(tmp_path / f"device{i}" / "personal.sqlite")  # as the app
+        for message in history.messages():
+            personal.learn(message)
         devices.append(DeviceRuntime(tmp_path / f"device{i}", relay.url, history=history,
                                      eligibility=eligibility, rng=np.random.default_rng(100 + i),
                                      train_seed=i, poll_seconds=0.05, policy=POLICY))
@@ -229,6 +236,12 @@ def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp
     blob = b"".join(bytes(s) for s in relay.streams)
     for secret in (b"0612", b"345 678", b"jane.doe", b"example.org"):
         assert secret not in blob
+    assert PERSONAL_WORD.encode() not in blob.lower()  # the personal layer's word stays home
+    for request in sent:
+        assert not any(PERSONAL_WORD in view.lower() for view in decodings(request))
+    for i in range(3):
+        assert PersonalStore(tmp_path / f"device{i}" / "personal.sqlite").model.unigrams[
+            PERSONAL_WORD] == 1  # it was on every device all along
 
     # 2. The tensors are exactly the clipped, noised difference, recomputed here from the
     #    server's own copy of each round's model and the round settings.
