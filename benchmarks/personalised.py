@@ -29,7 +29,7 @@ from model.compress import load_any  # noqa: E402
 from model.evaluate import machine  # noqa: E402
 from model.paths import PRETRAINED_MODEL, ROOT, TOKENIZER_PATH  # noqa: E402
 from model.personal import PersonalModel, PersonalWeights  # noqa: E402
-from model.personal_eval import MIN_MESSAGES, evaluate_personalised  # noqa: E402
+from model.personal_eval import MIN_MESSAGES, evaluate_personalised, markdown  # noqa: E402
 from model.predictor import LSTMScorer, Predictor  # noqa: E402
 from model.tokenizer import WordTokenizer  # noqa: E402
 
@@ -52,44 +52,6 @@ def objective(summary: dict) -> float:
     if worst is not None and worst < -MAX_LOSS:
         return -1.0
     return min(summary["gain"][k] / t for k, t in TARGETS.items())
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
-def report(summary: dict) -> str:
-    """The table of BENCHMARKS.md: global against personal, then by history length."""
-    g, p, d = summary["global"], summary["personal"], summary["gain"]
-    keys = [("top1", "top-1"), ("top3", "top-3"), ("ksr", "KSR"), ("macro_top1", "macro top-1"),
-            ("macro_top3", "macro top-3")]
-    lines = ["| | " + " | ".join(t for _, t in keys) + " |", "|---" * (len(keys) + 1) + "|",
-             "| global model alone | " + " | ".join(pct(g[k]) for k, _ in keys) + " |",
-             "| with the personal layer | " + " | ".join(pct(p[k]) for k, _ in keys) + " |",
-             "| gain (points) | " + " | ".join(f"{100 * d[k]:+.2f}" for k, _ in keys) + " |",
-             "", _counts(summary), "",
-             "| messages per sender | senders | words | global top-1 | personal top-1 | gain "
-             "| global KSR | personal KSR | gain |", "|---" * 9 + "|"]
-    for row in summary["by_history_length"]:
-        if not row["senders"]:
-            continue
-        gl, pe = row["global"], row["personal"]
-        lines.append(f"| {row['messages']} | {row['senders']} | {gl['words']:,} | "
-                     f"{pct(gl['top1'])} | {pct(pe['top1'])} | "
-                     f"{100 * (pe['top1'] - gl['top1']):+.2f} | {pct(gl['ksr'])} | "
-                     f"{pct(pe['ksr'])} | {100 * (pe['ksr'] - gl['ksr']):+.2f} |")
-    return "\n".join(lines)
-
-
-def _counts(summary: dict) -> str:
-    p, worst = summary["personal"], summary["worst_sender_gain_history_50"]
-    text = (f"{p['senders']} senders, {p['words']:,} words; top-1 up by more than 0.5 points "
-            f"for {summary['senders_gaining']} senders, down by more than 0.5 for "
-            f"{summary['senders_losing']}")
-    if worst is not None:
-        text += (f"; worst top-1 change among the {summary['senders_history_50']} senders "
-                 f"with 50+ history messages: {100 * worst:+.2f} points")
-    return text + "."
 
 
 def latency(predictor: Predictor, keystrokes: int) -> dict:
@@ -176,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                   f" | {100 * (s['worst_sender_gain_history_50'] or 0):+.2f} | "
                   f"{objective(s):.3f} |")
         print(f"chosen on valid: {ranked[0]['weights']}")
-        print(report(ranked[0]))
+        print(markdown(ranked[0]))
     else:
         print(f"split {split}, weights {asdict(weights[0])}")
-        print(report(summaries[0]))
+        print(markdown(summaries[0]))
     print(f"{seconds:.0f} s; wrote {out}")
     return 0
 

@@ -6,7 +6,10 @@
 3. the same fleet, from the same start model, for the same rounds with differential
    privacy (a separate server);
 4. a table on `test`: the n-gram baseline, the public pre-trained LSTM and both
-   federated LSTMs (with epsilon and delta).
+   federated LSTMs (with epsilon and delta);
+5. the personalised evaluation (docs/EVALUATION.md) of the DP federated model: each `test`
+   sender with 20+ messages types the second half of them, with and without the
+   personal layer learning on the device.
 
 Leaves report.json, report.md and demo.png in runs/<time>/ (each fleet in a subfolder).
 `--quick` is a smoke run of about a minute: 3 short rounds, part of `test` (on the cached
@@ -25,6 +28,7 @@ from pathlib import Path
 from keyboard_app.simulate import (FleetConfig, FleetError, describe, evaluate_split, run_fleet,
                                    save_figure)
 from model.paths import CACHE_DIR, PRETRAINED_DIR, ROOT
+from model.personal_eval import markdown
 
 QUICK_DIR = CACHE_DIR / "demo-quick"  # the quick run's small pre-trained model
 QUICK_PRETRAIN = ["--epochs", "1", "--embed-dim", "32", "--hidden-size", "64",
@@ -188,8 +192,31 @@ def write_report(run_dir: Path, report: dict, cells: list[list[str]]) -> None:
         "than 1 point of top-1 lost.",
         f"- Stages (seconds): {json.dumps(report['stages'])}; total {report['seconds']:.0f} s "
         f"on {report['machine']['nproc']} cores ({report['machine']['cpu']}).", "",
-        "![valid accuracy and epsilon](demo.png)", ""]
+        "![valid accuracy and epsilon](demo.png)", "",
+        "## The DP model for one person, with the personal layer", "",
+        "`test` senders with 20+ messages type the second half of their messages, the "
+        "personal layer having learned the first half and learning each message after it is "
+        "sent (docs/EVALUATION.md, \"Personalised evaluation\").", "",
+        markdown(report["personalised"]), ""]
     (run_dir / "report.md").write_text("\n".join(lines))
+
+
+def personalised(model: Path, tokenizer: Path, max_senders: int) -> dict:
+    """The personalised evaluation of `model` on `test` (the first `max_senders` if > 0)."""
+    from data import load_split
+    from model.checkpoint import load_checkpoint
+    from model.personal import PersonalWeights
+    from model.personal_eval import MIN_MESSAGES, evaluate_personalised
+    from model.predictor import LSTMScorer
+    from model.tokenizer import WordTokenizer
+    words = WordTokenizer.load(tokenizer)
+    lstm, _ = load_checkpoint(model, words.sha256)
+    devices = [d for d in load_split("test")
+               if len(d.messages) >= MIN_MESSAGES][:max_senders or None]
+    result = evaluate_personalised(LSTMScorer(lstm), words, devices, [PersonalWeights()])
+    summary = result.summary(0)
+    summary.pop("per_sender_top1_gain")
+    return summary
 
 
 def _eps(value: float | None) -> str:
@@ -199,7 +226,7 @@ def _eps(value: float | None) -> str:
 # --- main -----------------------------------------------------------------------------------------
 def run_demo(config: DemoConfig, run_dir: Path, quick: bool) -> dict:
     from model.evaluate import machine
-    stages = Stages(5)
+    stages = Stages(6)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now().isoformat(timespec="seconds")
     print(f"run folder: {run_dir}", flush=True)
@@ -227,6 +254,12 @@ def run_demo(config: DemoConfig, run_dir: Path, quick: bool) -> dict:
     rows = evaluate_split(models, tokenizer, "test", config.test_senders, config.workers)
     stages.done()
 
+    stages.start("personalised evaluation of the DP model on test")
+    personal = personalised(run_dir / "fleet-dp" / "model.safetensors", tokenizer,
+                            config.test_senders)
+    stages.done(f"top-1 {100 * personal['global']['top1']:.2f}% alone, "
+                f"{100 * personal['personal']['top1']:.2f}% with the personal layer")
+
     stages.start("report")
     privacy = {models[2][0]: "none (epsilon infinite)",
                models[3][0]: f"epsilon {_eps(dp['epsilon'])}, delta {config.delta:g}"}
@@ -240,7 +273,8 @@ def run_demo(config: DemoConfig, run_dir: Path, quick: bool) -> dict:
               "pretrained": {"folder": str(folder), "cached": cached},
               "rows": rows, "privacy": privacy,
               "test": {"senders": rows[0]["senders"], "words": rows[0]["words"]},
-              "fleets": {"no_dp": no_dp, "dp": dp}, "stages": stages.seconds,
+              "fleets": {"no_dp": no_dp, "dp": dp}, "personalised": personal,
+              "stages": stages.seconds,
               "seconds": round(time.time() - stages.started, 1), "machine": machine()}
     write_report(run_dir, report, cells)
     stages.done()

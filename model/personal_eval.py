@@ -199,3 +199,42 @@ def _score_message(sender: str, ws: list[str], log_probs: np.ndarray, layer: Per
             top3 += rank < SUGGESTIONS
             keys += k
         tally.add(sender, len(ws), top1, top3, chars, keys)
+
+
+# --- the report ---------------------------------------------------------------------------
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def markdown(summary: dict) -> str:
+    """The table of BENCHMARKS.md: global against personal, then by history length."""
+    g, p, d = summary["global"], summary["personal"], summary["gain"]
+    keys = [("top1", "top-1"), ("top3", "top-3"), ("ksr", "KSR"), ("macro_top1", "macro top-1"),
+            ("macro_top3", "macro top-3")]
+    lines = ["| | " + " | ".join(t for _, t in keys) + " |", "|---" * (len(keys) + 1) + "|",
+             "| global model alone | " + " | ".join(pct(g[k]) for k, _ in keys) + " |",
+             "| with the personal layer | " + " | ".join(pct(p[k]) for k, _ in keys) + " |",
+             "| gain (points) | " + " | ".join(f"{100 * d[k]:+.2f}" for k, _ in keys) + " |",
+             "", _counts(summary), "",
+             "| messages per sender | senders | words | global top-1 | personal top-1 | gain "
+             "| global KSR | personal KSR | gain |", "|---" * 9 + "|"]
+    for row in summary["by_history_length"]:
+        if not row["senders"]:
+            continue
+        gl, pe = row["global"], row["personal"]
+        lines.append(f"| {row['messages']} | {row['senders']} | {gl['words']:,} | "
+                     f"{pct(gl['top1'])} | {pct(pe['top1'])} | "
+                     f"{100 * (pe['top1'] - gl['top1']):+.2f} | {pct(gl['ksr'])} | "
+                     f"{pct(pe['ksr'])} | {100 * (pe['ksr'] - gl['ksr']):+.2f} |")
+    return "\n".join(lines)
+
+
+def _counts(summary: dict) -> str:
+    p, worst = summary["personal"], summary["worst_sender_gain_history_50"]
+    text = (f"{p['senders']} senders, {p['words']:,} words; top-1 up by more than 0.5 points "
+            f"for {summary['senders_gaining']} senders, down by more than 0.5 for "
+            f"{summary['senders_losing']}")
+    if worst is not None:
+        text += (f"; worst top-1 change among the {summary['senders_history_50']} senders "
+                 f"with 50+ history messages: {100 * worst:+.2f} points")
+    return text + "."

@@ -212,3 +212,16 @@ def test_the_evaluation_ranks_as_the_predictor_suggests(tokenizer, model):
         row, oov = layer.combine(scorer.log_probs(state), context)
         first = predictor.suggest(" ".join(context) + " ")[0].lower()
         assert ranker.score(first, row, layer.oov_words, oov, layer)[0] == 0, context
+
+
+def test_the_demo_reports_the_personalised_evaluation(tokenizer, model, tmp_path):
+    from keyboard_app.demo import personalised
+    from model.checkpoint import CheckpointMeta, save_checkpoint
+    from model.personal_eval import markdown
+    save_checkpoint(tmp_path / "model.safetensors", model,
+                    CheckpointMeta(model.config, tokenizer.sha256, 0, {"test": "tiny"}))
+    tokenizer.save(tmp_path / "tokenizer.json")
+    summary = personalised(tmp_path / "model.safetensors", tmp_path / "tokenizer.json", 2)
+    assert summary["personal"]["senders"] == 2 and summary["global"]["words"] > 0
+    table = markdown(summary)
+    assert "| global model alone |" in table and "| with the personal layer |" in table
