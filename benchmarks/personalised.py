@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +33,22 @@ from model.personal_eval import MIN_MESSAGES, evaluate_personalised, markdown  #
 from model.predictor import LSTMScorer, Predictor  # noqa: E402
 from model.tokenizer import WordTokenizer  # noqa: E402
 
-GRID = {"discount": (0.5, 0.8), "theta": (5.0, 10.0, 20.0, 40.0), "gamma": (0.0, 0.05, 0.15),
-        "beta": (1000.0,), "kappa": (1.0,)}
+# The tuning grid, in two stages on `valid` (a coordinate search): first the n-gram levels
+# (d, theta of the bigram and trigram levels) and the sharpness, with no unigram or recency
+# term; then, with the best of those, the unigram and recent-words weights.
+STAGE1 = {"levels": tuple(((0.8, t2), (0.8, t3)) for t2 in (10.0, 20.0, 40.0)
+                          for t3 in (0.5, 2.0, 4.0)),
+          "sharpness": (1.0, 0.7)}
+STAGE2 = {"gamma": (0.0, 0.05), "recency": (0.0, 0.05, 0.15), "decay": (0.95, 0.99)}
 TARGETS = {"top1": 0.02, "macro_top1": 0.01, "top3": 0.03, "ksr": 0.015}
 MAX_LOSS = 0.005  # no sender with 50+ history messages worse by more than this (top-1)
 
 
-def grid(spec: dict[str, tuple[float, ...]]) -> list[PersonalWeights]:
-    names = [f.name for f in fields(PersonalWeights)]
-    return [PersonalWeights(**dict(zip(names, values)))
+def grid(spec: dict[str, tuple], base: PersonalWeights = PersonalWeights()
+         ) -> list[PersonalWeights]:
+    """Every combination of `spec`'s values, the other fields as in `base`."""
+    names = list(spec)
+    return [replace(base, **dict(zip(names, values)))
             for values in itertools.product(*(spec[n] for n in names))]
 
 
@@ -87,6 +94,13 @@ def latency(predictor: Predictor, keystrokes: int) -> dict:
             "learn_max_ms": float(np.max(learn) * 1000)}
 
 
+def _run(scorer: LSTMScorer, tokenizer: WordTokenizer, devices: list,
+         weights: list[PersonalWeights]) -> list[dict]:
+    result = evaluate_personalised(scorer, tokenizer, devices, weights,
+                                   progress=sys.stderr.isatty())
+    return [result.summary(i) for i in range(len(weights))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", nargs="?", type=Path, default=PRETRAINED_MODEL)
@@ -94,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("valid", "test"), default=None,
                         help="default: test (valid with --tune)")
     parser.add_argument("--tune", action="store_true",
-                        help=f"evaluate the grid {GRID} on valid and print the ranking")
+                        help="the two-stage grid (STAGE1, STAGE2) on valid: the ranking")
     parser.add_argument("--latency", action="store_true", help="keystroke latency only")
     parser.add_argument("--keystrokes", type=int, default=2000)
     parser.add_argument("--max-senders", type=int, default=None)
@@ -115,12 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
         return 0
     devices = load_split(split)[:args.max_senders]
-    weights = grid(GRID) if args.tune else [PersonalWeights()]
+    scorer = LSTMScorer(model)
     start = time.perf_counter()
-    result = evaluate_personalised(LSTMScorer(model), tokenizer, devices, weights,
-                                   progress=sys.stderr.isatty())
+    if args.tune:
+        stage1 = _run(scorer, tokenizer, devices, grid(STAGE1))
+        best = max(stage1, key=objective)["weights"]
+        base = replace(PersonalWeights(), levels=tuple(map(tuple, best["levels"])),
+                       sharpness=best["sharpness"])
+        summaries = stage1 + _run(scorer, tokenizer, devices, grid(STAGE2, base))
+    else:
+        summaries = _run(scorer, tokenizer, devices, [PersonalWeights()])
     seconds = time.perf_counter() - start
-    summaries = [result.summary(i) for i in range(len(weights))]
     out = args.json or ROOT / "runs" / f"personalised-{split}{'-tune' if args.tune else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"split": split, "checkpoint": str(args.checkpoint),
@@ -129,18 +148,19 @@ def main(argv: list[str] | None = None) -> int:
                               indent=1) + "\n")
     if args.tune:
         ranked = sorted(summaries, key=objective, reverse=True)
-        print("| " + " | ".join(f.name for f in fields(PersonalWeights)) +
-              " | top-1 | macro top-1 | top-3 | KSR | worst 50+ | objective |")
+        shown = [f.name for f in fields(PersonalWeights)]
+        print("| " + " | ".join(shown) + " | top-1 | macro top-1 | top-3 | KSR | worst 50+ "
+              "| objective |")
         for s in ranked:
             w, d = s["weights"], s["gain"]
-            print("| " + " | ".join(f"{w[f.name]:g}" for f in fields(PersonalWeights)) + " | " +
+            print("| " + " | ".join(str(w[name]) for name in shown) + " | " +
                   " | ".join(f"{100 * d[k]:+.2f}" for k in TARGETS) +
                   f" | {100 * (s['worst_sender_gain_history_50'] or 0):+.2f} | "
                   f"{objective(s):.3f} |")
         print(f"chosen on valid: {ranked[0]['weights']}")
         print(markdown(ranked[0]))
     else:
-        print(f"split {split}, weights {asdict(weights[0])}")
+        print(f"split {split}, weights {summaries[0]['weights']}")
         print(markdown(summaries[0]))
     print(f"{seconds:.0f} s; wrote {out}")
     return 0

@@ -1,8 +1,7 @@
 """The person's learned words on the device: SQLite beside the typing history.
 
 `personal.sqlite` in the app's data folder (created with mode 0600, deleted rows overwritten
-on disk) holds every count of `model.personal.PersonalModel` (unigrams, bigrams, trigrams,
-by word, never by token id: a new global model or tokenizer keeps them), the forms written
+on disk) holds every count of `model.personal.PersonalModel` (1- to 4-grams, by word, never by token id: a new global model or tokenizer keeps them), the forms written
 with capitals, and whether learning is paused. It learns only what the history store kept
 (after its filters: never incognito or password fields, never long numbers or e-mail
 addresses), is deleted with the history, and nothing in it is ever sent.
@@ -18,21 +17,23 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from model.personal import (DictionaryError, Gram, PersonalModel, dictionary_text,
+from model.personal import (ORDER, DictionaryError, Gram, PersonalModel, dictionary_text,
                             parse_dictionary)
 
 FILE_NAME = "personal.sqlite"
 MAX_IMPORT_BYTES = 4_000_000
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS grams (w1 TEXT NOT NULL, w2 TEXT NOT NULL, w3 TEXT NOT NULL,
-                                  n INTEGER NOT NULL, PRIMARY KEY (w1, w2, w3));
+_WORDS = ", ".join(f"w{i}" for i in range(ORDER))  # a gram's words, '' padding the front
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS grams ({", ".join(f"w{i} TEXT NOT NULL" for i in range(ORDER))},
+                                  n INTEGER NOT NULL, PRIMARY KEY ({_WORDS}));
 CREATE TABLE IF NOT EXISTS forms (word TEXT PRIMARY KEY, form TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-def _row(gram: Gram) -> tuple[str, str, str]:
-    return ("",) * (3 - len(gram)) + tuple(gram)  # type: ignore[return-value]
+def _row(gram: Gram) -> tuple[str, ...]:
+    """A gram as the table's four word columns ('' pads the front)."""
+    return ("",) * (ORDER - len(gram)) + tuple(gram)
 
 
 class PersonalStore:
@@ -51,8 +52,8 @@ class PersonalStore:
 
     def _load(self) -> PersonalModel:
         model = PersonalModel()
-        for w1, w2, w3, n in self._db.execute("SELECT w1, w2, w3, n FROM grams"):
-            model.add_gram(tuple(w for w in (w1, w2, w3) if w), int(n))  # '' pads the front
+        for *words, n in self._db.execute(f"SELECT {_WORDS}, n FROM grams"):
+            model.add_gram(tuple(w for w in words if w), int(n))
         for word, form in self._db.execute("SELECT word, form FROM forms"):
             model.set_form(word, form)
         return model
@@ -74,8 +75,8 @@ class PersonalStore:
         words = {g[0] for g in grams if len(g) == 1}
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO grams VALUES (?, ?, ?, 1) ON CONFLICT"
-                                 "(w1, w2, w3) DO UPDATE SET n = n + 1", map(_row, grams))
+            self._db.executemany(f"INSERT INTO grams VALUES ({'?, ' * ORDER}1) ON CONFLICT"
+                                 f"({_WORDS}) DO UPDATE SET n = n + 1", map(_row, grams))
             self._sync_forms(words)
             self._db.execute("COMMIT")
 
@@ -102,7 +103,8 @@ class PersonalStore:
         had = self.model.remove(word)
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM grams WHERE w1 = ? OR w2 = ? OR w3 = ?", (word,) * 3)
+            self._db.execute("DELETE FROM grams WHERE " + " OR ".join(
+                f"w{i} = ?" for i in range(ORDER)), (word,) * ORDER)
             self._db.execute("DELETE FROM forms WHERE word = ?", (word,))
             self._db.execute("COMMIT")
         return had
@@ -164,8 +166,9 @@ class PersonalStore:
             self._db.execute("BEGIN")
             for word, more, form in changed:
                 if more:
-                    self._db.execute("INSERT INTO grams VALUES ('', '', ?, ?) ON CONFLICT"
-                                     "(w1, w2, w3) DO UPDATE SET n = n + ?", (word, more, more))
+                    self._db.execute(f"INSERT INTO grams VALUES ({'?, ' * ORDER}?) ON CONFLICT"
+                                     f"({_WORDS}) DO UPDATE SET n = n + ?",
+                                     (*_row((word,)), more, more))
                 if form:
                     self._db.execute("INSERT INTO forms VALUES (?, ?) ON CONFLICT(word) DO "
                                      "UPDATE SET form = excluded.form", (word, form))

@@ -1,22 +1,24 @@
 """The personal layer: one person's words and phrasing, learned on the device at once.
 
-`PersonalModel` counts the person's own words (unigrams, and bigrams and trigrams within a
+`PersonalModel` counts the person's own words (unigrams, and 2- to 4-grams within a
 message, a message starting with the context <s>), keyed by the words themselves, so it
 survives a new global model and a new tokenizer. It is plain data: `grams()` and
 `add_gram()` are all a store needs, `to_dict()`/`from_dict()` make it JSON.
 
 `PersonalLayer` binds a model to one global vocabulary and mixes it with the global
 model's probabilities p_g(w | h), an interpolated Pitman-Yor n-gram whose base is the
-global model (d discount, theta concentration; n, T: count and distinct followers of the
-context):
+global model (d discount, th concentration of each level; n, T: count and distinct
+followers of the context; a 4-gram level on top works the same way):
 
-    p(w | u v) = (c3(u v w) - d)+ / (n3 + theta) + (theta + d T3) / (n3 + theta) * p2(w | v)
-    p2(w | v)  = (c2(v w) - d)+ / (n2 + theta)   + (theta + d T2) / (n2 + theta) * p1(w)
-    p1(w)      = lam c1(w) / N + (1 - lam) pg(w),   lam = gamma N / (N + beta)
+    p(w | u v) = (c3(u v w) - d3)+ / (n3 + th3) + (th3 + d3 T3) / (n3 + th3) * p2(w | v)
+    p2(w | v)  = (c2(v w) - d2)+ / (n2 + th2)   + (th2 + d2 T2) / (n2 + th2) * p1(w)
+    p1(w)      = lam c1(w) / N + rho r(w) + (1 - lam - rho) pg(w),  lam = gamma N / (N + beta)
     pg(w)      = p_g(w | h) for a vocabulary word; for a word outside the vocabulary
                  p_g(<unk> | h) c1(w) / (N_oov + kappa)
 
-so the person's weight grows with how much they typed (N words in all, n in a context),
+where r(w) is a cache of the person's last RECENT words, each weighing `decay` times less
+per word typed since (what the person is talking about now), and rho its weight. So the
+person's weight grows with how much they typed (N words in all, n in a context),
 and a word typed once (even outside the vocabulary) can be suggested in the next message.
 Only the words the person used are touched per context: a keystroke stays sub-millisecond.
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -34,8 +36,7 @@ import numpy as np
 from model.words import WORD_PATTERN
 
 BOS = "<s>"  # the context before a message's first word
-_GAP = ""  # where a word too long to learn was skipped
-Gram = tuple[str, ...]  # (w,), (v, w) or (u, v, w); v or u may be BOS
+Gram = tuple[str, ...]  # (w,), (v, w), (u, v, w), (t, u, v, w); the first may be BOS
 _WORD = re.compile(WORD_PATTERN)
 _WORD_ANY_CASE = re.compile(WORD_PATTERN, re.IGNORECASE)
 _TOP = "\U0010ffff"
@@ -43,6 +44,8 @@ DICTIONARY_HEADER = "# Private Keyboard personal dictionary, version 1"
 MAX_DICTIONARY_WORDS = 50_000
 MAX_WORD_LENGTH = 48
 MAX_COUNT = 1_000_000
+RECENT = 300  # words in the recent-words cache
+ORDER = 3  # counts of 1- to 3-grams (contexts of up to 2 words)
 
 
 class DictionaryError(ValueError):
@@ -53,15 +56,21 @@ class DictionaryError(ValueError):
 class PersonalWeights:
     """How much the person's counts weigh against the global model (tuned on `valid`)."""
 
-    discount: float = 0.5  # d of the bigram and trigram levels
-    theta: float = 1.0  # concentration of the bigram and trigram levels
-    gamma: float = 0.1  # the most the person's unigram can weigh
+    levels: tuple[tuple[float, float], ...] = ((0.8, 20.0), (0.8, 2.0))  # (d, theta) of the
+    # bigram, trigram (and 4-gram) levels: one level per context length, at most ORDER - 1
+    gamma: float = 0.0  # the most the person's unigram can weigh
     beta: float = 1000.0  # words typed at which the unigram weighs gamma / 2
     kappa: float = 1.0  # unknown-word mass kept for words the person has not typed yet
+    recency: float = 0.0  # rho: the weight of the recent-words cache
+    decay: float = 0.98  # per word typed since
+    sharpness: float = 1.0  # scores: s log p + (1 - s) log p_g (1: the mixture's log-probs)
 
     def __post_init__(self) -> None:
-        if not (0 <= self.discount < 1 and self.theta >= 0 and self.theta + self.discount > 0
-                and 0 <= self.gamma < 1 and self.beta > 0 and self.kappa > 0):
+        ok = 1 <= len(self.levels) < ORDER and all(
+            0 <= d < 1 and theta >= 0 and theta + d > 0 for d, theta in self.levels)
+        if not (ok and 0 <= self.gamma < 1 and self.beta > 0 and self.kappa > 0
+                and 0 <= self.recency and self.gamma + self.recency < 1
+                and 0 < self.decay <= 1 and 0 < self.sharpness <= 1):
             raise ValueError(f"personal weights out of range: {self}")
 
 
@@ -84,28 +93,27 @@ class PersonalModel:
         self.followers: dict[tuple[str, ...], Counter[str]] = {}  # (v,) and (u, v) contexts
         self.forms: dict[str, str] = {}  # words the person writes with capitals ("iPhone")
         self.total = 0  # words learned (N)
+        self.recent: deque[str] = deque(maxlen=RECENT)  # the last words, oldest first
         self.version = 0  # bumped on every change
 
     # --- learning ----------------------------------------------------------------------
     def learn(self, text: str) -> list[Gram]:
         """Count one sent message; returns the grams counted (each once more)."""
-        pairs = message_words(text)
         grams: list[Gram] = []
-        prev = (BOS, BOS)
-        for i, (word, written) in enumerate(pairs):
+        before: list[str] = [BOS]  # the context, cut where a too long word was skipped
+        for i, (word, written) in enumerate(message_words(text)):
             if len(word) > MAX_WORD_LENGTH:  # a run of characters, not a word to learn
-                prev = (prev[1], _GAP)
+                before = []
                 continue
             grams.append((word,))
-            if prev[1] != _GAP:
-                grams.append((prev[1], word))
-            if prev[1] != BOS and _GAP not in prev:
-                grams.append((prev[0], prev[1], word))
+            for k in range(1, min(len(before), ORDER - 1) + 1):
+                grams.append((*before[-k:], word))
             if i > 0:  # mid-message: how the person writes it, not a capitalised start
                 self._note_form(word, written)
-            prev = (prev[1], word)
+            before.append(word)
         for gram in grams:
             self.add_gram(gram, 1)
+        self.recent.extend(g[0] for g in grams if len(g) == 1)
         return grams
 
     def _note_form(self, word: str, written: str) -> None:
@@ -135,6 +143,7 @@ class PersonalModel:
         the count it had."""
         had = self.unigrams.pop(word, 0)
         self.total -= had
+        self.recent = deque((w for w in self.recent if w != word), maxlen=RECENT)
         self.forms.pop(word, None)
         for context in [c for c in self.followers if word in c]:
             del self.followers[context]
@@ -293,7 +302,26 @@ class PersonalLayer:
                 else:
                     self._cache.pop(gram[:-1], None)
         self.oov_total = float(self.oov_counts.sum())
+        self._recent: dict[float, tuple[np.ndarray, ...]] = {}
         self._version = model.version
+
+    def _recent_arrays(self, decay: float) -> tuple[np.ndarray, ...]:
+        """The recent-words cache as vocabulary ids, their weights, OOV positions, their
+        weights (the weights summing to 1); computed once per change of the model."""
+        if decay in self._recent:
+            return self._recent[decay]
+        recent = self.model.recent
+        weights: dict[str, float] = {}
+        for age, word in enumerate(reversed(recent)):
+            weights[word] = weights.get(word, 0.0) + decay ** age
+        total = sum(weights.values()) or 1.0
+        vocab = [(self.word_to_id[w], x / total) for w, x in weights.items()
+                 if w in self.word_to_id]
+        oov = [(self._oov_pos[w], x / total) for w, x in weights.items() if w in self._oov_pos]
+        found = (np.array([i for i, _ in vocab], dtype=np.int64), np.array([x for _, x in vocab]),
+                 np.array([i for i, _ in oov], dtype=np.int64), np.array([x for _, x in oov]))
+        self._recent[decay] = found
+        return found
 
     def current(self) -> bool:
         """Whether the arrays follow the model (False after a change made elsewhere)."""
@@ -330,25 +358,36 @@ class PersonalLayer:
         n_all = self.model.total
         oov = probs[self.unk_id] * self.oov_counts / (self.oov_total + w.kappa)
         probs[self.unk_id] *= w.kappa / (self.oov_total + w.kappa)  # the rest of <unk>
-        if n_all:
-            lam = w.gamma * n_all / (n_all + w.beta)
-            probs *= 1 - lam
+        if w.sharpness < 1:
+            base, base_oov = probs.copy(), oov.copy()
+        lam = w.gamma * n_all / (n_all + w.beta) if n_all else 0.0
+        rho = w.recency if self.model.recent else 0.0
+        probs *= 1 - lam - rho
+        oov *= 1 - lam - rho
+        if lam:
             probs += self.unigram * (lam / n_all)
-            oov *= 1 - lam
             oov += self.oov_counts * (lam / n_all)
-        padded = [BOS, BOS, *context[-2:]]
-        for ctx in ((padded[-1],), (padded[-2], padded[-1])):
-            if ctx == (BOS, BOS):
-                continue
-            stats = self._followers(ctx)
+        if rho:
+            ids, weights, oov_ids, oov_weights = self._recent_arrays(w.decay)
+            probs[ids] += rho * weights
+            oov[oov_ids] += rho * oov_weights
+        before = [BOS, *context[-len(w.levels):]]
+        for k, (d, theta) in enumerate(w.levels, start=1):
+            if k > len(before):
+                break
+            stats = self._followers(tuple(before[-k:]))
             if stats is None:
                 continue
-            denominator = stats.n + w.theta
-            probs *= (w.theta + w.discount * stats.distinct) / denominator
-            oov *= (w.theta + w.discount * stats.distinct) / denominator
-            probs[stats.ids] += np.maximum(stats.counts - w.discount, 0) / denominator
-            oov[stats.oov] += np.maximum(stats.oov_counts - w.discount, 0) / denominator
+            denominator = stats.n + theta
+            probs *= (theta + d * stats.distinct) / denominator
+            oov *= (theta + d * stats.distinct) / denominator
+            probs[stats.ids] += np.maximum(stats.counts - d, 0) / denominator
+            oov[stats.oov] += np.maximum(stats.oov_counts - d, 0) / denominator
         with np.errstate(divide="ignore"):
+            if w.sharpness < 1:
+                s = w.sharpness
+                return (s * np.log(probs) + (1 - s) * np.log(base),
+                        s * np.log(oov) + (1 - s) * np.log(base_oov))
             return np.log(probs), np.log(oov)
 
     def oov_span(self, prefix: str) -> tuple[int, int]:

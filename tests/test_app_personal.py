@@ -56,12 +56,12 @@ def test_a_new_word_sent_once_is_suggested_in_the_next_message(drv, screen):
     assert suggested(drv, screen, "we met at zo")[0] == "Zorblat"    # completion
     assert "Zorblat" in suggested(drv, screen, "Today we met ")       # next word
     drv.type("Today we met ")
+    drv.screenshot("app_personal_suggested")
     slot = list(screen.strip.slots).index("Zorblat")
     drv.tap(screen.strip.children[2 - slot])                          # tap it
     assert screen.field.text == "Today we met Zorblat "
     drv.key(13)                                                        # sent: a second use
     assert drv.app.backend.personal.model.unigrams["zorblat"] == 2
-    drv.screenshot("app_personal_suggested")
 
 
 def test_incognito_password_and_filtered_text_teach_nothing(drv, screen):

@@ -43,6 +43,7 @@ def test_learning_counts_words_and_short_contexts():
     assert person.followers[("met",)] == {"zorblat": 1}
     assert person.followers[("met", "zorblat")] == {"at": 1}
     assert ("store", "zorblat", "again") in grams and (BOS, "met") in grams
+    assert len(grams) == 8 + 8 + 7  # unigrams, bigrams, trigrams
     assert person.form("iphone") == "iPhone"
     assert person.form("zorblat") == "zorblat"  # written lower case mid-message last
     assert person.form("met") == "met"  # a capital at the start of a message says nothing
@@ -83,7 +84,9 @@ def test_the_mixture_is_a_distribution_and_empty_is_the_global_model(tokenizer, 
     person = PersonalModel()
     for text in ("i love zorblat", "i love my dog", "zorblat and qwxy are here"):
         person.learn(text)
-    for weights in (PersonalWeights(), PersonalWeights(discount=0, theta=0.5, gamma=0.5)):
+    for weights in (PersonalWeights(),
+                    PersonalWeights(levels=((0, 0.5),), gamma=0.5, recency=0.2),
+                    PersonalWeights(levels=((0.5, 4), (0.9, 0)), gamma=0.1)):
         layer = PersonalLayer(person, tokenizer.id_to_word, weights)
         for context in ([], ["i"], ["i", "love"], ["qwxy"]):
             combined, oov = layer.combine(logp, context)
