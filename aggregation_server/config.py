@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from federated.secagg.graph import choose_degree
+from federated.secagg.params import MAX_CLIENTS, hiding_problem
 from federated.wire import MAX_UPDATE_BYTES
 from model.schedule import SCHEDULES, lr_factor
 
@@ -72,6 +74,20 @@ class RoundConfig:
     def uniform(self) -> bool:
         """Whether the round's mean weights every report equally."""
         return self.weighting == "uniform" or self.noise_multiplier > 0
+
+    @property
+    def secagg_planned_dropout(self) -> float:
+        """The dropout rate a secure round's (k, t) are chosen for: the configured rate plus
+        the share of its tasks that may never be handed out (capacity above the target)."""
+        return min(0.9, self.secagg_dropout_rate + 1.0 - self.target_reports / self.capacity)
+
+    @property
+    def secagg_shape(self) -> tuple[int, int, int]:
+        """(n, k, t) of a secure round: n = capacity clients, each masking with k neighbours
+        and sharing its secrets so that t of them (itself among them) rebuild them."""
+        k, t = choose_degree(self.capacity, self.secagg_planned_dropout,
+                             self.secagg_corrupt_rate)
+        return self.capacity, k, t
 
     def server_lr_at(self, version: int) -> float:
         """The server learning rate of the step that makes model `version` (1, 2, ...)."""
@@ -144,12 +160,25 @@ class RoundConfig:
 
 
     def _secure_checks(self) -> list[tuple[bool, str]]:
-        """What secure aggregation needs (nothing when it is off)."""
+        """What secure aggregation needs (nothing when it is off): a round that can finish,
+        with (n, k, t) that devices accept (`federated.secagg.params.hiding_problem`)."""
         if not self.secure_aggregation:
             return []
+        if not 2 <= self.capacity <= MAX_CLIENTS:
+            return [(False, f"secure_aggregation needs 2..{MAX_CLIENTS} tasks per round "
+                            f"(target_reports * overcommit), got {self.capacity}")]
+        n, k, t = self.secagg_shape
+        problem = hiding_problem(n, k, t)
         return [
-            (self.capacity >= 2, "secure_aggregation needs at least 2 tasks per round "
-                                 "(target_reports * overcommit)"),
+            (problem is None, f"secure_aggregation settings refused: {problem}"),
+            (t <= self.target_reports,
+             f"secure_aggregation cannot finish: with secagg_corrupt_rate "
+             f"{self.secagg_corrupt_rate:g} and secagg_dropout_rate {self.secagg_dropout_rate:g} "
+             f"over {n} tasks, each device's masks need t = {t} share holders that stay to the "
+             f"end, more than the target_reports = {self.target_reports} devices a round waits "
+             "for; "
+             "raise target_reports or lower secagg_corrupt_rate, secagg_dropout_rate or "
+             "overcommit"),
             (self.round_seconds > 3 * self.secagg_phase_seconds,
              "round_seconds must be more than 3 x secagg_phase_seconds with secure_aggregation "
              "(the rest is for training and key advertisement)"),

@@ -109,11 +109,9 @@ class SecureRounds:
     # ----- opening and check-in (called inside RoundService's transactions) ----------------
     def open(self, s: Session, r: Round, config: RoundConfig) -> None:
         """Fix the protocol's public config for a new round (n = its capacity)."""
-        unfilled = 1.0 - r.target / r.capacity  # slots that may never be handed out
         protocol = ProtocolConfig.create(
             r.id, r.capacity, self.service.num_params, config.clip_norm, noise_stddev(config),
-            dropout_rate=min(0.9, config.secagg_dropout_rate + unfilled),
-            corrupt_rate=config.secagg_corrupt_rate)
+            dropout_rate=config.secagg_planned_dropout, corrupt_rate=config.secagg_corrupt_rate)
         protocol = replace(protocol, min_clients=min(protocol.num_clients,
                                                      max(protocol.min_clients, r.minimum)))
         s.add(SecAggRound(round_id=r.id, config=protocol.to_dict(), phase="advertise",

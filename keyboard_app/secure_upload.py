@@ -89,8 +89,8 @@ class SecureUpload:
         if flat.size != self.task.config.dimension:
             raise SecureRoundError(f"update has {flat.size} values, the round expects "
                                    f"{self.task.config.dimension}")
-        device = SecAggClient(self.task.config, self.task.client_id)
         try:
+            device = SecAggClient(self.task.config, self.task.client_id)
             self._send("advertise", device.advertise_keys().to_dict())
             keys = KeysRelay.from_dict(self._fetch("keys"))
             self._send("shares", device.share_keys(keys).to_dict())

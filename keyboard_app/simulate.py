@@ -143,6 +143,8 @@ class FleetConfig:
         """The server's round config (admin API) for this fleet."""
         overcommit = self.overcommit or (1.3 if self.dropout == 0 else
                                          min(10.0, max(1.3, 2.0 / (1.0 - self.dropout))))
+        if self.secure_aggregation and self.overcommit is None:
+            overcommit = min(overcommit, 1.6)  # more: t above the target (config refused)
         weighting = self.weighting or ("examples" if self.noise_multiplier == 0
                                        and not self.secure_aggregation else "uniform")
         return {

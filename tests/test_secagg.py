@@ -17,6 +17,7 @@ from federated.secagg import (AdvertiseKeys, FixedPoint, KeysRelay, LateMessageE
 from federated.secagg import crypto, shamir
 from federated.secagg.encoding import EncodingError
 from federated.secagg.graph import neighbours
+from federated.secagg.params import hiding_problem
 
 MAX_BYTES = 1 << 24
 PHASES = ("advertise", "share", "masked", "unmask")
@@ -486,6 +487,41 @@ def test_graph_is_symmetric_regular_and_seeded():
     assert all(neighbours(50, 8, bytes(32), u) == graph[u] for u in (1, 17, 50))
     with pytest.raises(ValueError, match="even"):
         neighbourhoods(50, 7, bytes(32))
+
+
+@pytest.mark.parametrize("n, k, t, corrupt, needle", [
+    (10, 9, 6, 0, None),            # complete graph: t > (k + 1) / 2
+    (10, 9, 5, 0, "at least 6"),    # two disjoint halves of 5 holders would do
+    (10, 9, 1, 0, "at least 6"),    # the threshold-1 attack
+    (3, 2, 2, 0, None),
+    (2, 1, 1, 0, "at least 2"),     # one's own share alone: no sum to hide in
+    (2, 1, 2, 0, None),
+    (50, 20, 11, 0, None),          # a SecAgg+ neighbourhood of 21 holders
+    (50, 20, 12, 4, "at least 13"),  # 4 of the neighbours are the server's own devices
+    (50, 20, 13, 4, None),
+    (10, 7, 5, 0, "malformed"),     # odd sparse degree
+    (10, 9, 11, 0, "could never finish"),
+])
+def test_hiding_rule(n, k, t, corrupt, needle):
+    problem = hiding_problem(n, k, t, corrupt)
+    assert (problem is None) if needle is None else (needle in problem), problem
+
+
+def test_every_chosen_degree_keeps_inputs_hidden():
+    """The server's choice of (k, t) and the devices' rule agree: devices accept every
+    config the server makes, for its assumed share of corrupt clients too."""
+    rates = [(d, g) for d in (0.0, 0.1, 0.4) for g in (0.0, 0.05, 0.2)]
+    cases = [(n, d, g) for n in (*range(2, 31), 50, 100) for d, g in rates]
+    for n, dropout, corrupt in cases + [(1000, 0.1, 0.0), (1000, 0.1, 0.05)]:
+        k, t = choose_degree(n, dropout, corrupt)
+        assert hiding_problem(n, k, t) is None, (n, dropout, corrupt, k, t)
+
+
+def test_client_refuses_a_config_that_exposes_its_input():
+    good = RoundConfig.create(1, 10, 8, clip_norm=1.0, noise_stddev=0.1)
+    bad = RoundConfig.from_dict(good.to_dict() | {"threshold": 1, "min_clients": 1})
+    with pytest.raises(RefusedRequest, match="will not take part.*at least 6"):
+        SecAggClient(bad, 1)
 
 
 def test_choose_degree_grows_like_log_n():

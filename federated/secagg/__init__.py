@@ -2,7 +2,8 @@
 CCS 2020): the server learns only the sum of the surviving devices' updates.
 
 Imported by both the device runtime (`SecAggClient`) and the server (`SecAggServerRound`);
-no networking here. Modules: `params` (RoundConfig), `graph` (neighbours, k and t),
+no networking here. Modules: `params` (RoundConfig; `hiding_problem`, the (n, k, t) rule
+devices and the server's config check apply), `graph` (neighbours, k and t),
 `encoding` (fixed point mod 2^b), `crypto` (X25519, HKDF, AES-GCM, AES-CTR PRG), `shamir`,
 `messages` (phase messages and errors), `client`, `server`.
 
@@ -26,7 +27,7 @@ from federated.secagg.messages import (AdvertiseKeys, KeysRelay, LateMessageErro
                                        RoundAbandoned, SecAggError, ShareKeys, SharesRelay,
                                        UnmaskRequest, UnmaskResponse, message_from_dict,
                                        message_from_json)
-from federated.secagg.params import RoundConfig
+from federated.secagg.params import RoundConfig, hiding_problem
 from federated.secagg.server import SecAggResult, SecAggServerRound
 
 __all__ = [
@@ -34,6 +35,6 @@ __all__ = [
     "MaskedInput", "MessageError", "ProtocolError", "RefusedRequest", "ReplayError",
     "RoundAbandoned", "RoundConfig", "SecAggClient", "SecAggError", "SecAggResult",
     "SecAggServerRound", "ShareKeys", "SharesRelay", "UnmaskRequest", "UnmaskResponse",
-    "choose_degree", "dimension", "flatten", "message_from_dict", "message_from_json",
-    "neighbourhoods", "unflatten",
+    "choose_degree", "dimension", "flatten", "hiding_problem", "message_from_dict",
+    "message_from_json", "neighbourhoods", "unflatten",
 ]

@@ -16,7 +16,7 @@ from federated.secagg.graph import neighbours
 from federated.secagg.messages import (AdvertiseKeys, KeysRelay, MaskedInput, ProtocolError,
                                        RefusedRequest, ShareKeys, SharesRelay, UnmaskRequest,
                                        UnmaskResponse)
-from federated.secagg.params import RoundConfig
+from federated.secagg.params import RoundConfig, hiding_problem
 
 ENCRYPT, MASK = b"encrypt", b"mask"
 
@@ -56,6 +56,8 @@ class SecAggClient:
                  randbytes: crypto.RandomBytes = os.urandom):
         if not 1 <= client_id <= config.num_clients:
             raise ValueError(f"client_id must be in 1..{config.num_clients}, got {client_id}")
+        if problem := hiding_problem(config.num_clients, config.degree, config.threshold):
+            raise RefusedRequest(f"this device will not take part: {problem}")
         self.config, self.id = config, client_id
         self.neighbours = neighbours(config.num_clients, config.degree, config.graph_seed,
                                      client_id)

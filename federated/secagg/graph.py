@@ -28,6 +28,7 @@ n = 1000 and (30, 16) for n = 10000; with delta = 0.1 and gamma = 0.05, (58, 41)
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 
@@ -69,6 +70,7 @@ def _tail(k: int, p: float, c: int) -> float:
     return sum(math.comb(k, i) * p ** i * (1 - p) ** (k - i) for i in range(c, k + 1))
 
 
+@functools.lru_cache(maxsize=256)  # pure, and servers ask for the same n again and again
 def choose_degree(num_clients: int, dropout_rate: float = 0.1, corrupt_rate: float = 0.0,
                   security_bits: int = 40, correctness_bits: int = 10) -> tuple[int, int]:
     """(k, t) for `num_clients` clients; see the module docstring.

@@ -1,4 +1,5 @@
-"""`RoundConfig`: everything public about one secure-aggregation round."""
+"""`RoundConfig`: everything public about one secure-aggregation round, and the rule
+(`hiding_problem`) that says whether its (n, k, t) keep one device's input hidden."""
 from __future__ import annotations
 
 import os
@@ -14,26 +15,41 @@ SEED_BYTES = 32
 MAX_CLIENTS = 100_000
 
 
-def hiding_problem(num_clients: int, degree: int, threshold: int) -> str | None:
-    """Why a round of n clients, degree k and threshold t would let a server that lies about
-    who dropped out recover one client's input, or None when it cannot (no corrupt devices).
+def hiding_problem(num_clients: int, degree: int, threshold: int,
+                   corrupt_neighbours: int = 0) -> str | None:
+    """Why SecAgg+ parameters (n, k, t) would let a malicious server learn one device's
+    input, in words a person can read; None if they keep every input hidden.
 
-    Each client's two secrets (self-mask seed, mask key) are Shamir-shared among its k
-    neighbours and itself, k + 1 holders, t of whom reconstruct either. An honest holder
-    reveals, for any peer, one of the two shares, never both; a server that shows some
-    holders "it survived" and others "it dropped" gets both secrets only from two disjoint
-    groups of t holders, which exist when 2t <= k + 1. So require t > (k + 1) / 2, and
-    t >= 2 (t = 1: the client's own share alone would do).
+    The rule is 2t > k + 1 + c and t >= 2, with c the device's neighbours assumed to be
+    the server's own devices (default 0). Why: a device's mask seed b_u and mask key s_u
+    are Shamir-shared among its k neighbours and itself (k + 1 holders; k = n - 1 is the
+    complete graph of Bonawitz et al. 2017), t of whom rebuild either. With both, the
+    server removes every mask and reads the input. An honest holder reveals one of the
+    two for each peer, never both, and before revealing anything it checks t signatures
+    of the round's members on the same set of survivors (the consistency round): a server
+    that lies about who dropped out must split the honest holders into those told "u
+    survived" (b_u shares, u's own among them) and those told "u dropped" (s_u shares),
+    and can add the c shares of its own devices to both. It needs t of each, i.e.
+    2t <= (k + 1 - c) + 2c; 2t > k + 1 + c rules that out. Bonawitz et al.'s active-
+    adversary theorem (t > 2n/3 with fewer than n/3 corrupt users) is the case c = n/3 of
+    the same count over n holders; Bell et al. (CCS 2020) apply it per neighbourhood. And
+    t >= 2 keeps the smallest sum the server may unmask, a device with t - 1 surviving
+    neighbours, from being one device's input (the threshold-1 attack).
     """
-    n, k, t = num_clients, degree, threshold
-    if t < 2:
-        return f"threshold t = {t}: one share reconstructs a secret (need t >= 2)"
-    if 2 * t <= k + 1:
-        return (f"threshold t = {t} is not above half of the {k + 1} holders of a client's "
-                f"secrets (degree k = {k}): a server lying about dropouts could collect both "
-                f"secrets of one client (need t > {(k + 1) / 2:g})")
-    if not 1 <= k <= n - 1:
-        return f"degree k = {k} is not in 1..{n - 1}"
+    n, k, t, c = num_clients, degree, threshold, corrupt_neighbours
+    if not 2 <= n <= MAX_CLIENTS or not (k == n - 1 or (2 <= k < n - 1 and k % 2 == 0)):
+        return (f"the secure-aggregation settings are malformed ({n} devices, each masking "
+                f"with {k} others)")
+    if not 0 <= c <= k:
+        raise ValueError(f"corrupt_neighbours must be in 0..{k}, got {c}")
+    needed = max(2, (k + 1 + c) // 2 + 1)
+    if t < needed:
+        return (f"the server asked that any {t} of a device's {k + 1} share holders can "
+                f"unlock its masks; at least {needed} are needed so that a server lying "
+                "about who dropped out cannot unmask one device's update")
+    if t > k + 1:
+        return (f"the server asked for {t} of a device's {k + 1} share holders, more than "
+                "there are: the round could never finish")
     return None
 
 
