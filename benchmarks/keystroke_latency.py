@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/keystroke_latency.py [--keystrokes N]
 
 Types `test` messages character by character with the default-size model on one thread
-and prints the median and p99 time from keystroke to three suggestions. Uses the
+and prints the median and p99 time from keystroke to three suggestions. A cached checkpoint
+runs on the device's NumPy runtime (`Predictor.from_checkpoint`), a fresh model on PyTorch;
+benchmarks/numpy_runtime.py compares the two side by side. Uses the
 pre-trained model in .cache/pretrained when it exists, else a randomly initialised
 default-size model with a 10k public vocabulary (latency does not depend on the weights).
 """
@@ -14,7 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one thread for NumPy too, before it loads
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

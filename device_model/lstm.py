@@ -49,7 +49,9 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 class NumpyLSTM:
-    """The model's weights and its inference step; call `refresh()` after changing weights."""
+    """The model's weights and its inference step; call `refresh()` after changing weights.
+
+    `step` and `log_probs` keep no state of their own: threads may share one model."""
 
     def __init__(self, weights: Weights, config: ModelConfig) -> None:
         shapes = param_shapes(config)
@@ -72,7 +74,6 @@ class NumpyLSTM:
         self._w_xh = np.ascontiguousarray(np.concatenate([w[W_IH], w[W_HH]], axis=1).T)
         self._bias = w[B_IH] + w[B_HH]
         self._w_hr_t = np.ascontiguousarray(w[W_HR].T)
-        self._x = np.zeros(2 * self.config.embed_dim, np.float32)
 
     def zero_state(self) -> State:
         return (np.zeros(self.config.embed_dim, np.float32),
@@ -81,11 +82,8 @@ class NumpyLSTM:
     def step(self, state: State | None, word_id: int) -> State:
         """The state after reading `word_id` (None: the zero state before anything)."""
         h, c = state if state is not None else self.zero_state()
-        e, n = self.config.embed_dim, self.config.hidden_size
-        x = self._x
-        x[:e] = self.weights[EMB][word_id]
-        x[e:] = h
-        gates = x @ self._w_xh
+        n = self.config.hidden_size
+        gates = np.concatenate([self.weights[EMB][word_id], h]) @ self._w_xh
         gates += self._bias
         sigmoid(gates[:2 * n])
         sigmoid(gates[3 * n:])

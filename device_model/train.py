@@ -38,6 +38,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"  # or "cosine"
     threads: int | None = None  # torch threads while training; None keeps the current
+    # (the NumPy loop ignores it: its BLAS threads are OPENBLAS_NUM_THREADS at start-up)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
