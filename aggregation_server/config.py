@@ -219,6 +219,9 @@ class Settings:
     max_update_bytes: int = MAX_UPDATE_BYTES
     tick_seconds: float = 1.0         # background deadline check; 0 = only on requests
     lease_seconds: float = 120.0      # after this, another process may redo an aggregation
+    aggregation_retry_seconds: float = 3600.0  # a failing aggregation is retried this long,
+    aggregation_backoff_seconds: float = 1.0   # first after this, doubling up to 60 s, then
+                                               # the round is abandoned (its updates dropped)
     log_level: str = "INFO"
     start_training: bool = True       # rounds run from the first start until an admin stops them
     round: dict[str, Any] = field(default_factory=dict)  # explicit RoundConfig settings
@@ -231,6 +234,7 @@ class Settings:
 _SETTING_TYPES = {"data_dir": Path, "db_url": str, "host": str, "port": int,
                   "admin_token": str, "init_model": Path, "tokenizer": Path,
                   "max_update_bytes": int, "tick_seconds": float, "lease_seconds": float,
+                  "aggregation_retry_seconds": float, "aggregation_backoff_seconds": float,
                   "log_level": str, "start_training": bool}
 
 
@@ -318,5 +322,8 @@ def load_settings(flags: dict[str, Any] | None = None,
         if value is not None and kind in (int, float) and (
                 isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ConfigError(f"setting {key} must be a number, not {value!r}")
+    for key in ("lease_seconds", "aggregation_retry_seconds", "aggregation_backoff_seconds"):
+        if key in merged and not 0 < merged[key] <= 30 * 86400:
+            raise ConfigError(f"setting {key} must be in (0, 2592000] seconds")
     RoundConfig.from_dict(merged.get("round", {}))  # fail early on a bad round setting
     return Settings(**merged)

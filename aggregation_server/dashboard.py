@@ -135,6 +135,12 @@ def page() -> Response:
              ("epsilon spent / budget", f"{eps} / {p['epsilon_budget']}")]
     blocked = (f"<p class='warn'>No round can start: {escape(st['blocked_reason'])}</p>"
                if st["blocked_reason"] else "")
+    stuck = r and r.get("aggregation")
+    if stuck:
+        at = time.strftime('%H:%M:%S UTC', time.gmtime(stuck["next_attempt_at"]))
+        blocked += (f"<p class='warn'>Round {r['id']} is not aggregated yet: attempt "
+                    f"{stuck['attempts']} failed with {escape(stuck['last_error'])}; the next "
+                    f"attempt is at {at} (the round's updates are kept).</p>")
     html = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="10"><title>Aggregation server</title>
 <style>{STYLE}</style></head><body><h1>Federated training</h1>

@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
-                        create_engine, event, text)
+                        create_engine, event, inspect, text)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -62,6 +62,10 @@ class Round(Base):
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     epsilon_max: Mapped[float | None] = mapped_column(Float, default=None)
+    # a "closing" round whose aggregation failed: since when, why, and who holds the lease
+    failing_since: Mapped[float | None] = mapped_column(Float, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
 
 
 class Task(Base):
@@ -183,9 +187,22 @@ class Database:
             if not self.is_sqlite:
                 conn.execute(text("SELECT pg_advisory_xact_lock(7405341)"))
             Base.metadata.create_all(conn)
+            _add_missing_columns(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_columns(conn: Any) -> None:
+    """Add nullable columns that newer code declares to tables an older version created
+    (`create_all` creates missing tables only)."""
+    found = inspect(conn)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in found.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

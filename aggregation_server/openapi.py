@@ -60,7 +60,11 @@ ROUND = _obj(["id", "state", "model_version", "target", "minimum", "tasks_issued
     "tasks_issued": INT, "reports": INT, "reason": NULLSTR,
     "metrics": {"type": "object", "additionalProperties": NUM},
     "epsilon_max": NULLNUM, "noise_multiplier": NUM, "clip_norm": NUM,
-    "secure_aggregation": BOOL})
+    "secure_aggregation": BOOL,
+    "aggregation": {**_obj(["attempts", "failing_since", "last_error", "next_attempt_at"], {
+        "attempts": INT, "failing_since": NUM, "last_error": STR, "next_attempt_at": NUM}),
+        "nullable": True, "description": "a closing round whose aggregation failed: it is "
+                                         "retried with backoff, its inputs kept"}})
 
 VERSION = _obj(["version", "sha256", "created_at"], {
     "version": INT, "sha256": STR, "size": INT, "created_at": NUM, "round_id": NULLINT,

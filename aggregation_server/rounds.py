@@ -18,6 +18,7 @@ import math
 import random
 import secrets
 import time
+from collections.abc import Callable
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
@@ -35,7 +36,12 @@ from aggregation_server.versions import build_version, initial_version
 
 log = logging.getLogger("aggregation_server.rounds")
 COUNTED = ("submitted", "aggregated")  # task states that spend privacy budget
-MAX_ATTEMPTS = 3
+BACKOFF_MAX = 60.0  # seconds between retries of a failing aggregation, at most
+
+
+def backoff(settings: Settings, attempts: int) -> float:
+    """Seconds to wait after the `attempts`-th failed aggregation: doubling, at most 60."""
+    return min(BACKOFF_MAX, settings.aggregation_backoff_seconds * 2.0 ** (attempts - 1))
 
 
 class RoundService:
@@ -49,6 +55,7 @@ class RoundService:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.num_params = 0
         self.tokenizer_sha256 = ""
+        self.clock: Callable[[], float] = time.time  # leases and retries (tests set it)
 
     # ----- start-up -------------------------------------------------------------------
     def initialize(self) -> None:
@@ -166,7 +173,9 @@ class RoundService:
         state = s.get(ServerState, 1)
         config = RoundConfig.from_dict(state.config)
         if r is not None and r.state == "closing":
-            return self._no_task(f"round {r.id} is being aggregated", min(5.0, config.retry_after))
+            failing = f" (retrying after: {r.last_error})" if r.last_error else ""
+            return self._no_task(f"round {r.id} is being aggregated{failing}",
+                                 min(5.0, config.retry_after))
         if r is not None:
             return self._no_task(f"round {r.id} passed its deadline and is closing",
                                  min(5.0, config.retry_after))
@@ -210,7 +219,7 @@ class RoundService:
             r, task = s.get(Round, round_id), s.get(Task, (round_id, device_id))
             if r is None:
                 raise ApiError(404, "no_such_round", f"there is no round {round_id}")
-            earlier = replay(task, key, digest)
+            earlier = replay(task, key, digest, r)
             if earlier is not None:
                 return earlier
             check_open(r, task, time.time())
@@ -226,7 +235,7 @@ class RoundService:
             with self.db.write() as s:
                 r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
                 task = s.get(Task, (round_id, device_id), populate_existing=True)
-                earlier = replay(task, key, digest)
+                earlier = replay(task, key, digest, r)
                 if earlier is not None:
                     return earlier
                 check_open(r, task, time.time())
@@ -252,7 +261,7 @@ class RoundService:
     # ----- life cycle -----------------------------------------------------------------
     def tick(self) -> None:
         """Apply target, deadline and lease expiry; open the next round when none is."""
-        now = time.time()
+        now = self.clock()
         with self.db.read() as s:
             r = self._current(s)
             training = s.get(ServerState, 1).training
@@ -301,8 +310,9 @@ class RoundService:
         return round_id
 
     def close_round(self, round_id: int, reason: str | None = None) -> bool:
-        """Aggregate the round if this process wins the open -> closing switch."""
-        now = time.time()
+        """Aggregate the round if this process wins the open -> closing switch (or takes over
+        a lapsed lease); a failure is retried with backoff (`_aggregation_failed`)."""
+        now = self.clock()
         with self.db.write() as s:
             r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
             lapsed = r.state == "closing" and (r.lease_until or 0.0) < now
@@ -321,15 +331,34 @@ class RoundService:
             with self.metrics.aggregation.time():
                 self._aggregate(round_id)
             return True
-        except Exception as err:  # noqa: BLE001 - logged, retried, then the round is abandoned
+        except Exception as err:  # noqa: BLE001 - logged, retried with backoff, or abandoned
             log.exception("aggregation_failed", extra={"round_id": round_id,
                                                        "attempt": attempts})
-            if attempts >= MAX_ATTEMPTS or isinstance(err, AggregationUnavailable):
-                self.abandon_round(round_id, f"aggregation failed: {err}", states=("closing",))
-            else:
-                with self.db.write() as s:
-                    s.get(Round, round_id, with_for_update=True).lease_until = 0.0
+            self._aggregation_failed(round_id, err)
             return False
+
+    def _aggregation_failed(self, round_id: int, err: Exception) -> None:
+        """Keep the round's inputs and retry after a backoff, within the configured window;
+        abandon it only when the window is over or the failure cannot go away by waiting."""
+        now, window = self.clock(), self.settings.aggregation_retry_seconds
+        why = f"{type(err).__name__}: {err}"
+        with self.db.write() as s:
+            r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
+            if r.state != "closing":
+                return
+            since = now if r.failing_since is None else r.failing_since
+            permanent = isinstance(err, AggregationUnavailable)
+            if not permanent and now - since < window:
+                wait = backoff(self.settings, r.attempts)
+                r.failing_since, r.last_error, r.lease_until = since, why, now + wait
+                log.warning("aggregation_retry", extra={
+                    "round_id": round_id, "attempt": r.attempts, "retry_in": wait,
+                    "error": why, "gives_up_at": since + window})
+                return
+        reason = (f"aggregation failed: {err}" if permanent else
+                  f"aggregation failed for {now - since:.0f} s, over the "
+                  f"{window:.0f} s retry window (aggregation_retry_seconds): {why}")
+        self.abandon_round(round_id, reason, states=("closing",))
 
     def _aggregate(self, round_id: int) -> None:
         started = time.perf_counter()
@@ -356,6 +385,7 @@ class RoundService:
             s.execute(update(Task).where(Task.round_id == round_id, Task.state == "submitted")
                       .values(state="aggregated", path=None, metrics=None, num_examples=None))
             r.state, r.closed_at, r.lease_until = "closed", time.time(), None
+            r.failing_since = r.last_error = None
             r.metrics = new.metrics
             s.flush()
             r.epsilon_max = self.epsilon_max(s, config)

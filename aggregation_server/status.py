@@ -29,7 +29,16 @@ def round_json(r: Round) -> dict[str, Any]:
             "capacity": r.capacity, "tasks_issued": r.tasks_issued, "reports": r.reports,
             "reason": r.reason, "metrics": r.metrics or {}, "epsilon_max": finite(r.epsilon_max),
             "noise_multiplier": config.noise_multiplier, "clip_norm": config.clip_norm,
-            "secure_aggregation": config.secure_aggregation}
+            "secure_aggregation": config.secure_aggregation,
+            "aggregation": aggregation_json(r)}
+
+
+def aggregation_json(r: Round) -> dict[str, Any] | None:
+    """Why a closing round has no new version yet: its failing aggregation (None if none)."""
+    if r.state != "closing" or r.last_error is None:
+        return None
+    return {"attempts": r.attempts, "failing_since": r.failing_since,
+            "last_error": r.last_error, "next_attempt_at": r.lease_until}
 
 
 def version_json(v: ModelVersion) -> dict[str, Any]:

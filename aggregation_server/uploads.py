@@ -20,13 +20,19 @@ def noise_stddev(config: RoundConfig) -> float:
                                        config.min_reports, secure=config.secure_aggregation)
 
 
-def replay(task: Task | None, key: str, digest: str) -> dict | None:
-    """The stored answer if this is a retry of an accepted upload (same key and body)."""
+def replay(task: Task | None, key: str, digest: str, r: Round | None = None) -> dict | None:
+    """The stored answer if this is a retry of an accepted upload (same key and body);
+    409 if the round it was accepted into was abandoned since (the update was not used)."""
     if task is None or task.idempotency_key != key:
         return None
     if task.body_sha256 != digest:
         raise ApiError(409, "idempotency_key_reused",
                        "this Idempotency-Key was used for a different update body")
+    if task.state == "discarded":
+        why = f": {r.reason}" if r is not None and r.reason else ""
+        raise ApiError(409, "round_abandoned",
+                       f"round {task.round_id} was abandoned{why}; this update was accepted "
+                       "but not used, and counts for no model version")
     return task.response
 
 
