@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from data import load_split
+from federated.secagg.params import hiding_problem
 from federated.wire import tensors_from_bytes
 from keyboard_app.eligibility import Eligibility, EligibilitySettings
 from keyboard_app.history import HistoryStore
@@ -108,11 +109,12 @@ def test_secagg_threshold_t_1_accepted(start_server, tmp_path, messages):
     with server.app.extensions["pk.service"].db.write() as s:
         row = s.get(SecAggRound, 1)
         assert row.config["threshold"] >= 2
-        row.config = {**row.config, "threshold": 1}
+        row.config = config = {**row.config, "threshold": 1}
     device = phone(tmp_path, server.url, messages)
     assert_refused(device, server, "secagg_unsafe", "could let the server uncover a single "
                                                     "phone's update")
-    assert "threshold t = 1" in device.ledger.refusals()[0]["detail"]
+    assert device.ledger.refusals()[0]["detail"] == hiding_problem(
+        config["num_clients"], config["degree"], 1)
 
 
 def test_re_enrolment_resets_the_budget(start_server, tmp_path, messages):
