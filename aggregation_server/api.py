@@ -92,6 +92,10 @@ def checkin():
         raise ApiError(400, "bad_field", f"unknown field(s) {unknown}")
     num_examples = _int_field(data, "num_examples", required=True)
     _int_field(data, "model_version", required=False)
+    key = request.headers.get("Idempotency-Key")  # optional: a retry gets the task again
+    if key is not None and not KEY_PATTERN.fullmatch(key):
+        raise ApiError(400, "bad_idempotency_key", "an 'Idempotency-Key' header must be 1-200 "
+                                                   "letters, digits or ._:- (a UUID)")
     return jsonify(service().checkin(device, num_examples))
 
 

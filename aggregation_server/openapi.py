@@ -159,7 +159,11 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"201": {"description": "Enrolled", "content": _json("Enrolment")},
                               **ERRORS}}},
             "/v1/checkin": {"post": {
-                "summary": "Ask for a training task", "security": device,
+                "summary": "Ask for a training task; a retry (same Idempotency-Key) gets the "
+                           "device's task again", "security": device,
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string",
+                                           "pattern": "^[A-Za-z0-9._:-]{1,200}$"}}],
                 "requestBody": {"required": True, "content": _json("CheckinRequest")},
                 "responses": {"200": {"description": "A task, or when to come back",
                                       "content": _json("CheckinResponse")}, **ERRORS}}},

@@ -146,6 +146,9 @@ class SecureRounds:
         """Take one device's message for `phase` (masked: safetensors bytes, else JSON)."""
         self.service.tick()
         with self.service.db.read() as s:
+            earlier = self._earlier(s, round_id, device_id, phase, body)
+            if earlier is not None:
+                return earlier
             r, row, client = self._member(s, round_id, device_id)
             self._check_phase(r, row, phase)
             limit = ProtocolConfig.from_dict(row.config).max_masked_bytes \
@@ -197,6 +200,40 @@ class SecureRounds:
             raise self._refusal(error, excluded, client, round_id)
         log.info("secagg_message", extra={"round_id": round_id, "phase": phase,
                                           "client_id": client, "device_id": device_id})
+        return {"accepted": True, "round_id": round_id, "phase": phase, "client_id": client}
+
+    def _earlier(self, s: Session, round_id: int, device_id: str, phase: str,
+                 body: bytes) -> dict | None:
+        """The answer to a resend of a message the round took from this device (its first
+        answer was lost): accepted again, or 409 if the round was abandoned since; None if
+        there is no identical earlier message that counted."""
+        client = s.scalar(select(SecAggMember.client_id).where(
+            SecAggMember.round_id == round_id, SecAggMember.device_id == device_id))
+        m = client and s.scalars(select(SecAggMessage).where(
+            SecAggMessage.round_id == round_id, SecAggMessage.phase == phase,
+            SecAggMessage.client_id == client)).first()
+        same = m and (m.path == masked_path(round_id, client, sha256_hex(body)) if m.path
+                      else m.body == _text(body))
+        if not same:
+            return None
+        r, row = s.get(Round, round_id), s.get(SecAggRound, round_id)
+        if r.state == "abandoned" or row.phase == "abandoned":
+            raise ApiError(409, "round_abandoned", f"round {round_id} was abandoned"
+                           f"{': ' + (r.reason or row.reason) if r.reason or row.reason else ''}"
+                           f"; this {phase} message was taken, but the round made no model")
+        if phase == "masked":
+            task = s.get(Task, (round_id, device_id))
+            counted = task is not None and task.state in ("submitted", "aggregated")
+        elif r.state == "open":
+            srv = self._state(s, row)
+            self._keep(round_id, (row.messages, row.phase), srv)
+            counted = client not in srv.dropped
+        else:
+            counted = True  # the round is aggregated or being aggregated with it
+        if not counted:
+            return None
+        log.info("secagg_resend", extra={"round_id": round_id, "phase": phase,
+                                         "client_id": client, "device_id": device_id})
         return {"accepted": True, "round_id": round_id, "phase": phase, "client_id": client}
 
     def _drop_unless_stored(self, path: str) -> None:

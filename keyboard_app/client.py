@@ -1,8 +1,10 @@
 """The device's HTTP client for the aggregation server (the contract in the server's OpenAPI).
 
 A `requests` session with timeouts; urllib3 `Retry` with exponential back-off and jitter
-for idempotent calls (GET, and the PUT upload, which an Idempotency-Key makes idempotent);
-connection failures are retried for every call since nothing reached the server. The
+for idempotent calls (GET, the PUT upload, which an Idempotency-Key makes idempotent, and
+the check-in, which carries one too: a retried check-in gets the device's task again);
+connection failures are retried for every call since nothing reached the server. 507
+(the server's disk is full) counts as unavailable: keep the update, try later. The
 global model and tokenizer are cached in the data directory and revalidated with ETags;
 the device token lives there too, readable by the owner only (0600).
 """
@@ -26,6 +28,8 @@ from federated.wire import API_PREFIX
 USER_AGENT = "private-keyboard-device/1"
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
 RETRY_STATUS = (429, 500, 502, 503, 504)
+LATER_STATUS = (*RETRY_STATUS, 507)  # not now: the request was fine, the server was not
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT"})
 
 
 class SyncError(Exception):
@@ -57,7 +61,7 @@ def make_retry(retries: int = 4, backoff: float = 0.5, backoff_max: float = 30.0
     """Exponential back-off with jitter; status retries only for idempotent methods."""
     return Retry(total=retries, connect=retries, read=retries, status=retries,
                  backoff_factor=backoff, backoff_jitter=backoff, backoff_max=backoff_max,
-                 status_forcelist=RETRY_STATUS, allowed_methods=frozenset({"GET", "HEAD", "PUT"}),
+                 status_forcelist=RETRY_STATUS, allowed_methods=IDEMPOTENT,
                  raise_on_status=False, respect_retry_after_header=True)
 
 
@@ -102,9 +106,12 @@ class SyncClient:
             self.data_dir.mkdir(mode=0o700, parents=True)
         self.timeout = timeout
         self.session = session or requests.Session()
-        adapter = HTTPAdapter(max_retries=retry or make_retry())
+        retry = retry or make_retry()
+        adapter = HTTPAdapter(max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self.session.mount(self.base + API_PREFIX + "/checkin", HTTPAdapter(
+            max_retries=retry.new(allowed_methods=IDEMPOTENT | {"POST"})))
         self.session.headers["User-Agent"] = USER_AGENT
         self.token_path = self.data_dir / "device.json"
         self._identity = self._load_identity()
@@ -195,7 +202,8 @@ class SyncClient:
     def checkin(self, num_examples: int, model_version: int | None) -> dict:
         """Ask for a task: {"task": {...}} or {"task": None, "retry_after": s, "reason": ..}."""
         return self._json(self._device("POST", "/checkin", json={
-            "num_examples": int(num_examples), "model_version": model_version}), 200)
+            "num_examples": int(num_examples), "model_version": model_version},
+            headers={"Idempotency-Key": str(uuid.uuid4())}), 200)
 
     def upload(self, round_id: int, body: bytes, idempotency_key: str | None = None) -> dict:
         """PUT an encoded update; retried safely thanks to the Idempotency-Key."""
@@ -261,7 +269,7 @@ class SyncClient:
                 requests.exceptions.ChunkedEncodingError) as err:
             raise ServerUnavailable(f"{method} {url}: server unreachable ({type(err).__name__})"
                                     ) from None
-        if response.status_code in RETRY_STATUS:
+        if response.status_code in LATER_STATUS:
             raise ServerUnavailable(f"{method} {url}: {response.status_code} after retries")
         return response
 

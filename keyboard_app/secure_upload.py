@@ -118,19 +118,20 @@ class SecureUpload:
                 f"{self.min_survivors}")
 
     def _send(self, step: str, message: dict | None = None, masked: bytes | None = None) -> None:
-        """Deliver one message, retrying while the server is unreachable; a retry that the
-        server calls a replay means the first attempt arrived."""
+        """Deliver one message, retrying while the server is unreachable. The server answers
+        a resend of a message it took as accepted; "replayed" (it holds another message of
+        this device for the step, which it sends once) also means an earlier attempt arrived,
+        perhaps resent by the HTTP layer after a lost response."""
         self.on_phase(step)
-        retried = False
         while True:
             try:
                 self.client.secagg_send(self.round_id, step, message=message, masked=masked)
                 return
             except ServerUnavailable as err:
                 self._pause(2.0, f"sending {step}: {err}")
-                retried = True
             except ServerRejected as err:
-                if retried and err.code == "replayed":
+                if err.code == "replayed":
+                    log.info("round %s: %s arrived earlier (%s)", self.round_id, step, err)
                     return
                 raise
 

@@ -127,12 +127,20 @@ def test_upload_retries_with_the_same_idempotency_key(server, tmp_path):
 
 def test_non_idempotent_post_is_not_retried_on_503(server, tmp_path):
     client = client_for(server.url, tmp_path)
-    client.enrol()
-    server.failures[("POST", "/v1/checkin")] = 1
+    server.failures[("POST", "/v1/devices")] = 1
     with pytest.raises(ServerUnavailable, match="503"):
-        client.checkin(5, None)
-    assert sum(r["path"] == "/v1/checkin" for r in server.requests) == 1
-    assert client.checkin(5, None)["retry_after"] == 12.5  # it recovered
+        client.enrol()  # a second enrolment would make a second device
+    assert sum(r["path"] == "/v1/devices" for r in server.requests) == 1
+    assert client.enrol()  # it recovered
+
+
+def test_checkin_carries_an_idempotency_key_and_is_retried_on_503(server, tmp_path):
+    client = client_for(server.url, tmp_path)
+    client.enrol()
+    server.failures[("POST", "/v1/checkin")] = 2
+    assert client.checkin(5, None)["retry_after"] == 12.5
+    posts = [r for r in server.requests if r["path"] == "/v1/checkin"]
+    assert len(posts) == 3 and len({r["headers"]["Idempotency-Key"] for r in posts}) == 1
 
 
 def test_persistent_failure_is_server_unavailable(server, tmp_path):

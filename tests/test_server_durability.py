@@ -7,11 +7,21 @@ faults are injected at the storage layer (a BlobStore whose writes fail with ENO
 from __future__ import annotations
 
 import errno
+import http.client
+import json
 import os
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
+import pytest
 from test_server_faults import assert_model, expected_model
+
+from federated.secagg import SharesRelay
+from keyboard_app.client import SyncClient, make_retry
+from keyboard_app.secure_upload import SecureUpload, parse_task
 
 
 class Clock:
@@ -124,3 +134,140 @@ def test_aggregation_abandoned_only_after_the_configured_retry_window(start_serv
     late = server.upload(devices[0], round_id, bodies[0], keys[0])  # a lost response's retry
     assert late.status_code == 409 and late.json()["error"] == "round_abandoned"
     assert "aggregation_retry_seconds" in late.json()["message"]
+
+
+# ---------------------------------------------------------------- lost responses
+
+class LossyProxy:
+    """A real HTTP proxy in front of a server: it forwards every request, and for the first
+    `drops[(method, path end)]` matching ones closes the connection instead of answering;
+    the server did the work, the device never hears of it."""
+
+    def __init__(self, target: str) -> None:
+        self.target = urlsplit(target)
+        self.drops: dict[tuple[str, str], int] = {}
+        self.dropped: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                conn = http.client.HTTPConnection(proxy.target.hostname, proxy.target.port,
+                                                  timeout=60)
+                conn.request(self.command, self.path, body=body, headers={
+                    k: v for k, v in self.headers.items() if k.lower() != "connection"})
+                answer = conn.getresponse()
+                data, headers = answer.read(), answer.getheaders()
+                conn.close()
+                if proxy.drop(self.command, self.path):
+                    self.close_connection = True  # no answer: "remote end closed connection"
+                    return
+                self.send_response(answer.status)
+                for k, v in headers:
+                    if k.lower() not in ("connection", "content-length", "transfer-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = forward
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+
+    def drop(self, method: str, path: str) -> bool:
+        for (m, end), left in self.drops.items():
+            if m == method and path.endswith(end) and left > 0:
+                self.drops[(m, end)] = left - 1
+                self.dropped.append(f"{method} {path}")
+                return True
+        return False
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def lossy():
+    proxies: list[LossyProxy] = []
+
+    def make(server) -> LossyProxy:
+        proxies.append(LossyProxy(server.url))
+        return proxies[-1]
+    yield make
+    for p in proxies:
+        p.close()
+
+
+def device_client(url: str, creds, folder) -> SyncClient:
+    """The device's SyncClient with these credentials; retries without back-off waits."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "device.json").write_text(json.dumps({"server": url, "device_id": creds.device_id,
+                                                    "token": creds.token}))
+    return SyncClient(url, folder, retry=make_retry(backoff=0.0))
+
+
+def test_a_lost_checkin_response_is_retried_and_gets_the_same_task(server, lossy, tmp_path):
+    proxy = lossy(server)
+    proxy.drops[("POST", "/v1/checkin")] = 1
+    creds = server.enrol()
+    client = device_client(proxy.url, creds, tmp_path / "device")
+    task = client.checkin(20, None)["task"]
+    assert proxy.dropped == ["POST /v1/checkin"] and task["round_id"] == 1
+    st = server.status()["round"]
+    assert st["tasks_issued"] == 1  # the retry got the task the lost answer carried
+    r = server.http.post(f"{server.url}/v1/checkin", json={"num_examples": 20},
+                         headers={**creds.headers, "Idempotency-Key": "no spaces"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"] == "bad_idempotency_key"
+
+
+def test_a_lost_response_on_the_secure_path_counts_as_accepted(start_server, lossy, tmp_path):
+    from test_secure_rounds import Member, accepted, expect_new_model, refused, secure_round
+    server = start_server(round=secure_round(3, 3))
+    proxy = lossy(server)
+    members = [Member(server, i) for i in range(3)]
+    first, rid = members[0], members[0].round_id
+    client = device_client(proxy.url, first.creds, tmp_path / "device")
+    task = parse_task(first.task)
+    upload = SecureUpload(client, task, wait=lambda seconds: False)
+    proxy.drops[("POST", "/secagg/advertise")] = 1  # POST: the device's own loop resends
+    advertise = first.device.advertise_keys().to_dict()
+    upload._send("advertise", advertise)
+    refused(first.post("advertise", {**advertise, "cipher_key": advertise["mask_key"]}), 409, "replayed")
+    for m in members[1:]:
+        accepted(m.advertise())
+    accepted(first.post("advertise", advertise))  # a late resend after the phase closed
+    for m in members:
+        accepted(m.share())
+    masked = first.device.masked_input(SharesRelay.from_dict(first.relay("shares")),
+                                       first.flat()).to_bytes()
+    proxy.drops[("PUT", "/secagg/masked")] = 1  # PUT: urllib3 resends it
+    assert client.secagg_send(rid, "masked", masked=masked)["accepted"]
+    assert proxy.dropped == [f"POST /v1/rounds/{rid}/secagg/advertise",
+                             f"PUT /v1/rounds/{rid}/secagg/masked"]
+    for m in members[1:]:
+        accepted(m.mask())
+    for m in members:
+        accepted(m.unmask())
+    st = server.wait_for(lambda st: st["model"]["version"] == 1, what="round closed")
+    assert st["rounds"][0]["reports"] == 3
+    expect_new_model(server, [m.update for m in members], first.config.encoding.step)
+    accepted(first.put_masked(masked))  # after aggregation too: it is in version 1
+
+
+def test_a_resend_to_an_abandoned_secure_round_is_told_so(start_server):
+    from test_secure_rounds import Member, accepted, refused, secure_round
+    server = start_server(round=secure_round(3, 3))
+    members = [Member(server, i) for i in range(3)]
+    message = members[0].device.advertise_keys().to_dict()
+    accepted(members[0].post("advertise", message))
+    assert server.training("stop").status_code == 200
+    refused(members[0].post("advertise", message), 409, "round_abandoned",
+            "training stopped by an administrator")
