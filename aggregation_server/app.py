@@ -29,7 +29,7 @@ from aggregation_server.api import BLUEPRINTS
 from aggregation_server.config import Settings, load_settings
 from aggregation_server.dashboard import dashboard
 from aggregation_server.db import Database
-from aggregation_server.errors import ApiError
+from aggregation_server.errors import ApiError, resource_fault
 from aggregation_server.logs import configure_logging
 from aggregation_server.metrics import ServerMetrics
 from aggregation_server.rounds import RoundService
@@ -125,7 +125,10 @@ def shutdown(app: Flask) -> None:
 def _register_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
-        return jsonify(err.to_json()), err.status
+        response = jsonify(err.to_json())
+        if err.retry_after is not None:
+            response.headers["Retry-After"] = str(err.retry_after)
+        return response, err.status
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):
@@ -137,6 +140,11 @@ def _register_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _crash(err: Exception):
+        fault = resource_fault(err)
+        if fault is not None:  # a full disk or an unreachable database: retry later
+            log.error("resource_fault", extra={"path": request.path, "status": fault.status,
+                                               "error": f"{type(err).__name__}: {err}"})
+            return _api_error(fault)
         log.exception("internal_error", extra={"path": request.path})
         return jsonify({"error": "internal", "message": "internal server error"}), 500
 

@@ -12,7 +12,15 @@ from aggregation_server.config import (SCHEDULES, SERVER_OPTIMIZERS, TRAIN_OPTIM
 
 INT32 = 2**31 - 1
 ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying",
+                               "schema": {"type": "integer", "minimum": 1}}}
 ERRORS = {"4XX": {"description": "Refused: what was wrong, no state changed",
+                  "content": ERROR_BODY},
+          "503": {"description": "The data dir is read-only or the database unreachable: "
+                                 "nothing was stored, retry after Retry-After seconds",
+                  "headers": RETRY_AFTER, "content": ERROR_BODY},
+          "507": {"description": "The server's disk is full: nothing was stored, retry after "
+                                 "Retry-After seconds", "headers": RETRY_AFTER,
                   "content": ERROR_BODY}}
 ETAG = {"ETag": {"description": "Quoted sha256 hex of the body", "schema": {"type": "string"}}}
 
@@ -152,7 +160,9 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "Private keyboard aggregation server", "version": "1",
                  "description": "Federated rounds with client-level differential privacy. "
-                                "Errors are JSON {error, message} with a 4xx status."},
+                                "Errors are JSON {error, message} with a 4xx status, or "
+                                "503/507 with Retry-After when storage or the database "
+                                "fails."},
         "paths": {
             "/v1/devices": {"post": {
                 "summary": "Enrol a device; the token is shown once and stored hashed",

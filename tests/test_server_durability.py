@@ -271,3 +271,61 @@ def test_a_resend_to_an_abandoned_secure_round_is_told_so(start_server):
     assert server.training("stop").status_code == 200
     refused(members[0].post("advertise", message), 409, "round_abandoned",
             "training stopped by an administrator")
+
+
+# ---------------------------------------------------------------- resource faults
+
+def test_disk_full_or_read_only_at_upload_answers_507_or_503_and_stores_nothing(server):
+    service = server.app.extensions["pk.service"]
+    disk = FullDisk(service.blobs, ("updates/",))
+    creds = server.enrol()
+    task = server.task(creds)
+    body, key = server.update_bytes(task), str(uuid.uuid4())
+    disk.full = True
+    r = server.upload(creds, task["round_id"], body, key)
+    assert r.status_code == 507 and r.headers["Retry-After"] == "60"
+    assert r.json()["error"] == "insufficient_storage" and "retry in 60 s" in r.json()["message"]
+    real = disk.real
+    disk.full, disk.real = False, lambda *a: (_ for _ in ()).throw(
+        OSError(errno.EROFS, os.strerror(errno.EROFS)))  # the data dir went read-only
+    r = server.upload(creds, task["round_id"], body, key)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "10"
+    assert r.json()["error"] == "storage_unavailable"
+    st = server.status()["round"]
+    assert st["reports"] == 0 and pending_files(server, task["round_id"]) == []
+    disk.real = real  # the operator fixed it: the device's retry goes through
+    r = server.upload(creds, task["round_id"], body, key)
+    assert r.status_code == 202 and r.json()["reports"] == 1
+
+
+@pytest.mark.postgres
+def test_database_down_answers_503_with_retry_after_and_changes_nothing(start_server,
+                                                                       pg_url):
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    server = start_server(db_url=pg_url)
+    creds = server.enrol()
+    task = server.task(creds)
+    body, key = server.update_bytes(task), str(uuid.uuid4())
+    name = make_url(pg_url).database
+    admin = create_engine(os.environ["PG_TEST_URL"], isolation_level="AUTOCOMMIT")
+
+    def database(up: bool) -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(up).lower()}'))
+            if not up:
+                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE datname = :name"), {"name": name})
+    database(False)
+    try:
+        for r in (server.upload(creds, task["round_id"], body, key),
+                  server.http.post(f"{server.url}/v1/checkin", json={"num_examples": 20},
+                                   headers=creds.headers, timeout=30)):
+            assert r.status_code == 503 and r.headers["Retry-After"] == "10", r.text
+            assert r.json()["error"] == "database_unavailable"
+    finally:
+        database(True)
+        admin.dispose()
+    assert server.status()["round"]["reports"] == 0
+    r = server.upload(creds, task["round_id"], body, key)
+    assert r.status_code == 202 and r.json()["reports"] == 1
