@@ -138,6 +138,8 @@ def accountant(fleet_dir: Path, summary: dict, direction_index: list[int], delta
             "noise_multiplier_of_sum": z_sum,
             "sigma_mean": stddev * math.sqrt(reports) / reports,
             "epsilon": privacy.composed_epsilon([z_sum] * max(joined), delta),
+            "epsilon_median_canary": privacy.composed_epsilon(
+                [z_sum] * int(np.median(joined)), delta),
             "server_epsilon": summary.get("epsilon"), "delta": delta}
 
 

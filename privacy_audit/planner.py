@@ -36,7 +36,7 @@ from privacy_audit import tolerance
 
 SAMPLING_NOTE = ("only if a trusted party samples each device independently with this "
                  "probability every round (the server's check-in order is not that)")
-Z_GRID = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0)
+Z_GRID = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)
 
 
 class PlanError(ValueError):
