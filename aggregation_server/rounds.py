@@ -17,9 +17,11 @@ import logging
 import math
 import random
 import secrets
+import socket
 import time
 from collections.abc import Callable
 
+import psutil
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
@@ -37,6 +39,27 @@ from aggregation_server.versions import build_version, initial_version
 log = logging.getLogger("aggregation_server.rounds")
 COUNTED = ("submitted", "aggregated")  # task states that spend privacy budget
 BACKOFF_MAX = 60.0  # seconds between retries of a failing aggregation, at most
+
+
+def lease_owner() -> str:
+    """This process, as a lease's owner: host/pid/start time (a reused pid has another)."""
+    proc = psutil.Process()
+    return f"{socket.gethostname()}/{proc.pid}/{proc.create_time():.3f}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the process holding a lease still runs; True when it cannot be told (another
+    host, or no owner recorded): then the lease runs out."""
+    try:
+        host, pid, started = (owner or "").rsplit("/", 2)
+    except ValueError:
+        return True
+    if host != socket.gethostname():
+        return True
+    try:
+        return abs(psutil.Process(int(pid)).create_time() - float(started)) < 0.01
+    except (psutil.NoSuchProcess, ValueError):
+        return False
 
 
 def backoff(settings: Settings, attempts: int) -> float:
@@ -275,7 +298,7 @@ class RoundService:
                 ended = self.abandon_round(
                     r.id, f"deadline passed with {r.reports} of the minimum {r.minimum} "
                           f"reports ({r.tasks_issued} tasks handed out)", expired_only=True)
-        elif r is not None and (r.lease_until or 0.0) < now:
+        elif r is not None and ((r.lease_until or 0.0) < now or not owner_alive(r.lease_owner)):
             ended = self.close_round(r.id)
         if training and ended:
             self.open_round()
@@ -315,9 +338,13 @@ class RoundService:
         now = self.clock()
         with self.db.write() as s:
             r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
-            lapsed = r.state == "closing" and (r.lease_until or 0.0) < now
+            dead = r.state == "closing" and not owner_alive(r.lease_owner)
+            lapsed = r.state == "closing" and ((r.lease_until or 0.0) < now or dead)
             if not (r.state == "open" or lapsed):
                 return False
+            if dead:
+                log.warning("lease_takeover", extra={"round_id": round_id,
+                                                     "dead_owner": r.lease_owner})
             if r.state == "open":
                 r.new_version = self._latest(s).version + 1
                 r.reason = (f"reached the target of {r.target} reports" if r.reports >= r.target
@@ -325,6 +352,7 @@ class RoundService:
                                  f"(minimum {r.minimum})")
                 r.reason = reason or r.reason
             r.state, r.lease_until = "closing", now + self.settings.lease_seconds
+            r.lease_owner = lease_owner()
             r.attempts += 1
             attempts = r.attempts
         try:
@@ -351,6 +379,7 @@ class RoundService:
             if not permanent and now - since < window:
                 wait = backoff(self.settings, r.attempts)
                 r.failing_since, r.last_error, r.lease_until = since, why, now + wait
+                r.lease_owner = None  # nobody works on it until the backoff is over
                 log.warning("aggregation_retry", extra={
                     "round_id": round_id, "attempt": r.attempts, "retry_in": wait,
                     "error": why, "gives_up_at": since + window})
@@ -385,7 +414,7 @@ class RoundService:
             s.execute(update(Task).where(Task.round_id == round_id, Task.state == "submitted")
                       .values(state="aggregated", path=None, metrics=None, num_examples=None))
             r.state, r.closed_at, r.lease_until = "closed", time.time(), None
-            r.failing_since = r.last_error = None
+            r.failing_since = r.last_error = r.lease_owner = None
             r.metrics = new.metrics
             s.flush()
             r.epsilon_max = self.epsilon_max(s, config)

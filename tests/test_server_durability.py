@@ -10,13 +10,17 @@ import errno
 import http.client
 import json
 import os
+import signal
+import sqlite3
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 from test_server_faults import assert_model, expected_model
 
 from federated.secagg import SharesRelay
@@ -329,3 +333,59 @@ def test_database_down_answers_503_with_retry_after_and_changes_nothing(start_se
     assert server.status()["round"]["reports"] == 0
     r = server.upload(creds, task["round_id"], body, key)
     assert r.status_code == 202 and r.json()["reports"] == 1
+
+
+# ---------------------------------------------------------------- lease takeover
+
+def closing_row(db: Path, round_id: int, timeout: float = 60.0) -> tuple[int, str]:
+    """(reports, lease owner) of the round once it is closing, read from SQLite directly."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+            row = conn.execute("SELECT reports, lease_owner FROM rounds WHERE id = ? AND "
+                               "state = 'closing'", (round_id,)).fetchone()
+        if row:
+            return row
+        time.sleep(0.05)
+    raise AssertionError(f"round {round_id} did not start closing")
+
+
+def test_kill_9_during_aggregation_the_restarted_process_takes_over_at_once(
+        start_process, tiny_model, tmp_path):
+    data = tmp_path / "data"
+    first = start_process(data, round={"target_reports": 3, "min_reports": 2,
+                                       "round_seconds": 600.0})
+    devices, tasks, bodies, keys = one_round(first)
+    round_id = tasks[0]["round_id"]
+    for i in range(2):
+        assert first.upload(devices[i], round_id, bodies[i], keys[i]).status_code == 202
+    # the first stored update becomes a FIFO: the aggregation blocks reading it, for real
+    stored = next(p for p in pending_files(first, round_id) if devices[0].device_id in p.name)
+    stored.unlink()
+    os.mkfifo(stored)
+    def upload_third() -> None:
+        try:
+            first.upload(devices[2], round_id, bodies[2], keys[2])
+        except requests.ConnectionError:
+            pass  # the process dies before it answers
+
+    third = threading.Thread(target=upload_third, daemon=True)
+    third.start()  # its upload reaches the target: this request aggregates, and blocks
+    row = closing_row(data / "server.sqlite3", round_id)  # (the process is frozen: the
+    assert row[0] == 3 and row[1].split("/")[1] == str(first.proc.pid)  # read holds the GIL)
+    first.proc.send_signal(signal.SIGKILL)  # kill -9 inside the aggregation
+    first.proc.wait()
+    stored.unlink()
+    stored.write_bytes(bodies[0])  # the update as it was acknowledged
+    started = time.monotonic()
+    second = start_process(data)  # lease_seconds is 120: no waiting it out
+    st = second.wait_for(lambda s: s["rounds"][0]["state"] == "closed", timeout=60,
+                         what="takeover")
+    assert time.monotonic() - started < 60
+    assert st["rounds"][0]["reports"] == 3 and st["model"]["version"] == 1
+    takeover = second.events("lease_takeover")
+    assert takeover and takeover[0]["dead_owner"].split("/")[1] == str(first.proc.pid)
+    assert_model(second.model(1)[0], expected_model(tiny_model["weights"], bodies,
+                                                    tiny_model["shapes"]))
+    again = second.upload(devices[2], round_id, bodies[2], keys[2])  # its answer was lost
+    assert again.status_code == 202 and again.json()["reports"] == 3
