@@ -222,6 +222,8 @@ class Settings:
     aggregation_retry_seconds: float = 3600.0  # a failing aggregation is retried this long,
     aggregation_backoff_seconds: float = 1.0   # first after this, doubling up to 60 s, then
                                                # the round is abandoned (its updates dropped)
+    restart_grace_seconds: float = 30.0  # after an outage, the open round's deadlines move
+                                         # by its length plus this (devices resend)
     log_level: str = "INFO"
     start_training: bool = True       # rounds run from the first start until an admin stops them
     round: dict[str, Any] = field(default_factory=dict)  # explicit RoundConfig settings
@@ -235,6 +237,7 @@ _SETTING_TYPES = {"data_dir": Path, "db_url": str, "host": str, "port": int,
                   "admin_token": str, "init_model": Path, "tokenizer": Path,
                   "max_update_bytes": int, "tick_seconds": float, "lease_seconds": float,
                   "aggregation_retry_seconds": float, "aggregation_backoff_seconds": float,
+                  "restart_grace_seconds": float,
                   "log_level": str, "start_training": bool}
 
 
@@ -322,7 +325,8 @@ def load_settings(flags: dict[str, Any] | None = None,
         if value is not None and kind in (int, float) and (
                 isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ConfigError(f"setting {key} must be a number, not {value!r}")
-    for key in ("lease_seconds", "aggregation_retry_seconds", "aggregation_backoff_seconds"):
+    for key in ("lease_seconds", "aggregation_retry_seconds", "aggregation_backoff_seconds",
+                "restart_grace_seconds"):
         if key in merged and not 0 < merged[key] <= 30 * 86400:
             raise ConfigError(f"setting {key} must be in (0, 2592000] seconds")
     RoundConfig.from_dict(merged.get("round", {}))  # fail early on a bad round setting

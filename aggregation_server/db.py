@@ -33,6 +33,7 @@ class ServerState(Base):
     training: Mapped[bool] = mapped_column(Boolean)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     blocked_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    heartbeat: Mapped[float | None] = mapped_column(Float, default=None)  # a process was up
 
 
 class Device(Base):

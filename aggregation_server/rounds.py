@@ -39,6 +39,8 @@ from aggregation_server.versions import build_version, initial_version
 log = logging.getLogger("aggregation_server.rounds")
 COUNTED = ("submitted", "aggregated")  # task states that spend privacy budget
 BACKOFF_MAX = 60.0  # seconds between retries of a failing aggregation, at most
+HEARTBEAT_SECONDS = 5.0  # each process notes in the database that it is up, this often
+OUTAGE_SECONDS = 15.0  # no process up for longer than this: an outage (deadlines move)
 
 
 def lease_owner() -> str:
@@ -78,7 +80,8 @@ class RoundService:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.num_params = 0
         self.tokenizer_sha256 = ""
-        self.clock: Callable[[], float] = time.time  # leases and retries (tests set it)
+        self.clock: Callable[[], float] = time.time  # deadlines, leases, retries (tests set it)
+        self._beat = -math.inf
 
     # ----- start-up -------------------------------------------------------------------
     def initialize(self) -> None:
@@ -155,7 +158,7 @@ class RoundService:
     def checkin(self, device_id: str, num_examples: int) -> dict:
         """A task in the open round for this device, or when to come back and why not."""
         self.tick()
-        now = time.time()
+        now = self.clock()
         with self.db.write() as s:
             r = self._current(s, lock=True)
             if r is None or r.state != "open" or now >= r.deadline:
@@ -245,7 +248,7 @@ class RoundService:
             earlier = replay(task, key, digest, r)
             if earlier is not None:
                 return earlier
-            check_open(r, task, time.time())
+            check_open(r, task, self.clock())
             config = RoundConfig.from_dict(r.config)
         if config.secure_aggregation:
             raise ApiError(409, "secure_aggregation",
@@ -261,10 +264,10 @@ class RoundService:
                 earlier = replay(task, key, digest, r)
                 if earlier is not None:
                     return earlier
-                check_open(r, task, time.time())
+                check_open(r, task, self.clock())
                 r.reports += 1
                 response = {"accepted": True, "round_id": round_id, "reports": r.reports}
-                task.state, task.submitted_at, task.path = "submitted", time.time(), path
+                task.state, task.submitted_at, task.path = "submitted", self.clock(), path
                 task.idempotency_key, task.body_sha256, task.response = key, digest, response
                 task.num_examples, task.metrics = upd.num_examples, upd.metrics
                 reached = r.reports >= r.target
@@ -285,6 +288,7 @@ class RoundService:
     def tick(self) -> None:
         """Apply target, deadline and lease expiry; open the next round when none is."""
         now = self.clock()
+        self._heartbeat(now)
         with self.db.read() as s:
             r = self._current(s)
             training = s.get(ServerState, 1).training
@@ -303,9 +307,29 @@ class RoundService:
         if training and ended:
             self.open_round()
 
+    def _heartbeat(self, now: float) -> None:
+        """Note that a process is up; after an outage (no process up for OUTAGE_SECONDS),
+        move the open round's deadlines by the outage plus `restart_grace_seconds`, so that
+        downtime does not eat protocol time and devices can resend."""
+        if now - self._beat < HEARTBEAT_SECONDS:
+            return
+        self._beat = now
+        with self.db.write() as s:
+            state = s.get(ServerState, 1, with_for_update=True, populate_existing=True)
+            gap = now - (state.heartbeat or now)
+            state.heartbeat = max(state.heartbeat or now, now)
+            r = self._current(s, lock=True) if gap >= OUTAGE_SECONDS else None
+            if r is None or r.state != "open":
+                return
+            extra = gap + self.settings.restart_grace_seconds
+            r.deadline += extra
+            self.secure.postpone(s, r.id, extra)
+        log.warning("outage_bridged", extra={"round_id": r.id, "outage_seconds": round(gap, 1),
+                                             "deadlines_moved_by": round(extra, 1)})
+
     def open_round(self) -> int | None:
         """Open a round if training runs, none is open and the privacy budget allows one."""
-        now = time.time()
+        now = self.clock()
         with self.db.write() as s:
             state = s.get(ServerState, 1, with_for_update=True, populate_existing=True)
             if not state.training or self._current(s) is not None:
@@ -413,7 +437,7 @@ class RoundService:
                 s.add(new.row(round_id))
             s.execute(update(Task).where(Task.round_id == round_id, Task.state == "submitted")
                       .values(state="aggregated", path=None, metrics=None, num_examples=None))
-            r.state, r.closed_at, r.lease_until = "closed", time.time(), None
+            r.state, r.closed_at, r.lease_until = "closed", self.clock(), None
             r.failing_since = r.last_error = r.lease_owner = None
             r.metrics = new.metrics
             s.flush()
@@ -426,7 +450,7 @@ class RoundService:
     def abandon_round(self, round_id: int, reason: str, expired_only: bool = False,
                       states: tuple[str, ...] = ("open",)) -> bool:
         """Drop the round and its updates; `expired_only` re-checks the deadline rule."""
-        now = time.time()
+        now = self.clock()
         with self.db.write() as s:
             r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
             if r.state not in states:

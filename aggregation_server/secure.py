@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -119,6 +118,13 @@ class SecureRounds:
                           messages=0))
 
     @staticmethod
+    def postpone(s: Session, round_id: int, seconds: float) -> None:
+        """Move the current phase's deadline (after an outage; the round's moved too)."""
+        row = s.get(SecAggRound, round_id, with_for_update=True, populate_existing=True)
+        if row is not None and row.phase in PHASES:
+            row.phase_deadline += seconds
+
+    @staticmethod
     def checkin_refusal(s: Session, r: Round, now: float) -> str | None:
         """Why the round takes no (more) devices, or None while keys are being advertised."""
         row = s.get(SecAggRound, r.id)
@@ -167,7 +173,7 @@ class SecureRounds:
 
     def _take(self, device_id: str, round_id: int, phase: str, client: int, body: bytes,
               path: str | None) -> dict:
-        now = time.time()
+        now = self.service.clock()
         with self.service.db.write() as s:
             r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
             row = s.get(SecAggRound, round_id, with_for_update=True, populate_existing=True)

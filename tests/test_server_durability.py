@@ -389,3 +389,36 @@ def test_kill_9_during_aggregation_the_restarted_process_takes_over_at_once(
                                                     tiny_model["shapes"]))
     again = second.upload(devices[2], round_id, bodies[2], keys[2])  # its answer was lost
     assert again.status_code == 202 and again.json()["reports"] == 3
+
+
+# ---------------------------------------------------------------- outages
+
+def test_an_outage_longer_than_a_phase_does_not_eat_protocol_time(start_server, tmp_path):
+    from test_secure_rounds import Member, accepted, expect_new_model, secure_round
+    config = secure_round(3, 3)  # 15 s phases
+    first = start_server(round=config, data_dir=tmp_path / "data")
+    before = Clock()
+    first.app.extensions["pk.service"].clock = before
+    members = [Member(first, i) for i in range(3)]
+    for m in members:
+        accepted(m.advertise())
+    for m in members[:2]:  # the third device's shares are in flight when the server stops
+        accepted(m.share())
+    old = first.status()["round"]["deadline"]
+    outage = 60.0  # four phases long; the first server gets no request (its ticker is off)
+    after = Clock()
+    after.now = before.now + outage
+    second = start_server(round=config, data_dir=tmp_path / "data")
+    second.app.extensions["pk.service"].clock = after
+    st = second.status()  # the first tick sees the outage and moves the deadlines
+    assert st["round"]["deadline"] == pytest.approx(old + outage + 30.0, abs=0.5)
+    for m in members:
+        m.server = second
+    accepted(members[2].share())  # the resend after the restart is still in time
+    for m in members:
+        accepted(m.mask())
+    for m in members:
+        accepted(m.unmask())
+    st = second.wait_for(lambda st: st["model"]["version"] == 1, what="round closed")
+    assert st["rounds"][0]["reports"] == 3  # no acknowledged input was dropped
+    expect_new_model(second, [m.update for m in members], members[0].config.encoding.step)
