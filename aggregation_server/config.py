@@ -26,6 +26,49 @@ WEIGHTINGS = ("uniform", "examples")
 TRAIN_OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
+# The ranges and choices RoundConfig.validate enforces (the OpenAPI document states them):
+# name -> (low, high, low included, high included), None = unbounded; null passes if allowed.
+Bounds = tuple[float | None, float | None, bool, bool]
+BOUNDS: dict[str, Bounds] = {
+    "min_reports": (1, None, True, True), "target_reports": (1, 100_000, True, True),
+    "overcommit": (1, 10, True, True), "round_seconds": (0, 30 * 86400, False, True),
+    "retry_after": (0, 86400, False, True), "participation_cap": (1, None, True, True),
+    "min_examples": (1, None, True, True), "clip_norm": (0, 1e6, False, False),
+    "noise_multiplier": (0, 1000, True, True), "delta": (0, 1, False, False),
+    "epsilon_budget": (0, 1e6, False, False), "sampling_rate": (0, 1, False, True),
+    "server_lr": (0, 100, False, True), "server_momentum": (0, 1, True, False),
+    "server_lr_rounds": (1, 10_000_000, True, True), "adam_beta1": (0, 1, True, False),
+    "adam_beta2": (0, 1, True, False), "adam_tau": (0, 10, False, True),
+    "train_epochs": (0, 100, False, True), "train_batch_size": (1, 4096, True, True),
+    "train_lr": (0, 100, False, True), "train_max_examples": (1, None, True, True),
+    "secagg_phase_seconds": (0, 86400, False, True),
+    "secagg_dropout_rate": (0, 0.5, True, False), "secagg_corrupt_rate": (0, 0.5, True, False),
+}
+ENUMS: dict[str, tuple[str, ...]] = {
+    "weighting": WEIGHTINGS, "server_optimizer": SERVER_OPTIMIZERS,
+    "server_lr_schedule": SCHEDULES, "train_optimizer": TRAIN_OPTIMIZERS}
+
+
+def in_bounds(value: float | None, bounds: Bounds) -> bool:
+    """Whether `value` lies in `bounds` (None, for an optional setting, always does)."""
+    low, high, low_in, high_in = bounds
+    if value is None:
+        return True
+    above = low is None or value > low or (low_in and value == low)
+    below = high is None or value < high or (high_in and value == high)
+    return above and below
+
+
+def bounds_message(name: str, bounds: Bounds) -> str:
+    low, high, low_in, high_in = bounds
+    text = (lambda v: str(int(v)) if float(v).is_integer() else str(v))  # noqa: E731
+    if high is None:
+        return f"{name} must be at least {text(low)}" if low_in else \
+            f"{name} must be above {text(low)}"
+    return (f"{name} must be in {'[' if low_in else '('}{text(low)}, {text(high)}"
+            f"{']' if high_in else ')'}")
+
+
 class ConfigError(ValueError):
     """A setting is unknown or has a value the server cannot run with."""
 
@@ -114,44 +157,15 @@ class RoundConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first setting that makes no sense."""
+        hints = typing.get_type_hints(type(self))
         checks = [
-            (self.min_reports >= 1, "min_reports must be at least 1"),
+            *((in_bounds(getattr(self, name), bounds), bounds_message(name, bounds)
+               + (" or null" if type(None) in typing.get_args(hints[name]) else ""))
+              for name, bounds in BOUNDS.items()),
+            *((getattr(self, name) in allowed, f"{name} must be one of {allowed}")
+              for name, allowed in ENUMS.items()),
             (self.target_reports >= self.min_reports,
              "target_reports must be at least min_reports"),
-            (self.target_reports <= 100_000, "target_reports must be at most 100000"),
-            (1.0 <= self.overcommit <= 10.0, "overcommit must be between 1 and 10"),
-            (0 < self.round_seconds <= 30 * 86400, "round_seconds must be in (0, 2592000]"),
-            (0 < self.retry_after <= 86400, "retry_after must be in (0, 86400]"),
-            (self.participation_cap >= 1, "participation_cap must be at least 1"),
-            (self.min_examples >= 1, "min_examples must be at least 1"),
-            (0 < self.clip_norm < 1e6, "clip_norm must be positive (and below 1e6)"),
-            (0 <= self.noise_multiplier <= 1e3, "noise_multiplier must be in [0, 1000]"),
-            (0 < self.delta < 1, "delta must be in (0, 1)"),
-            (self.epsilon_budget is None or 0 < self.epsilon_budget < 1e6,
-             "epsilon_budget must be positive or null"),
-            (self.sampling_rate is None or 0 < self.sampling_rate <= 1,
-             "sampling_rate must be in (0, 1] or null"),
-            (self.weighting in WEIGHTINGS, f"weighting must be one of {WEIGHTINGS}"),
-            (self.server_optimizer in SERVER_OPTIMIZERS,
-             f"server_optimizer must be one of {SERVER_OPTIMIZERS}"),
-            (0 < self.server_lr <= 100, "server_lr must be in (0, 100]"),
-            (0 <= self.server_momentum < 1, "server_momentum must be in [0, 1)"),
-            (self.server_lr_schedule in SCHEDULES,
-             f"server_lr_schedule must be one of {SCHEDULES}"),
-            (1 <= self.server_lr_rounds <= 10_000_000,
-             "server_lr_rounds must be in [1, 10000000]"),
-            (0 <= self.adam_beta1 < 1, "adam_beta1 must be in [0, 1)"),
-            (0 <= self.adam_beta2 < 1, "adam_beta2 must be in [0, 1)"),
-            (0 < self.adam_tau <= 10, "adam_tau must be in (0, 10]"),
-            (0 < self.train_epochs <= 100, "train_epochs must be in (0, 100]"),
-            (1 <= self.train_batch_size <= 4096, "train_batch_size must be in [1, 4096]"),
-            (0 < self.train_lr <= 100, "train_lr must be in (0, 100]"),
-            (self.train_optimizer in TRAIN_OPTIMIZERS,
-             f"train_optimizer must be one of {TRAIN_OPTIMIZERS}"),
-            (self.train_max_examples >= 1, "train_max_examples must be at least 1"),
-            (0 < self.secagg_phase_seconds <= 86400, "secagg_phase_seconds must be in (0, 86400]"),
-            (0 <= self.secagg_dropout_rate < 0.5, "secagg_dropout_rate must be in [0, 0.5)"),
-            (0 <= self.secagg_corrupt_rate < 0.5, "secagg_corrupt_rate must be in [0, 0.5)"),
             *self._secure_checks(),
         ]
         for ok, message in checks:

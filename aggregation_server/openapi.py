@@ -7,8 +7,8 @@ from dataclasses import fields
 from functools import lru_cache
 from typing import Any
 
-from aggregation_server.config import (SCHEDULES, SERVER_OPTIMIZERS, TRAIN_OPTIMIZERS,
-                                       WEIGHTINGS, RoundConfig)
+from aggregation_server.config import BOUNDS, ENUMS, TRAIN_OPTIMIZERS, Bounds, RoundConfig
+from federated.secagg import AdvertiseKeys, ShareKeys, UnmaskResponse
 
 INT32 = 2**31 - 1
 ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
@@ -45,8 +45,6 @@ NULLNUM, NULLINT, NULLSTR = ({"type": "number", "nullable": True},
 
 def _config_schema(patch: bool) -> dict:
     """RoundConfig as a schema: all fields (responses) or any subset (PUT body)."""
-    enums = {"weighting": WEIGHTINGS, "server_optimizer": SERVER_OPTIMIZERS,
-             "train_optimizer": TRAIN_OPTIMIZERS, "server_lr_schedule": SCHEDULES}
     kinds = {int: "integer", float: "number", str: "string", bool: "boolean"}
     props = {}
     for f in fields(RoundConfig):
@@ -55,10 +53,36 @@ def _config_schema(patch: bool) -> dict:
         prop: dict[str, Any] = {"type": kinds[args[0] if args else hint]}
         if args:
             prop["nullable"] = True
-        if f.name in enums:
-            prop["enum"] = list(enums[f.name])
+        if f.name in ENUMS:
+            prop["enum"] = list(ENUMS[f.name])
+        prop.update(_bounds(BOUNDS.get(f.name)))
         props[f.name] = prop
-    return _obj([] if patch else list(props), props, extra=False)
+    schema = _obj([] if patch else list(props), props, extra=False)
+    schema["description"] = CROSS_FIELD_RULES
+    return schema
+
+
+def _bounds(bounds: Bounds | None) -> dict:
+    """A config range as OpenAPI 3.0 minimum/maximum (exclusive flags are booleans)."""
+    if bounds is None:
+        return {}
+    low, high, low_in, high_in = bounds
+    out: dict[str, Any] = {} if low is None else {"minimum": low}
+    if low is not None and not low_in:
+        out["exclusiveMinimum"] = True
+    if high is not None:
+        out["maximum"] = high
+        if not high_in:
+            out["exclusiveMaximum"] = True
+    return out
+
+
+CROSS_FIELD_RULES = (
+    "Besides each field's range: target_reports >= min_reports; with secure_aggregation, "
+    "ceil(target_reports * overcommit) >= 2, round_seconds > 3 * secagg_phase_seconds, "
+    "weighting 'uniform' (or noise_multiplier > 0), and a SecAgg threshold that the target "
+    "can reach. A patch is applied to the live config, then all rules are checked (400 "
+    "bad_config names the first broken one).")
 
 
 ROUND = _obj(["id", "state", "model_version", "target", "minimum", "tasks_issued", "reports"], {
@@ -118,13 +142,16 @@ TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "train", "
 
 ROUND_ID = {"name": "round_id", "in": "path", "required": True,
             "schema": {"type": "integer", "minimum": 0, "maximum": INT32}}
-SECAGG_MESSAGE = {"required": True, "content": {"application/json": {"schema": _obj(
-    ["type", "round_id", "client_id"], {"type": STR, "round_id": INT, "client_id": INT})}}}
+def _secagg_message(kind: str) -> dict:
+    """A protocol message body: its type is fixed per endpoint (federated.secagg)."""
+    return {"required": True, "content": {"application/json": {"schema": _obj(
+        ["type", "round_id", "client_id"], {"type": {"type": "string", "enum": [kind]},
+                                            "round_id": INT, "client_id": INT})}}}
 
 
-def _secagg_post(summary: str, body: dict | None = None) -> dict:
+def _secagg_post(summary: str, body: dict) -> dict:
     return {"summary": summary, "security": [{"device": []}], "parameters": [ROUND_ID],
-            "requestBody": body or SECAGG_MESSAGE,
+            "requestBody": body,
             "responses": {"202": {"description": "Taken and stored",
                                   "content": _json("SecAggAccepted")}, **ERRORS}}
 
@@ -191,11 +218,13 @@ def openapi_document() -> dict[str, Any]:
                                       "content": _json("UploadAccepted")}, **ERRORS}}},
             "/v1/rounds/{round_id}/secagg/advertise": {"post": _secagg_post(
                 "Secure aggregation, phase 0: advertise two public keys (advertise_keys); "
-                "a malformed message excludes the device")},
+                "a malformed message excludes the device",
+                _secagg_message(AdvertiseKeys.TYPE))},
             "/v1/rounds/{round_id}/secagg/keys": {"get": _secagg_get(
                 "The neighbours' public keys (keys_relay), once key advertisement closed")},
             "/v1/rounds/{round_id}/secagg/shares": {
-                "post": _secagg_post("Phase 1: encrypted shares for each neighbour (share_keys)"),
+                "post": _secagg_post("Phase 1: encrypted shares for each neighbour (share_keys)",
+                                     _secagg_message(ShareKeys.TYPE)),
                 "get": _secagg_get("The shares addressed to this device (shares_relay)")},
             "/v1/rounds/{round_id}/secagg/masked": {"put": _secagg_post(
                 "Phase 2: the masked update (safetensors, private-keyboard/secagg-masked-1)",
@@ -204,7 +233,8 @@ def openapi_document() -> dict[str, Any]:
             "/v1/rounds/{round_id}/secagg/unmask": {
                 "get": _secagg_get("Phase 3: which neighbours survived and which dropped "
                                    "(unmask_request)"),
-                "post": _secagg_post("The shares that remove the masks (unmask_response)")},
+                "post": _secagg_post("The shares that remove the masks (unmask_response)",
+                                     _secagg_message(UnmaskResponse.TYPE))},
             "/v1/model": {"get": _binary_get("The latest global model")},
             "/v1/models/{version}": {"get": _binary_get("One global model version", [
                 {"name": "version", "in": "path", "required": True,

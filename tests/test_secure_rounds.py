@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error, positive_data_acceptance
+from schemathesis.checks import (negative_data_rejection, not_a_server_error,
+                                 positive_data_acceptance)
 from scipy import stats
 from sqlalchemy import func, select
 
@@ -494,5 +495,7 @@ def test_fuzzed_protocol_calls_get_documented_answers_never_5xx(case, fuzz_targe
     case.path_parameters = {**(case.path_parameters or {}), "round_id": round_id}
     response = case.call(base_url=server.url, timeout=60, headers=device.headers)
     assert response.status_code < 500, response.text
+    # the round id and the token are replaced by real ones above, so a case generated to
+    # break them is a valid request: "negative data rejected" cannot apply
     case.validate_response(response, additional_checks=[not_a_server_error],
-                           excluded_checks=[positive_data_acceptance])
+                           excluded_checks=[positive_data_acceptance, negative_data_rejection])
