@@ -1,4 +1,5 @@
-"""Where cached artefacts live: `$PK_CACHE_DIR`, or `.cache/` at the project root."""
+"""Where models live: the cache (`$PK_CACHE_DIR`, or `.cache/` at the project root) and the
+public pre-trained model shipped inside the package (model/shipped/)."""
 import os
 from pathlib import Path
 
@@ -8,3 +9,14 @@ PRETRAINED_DIR = CACHE_DIR / "pretrained"
 TOKENIZER_PATH = PRETRAINED_DIR / "tokenizer.json"
 PRETRAINED_MODEL = PRETRAINED_DIR / "model.safetensors"
 CENTRAL_MODEL = CACHE_DIR / "central" / "model.safetensors"
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+SHIPPED_MODEL = SHIPPED_DIR / "model.int8.safetensors"
+SHIPPED_TOKENIZER = SHIPPED_DIR / "tokenizer.json"
+
+
+def default_pretrained() -> tuple[Path, Path]:
+    """(model, tokenizer) of the public pre-trained model: the one `python -m model.pretrain`
+    left in the cache when there is one, else the one shipped in the package."""
+    if PRETRAINED_MODEL.is_file() and TOKENIZER_PATH.is_file():
+        return PRETRAINED_MODEL, TOKENIZER_PATH
+    return SHIPPED_MODEL, SHIPPED_TOKENIZER

@@ -6,9 +6,8 @@ word costs none, and backspacing over a word reuses an earlier state.
 """
 from __future__ import annotations
 
-import string
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -18,9 +17,12 @@ from device_model.checkpoint import load_weights
 from device_model.lstm import NumpyLSTM
 from device_model.scorer import NumpyScorer
 from device_model.tokenizer import DeviceTokenizer
+from model.corrections import TYPED, Corrector, choose
+from model.cursor_text import no_word_here, sentence_start, split_partial
 from model.metrics import PrefixIndex, best_k
 from model.paths import TOKENIZER_PATH
 from model.personal import PersonalLayer, PersonalModel, PersonalWeights
+from model.suggestion_words import SuggestionWords
 from model.words import words
 
 if TYPE_CHECKING:  # PyTorch and `tokenizers`: the device runs without them
@@ -29,7 +31,7 @@ if TYPE_CHECKING:  # PyTorch and `tokenizers`: the device runs without them
 
 MAX_CONTEXT = 64  # words read when a context is computed from scratch
 MAX_NODES = 256  # cached states; older ones are dropped (backspacing that far recomputes)
-_WORD_CHARS = frozenset(string.ascii_letters + string.digits + "'")
+OWN_WORD_USES = 2  # a word the person typed this often is suggested even off the clean list
 _I_WORDS = frozenset({"i", "i'm", "i'll", "i've", "i'd"})
 
 
@@ -69,16 +71,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def split_partial(text: str) -> tuple[str, str]:
-    """(text before the word being typed, that partial word); the partial may be ''."""
-    i = len(text)
-    while i and text[i - 1] in _WORD_CHARS:
-        i -= 1
-    while i < len(text) and text[i] == "'":
-        i += 1
-    return text[:i], text[i:]
-
-
 def shape(word: str, typed: str, sentence_start: bool) -> str:
     """Capitalise a lower-case suggestion to fit what was typed and where."""
     letters = [c for c in typed if c.isalpha()]
@@ -99,11 +91,18 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class Predictor:
-    """Suggestions from a scorer and a tokenizer; thread-safe, the model can be swapped."""
+    """Suggestions from a scorer and a tokenizer; thread-safe, the model can be swapped.
+
+    Without `words` every vocabulary word can be suggested as the model spells it (as
+    docs/EVALUATION.md scores it); with `words` only those words (and the person's own), in
+    their standard spelling, and with `corrections` also words one typing error away from
+    the typed letters.
+    """
 
     def __init__(self, model: Scorer | NumpyLSTM | NextWordLSTM,
                  tokenizer: DeviceTokenizer | WordTokenizer,
-                 max_context: int = MAX_CONTEXT) -> None:
+                 max_context: int = MAX_CONTEXT, words: SuggestionWords | None = None,
+                 corrections: bool = False) -> None:
         self.tokenizer = tokenizer
         self.index = PrefixIndex(tokenizer.id_to_word)
         self.max_context = max_context
@@ -111,7 +110,27 @@ class Predictor:
         self.personal: PersonalLayer | None = None
         self._personal_key: tuple | None = None  # what self._personal_scores was made for
         self._personal_scores: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.words, self.corrections = words, corrections
+        self._strip: tuple | None = None  # (log-probs, words version, scores, in key order)
+        self._corrector: tuple[int, Corrector] | None = None  # (words version, corrector)
+        self._own_version = -1  # the personal model version whose words were allowed
         self.set_model(model)
+        self._current_corrector()
+
+    @classmethod
+    def for_keyboard(cls, model: Scorer | NumpyLSTM | NextWordLSTM,
+                     tokenizer: DeviceTokenizer | WordTokenizer) -> Predictor:
+        """The app's predictor: correctly spelled words only (wordfreq's English list) in
+        their standard spelling, with typo corrections."""
+        return cls(model, tokenizer, words=SuggestionWords.for_tokenizer(tokenizer),
+                   corrections=True)
+
+    def allow_words(self, words: Iterable[str]) -> None:
+        """Let the strip suggest these vocabulary words too: the extension point of the clean
+        word list (words the person typed are allowed already through the personal layer)."""
+        if self.words is not None:
+            with self._lock:
+                self.words.allow(words)
 
     @classmethod
     def from_checkpoint(cls, checkpoint_path: str | Path,
@@ -134,6 +153,7 @@ class Predictor:
             self._base = 0  # self._states[j] follows self._path[:self._base + j]
             self._states = [scorer.start()]
             self._scores: list[tuple[np.ndarray, np.ndarray] | None] = [None]
+            self._strip = None
 
     def set_personal(self, model: PersonalModel | None,
                      weights: PersonalWeights = PersonalWeights()) -> None:
@@ -150,10 +170,21 @@ class Predictor:
             return self.personal.learn(text) if self.personal is not None else []
 
     def suggest(self, text_before_cursor: str, k: int = 3) -> list[str]:
-        """The k best words to insert at the cursor, completing the partial word if any."""
+        """The k best words to insert at the cursor, completing the partial word if any.
+
+        None inside an e-mail address, a web address or a number; after . ! ? the words
+        that open a message (the model's begin-of-message context).
+        """
+        if no_word_here(text_before_cursor):
+            return []
         before, partial = split_partial(text_before_cursor)
-        context = words(before)
+        opener = sentence_start(before)
+        context = [] if opener else words(before)
         with self._lock:
+            if self.words is not None:
+                found = self._clean_best(context, partial, k)
+                return [w if literal or not (w == w.lower() or partial.isupper())
+                        else shape(w, partial, opener) for w, literal in found]
             if self.personal is None:
                 _, by_spelling = self._context_scores(self._ids(context))
                 lo, hi = self.index.span(partial.lower())
@@ -161,9 +192,67 @@ class Predictor:
                          for i in best_k(by_spelling[lo:hi], self.index.ids[lo:hi], k)]
             else:
                 found = self._personal_best(context, partial.lower(), k)
-        sentence_start = not context or before.rstrip()[-1:] in (".", "!", "?")
-        return [shape(w, partial, sentence_start) if w == w.lower() or partial.isupper() else w
+        return [shape(w, partial, opener) if w == w.lower() or partial.isupper() else w
                 for w in found]
+
+    def choices(self, log_probs: np.ndarray, partial: str, k: int = 3) -> list[str]:
+        """The strip's words (lower case) for the next-word `log_probs` of a context and the
+        typed letters, without the personal layer: what `suggest` shows before capitals
+        (for benchmarks)."""
+        with self._lock:
+            if self.words is None:
+                ids = self.index.ids[slice(*self.index.span(partial.lower()))]
+                return [self.tokenizer.id_to_word[i] for i in best_k(log_probs[ids], ids, k)]
+            return [partial if i == TYPED else self.words.shown[i]
+                    for i, _ in self._choose(log_probs, partial, k)]
+
+    def _clean_best(self, context: list[str], partial: str, k: int
+                    ) -> list[tuple[str, bool]]:
+        """(word, is the typed text itself) from the clean list and the person's own words,
+        best first; lock held."""
+        words = self.words
+        if self.personal is None:
+            log_probs, _ = self._context_scores(self._ids(context))
+            return [(partial, True) if i == TYPED else (words.shown[i], False)
+                    for i, _ in self._choose(log_probs, partial, k)]
+        layer = self.personal
+        if self._own_version != layer.model.version:  # words the person uses: suggestible
+            words.allow(w for w, n in layer.model.unigrams.items()
+                        if n >= OWN_WORD_USES and w in words.word_to_id)
+            self._own_version = layer.model.version
+        combined, _, oov = self._personal_context_scores(context)
+        ranked = self._choose(combined, partial, k)
+        if any(i == TYPED for i, _ in ranked):  # corrections: as corrections.choose ranks them
+            return [(partial, True) if i == TYPED else (words.shown[i], False)
+                    for i, _ in ranked]
+        found = [(s, layer.model.form(words.shown[i])) for i, s in ranked]
+        lo, hi = layer.oov_span(partial.lower())  # the person's words outside the vocabulary
+        for j in best_k(oov[lo:hi], np.arange(lo, hi), k):
+            found.append((float(oov[j]), layer.model.form(layer.oov_words[j])))
+        found.sort(key=lambda pair: -pair[0])
+        return [(w, False) for _, w in found[:k]]
+
+    def _choose(self, log_probs: np.ndarray, partial: str, k: int) -> list[tuple[int, float]]:
+        """corrections.choose over the clean words: (id or TYPED, score), best first; lock
+        held."""
+        words = self.words
+        strip = self._strip
+        if strip is None or strip[0] is not log_probs or strip[1] != words.version:
+            scores = words.scores(log_probs)
+            strip = self._strip = (log_probs, words.version, scores, scores[words.ids])
+        key = words.key(partial)
+        lo, hi = words.span(key)
+        typed_id = int(words.ids[lo]) if lo < hi and words.keys[lo] == key else None
+        chosen = choose(strip[2], strip[3], words.ids, (lo, hi), key, typed_id,
+                        self._current_corrector(), k)
+        return [(i, float(strip[2][i]) if i != TYPED else float("-inf")) for i in chosen]
+
+    def _current_corrector(self) -> Corrector | None:
+        if not self.corrections or self.words is None:
+            return None
+        if self._corrector is None or self._corrector[0] != self.words.version:
+            self._corrector = (self.words.version, Corrector(self.words.keys, self.words.ids))
+        return self._corrector[1]
 
     def next_word_scores(self, text_before_cursor: str) -> np.ndarray:
         """Log-probabilities (V,) of the word at the cursor, before any typed prefix

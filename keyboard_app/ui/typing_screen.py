@@ -10,12 +10,15 @@ from kivy.uix.screenmanager import Screen
 from kivy.uix.textinput import TextInput
 
 from keyboard_app.ui import keys, strip, widgets  # noqa: F401  (kv rules)
-from keyboard_app.ui.editing import apply_suggestion
+from keyboard_app.ui.editing import apply_suggestion, auto_capital, type_key
 
 MAX_BUBBLES = 60
 
+
 Builder.load_string("""
 #:import theme keyboard_app.ui.theme
+#:set MAX_LINES 4
+#:import text_width keyboard_app.ui.widgets.text_width
 
 <StatusLine@Label>:
     level: 'info'
@@ -110,11 +113,15 @@ Builder.load_string("""
             FlatToggle:
                 id: incognito
                 text: 'Incognito'
+                size_hint_x: None
+                width: text_width(self.text, self.font_size) + dp(28)
                 active: app.incognito
                 on_active: app.set_incognito(self.active)
             FlatToggle:
                 id: password
                 text: 'Password field'
+                size_hint_x: None
+                width: text_width(self.text, self.font_size) + dp(28)
                 active: root.password_mode
                 on_active: root.password_mode = self.active
             Label:
@@ -126,16 +133,19 @@ Builder.load_string("""
                 opacity: 1 if app.wide else 0
         BoxLayout:
             size_hint_y: None
-            height: dp(56)
+            height: field.height + dp(8)
             padding: dp(6), dp(4)
             spacing: dp(6)
             SuggestionField:
                 id: field
-                multiline: False
+                multiline: not root.password_mode
                 password: root.password_mode
                 hint_text: 'Password (never stored)' if root.password_mode else 'Type a message'
                 font_size: '18sp'
-                padding: dp(10), (self.height - self.line_height) / 2
+                padding: dp(10), dp(10)
+                size_hint_y: None
+                one_line: self.line_height + dp(20)
+                height: min(max(self.minimum_height, self.one_line), self.one_line + (MAX_LINES - 1) * (self.line_height + self.line_spacing))
                 write_tab: False
                 text_validate_unfocus: False
                 unfocus_on_touch: False
@@ -145,13 +155,16 @@ Builder.load_string("""
                 text: 'Send'
                 size_hint_x: None
                 width: dp(76)
+                size_hint_y: None
+                height: dp(48)
+                pos_hint: {'top': 1}
                 on_release: root.send()
         SuggestionStrip:
             id: strip
             on_pick: root.use_suggestion(args[1])
         KeyPad:
             id: keypad
-            height: dp(200) if not app.wide else 0
+            height: dp(216) if not app.wide else 0
             opacity: 1 if not app.wide else 0
             disabled: app.wide
             on_key: root.press_key(args[1])
@@ -159,12 +172,21 @@ Builder.load_string("""
 
 
 class SuggestionField(TextInput):
-    """The message field; Alt+digit is a strip shortcut, so its text is not typed."""
+    """The message field: it grows to MAX_LINES lines, then scrolls. Enter sends, Shift+Enter
+    starts a new line; Alt+digit is a strip shortcut, so its text is not typed."""
+
+    one_line = NumericProperty(0)
 
     def keyboard_on_textinput(self, window, text: str) -> None:
         if "alt" in getattr(window, "modifiers", ()) and text in ("1", "2", "3"):
             return
         super().keyboard_on_textinput(window, text)
+
+    def keyboard_on_key_down(self, window, keycode, text, modifiers) -> bool:
+        if keycode[0] in (13, 271) and "shift" not in modifiers and self.multiline:
+            self.dispatch("on_text_validate")
+            return True
+        return super().keyboard_on_key_down(window, keycode, text, modifiers)
 
 
 class Bubble(BoxLayout):
@@ -192,6 +214,7 @@ class TypingScreen(Screen):
         field = self.ids.field
         field.bind(text=self._on_edit, cursor=self._changed, password=self._changed)
         self.bind(suggest_fn=self._changed)
+        self._auto_space: tuple[str, int] | None = None  # (text, cursor) after an auto space
 
     def _changed(self, *_args) -> None:
         self._refresh()
@@ -208,11 +231,20 @@ class TypingScreen(Screen):
         App.get_running_app().note_typing()
         self._refresh()
 
+    def on_password_mode(self, _screen, on: bool) -> None:
+        """Switching the password field off clears it: a typed secret is never shown."""
+        if not on:
+            self.field.text = ""
+
     def before_cursor(self) -> str:
         return self.field.text[:self.field.cursor_index()]
 
     def refresh_suggestions(self, *_args) -> None:
-        """Ask the predictor (cached state: one LSTM step at most) for the strip's words."""
+        """Ask the predictor (cached state: one LSTM step at most) for the strip's words;
+        set the on-screen Shift for the start of a sentence."""
+        pad = self.ids.keypad
+        if not pad.caps_lock:
+            pad.shift = not self.password_mode and auto_capital(self.before_cursor())
         if self.password_mode or self.suggest_fn is None:
             self.strip.suggestions = []
             return
@@ -221,24 +253,34 @@ class TypingScreen(Screen):
     def use_suggestion(self, word: str) -> None:
         """Replace the partial word (or append the next one) with `word` and a space."""
         text, cursor = apply_suggestion(self.field.text, self.field.cursor_index(), word)
-        self.field.text = text
-        self.field.cursor = self.field.get_cursor_from_index(cursor)
+        self._set_text(text, cursor)
+        self._auto_space = (text, cursor)
         self.field.focus = True
         self.refresh_suggestions()
 
+    def _set_text(self, text: str, cursor: int) -> None:
+        self.field.text = text
+        self.field.cursor = self.field.get_cursor_from_index(cursor)
+
     def press_key(self, name: str) -> None:
-        """A tap on the on-screen keys."""
+        """A tap on the on-screen keys (Shift and the layer keys stay in the key pad)."""
         pad, field = self.ids.keypad, self.field
-        if name == "shift":
-            pad.shift = not pad.shift
-        elif name == "backspace":
-            field.do_backspace()
-        elif name == "enter":
-            self.send()
-        else:
-            field.insert_text(name.upper() if pad.shift else name)
-            pad.shift = False
         field.focus = True
+        if name == "backspace":
+            self._auto_space = None
+            if field.selection_text:
+                field.delete_selection()
+            else:
+                field.do_backspace()
+            return
+        if name == "enter":
+            self.send()
+            return
+        cursor = field.cursor_index()
+        auto = self._auto_space == (field.text, cursor)
+        text, cursor, auto = type_key(field.text, cursor, pad.typed(name), auto)
+        self._set_text(text, cursor)
+        self._auto_space = (text, cursor) if auto else None
 
     def send(self) -> None:
         """Commit the message to the history store (unless incognito or a password) and clear."""

@@ -1,5 +1,6 @@
 """Small styled widgets the screens share: text, headings, flat buttons, top bars, a
 painted background."""
+from kivy.core.text import Label as CoreLabel
 from kivy.lang import Builder
 from kivy.properties import BooleanProperty, ColorProperty
 from kivy.uix.behaviors import ToggleButtonBehavior
@@ -94,6 +95,11 @@ Builder.load_string("""
             pos: self.pos
             size: self.size
 """)
+
+
+def text_width(text: str, font_size: float) -> float:
+    """Pixels `text` takes on one line at `font_size`, so a button can fit its label."""
+    return CoreLabel(font_size=font_size).get_extents(text)[0]
 
 
 class Para(Label):
