@@ -77,8 +77,8 @@ class Backend:
         def from_runtime(model: NumpyLSTM, tokenizer: DeviceTokenizer, version: int) -> None:
             nonlocal got_global
             got_global = True
-            on_model(ModelReady(self.personalise(Predictor(model, tokenizer)), version,
-                                "global"))
+            predictor = Predictor.for_keyboard(model, tokenizer)
+            on_model(ModelReady(self.personalise(predictor), version, "global"))
 
         if self.prefs.server_url:
             options = {**self.runtime_options, "policy": self.policy(), "ledger": self.ledger}
@@ -107,7 +107,7 @@ class Backend:
         except (CheckpointError, TokenizerError) as err:
             log.warning("pre-trained model unusable: %s", err)
             return ModelReady(None, None, "none", str(err))
-        predictor = Predictor(NumpyLSTM(weights, meta.config), tokenizer)
+        predictor = Predictor.for_keyboard(NumpyLSTM(weights, meta.config), tokenizer)
         return ModelReady(self.personalise(predictor), meta.version, "pretrained")
 
     def close(self) -> None:
