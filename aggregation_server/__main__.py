@@ -27,8 +27,9 @@ def parse_args(argv: list[str] | None = None) -> dict:
     p.add_argument("--port", type=int, help="0 picks a free port (logged)")
     p.add_argument("--config", help="JSON or TOML settings file")
     p.add_argument("--init-model", dest="init_model",
-                   help="checkpoint stored as version 0 if the data dir has no model")
-    p.add_argument("--tokenizer", help="the init model's tokenizer.json")
+                   help="checkpoint stored as version 0 if the data dir has no model "
+                        "(default: the public pre-trained model shipped in model/shipped/)")
+    p.add_argument("--tokenizer", help="the init model's tokenizer.json (with --init-model)")
     p.add_argument("--admin-token", dest="admin_token")
     p.add_argument("--log-level", dest="log_level")
     return vars(p.parse_args(argv))

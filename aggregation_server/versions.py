@@ -17,20 +17,39 @@ from aggregation_server.storage import (BlobStore, StorageError, check_checkpoin
                                         load_tokenizer_text, sha256_hex)
 from aggregation_server.strategy import (RoundInputs, StoredUpdate, Tensors, mean_for,
                                          server_optimizer, weighted_metrics)
+from device_model.checkpoint import (FORMAT_INT8, CheckpointError, read_metadata,
+                                     weights_from_bytes, weights_to_bytes)
+from model.paths import SHIPPED_MODEL, SHIPPED_TOKENIZER
 
 log = logging.getLogger("aggregation_server.versions")
+
+
+def float32_checkpoint(data: bytes) -> bytes:
+    """Checkpoint bytes as float32: an int8 export (the shipped model) is expanded first."""
+    try:
+        int8 = read_metadata(data).get("format") == FORMAT_INT8
+    except CheckpointError:
+        return data  # check_checkpoint says what is wrong with it
+    if not int8:
+        return data
+    try:
+        return weights_to_bytes(*weights_from_bytes(data))
+    except CheckpointError as err:
+        raise StorageError(f"not a usable int8 checkpoint: {err}") from None
 
 
 def initial_version(blobs: BlobStore, settings: Settings) -> ModelVersion:
     """Validate --init-model and its tokenizer, store them as version 0."""
     init, tok = settings.init_model, settings.tokenizer
+    if not init and not tok:  # the public pre-trained model shipped in the package
+        init, tok = SHIPPED_MODEL, SHIPPED_TOKENIZER
     if not init or not tok:
-        raise StorageError(f"{blobs.root} holds no model yet: start once with "
-                           "--init-model CHECKPOINT --tokenizer tokenizer.json")
+        raise StorageError("--init-model and --tokenizer go together: give both, or neither "
+                           "for the pre-trained model shipped with the server")
     if not Path(init).is_file():
         raise StorageError(f"{init}: file not found")
     tokenizer_text, tokenizer_sha = load_tokenizer_text(Path(tok))
-    tensors, meta = check_checkpoint(Path(init).read_bytes(), tokenizer_sha)
+    tensors, meta = check_checkpoint(float32_checkpoint(Path(init).read_bytes()), tokenizer_sha)
     meta = dict(meta, version="0")  # re-saved with version 0 in its metadata
     path = blobs.model_path(0)
     data = blobs.write_tensors(path, tensors, meta)

@@ -25,7 +25,8 @@ from data import load_split  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.evaluate import machine, measure_latency  # noqa: E402
 from model.lstm import NextWordLSTM  # noqa: E402
-from model.paths import PRETRAINED_MODEL, TOKENIZER_PATH  # noqa: E402
+from model.paths import (PRETRAINED_MODEL, SHIPPED_MODEL, SHIPPED_TOKENIZER,  # noqa: E402
+                         TOKENIZER_PATH)
 from model.predictor import Predictor  # noqa: E402
 from model.tokenizer import WordTokenizer  # noqa: E402
 
@@ -33,7 +34,11 @@ TARGET_MEDIAN_MS, TARGET_P99_MS = 1.0, 3.0
 
 
 def predictor() -> tuple[Predictor, str]:
-    """The pre-trained model if there is one, else a random default-size model."""
+    """The shipped pre-trained model (int8), else the cached one, else a random
+    default-size model."""
+    if SHIPPED_MODEL.is_file() and SHIPPED_TOKENIZER.is_file():
+        return Predictor.from_checkpoint(SHIPPED_MODEL, SHIPPED_TOKENIZER), \
+            f"shipped {SHIPPED_MODEL.name}"
     if PRETRAINED_MODEL.is_file() and TOKENIZER_PATH.is_file():
         return Predictor.from_checkpoint(PRETRAINED_MODEL, TOKENIZER_PATH), \
             f"pre-trained {PRETRAINED_MODEL}"
@@ -55,15 +60,21 @@ def main() -> int:
           f"threads={info['threads']}")
     print(f"model: {source}; vocab {config.vocab_size}, embed {config.embed_dim}, "
           f"hidden {config.hidden_size}, {pred.scorer.model.num_parameters():,} parameters")
-    result = measure_latency(pred, load_split("test"), args.keystrokes)
-    print(f"Predictor.suggest over {result['latency_keystrokes']} keystrokes of test text: "
-          f"median {result['latency_median_ms']:.3f} ms, p99 {result['latency_p99_ms']:.3f} ms "
-          f"(target: median <= {TARGET_MEDIAN_MS} ms, p99 <= {TARGET_P99_MS} ms)")
-    print(f"thread CPU time per keystroke: median {result['latency_cpu_median_ms']:.3f} ms, "
-          f"p99 {result['latency_cpu_p99_ms']:.3f} ms; load average "
-          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on {info['nproc']} cores")
-    met = result["latency_median_ms"] <= TARGET_MEDIAN_MS and \
-        result["latency_p99_ms"] <= TARGET_P99_MS
+    test = load_split("test")
+    met = True
+    for name, strip in (("every vocabulary word", pred),
+                        ("the app's strip: clean words + corrections",
+                         Predictor.for_keyboard(pred.scorer, pred.tokenizer))):
+        result = measure_latency(strip, test, args.keystrokes)
+        print(f"Predictor.suggest, {name}, over {result['latency_keystrokes']} keystrokes of "
+              f"test text: median {result['latency_median_ms']:.3f} ms, p99 "
+              f"{result['latency_p99_ms']:.3f} ms (target: median <= {TARGET_MEDIAN_MS} ms, "
+              f"p99 <= {TARGET_P99_MS} ms)")
+        print(f"  thread CPU time per keystroke: median {result['latency_cpu_median_ms']:.3f} "
+              f"ms, p99 {result['latency_cpu_p99_ms']:.3f} ms; load average "
+              f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on {info['nproc']} cores")
+        met &= result["latency_median_ms"] <= TARGET_MEDIAN_MS and \
+            result["latency_p99_ms"] <= TARGET_P99_MS
     print("within target" if met else "OUTSIDE target")
     return 0
 

@@ -34,7 +34,7 @@ from data import load_split  # noqa: E402
 from model.compress import load_any  # noqa: E402
 from model.corrections import NEIGHBOURS, EditCosts  # noqa: E402
 from model.evaluate import machine  # noqa: E402
-from model.paths import default_pretrained  # noqa: E402
+from model.paths import SHIPPED_MODEL, SHIPPED_TOKENIZER  # noqa: E402
 from model.predictor import LSTMScorer, Predictor  # noqa: E402
 from model.suggestion_words import SuggestionWords  # noqa: E402
 from model.tokenizer import WordTokenizer  # noqa: E402
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-ksr", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    model_path, tokenizer_path = default_pretrained()
-    model_path, tokenizer_path = args.model or model_path, args.tokenizer or tokenizer_path
+    model_path = args.model or SHIPPED_MODEL  # the model the app ships
+    tokenizer_path = args.tokenizer or SHIPPED_TOKENIZER
     costs = replace(EditCosts(), **{k: float(v) for k, v in (c.split("=") for c in args.cost)})
     torch.set_num_threads(1)
     tokenizer = WordTokenizer.load(tokenizer_path)

@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", metavar="DIR", type=Path, default=default_data_dir(),
                         help="typing history, settings, device token and model cache "
                              "(default: %(default)s)")
+    parser.add_argument("--theme", choices=("light", "dark"), default="light",
+                        help="colours (default: %(default)s)")
     parser.add_argument("--size", metavar="WxH", default="400x720",
                         help="window size (default: %(default)s, phone-like)")
     args = parser.parse_args(argv)
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     from keyboard_app.ui.app import KeyboardApp
     from keyboard_app.ui.prefs import PrefsError
     try:
-        app = KeyboardApp(args.data_dir, server_url=args.server)
+        app = KeyboardApp(args.data_dir, server_url=args.server, colours=args.theme)
     except PrefsError as err:
         raise SystemExit(f"python -m keyboard_app: {err}") from None
     app.run()

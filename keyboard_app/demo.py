@@ -1,6 +1,7 @@
 """`python -m keyboard_app.demo` (`make demo`): the federated keyboard end to end, one run folder.
 
-1. pre-train the first global model on public text (skipped when cached);
+1. the first global model: the public pre-trained model shipped in model/shipped/ (with
+   `--pretrain`, pre-trained now on public text by `python -m model.pretrain`);
 2. a fleet of simulated phones (`federated` chat users, through the real device runtime and
    a real server with SQLite) trains it for a few minutes without differential privacy;
 3. the same fleet, from the same start model, for the same rounds with differential
@@ -12,8 +13,7 @@
    personal layer learning on the device.
 
 Leaves report.json, report.md and demo.png in runs/<time>/ (each fleet in a subfolder).
-`--quick` is a smoke run of about a minute: 3 short rounds, part of `test` (on the cached
-pre-trained model; a small one is pre-trained for it only when none is cached).
+`--quick` is a smoke run of about a minute: 3 short rounds, part of `test`.
 """
 from __future__ import annotations
 
@@ -27,12 +27,9 @@ from pathlib import Path
 
 from keyboard_app.simulate import (FleetConfig, FleetError, describe, evaluate_split, run_fleet,
                                    save_figure)
-from model.paths import CACHE_DIR, PRETRAINED_DIR, ROOT
+from model.paths import (PRETRAINED_DIR, PRETRAINED_MODEL, ROOT, SHIPPED_MODEL,
+                         SHIPPED_TOKENIZER, TOKENIZER_PATH)
 from model.personal_eval import markdown
-
-QUICK_DIR = CACHE_DIR / "demo-quick"  # the quick run's small pre-trained model
-QUICK_PRETRAIN = ["--epochs", "1", "--embed-dim", "32", "--hidden-size", "64",
-                  "--batch-size", "128", "--threads", "1"]
 
 
 @dataclass
@@ -96,22 +93,18 @@ class Stages:
               flush=True)
 
 
-def pretrained(quick: bool) -> tuple[Path, bool]:
-    """The pre-trained model's folder (trained now unless cached) and whether it was cached.
-
-    --quick uses the cached full-size model when there is one, else a small one of its own.
-    """
-    from model import pretrain
-    if pretrain.is_cached(PRETRAINED_DIR) or not quick:
-        folder, flags = PRETRAINED_DIR, []
-    else:
-        folder, flags = QUICK_DIR, QUICK_PRETRAIN
-    if pretrain.is_cached(folder):
-        return folder, True
-    code = pretrain.main(["--out-dir", str(folder), *flags])
-    if code or not pretrain.is_cached(folder):
+def pretrained(pretrain: bool) -> tuple[Path, Path, str]:
+    """(model, tokenizer, where from): the public pre-trained model shipped in the package,
+    or with `pretrain` the one `python -m model.pretrain` trains now (unless cached)."""
+    if not pretrain:
+        return SHIPPED_MODEL, SHIPPED_TOKENIZER, "shipped"
+    from model import pretrain as pretraining
+    if pretraining.is_cached(PRETRAINED_DIR):
+        return PRETRAINED_MODEL, TOKENIZER_PATH, "cached"
+    code = pretraining.main(["--out-dir", str(PRETRAINED_DIR)])
+    if code or not pretraining.is_cached(PRETRAINED_DIR):
         raise FleetError(f"pre-training failed (exit code {code})")
-    return folder, False
+    return PRETRAINED_MODEL, TOKENIZER_PATH, "trained"
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -224,7 +217,7 @@ def _eps(value: float | None) -> str:
 
 
 # --- main -----------------------------------------------------------------------------------------
-def run_demo(config: DemoConfig, run_dir: Path, quick: bool) -> dict:
+def run_demo(config: DemoConfig, run_dir: Path, quick: bool, pretrain: bool = False) -> dict:
     from model.evaluate import machine
     stages = Stages(6)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -232,9 +225,8 @@ def run_demo(config: DemoConfig, run_dir: Path, quick: bool) -> dict:
     print(f"run folder: {run_dir}", flush=True)
 
     stages.start("pre-trained model (public split)")
-    folder, cached = pretrained(quick)
-    stages.done(f"{'cached' if cached else 'trained'} in {folder}")
-    model, tokenizer = folder / "model.safetensors", folder / "tokenizer.json"
+    model, tokenizer, source = pretrained(pretrain)
+    stages.done(f"{source}: {model}")
 
     stages.start("federated fleet without differential privacy")
     no_dp = run_fleet(config.fleet(dp=False), run_dir / "fleet-no-dp", init_model=model,
@@ -270,7 +262,7 @@ def run_demo(config: DemoConfig, run_dir: Path, quick: bool) -> dict:
          f"(population {no_dp['population']}); DP: z={config.noise_multiplier:g}, "
          f"C={config.dp_clip_norm:g}, epsilon {_eps(dp['epsilon'])} at delta {config.delta:g}")
     report = {"started": started, "quick": quick, "config": asdict(config),
-              "pretrained": {"folder": str(folder), "cached": cached},
+              "pretrained": {"model": str(model), "source": source},
               "rows": rows, "privacy": privacy,
               "test": {"senders": rows[0]["senders"], "words": rows[0]["words"]},
               "fleets": {"no_dp": no_dp, "dp": dp}, "personalised": personal,
@@ -297,6 +289,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="a smoke run of about a minute: 3 short rounds, part of test")
     p.add_argument("--run-dir", type=Path, default=None, help="default: runs/<time>")
+    p.add_argument("--pretrain", action="store_true",
+                   help="start from a model pre-trained now by `python -m model.pretrain` "
+                        "(default: the pre-trained model shipped in model/shipped/)")
     for name in ("rounds", "fleet_minutes", "devices_per_round", "noise_multiplier",
                  "dp_clip_norm", "test_senders", "workers", "seed"):
         kind = int if name in ("rounds", "devices_per_round", "test_senders", "workers",
@@ -311,11 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = DemoConfig.quick() if args.quick else DemoConfig()
     changes = {k: v for k, v in vars(args).items()
-               if k not in ("quick", "run_dir") and v is not None}
+               if k not in ("quick", "run_dir", "pretrain") and v is not None}
     config = replace(config, **changes)
     run_dir = args.run_dir or ROOT / "runs" / f"{datetime.now():%Y%m%d-%H%M%S}"
     try:
-        run_demo(config, run_dir, args.quick)
+        run_demo(config, run_dir, args.quick, args.pretrain)
     except (FleetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -451,7 +451,7 @@ def _evaluate_job(job: tuple[str, str, str, str, int]) -> dict[str, Any]:
     """In a worker: (name, 'ngram' or a checkpoint path, tokenizer path, split, senders)."""
     import torch
     torch.set_num_threads(1)
-    from model.checkpoint import load_checkpoint
+    from model.compress import load_any
     from model.evaluate import evaluate_scorer
     from model.ngram import KneserNey
     from model.tokenizer import WordTokenizer
@@ -461,7 +461,7 @@ def _evaluate_job(job: tuple[str, str, str, str, int]) -> dict[str, Any]:
         public = [m for d in load_split("public") for m in d.messages]
         scorer = KneserNey.from_messages(public, tokenizer)
     else:
-        scorer = load_checkpoint(what, tokenizer.sha256)[0]
+        scorer = load_any(what, tokenizer.sha256)[0]  # float32 or the shipped int8
     devices = load_split(split)
     started = time.time()
     row = {"name": name, **evaluate_scorer(scorer, tokenizer,

@@ -94,7 +94,7 @@ def _deletions(word: str) -> set[str]:
 class Corrector:
     """Words of a key list within one edit of a typed key, with the edit's cost."""
 
-    MIN_LENGTH = 2  # shorter typed keys get no corrections
+    MIN_LENGTH = 3  # shorter typed keys are beginnings of words: no corrections
 
     def __init__(self, keys: Sequence[str], ids: np.ndarray,
                  costs: EditCosts = EditCosts()) -> None:
@@ -133,12 +133,13 @@ TYPED = -1  # in a choice: the typed letters themselves, not a vocabulary word
 
 def choose(scores: np.ndarray, by_key: np.ndarray, word_ids: np.ndarray,
            span: tuple[int, int], typed_key: str, typed_id: int | None,
-           corrector: Corrector | None, k: int) -> list[int]:
+           corrector: Corrector | None, k: int, other_best: float = -np.inf) -> list[int]:
     """The strip's k choices, best first: ids, or TYPED for the typed letters.
 
     `scores` are the strip's scores by id, `by_key` the same in key order (`word_ids`),
     `span` the positions of the words whose key starts with `typed_key`, `typed_id` the id
-    of the word the typed letters spell exactly (None if they spell no suggestible word).
+    of the word the typed letters spell exactly (None if they spell no suggestible word),
+    `other_best` the best score of completions from elsewhere (the person's own words).
     Completions of the typed letters come first unless a correction scores higher than all
     of them; then the best correction leads, the typed word itself comes second (one tap
     away), and the rest follow by score.
@@ -151,7 +152,9 @@ def choose(scores: np.ndarray, by_key: np.ndarray, word_ids: np.ndarray,
     if not len(cand_ids):
         return completions.tolist()
     corrected = scores[cand_ids] + costs
-    if len(completions) and scores[completions[0]] >= corrected.max():
+    best_completion = max(float(scores[completions[0]]) if len(completions) else -np.inf,
+                          other_best)
+    if best_completion >= corrected.max():
         return completions.tolist()
     pool: dict[int, float] = {int(i): float(scores[i]) for i in completions}
     for i, s in zip(cand_ids.tolist(), corrected.tolist()):

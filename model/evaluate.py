@@ -29,6 +29,7 @@ from model.metrics import NextWordMetrics
 from model.ngram import KneserNey
 from model.paths import ROOT, TOKENIZER_PATH
 from model.predictor import Predictor, Scorer
+from model.suggestion_words import SuggestionWords
 from model.tokenizer import TokenizerError, WordTokenizer
 from model.words import words
 
@@ -48,14 +49,17 @@ COLUMNS = [  # (result key, table title, format)
 
 
 def evaluate_scorer(scorer: Scorer | NextWordLSTM, tokenizer: WordTokenizer,
-                    devices: Sequence[Device], progress: bool = False) -> dict[str, float | int]:
-    """Every metric of EVALUATION.md for `scorer` over the messages of `devices`.
+                    devices: Sequence[Device], progress: bool = False,
+                    clean: SuggestionWords | None = None) -> dict[str, float | int]:
+    """Every metric of EVALUATION.md for `scorer` over the messages of `devices`; with
+    `clean`, suggestions come only from those words (the app's clean list).
 
     A NextWordLSTM is wrapped in an LSTMScorer (which puts it in eval mode).
     """
     if isinstance(scorer, NextWordLSTM):
         scorer = LSTMScorer(scorer)
-    metrics = NextWordMetrics(tokenizer.id_to_word, tokenizer.unk_id, tokenizer.eos_id)
+    metrics = NextWordMetrics(tokenizer.id_to_word, tokenizer.unk_id, tokenizer.eos_id,
+                              words=clean)
     rows = [(d.sender, ws) for d in devices for ws in map(words, d.messages) if ws]
     sequences = [[tokenizer.bos_id, *metrics.ids_of(ws).tolist(), tokenizer.eos_id]
                  for _, ws in rows]
@@ -158,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write the figures (default runs/eval-SPLIT.json)")
     parser.add_argument("--max-senders", type=int, default=None)
     parser.add_argument("--latency-keystrokes", type=int, default=2000, help="0 skips latency")
+    parser.add_argument("--clean-words", action="store_true",
+                        help="also score each model suggesting only the app's clean word list "
+                             "(wordfreq English words, standard spellings)")
     args = parser.parse_args(argv)
     if not args.checkpoints and not args.ngram:
         parser.error("give at least one CHECKPOINT or --ngram")
@@ -177,15 +184,19 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         scorers.append((f"kn3-{args.ngram_train}", KneserNey.from_messages(train, tokenizer)))
     rows = []
+    clean = SuggestionWords.english(tokenizer.id_to_word) if args.clean_words else None
     for name, scorer in scorers:
-        start = time.perf_counter()
-        row = {"name": name, **evaluate_scorer(scorer, tokenizer, devices,
-                                               progress=sys.stderr.isatty())}
-        row["eval_seconds"] = round(time.perf_counter() - start, 1)
-        if args.latency_keystrokes > 0:
-            row.update(measure_latency(Predictor(scorer, tokenizer), devices,
-                                       args.latency_keystrokes))
-        rows.append(row)
+        for words_ in (None, clean) if clean else (None,):
+            start = time.perf_counter()
+            row = {"name": name + ("+clean" if words_ else ""),
+                   **evaluate_scorer(scorer, tokenizer, devices,
+                                     progress=sys.stderr.isatty(), clean=words_)}
+            row["eval_seconds"] = round(time.perf_counter() - start, 1)
+            if args.latency_keystrokes > 0:
+                row.update(measure_latency(Predictor(scorer, tokenizer, words=words_,
+                                                     corrections=words_ is not None),
+                                           devices, args.latency_keystrokes))
+            rows.append(row)
     print(f"split {args.split}: {rows[0]['messages']} messages, {rows[0]['words']} words, "
           f"{rows[0]['senders']} senders")
     print(table(rows))

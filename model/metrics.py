@@ -11,8 +11,12 @@ import math
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from model.suggestion_words import SuggestionWords
 
 FIRST_WORD_ID = 4  # ids 0-3 are <pad>, <unk>, <bos>, <eos>
 SUGGESTIONS = 3
@@ -62,10 +66,14 @@ class NextWordMetrics:
     """Accumulates top-k, perplexity, KSR and per-sender figures over scored messages."""
 
     def __init__(self, id_to_word: Sequence[str], unk_id: int = 1, eos_id: int = 3,
-                 first_word_id: int = FIRST_WORD_ID) -> None:
+                 first_word_id: int = FIRST_WORD_ID, words: SuggestionWords | None = None
+                 ) -> None:
+        """`words`: suggest only those words, in their standard spelling (a target typed
+        informally counts as its standard form); perplexity stays the model's own."""
         self.word_to_id = {w: i for i, w in enumerate(id_to_word) if i >= first_word_id}
         self.unk_id, self.eos_id, self.first = unk_id, eos_id, first_word_id
-        self.index = PrefixIndex(id_to_word, first_word_id)
+        self.clean = words
+        self.index = PrefixIndex(id_to_word, first_word_id) if words is None else words
         self._spans: dict[int, list[tuple[int, int]]] = {}
         self.words = self.in_vocab = self.messages = 0
         self.top1 = self.top3 = 0
@@ -86,7 +94,10 @@ class NextWordMetrics:
             raise ValueError(f"{n} words need {n + 1} score rows, got {log_probs.shape[0]}")
         ids = self.ids_of(words)
         known = ids != self.unk_id
-        rank = ranks(log_probs[:n], ids, self.first)
+        shown, targets = log_probs, ids
+        if self.clean is not None:
+            shown, targets = self.clean.scores(log_probs[:n]), self.clean.canonical[ids]
+        rank = ranks(shown[:n], targets, self.first)
         hit1 = int((known & (rank < 1)).sum())
         hit3 = int((known & (rank < SUGGESTIONS)).sum())
         events = np.append(ids, self.eos_id)
@@ -101,11 +112,11 @@ class NextWordMetrics:
         sender_row[2] += hit3
         for i, word in enumerate(words):
             self.chars += len(word) + 1
-            self.keys += self._keystrokes(word, int(ids[i]), int(rank[i]), log_probs[i])
+            self.keys += self._keystrokes(word, int(targets[i]), int(rank[i]), shown[i])
 
     def _keystrokes(self, word: str, wid: int, rank: int, row: np.ndarray) -> int:
         """Keystrokes to enter `word` with 3 prefix-matching suggestions (EVALUATION.md)."""
-        if wid == self.unk_id:
+        if wid == self.unk_id or row[wid] == -np.inf:  # unknown, or never suggested
             return len(word) + 1
         if rank < SUGGESTIONS:
             return 1

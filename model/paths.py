@@ -13,10 +13,3 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 SHIPPED_MODEL = SHIPPED_DIR / "model.int8.safetensors"
 SHIPPED_TOKENIZER = SHIPPED_DIR / "tokenizer.json"
 
-
-def default_pretrained() -> tuple[Path, Path]:
-    """(model, tokenizer) of the public pre-trained model: the one `python -m model.pretrain`
-    left in the cache when there is one, else the one shipped in the package."""
-    if PRETRAINED_MODEL.is_file() and TOKENIZER_PATH.is_file():
-        return PRETRAINED_MODEL, TOKENIZER_PATH
-    return SHIPPED_MODEL, SHIPPED_TOKENIZER

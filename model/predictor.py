@@ -221,18 +221,19 @@ class Predictor:
                         if n >= OWN_WORD_USES and w in words.word_to_id)
             self._own_version = layer.model.version
         combined, _, oov = self._personal_context_scores(context)
-        ranked = self._choose(combined, partial, k)
+        lo, hi = layer.oov_span(partial.lower())  # the person's words outside the vocabulary
+        own = [(float(oov[j]), layer.model.form(layer.oov_words[j]))
+               for j in best_k(oov[lo:hi], np.arange(lo, hi), k)]
+        ranked = self._choose(combined, partial, k, own[0][0] if own else -np.inf)
         if any(i == TYPED for i, _ in ranked):  # corrections: as corrections.choose ranks them
             return [(partial, True) if i == TYPED else (words.shown[i], False)
                     for i, _ in ranked]
-        found = [(s, layer.model.form(words.shown[i])) for i, s in ranked]
-        lo, hi = layer.oov_span(partial.lower())  # the person's words outside the vocabulary
-        for j in best_k(oov[lo:hi], np.arange(lo, hi), k):
-            found.append((float(oov[j]), layer.model.form(layer.oov_words[j])))
+        found = [(s, layer.model.form(words.shown[i])) for i, s in ranked] + own
         found.sort(key=lambda pair: -pair[0])
         return [(w, False) for _, w in found[:k]]
 
-    def _choose(self, log_probs: np.ndarray, partial: str, k: int) -> list[tuple[int, float]]:
+    def _choose(self, log_probs: np.ndarray, partial: str, k: int,
+                other_best: float = -np.inf) -> list[tuple[int, float]]:
         """corrections.choose over the clean words: (id or TYPED, score), best first; lock
         held."""
         words = self.words
@@ -244,7 +245,7 @@ class Predictor:
         lo, hi = words.span(key)
         typed_id = int(words.ids[lo]) if lo < hi and words.keys[lo] == key else None
         chosen = choose(strip[2], strip[3], words.ids, (lo, hi), key, typed_id,
-                        self._current_corrector(), k)
+                        self._current_corrector(), k, other_best)
         return [(i, float(strip[2][i]) if i != TYPED else float("-inf")) for i in chosen]
 
     def _current_corrector(self) -> Corrector | None:

@@ -65,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = build_tokenizer(args.out_dir / "tokenizer.json")
     model_config, train_config = configs_from_flags(args, tokenizer.vocab_size)
     print(f"pre-training on the public split: {model_config}, {train_config}", file=sys.stderr)
+    command = " ".join(["python -m model.pretrain",
+                        *(sys.argv[1:] if argv is None else argv)])
     summary = train_and_save(args.out_dir / "model.safetensors", tokenizer, messages_of("public"),
-                             messages_of("valid"), model_config, train_config, "public")
+                             messages_of("valid"), model_config, train_config, "public",
+                             command=command)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -41,7 +41,8 @@ def configs_from_flags(args: argparse.Namespace,
 
 def train_and_save(out: Path, tokenizer: WordTokenizer, train_messages: list[str],
                    valid_messages: list[str], model_config: ModelConfig,
-                   train_config: TrainConfig, data_name: str, version: int = 0) -> dict:
+                   train_config: TrainConfig, data_name: str, version: int = 0,
+                   command: str | None = None) -> dict:
     """Train a new model on `train_messages`, keep the epoch with the best `valid` loss, save it.
 
     Returns a summary (also written as JSON beside the checkpoint).
@@ -66,6 +67,7 @@ def train_and_save(out: Path, tokenizer: WordTokenizer, train_messages: list[str
         model.load_state_dict(best)
     valid_loss = min([final_loss, *valid_losses])
     summary = {
+        **({"command": command} if command else {}),
         "data": data_name, "messages": len(sequences),
         "tokens_per_epoch": sum(len(s) - 1 for s in sequences),
         "train_config": train_config.to_dict(), "epoch_losses": result.epoch_losses,

@@ -138,6 +138,8 @@ class SuggestionWords:
                 self.shown[i], self.mask[i] = form, True
         self.merge_from = np.array(sources, dtype=np.int64)
         self.merge_into = np.array(targets, dtype=np.int64)
+        self.canonical = np.arange(n, dtype=np.int64)  # id -> the id it is suggested as
+        self.canonical[self.merge_from] = self.merge_into
         ids = np.flatnonzero(self.mask)
         self.keys = [self.key(self.shown[i]) for i in ids]
         order = sorted(range(len(ids)), key=lambda j: self.keys[j])
@@ -151,12 +153,12 @@ class SuggestionWords:
         return text.lower().replace("'", "")
 
     def scores(self, log_probs: np.ndarray) -> np.ndarray:
-        """Per-id scores for the strip: informal spellings added into their standard form,
-        words that may not be suggested at -inf."""
+        """Per-id scores for the strip (last axis: ids): informal spellings added into their
+        standard form, words that may not be suggested at -inf."""
         out = log_probs.astype(np.float32, copy=True)
-        if len(self.merge_from):
-            np.logaddexp.at(out, self.merge_into, log_probs[self.merge_from])
-        out[~self.mask] = -np.inf
+        for source, target in zip(self.merge_from.tolist(), self.merge_into.tolist()):
+            out[..., target] = np.logaddexp(out[..., target], log_probs[..., source])
+        out[..., ~self.mask] = -np.inf
         return out
 
     def span(self, typed: str) -> tuple[int, int]:

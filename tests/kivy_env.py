@@ -127,6 +127,26 @@ class Driver:
         touch.touch_up()
         self.frames(2)
 
+    def tap_keys(self, pad, text: str) -> None:
+        """Type `text` on the on-screen KeyPad `pad` only: switching layers, Shift for a
+        capital the keyboard does not make by itself."""
+        for char in text:
+            self._to_layer(pad, _layer_of(pad, char))
+            if char.isalpha() and char.isupper() and not (pad.shift or pad.caps_lock):
+                self.tap(pad.keys()["shift"])
+            self.tap(pad.keys()[char.lower()])
+
+    def _to_layer(self, pad, layer: str) -> None:
+        for _ in range(3):
+            if pad.layer == layer:
+                return
+            keys = pad.keys()
+            if "layer:" + layer in keys:
+                self.tap(keys["layer:" + layer])
+            else:  # letters <-> more goes through the symbols
+                self.tap(keys["layer:symbols" if "layer:symbols" in keys else "layer:letters"])
+        assert pad.layer == layer
+
     def screenshot(self, name: str, widget=None) -> Path:
         """Save the window (or a widget) as test-artifacts/<name>.png; fail if it is blank."""
         self.frames(2)
@@ -148,6 +168,17 @@ class Driver:
         from kivy.app import App
         App._running_app = None
         self.frames(2)
+
+
+def _layer_of(pad, char: str) -> str:
+    """The key pad layer with a key for `char` (the current one for , . and space)."""
+    from keyboard_app.ui.keys import LAYERS
+    if char in ", .":
+        return pad.layer
+    for layer, rows in LAYERS.items():
+        if any(char.lower() in row for row in rows):
+            return layer
+    raise AssertionError(f"no key types {char!r}")
 
 
 def assert_not_blank(path: Path, min_std: float = 10.0) -> None:

@@ -76,8 +76,8 @@ def test_round_in_background_while_typing(start_server, tiny_model, tmp_path):
         drv.tap(screen.ids.privacy_button)
         lines = app.panel.lines
         assert f"round {status['last_round_id']}" in lines["participation"]
-        assert "clipped to L2 norm 1" in lines["update"]
-        assert f"std {status['noise_stddev']:g}" in lines["update"]
+        assert "capped (at 1)" in lines["update"]
+        assert f"strength {status['noise_stddev']:g}" in lines["update"]
         assert f"model v{app.model_version}" in lines["model"]
         assert "epsilon" in lines["epsilon"]
         drv.screenshot("app_privacy_after_round")

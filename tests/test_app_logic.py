@@ -56,7 +56,8 @@ def test_bad_settings_file_gives_defaults_and_says_why(tmp_path, content, why):
 
 def test_status_line_says_where_the_model_comes_from():
     text, level = describe.status_line("", None, None, "none", False)
-    assert "python -m model.pretrain" in text and "still type" in text and level == "error"
+    assert "could not be loaded" in text and "still type" in text and level == "error"
+    assert "python" not in text and "`" not in text
     text, level = describe.status_line("", None, 0, "pretrained", False)
     assert text.startswith("Offline") and "v0" in text
     text, level = describe.status_line("http://h:1", {"server_reachable": False}, 3, "global",
@@ -81,8 +82,11 @@ def test_privacy_lines_report_what_was_sent():
                                    now=1_700_000_200.0)
     assert "2 messages" in lines["stored"] and "Kept out or redacted so far: 4" in lines["kept"]
     assert "round 7" in lines["participation"] and "2 round(s)" in lines["participation"]
-    assert "23.5 kB" in lines["update"] and "norm 0.5" in lines["update"]
-    assert "std 0.01" in lines["update"] and "Secure aggregation: yes" in lines["update"]
+    assert "23.5 kB" in lines["update"] and "capped (at 0.5)" in lines["update"]
+    assert "strength 0.01" in lines["update"] and "only their sum: yes" in lines["update"]
+    assert "waiting for the next training round" in lines["learning"]
+    for jargon in ("L2", "Gaussian", "std", "no round open", "norm"):
+        assert jargon not in " ".join(lines.values()), jargon
     assert "v5" in lines["model"]
     assert "epsilon 1.23 spent by any device, of a budget of 8" in lines["epsilon"]
     empty = describe.privacy_lines({"messages": 0}, None, version=None, source="none",

@@ -26,10 +26,9 @@ def test_without_any_model_it_says_how_to_get_one_and_still_types(tmp_path, case
     try:
         app, screen = drv.app, drv.app.typing
         assert app.predictor is None and app.status_level == "error"
-        assert "python -m model.pretrain" in app.status_text
-        assert "still type" in app.status_text
-        if case == "corrupt":
-            assert "model.safetensors" in app.status_text  # names the file that is wrong
+        assert "could not be loaded" in app.status_text and "still type" in app.status_text
+        for jargon in ("python", "model.safetensors", "Error", "`"):  # plain words only
+            assert jargon not in app.status_text
         screen.field.focus = True
         drv.type("no model here")
         assert screen.field.text == "no model here" and screen.strip.suggestions == []

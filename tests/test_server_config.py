@@ -70,9 +70,24 @@ def _cli(tmp_path, *args) -> list[str]:
     return ["--data-dir", str(tmp_path / "data"), "--port", "0", "--log-level", "WARNING", *args]
 
 
-def test_start_without_a_model_says_what_to_do(tmp_path, capsys):
-    assert main(_cli(tmp_path)) == 2
-    assert "--init-model CHECKPOINT --tokenizer tokenizer.json" in capsys.readouterr().err
+def test_start_without_a_model_serves_the_shipped_one(tmp_path, capsys):
+    from aggregation_server.app import create_app, shutdown
+    from aggregation_server.storage import check_checkpoint
+    from model.paths import SHIPPED_TOKENIZER
+    app = create_app(load_settings({"data_dir": str(tmp_path / "data")}, env={}))
+    try:
+        client = app.test_client()
+        reply = client.get("/v1/model")
+        assert reply.status_code == 200
+        tensors, meta = check_checkpoint(reply.data)            # expanded to float32
+        training = json.loads(meta["training"])
+        assert training["command"].startswith("python -m model.pretrain")
+        assert training["data"] == "public" and "shipped" in training
+        assert client.get("/v1/tokenizer").data == SHIPPED_TOKENIZER.read_bytes()
+    finally:
+        shutdown(app)
+    assert main(_cli(tmp_path, "--init-model", "x.safetensors")) == 2   # half a pair
+    assert "--init-model and --tokenizer go together" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("problem, needle", [

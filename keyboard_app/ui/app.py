@@ -55,8 +55,10 @@ class KeyboardApp(App):
     def __init__(self, data_dir: str | Path, server_url: str | None = None, *,
                  pretrained_model: str | Path | None = None,
                  tokenizer_path: str | Path | None = None,
-                 runtime_options: dict | None = None, **kwargs) -> None:
+                 runtime_options: dict | None = None, colours: str = "light",
+                 **kwargs) -> None:
         super().__init__(**kwargs)
+        theme.use(colours)  # before build(): the kv rules read the palette then
         self.data_dir = str(Path(data_dir).resolve())
         prefs, problem = load_prefs(self.data_dir)
         if problem:

@@ -53,8 +53,9 @@ class Backend:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.prefs = prefs
-        self.pretrained_model = Path(pretrained_model or paths.PRETRAINED_MODEL)
-        self.tokenizer_path = Path(tokenizer_path or paths.TOKENIZER_PATH)
+        # the public pre-trained model shipped in the package, unless told otherwise
+        self.pretrained_model = Path(pretrained_model or paths.SHIPPED_MODEL)
+        self.tokenizer_path = Path(tokenizer_path or paths.SHIPPED_TOKENIZER)
         self.runtime_options = runtime_options or {}
         self.history = HistoryStore(self.data_dir / HISTORY_FILE,
                                     retention_days=prefs.retention_days, filters=prefs.filters())

@@ -3,7 +3,22 @@ from __future__ import annotations
 
 import time
 
-PRETRAIN_HINT = "run `python -m model.pretrain` or set a server in Settings"
+NO_MODEL = ("The word model could not be loaded, so there are no suggestions yet. You can "
+            "still type. Reinstalling the app restores it; with a server set in Settings, "
+            "the keyboard downloads one.")
+# what the learning loop is doing, in plain words (runtime states)
+DOING = {"training": "learning from your messages on this device",
+         "uploading": "sending an update", "uploaded": "update sent",
+         "paused": "paused", "not-eligible": "waiting until the phone is idle and charging",
+         "no-task": "waiting for the next training round",
+         "offline": "the server cannot be reached; trying again later",
+         "interrupted": "stopped because the phone was in use; it will try again",
+         "missed": "a round ended before this phone was done; it will join a later one",
+         "rejected": "the server did not accept the last update; it will try again",
+         "refused": "a round was refused to protect your privacy (see below)",
+         "budget-spent": "your privacy limit is reached, so learning has stopped",
+         "error": "something went wrong; it will try again", "starting": "starting",
+         "stopped": "stopped"}
 
 
 def _esc(text: str) -> str:
@@ -45,10 +60,8 @@ def status_line(server_url: str, runtime: dict | None, version: int | None, sour
     """(text, level) for the line under the title bar; level is ok/info/warn/error."""
     if loading:
         return "Loading the model...", "info"
-    if source == "none":
-        why = f" ({_esc(problem)})" if problem else ""
-        text = f"No model yet{why}: {PRETRAIN_HINT}. You can still type."
-        return (text + (" Waiting for the server..." if server_url else "")), "error"
+    if source == "none":  # `problem` is for the log: file names and errors are no help here
+        return NO_MODEL + (" Waiting for the server..." if server_url else ""), "error"
     model = model_text(version, source)
     if not server_url:
         return f"Offline (no server set): suggestions from the cached {model}.", "info"
@@ -96,10 +109,12 @@ def privacy_lines(stats: dict, runtime: dict | None, *, version: int | None, sou
                          f"{rt.get('rounds_joined', 0)} round(s) in all.")
         secure = rt.get("secure_aggregation", (rt.get("extra") or {}).get("secure_aggregation"))
         secure_text = "yes" if secure else "no" if secure is False else "not reported"
-        update = (f"Sent: one update of {size(rt.get('last_update_bytes'))} (a change of model "
-                  f"weights, no text), clipped to L2 norm {rt.get('clip_norm'):g} with Gaussian "
-                  f"noise of std {rt.get('noise_stddev'):g} added on this device. Secure "
-                  f"aggregation: {secure_text}.")
+        update = (f"Sent: one update of {size(rt.get('last_update_bytes'))}: how the model "
+                  f"should change, never your text. Before it left this phone, its size was "
+                  f"capped (at {rt.get('clip_norm'):g}) and random noise was added (of "
+                  f"strength {rt.get('noise_stddev'):g}), so that it says very little about "
+                  f"any one message. Mixed with other phones' updates so that the server sees "
+                  f"only their sum: {secure_text}.")
     else:
         participation = "Has not taken part in a training round yet."
         update = ("Sent: nothing but requests for the model and for tasks." if server_url
@@ -111,9 +126,10 @@ def privacy_lines(stats: dict, runtime: dict | None, *, version: int | None, sou
     elif user_paused:
         learning = "Learning: paused by you."
     else:
-        detail = rt.get("detail") or rt.get("state") or ""
+        state = rt.get("state") or ""
+        doing = DOING.get(state, "")
         learning = ("Learning: on, only while idle, charging and on an unmetered network. "
-                    + (f"Now: {_esc(detail)}." if detail else ""))
+                    + (f"Now: {doing}." if doing else ""))
     model = f"In use: {model_text(version, source)}" + \
             (f" from {_esc(server_url)}." if source == "global" else ".")
     eps = rt.get("epsilon")

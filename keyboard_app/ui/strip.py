@@ -20,7 +20,7 @@ Builder.load_string("""
     shorten_from: 'right'
     canvas.before:
         Color:
-            rgba: (0.8, 0.82, 0.87, 1) if self.state == 'down' else (0, 0, 0, 0)
+            rgba: theme.KEY_DOWN if self.state == 'down' else (0, 0, 0, 0)
         Rectangle:
             pos: self.pos
             size: self.size

@@ -53,7 +53,7 @@ Builder.load_string("""
         pos_hint: {'right': 1}
         canvas.before:
             Color:
-                rgba: theme.ACCENT if root.stored else (0.86, 0.86, 0.9, 1)
+                rgba: theme.ACCENT if root.stored else theme.BUBBLE
             RoundedRectangle:
                 pos: self.pos
                 size: self.size
@@ -142,7 +142,19 @@ Builder.load_string("""
                 password: root.password_mode
                 hint_text: 'Password (never stored)' if root.password_mode else 'Type a message'
                 font_size: '18sp'
+                background_normal: ''
+                background_active: ''
+                background_color: theme.FIELD
+                foreground_color: theme.TEXT
+                cursor_color: theme.ACCENT
+                hint_text_color: theme.HINT
                 padding: dp(10), dp(10)
+                canvas.after:
+                    Color:
+                        rgba: theme.ACCENT if self.focus else theme.DIVIDER
+                    Line:
+                        rectangle: self.x + 1, self.y + 1, self.width - 2, self.height - 2
+                        width: dp(1)
                 size_hint_y: None
                 one_line: self.line_height + dp(20)
                 height: min(max(self.minimum_height, self.one_line), self.one_line + (MAX_LINES - 1) * (self.line_height + self.line_spacing))

@@ -88,6 +88,7 @@ Builder.load_string("""
 
 <Painted>:
     orientation: 'vertical'
+    fill: theme.BACKGROUND
     canvas.before:
         Color:
             rgba: self.fill
