@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -64,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     shipped = {"form": "int8 (per-row symmetric, float32 scales; biases float32)",
                "float32_bytes": float_bytes, "int8_bytes": len(int8_bytes),
                "evaluation": figures, "data": "public split only (buckets 0-9)",
-               "shipped_by": "python -m model.ship" + "".join(
-                   f" {a}" for a in (argv if argv is not None else sys.argv[1:]))}
+               "shipped_by": shlex.join(["python", "-m", "model.ship", *(
+                   argv if argv is not None else sys.argv[1:])])}
     training = {**meta.training, "command": command, "shipped": shipped}
     meta = CheckpointMeta(meta.config, meta.tokenizer_sha256, meta.version, training)
     args.out.mkdir(parents=True, exist_ok=True)

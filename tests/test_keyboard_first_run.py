@@ -26,6 +26,9 @@ def test_the_shipped_model_says_how_it_was_made():
     card = json.loads((SHIPPED_DIR / "model.json").read_text())
     assert card["command"].startswith("python -m model.pretrain")
     assert card["data"] == "public"
+    figures = card["shipped"]["evaluation"]      # measured by `python -m model.ship`
+    assert figures["split"] == "test" and figures["int8"]["top1"] > 0.15
+    assert abs(figures["int8"]["top1"] - figures["float32"]["top1"]) < 0.002
     assert SHIPPED_MODEL.stat().st_size < 2_500_000
 
 
