@@ -20,7 +20,9 @@
    average; `privacy_audit.planner` says which cohorts, populations and epsilons carry
    that noise. Top-1 on `test` of every fleet against the fleet without noise.
 
-Writes audit.json, audit.md and exposure.png into the run folder.
+Writes audit.json, audit.md and exposure.png into the run folder. Runs of the same seed
+(same population and canaries) made separately are merged with
+`benchmarks/privacy_audit_fleet.py --report RUN_DIR... --out DIR`.
 """
 from __future__ import annotations
 
@@ -233,6 +235,76 @@ def large_cohort_levels(rounds: int, clip_norm: float) -> list[dict]:
     return rows
 
 
+def epsilon_table(results: list[dict]) -> str:
+    lines = ["| setup | sigma_mean | z of the sum | canary participations (min-max) | "
+             "inserted cosine mean / std | held-out std (null 1/sqrt(d)) | empirical epsilon "
+             "(Gaussian fit) | empirical epsilon (mean shift) | accountant epsilon (most / "
+             "median canary) | server's epsilon |", "|" + "---|" * 10]
+    for r in results:
+        d, a = r.get("directions"), r.get("accountant")
+        if not d:
+            continue
+        joined = a["participations"]
+        server = a.get("server_epsilon")
+        lines.append(
+            f"| {r['setup']} | {r['sigma_mean']:.2g} | {a['noise_multiplier_of_sum']:.3g} | "
+            f"{min(joined)}-{max(joined)} | {d['inserted_mean']:.2e} / {d['inserted_std']:.2e} "
+            f"| {d['held_out_std']:.2e} ({d['null_std']:.2e}) | {d['epsilon']:.3g} | "
+            f"{d['epsilon_mean_shift']:.3g} | {a['epsilon']:.3g} / "
+            f"{a.get('epsilon_median_canary', float('nan')):.3g} | "
+            f"{'-' if server is None else f'{server:.3g}'} |")
+    return "\n".join(lines)
+
+
+def utility_table(results: list[dict], tests: list[dict], large: list[dict]) -> str:
+    """Top-1 on test of each fleet against the fleet without noise, and which large-cohort
+    settings carry about that noise in their average (the extrapolation)."""
+    by_name = {t["name"]: t for t in tests}
+    base = by_name.get("fleet, clipping only")
+    lines = ["| fleet (25 devices a round) | sigma_mean | top-1 (test) | top-3 | perplexity | "
+             "change in top-1 | large cohorts whose average carries about this noise "
+             "(no amplification) |", "|" + "---|" * 7]
+    for r in results:
+        t = by_name.get(r["setup"])
+        if not t or r.get("sigma_mean") is None:
+            continue
+        near = [f"{x['cohort']:,} of {x['population']:.0e}, eps<={x['target_epsilon']:g} "
+                f"(z={x['z']:.2f}, {x['sigma_mean']:.2g})" for x in large
+                if r["sigma_mean"] and abs(math.log(x["sigma_mean"] / r["sigma_mean"])) < 0.25]
+        change = "" if base is None else f"{100 * (t['top1'] - base['top1']):+.2f}"
+        lines.append(f"| {r['setup']} | {r['sigma_mean']:.2g} | {100 * t['top1']:.2f}% | "
+                     f"{100 * t['top3']:.2f}% | {t['perplexity']:.1f} | {change} | "
+                     f"{'; '.join(near) or '-'} |")
+    if "start" in by_name:
+        t = by_name["start"]
+        lines.append(f"| start model (public pre-trained) | - | {100 * t['top1']:.2f}% | "
+                     f"{100 * t['top3']:.2f}% | {t['perplexity']:.1f} | | |")
+    return "\n".join(lines)
+
+
+def merge_reports(run_dirs: list[Path], out: Path | None) -> int:
+    """Merge run folders of this script (same seed and canaries) into the three tables
+    and the plot."""
+    reports = [json.loads((Path(d) / "audit.json").read_text()) for d in run_dirs]
+    canaries = [audit.Canary(**{**c, "secret": tuple(c["secret"]),
+                                "devices": tuple(c["devices"])})
+                for c in reports[0]["canaries"]]
+    if any(r["canaries"] != reports[0]["canaries"] for r in reports):
+        raise SystemExit("error: the run folders have different canaries (seed or population)")
+    results = sorted((x for r in reports for x in r["results"]),
+                     key=lambda x: -1 if x.get("sigma_mean") is None else x["sigma_mean"])
+    tests = [t for r in reports for t in r.get("test", [])]
+    text = "\n\n".join([exposure_table(results, canaries), epsilon_table(results),
+                         utility_table(results, tests, reports[0]["large_cohorts"])])
+    print(text)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        plot(results, out / "exposure.png")
+        (out / "audit.md").write_text(text + "\n")
+        print(f"wrote {out}/audit.md and exposure.png")
+    return 0
+
+
 # --- main ---------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -276,6 +348,12 @@ def base_config(args: argparse.Namespace) -> FleetConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["--report"]:
+        # --report RUN_DIR... [--out DIR]: merge finished runs into the tables and the plot
+        rest = sys.argv[2:]
+        out = Path(rest[rest.index("--out") + 1]) if "--out" in rest else None
+        dirs = [Path(x) for x in rest if x != "--out" and Path(x) != out]
+        return merge_reports(dirs, out)
     args = parse_args(argv)
     run_dir = args.run_dir or ROOT / "runs" / f"audit-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=True)
