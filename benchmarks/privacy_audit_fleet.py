@@ -22,7 +22,8 @@
 
 Writes audit.json, audit.md and exposure.png into the run folder. Runs of the same seed
 (same population and canaries) made separately are merged with
-`benchmarks/privacy_audit_fleet.py --report RUN_DIR... --out DIR`.
+`benchmarks/privacy_audit_fleet.py --report RUN_DIR... --out DIR`; a fleet is measured
+again at an earlier round with `--remeasure FLEET_DIR ROUND OUT_DIR`.
 """
 from __future__ import annotations
 
@@ -282,6 +283,42 @@ def utility_table(results: list[dict], tests: list[dict], large: list[dict]) -> 
     return "\n".join(lines)
 
 
+def remeasure(fleet_dir: Path, version: int, out: Path, args: argparse.Namespace) -> int:
+    """Measure a fleet of this script at an earlier model version (its server keeps them):
+    exposure, suggestions and direction cosines of `models/<version>`, the accountant over
+    the rounds up to it. Writes `out/audit.json` for `--report`."""
+    source = json.loads((fleet_dir.parent / "audit.json").read_text())
+    summary = json.loads((fleet_dir / "summary.json").read_text())
+    tokenizer = WordTokenizer.load(args.tokenizer)
+    canaries = [audit.Canary(**{**c, "secret": tuple(c["secret"]),
+                                "devices": tuple(c["devices"])}) for c in source["canaries"]]
+    candidates = audit.candidate_words(tokenizer, skip=100, count=args.candidates)
+    seeds = list(range(args.direction_canaries))
+    start, _ = tensors_from_bytes(Path(args.init_model).read_bytes())
+    model = fleet_dir / "server" / "models" / f"{version:06d}.safetensors"
+    name = next(r["setup"] for r in source["results"] if r.get("directions"))
+    row = measure(f"{name}, at round {version}", model, start, tokenizer, canaries,
+                  candidates, args, seeds)
+    first = summary["population"] - len(seeds)
+    rounds = [json.loads(x) for x in (fleet_dir / "rounds.jsonl").read_text().splitlines()]
+    joined = [sum(first + i in r.get("checked_in", []) and r.get("outcomes") == {
+        "uploaded": r["reports"]} for r in rounds if 0 < r["round"] <= version)
+        for i in range(len(seeds))]
+    full = accountant(fleet_dir, summary, list(range(first, first + len(seeds))), args.delta)
+    z_sum = full["noise_multiplier_of_sum"]
+    row["accountant"] = {**full, "participations": joined, "server_epsilon": None,
+                         "epsilon": privacy.composed_epsilon([z_sum] * max(joined), args.delta),
+                         "epsilon_median_canary": privacy.composed_epsilon(
+                             [z_sum] * int(np.median(joined)), args.delta)}
+    row["sigma_mean"] = full["sigma_mean"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(
+        {**{k: source[k] for k in ("canaries", "large_cohorts", "args")},
+         "machine": machine(), "results": [row]}, indent=2, default=str) + "\n")
+    print(exposure_table([row], canaries))
+    return 0
+
+
 def merge_reports(run_dirs: list[Path], out: Path | None) -> int:
     """Merge run folders of this script (same seed and canaries) into the three tables
     and the plot."""
@@ -314,7 +351,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-examples", type=int, default=256)
     p.add_argument("--client-lr", type=float, default=0.316)
     p.add_argument("--clip-norm", type=float, default=0.5)
-    p.add_argument("--sigma-means", type=float, nargs="+", default=[0.0, 0.0016, 0.005],
+    p.add_argument("--sigma-means", type=float, nargs="*", default=[0.0, 0.0016, 0.005],
                    help="one fleet per noise per coordinate of the round's average (0: "
                         "clipping only)")
     p.add_argument("--direction-canaries", type=int, default=16)
@@ -354,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(rest[rest.index("--out") + 1]) if "--out" in rest else None
         dirs = [Path(x) for x in rest if x != "--out" and Path(x) != out]
         return merge_reports(dirs, out)
+    if argv is None and sys.argv[1:2] == ["--remeasure"]:
+        # --remeasure FLEET_DIR VERSION OUT_DIR [flags of the run]
+        fleet, version, out = Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+        return remeasure(fleet, version, out, parse_args(sys.argv[5:]))
     args = parse_args(argv)
     run_dir = args.run_dir or ROOT / "runs" / f"audit-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=True)
