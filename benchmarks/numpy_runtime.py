@@ -167,9 +167,10 @@ def main() -> int:
     from benchmarks.device_cost import artefacts, histories
     from data import load_split
     from model.evaluate import keystroke_texts, machine
+    from device_model.lstm import HAS_BLAS
     blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
     info = {**machine(), "numpy": np.__version__, "numpy_from": str(Path(np.__file__).parent),
-            "numpy_blas": blas.get("name") if blas.get("found") else "none",
+            "numpy_blas": blas.get("name") if HAS_BLAS else "none (products by einsum)",
             "blas_threads": os.environ["OPENBLAS_NUM_THREADS"]}
     print("machine:", json.dumps(info))
     tokenizer_json, blob, origin = artefacts()

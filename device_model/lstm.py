@@ -20,6 +20,27 @@ EMB, W_IH, W_HH = "embedding.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0"
 B_IH, B_HH, W_HR, OUT_B = "lstm.bias_ih_l0", "lstm.bias_hh_l0", "lstm.weight_hr_l0", "output_bias"
 State = tuple[np.ndarray, np.ndarray]  # (projected output h (e,), cell c (h,))
 OUTPUT_ROWS = 512  # positions per block of the output layer while training (memory bound)
+_SUBSCRIPTS = {(2, 2): "ij,jk->ik", (1, 2): "j,jk->k", (2, 1): "ij,j->i"}
+
+
+def _numpy_has_blas() -> bool:
+    """Whether this NumPy was built with a BLAS (a build without one says name "none")."""
+    try:
+        blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
+    except (AttributeError, KeyError, TypeError):
+        return True  # cannot tell: matmul is right either way
+    return bool(blas.get("found")) and blas.get("name") != "none"
+
+
+HAS_BLAS = _numpy_has_blas()
+
+
+def mm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a @ b (1-D or 2-D). Without BLAS (python-for-android builds numpy so) einsum's loops
+    are 3-5x faster than matmul's; with BLAS, matmul is (BENCHMARKS.md)."""
+    if HAS_BLAS:
+        return np.matmul(a, b, out=out)
+    return np.einsum(_SUBSCRIPTS[a.ndim, b.ndim], a, b, out=out)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -83,18 +104,18 @@ class NumpyLSTM:
         """The state after reading `word_id` (None: the zero state before anything)."""
         h, c = state if state is not None else self.zero_state()
         n = self.config.hidden_size
-        gates = np.concatenate([self.weights[EMB][word_id], h]) @ self._w_xh
+        gates = mm(np.concatenate([self.weights[EMB][word_id], h]), self._w_xh)
         gates += self._bias
         sigmoid(gates[:2 * n])
         sigmoid(gates[3 * n:])
         np.tanh(gates[2 * n:3 * n], out=gates[2 * n:3 * n])
         c = gates[n:2 * n] * c + gates[:n] * gates[2 * n:3 * n]
         h_full = np.tanh(c) * gates[3 * n:]
-        return h_full @ self._w_hr_t, c
+        return mm(h_full, self._w_hr_t), c
 
     def log_probs(self, state: State) -> np.ndarray:
         """Normalised log-probabilities (V,) of the next word after `state`."""
-        z = self.weights[EMB] @ state[0]
+        z = mm(self.weights[EMB], state[0])
         z += self.weights[OUT_B]
         return log_softmax(z)
 
@@ -115,7 +136,7 @@ def lstm_forward(w: Weights, x: np.ndarray) -> ForwardCache:
     """Run the LSTM layer over inputs x (T, B, e) from the zero state."""
     steps, batch, _ = x.shape
     n, e = w[W_HR].shape[1], w[W_HR].shape[0]
-    gates = (x.reshape(steps * batch, -1) @ w[W_IH].T).reshape(steps, batch, 4 * n)
+    gates = mm(x.reshape(steps * batch, -1), w[W_IH].T).reshape(steps, batch, 4 * n)
     gates += w[B_IH] + w[B_HH]
     cells = np.zeros((steps + 1, batch, n), np.float32)
     tanh_cells = np.empty((steps, batch, n), np.float32)
@@ -124,7 +145,7 @@ def lstm_forward(w: Weights, x: np.ndarray) -> ForwardCache:
     w_hh_t, w_hr_t = w[W_HH].T, w[W_HR].T
     for t in range(steps):
         a = gates[t]
-        a += hs[t] @ w_hh_t
+        a += mm(hs[t], w_hh_t)
         sigmoid(a[:, :2 * n])
         sigmoid(a[:, 3 * n:])
         np.tanh(a[:, 2 * n:3 * n], out=a[:, 2 * n:3 * n])
@@ -132,7 +153,7 @@ def lstm_forward(w: Weights, x: np.ndarray) -> ForwardCache:
         cells[t + 1] += a[:, :n] * a[:, 2 * n:3 * n]
         np.tanh(cells[t + 1], out=tanh_cells[t])
         np.multiply(a[:, 3 * n:], tanh_cells[t], out=h_full[t])
-        np.matmul(h_full[t], w_hr_t, out=hs[t + 1])
+        mm(h_full[t], w_hr_t, out=hs[t + 1])
     return ForwardCache(x, gates, cells, tanh_cells, h_full, hs)
 
 
@@ -149,7 +170,7 @@ def lstm_backward(w: Weights, cache: ForwardCache, d_hs: np.ndarray
     for t in reversed(range(steps)):
         d_h += d_hs[t]
         d_h_all[t] = d_h
-        d_h_full = d_h @ w_hr
+        d_h_full = mm(d_h, w_hr)
         a, tc, da = cache.gates[t], cache.tanh_cells[t], d_gates[t]
         i, f, g, o = a[:, :n], a[:, n:2 * n], a[:, 2 * n:3 * n], a[:, 3 * n:]
         d_c += d_h_full * o * (1.0 - tc * tc)
@@ -158,14 +179,14 @@ def lstm_backward(w: Weights, cache: ForwardCache, d_hs: np.ndarray
         np.multiply(d_c * cache.cells[t], f * (1.0 - f), out=da[:, n:2 * n])
         np.multiply(d_c * i, 1.0 - g * g, out=da[:, 2 * n:3 * n])
         d_c *= f
-        d_h = da @ w_hh
+        d_h = mm(da, w_hh)
     flat = d_gates.reshape(steps * batch, 4 * n)
     d_bias = flat.sum(axis=0)
-    grads = {W_IH: flat.T @ cache.x.reshape(steps * batch, -1),
-             W_HH: flat.T @ cache.hs[:-1].reshape(steps * batch, e),
-             W_HR: d_h_all.reshape(steps * batch, e).T @ cache.h_full.reshape(steps * batch, n),
+    grads = {W_IH: mm(flat.T, cache.x.reshape(steps * batch, -1)),
+             W_HH: mm(flat.T, cache.hs[:-1].reshape(steps * batch, e)),
+             W_HR: mm(d_h_all.reshape(steps * batch, e).T, cache.h_full.reshape(steps * batch, n)),
              B_IH: d_bias, B_HH: d_bias.copy()}
-    return grads, (flat @ w[W_IH]).reshape(steps, batch, -1)
+    return grads, mm(flat, w[W_IH]).reshape(steps, batch, -1)
 
 
 class Dropout:
@@ -186,7 +207,7 @@ def _output_layer(w: Weights, h: np.ndarray, targets: np.ndarray, count: int,
                   grads: Weights) -> tuple[float, np.ndarray]:
     """Cross-entropy summed over rows of h (r, e) and its gradient (of the mean over
     `count` tokens); adds into grads' embedding and output bias."""
-    z = h @ w[EMB].T
+    z = mm(h, w[EMB].T)
     z += w[OUT_B]
     log_softmax(z)
     rows = np.arange(len(targets))
@@ -194,9 +215,9 @@ def _output_layer(w: Weights, h: np.ndarray, targets: np.ndarray, count: int,
     np.exp(z, out=z)
     z[rows, targets] -= 1.0
     z *= np.float32(1.0 / count)
-    grads[EMB] += z.T @ h
+    grads[EMB] += mm(z.T, h)
     grads[OUT_B] += z.sum(axis=0)
-    return loss, z @ w[EMB]
+    return loss, mm(z, w[EMB])
 
 
 def loss_and_grads(w: Weights, ids: np.ndarray, pad_id: int, dropout: Dropout | None = None

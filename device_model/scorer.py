@@ -5,7 +5,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from device_model.lstm import NumpyLSTM, State, lstm_forward, log_softmax
+from device_model.lstm import NumpyLSTM, State, log_softmax, lstm_forward, mm
 
 
 class NumpyScorer:
@@ -37,7 +37,8 @@ class NumpyScorer:
                 batch = members[start:start + step]
                 ids = np.array([sequences[i][:-1] for i in batch], dtype=np.int64)
                 hs = lstm_forward(w, w["embedding.weight"][ids.T]).hs[1:]
-                logits = hs.transpose(1, 0, 2) @ w["embedding.weight"].T
+                logits = mm(hs.transpose(1, 0, 2).reshape(-1, hs.shape[2]),
+                            w["embedding.weight"].T).reshape(len(batch), width, -1)
                 logits += w["output_bias"]
                 logp = log_softmax(logits)
                 for row, i in enumerate(batch):

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from data import load_split
 from device_model import checkpoint as dcheck
+from device_model import lstm as lstm_module
 from device_model.lstm import Dropout, NumpyLSTM, loss_and_grads
 from device_model.scorer import NumpyScorer
 from device_model.tokenizer import DeviceTokenizer, TokenizerError
@@ -73,8 +74,16 @@ def _log_prob_gap(model: NextWordLSTM, ids: list[int]) -> float:
     return gap
 
 
+@pytest.fixture(params=["blas", "einsum"])
+def products(request, monkeypatch) -> str:
+    """Both ways `device_model.lstm.mm` multiplies: BLAS, and einsum (numpy without BLAS,
+    as python-for-android builds it)."""
+    monkeypatch.setattr(lstm_module, "HAS_BLAS", request.param == "blas")
+    return request.param
+
+
 @pytest.mark.parametrize("spread", [0.0, 1.0])
-def test_log_probs_match_torch_on_random_real_size_weights(spread):
+def test_log_probs_match_torch_on_random_real_size_weights(spread, products):
     model = torch_model(REAL, seed=3, spread=spread)
     ids = np.random.default_rng(0).integers(4, REAL.vocab_size, 40).tolist()
     assert _log_prob_gap(model, ids) < 1e-5
@@ -123,7 +132,7 @@ def _torch_grads(model: NextWordLSTM, ids: np.ndarray, pad_id: int) -> dict[str,
     (ModelConfig(vocab_size=300, dropout=0.0, **SMALL), 0.0),
     (ModelConfig(vocab_size=300, dropout=0.3, **SMALL), 0.3),
     (REAL, 0.1)])
-def test_gradients_match_torch(config, dropout):
+def test_gradients_match_torch(config, dropout, products):
     rng = np.random.default_rng(1)
     lengths = rng.integers(2, 30, 16)
     seqs = [[2, *rng.integers(1, config.vocab_size, n - 2).tolist(), 3] for n in lengths]
