@@ -19,6 +19,8 @@ import pytest
 
 from federated.wire import decode_update, tensors_from_bytes
 from model.checkpoint import load_checkpoint
+from model.compress import load_any
+from model.paths import SHIPPED_MODEL, SHIPPED_TOKENIZER
 from model.predictor import Predictor
 from model.suggestion_words import SuggestionWords
 from model.tokenizer import WordTokenizer
@@ -69,6 +71,8 @@ got = []
 backend.open(got.append)  # what the app does at start (no server: the pre-trained model)
 ready = got[0]
 backend.ledger_view()  # what the privacy panel shows
+shipped = []
+Backend(folder + "/data-shipped", Prefs()).open(shipped.append)  # the APK's int8 model
 task = {{"round_id": 4, "model_version": 0, "clip_norm": 1.0, "noise_stddev": 0.01,
          "train": {{"epochs": 1.0, "batch_size": 8, "lr": 0.01, "optimizer": "adam"}}}}
 local = run_task(task, open(folder + "/model.safetensors", "rb").read(),
@@ -77,6 +81,7 @@ local = run_task(task, open(folder + "/model.safetensors", "rb").read(),
 open(folder + "/update.bin", "wb").write(local.body)
 print(json.dumps({{"source": ready.source, "problem": ready.problem,
                   "suggestions": [ready.predictor.suggest(t) for t in {texts!r}],
+                  "shipped": [shipped[0].predictor.suggest(t) for t in {texts!r}],
                   "modules": sorted({{m.partition(".")[0] for m in sys.modules}}
                                     - set(sys.stdlib_module_names))}}))
 """
@@ -110,6 +115,13 @@ def test_the_device_path_runs_with_torch_tokenizers_and_safetensors_blocked(devi
                           corrections=True)
     assert device_run["suggestions"] == [reference.suggest(t) for t in TEXTS]
     assert all(device_run["suggestions"])
+
+
+def test_the_shipped_int8_model_suggests_as_on_pytorch(device_run):
+    tokenizer = WordTokenizer.load(SHIPPED_TOKENIZER)
+    reference = Predictor.for_keyboard(load_any(SHIPPED_MODEL, tokenizer.sha256)[0], tokenizer)
+    assert device_run["shipped"] == [reference.suggest(t) for t in TEXTS]
+    assert all(len(s) == 3 for s in device_run["shipped"])
 
 
 def test_the_update_trained_without_torch_is_what_the_server_accepts(device_run):
