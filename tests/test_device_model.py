@@ -22,7 +22,8 @@ from model.checkpoint import CheckpointError, CheckpointMeta, model_from_bytes, 
 from model.compress import model_from_int8_bytes, model_to_int8_bytes
 from model.config import ModelConfig
 from model.lstm import NextWordLSTM
-from model.paths import PRETRAINED_MODEL, TOKENIZER_PATH
+from model.compress import load_any
+from model.paths import PRETRAINED_MODEL, SHIPPED_MODEL, SHIPPED_TOKENIZER, TOKENIZER_PATH
 from model.lstm import LSTMScorer
 from model.tokenizer import WordTokenizer
 from model.train import train as torch_train
@@ -102,6 +103,23 @@ def test_log_probs_and_int8_match_torch_on_the_pretrained_model():
     assert _log_prob_gap(model_from_int8_bytes(int8)[0], ids) < 1e-5
     for name, value in model_from_int8_bytes(int8)[0].state_dict().items():
         assert np.array_equal(weights[name], value.numpy())
+
+
+def test_log_probs_and_gradients_match_torch_on_the_shipped_model(products):
+    """Real weights in every checkout: the public pre-trained model shipped as int8."""
+    tok = DeviceTokenizer.load(SHIPPED_TOKENIZER)
+    model, _ = load_any(SHIPPED_MODEL, tok.sha256)
+    ids = tok.encode("hey how are you doing today? i was thinking we could go out tonight")
+    assert _log_prob_gap(model, ids) < 1e-5
+    weights, _ = dcheck.load_weights(SHIPPED_MODEL, tok.sha256)
+    assert all(np.array_equal(weights[k], v.numpy()) for k, v in model.state_dict().items())
+    batch = pad([tok.encode_message(t) for t in ("see you at the party tonight", "ok",
+                                                 "I'm not sure what you mean by that")], 0)
+    model.drop = NumpyMasks(Dropout(0.2, np.random.default_rng(8)))
+    expected = _torch_grads(model, batch, 0)
+    _, _, grads = loss_and_grads(weights, batch, 0, Dropout(0.2, np.random.default_rng(8)))
+    for name in expected:
+        assert relative(grads[name], expected[name]) < 1e-4, name
 
 
 # --------------------------------------------------------------------------- gradients
