@@ -47,6 +47,8 @@ class _SnapshotCollector:
         "pk_training_running": "1 if training is started",
         "pk_epsilon_spent_max": "Largest epsilon spent by any device",
         "pk_epsilon_budget": "Epsilon budget (-1: none)",
+        "pk_aggregation_failed_attempts": "Failed aggregation attempts of the current round "
+                                          "(0: none; it is retried with backoff)",
     }
 
     def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:

@@ -105,4 +105,5 @@ def gauges(service: RoundService) -> dict[str, Any]:
             "pk_rounds_closed": st["rounds_closed"], "pk_rounds_abandoned": st["rounds_abandoned"],
             "pk_training_running": 1 if st["training"] == "running" else 0,
             "pk_epsilon_spent_max": st["privacy"]["epsilon_spent_max"],
-            "pk_epsilon_budget": -1 if budget is None else budget}
+            "pk_epsilon_budget": -1 if budget is None else budget,
+            "pk_aggregation_failed_attempts": (r.get("aggregation") or {}).get("attempts", 0)}

@@ -103,6 +103,8 @@ def test_disk_full_during_aggregation_keeps_updates_and_retries_with_backoff(
     again = server.upload(devices[0], round_id, bodies[0], keys[0])  # a lost response
     assert again.status_code == 202 and again.json()["reports"] == 1
     assert "not aggregated yet" in server.http.get(server.url + "/", timeout=30).text
+    assert "pk_aggregation_failed_attempts 5.0" in server.http.get(server.url + "/metrics",
+                                                                   timeout=30).text
     disk.full = False  # space freed: the next attempt commits version 1
     clock.advance(16.01)  # after the fifth failure: 16 s
     st = server.status()
