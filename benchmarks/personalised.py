@@ -10,17 +10,21 @@ weights are the defaults of model.personal.PersonalWeights, which the plain run 
 """
 from __future__ import annotations
 
-import argparse
-import itertools
-import json
 import os
-import sys
-import time
-from dataclasses import fields, replace
-from pathlib import Path
 
-import numpy as np
-import torch
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")  # one thread, as EVALUATION.md measures (before numpy)
+
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import fields, replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -61,37 +65,48 @@ def objective(summary: dict) -> float:
     return min(summary["gain"][k] / t for k, t in TARGETS.items())
 
 
-def latency(predictor: Predictor, keystrokes: int) -> dict:
-    """Keystroke latency with the personal model of the `test` sender with the most
-    messages (the largest personal model there): it learns the first half, then types the
-    second half character by character, learning each message after it is typed."""
+def latency(checkpoint: Path, tokenizer: Path, keystrokes: int) -> dict:
+    """Keystroke latency of the app's Predictor (the NumPy runtime, one thread), the global
+    model alone and with the personal model of the `test` sender with the most messages
+    (the largest personal model there), on the same keystrokes: the second half of that
+    sender's messages typed character by character, the personal layer learning each
+    message after it is typed (its first half learned before)."""
     device = max(load_split("test"), key=lambda d: len(d.messages))
-    person = PersonalModel()
     half = len(device.messages) // 2
-    for message in device.messages[:half]:
-        person.learn(message)
-    predictor.set_personal(person)
-    torch.set_num_threads(1)
-    wall, cpu, learn = [], [], []
+    typed, n = [], 0
     for message in device.messages[half:]:
-        for i in range(1, len(message) + 1):
-            start, start_cpu = time.perf_counter(), time.thread_time()
-            predictor.suggest(message[:i], 3)
-            cpu.append(time.thread_time() - start_cpu)
-            wall.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        predictor.learn(message)
-        learn.append(time.perf_counter() - start)
-        if len(wall) >= keystrokes + 100:
+        typed.append(message)
+        n += len(message)
+        if n >= keystrokes + 100:
             break
-    ms, cpu_ms = np.array(wall[100:]) * 1000, np.array(cpu[100:]) * 1000
-    return {"sender_messages": len(device.messages), "personal_words": person.total,
-            "personal_distinct_words": len(person.unigrams),
-            "keystrokes": len(ms), "median_ms": float(np.median(ms)),
-            "p99_ms": float(np.percentile(ms, 99)), "cpu_median_ms": float(np.median(cpu_ms)),
-            "cpu_p99_ms": float(np.percentile(cpu_ms, 99)),
-            "learn_median_ms": float(np.median(learn) * 1000),
-            "learn_max_ms": float(np.max(learn) * 1000)}
+    found = {"sender_messages": len(device.messages)}
+    for name in ("global", "personal"):
+        predictor = Predictor.from_checkpoint(checkpoint, tokenizer)
+        if name == "personal":
+            person = PersonalModel()
+            for message in device.messages[:half]:
+                person.learn(message)
+            predictor.set_personal(person)
+            found.update(personal_words=person.total, personal_distinct_words=len(
+                person.unigrams))
+        wall, cpu, learn = [], [], []
+        for message in typed:
+            for i in range(1, len(message) + 1):
+                start, start_cpu = time.perf_counter(), time.thread_time()
+                predictor.suggest(message[:i], 3)
+                cpu.append(time.thread_time() - start_cpu)
+                wall.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            predictor.learn(message)
+            learn.append(time.perf_counter() - start)
+        ms, cpu_ms = np.array(wall[100:]) * 1000, np.array(cpu[100:]) * 1000
+        found[name] = {"keystrokes": len(ms), "median_ms": float(np.median(ms)),
+                       "p99_ms": float(np.percentile(ms, 99)),
+                       "cpu_median_ms": float(np.median(cpu_ms)),
+                       "cpu_p99_ms": float(np.percentile(cpu_ms, 99)),
+                       "learn_median_ms": float(np.median(learn) * 1000),
+                       "learn_max_ms": float(np.max(learn) * 1000)}
+    return found
 
 
 def _run(scorer: LSTMScorer, tokenizer: WordTokenizer, devices: list,
@@ -124,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info['nproc']} cores, {info['cpu']}; load average "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; model {args.checkpoint}")
     if args.latency:
-        found = latency(Predictor(model, tokenizer), args.keystrokes)
+        found = latency(args.checkpoint, args.tokenizer, args.keystrokes)
         print(json.dumps(found, indent=1))
         print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
         return 0
