@@ -33,6 +33,7 @@ class Tally:
     """Hits and keystrokes of one way of suggesting, per sender."""
 
     per_sender: dict[str, list[int]] = field(default_factory=dict)  # words, top1, top3, chars, keys
+    new_once: list[int] = field(default_factory=lambda: [0, 0, 0])  # targets, top-3, offered
 
     def add(self, sender: str, words_: int, top1: int, top3: int, chars: int, keys: int) -> None:
         row = self.per_sender.setdefault(sender, [0, 0, 0, 0, 0])
@@ -49,6 +50,14 @@ class Tally:
                 "macro_top1": float(np.mean([r[1] / r[0] for r in rows])) if rows else float("nan"),
                 "macro_top3": float(np.mean([r[2] / r[0] for r in rows])) if rows else float("nan"),
                 "words": int(total[0]), "senders": len(rows)}
+
+    def new_words(self) -> dict[str, float | int]:
+        """Words outside the global vocabulary typed once before: how often the next use is
+        among the 3 suggestions before its first letter, and offered before it is typed
+        in full (it saves keystrokes)."""
+        n, top3, offered = self.new_once
+        return {"targets": n, "top3": top3 / n if n else float("nan"),
+                "offered": offered / n if n else float("nan")}
 
     def sender_top1(self, sender: str) -> float:
         row = self.per_sender[sender]
@@ -136,6 +145,7 @@ class PersonalisedResult:
                 "worst_sender_gain_messages_50": min(
                     (gains[s] for s in senders if self.history[s] >= 50), default=None),
                 "by_history_length": by_length,
+                "new_words_after_one_use": self.personal[i].new_words(),
                 "per_sender_top1_gain": gains}
 
 
@@ -186,6 +196,8 @@ def _score_message(sender: str, ws: list[str], log_probs: np.ndarray, layer: Per
     empty = np.zeros(0)
     tallies = [(result.global_, None)] + [(t, w) for t, w in
                                           zip(result.personal, result.weights)]
+    once = [word not in ranker.word_to_id and layer.model.unigrams.get(word) == 1
+            for word in ws]  # new words used once before this message
     for tally, weights in tallies:
         top1 = top3 = keys = 0
         for i, word in enumerate(ws):
@@ -198,6 +210,10 @@ def _score_message(sender: str, ws: list[str], log_probs: np.ndarray, layer: Per
             top1 += rank < 1
             top3 += rank < SUGGESTIONS
             keys += k
+            if once[i]:
+                tally.new_once[0] += 1
+                tally.new_once[1] += rank < SUGGESTIONS
+                tally.new_once[2] += k <= len(word)
         tally.add(sender, len(ws), top1, top3, chars, keys)
 
 
@@ -237,4 +253,10 @@ def _counts(summary: dict) -> str:
     if worst is not None:
         text += (f"; worst top-1 change among the {summary['senders_history_50']} senders "
                  f"with 50+ history messages: {100 * worst:+.2f} points")
+    new = summary.get("new_words_after_one_use")
+    if new and new["targets"]:
+        text += (f". Words outside the global vocabulary used once before ({new['targets']:,} "
+                 f"targets): among the 3 suggestions before the first letter "
+                 f"{100 * new['top3']:.1f}% of the time, offered before being typed in full "
+                 f"{100 * new['offered']:.1f}% (the global model alone: never)")
     return text + "."

@@ -228,3 +228,18 @@ def test_the_demo_reports_the_personalised_evaluation(tokenizer, model, tmp_path
     assert summary["personal"]["senders"] == 2 and summary["global"]["words"] > 0
     table = markdown(summary)
     assert "| global model alone |" in table and "| with the personal layer |" in table
+
+
+def test_new_words_after_one_use_are_counted_and_offered(tokenizer, model):
+    """A word outside the vocabulary, typed once in the history, is offered when it comes
+    again; the global model alone never offers it."""
+    filler = [f"ok see you at {w}" for w in ("home", "work", "school", "noon", "night")] * 2
+    messages = filler + ["we met zorblat today"] + filler[:9] + ["we met zorblat again"]
+    device = Device("someone", "valid", messages)
+    result = evaluate_personalised(LSTMScorer(model), tokenizer, [device], [PersonalWeights()])
+    new = result.summary(0)["new_words_after_one_use"]
+    unknown = [w for w in ("we", "met", "zorblat") if w not in tokenizer.word_to_id]
+    assert "zorblat" in unknown and new["targets"] == len(unknown)
+    assert new["top3"] == 1.0 and new["offered"] == 1.0
+    alone = result.global_.new_words()
+    assert alone["targets"] == new["targets"] and alone["top3"] == alone["offered"] == 0.0
