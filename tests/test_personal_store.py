@@ -106,3 +106,27 @@ def test_missing_file_and_folder_targets_say_so(store, tmp_path):
         store.export_to(tmp_path)
     with pytest.raises(DictionaryError, match="Could not write"):
         store.export_to(tmp_path / "no" / "such" / "folder.txt")
+
+
+def test_learned_words_survive_a_restart_and_a_new_model(tmp_path):
+    """The app's backend: a word learned before a restart is suggested after it, by the
+    pre-trained model and by a new global model with another tokenizer alike."""
+    import kivy_env  # noqa: F401  (no Kivy imported: the backend is plain Python)
+    from keyboard_app.ui.backend import Backend
+    from keyboard_app.ui.prefs import Prefs
+    from model.predictor import Predictor
+    model, tokenizer = kivy_env.tiny_model()
+    backend = Backend(tmp_path / "device", Prefs(), pretrained_model=model,
+                      tokenizer_path=tokenizer)
+    backend.history.add("Yesterday we met Zorblat at the lake")
+    backend.learn_personal("Yesterday we met Zorblat at the lake", None)
+    backend.close()
+    again = Backend(tmp_path / "device", Prefs(), pretrained_model=model,
+                    tokenizer_path=tokenizer)
+    ready = again.load_pretrained()
+    assert ready.predictor.suggest("we met at zo")[0] == "Zorblat"
+    other_model, other_tokenizer = kivy_env.build_tiny_model(tmp_path / "other", messages=300)
+    newer = again.personalise(Predictor.from_checkpoint(other_model, other_tokenizer))
+    assert newer.tokenizer.sha256 != ready.predictor.tokenizer.sha256
+    assert newer.suggest("we met at zo")[0] == "Zorblat"
+    again.close()

@@ -196,6 +196,6 @@ class PersonalScreen(Screen):
         try:
             n = self.store.import_from(path)
         except DictionaryError as err:
-            self.load(f"Nothing imported. {err}")
+            self.load(f"Nothing imported. {err} Choose a file that \u201cExport\u201d wrote.")
             return
         self.load(f"Imported {n} words from {Path(path).expanduser()}.")
