@@ -20,6 +20,8 @@ where r(w) is a cache of the person's last RECENT words, each weighing `decay` t
 per word typed since (what the person is talking about now), and rho its weight. So the
 person's weight grows with how much they typed (N words in all, n in a context),
 and a word typed once (even outside the vocabulary) can be suggested in the next message.
+Last, log p(w) = s log p_mix(w) + (1 - s) log pg(w) - log Z: the mixture is tempered by
+the global model (a log-linear blend with sharpness s; s = 1 is the plain mixture).
 Only the words the person used are touched per context: a keystroke stays sub-millisecond.
 """
 from __future__ import annotations
@@ -56,14 +58,15 @@ class DictionaryError(ValueError):
 class PersonalWeights:
     """How much the person's counts weigh against the global model (tuned on `valid`)."""
 
-    levels: tuple[tuple[float, float], ...] = ((0.8, 20.0), (0.8, 2.0))  # (d, theta) of the
-    # bigram, trigram (and 4-gram) levels: one level per context length, at most ORDER - 1
-    gamma: float = 0.0  # the most the person's unigram can weigh
+    # The defaults were chosen on `valid` (benchmarks/personalised.py --tune; BENCHMARKS.md).
+    levels: tuple[tuple[float, float], ...] = ((0.8, 10.0), (0.8, 0.5))  # (d, theta) of the
+    # bigram and trigram levels: one level per context length, at most ORDER - 1
+    gamma: float = 0.05  # the most the person's unigram can weigh
     beta: float = 1000.0  # words typed at which the unigram weighs gamma / 2
     kappa: float = 1.0  # unknown-word mass kept for words the person has not typed yet
-    recency: float = 0.0  # rho: the weight of the recent-words cache
+    recency: float = 0.05  # rho: the weight of the recent-words cache
     decay: float = 0.98  # per word typed since
-    sharpness: float = 1.0  # scores: s log p + (1 - s) log p_g (1: the mixture's log-probs)
+    sharpness: float = 0.7  # s: log p(w) = s log p_mix + (1 - s) log p_g - log Z (log-linear)
 
     def __post_init__(self) -> None:
         ok = 1 <= len(self.levels) < ORDER and all(
@@ -384,10 +387,12 @@ class PersonalLayer:
             probs[stats.ids] += np.maximum(stats.counts - d, 0) / denominator
             oov[stats.oov] += np.maximum(stats.oov_counts - d, 0) / denominator
         with np.errstate(divide="ignore"):
-            if w.sharpness < 1:
+            if w.sharpness < 1:  # a log-linear mixture, normalised again
                 s = w.sharpness
-                return (s * np.log(probs) + (1 - s) * np.log(base),
-                        s * np.log(oov) + (1 - s) * np.log(base_oov))
+                scores = s * np.log(probs) + (1 - s) * np.log(base)
+                oov_scores = s * np.log(oov) + (1 - s) * np.log(base_oov)
+                norm = total_log_prob(scores, oov_scores)
+                return scores - norm, oov_scores - norm
             return np.log(probs), np.log(oov)
 
     def oov_span(self, prefix: str) -> tuple[int, int]:
