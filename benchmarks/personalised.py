@@ -66,8 +66,10 @@ def objective(summary: dict) -> tuple[bool, float]:
 
 
 def latency(checkpoint: Path, tokenizer: Path, keystrokes: int) -> dict:
-    """Keystroke latency of the app's Predictor (the NumPy runtime, one thread), the global
-    model alone and with the personal model of the `test` sender with the most messages
+    """Keystroke latency of the Predictor (the NumPy runtime, one thread): the global model
+    alone, with the personal layer, and as the app's strip (the clean word list and typo
+    corrections too) with it; the personal model is that of the `test` sender with the most
+    messages
     (the largest personal model there), on the same keystrokes: the second half of that
     sender's messages typed character by character, the personal layer learning each
     message after it is typed (its first half learned before)."""
@@ -80,9 +82,11 @@ def latency(checkpoint: Path, tokenizer: Path, keystrokes: int) -> dict:
         if n >= keystrokes + 100:
             break
     found = {"sender_messages": len(device.messages)}
-    for name in ("global", "personal"):
+    for name in ("global", "personal", "keyboard + personal"):
         predictor = Predictor.from_checkpoint(checkpoint, tokenizer)
-        if name == "personal":
+        if name == "keyboard + personal":  # the app's strip: clean words and corrections
+            predictor = Predictor.for_keyboard(predictor.scorer, predictor.tokenizer)
+        if name != "global":
             person = PersonalModel()
             for message in device.messages[:half]:
                 person.learn(message)
