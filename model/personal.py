@@ -77,10 +77,15 @@ class PersonalWeights:
             raise ValueError(f"personal weights out of range: {self}")
 
 
-def message_words(text: str) -> list[tuple[str, str]]:
-    """(scoring word, how it was written) for each word of a message (model.words)."""
-    return [(m.group(0).lower(), m.group(0)) for m in _WORD_ANY_CASE.finditer(text)
-            if _WORD.fullmatch(m.group(0).lower())]
+def message_words(text: str) -> list[tuple[str, str, bool]]:
+    """(scoring word, how it was written, whether it opens a sentence) for each word of a
+    message (the words of model.words)."""
+    found = []
+    for m in _WORD_ANY_CASE.finditer(text):
+        if _WORD.fullmatch(m.group(0).lower()):
+            opens = not text[:m.start()].rstrip() or text[:m.start()].rstrip()[-1] in ".!?"
+            found.append((m.group(0).lower(), m.group(0), opens))
+    return found
 
 
 def is_word(word: str) -> bool:
@@ -104,20 +109,28 @@ class PersonalModel:
         """Count one sent message; returns the grams counted (each once more)."""
         grams: list[Gram] = []
         before: list[str] = [BOS]  # the context, cut where a too long word was skipped
-        for i, (word, written) in enumerate(message_words(text)):
+        for word, written, opens in message_words(text):
             if len(word) > MAX_WORD_LENGTH:  # a run of characters, not a word to learn
                 before = []
                 continue
             grams.append((word,))
             for k in range(1, min(len(before), ORDER - 1) + 1):
                 grams.append((*before[-k:], word))
-            if i > 0:  # mid-message: how the person writes it, not a capitalised start
+            if not opens:  # mid-sentence: how the person writes it, not a capitalised start
                 self._note_form(word, written)
             before.append(word)
         for gram in grams:
             self.add_gram(gram, 1)
         self.recent.extend(g[0] for g in grams if len(g) == 1)
         return grams
+
+    def remember_recent(self, texts: Iterable[str]) -> None:
+        """Fill the recent-words cache from messages already learned (after a restart: the
+        last messages of the history), counting nothing."""
+        for text in texts:
+            self.recent.extend(w for w, _, _ in message_words(text)
+                               if len(w) <= MAX_WORD_LENGTH)
+        self.version += 1
 
     def _note_form(self, word: str, written: str) -> None:
         if written == word:

@@ -47,6 +47,11 @@ def test_learning_counts_words_and_short_contexts():
     assert person.form("iphone") == "iPhone"
     assert person.form("zorblat") == "zorblat"  # written lower case mid-message last
     assert person.form("met") == "met"  # a capital at the start of a message says nothing
+    person.learn("ok. Sure thing! Zorblat says hi")
+    assert "sure" not in person.forms  # nor at the start of a sentence inside one
+    assert person.form("zorblat") == "zorblat"
+    person.remember_recent(["one two", "three"])
+    assert list(person.recent)[-3:] == ["one", "two", "three"] and "three" not in person.unigrams
 
 
 def test_a_word_too_long_is_skipped_and_breaks_the_context():
