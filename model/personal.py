@@ -415,9 +415,9 @@ class PersonalLayer:
         return (bisect_left(self.oov_words, prefix),
                 bisect_left(self.oov_words, prefix + _TOP))
 
-    def knows(self, word: str) -> bool:
-        """Whether the person has used `word` (the keyboard's own-words check)."""
-        return word in self.model.unigrams
+    def oov_index(self, word: str) -> int | None:
+        """Position of a personal word outside the vocabulary in `oov_words`, or None."""
+        return self._oov_pos.get(word)
 
 
 def total_log_prob(log_probs: np.ndarray, oov_log_probs: np.ndarray) -> float:

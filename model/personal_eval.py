@@ -79,7 +79,7 @@ class _Ranker:
         wid = self.word_to_id.get(word)
         j = None
         if wid is None:
-            j = layer._oov_pos.get(word) if layer is not None else None
+            j = layer.oov_index(word) if layer is not None else None
             if j is None or j >= len(oov):
                 return SUGGESTIONS + 1, len(word) + 1
             target = oov[j]
