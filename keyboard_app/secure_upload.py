@@ -75,8 +75,9 @@ class SecureUpload:
                  on_phase: Callable[[str], None] = lambda phase: None,
                  on_masked: Callable[[int], None] = lambda nbytes: None,
                  on_sending_masked: Callable[[int], None] = lambda nbytes: None,
-                 min_survivors: int = 1) -> None:
-        self.client, self.task = client, task
+                 min_survivors: int = 1, clock: Callable[[], float] = time.time) -> None:
+        self.client, self.task, self.clock = client, task, clock
+        self.unreachable = 0.0  # seconds spent waiting for an unreachable server
         self.round_id = task.config.round_id
         self.wait, self.on_phase, self.on_masked = wait, on_phase, on_masked
         self.on_sending_masked = on_sending_masked
@@ -128,7 +129,7 @@ class SecureUpload:
                 self.client.secagg_send(self.round_id, step, message=message, masked=masked)
                 return
             except ServerUnavailable as err:
-                self._pause(2.0, f"sending {step}: {err}")
+                self._pause(2.0, f"sending {step}: {err}", unreachable=True)
             except ServerRejected as err:
                 if err.code == "replayed":
                     log.info("round %s: %s arrived earlier (%s)", self.round_id, step, err)
@@ -141,16 +142,21 @@ class SecureUpload:
         while True:
             try:
                 relay, retry_after = self.client.secagg_fetch(self.round_id, step)
+                unreachable = False
             except ServerUnavailable as err:
-                relay, retry_after = None, 2.0
+                relay, retry_after, unreachable = None, 2.0, True
                 log.info("round %s: %s", self.round_id, err)
             if relay is not None:
                 return relay
-            self._pause(retry_after, f"waiting for {step}")
+            self._pause(retry_after, f"waiting for {step}", unreachable)
 
-    def _pause(self, seconds: float, what: str) -> None:
-        left = self.task.deadline - time.time()
+    def _pause(self, seconds: float, what: str, unreachable: bool = False) -> None:
+        """Wait before the next try, until the round's deadline; time the server could not
+        be reached moves it, as the server moves its deadlines by its outages."""
+        left = self.task.deadline + self.unreachable - self.clock()
         if left <= 0:
             raise SecureRoundError(f"round {self.round_id}: deadline passed while {what}")
+        if unreachable:
+            self.unreachable += min(seconds, left)
         if self.wait(min(seconds, left)):
             raise SecureRoundError(f"round {self.round_id}: stopped while {what}")

@@ -153,6 +153,7 @@ class LossyProxy:
         self.target = urlsplit(target)
         self.drops: dict[tuple[str, str], int] = {}
         self.dropped: list[str] = []
+        self.down = False
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -163,6 +164,9 @@ class LossyProxy:
 
             def forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.down:  # the server is down: nothing reaches it
+                    self.close_connection = True
+                    return
                 conn = http.client.HTTPConnection(proxy.target.hostname, proxy.target.port,
                                                   timeout=60)
                 conn.request(self.command, self.path, body=body, headers={
@@ -424,3 +428,25 @@ def test_an_outage_longer_than_a_phase_does_not_eat_protocol_time(start_server, 
     st = second.wait_for(lambda st: st["model"]["version"] == 1, what="round closed")
     assert st["rounds"][0]["reports"] == 3  # no acknowledged input was dropped
     expect_new_model(second, [m.update for m in members], members[0].config.encoding.step)
+
+
+def test_a_device_keeps_its_secure_round_through_an_outage_past_its_deadline(
+        start_server, lossy, tmp_path):
+    from test_secure_rounds import Member, secure_round
+    server = start_server(round=secure_round(3, 3))
+    proxy = lossy(server)
+    member = Member(server, 0)
+    clock = Clock()
+    task = parse_task(member.task)
+
+    def wait(seconds: float) -> bool:  # the device waits out an outage of 40 s past its deadline
+        clock.advance(seconds)
+        proxy.down = clock.now < task.deadline + 40.0
+        return False
+    client = device_client(proxy.url, member.creds, tmp_path / "device")
+    upload = SecureUpload(client, task, wait=wait, clock=clock)
+    proxy.down = True
+    clock.now = task.deadline - 1.0  # the server goes down just before the deadline
+    upload._send("advertise", member.device.advertise_keys().to_dict())
+    assert clock.now >= task.deadline + 40.0 and upload.unreachable >= 40.0
+    assert server.status()["round"]["state"] == "open"  # (the server's own time runs on)
