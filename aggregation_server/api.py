@@ -71,6 +71,10 @@ def _int_field(data: dict, key: str, required: bool) -> int | None:
 
 
 def _send_version(version: ModelVersion) -> Response:
+    if not service().blobs.abs(version.path).is_file():
+        raise ApiError(410, "version_removed", f"model version {version.version} was removed "
+                       f"(the server keeps the latest {service().settings.keep_versions}); "
+                       "download /v1/model")
     response = send_file(service().blobs.abs(version.path), mimetype="application/octet-stream",
                          etag=version.sha256, conditional=True, max_age=0,
                          download_name=f"model-{version.version}.safetensors")

@@ -236,6 +236,7 @@ class Settings:
     aggregation_retry_seconds: float = 3600.0  # a failing aggregation is retried this long,
     aggregation_backoff_seconds: float = 1.0   # first after this, doubling up to 60 s, then
                                                # the round is abandoned (its updates dropped)
+    keep_versions: int = 0            # model files kept: the latest N (and version 0); 0 = all
     restart_grace_seconds: float = 30.0  # after an outage, the open round's deadlines move
                                          # by its length plus this (devices resend)
     log_level: str = "INFO"
@@ -251,7 +252,7 @@ _SETTING_TYPES = {"data_dir": Path, "db_url": str, "host": str, "port": int,
                   "admin_token": str, "init_model": Path, "tokenizer": Path,
                   "max_update_bytes": int, "tick_seconds": float, "lease_seconds": float,
                   "aggregation_retry_seconds": float, "aggregation_backoff_seconds": float,
-                  "restart_grace_seconds": float,
+                  "restart_grace_seconds": float, "keep_versions": int,
                   "log_level": str, "start_training": bool}
 
 
@@ -343,5 +344,7 @@ def load_settings(flags: dict[str, Any] | None = None,
                 "restart_grace_seconds"):
         if key in merged and not 0 < merged[key] <= 30 * 86400:
             raise ConfigError(f"setting {key} must be in (0, 2592000] seconds")
+    if merged.get("keep_versions", 0) < 0:
+        raise ConfigError("setting keep_versions must be 0 (keep all) or more")
     RoundConfig.from_dict(merged.get("round", {}))  # fail early on a bad round setting
     return Settings(**merged)

@@ -443,9 +443,23 @@ class RoundService:
             s.flush()
             r.epsilon_max = self.epsilon_max(s, config)
         self.blobs.delete_round_updates(round_id)
+        self._retain(new.version)
         log.info("round_closed", extra={"round_id": round_id, "version": new.version,
                                         "reports": len(updates), "sha256": new.sha256,
                                         "seconds": round(time.perf_counter() - started, 3)})
+
+    def _retain(self, latest: int) -> None:
+        """Delete the model files (and optimizer state) of versions older than the latest
+        `keep_versions`, keeping version 0; their rows (sha256, provenance) stay."""
+        keep = self.settings.keep_versions
+        if keep <= 0:
+            return
+        with self.db.read() as s:
+            old = s.scalars(select(ModelVersion).where(ModelVersion.version > 0,
+                                                       ModelVersion.version <= latest - keep))
+            paths = [p for v in old for p in (v.path, v.optimizer_path) if p]
+        for path in paths:
+            self.blobs.abs(path).unlink(missing_ok=True)
 
     def abandon_round(self, round_id: int, reason: str, expired_only: bool = False,
                       states: tuple[str, ...] = ("open",)) -> bool:

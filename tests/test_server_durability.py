@@ -450,3 +450,21 @@ def test_a_device_keeps_its_secure_round_through_an_outage_past_its_deadline(
     upload._send("advertise", member.device.advertise_keys().to_dict())
     assert clock.now >= task.deadline + 40.0 and upload.unreachable >= 40.0
     assert server.status()["round"]["state"] == "open"  # (the server's own time runs on)
+
+
+# ---------------------------------------------------------------- retention
+
+def test_retention_keeps_the_latest_versions_and_version_0(start_server, tiny_model):
+    server = start_server(round={"target_reports": 2, "min_reports": 2}, keep_versions=2)
+    for r in range(4):
+        devices, tasks, bodies, keys = one_round(server, 2)
+        for d, t, b, k in zip(devices, tasks, bodies, keys):
+            assert server.upload(d, t["round_id"], b, k).status_code == 202
+    st = server.status()
+    assert [v["version"] for v in st["versions"]] == [0, 1, 2, 3, 4]  # the record stays
+    files = sorted(p.name for p in (server.data_dir / "models").glob("*.safetensors"))
+    assert files == ["000000.safetensors", "000003.safetensors", "000004.safetensors"]
+    gone = server.http.get(f"{server.url}/v1/models/2", timeout=30)
+    assert gone.status_code == 410 and gone.json()["error"] == "version_removed"
+    for version in (0, 3, 4):
+        assert server.model(version)[2].status_code == 200
