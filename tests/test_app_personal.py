@@ -83,6 +83,10 @@ def test_the_privacy_panel_lists_learned_words_and_can_remove_one(drv, screen):
     app = drv.app
     send(drv, "Dinner with Marguerithe at Blorpville")
     drv.tap(screen.ids.privacy_button)
+    drv.frames(2)
+    assert app.panel.ids.learned_words.text.startswith("Learned words: ")
+    assert " new (see, remove" in app.panel.ids.learned_words.text
+    drv.screenshot("app_privacy_learned_words_button")
     drv.tap(app.panel.ids.learned_words)
     assert app.screens.current == "personal"
     page = app.personal_screen

@@ -144,6 +144,15 @@ class KeyboardApp(App):
                 source=self.model_source, server_url=self.prefs.server_url,
                 participate=self.prefs.participate, user_paused=self.learning_paused,
                 incognito=self.incognito, ledger=self.backend.ledger_view())
+            self.panel.ids.learned_words.text = self.learned_words_label()
+
+    def learned_words_label(self) -> str:
+        """The privacy panel's button to the learned words, with how many are new."""
+        model = self.backend.personal.model
+        vocabulary = self.predictor.tokenizer.word_to_id if self.predictor else {}
+        new = sum(1 for w in model.unigrams if w not in vocabulary)
+        paused = ", paused" if self.backend.personal.paused else ""
+        return f"Learned words: {new} new{paused} (see, remove, pause, export)"
 
     # --- actions the screens call ----------------------------------------------------------
     def show(self, name: str) -> None:
