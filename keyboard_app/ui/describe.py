@@ -15,7 +15,7 @@ DOING = {"training": "learning from your messages on this device",
          "interrupted": "stopped because the phone was in use; it will try again",
          "missed": "a round ended before this phone was done; it will join a later one",
          "rejected": "the server did not accept the last update; it will try again",
-         "refused": "a round was refused to protect your privacy (see below)",
+         "refused": "a round was refused to protect your privacy (see Privacy)",
          "budget-spent": "your privacy limit is reached, so learning has stopped",
          "error": "something went wrong; it will try again", "starting": "starting",
          "stopped": "stopped"}
@@ -64,6 +64,10 @@ def status_line(server_url: str, runtime: dict | None, version: int | None, sour
         return NO_MODEL + (" Waiting for the server..." if server_url else ""), "error"
     model = model_text(version, source)
     if not server_url:
+        if source == "pretrained":
+            named = f"model v{version}" if version is not None else "model"
+            return (f"Offline (no server set): suggestions from the pre-trained {named} "
+                    "(public data only)."), "info"
         return f"Offline (no server set): suggestions from the cached {model}.", "info"
     reachable = (runtime or {}).get("server_reachable")
     if reachable is False:
@@ -71,11 +75,7 @@ def status_line(server_url: str, runtime: dict | None, version: int | None, sour
     if reachable is None:
         return f"Connecting to {_esc(server_url)}... using the cached {model}.", "info"
     state = (runtime or {}).get("state", "")
-    doing = {"training": "training in the background", "uploading": "sending an update",
-             "paused": "learning paused", "not-eligible": "learning when idle",
-             "no-task": "waiting for a round", "uploaded": "update sent",
-             "refused": "a round was refused (see Privacy)",
-             "budget-spent": "privacy limit reached, not learning"}.get(state, state)
+    doing = DOING.get(state, "")
     return f"Connected: {model}" + (f", {doing}." if doing else "."), "ok"
 
 
