@@ -65,7 +65,7 @@ def test_status_line_says_where_the_model_comes_from():
     assert "unreachable" in text and "v3" in text and level == "warn"
     text, level = describe.status_line("http://h:1", {"server_reachable": True,
                                                       "state": "training"}, 4, "global", False)
-    assert "v4" in text and "training" in text and level == "ok"
+    assert "v4" in text and "learning from your messages" in text and level == "ok"
 
 
 def test_privacy_lines_report_what_was_sent():
