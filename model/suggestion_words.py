@@ -27,6 +27,10 @@ SOURCE = (f"wordfreq 3.1.1, English 'best' list: Zipf frequency >= {MIN_ZIPF}, n
           "three times in a row; contractions typed without their apostrophe shown with it")
 _ELONGATED = re.compile(r"(.)\1\1")  # "soooo", "hmmm": not a spelling
 # apostrophe-less spellings that are words of their own, never rewritten
+CONTRACTION_ENDINGS = ("n't", "'m", "'re", "'ve", "'ll", "'d")
+S_CONTRACTIONS = frozenset({"he", "she", "that", "what", "who", "there", "here", "how", "where",
+                            "when", "why", "everyone", "someone", "something", "everything",
+                            "nobody", "somebody", "nothing"})
 NOT_CONTRACTIONS = frozenset({"its", "ill", "id", "were", "well", "wed", "shell", "hell",
                               "lets", "shed", "hed", "wee"})
 
@@ -45,16 +49,23 @@ def is_english_word(word: str, zipf: Mapping[str, float]) -> bool:
 
 def standard_forms(words: Iterable[str], zipf: Mapping[str, float]) -> dict[str, str]:
     """Informal spelling -> standard spelling, for contractions typed without their
-    apostrophe ("dont" -> "don't") when the standard form is the more frequent one."""
+    apostrophe ("dont" -> "don't") when the standard form is the more frequent one (never a
+    possessive: "dads" stays "dads")."""
     forms = {}
     for word in words:
         if "'" in word or word in NOT_CONTRACTIONS:
             continue
-        best = max((w for w in _apostrophe_variants(word) if w in zipf),
+        best = max((w for w in _apostrophe_variants(word) if w in zipf and _contraction(w)),
                    key=lambda w: zipf[w], default=None)
         if best and zipf[best] > zipf.get(word, 0.0) and zipf[best] >= MIN_ZIPF:
             forms[word] = best
     return forms
+
+
+def _contraction(word: str) -> bool:
+    """n't, 'm, 're, 've, 'll, 'd; 's only after a pronoun or a question word."""
+    return word.endswith(CONTRACTION_ENDINGS) or (
+        word.endswith("'s") and word[:-2] in S_CONTRACTIONS)
 
 
 def _apostrophe_variants(word: str) -> list[str]:
