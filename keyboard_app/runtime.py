@@ -85,6 +85,7 @@ class DeviceStatus:
     policy: dict | None = None  # the device policy's settings
 
 
+ASK_AFTER_DEADLINE = 3600.0  # seconds a sent update's fate is still asked for after its deadline
 _PERSISTED = ("last_participation", "last_round_id", "rounds_joined", "last_update_bytes",
               "clip_norm", "noise_stddev", "epsilon", "epsilon_budget", "delta",
               "secure_aggregation")
@@ -290,7 +291,10 @@ class DeviceRuntime:
 
     def _upload_pending(self) -> Step:
         pending = self._pending
-        if time.time() > pending["deadline"]:
+        late = time.time() - pending["deadline"]
+        # bytes that left the device may have been taken (the answer was lost): past the
+        # deadline ask the server for the truth a while longer (its stored answer, or 409)
+        if late > 0 and (pending["ledger_id"] is None or late > ASK_AFTER_DEADLINE):
             self._pending = None
             return self._step("missed", self.poll_seconds, "update not delivered before deadline")
         self._set(state="uploading", detail=f"round {pending['round_id']}: sending "

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from test_device import ONE_DEVICE_ROUNDS, make_device, sender_messages  # noqa: F401 (fixture)
 from test_server_faults import assert_model, expected_model
 
 from federated.secagg import SharesRelay
@@ -153,7 +154,7 @@ class LossyProxy:
         self.target = urlsplit(target)
         self.drops: dict[tuple[str, str], int] = {}
         self.dropped: list[str] = []
-        self.down = False
+        self.down = self.down_after_drop = False
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -196,6 +197,7 @@ class LossyProxy:
             if m == method and path.endswith(end) and left > 0:
                 self.drops[(m, end)] = left - 1
                 self.dropped.append(f"{method} {path}")
+                self.down = self.down_after_drop
                 return True
         return False
 
@@ -468,3 +470,20 @@ def test_retention_keeps_the_latest_versions_and_version_0(start_server, tiny_mo
     assert gone.status_code == 410 and gone.json()["error"] == "version_removed"
     for version in (0, 3, 4):
         assert server.model(version)[2].status_code == 200
+
+
+def test_a_plain_update_whose_answer_was_lost_is_confirmed_after_its_deadline(
+        start_server, lossy, tmp_path, sender_messages):
+    server = start_server(round=ONE_DEVICE_ROUNDS)
+    proxy = lossy(server)
+    proxy.drops[("PUT", "/update")], proxy.down_after_drop = 1, True  # answer lost, then down
+    client = SyncClient(proxy.url, tmp_path / "device", retry=make_retry(backoff=0.0))
+    device = make_device(proxy.url, tmp_path, sender_messages, client=client)
+    assert device.run_once().outcome == "offline"
+    first = server.status()["rounds"][0]
+    assert first["reports"] == 1 and first["state"] == "closed"  # the server took it
+    device._pending["deadline"] = time.time() - 1  # the outage lasted past the deadline
+    proxy.down = False
+    step = device.run_once()
+    assert step.outcome == "uploaded", step  # the stored answer: it counted
+    assert device.status().rounds_joined == 1 and device.status().ledger_rounds == 1
