@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from aggregation_server.config import ConfigError
 from aggregation_server.db import ModelVersion
+from aggregation_server.enrolment import MAX_CODE_USES
 from aggregation_server.errors import ApiError
 from aggregation_server.openapi import openapi_document
 from aggregation_server.rounds import RoundService
@@ -82,9 +83,39 @@ def _send_version(version: ModelVersion) -> Response:
     return response
 
 
+def _fields(data: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ApiError(400, "bad_field", f"unknown field(s) {unknown}")
+
+
 @devices.post("/devices")
 def enrol():
-    return jsonify(service().enrol()), 201
+    """Enrol with an operator's code, binding the device's identity key (rate-limited)."""
+    service().enrolment.check_rate(request.remote_addr or "", "enrolment")
+    data = json_object()
+    _fields(data, {"enrolment_code", "identity_key"})
+    return jsonify(service().enrolment.enrol(data.get("enrolment_code"),
+                                             data.get("identity_key"))), 201
+
+
+@devices.post("/devices/challenge")
+def recovery_challenge():
+    """A challenge the device bound to `identity_key` signs to get a new token."""
+    service().enrolment.check_rate(request.remote_addr or "", "enrolment")
+    data = json_object()
+    _fields(data, {"identity_key"})
+    return jsonify(service().enrolment.challenge(data.get("identity_key"))), 201
+
+
+@devices.post("/devices/recover")
+def recover_token():
+    """A new token for the device whose identity key signed the challenge."""
+    service().enrolment.check_rate(request.remote_addr or "", "enrolment")
+    data = json_object()
+    _fields(data, {"identity_key", "challenge", "signature"})
+    return jsonify(service().enrolment.recover(data.get("identity_key"), data.get("challenge"),
+                                               data.get("signature")))
 
 
 @devices.post("/checkin")
@@ -172,6 +203,28 @@ def put_config():
     except ConfigError as err:
         raise ApiError(400, "bad_config", str(err)) from None
     return jsonify(config.to_dict())
+
+
+@admin.post("/enrolment-codes")
+def issue_enrolment_code():
+    data = json_object()
+    _fields(data, {"uses", "label"})
+    uses, label = data.get("uses"), data.get("label", "")
+    if not isinstance(uses, int) or isinstance(uses, bool) or not 1 <= uses <= MAX_CODE_USES:
+        raise ApiError(400, "bad_field", f"'uses' must be an integer in [1, {MAX_CODE_USES}]")
+    if not isinstance(label, str) or len(label) > 200:
+        raise ApiError(400, "bad_field", "'label' must be text of at most 200 characters")
+    return jsonify(service().enrolment.issue_code(uses, label)), 201
+
+
+@admin.get("/enrolment-codes")
+def list_enrolment_codes():
+    return jsonify({"codes": service().enrolment.list_codes()})
+
+
+@admin.delete("/enrolment-codes/<code_id>")
+def revoke_enrolment_code(code_id: str):
+    return jsonify(service().enrolment.revoke_code(code_id))
 
 
 @admin.post("/training")

@@ -241,6 +241,8 @@ class Settings:
                                          # by its length plus this (devices resend)
     log_level: str = "INFO"
     start_training: bool = True       # rounds run from the first start until an admin stops them
+    enrol_rate_limit: int = 20        # enrolment / token-recovery calls per client address ...
+    enrol_rate_seconds: float = 60.0  # ... per window of this many seconds (429 beyond)
     round: dict[str, Any] = field(default_factory=dict)  # explicit RoundConfig settings
 
     @property
@@ -253,7 +255,8 @@ _SETTING_TYPES = {"data_dir": Path, "db_url": str, "host": str, "port": int,
                   "max_update_bytes": int, "tick_seconds": float, "lease_seconds": float,
                   "aggregation_retry_seconds": float, "aggregation_backoff_seconds": float,
                   "restart_grace_seconds": float, "keep_versions": int,
-                  "log_level": str, "start_training": bool}
+                  "log_level": str, "start_training": bool, "enrol_rate_limit": int,
+                  "enrol_rate_seconds": float}
 
 
 def _parse(name: str, text: str, kind: Any) -> Any:

@@ -37,10 +37,46 @@ class ServerState(Base):
 
 
 class Device(Base):
+    """An enrolled device: its token (hashed) and the Ed25519 identity public key it bound
+    at enrolment (`federated.identity` text form), which proves it is the same device later."""
+
     __tablename__ = "devices"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[float] = mapped_column(Float)
+    identity_key: Mapped[str] = mapped_column(String(64), unique=True)
+    enrolment_code: Mapped[str | None] = mapped_column(String(16), default=None)
+
+
+class EnrolmentCode(Base):
+    """A limited-use credential the operator hands out (admin API); stored only hashed."""
+
+    __tablename__ = "enrolment_codes"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    code_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    uses: Mapped[int] = mapped_column(Integer)
+    used: Mapped[int] = mapped_column(Integer, default=0)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class RecoveryChallenge(Base):
+    """A one-time challenge a device signs with its identity key to get a new token."""
+
+    __tablename__ = "recovery_challenges"
+    challenge: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class RateWindow(Base):
+    """Requests counted per client address and purpose in the current fixed window."""
+
+    __tablename__ = "rate_windows"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[float] = mapped_column(Float)
+    count: Mapped[int] = mapped_column(Integer)
 
 
 class Round(Base):

@@ -140,6 +140,13 @@ TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "train", "
         "advertise_by": {"type": "number", "description": "unix time: train, then advertise "
                                                           "keys before this"}})})
 
+IDENTITY_KEY = {"type": "string", "description": "the device's Ed25519 public key, "
+                                                 "base64url of its 32 raw bytes"}
+CODE = _obj(["id", "uses", "used", "remaining", "revoked"], {
+    "id": STR, "label": STR, "uses": INT, "used": INT, "remaining": INT, "created_at": NUM,
+    "revoked": BOOL})
+RATE_LIMITED = {"429": {"description": "Too many enrolment calls from this address",
+                        "headers": {"Retry-After": {"schema": INT}}, "content": ERROR_BODY}}
 ROUND_ID = {"name": "round_id", "in": "path", "required": True,
             "schema": {"type": "integer", "minimum": 0, "maximum": INT32}}
 def _secagg_message(kind: str) -> dict:
@@ -192,9 +199,26 @@ def openapi_document() -> dict[str, Any]:
                                 "fails."},
         "paths": {
             "/v1/devices": {"post": {
-                "summary": "Enrol a device; the token is shown once and stored hashed",
+                "summary": "Enrol a device with an operator's enrolment code, binding its "
+                           "Ed25519 identity key; the token is shown once and stored hashed. "
+                           "Rate-limited per client address (429 with Retry-After)",
+                "requestBody": {"required": True, "content": _json("EnrolmentRequest")},
                 "responses": {"201": {"description": "Enrolled", "content": _json("Enrolment")},
-                              **ERRORS}}},
+                              **RATE_LIMITED, **ERRORS}}},
+            "/v1/devices/challenge": {"post": {
+                "summary": "Token recovery, step 1: a one-time challenge for the device bound "
+                           "to this identity key (rate-limited like enrolment)",
+                "requestBody": {"required": True, "content": _json("ChallengeRequest")},
+                "responses": {"201": {"description": "Sign it within expires_at",
+                                      "content": _json("Challenge")},
+                              **RATE_LIMITED, **ERRORS}}},
+            "/v1/devices/recover": {"post": {
+                "summary": "Token recovery, step 2: a new token for the device that signed "
+                           "the challenge (same device id, participation and privacy spend)",
+                "requestBody": {"required": True, "content": _json("RecoverRequest")},
+                "responses": {"200": {"description": "New token",
+                                      "content": _json("Enrolment")},
+                              **RATE_LIMITED, **ERRORS}}},
             "/v1/checkin": {"post": {
                 "summary": "Ask for a training task; a retry (same Idempotency-Key) gets the "
                            "device's task again", "security": device,
@@ -265,6 +289,23 @@ def openapi_document() -> dict[str, Any]:
                         "requestBody": {"required": True, "content": _json("RoundConfigPatch")},
                         "responses": {"200": {"description": "The new config",
                                               "content": _json("RoundConfig")}, **ERRORS}}},
+            "/v1/admin/enrolment-codes": {
+                "get": {"summary": "The enrolment codes issued (without the codes themselves)",
+                        "security": admin,
+                        "responses": {"200": {"description": "Codes",
+                                              "content": _json("EnrolmentCodes")}, **ERRORS}},
+                "post": {"summary": "Issue an enrolment code good for `uses` enrolments (the "
+                                    "code is shown only in this answer)", "security": admin,
+                         "requestBody": {"required": True, "content": _json("CodeRequest")},
+                         "responses": {"201": {"description": "The new code",
+                                               "content": _json("IssuedCode")}, **ERRORS}}},
+            "/v1/admin/enrolment-codes/{code_id}": {"delete": {
+                "summary": "Revoke an enrolment code: it enrols nobody from now on",
+                "security": admin,
+                "parameters": [{"name": "code_id", "in": "path", "required": True,
+                                "schema": STR}],
+                "responses": {"200": {"description": "The revoked code",
+                                      "content": _json("EnrolmentCode")}, **ERRORS}}},
             "/v1/admin/training": {"post": {
                 "summary": "Start or stop training (stop abandons the open round)",
                 "security": admin,
@@ -286,6 +327,23 @@ def openapi_document() -> dict[str, Any]:
             "schemas": {
                 "Error": _obj(["error", "message"], {"error": STR, "message": STR}),
                 "Enrolment": _obj(["device_id", "token"], {"device_id": STR, "token": STR}),
+                "EnrolmentRequest": _obj(["enrolment_code", "identity_key"], {
+                    "enrolment_code": STR, "identity_key": IDENTITY_KEY}, extra=False),
+                "ChallengeRequest": _obj(["identity_key"], {"identity_key": IDENTITY_KEY},
+                                         extra=False),
+                "Challenge": _obj(["challenge", "expires_at"], {"challenge": STR,
+                                                                "expires_at": NUM}),
+                "RecoverRequest": _obj(["identity_key", "challenge", "signature"], {
+                    "identity_key": IDENTITY_KEY, "challenge": STR,
+                    "signature": {"type": "string", "description": "base64url Ed25519 "
+                                  "signature of 'private-keyboard/token-recovery-1\\n' + "
+                                  "challenge"}}, extra=False),
+                "CodeRequest": _obj(["uses"], {
+                    "uses": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                    "label": {"type": "string", "maxLength": 200}}, extra=False),
+                "EnrolmentCode": CODE,
+                "IssuedCode": {"allOf": [CODE, _obj(["code"], {"code": STR})]},
+                "EnrolmentCodes": _obj(["codes"], {"codes": {"type": "array", "items": CODE}}),
                 "CheckinRequest": _obj(["num_examples"], {
                     "num_examples": {"type": "integer", "minimum": 0, "maximum": INT32},
                     "model_version": {"type": "integer", "minimum": 0, "maximum": INT32,

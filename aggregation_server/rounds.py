@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from sqlalchemy.orm import Session
 from aggregation_server import accounting
 from aggregation_server.config import RoundConfig, Settings
 from aggregation_server.db import Database, Device, ModelVersion, Round, ServerState, Task
+from aggregation_server.enrolment import Enrolment
 from aggregation_server.errors import ApiError
 from aggregation_server.metrics import ServerMetrics
 from aggregation_server.secure import SecureRounds
@@ -77,6 +77,8 @@ class RoundService:
         self.db, self.blobs, self.settings = db, blobs, settings
         self.metrics = metrics or ServerMetrics()
         self.secure = SecureRounds(self)
+        self.enrolment = Enrolment(db, settings.enrol_rate_limit, settings.enrol_rate_seconds,
+                                   lambda: self.clock())
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.num_params = 0
         self.tokenizer_sha256 = ""
@@ -142,14 +144,6 @@ class RoundService:
                    default=0.0)
 
     # ----- devices --------------------------------------------------------------------
-    def enrol(self) -> dict[str, str]:
-        device_id, token = secrets.token_hex(16), secrets.token_urlsafe(32)
-        with self.db.write() as s:
-            s.add(Device(id=device_id, token_sha256=sha256_hex(token.encode()),
-                         created_at=time.time()))
-        log.info("device_enrolled", extra={"device_id": device_id})
-        return {"device_id": device_id, "token": token}
-
     def device_for_token(self, token: str) -> str | None:
         with self.db.read() as s:
             return s.scalar(select(Device.id).where(

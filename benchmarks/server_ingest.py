@@ -59,7 +59,7 @@ def start_server(data_dir: Path, model: Path, tokenizer: Path, round_config: dic
     port = _free_port()
     env = dict(os.environ, PK_DATA_DIR=str(data_dir), PK_INIT_MODEL=str(model),
                PK_TOKENIZER=str(tokenizer), PK_ADMIN_TOKEN="bench", PK_PORT=str(port),
-               PK_TICK_SECONDS="1", PK_LOG_LEVEL="INFO",
+               PK_TICK_SECONDS="1", PK_LOG_LEVEL="INFO", PK_ENROL_RATE_LIMIT="1000000",
                **{f"PK_ROUND_{k.upper()}": str(v) for k, v in round_config.items()})
     log = data_dir.parent / f"{data_dir.name}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -101,9 +101,14 @@ def deltas(shapes: dict, count: int, clip: float, stddev: float) -> list[dict]:
 
 def prepare_round(http: requests.Session, url: str, n: int, pool: list[dict]) -> list:
     """Enrol n devices, check them in, and encode each one's update for its task."""
+    from federated import identity
     jobs = []
+    code = http.post(f"{url}/v1/admin/enrolment-codes", json={"uses": n}, timeout=60,
+                     headers={"Authorization": "Bearer bench"}).json()["code"]
     for i in range(n):
-        device = http.post(f"{url}/v1/devices", timeout=60).json()
+        device = http.post(f"{url}/v1/devices", timeout=60, json={
+            "enrolment_code": code,
+            "identity_key": identity.public_key_text(identity.new_key())}).json()
         headers = {"Authorization": f"Bearer {device['token']}"}
         task = http.post(f"{url}/v1/checkin", json={"num_examples": 50}, headers=headers,
                          timeout=60).json()["task"]

@@ -23,6 +23,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="aggregation server, e.g. http://127.0.0.1:8000; remembered in "
                              "Settings (default: the saved URL; none: offline on the cached "
                              "model)")
+    parser.add_argument("--enrolment-code", metavar="CODE", default=None,
+                        help="the enrolment code the server's operator gave you; remembered "
+                             "in Settings (needed to join the first time)")
     parser.add_argument("--data-dir", metavar="DIR", type=Path, default=default_data_dir(),
                         help="typing history, settings, device token and model cache "
                              "(default: %(default)s)")
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     from keyboard_app.ui.app import KeyboardApp
     from keyboard_app.ui.prefs import PrefsError
     try:
-        app = KeyboardApp(args.data_dir, server_url=args.server, colours=args.theme)
+        app = KeyboardApp(args.data_dir, server_url=args.server, colours=args.theme,
+                          enrolment_code=args.enrolment_code)
     except PrefsError as err:
         raise SystemExit(f"python -m keyboard_app: {err}") from None
     app.run()

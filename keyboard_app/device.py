@@ -1,6 +1,7 @@
 """A headless device: join federated training with your own text, without the keyboard UI.
 
-    python -m keyboard_app.device --server URL --history FILE [--data-dir DIR] [--once]
+    python -m keyboard_app.device --server URL --history FILE --enrolment-code CODE
+                                  [--data-dir DIR] [--once]
 
 FILE holds one message per line. It is loaded into the device's history store (with the
 same filters as the keyboard: long numbers and e-mail addresses are cut out), then the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="UTF-8 text file, one message per line")
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".private-keyboard-device",
                         help="where the device keeps its token, model cache and history")
+    parser.add_argument("--enrolment-code", default=os.environ.get("PK_ENROLMENT_CODE"),
+                        help="the enrolment code the server's operator gave you (needed the "
+                             "first time only; default: $PK_ENROLMENT_CODE)")
     parser.add_argument("--once", action="store_true", help="take part in one round, then exit")
     parser.add_argument("--rounds", type=int, default=None,
                         help="take part in N rounds, then exit (default: run until stopped)")
@@ -65,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from keyboard_app.runtime import DeviceRuntime  # torch: after the cheap checks
     eligibility = Eligibility(EligibilitySettings(idle_seconds=0, min_new_messages=0,
                                                   network_metered=args.metered))
-    runtime = DeviceRuntime(args.data_dir, args.server, history=history, eligibility=eligibility)
+    runtime = DeviceRuntime(args.data_dir, args.server, history=history, eligibility=eligibility,
+                            enrolment_code=args.enrolment_code)
     deadline = time.monotonic() + args.timeout if args.timeout else float("inf")
     joined, last = 0, None
     while True:

@@ -105,7 +105,8 @@ class DeviceRuntime:
     when one process runs many devices), `policy` (default: the safe `DevicePolicy()`),
     `ledger` (default: the ledger file in `data_dir`), `local_update` (what a round
     computes, by default `run_task`; the privacy audit's canary devices send a fixed
-    direction instead).
+    direction instead), `enrolment_code` (the operator's code, needed to enrol the first
+    time).
     """
 
     def __init__(self, data_dir: str | Path, server_url: str, *,
@@ -115,12 +116,14 @@ class DeviceRuntime:
                  poll_seconds: float = 30.0, max_backoff: float = 300.0,
                  load_model: bool = True, policy: DevicePolicy | None = None,
                  ledger: PrivacyLedger | None = None,
-                 local_update: Callable = run_task) -> None:
+                 local_update: Callable = run_task,
+                 enrolment_code: str | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.policy = policy or DevicePolicy()
         self.ledger = ledger or PrivacyLedger(self.data_dir / LEDGER_FILE)
         self.load_model = load_model
-        self.client = client or SyncClient(server_url, self.data_dir, cache_dir=cache_dir)
+        self.client = client or SyncClient(server_url, self.data_dir, cache_dir=cache_dir,
+                                           enrolment_code=enrolment_code)
         self.history = history or HistoryStore(self.data_dir / "history.sqlite")
         self.eligibility = eligibility or Eligibility()
         self.rng, self.train_seed = rng, train_seed

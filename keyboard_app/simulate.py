@@ -194,7 +194,8 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "config.json"
         config.write_text(json.dumps({"start_training": False, "tick_seconds": 0.5,
-                                      "log_level": "INFO"}))
+                                      "log_level": "INFO",  # the whole fleet is on loopback:
+                                      "enrol_rate_limit": 1_000_000}))
         args = [sys.executable, "-m", "aggregation_server", "--data-dir", str(self.data_dir),
                 "--host", "127.0.0.1", "--port", "0", "--config", str(config),
                 "--init-model", str(self.init_model), "--tokenizer", str(self.tokenizer)]
@@ -254,6 +255,11 @@ class ServerAdmin:
     def training(self, action: str) -> None:
         self._call("POST", "/v1/admin/training", json={"action": action}, headers=self.headers)
 
+    def enrolment_code(self, uses: int) -> str:
+        """An enrolment code for `uses` devices (the fleet's devices enrol with it)."""
+        return self._call("POST", "/v1/admin/enrolment-codes", headers=self.headers,
+                          json={"uses": uses, "label": "fleet simulation"}).json()["code"]
+
     def status(self) -> dict[str, Any]:
         return self._call("GET", "/v1/status").json()
 
@@ -304,6 +310,7 @@ class DeviceJob:
     unplug_after: int | None  # dropout: unplugged after this many training batches
     policy: DevicePolicy  # the fleet's explicit device policy (`FleetConfig.device_policy`)
     direction_seed: int | None = None  # a privacy-audit canary: sends this direction instead
+    enrolment_code: str = ""  # the operator's code the device enrols with (first round)
 
 
 _WORKER: dict[str, Any] = {}
@@ -366,6 +373,7 @@ def device_round(job: DeviceJob) -> dict[str, Any]:
     runtime = DeviceRuntime(job.data_dir, job.url, history=_history(job.index),
                             eligibility=eligibility, cache_dir=job.cache_dir, load_model=False,
                             train_seed=job.train_seed, policy=job.policy,
+                            enrolment_code=job.enrolment_code,
                             rng=np.random.default_rng(job.noise_seed), **extra)
     try:
         step = runtime.run_once()
@@ -548,6 +556,7 @@ class Fleet:
     progress: bool = True
     start_valid: dict | None = None
     direction_seeds: dict[int, int] = field(default_factory=dict)  # population index -> seed
+    enrolment_code: str = ""
     records: list[dict] = field(default_factory=list)
 
     def run(self) -> list[dict]:
@@ -609,7 +618,8 @@ class Fleet:
         return DeviceJob(index, self.url, str(self.run_dir / "devices" / f"{index:04d}"),
                          str(self.run_dir / "devices" / "model-cache"),
                          int(seeds[0] & 0x7FFFFFFF), int(seeds[1]), unplug,
-                         self.config.device_policy(), self.direction_seeds.get(index))
+                         self.config.device_policy(), self.direction_seeds.get(index),
+                         self.enrolment_code)
 
     def _round(self, k: int, after: int, started: float) -> dict:
         """Dispatch check-ins until the target is met; wait for the round to finish."""
@@ -761,7 +771,8 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
             future.result()
         fleet = Fleet(config, run_dir, admin, server_url, population, pool, evaluator, progress,
                       start_valid, {len(population) - len(direction_seeds) + i: s
-                                    for i, s in enumerate(direction_seeds)})
+                                    for i, s in enumerate(direction_seeds)},
+                      admin.enrolment_code(len(population)))
         try:
             records = fleet.run()
         finally:

@@ -65,6 +65,7 @@ def tiny_model(tmp_path_factory) -> dict[str, Any]:
 class DeviceCreds:
     device_id: str
     token: str
+    key: Any = None  # the device's Ed25519 identity key (federated.identity)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -88,10 +89,19 @@ class Server:
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
-    def enrol(self) -> DeviceCreds:
-        r = self.http.post(f"{self.url}/v1/devices", timeout=30)
+    def enrolment_code(self, uses: int = 1) -> str:
+        """A fresh enrolment code from the admin API, good for `uses` enrolments."""
+        return issue_code(self.url, self.admin_token, uses, self.http)
+
+    def enrol(self, code: str | None = None) -> DeviceCreds:
+        """A new device with its own identity key, enrolled with `code` (or a fresh one)."""
+        from federated import identity
+        key = identity.new_key()
+        r = self.http.post(f"{self.url}/v1/devices", timeout=30, json={
+            "enrolment_code": code or self.enrolment_code(),
+            "identity_key": identity.public_key_text(key)})
         assert r.status_code == 201, r.text
-        return DeviceCreds(**r.json())
+        return DeviceCreds(**r.json(), key=key)
 
     def checkin(self, device: DeviceCreds, num_examples: int = 20) -> dict:
         r = self.http.post(f"{self.url}/v1/checkin", json={"num_examples": num_examples,
@@ -164,6 +174,25 @@ class Server:
             time.sleep(0.1)
 
 
+def issue_code(url: str, admin_token: str, uses: int = 1,
+               http: requests.Session | None = None) -> str:
+    """An enrolment code from the admin API of the server at `url`."""
+    r = (http or requests).post(f"{url}/v1/admin/enrolment-codes", json={"uses": uses},
+                                headers={"Authorization": f"Bearer {admin_token}"}, timeout=30)
+    assert r.status_code == 201, r.text
+    return r.json()["code"]
+
+
+def enrol_device(url: str, admin_token: str) -> dict:
+    """{"device_id", "token"} of a device enrolled with a fresh code and identity key."""
+    from federated import identity
+    r = requests.post(f"{url}/v1/devices", timeout=30, json={
+        "enrolment_code": issue_code(url, admin_token),
+        "identity_key": identity.public_key_text(identity.new_key())})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
 def _json_or_none(line: str) -> dict | None:
     try:
         return json.loads(line)
@@ -179,7 +208,7 @@ def _settings(data_dir: Path, tiny: dict, db_url: str | None, round_config: dict
         else settings_round
     values = dict(data_dir=data_dir, db_url=db_url, init_model=tiny["checkpoint"],
                   tokenizer=tiny["tokenizer"], admin_token="admin-secret", tick_seconds=0.0,
-                  log_level="WARNING", round=explicit)
+                  log_level="WARNING", round=explicit, enrol_rate_limit=100_000)
     return Settings(**{**values, **overrides})
 
 
@@ -212,7 +241,7 @@ def server_settings(tiny_model):
 def module_server(server_settings, tmp_path_factory):
     """One in-thread server shared by a module: {"url", "admin", "device"} (tokens)."""
     url, app, stop = serve_in_thread(server_settings(tmp_path_factory.mktemp("server")))
-    device = requests.post(f"{url}/v1/devices", timeout=30).json()["token"]
+    device = enrol_device(url, app.extensions["pk.admin"])["token"]
     yield {"url": url, "admin": app.extensions["pk.admin"], "device": device}
     stop()
 
@@ -250,7 +279,7 @@ def start_process(tiny_model, tmp_path):
               tick: float = 0.2) -> Server:
         config = tmp_path / f"config{len(procs)}.json"
         config.write_text(json.dumps({"round": dict(TEST_ROUND, **(round or {})),
-                                      "tick_seconds": tick}))
+                                      "tick_seconds": tick, "enrol_rate_limit": 100_000}))
         log = tmp_path / f"server{len(procs)}.log"
         args = [sys.executable, "-m", "aggregation_server", "--data-dir", str(data_dir),
                 "--port", "0", "--config", str(config), "--admin-token", "admin-secret",

@@ -30,7 +30,8 @@ def test_round_in_background_while_typing(start_server, tiny_model, tmp_path):
     app = KeyboardApp(tmp_path / "device", server_url=server.url, pretrained_model=pretrained,
                       tokenizer_path=tokenizer,
                       runtime_options={"eligibility": eligibility, "poll_seconds": 0.2,
-                                       "policy": _policy()})
+                                       "policy": _policy(),
+                                       "enrolment_code": server.enrolment_code()})
     drv = kivy_env.Driver(app)
     try:
         screen = app.typing

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from federated import identity
 from keyboard_app.client import ServerRejected, ServerUnavailable, SyncClient, make_retry
 from model.checkpoint import CheckpointMeta, model_to_bytes
 from model.config import ModelConfig
@@ -17,6 +18,7 @@ from model.lstm import NextWordLSTM
 CONFIG = ModelConfig(vocab_size=20, embed_dim=4, hidden_size=8)
 MODEL = model_to_bytes(NextWordLSTM(CONFIG), CheckpointMeta(CONFIG, "0" * 64, version=4))
 ETAG = f'"{hashlib.sha256(MODEL).hexdigest()}"'
+CODE = "pk-operator-code"
 
 
 class FlakyServer:
@@ -27,6 +29,8 @@ class FlakyServer:
         self.requests: list[dict] = []
         self.model, self.etag = MODEL, ETAG
         self.tokens: set[str] = set()
+        self.keys: dict[str, str] = {}  # identity key -> device id
+        self.challenges: dict[str, str] = {}  # challenge -> identity key
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -62,10 +66,8 @@ class FlakyServer:
 
     def answer(self, method, path, headers, body):
         js = lambda status, obj: (status, json.dumps(obj).encode())  # noqa: E731
-        if (method, path) == ("POST", "/v1/devices"):
-            token = f"token-{len(self.tokens)}"
-            self.tokens.add(token)
-            return js(201, {"device_id": f"dev{len(self.tokens)}", "token": token})
+        if method == "POST" and path.startswith("/v1/devices"):
+            return self.enrolment(path, json.loads(body), js)
         if path.startswith("/v1/") and path != "/v1/model" and method != "GET" and \
                 headers.get("Authorization", "").removeprefix("Bearer ") not in self.tokens:
             return js(401, {"error": "unauthorized", "message": "unknown device token"})
@@ -82,6 +84,30 @@ class FlakyServer:
             return js(202, {"accepted": True, "round_id": 3, "reports": 1})
         return js(404, {"error": "not_found", "message": path})
 
+    def enrolment(self, path, request, js):
+        """Enrolment with CODE, and token recovery by signing a challenge."""
+        key = request.get("identity_key")
+        if path == "/v1/devices":
+            if request.get("enrolment_code") != CODE:
+                return js(403, {"error": "bad_enrolment_code", "message": "unknown code"})
+            self.keys[key] = f"dev{len(self.keys) + 1}"
+            return js(201, {"device_id": self.keys[key], "token": self.new_token()})
+        if key not in self.keys:
+            return js(404, {"error": "unknown_identity", "message": "enrol with a code"})
+        if path == "/v1/devices/challenge":
+            challenge = f"challenge-{len(self.challenges)}"
+            self.challenges[challenge] = key
+            return js(201, {"challenge": challenge, "expires_at": 0})
+        challenge = request.get("challenge")
+        identity.verify(self.challenges.pop(challenge), identity.RECOVERY_CONTEXT,
+                        challenge.encode(), request.get("signature"))
+        return js(200, {"device_id": self.keys[key], "token": self.new_token()})
+
+    def new_token(self):
+        token = f"token-{len(self.tokens)}"
+        self.tokens.add(token)
+        return token
+
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
@@ -95,7 +121,8 @@ def server():
 
 
 def client_for(server_url, tmp_path, **kwargs):
-    return SyncClient(server_url, tmp_path / "device", retry=make_retry(backoff=0.01), **kwargs)
+    return SyncClient(server_url, tmp_path / "device", retry=make_retry(backoff=0.01),
+                      **{"enrolment_code": CODE, **kwargs})
 
 
 def test_get_retries_through_two_503s(server, tmp_path):
@@ -174,13 +201,34 @@ def test_token_is_private_and_reused(server, tmp_path):
     assert server.requests[-1]["headers"]["Authorization"] == "Bearer token-0"
 
 
-def test_forgotten_device_enrols_again(server, tmp_path):
+def test_lost_token_is_recovered_with_the_identity_key(server, tmp_path):
     client = client_for(server.url, tmp_path)
-    client.enrol()
-    server.tokens.clear()  # the server lost its database
+    device_id = client.enrol()
+    server.tokens.clear()  # the server forgot the token (it still knows the identity key)
     assert client.checkin(1, None)["task"] is None
-    assert [r["path"] for r in server.requests] == ["/v1/devices", "/v1/checkin",
-                                                    "/v1/devices", "/v1/checkin"]
+    assert [r["path"] for r in server.requests] == [
+        "/v1/devices", "/v1/checkin", "/v1/devices/challenge", "/v1/devices/recover",
+        "/v1/checkin"]
+    assert client.device_id == device_id and len(server.keys) == 1  # no new identity
+    key = tmp_path / "device" / "identity_key.pem"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+
+
+def test_a_device_that_lost_its_token_file_recovers_instead_of_enrolling(server, tmp_path):
+    device_id = client_for(server.url, tmp_path).enrol()
+    (tmp_path / "device" / "device.json").unlink()
+    again = client_for(server.url, tmp_path, enrolment_code=None)  # no code needed
+    assert again.enrol() == device_id
+    assert [r["path"] for r in server.requests][-2:] == ["/v1/devices/challenge",
+                                                         "/v1/devices/recover"]
+
+
+def test_enrolling_without_a_code_says_where_to_get_one(server, tmp_path):
+    with pytest.raises(ServerRejected, match="enrolment code from its operator") as info:
+        client_for(server.url, tmp_path, enrolment_code=None).enrol()
+    assert info.value.code == "enrolment_code_required" and server.requests == []
+    with pytest.raises(ServerRejected, match="403 bad_enrolment_code"):
+        client_for(server.url, tmp_path, enrolment_code="wrong").enrol()
 
 
 def test_rejections_carry_the_server_message(server, tmp_path):

@@ -52,14 +52,16 @@ class Phone:
         return Battery(90.0, self.plugged)
 
 
-def make_device(url, tmp_path, messages, *, phone=None, clock=None, client=None, **settings):
+def make_device(url, tmp_path, messages, *, phone=None, clock=None, client=None, code=None,
+                **settings):
     history = HistoryStore(":memory:", retention_days=None)
     history.add_many(messages)
     eligibility = Eligibility(EligibilitySettings(**{"idle_seconds": 60, "min_new_messages": 5,
                                                      **settings}),
                               clock=clock or Clock(), battery=phone or Phone())
     return DeviceRuntime(tmp_path / "device", url, history=history, eligibility=eligibility,
-                         client=client, poll_seconds=0.1, policy=POLICY)
+                         client=client, poll_seconds=0.1, policy=POLICY,
+                         enrolment_code=code)
 
 
 def run_until(device, outcome, tries=40):
@@ -74,7 +76,7 @@ def run_until(device, outcome, tries=40):
 
 def test_runtime_round_trip_and_status(start_server, tmp_path, sender_messages):
     server = start_server(round=ONE_DEVICE_ROUNDS)
-    device = make_device(server.url, tmp_path, sender_messages)
+    device = make_device(server.url, tmp_path, sender_messages, code=server.enrolment_code())
     seen = []
     device.add_model_listener(lambda model, tok, version: seen.append(version))
     steps = run_until(device, "uploaded")
@@ -99,7 +101,7 @@ def test_runtime_round_trip_and_status(start_server, tmp_path, sender_messages):
 def test_not_eligible_while_typing_or_on_battery(start_server, tmp_path, sender_messages):
     server = start_server(round=ONE_DEVICE_ROUNDS)
     clock, phone = Clock(), Phone()
-    device = make_device(server.url, tmp_path, sender_messages, phone=phone, clock=clock)
+    device = make_device(server.url, tmp_path, sender_messages, phone=phone, clock=clock, code=server.enrolment_code())
     device.note_typing()
     step = device.run_once()
     assert step.outcome == "not-eligible" and "in use" in step.detail and step.wait >= 60
@@ -121,7 +123,7 @@ def test_typing_interrupts_training_and_nothing_is_sent(start_server, tmp_path,
     device = None
     # read 1 is the eligibility check; reads 2.. are polls between training batches
     phone = Phone(on_read={4: lambda: device.note_typing()})
-    device = make_device(server.url, tmp_path, sender_messages, phone=phone, clock=clock)
+    device = make_device(server.url, tmp_path, sender_messages, phone=phone, clock=clock, code=server.enrolment_code())
     step = device.run_once()
     assert step.outcome == "interrupted" and "in use" in step.detail
     # the keystroke came during read 4 (3rd poll); the 4th poll (read 5) stopped training,
@@ -141,7 +143,8 @@ def test_update_is_kept_through_an_outage_and_sent_once(start_server, tmp_path,
     server = start_server(round=ONE_DEVICE_ROUNDS)
     relay = RecordingRelay(int(server.url.rsplit(":", 1)[1]))
     phone = Phone(on_read={3: relay.cut})  # the network goes down during training
-    quick = SyncClient(relay.url, tmp_path / "device", retry=make_retry(backoff=0.01))
+    quick = SyncClient(relay.url, tmp_path / "device", retry=make_retry(backoff=0.01),
+                       enrolment_code=server.enrolment_code())
     device = make_device(relay.url, tmp_path, sender_messages, phone=phone, client=quick)
     try:
         step = device.run_once()
@@ -161,7 +164,7 @@ def test_update_is_kept_through_an_outage_and_sent_once(start_server, tmp_path,
 
 def test_offline_device_keeps_its_cached_model(start_server, tmp_path, sender_messages):
     server = start_server(round=ONE_DEVICE_ROUNDS)
-    make_device(server.url, tmp_path, sender_messages).run_once()
+    make_device(server.url, tmp_path, sender_messages, code=server.enrolment_code()).run_once()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
@@ -176,7 +179,7 @@ def test_offline_device_keeps_its_cached_model(start_server, tmp_path, sender_me
 
 def test_background_loop_start_pause_stop(start_server, tmp_path, sender_messages):
     server = start_server(round=ONE_DEVICE_ROUNDS)
-    device = make_device(server.url, tmp_path, sender_messages, min_new_messages=0)
+    device = make_device(server.url, tmp_path, sender_messages, min_new_messages=0, code=server.enrolment_code())
     device.start()
     try:
         server.wait_for(lambda st: st["rounds_closed"] >= 2, timeout=60, what="two rounds")
@@ -248,6 +251,7 @@ def test_simulated_devices_share_a_cache_and_skip_prediction(start_server, tmp_p
         history.add_many(sender_messages[i::2])
         devices.append(DeviceRuntime(
             tmp_path / f"sim{i}", server.url, history=history, cache_dir=cache,
+            enrolment_code=server.enrolment_code(),
             load_model=False, poll_seconds=0.1, train_seed=i, policy=POLICY,
             eligibility=Eligibility(EligibilitySettings(idle_seconds=0, min_new_messages=0),
                                     battery=lambda: None)))

@@ -201,6 +201,7 @@ def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp
         for message in history.messages():
             personal.learn(message)
         devices.append(DeviceRuntime(tmp_path / f"device{i}", relay.url, history=history,
+                                     enrolment_code=server.enrolment_code(),
                                      eligibility=eligibility, rng=np.random.default_rng(100 + i),
                                      train_seed=i, poll_seconds=0.05, policy=POLICY))
     try:

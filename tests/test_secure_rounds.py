@@ -162,7 +162,8 @@ def expect_new_model(server, updates: list[dict], step: float, version: int = 1)
 def run_device(server, data_dir, index: int, results: dict, stop_at: str | None = None) -> None:
     """One device in a thread: check in, then `SecureUpload` (the device's real code) with a
     known update; `stop_at` makes it vanish just before that step (a dropout)."""
-    client = SyncClient(server.url, data_dir / f"device{index}")
+    client = SyncClient(server.url, data_dir / f"device{index}",
+                        enrolment_code=server.enrolment_code())
     try:
         task = client.checkin(20, None)["task"]
         rng = np.random.default_rng(index)
@@ -223,6 +224,7 @@ def test_devices_run_a_secure_round_with_the_real_runtime(start_server, tmp_path
         eligibility = Eligibility(EligibilitySettings(idle_seconds=0, min_new_messages=0),
                                   battery=lambda: None)
         runtimes.append(DeviceRuntime(tmp_path / f"phone{i}", server.url, history=history,
+                                      enrolment_code=server.enrolment_code(),
                                       eligibility=eligibility, poll_seconds=0.1,
                                       load_model=False, policy=DevicePolicy.relaxed(
                                           min_reports=4, epsilon_budget=None)))

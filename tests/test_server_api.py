@@ -109,7 +109,8 @@ def test_openapi_document_lists_every_route(server):
     assert doc["openapi"].startswith("3.")
     routes = {str(rule) for rule in server.app.url_map.iter_rules()} - {"/static/<path:filename>"}
     documented = {p.replace("{round_id}", "<int(max=2147483647):round_id>")
-                   .replace("{version}", "<int(max=2147483647):version>") for p in doc["paths"]}
+                   .replace("{version}", "<int(max=2147483647):version>")
+                   .replace("{code_id}", "<code_id>") for p in doc["paths"]}
     assert routes == documented
 
 

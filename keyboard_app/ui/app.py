@@ -53,7 +53,7 @@ class KeyboardApp(App):
     model_version = NumericProperty(-1)  # -1: none
 
     def __init__(self, data_dir: str | Path, server_url: str | None = None, *,
-                 pretrained_model: str | Path | None = None,
+                 enrolment_code: str | None = None, pretrained_model: str | Path | None = None,
                  tokenizer_path: str | Path | None = None,
                  runtime_options: dict | None = None, colours: str = "light",
                  **kwargs) -> None:
@@ -63,8 +63,11 @@ class KeyboardApp(App):
         prefs, problem = load_prefs(self.data_dir)
         if problem:
             log.warning(problem)
-        if server_url is not None and server_url != prefs.server_url:
-            prefs.server_url = server_url  # remembered, as if typed in Settings
+        given = {"server_url": server_url, "enrolment_code": enrolment_code}
+        given = {k: v for k, v in given.items() if v is not None and v != getattr(prefs, k)}
+        if given:  # remembered, as if typed in Settings
+            for key, value in given.items():
+                setattr(prefs, key, value)
             save_prefs(self.data_dir, prefs)
         self.prefs = prefs
         self.backend = Backend(self.data_dir, prefs, pretrained_model=pretrained_model,

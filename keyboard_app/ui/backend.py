@@ -84,7 +84,8 @@ class Backend:
             on_model(ModelReady(self.personalise(predictor), version, "global"))
 
         if self.prefs.server_url:
-            options = {**self.runtime_options, "policy": self.policy(), "ledger": self.ledger}
+            options = {"enrolment_code": self.prefs.enrolment_code or None,
+                       **self.runtime_options, "policy": self.policy(), "ledger": self.ledger}
             self.runtime = DeviceRuntime(self.data_dir, self.prefs.server_url,
                                          history=self.history, **options)
             self._apply_pause()

@@ -26,6 +26,7 @@ class Prefs:
     """What the user chose in the settings screen."""
 
     server_url: str = ""
+    enrolment_code: str = ""  # the server operator's code, needed to enrol the first time
     participate: bool = True
     retention_days: int = 90
     filter_digits: bool = True  # long digit runs (card and phone numbers) never stored
