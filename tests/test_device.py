@@ -201,7 +201,7 @@ def test_headless_device_command(start_process, tmp_path, sender_messages):
     proc = subprocess.Popen(
         [sys.executable, "-m", "keyboard_app.device", "--server", server.url, "--history",
          str(history), "--data-dir", str(data_dir), "--rounds", "2", "--max-wait", "0.5",
-         "--timeout", "150"], cwd=ROOT, stdout=subprocess.DEVNULL,
+         "--timeout", "150", "--enrolment-code", server.enrolment_code()], cwd=ROOT, stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "device.log").open("w"))
     try:
         for closed in (0, 1):
