@@ -122,16 +122,17 @@ def recover_token():
 def checkin():
     device = device_id()
     data = json_object()
-    unknown = sorted(set(data) - {"num_examples", "model_version"})
-    if unknown:
-        raise ApiError(400, "bad_field", f"unknown field(s) {unknown}")
-    num_examples = _int_field(data, "num_examples", required=True)
+    if "num_examples" in data:
+        raise ApiError(400, "bad_field", "check-in takes no 'num_examples': the device keeps "
+                                         "its history size to itself and compares it with the "
+                                         "task's 'min_examples'")
+    _fields(data, {"model_version"})
     _int_field(data, "model_version", required=False)
     key = request.headers.get("Idempotency-Key")  # optional: a retry gets the task again
     if key is not None and not KEY_PATTERN.fullmatch(key):
         raise ApiError(400, "bad_idempotency_key", "an 'Idempotency-Key' header must be 1-200 "
                                                    "letters, digits or ._:- (a UUID)")
-    return jsonify(service().checkin(device, num_examples))
+    return jsonify(service().checkin(device))
 
 
 @rounds.put("/rounds/<int(max=2147483647):round_id>/update")

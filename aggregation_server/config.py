@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from federated.privacy import DISHONEST_SHARE
 from federated.secagg.graph import choose_degree
 from federated.secagg.params import MAX_CLIENTS, hiding_problem
 from federated.wire import MAX_UPDATE_BYTES
@@ -34,7 +35,8 @@ BOUNDS: dict[str, Bounds] = {
     "overcommit": (1, 10, True, True), "round_seconds": (0, 30 * 86400, False, True),
     "retry_after": (0, 86400, False, True), "participation_cap": (1, None, True, True),
     "min_examples": (1, None, True, True), "clip_norm": (0, 1e6, False, False),
-    "noise_multiplier": (0, 1000, True, True), "delta": (0, 1, False, False),
+    "noise_multiplier": (0, 1000, True, True), "dishonest_share": (0, 0.9, True, True),
+    "delta": (0, 1, False, False),
     "epsilon_budget": (0, 1e6, False, False), "sampling_rate": (0, 1, False, True),
     "server_lr": (0, 100, False, True), "server_momentum": (0, 1, True, False),
     "server_lr_rounds": (1, 10_000_000, True, True), "adam_beta1": (0, 1, True, False),
@@ -85,7 +87,8 @@ class RoundConfig:
     participation_cap: int = 4        # rounds a device may contribute to, ever
     min_examples: int = 1             # devices with fewer examples get no task
     clip_norm: float = 1.0            # C: L2 bound of one device's update
-    noise_multiplier: float = 1.0     # z: the round's sum carries N(0, (zC)^2) noise
+    noise_multiplier: float = 1.0     # z: the honest reports' sum carries N(0, (zC)^2) noise
+    dishonest_share: float = DISHONEST_SHARE  # reports assumed from devices adding no noise
     delta: float = 1e-6               # the delta epsilon is reported at
     epsilon_budget: float | None = 12.0  # refuse rounds that could push a device past it
     sampling_rate: float | None = None   # assume Poisson sampling at this rate (not enforced)

@@ -87,8 +87,11 @@ def charts(st: dict[str, Any]) -> list[str]:
         out.append(chart(f"{name} (devices' mean, per round)", [r["id"] for r in closed],
                          {name: [r["metrics"].get(name) for r in closed]}))
     budget = st["privacy"]["epsilon_budget"]
-    out.append(chart("Epsilon spent (most spent by one device)", [r["id"] for r in closed],
-                     {"epsilon": [r["epsilon_max"] for r in closed]},
+    ended = [r for r in rounds if r["state"] in ("closed", "abandoned")]
+    out.append(chart("Epsilon spent (most spent by one device)", [r["id"] for r in ended],
+                     {"against the server": [r["epsilon_max"] for r in ended],
+                      "against model users": [r.get("epsilon_max_model_users")
+                                              for r in ended]},
                      hline=("budget", budget) if budget else None))
     versions = st["versions"]
     start = versions[0]["created_at"] if versions else 0.0
@@ -109,6 +112,15 @@ def _table(rounds: list[dict]) -> str:
             f"<th>new version</th><th>secure aggregation</th><th>reason</th></tr>{rows}</table>")
 
 
+def _privacy_table(p: dict) -> str:
+    """Both epsilons, labelled: spent so far by the most-charged device, and at the cap."""
+    rows = "".join(f"<tr><td>{escape(f['label'])}</td><td>{escape(f['spent_text'])}</td>"
+                   f"<td>{escape(f['at_cap_text'])}</td></tr>" for f in p["figures"])
+    return ("<table><tr><th>privacy</th><th>most spent by one device</th>"
+            f"<th>a device at the participation cap of {p['participation_cap']} rounds</th>"
+            f"</tr>{rows}</table>")
+
+
 STYLE = """body{font-family:sans-serif;margin:24px;color:#222;background:#f7f7f8}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.cards{display:flex;gap:12px;flex-wrap:wrap}
 .card{background:#fff;border:1px solid #ddd;padding:10px 16px;border-radius:6px}
@@ -124,7 +136,7 @@ def page() -> Response:
     service.tick()
     st = build_status(service)
     r, p = st["round"], st["privacy"]
-    eps = "n/a" if p["epsilon_spent_max"] is None else f"{p['epsilon_spent_max']:.3f}"
+    server, users = p["figures"]
     cards = [("training", st["training"]),
              ("round", f"{r['id']} {r['state']}" if r else "none"),
              ("secure aggregation", ("on" if r["secure_aggregation"] else "off") if r else "-"),
@@ -132,7 +144,10 @@ def page() -> Response:
              ("model version", st["model"]["version"]),
              ("devices enrolled", st["devices"]["enrolled"]),
              ("participants", st["devices"]["participants"]),
-             ("epsilon spent / budget", f"{eps} / {p['epsilon_budget']}")]
+             ("privacy spent, against the server", server["spent_text"]),
+             ("privacy spent, against model users", users["spent_text"]),
+             ("epsilon budget (against the server)",
+              "none" if p["epsilon_budget"] is None else p["epsilon_budget"])]
     blocked = (f"<p class='warn'>No round can start: {escape(st['blocked_reason'])}</p>"
                if st["blocked_reason"] else "")
     stuck = r and r.get("aggregation")
@@ -148,8 +163,7 @@ def page() -> Response:
                             for k, v in cards)}</div>{blocked}
 <h2>Charts</h2><div class="grid">{"".join(charts(st))}</div>
 <h2>Recent rounds</h2>{_table(st["rounds"])}
-<h2>Privacy accounting</h2><p>epsilon at delta = {p['delta']:g}; a device at the cap reaches
-{'infinity' if p['epsilon_at_cap'] is None else f"{p['epsilon_at_cap']:.3f}"}. Assumptions:</p>
+<h2>Privacy accounting</h2>{_privacy_table(p)}<p>Assumptions:</p>
 <ul>{"".join(f"<li>{escape(a)}</li>" for a in p["assumptions"])}</ul>
 <p><small>Updated {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(st['time']))};
 JSON at <a href="/v1/status">/v1/status</a>, metrics at <a href="/metrics">/metrics</a>,

@@ -98,7 +98,8 @@ class Round(Base):
     closed_at: Mapped[float | None] = mapped_column(Float, default=None)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
-    epsilon_max: Mapped[float | None] = mapped_column(Float, default=None)
+    epsilon_max: Mapped[float | None] = mapped_column(Float, default=None)  # against the server
+    epsilon_max_model_users: Mapped[float | None] = mapped_column(Float, default=None)
     # a "closing" round whose aggregation failed: since when, why, and who holds the lease
     failing_since: Mapped[float | None] = mapped_column(Float, default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
@@ -115,6 +116,11 @@ class Task(Base):
     state: Mapped[str] = mapped_column(String(16))
     noise_multiplier: Mapped[float] = mapped_column(Float)
     issued_at: Mapped[float] = mapped_column(Float)
+    # the privacy charge, set when the server accepts the update or masked input (kept when
+    # the round is abandoned): the noise multipliers against the server / model users
+    charged_at: Mapped[float | None] = mapped_column(Float, default=None, index=True)
+    z_server: Mapped[float | None] = mapped_column(Float, default=None)
+    z_model_users: Mapped[float | None] = mapped_column(Float, default=None)
     submitted_at: Mapped[float | None] = mapped_column(Float, default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     body_sha256: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -45,7 +45,10 @@ class _SnapshotCollector:
         "pk_rounds_closed": "Rounds aggregated into a new model",
         "pk_rounds_abandoned": "Rounds abandoned",
         "pk_training_running": "1 if training is started",
-        "pk_epsilon_spent_max": "Largest epsilon spent by any device",
+        "pk_epsilon_spent_max": "Largest epsilon spent by any device, against the server "
+                                "(infinite: not reported)",
+        "pk_epsilon_spent_max_model_users": "Largest epsilon spent by any device, against "
+                                            "model users",
         "pk_epsilon_budget": "Epsilon budget (-1: none)",
         "pk_aggregation_failed_attempts": "Failed aggregation attempts of the current round "
                                           "(0: none; it is retried with backoff)",

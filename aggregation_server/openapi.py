@@ -91,7 +91,12 @@ ROUND = _obj(["id", "state", "model_version", "target", "minimum", "tasks_issued
     "closed_at": NULLNUM, "target": INT, "minimum": INT, "capacity": INT,
     "tasks_issued": INT, "reports": INT, "reason": NULLSTR,
     "metrics": {"type": "object", "additionalProperties": NUM},
-    "epsilon_max": NULLNUM, "noise_multiplier": NUM, "clip_norm": NUM,
+    "epsilon_max": {"type": "number", "nullable": True,
+                    "description": "most spent by one device after this round, against the "
+                                   "server (null: no noise, no guarantee)"},
+    "epsilon_max_model_users": {"type": "number", "nullable": True,
+                                "description": "the same against model users"},
+    "noise_multiplier": NUM, "clip_norm": NUM,
     "secure_aggregation": BOOL,
     "aggregation": {**_obj(["attempts", "failing_since", "last_error", "next_attempt_at"], {
         "attempts": INT, "failing_since": NUM, "last_error": STR, "next_attempt_at": NUM}),
@@ -116,24 +121,38 @@ STATUS = _obj(["training", "round", "devices", "model", "versions", "rounds", "p
     "model": _obj(["version", "sha256"], {"version": INT, "sha256": STR, "num_params": INT}),
     "versions": {"type": "array", "items": {"$ref": "#/components/schemas/ModelVersion"}},
     "rounds": {"type": "array", "items": {"$ref": "#/components/schemas/Round"}},
-    "privacy": _obj(["epsilon_spent_max", "epsilon_budget", "delta", "assumptions"], {
-        "epsilon_spent_max": NULLNUM, "epsilon_budget": NULLNUM, "epsilon_at_cap": NULLNUM,
-        "delta": NUM, "noise_multiplier": NUM, "clip_norm": NUM, "noise_stddev": NUM,
-        "participation_cap": INT, "sampling_rate": NULLNUM, "accountant": STR,
-        "assumptions": {"type": "array", "items": STR}}),
+    "privacy": _obj(["epsilon_spent_max", "epsilon_budget", "delta", "figures", "assumptions"], {
+        "epsilon_spent_max": NULLNUM, "epsilon_spent_max_model_users": NULLNUM,
+        "epsilon_budget": NULLNUM, "epsilon_at_cap": NULLNUM,
+        "epsilon_at_cap_model_users": NULLNUM,
+        "figures": {"type": "array", "items": _obj(
+            ["against", "label", "spent_max", "at_cap", "spent_text", "at_cap_text"], {
+                "against": {"type": "string", "enum": ["server", "model_users"]},
+                "label": STR, "spent_max": NULLNUM, "at_cap": NULLNUM, "spent_text": STR,
+                "at_cap_text": STR})},
+        "delta": NUM, "noise_multiplier": NUM, "clip_norm": NUM, "device_noise_stddev": NUM,
+        "dishonest_share": NUM, "honest_reports": INT, "secure_aggregation": BOOL,
+        "server_assumed": STR, "participation_cap": INT, "sampling_rate": NULLNUM,
+        "accountant": STR, "assumptions": {"type": "array", "items": STR}}),
     "config": {"$ref": "#/components/schemas/RoundConfig"}})
 
 TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "train", "clip_norm",
-             "noise_stddev", "noise_multiplier", "min_reports", "secure_aggregation"], {
+             "noise_multiplier", "min_reports", "dishonest_share", "secure_aggregation",
+             "min_examples"], {
     "round_id": INT, "model_version": INT, "model_sha256": STR,
     "deadline": {"type": "number", "description": "unix time"},
     "train": _obj(["epochs", "batch_size", "lr", "optimizer", "max_examples"], {
         "epochs": NUM, "batch_size": INT, "lr": NUM,
-        "optimizer": {"type": "string", "enum": list(TRAIN_OPTIMIZERS)}, "max_examples": INT}),
-    "clip_norm": NUM, "noise_stddev": NUM, "secure_aggregation": BOOL,
-    "noise_multiplier": {"type": "number", "description": "z: each device sizes its own noise "
-                                                         "from z, clip_norm and min_reports"},
-    "min_reports": {"type": "integer", "minimum": 1},
+        "optimizer": {"type": "string", "enum": list(TRAIN_OPTIMIZERS)},
+        "max_examples": {"type": "integer", "description": "train on at most this many "
+                         "messages; an update's num_examples above it is refused (422)"}}),
+    "min_examples": {"type": "integer", "description": "a device with fewer messages does "
+                     "not take part (it decides; check-in does not say how many it has)"},
+    "clip_norm": NUM,
+    "noise_multiplier": {"type": "number", "description": "z: the device sizes its own noise "
+                         "from z, clip_norm, min_reports, dishonest_share and "
+                         "secure_aggregation (federated.privacy.device_noise_stddev)"},
+    "min_reports": INT, "dishonest_share": NUM, "secure_aggregation": BOOL,
     "secagg": _obj(["client_id", "config", "advertise_by"], {
         "client_id": {"type": "integer", "minimum": 1},
         "config": {"type": "object", "description": "federated.secagg RoundConfig.to_dict()"},
@@ -344,8 +363,7 @@ def openapi_document() -> dict[str, Any]:
                 "EnrolmentCode": CODE,
                 "IssuedCode": {"allOf": [CODE, _obj(["code"], {"code": STR})]},
                 "EnrolmentCodes": _obj(["codes"], {"codes": {"type": "array", "items": CODE}}),
-                "CheckinRequest": _obj(["num_examples"], {
-                    "num_examples": {"type": "integer", "minimum": 0, "maximum": INT32},
+                "CheckinRequest": _obj([], {
                     "model_version": {"type": "integer", "minimum": 0, "maximum": INT32,
                                       "nullable": True}}, extra=False),
                 "Task": TASK,

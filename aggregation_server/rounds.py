@@ -33,11 +33,11 @@ from aggregation_server.metrics import ServerMetrics
 from aggregation_server.secure import SecureRounds
 from aggregation_server.storage import BlobStore, sha256_hex
 from aggregation_server.strategy import MEANS, AggregationUnavailable, StoredUpdate
-from aggregation_server.uploads import check_open, check_update, noise_stddev, replay
+from aggregation_server.uploads import check_open, check_update, replay
 from aggregation_server.versions import build_version, initial_version
 
 log = logging.getLogger("aggregation_server.rounds")
-COUNTED = ("submitted", "aggregated")  # task states that spend privacy budget
+CHARGED = Task.charged_at.is_not(None)  # tasks whose report the server accepted: they count
 BACKOFF_MAX = 60.0  # seconds between retries of a failing aggregation, at most
 HEARTBEAT_SECONDS = 5.0  # each process notes in the database that it is up, this often
 OUTAGE_SECONDS = 15.0  # no process up for longer than this: an outage (deadlines move)
@@ -135,13 +135,28 @@ class RoundService:
     def live_config(s: Session) -> RoundConfig:
         return RoundConfig.from_dict(s.get(ServerState, 1).config)
 
-    def epsilon_max(self, s: Session, config: RoundConfig) -> float:
-        """The largest epsilon any device has spent, at `config`'s delta."""
-        rows = s.execute(select(Task.device_id, func.count(), func.min(Task.noise_multiplier))
-                         .where(Task.state.in_(COUNTED)).group_by(Task.device_id)).all()
+    def epsilon_max(self, s: Session, config: RoundConfig) -> dict[str, float]:
+        """The largest epsilon any device has spent, against the server and against model
+        users, at `config`'s delta."""
+        charges: dict[str, list[tuple[float, float]]] = {}
+        for device, z_server, z_users in s.execute(
+                select(Task.device_id, Task.z_server, Task.z_model_users).where(CHARGED)):
+            charges.setdefault(device, []).append((z_server, z_users))
         done = self._rounds_done(s)
-        return max((accounting.device_epsilon([z] * n, config, done) for _, n, z in rows),
-                   default=0.0)
+        return {against: max((accounting.device_epsilon([c[i] for c in found], config, done)
+                              for found in charges.values()), default=0.0)
+                for i, against in enumerate(accounting.AGAINST)}
+
+    def charge_task(self, task: Task, config: RoundConfig, now: float) -> None:
+        """The server accepted this task's report: charge its device (kept if abandoned)."""
+        cost = accounting.charge(config)
+        task.charged_at, task.z_server, task.z_model_users = now, cost.server, cost.model_users
+
+    def _round_epsilon(self, s: Session, r: Round) -> None:
+        """Record the largest spend after round `r` ended (closed or abandoned)."""
+        s.flush()
+        spent = self.epsilon_max(s, RoundConfig.from_dict(r.config))
+        r.epsilon_max, r.epsilon_max_model_users = spent["server"], spent["model_users"]
 
     # ----- devices --------------------------------------------------------------------
     def device_for_token(self, token: str) -> str | None:
@@ -149,7 +164,7 @@ class RoundService:
             return s.scalar(select(Device.id).where(
                 Device.token_sha256 == sha256_hex(token.encode())))
 
-    def checkin(self, device_id: str, num_examples: int) -> dict:
+    def checkin(self, device_id: str) -> dict:
         """A task in the open round for this device, or when to come back and why not."""
         self.tick()
         now = self.clock()
@@ -167,11 +182,8 @@ class RoundService:
             if task is not None:
                 return self._no_task(f"this device already reported in round {r.id}",
                                      self._pace(config, r, now))
-            if num_examples < config.min_examples:
-                return self._no_task(f"{num_examples} examples on the device; tasks need at "
-                                     f"least {config.min_examples}", config.retry_after)
-            history = list(s.scalars(select(Task.noise_multiplier).where(
-                Task.device_id == device_id, Task.state.in_(COUNTED))))
+            history = list(s.scalars(select(Task.z_server).where(
+                Task.device_id == device_id, CHARGED)))
             if len(history) >= config.participation_cap:
                 return self._no_task(f"participation cap reached: this device took part in "
                                      f"{len(history)} rounds, the cap is "
@@ -223,8 +235,9 @@ class RoundService:
                 "train": {"epochs": config.train_epochs, "batch_size": config.train_batch_size,
                           "lr": config.train_lr, "optimizer": config.train_optimizer,
                           "max_examples": config.train_max_examples},
-                "clip_norm": config.clip_norm, "noise_stddev": noise_stddev(config),
-                "noise_multiplier": config.noise_multiplier, "min_reports": config.min_reports,
+                "min_examples": config.min_examples,
+                "clip_norm": config.clip_norm, "noise_multiplier": config.noise_multiplier,
+                "min_reports": config.min_reports, "dishonest_share": config.dishonest_share,
                 "secure_aggregation": config.secure_aggregation}
         if config.secure_aggregation:
             task["secagg"] = self.secure.task_fields(s, r, device_id)
@@ -262,6 +275,7 @@ class RoundService:
                 r.reports += 1
                 response = {"accepted": True, "round_id": round_id, "reports": r.reports}
                 task.state, task.submitted_at, task.path = "submitted", self.clock(), path
+                self.charge_task(task, config, task.submitted_at)
                 task.idempotency_key, task.body_sha256, task.response = key, digest, response
                 task.num_examples, task.metrics = upd.num_examples, upd.metrics
                 reached = r.reports >= r.target
@@ -434,8 +448,7 @@ class RoundService:
             r.state, r.closed_at, r.lease_until = "closed", self.clock(), None
             r.failing_since = r.last_error = r.lease_owner = None
             r.metrics = new.metrics
-            s.flush()
-            r.epsilon_max = self.epsilon_max(s, config)
+            self._round_epsilon(s, r)
         self.blobs.delete_round_updates(round_id)
         self._retain(new.version)
         log.info("round_closed", extra={"round_id": round_id, "version": new.version,
@@ -469,6 +482,7 @@ class RoundService:
             s.execute(update(Task).where(Task.round_id == round_id,
                                          Task.state.in_(("issued", "submitted")))
                       .values(state="discarded", path=None, metrics=None, num_examples=None))
+            self._round_epsilon(s, r)  # accepted reports stay charged
         self.blobs.delete_round_updates(round_id)
         log.warning("round_abandoned", extra={"round_id": round_id, "reason": reason})
         return True

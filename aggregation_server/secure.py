@@ -51,7 +51,7 @@ from aggregation_server.errors import ApiError
 from aggregation_server.storage import sha256_hex
 from aggregation_server.strategy import (AggregationUnavailable, RoundInputs, StoredUpdate,
                                          Tensors, register_mean)
-from aggregation_server.uploads import noise_stddev
+from aggregation_server.accounting import device_noise_stddev
 from federated import privacy
 from federated.secagg import (LateMessageError, MessageError, ReplayError, RoundAbandoned,
                               SecAggError, SecAggServerRound, unflatten)
@@ -109,8 +109,9 @@ class SecureRounds:
     def open(self, s: Session, r: Round, config: RoundConfig) -> None:
         """Fix the protocol's public config for a new round (n = its capacity)."""
         protocol = ProtocolConfig.create(
-            r.id, r.capacity, self.service.num_params, config.clip_norm, noise_stddev(config),
-            dropout_rate=config.secagg_planned_dropout, corrupt_rate=config.secagg_corrupt_rate)
+            r.id, r.capacity, self.service.num_params, config.clip_norm,
+            device_noise_stddev(config), dropout_rate=config.secagg_planned_dropout,
+            corrupt_rate=config.secagg_corrupt_rate)
         protocol = replace(protocol, min_clients=min(protocol.num_clients,
                                                      max(protocol.min_clients, r.minimum)))
         s.add(SecAggRound(round_id=r.id, config=protocol.to_dict(), phase="advertise",
@@ -311,7 +312,8 @@ class SecureRounds:
             raise AggregationUnavailable(f"secure aggregation could not unmask the sum: "
                                          f"{err.reason}") from None
         config, n = RoundConfig.from_dict(r.config), len(result.survivors)
-        limit = n * privacy.norm_bound(config.clip_norm, noise_stddev(config), svc.num_params)
+        limit = n * privacy.norm_bound(config.clip_norm, device_noise_stddev(config),
+                                       svc.num_params)
         norm = float(np.linalg.norm(result.total))
         if not norm <= limit:
             raise AggregationUnavailable(
@@ -392,11 +394,13 @@ class SecureRounds:
         latest = r.deadline - config.secagg_phase_seconds * LATER[phase]
         return latest if phase == "advertise" else min(now + config.secagg_phase_seconds, latest)
 
-    @staticmethod
-    def _count_report(s: Session, r: Round, device_id: str, path: str, now: float) -> None:
-        """A masked input is in the sum: the device's report counts (privacy accounting too)."""
+    def _count_report(self, s: Session, r: Round, device_id: str, path: str,
+                      now: float) -> None:
+        """A masked input is accepted: the device's report counts, and its device is
+        charged now (even if the round is abandoned later, after unmasking included)."""
         task = s.get(Task, (r.id, device_id), populate_existing=True)
         task.state, task.submitted_at, task.path = "submitted", now, path
+        self.service.charge_task(task, RoundConfig.from_dict(r.config), now)
         task.num_examples, task.metrics = 0, {}  # not disclosed with secure aggregation
         r.reports += 1
 

@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from aggregation_server import accounting
 from aggregation_server.config import RoundConfig
 from aggregation_server.db import Device, ModelVersion, Round, ServerState, Task
-from aggregation_server.rounds import COUNTED, RoundService
-from aggregation_server.uploads import noise_stddev
+from aggregation_server.rounds import CHARGED, RoundService
+from federated.privacy import honest_reports
 
 HISTORY = 200  # rounds and versions listed
 
@@ -28,6 +28,7 @@ def round_json(r: Round) -> dict[str, Any]:
             "closed_at": r.closed_at, "target": r.target, "minimum": r.minimum,
             "capacity": r.capacity, "tasks_issued": r.tasks_issued, "reports": r.reports,
             "reason": r.reason, "metrics": r.metrics or {}, "epsilon_max": finite(r.epsilon_max),
+            "epsilon_max_model_users": finite(r.epsilon_max_model_users),
             "noise_multiplier": config.noise_multiplier, "clip_norm": config.clip_norm,
             "secure_aggregation": config.secure_aggregation,
             "aggregation": aggregation_json(r)}
@@ -57,7 +58,7 @@ def build_status(service: RoundService) -> dict[str, Any]:
                              .limit(HISTORY)).all()
         enrolled = s.scalar(select(func.count()).select_from(Device))
         per_device = s.execute(select(Task.device_id, func.count()).where(
-            Task.state.in_(COUNTED)).group_by(Task.device_id)).all()
+            CHARGED).group_by(Task.device_id)).all()
         done = s.scalar(select(func.count()).select_from(Round).where(Round.state == "closed"))
         abandoned = s.scalar(select(func.count()).select_from(Round)
                              .where(Round.state == "abandoned"))
@@ -78,18 +79,37 @@ def build_status(service: RoundService) -> dict[str, Any]:
                   "num_params": service.num_params},
         "versions": [version_json(v) for v in reversed(versions)],
         "rounds": [round_json(r) for r in reversed(rounds)],
-        "privacy": {
-            "epsilon_spent_max": finite(spent),
-            "epsilon_budget": config.epsilon_budget,
-            "epsilon_at_cap": finite(accounting.guarantee(config, done)),
-            "delta": config.delta, "noise_multiplier": config.noise_multiplier,
-            "clip_norm": config.clip_norm, "noise_stddev": noise_stddev(config),
-            "participation_cap": config.participation_cap,
-            "sampling_rate": config.sampling_rate,
-            "accountant": "RDP, dp-accounting (per device, composed over its rounds)",
-            "assumptions": accounting.assumptions(config),
-        },
+        "privacy": privacy_json(config, spent, done),
         "config": config.to_dict(),
+    }
+
+
+def privacy_json(config: RoundConfig, spent: dict[str, float], done: int) -> dict[str, Any]:
+    """Epsilon spent and at the cap against each adversary, in numbers and words."""
+    at_cap = {a: accounting.guarantee(config, done, a) for a in accounting.AGAINST}
+    figures = [{"against": a, "label": label,
+                "spent_max": finite(spent[a]), "at_cap": finite(at_cap[a]),
+                "spent_text": accounting.describe(spent[a], config.delta),
+                "at_cap_text": accounting.describe(at_cap[a], config.delta)}
+               for a, label in accounting.AGAINST.items()]
+    return {
+        "epsilon_spent_max": finite(spent["server"]),
+        "epsilon_spent_max_model_users": finite(spent["model_users"]),
+        "epsilon_budget": config.epsilon_budget,
+        "epsilon_at_cap": finite(at_cap["server"]),
+        "epsilon_at_cap_model_users": finite(at_cap["model_users"]),
+        "figures": figures,
+        "delta": config.delta, "noise_multiplier": config.noise_multiplier,
+        "clip_norm": config.clip_norm, "device_noise_stddev": accounting.device_noise_stddev(config),
+        "dishonest_share": config.dishonest_share,
+        "honest_reports": honest_reports(config.min_reports, config.dishonest_share),
+        "secure_aggregation": config.secure_aggregation,
+        "server_assumed": "honest-but-curious",
+        "participation_cap": config.participation_cap,
+        "sampling_rate": config.sampling_rate,
+        "accountant": "RDP, dp-accounting (per device, its rounds composed with their own "
+                      "noise multipliers; charged when the server accepts a report)",
+        "assumptions": accounting.assumptions(config),
     }
 
 
@@ -105,5 +125,6 @@ def gauges(service: RoundService) -> dict[str, Any]:
             "pk_rounds_closed": st["rounds_closed"], "pk_rounds_abandoned": st["rounds_abandoned"],
             "pk_training_running": 1 if st["training"] == "running" else 0,
             "pk_epsilon_spent_max": st["privacy"]["epsilon_spent_max"],
+            "pk_epsilon_spent_max_model_users": st["privacy"]["epsilon_spent_max_model_users"],
             "pk_epsilon_budget": -1 if budget is None else budget,
             "pk_aggregation_failed_attempts": (r.get("aggregation") or {}).get("attempts", 0)}

@@ -85,7 +85,8 @@ def mean_for(config: RoundConfig) -> MeanFn:
 
 
 def weighted_metrics(updates: list[StoredUpdate]) -> dict[str, float]:
-    """Example-weighted means of the metrics devices reported, plus totals."""
+    """Example-weighted means of the metrics devices reported (a fixed list of names,
+    `federated.wire.DEVICE_METRICS`), and the number of reports."""
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
     for u in updates:
@@ -94,8 +95,7 @@ def weighted_metrics(updates: list[StoredUpdate]) -> dict[str, float]:
             weights[key] = weights.get(key, 0.0) + u.num_examples
     out = {key: sums[key] / weights[key] for key in sorted(sums) if weights[key] > 0}
     out["reports"] = float(len(updates))
-    out["num_examples"] = float(sum(u.num_examples for u in updates))
-    return out
+    return out  # no num_examples: with few reports the total says what one device holds
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,10 @@ import numpy as np
 from federated import privacy
 from federated.wire import Update, WireError, decode_update, l2_norm
 
+from aggregation_server.accounting import device_noise_stddev
 from aggregation_server.config import RoundConfig
 from aggregation_server.db import Round, Task
 from aggregation_server.errors import ApiError
-
-
-def noise_stddev(config: RoundConfig) -> float:
-    """The noise each honest device adds (it sizes it itself, `keyboard_app.privacy_policy`):
-    z*C/sqrt(honest reports) in secure rounds, the full z*C in plain ones (0 when DP is off)."""
-    return privacy.device_noise_stddev(config.clip_norm, config.noise_multiplier,
-                                       config.min_reports, secure=config.secure_aggregation)
 
 
 def replay(task: Task | None, key: str, digest: str, r: Round | None = None) -> dict | None:
@@ -66,12 +60,16 @@ def check_update(body: bytes, r: Round, config: RoundConfig, shapes: dict[str, t
     if update.round_id != r.id:
         raise ApiError(400, "wrong_round", f"update says round {update.round_id}, "
                                            f"uploaded to round {r.id}")
+    if update.num_examples > config.train_max_examples:
+        raise ApiError(422, "num_examples_over_cap",
+                       f"num_examples {update.num_examples} is over the task's cap of "
+                       f"{config.train_max_examples} (train.max_examples)")
     if update.model_version != r.model_version:
         raise ApiError(400, "wrong_model_version",
                        f"update was trained from model version {update.model_version}, "
                        f"round {r.id} trains version {r.model_version}")
     num_params = sum(math.prod(shape) for shape in shapes.values())
-    bound = privacy.norm_bound(config.clip_norm, noise_stddev(config), num_params)
+    bound = privacy.norm_bound(config.clip_norm, device_noise_stddev(config), num_params)
     norm = quick_norm(update.tensors)
     if abs(norm - bound) <= 1e-3 * bound:  # too close to call in float32: exact norm
         norm = l2_norm(update.tensors)

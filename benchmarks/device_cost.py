@@ -92,7 +92,8 @@ def main() -> None:
     tokenizer_json, blob, origin = artefacts()
     config = RoundConfig()
     task = {"round_id": 1, "model_version": 1, "model_sha256": "", "deadline": 0.0,
-            "clip_norm": config.clip_norm, "noise_stddev": 0.01, "secure_aggregation": False,
+            "clip_norm": config.clip_norm, "noise_multiplier": 0.01, "min_reports": 1,
+            "dishonest_share": 0.0, "secure_aggregation": False,
             "train": {"epochs": config.train_epochs, "batch_size": config.train_batch_size,
                       "lr": config.train_lr, "optimizer": config.train_optimizer,
                       "max_examples": config.train_max_examples}}

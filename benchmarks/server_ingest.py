@@ -110,7 +110,7 @@ def prepare_round(http: requests.Session, url: str, n: int, pool: list[dict]) ->
             "enrolment_code": code,
             "identity_key": identity.public_key_text(identity.new_key())}).json()
         headers = {"Authorization": f"Bearer {device['token']}"}
-        task = http.post(f"{url}/v1/checkin", json={"num_examples": 50}, headers=headers,
+        task = http.post(f"{url}/v1/checkin", json={}, headers=headers,
                          timeout=60).json()["task"]
         body = encode_update(Update(pool[i % len(pool)], task["round_id"],
                                     task["model_version"], 50, {"loss": 4.0}))

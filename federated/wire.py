@@ -19,6 +19,7 @@ from device_model.tensorfile import TensorFileError, TensorInfo
 API_PREFIX = "/v1"
 UPDATE_FORMAT = "private-keyboard/update-1"
 MAX_UPDATE_BYTES = 16 * 1024 * 1024
+DEVICE_METRICS = ("loss", "accuracy")  # the only metrics an update may carry (round means)
 Shapes = dict[str, tuple[int, ...]]
 
 
@@ -104,6 +105,10 @@ def decode_update(data: bytes, expected: Shapes, max_bytes: int = MAX_UPDATE_BYT
     if not isinstance(metrics, dict) or not all(
             isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
         raise WireError("metadata 'metrics' must map names to finite numbers")
+    unknown = sorted(set(metrics) - set(DEVICE_METRICS))
+    if unknown:
+        raise WireError(f"metadata 'metrics' has names outside {list(DEVICE_METRICS)}: "
+                        f"{[name[:40] for name in unknown[:5]]}")
     return Update(tensors, _metadata_int(meta, "round_id"), _metadata_int(meta, "model_version"),
                   _metadata_int(meta, "num_examples", minimum=1), metrics)
 

@@ -251,11 +251,12 @@ class SyncClient:
         return ModelBlob(data, got_version, sha)
 
     # --- device calls --------------------------------------------------------------
-    def checkin(self, num_examples: int, model_version: int | None) -> dict:
-        """Ask for a task: {"task": {...}} or {"task": None, "retry_after": s, "reason": ..}."""
+    def checkin(self, model_version: int | None = None) -> dict:
+        """Ask for a task: {"task": {...}} or {"task": None, "retry_after": s, "reason": ..}.
+        Says nothing about the device's history: the device checks the task's minimum."""
         return self._json(self._device("POST", "/checkin", json={
-            "num_examples": int(num_examples), "model_version": model_version},
-            headers={"Idempotency-Key": str(uuid.uuid4())}), 200)
+            "model_version": model_version}, headers={"Idempotency-Key": str(uuid.uuid4())}),
+            200)
 
     def upload(self, round_id: int, body: bytes, idempotency_key: str | None = None) -> dict:
         """PUT an encoded update; retried safely thanks to the Idempotency-Key."""

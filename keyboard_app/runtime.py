@@ -222,13 +222,17 @@ class DeviceRuntime:
         if not verdict.eligible:
             return self._step("not-eligible", max(verdict.wait, self.poll_seconds),
                               "; ".join(verdict.reasons))
-        reply = self.client.checkin(self.history.count(), self._status.model_version)
+        reply = self.client.checkin(self._status.model_version)
         task = reply.get("task")
         if not task or task.get("round_id") == self._status.last_round_id:
             wait = float(reply.get("retry_after") or self.poll_seconds)
             return self._step("no-task", wait, str(reply.get("reason") or "no round open"))
         if self._refused == (self.client.base, task.get("round_id")):  # said once already
             return self._step("refused", self.poll_seconds, self._status.refusal or "")
+        have, need = self.history.count(), task.get("min_examples", 1)
+        if isinstance(need, int) and have < need:  # decided here: the server never learns it
+            return self._step("not-eligible", self.poll_seconds,
+                              f"{have} messages on this device; the round needs {need}")
         return self._participate(task)
 
     def _budget_spent(self) -> bool:

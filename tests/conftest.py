@@ -103,9 +103,8 @@ class Server:
         assert r.status_code == 201, r.text
         return DeviceCreds(**r.json(), key=key)
 
-    def checkin(self, device: DeviceCreds, num_examples: int = 20) -> dict:
-        r = self.http.post(f"{self.url}/v1/checkin", json={"num_examples": num_examples,
-                                                           "model_version": None},
+    def checkin(self, device: DeviceCreds) -> dict:
+        r = self.http.post(f"{self.url}/v1/checkin", json={"model_version": None},
                            headers=device.headers, timeout=60)
         assert r.status_code == 200, r.text
         return r.json()
@@ -124,7 +123,7 @@ class Server:
         if tensors is None:
             rng = np.random.default_rng(seed)
             raw = {k: rng.normal(0, scale, s).astype(np.float32) for k, s in self.shapes.items()}
-            tensors, _ = privatize(raw, task["clip_norm"], task["noise_stddev"],
+            tensors, _ = privatize(raw, task["clip_norm"], task_noise(task),
                                    np.random.default_rng(seed + 10_000))
         return encode_update(Update(tensors, task["round_id"], task["model_version"],
                                     num_examples, metrics or {"loss": 3.0, "accuracy": 0.2}))
@@ -172,6 +171,14 @@ class Server:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}: {json.dumps(st)[:2000]}")
             time.sleep(0.1)
+
+
+def task_noise(task: dict) -> float:
+    """The noise an honest device adds for this task (what the device policy sizes)."""
+    from federated.privacy import device_noise_stddev
+    return device_noise_stddev(task["clip_norm"], task["noise_multiplier"], task["min_reports"],
+                               secure=task["secure_aggregation"],
+                               dishonest_share=task["dishonest_share"])
 
 
 def issue_code(url: str, admin_token: str, uses: int = 1,

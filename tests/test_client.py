@@ -77,8 +77,8 @@ class FlakyServer:
             return 200, self.model, {"ETag": self.etag, "X-Model-Version": "4"}
         if (method, path) == ("POST", "/v1/checkin"):
             request = json.loads(body)
-            if not isinstance(request.get("num_examples"), int):
-                return js(400, {"error": "bad_request", "message": "num_examples must be int"})
+            if set(request) != {"model_version"}:
+                return js(400, {"error": "bad_field", "message": "only model_version"})
             return js(200, {"task": None, "retry_after": 12.5, "reason": "no round open"})
         if (method, path) == ("PUT", "/v1/rounds/3/update"):
             return js(202, {"accepted": True, "round_id": 3, "reports": 1})
@@ -165,7 +165,7 @@ def test_checkin_carries_an_idempotency_key_and_is_retried_on_503(server, tmp_pa
     client = client_for(server.url, tmp_path)
     client.enrol()
     server.failures[("POST", "/v1/checkin")] = 2
-    assert client.checkin(5, None)["retry_after"] == 12.5
+    assert client.checkin()["retry_after"] == 12.5
     posts = [r for r in server.requests if r["path"] == "/v1/checkin"]
     assert len(posts) == 3 and len({r["headers"]["Idempotency-Key"] for r in posts}) == 1
 
@@ -197,7 +197,7 @@ def test_token_is_private_and_reused(server, tmp_path):
     again = client_for(server.url, tmp_path)
     assert again.enrol() == device_id
     assert sum(r["path"] == "/v1/devices" for r in server.requests) == 1
-    again.checkin(1, 4)
+    again.checkin(4)
     assert server.requests[-1]["headers"]["Authorization"] == "Bearer token-0"
 
 
@@ -205,7 +205,7 @@ def test_lost_token_is_recovered_with_the_identity_key(server, tmp_path):
     client = client_for(server.url, tmp_path)
     device_id = client.enrol()
     server.tokens.clear()  # the server forgot the token (it still knows the identity key)
-    assert client.checkin(1, None)["task"] is None
+    assert client.checkin()["task"] is None
     assert [r["path"] for r in server.requests] == [
         "/v1/devices", "/v1/checkin", "/v1/devices/challenge", "/v1/devices/recover",
         "/v1/checkin"]

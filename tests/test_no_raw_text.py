@@ -229,9 +229,10 @@ def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp
     everything = [m for h in histories for m in h]
     for request in sent:
         assert leaks(everything, decodings(request)) == [], request["raw"][:300]
-    for request in sent:  # JSON bodies say nothing but how many examples and which model
+    for request in sent:  # JSON bodies say nothing but which model (and, once, who enrols)
         if request["method"] == "POST":
-            assert set(json.loads(request["body"])) <= {"num_examples", "model_version"}
+            assert set(json.loads(request["body"])) <= {"model_version", "enrolment_code",
+                                                        "identity_key"}
         if request["method"] == "GET":
             assert request["body"] == b""
     blob = b"".join(bytes(s) for s in relay.streams)

@@ -19,6 +19,8 @@ from schemathesis.checks import (negative_data_rejection, not_a_server_error,
 from scipy import stats
 from sqlalchemy import func, select
 
+from conftest import task_noise
+
 from aggregation_server.db import SecAggMessage, SecAggRound, Task
 from aggregation_server.openapi import openapi_document
 from federated.privacy import privatize
@@ -53,7 +55,7 @@ class Member:
         self.device = SecAggClient(self.config, self.id)
         rng = np.random.default_rng(index)
         raw = {k: rng.normal(0, 0.05, s).astype(np.float32) for k, s in server.shapes.items()}
-        self.update, _ = privatize(raw, self.task["clip_norm"], self.task["noise_stddev"],
+        self.update, _ = privatize(raw, self.task["clip_norm"], task_noise(self.task),
                                    np.random.default_rng(index + 100))
 
     def url(self, step: str) -> str:
@@ -165,10 +167,10 @@ def run_device(server, data_dir, index: int, results: dict, stop_at: str | None 
     client = SyncClient(server.url, data_dir / f"device{index}",
                         enrolment_code=server.enrolment_code())
     try:
-        task = client.checkin(20, None)["task"]
+        task = client.checkin()["task"]
         rng = np.random.default_rng(index)
         raw = {k: rng.normal(0, 0.05, s).astype(np.float32) for k, s in server.shapes.items()}
-        tensors, _ = privatize(raw, task["clip_norm"], task["noise_stddev"],
+        tensors, _ = privatize(raw, task["clip_norm"], task_noise(task),
                                np.random.default_rng(index + 100))
         update = Update(tensors, task["round_id"], task["model_version"], 20, {})
 

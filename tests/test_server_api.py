@@ -23,10 +23,11 @@ def test_enrolment_stores_only_a_hash_of_the_token(server):
 def test_checkin_gives_a_task_with_the_privacy_parameters(server):
     task = server.task(server.enrol())
     assert set(task) == {"round_id", "model_version", "model_sha256", "deadline", "train",
-                         "clip_norm", "noise_stddev", "noise_multiplier", "min_reports",
-                         "secure_aggregation"}
-    assert task["noise_stddev"] == pytest.approx(1.0 * 1.0)  # plain: z*C on each device
+                         "clip_norm", "noise_multiplier", "min_reports", "dishonest_share",
+                         "secure_aggregation", "min_examples"}
+    # the device sizes its noise itself from these; a plain round: the full z*C
     assert (task["noise_multiplier"], task["min_reports"]) == (1.0, 2)
+    assert task["dishonest_share"] == pytest.approx(1 / 3)
     assert task["secure_aggregation"] is False
     assert set(task["train"]) == {"epochs", "batch_size", "lr", "optimizer", "max_examples"}
     _, _, r = server.model()
@@ -34,12 +35,11 @@ def test_checkin_gives_a_task_with_the_privacy_parameters(server):
 
 
 @pytest.mark.parametrize("body, content_type, status, code", [
-    ({}, "application/json", 400, "bad_field"),
-    ({"num_examples": -1}, "application/json", 400, "bad_field"),
-    ({"num_examples": "5"}, "application/json", 400, "bad_field"),
-    ({"num_examples": True}, "application/json", 400, "bad_field"),
-    ({"num_examples": 5, "model_version": -3}, "application/json", 400, "bad_field"),
-    ({"num_examples": 5, "colour": "red"}, "application/json", 400, "bad_field"),
+    ({"num_examples": 5}, "application/json", 400, "bad_field"),  # never asked for
+    ({"model_version": "5"}, "application/json", 400, "bad_field"),
+    ({"model_version": True}, "application/json", 400, "bad_field"),
+    ({"model_version": -3}, "application/json", 400, "bad_field"),
+    ({"model_version": 5, "colour": "red"}, "application/json", 400, "bad_field"),
     ([1, 2], "application/json", 400, "bad_json"),
     ("{not json", "application/json", 400, "bad_json"),
     ("num_examples=5", "text/plain", 415, "unsupported_media_type"),
@@ -58,8 +58,7 @@ def test_checkin_refusals(server, body, content_type, status, code):
 @pytest.mark.parametrize("auth", [None, "Bearer", "Bearer wrong", "Basic abc"])
 def test_device_calls_need_a_device_token(server, auth):
     headers = {"Authorization": auth} if auth else {}
-    r = server.http.post(f"{server.url}/v1/checkin", json={"num_examples": 5}, headers=headers,
-                         timeout=30)
+    r = server.http.post(f"{server.url}/v1/checkin", json={}, headers=headers, timeout=30)
     assert r.status_code == 401 and r.json()["error"] == "unauthorized"
 
 

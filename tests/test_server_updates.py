@@ -206,7 +206,7 @@ def test_norm_bound_is_exact_at_the_edge(start_server, factor, status):
     server = start_server(round={"noise_multiplier": 0.0, "epsilon_budget": None})
     device = server.enrol()
     task = server.task(device)
-    assert task["noise_stddev"] == 0.0  # no DP: the bound is the clipping norm itself
+    assert task["noise_multiplier"] == 0.0  # no DP: the bound is the clipping norm itself
     rng = np.random.default_rng(3)
     raw = {k: rng.normal(0, 1, s) for k, s in server.shapes.items()}
     norm = np.sqrt(sum((v ** 2).sum() for v in raw.values()))
