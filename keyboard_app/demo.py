@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
+from federated.privacy import device_noise_stddev
 from keyboard_app.simulate import (FleetConfig, FleetError, describe, evaluate_split, run_fleet,
                                    save_figure)
 from model.paths import (PRETRAINED_DIR, PRETRAINED_MODEL, ROOT, SHIPPED_MODEL,
@@ -49,6 +50,7 @@ class DemoConfig:
     dp_clip_norm: float = 0.1        # with DP: small, so that the noise does little harm
     dp_server_momentum: float = 0.0  # momentum would accumulate the noise
     delta: float = 1e-5
+    secure_aggregation: bool = True  # the server's default: it learns only each round's sum
     dropout: float = 0.1
     eval_every: int = 10
     eval_senders: int = 30
@@ -69,7 +71,8 @@ class DemoConfig:
             server_momentum=self.dp_server_momentum if dp else self.server_momentum,
             clip_norm=self.dp_clip_norm if dp else self.clip_norm,
             noise_multiplier=self.noise_multiplier if dp else 0.0, delta=self.delta,
-            weighting="uniform", eval_every=self.eval_every, eval_senders=self.eval_senders,
+            weighting="uniform", secure_aggregation=self.secure_aggregation,
+            eval_every=self.eval_every, eval_senders=self.eval_senders,
             final_eval=False, workers=self.workers, seed=self.seed,
             max_minutes=self.fleet_minutes and (2 * self.fleet_minutes if dp else
                                                 self.fleet_minutes))  # DP: a safety net
@@ -154,7 +157,10 @@ def write_report(run_dir: Path, report: dict, cells: list[list[str]]) -> None:
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     no_dp, dp = report["fleets"]["no_dp"], report["fleets"]["dp"]
     cfg = report["config"]
-    sigma = cfg["noise_multiplier"] * cfg["dp_clip_norm"] / cfg["devices_per_round"]
+    n, share = cfg["devices_per_round"], dp["privacy"]["dishonest_share"]
+    per_device = device_noise_stddev(cfg["dp_clip_norm"], cfg["noise_multiplier"], n,
+                                     secure=cfg["secure_aggregation"], dishonest_share=share)
+    sigma = per_device * n ** 0.5 / n  # the noise of the round's average, per weight
     params = dp["num_params"]
     lines = [
         f"# Federated keyboard demo ({report['started']})", "",
@@ -169,14 +175,23 @@ def write_report(run_dir: Path, report: dict, cells: list[list[str]]) -> None:
         f"training on a random sample of at most {cfg['max_examples']} messages, local SGD lr "
         f"{cfg['client_lr']}; server {cfg['server_optimizer']} lr {cfg['server_lr']} "
         f"(momentum {cfg['server_momentum']} without DP, {cfg['dp_server_momentum']} with DP).",
-        f"- DP: every update clipped to L2 norm {cfg['dp_clip_norm']} (without DP: "
-        f"{cfg['clip_norm']}) and noised on the device "
-        f"so that each round's sum has noise multiplier {cfg['noise_multiplier']}; epsilon "
-        f"{_eps(dp['epsilon'])} at delta {cfg['delta']:g} is what the server's accountant "
-        "reports for the device that took part most often (its rounds composed, no "
-        f"amplification by sampling; {_eps(dp['epsilon_if_sampled'])} if the uniform "
-        "sampling of devices were counted as Poisson sampling).",
-        f"- The noise in each DP round's average has standard deviation z*C/N = {sigma:.2g} "
+        f"- Rounds {'with' if cfg['secure_aggregation'] else 'without'} secure aggregation. "
+        f"DP: every update clipped to L2 norm {cfg['dp_clip_norm']} (without DP: "
+        f"{cfg['clip_norm']}) and noised on the device with standard deviation "
+        f"{per_device:.3g} per weight, sized so that the honest reports of a round carry "
+        f"noise multiplier z = {cfg['noise_multiplier']} even when {share:.0%} of them come "
+        "from devices that add none. Privacy spent by the device that took part most often "
+        "(the server's accountant, its rounds composed, no amplification by sampling): "
+        f"{_eps(dp['epsilon'])} against the server, {_eps(dp['epsilon_model_users'])} against "
+        f"model users, at delta {cfg['delta']:g} ("
+        + ("secure rounds: the server sees only the sum, so both are the same; "
+           if cfg["secure_aggregation"] else
+           "plain rounds: the server sees each update with only its own noise; ")
+        + "assumed: an honest-but-curious server that follows the protocol, and at most "
+        f"{share:.0%} of a round's reports from devices adding no noise; "
+        f"{_eps(dp['epsilon_if_sampled'])} against the server if the uniform sampling of "
+        "devices were counted as Poisson sampling).",
+        f"- The noise in each DP round's average has standard deviation {sigma:.2g} "
         f"in each of the model's {params:,} weights (norm {sigma * params ** 0.5:.2g}), "
         f"against an average update of norm at most C = {cfg['dp_clip_norm']}: with "
         f"{cfg['devices_per_round']} devices per round out of {no_dp['population']}, "
@@ -213,7 +228,7 @@ def personalised(model: Path, tokenizer: Path, max_senders: int) -> dict:
 
 
 def _eps(value: float | None) -> str:
-    return "infinite" if value is None else f"{value:.2f}"
+    return "no privacy guarantee (no noise)" if value is None else f"epsilon {value:.2f}"
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -253,14 +268,17 @@ def run_demo(config: DemoConfig, run_dir: Path, quick: bool, pretrain: bool = Fa
                 f"{100 * personal['personal']['top1']:.2f}% with the personal layer")
 
     stages.start("report")
-    privacy = {models[2][0]: "none (epsilon infinite)",
-               models[3][0]: f"epsilon {_eps(dp['epsilon'])}, delta {config.delta:g}"}
+    privacy = {models[2][0]: "no privacy guarantee (no noise)",
+               models[3][0]: f"{_eps(dp['epsilon'])} against the server, "
+                             f"{_eps(dp['epsilon_model_users'])} against model users, "
+                             f"delta {config.delta:g}"}
     cells = table_rows(rows, privacy)
     rounds = no_dp["rounds_run"]
     plot(_records(run_dir / "fleet-no-dp"), _records(run_dir / "fleet-dp"), run_dir / "demo.png",
          f"{rounds} rounds x {config.devices_per_round} devices "
          f"(population {no_dp['population']}); DP: z={config.noise_multiplier:g}, "
-         f"C={config.dp_clip_norm:g}, epsilon {_eps(dp['epsilon'])} at delta {config.delta:g}")
+         f"C={config.dp_clip_norm:g}, {_eps(dp['epsilon'])} against the server at delta "
+         f"{config.delta:g}")
     report = {"started": started, "quick": quick, "config": asdict(config),
               "pretrained": {"model": str(model), "source": source},
               "rows": rows, "privacy": privacy,

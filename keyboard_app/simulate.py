@@ -107,7 +107,7 @@ class FleetConfig:
     overcommit: float | None = None  # None: 1.3, more with dropout
     round_timeout: float = 900.0     # the server's round deadline, seconds
     assume_sampling: bool = False    # let the server's accountant assume Poisson sampling
-    secure_aggregation: bool = False  # rounds with secure aggregation (devices run in threads)
+    secure_aggregation: bool = True  # rounds with secure aggregation (devices run in threads)
     eval_every: int = 5              # evaluate on `valid` every K rounds (0: never during)
     eval_senders: int = 40           # valid senders in those evaluations (0: all)
     final_eval: bool = True          # evaluate on all of `valid` at the end
@@ -504,11 +504,16 @@ def plot_rounds(records: list[dict], path: Path, title: str) -> None:
     ppl.set(xlabel="round", ylabel="perplexity", title="perplexity on valid")
     points = [(r["round"], r["epsilon"]) for r in records if r.get("epsilon") is not None]
     if points:
-        eps.plot(*zip(*points), marker=".", color="tab:red")
+        eps.plot(*zip(*points), marker=".", color="tab:red", label="against the server")
+        users = [(r["round"], r["epsilon_model_users"]) for r in records
+                 if r.get("epsilon_model_users") is not None]
+        if users and users != points:
+            eps.plot(*zip(*users), marker=".", color="tab:orange", label="against model users")
+        eps.legend()
         delta = next((r["delta"] for r in records if r.get("delta")), None)
         eps.set(ylabel=f"epsilon (delta = {delta:g})")
     else:
-        eps.text(0.5, 0.5, "no differential privacy\n(epsilon infinite)", ha="center",
+        eps.text(0.5, 0.5, "no privacy guarantee\n(no noise)", ha="center",
                  va="center", transform=eps.transAxes)
         eps.set_yticks([])
     eps.set(xlabel="round", title="privacy spent (most any device spent)")
@@ -679,7 +684,10 @@ class Fleet:
             "local_loss": float(np.mean(losses)) if losses else None,
             "upload_bytes": uploaded[0]["upload_bytes"] if uploaded else None,
             "device_seconds": round(sum(x["seconds"] for x in results), 2),
+            # the most any device has spent, against the server and against model users
             "epsilon": privacy_info["epsilon_spent_max"] if cfg.noise_multiplier else None,
+            "epsilon_model_users": (privacy_info["epsilon_spent_max_model_users"]
+                                    if cfg.noise_multiplier else None),
             "delta": privacy_info["delta"],
             "participations": status["devices"]["participations"],
         }
@@ -816,7 +824,8 @@ def _summary(config: FleetConfig, applied: dict, population: list[Device], recor
         "machine": machine,
         "start_valid": records[0].get("valid"), "last_valid": last_eval,
         "final_valid": final_valid,
-        "epsilon": done[-1]["epsilon"] if done else None,
+        "epsilon": done[-1]["epsilon"] if done else None,  # against the server
+        "epsilon_model_users": done[-1].get("epsilon_model_users") if done else None,
         "epsilon_if_sampled": done[-1].get("epsilon_if_sampled") if done else None,
         "delta": config.delta, "noise_multiplier": config.noise_multiplier,
         "privacy": status["privacy"],
@@ -879,9 +888,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--assume-sampling", action="store_true",
                    help="let the server's accountant assume Poisson sampling at rate "
                         "devices per round / population (amplification)")
-    p.add_argument("--secure-aggregation", action="store_true",
+    p.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction,
+                   default=d.secure_aggregation,
                    help="rounds with secure aggregation: the server learns only each round's "
-                        "sum (a round's devices then run as threads of this process)")
+                        "sum (a round's devices then run as threads of this process); "
+                        "--no-secure-aggregation: plain rounds, where each device adds the "
+                        "full noise z*C itself (default: on)")
     p.add_argument("--no-final-eval", dest="final_eval", action="store_false",
                    help="skip the evaluation on all of valid at the end")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -895,12 +907,15 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
 
 def _privacy(summary: dict) -> str:
     eps, sampled = summary["epsilon"], summary["epsilon_if_sampled"]
-    if not summary["noise_multiplier"]:
-        return "none (noise multiplier 0)"
-    if eps is None:
-        return "epsilon infinite"
-    return (f"epsilon {eps:.2f} at delta {summary['delta']:g} (server accountant)"
-            + (f"; {sampled:.2f} if sampling were Poisson" if sampled is not None else ""))
+    users = summary.get("epsilon_model_users")
+    if not summary["noise_multiplier"] or eps is None:
+        return "no privacy guarantee (no noise)"
+    return (f"epsilon {eps:.2f} against the server, {users:.2f} against model users, at delta "
+            f"{summary['delta']:g} (server accountant; assumes at most "
+            f"{summary['privacy']['dishonest_share']:.0%} of a round's reports from devices "
+            f"adding no noise, and an honest-but-curious server)"
+            + (f"; {sampled:.2f} against the server if sampling were Poisson"
+               if sampled is not None else ""))
 
 
 def describe(summary: dict) -> str:

@@ -31,15 +31,16 @@ def messages() -> list[str]:
     return next(d for d in load_split("federated") if 30 <= len(d.messages) <= 60).messages
 
 
-def phone(tmp_path, url: str, messages: list[str], policy: DevicePolicy | None = None,
+def phone(tmp_path, server, messages: list[str], policy: DevicePolicy | None = None,
           name: str = "phone") -> DeviceRuntime:
     """A device that is always eligible, with the default policy unless one is given."""
     history = HistoryStore(":memory:", retention_days=None)
     history.add_many(messages)
     eligibility = Eligibility(EligibilitySettings(idle_seconds=0, min_new_messages=0),
                               battery=lambda: None)
-    return DeviceRuntime(tmp_path / name, url, history=history, eligibility=eligibility,
-                         poll_seconds=0.1, load_model=False, policy=policy)
+    return DeviceRuntime(tmp_path / name, server.url, history=history, eligibility=eligibility,
+                         poll_seconds=0.1, load_model=False, policy=policy,
+                         enrolment_code=server.enrolment_code())
 
 
 def fill_round(server, round_id: int, count: int) -> None:
@@ -67,14 +68,14 @@ def assert_refused(device: DeviceRuntime, server, code: str, words: str) -> None
 
 def test_noise_0_accepted(start_server, tmp_path, messages):
     server = start_server(round={**HONEST, "noise_multiplier": 0.0})
-    device = phone(tmp_path, server.url, messages)
+    device = phone(tmp_path, server, messages)
     assert_refused(device, server, "noise_too_low",
                    "This round asked for less noise than your privacy settings allow")
 
 
 def test_clip_norm_1e5_accepted(start_server, tmp_path, messages):
     server = start_server(round={**HONEST, "clip_norm": 1e5})
-    device = phone(tmp_path, server.url, messages)
+    device = phone(tmp_path, server, messages)
     assert_refused(device, server, "clip_too_large", "weigh more than your privacy settings")
 
 
@@ -84,10 +85,10 @@ def test_secure_aggregation_off_accepted_without_full_local_noise(start_server, 
     the server sees is as noisy as a secure round's sum; a user who requires secure
     aggregation does not take part at all."""
     server = start_server(round=HONEST)
-    strict = phone(tmp_path, server.url, messages, DevicePolicy(require_secure_aggregation=True),
+    strict = phone(tmp_path, server, messages, DevicePolicy(require_secure_aggregation=True),
                    name="strict")
     assert_refused(strict, server, "secure_required", "secure aggregation off")
-    device = phone(tmp_path, server.url, messages)
+    device = phone(tmp_path, server, messages)
     assert device.run_once().outcome == "uploaded"
     [stored] = (server.data_dir / "updates" / "1").glob("*.safetensors")
     tensors, _ = tensors_from_bytes(stored.read_bytes())
@@ -110,7 +111,7 @@ def test_secagg_threshold_t_1_accepted(start_server, tmp_path, messages):
         row = s.get(SecAggRound, 1)
         assert row.config["threshold"] >= 2
         row.config = config = {**row.config, "threshold": 1}
-    device = phone(tmp_path, server.url, messages)
+    device = phone(tmp_path, server, messages)
     assert_refused(device, server, "secagg_unsafe", "could let the server uncover a single "
                                                     "phone's update")
     assert device.ledger.refusals()[0]["detail"] == hiding_problem(
@@ -124,7 +125,7 @@ def test_re_enrolment_resets_the_budget(start_server, tmp_path, messages):
     moves to another server: it takes part in no further round."""
     server = start_server(round=HONEST)
     policy = DevicePolicy(epsilon_budget=6.0)
-    device = phone(tmp_path, server.url, messages, policy)
+    device = phone(tmp_path, server, messages, policy)
     fill_round(server, 1, 4)
     assert device.run_once().outcome == "uploaded"
     server.wait_for(lambda st: st["rounds_closed"] == 1, what="round 1 closed")
@@ -132,16 +133,16 @@ def test_re_enrolment_resets_the_budget(start_server, tmp_path, messages):
     spent = device.status().ledger_epsilon
     assert spent == pytest.approx(5.22, abs=0.01) and device.status().ledger_rounds == 1
 
-    (tmp_path / "phone" / "device.json").unlink()  # token lost: the client enrols again
-    again = phone(tmp_path, server.url, messages, policy)  # and the app restarted
+    (tmp_path / "phone" / "device.json").unlink()  # token lost: recovered with the
+    again = phone(tmp_path, server, messages, policy)  # identity key, after a restart
     assert again.run_once().outcome == "budget-spent"
-    assert again.client.device_id != first_id  # a new enrolment, fresh at the server ...
-    assert server.checkin(server.enrol())["task"]["round_id"] == 2  # ... which has round 2
+    assert again.client.device_id == first_id  # the same device at the server, too
+    assert server.checkin(server.enrol())["task"]["round_id"] == 2  # which has round 2
     assert "privacy limit" in again.status().detail
     assert again.status().ledger_epsilon == pytest.approx(spent)
 
     other = start_server(round=HONEST)
-    moved = phone(tmp_path, other.url, messages, policy)  # the same phone, another server
+    moved = phone(tmp_path, other, messages, policy)  # the same phone, another server
     assert moved.run_once().outcome == "budget-spent"
     assert all(r["tasks_issued"] == 0 for r in other.status()["rounds"])
     assert len(PrivacyLedger(tmp_path / "phone" / FILE_NAME).entries()) == 1
