@@ -12,8 +12,13 @@ privacy-utility table with what it would take to reach epsilon <= 10.
 (b) The same fleet with DP for each noise multiplier z (same rounds and devices; clip norm,
     server momentum and check-in order from the `--dp-*` flags):
     top-1 on `test` and epsilon at delta. Epsilon is the server accountant's: the device
-    that took part most often, its rounds composed, no amplification by sampling; beside it
-    the epsilon if the uniform sampling of devices is counted as Poisson sampling.
+    that took part most often, its rounds composed, no amplification by sampling, against
+    the server and against model users (`aggregation_server.accounting`); beside it the
+    epsilon against the server if the uniform sampling of devices is counted as Poisson
+    sampling. Rounds run secure aggregation (the server's default; `--no-secure-aggregation`
+    for plain rounds); the table gives each fleet's seconds per round and, for secure
+    rounds, the seconds from the close of key advertisement (every device has trained) to
+    the new model: the protocol's own phases and the unmasking.
 (c) With the accountant (`federated.privacy.epsilon`): what population, devices per round
     and noise would reach epsilon <= 10 with less than 1 point top-1 loss, assuming (as
     McMahan et al. 2018) that utility is set by the noise in the averaged update,
@@ -61,7 +66,26 @@ def fleet_config(args: argparse.Namespace) -> FleetConfig:
                        check_in=args.check_in, eval_every=args.eval_every,
                        eval_senders=args.eval_senders, final_eval=False, workers=args.workers,
                        seed=args.seed, population=args.population,
-                       max_minutes=args.max_minutes)
+                       max_minutes=args.max_minutes,
+                       secure_aggregation=args.secure_aggregation)
+
+
+def secagg_seconds(fleet_dir: Path) -> float | None:
+    """The median seconds per secure round from the close of key advertisement to the new
+    model (the protocol's phases after training, unmasking and aggregation), from the
+    server's log; None for plain rounds."""
+    advertised: dict[int, float] = {}
+    spans = []
+    for line in (fleet_dir / "server" / "server.log").read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("event") == "secagg_phase" and event.get("phase") == "share":
+            advertised[event["round_id"]] = event["ts"]
+        elif event.get("event") == "round_closed" and event.get("round_id") in advertised:
+            spans.append(event["ts"] - advertised[event["round_id"]])
+    return float(sorted(spans)[len(spans) // 2]) if spans else None
 
 
 # --- (c) what it would take ----------------------------------------------------------------------
@@ -163,7 +187,7 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def fmt_eps(x: float | None, missing: str = "inf") -> str:
+def fmt_eps(x: float | None, missing: str = "no privacy guarantee (no noise)") -> str:
     return missing if x is None else f"{x:.2f}"
 
 
@@ -196,6 +220,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noise", type=float, nargs="+", default=[0.1, 0.3, 1.0],
                    help="noise multipliers of the privacy-utility table")
     p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=True,
+                   help="rounds with secure aggregation (default: on, as on the server)")
     p.add_argument("--skip-dp", action="store_true", help="only (a)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="end each fleet after the round that passes this many minutes")
@@ -259,18 +285,25 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {r["name"]: r for r in rows}
 
     head = ["model", "top-1", "top-3", "top-1 excl unk", "macro top-1", "KSR", "perplexity",
-            "rounds x devices", "epsilon (delta)", "wall time (evaluations included)"]
+            "rounds x devices", f"epsilon against the server (delta {args.delta:g})",
+            "against model users", "s per round", "of which secure aggregation",
+            "wall time (evaluations included)"]
     lines = []
     for r in rows:
-        fleet = fleets.get(r["name"].removeprefix("LSTM, federated "))
-        extra = ["", "", ""]
+        name = r["name"].removeprefix("LSTM, federated ")
+        fleet = fleets.get(name)
+        extra = ["", "", "", "", "", ""]
         if fleet:
-            eps = fleet["epsilon"]
+            noised = bool(fleet["noise_multiplier"])
+            protocol = secagg_seconds(run_dir / f"fleet-{name}")
+            fleet["secagg_seconds_median"] = protocol
             extra = [f"{fleet['rounds_run']} x {base.devices_per_round}",
-                     "none" if not fleet["noise_multiplier"] else
-                     f"{fmt_eps(eps)} ({args.delta:g}); "
-                     f"{fmt_eps(fleet['epsilon_if_sampled'], 'n/a')}"
-                     " if Poisson-sampled",
+                     fmt_eps(fleet["epsilon"] if noised else None)
+                     + (f"; {fmt_eps(fleet['epsilon_if_sampled'], 'n/a')} if Poisson-sampled"
+                        if noised else ""),
+                     fmt_eps(fleet["epsilon_model_users"] if noised else None),
+                     f"{fleet['round_seconds'] / max(fleet['rounds_run'], 1):.1f}",
+                     "plain rounds" if protocol is None else f"{protocol:.1f}",
                      f"{fleet['wall_seconds'] / 60:.1f} min ({fleet['round_seconds'] / 60:.1f} "
                      "in rounds)"]
         lines.append([r["name"], pct(r["top1"]), pct(r["top3"]), pct(r["top1_excl_unk"]),

@@ -101,6 +101,7 @@ def test_setting_a_server_url_connects_without_restarting_the_app(start_server, 
         assert app.model_source == "pretrained" and app.status_text.startswith("Offline")
         drv.tap(app.typing.ids.settings_button)
         app.settings_screen.ids.server_url.text = server.url
+        app.settings_screen.ids.enrolment_code.text = server.enrolment_code()
         drv.tap(app.settings_screen.ids.save)
         assert app.settings_screen.message == "Saved."
         drv.until(lambda: app.model_source == "global", what="the server's model")

@@ -194,6 +194,8 @@ class Backend:
         """Use new settings now; True when the server URL changed (call `restart` off the UI
         thread then)."""
         changed_server = prefs.server_url != self.prefs.server_url
+        if self.runtime and prefs.enrolment_code != self.prefs.enrolment_code:
+            self.runtime.client.enrolment_code = prefs.enrolment_code or None
         self.prefs = prefs
         self.history.retention_days = prefs.retention_days
         self.history.filters = prefs.filters()

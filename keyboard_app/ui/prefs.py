@@ -45,6 +45,10 @@ class Prefs:
             if url.scheme not in ("http", "https") or not url.netloc:
                 raise PrefsError(f"server URL must look like http://host:port, "
                                  f"not {self.server_url!r}")
+        code = self.enrolment_code
+        if not isinstance(code, str) or len(code) > 200 or any(c.isspace() for c in code):
+            raise PrefsError("the enrolment code must be the text the server's operator gave "
+                             "you, without spaces")
         days = self.retention_days
         if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
             raise PrefsError(f"retention must be 1 to 3650 days, not {self.retention_days!r}")

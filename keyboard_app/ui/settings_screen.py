@@ -1,4 +1,5 @@
-"""Settings: server URL, taking part in training, privacy limits, retention and filters
+"""Settings: server URL and enrolment code, taking part in training, privacy limits,
+retention and filters
 (saved as JSON)."""
 from kivy.app import App
 from kivy.lang import Builder
@@ -39,6 +40,15 @@ Builder.load_string("""
                     multiline: False
                     write_tab: False
                     hint_text: 'http://host:port  (empty: offline)'
+                    font_size: theme.BODY_SP
+                    size_hint_y: None
+                    height: dp(44)
+                    padding: dp(10), (self.height - self.line_height) / 2
+                TextInput:
+                    id: enrolment_code
+                    multiline: False
+                    write_tab: False
+                    hint_text: "Enrolment code from the server's operator (first time only)"
                     font_size: theme.BODY_SP
                     size_hint_y: None
                     height: dp(44)
@@ -199,6 +209,7 @@ class SettingsScreen(Screen):
         """Show `prefs` in the form."""
         ids = self.ids
         ids.server_url.text = prefs.server_url
+        ids.enrolment_code.text = prefs.enrolment_code
         ids.participate.active = prefs.participate
         days = min(RETENTION_CHOICES, key=lambda d: abs(d - prefs.retention_days))
         for choice in RETENTION_CHOICES:
@@ -228,7 +239,9 @@ class SettingsScreen(Screen):
         """The form as Prefs (not yet validated)."""
         ids = self.ids
         days = next((d for d in RETENTION_CHOICES if ids[f"days_{d}"].active), 90)
-        return Prefs(server_url=ids.server_url.text.strip(), participate=ids.participate.active,
+        return Prefs(server_url=ids.server_url.text.strip(),
+                     enrolment_code=ids.enrolment_code.text.strip(),
+                     participate=ids.participate.active,
                      retention_days=days, filter_digits=ids.filter_digits.active,
                      filter_emails=ids.filter_emails.active,
                      filter_mode="drop" if ids.mode_drop.active else "redact",
