@@ -30,11 +30,12 @@ def messages() -> list[str]:
     return next(d for d in load_split("federated") if 30 <= len(d.messages) <= 60).messages
 
 
-def phone(folder, url: str, history: HistoryStore) -> DeviceRuntime:
+def phone(folder, server, history: HistoryStore) -> DeviceRuntime:
     eligibility = Eligibility(EligibilitySettings(idle_seconds=0, min_new_messages=0),
                               battery=lambda: None)
-    return DeviceRuntime(folder, url, history=history, eligibility=eligibility,
-                         poll_seconds=0.1, load_model=False, policy=POLICY)
+    return DeviceRuntime(folder, server.url, history=history, eligibility=eligibility,
+                         poll_seconds=0.1, load_model=False, policy=POLICY,
+                         enrolment_code=server.enrolment_code())
 
 
 def test_the_ledger_outlives_restarts_token_loss_re_enrolment_and_servers(
@@ -42,19 +43,19 @@ def test_the_ledger_outlives_restarts_token_loss_re_enrolment_and_servers(
     server = start_server(round=ONE_DEVICE)
     history = HistoryStore(tmp_path / "phone" / "history.sqlite", retention_days=None)
     history.add_many(messages)
-    device = phone(tmp_path / "phone", server.url, history)
+    device = phone(tmp_path / "phone", server, history)
     assert device.run_once().outcome == "uploaded"
     first_id = device.client.device_id
 
-    restarted = phone(tmp_path / "phone", server.url, history)  # the app restarted
+    restarted = phone(tmp_path / "phone", server, history)  # the app restarted
     assert restarted.status().ledger_rounds == 1
     assert restarted.run_once().outcome == "uploaded"
 
     from aggregation_server.db import Device
     with server.app.extensions["pk.service"].db.write() as s:  # the server forgets the token
         s.get(Device, first_id).token_sha256 = "0" * 64
-    assert restarted.run_once().outcome == "uploaded"  # 401, enrolled again, round 3
-    assert restarted.client.device_id != first_id
+    assert restarted.run_once().outcome == "uploaded"  # 401, token recovered, round 3
+    assert restarted.client.device_id == first_id  # with its identity key: the same device
     status = restarted.status()
     assert (status.ledger_rounds, status.ledger_sent) == (3, 3)
     assert status.ledger_epsilon == pytest.approx(composed_epsilon([1.0] * 3, 1e-6))
@@ -63,13 +64,13 @@ def test_the_ledger_outlives_restarts_token_loss_re_enrolment_and_servers(
     (tmp_path / "phone" / "device.json").unlink()  # the token is lost
     history.delete_all()  # and the history deleted: privacy spent stays spent
     history.add_many(messages)
-    again = phone(tmp_path / "phone", server.url, history)
+    again = phone(tmp_path / "phone", server, history)
     step = again.run_once()
     assert step.outcome == "budget-spent" and "privacy limit" in step.detail
     assert all(r["tasks_issued"] == 0 for r in server.status()["rounds"] if r["id"] > 3)
 
     other = start_server(round=ONE_DEVICE)  # a different server: the same ledger
-    moved = phone(tmp_path / "phone", other.url, history)
+    moved = phone(tmp_path / "phone", other, history)
     assert moved.run_once().outcome == "budget-spent"
     assert moved.status().ledger_rounds == 3
     entries = PrivacyLedger(tmp_path / "phone" / FILE_NAME).entries()

@@ -159,7 +159,8 @@ def test_direction_canaries_go_through_the_real_fleet_and_stand_out(tiny_model, 
     senders = [d.sender for d in load_split("federated") if 20 <= len(d.messages) <= 60][:4]
     config = FleetConfig(rounds=2, devices_per_round=6, max_examples=40, batch_size=8,
                          client_lr=0.5, server_optimizer="fedavg", clip_norm=1.0,
-                         weighting="uniform", eval_every=0, final_eval=False, workers=2, seed=1)
+                         weighting="uniform", eval_every=0, final_eval=False, workers=2, seed=1,
+                         secure_aggregation=False)
     run_dir = tmp_path / "run"
     run_fleet(config, run_dir, init_model=tiny_model["checkpoint"],
               tokenizer=tiny_model["tokenizer"], senders=senders, progress=False,
