@@ -157,8 +157,8 @@ class SyncClient:
         if self._identity:
             return self._identity["device_id"]
         key = identity.public_key_text(self.identity_key)
-        if not self._key_is_new:  # enrolled before and lost the token?
-            try:
+        if not self._key_is_new or not self.enrolment_code:  # lost its token? (and without
+            try:  # a code, this also tells an unreachable server from a refusal)
                 return self.recover()
             except ServerRejected as err:
                 if err.code != "unknown_identity":

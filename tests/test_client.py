@@ -226,7 +226,8 @@ def test_a_device_that_lost_its_token_file_recovers_instead_of_enrolling(server,
 def test_enrolling_without_a_code_says_where_to_get_one(server, tmp_path):
     with pytest.raises(ServerRejected, match="enrolment code from its operator") as info:
         client_for(server.url, tmp_path, enrolment_code=None).enrol()
-    assert info.value.code == "enrolment_code_required" and server.requests == []
+    assert info.value.code == "enrolment_code_required"
+    assert [r["path"] for r in server.requests] == ["/v1/devices/challenge"]  # not enrolled
     with pytest.raises(ServerRejected, match="403 bad_enrolment_code"):
         client_for(server.url, tmp_path, enrolment_code="wrong").enrol()
 

@@ -43,15 +43,14 @@ def loss_on(checkpoint, tokenizer, devices) -> float:
 
 def test_fleet_with_its_own_server_improves_the_model_on_its_users(tiny_model, tmp_path,
                                                                    senders):
-    """Its own server process (SQLite), two worker processes (plain rounds; secure rounds,
-    the default, run a round's devices as threads): 3 rounds of 3 devices."""
+    """Its own server process (SQLite), secure rounds (the default: a round's devices run
+    as threads of this process): 3 rounds of 3 devices."""
     torch.set_num_threads(1)
     run_dir = tmp_path / "run"
     population = [d.sender for d in senders]
     config = FleetConfig(rounds=3, devices_per_round=3, max_examples=40, batch_size=8,
                          client_lr=0.5, server_optimizer="fedavg", clip_norm=5.0,
-                         eval_every=3, eval_senders=2, final_eval=False, workers=2, seed=3,
-                         secure_aggregation=False)
+                         eval_every=3, eval_senders=2, final_eval=False, workers=2, seed=3)
     summary = run_fleet(config, run_dir, init_model=tiny_model["checkpoint"],
                         tokenizer=tiny_model["tokenizer"], senders=population, progress=False)
 
@@ -80,14 +79,15 @@ def test_fleet_with_its_own_server_improves_the_model_on_its_users(tiny_model, t
 
 
 def test_dropout_and_privacy_against_a_running_server(start_server, tmp_path, senders):
-    """Secure rounds (the default): dropped devices send nothing and are replaced; epsilon
-    is the server's accountant's, against the server and against model users."""
+    """Plain rounds, devices in a worker process: dropped devices send nothing and are
+    replaced; epsilon is the server's accountant's, against the server (each update with
+    its own noise z*C) and against model users (the mean: z*sqrt(h))."""
     torch.set_num_threads(1)
     server = start_server()
     config = FleetConfig(rounds=3, devices_per_round=2, dropout=0.5, max_examples=30,
                          batch_size=8, clip_norm=0.5, noise_multiplier=1.0, delta=1e-5,
                          server_optimizer="fedavg", eval_every=0, final_eval=False,
-                         workers=1, seed=1)
+                         workers=1, seed=1, secure_aggregation=False)
     summary = run_fleet(config, tmp_path / "run", server_url=server.url,
                         admin_token=server.admin_token,
                         senders=[d.sender for d in senders], progress=False)
@@ -106,8 +106,9 @@ def test_dropout_and_privacy_against_a_running_server(start_server, tmp_path, se
     expected = privacy.epsilon(1.0, most, 1e-5)
     assert summary["epsilon"] == pytest.approx(expected)
     assert records[-1]["epsilon"] == pytest.approx(expected)
-    assert summary["epsilon_model_users"] == pytest.approx(expected)  # secure: the same
-    assert status["config"]["secure_aggregation"] is True
+    users = privacy.composed_epsilon([math.sqrt(privacy.honest_reports(2))] * most, 1e-5)
+    assert summary["epsilon_model_users"] == pytest.approx(users) and users < expected
+    assert status["config"]["secure_aggregation"] is False
     assert records[-1]["epsilon_if_sampled"] == pytest.approx(
         privacy.epsilon(1.0, 3, 1e-5, sampling_rate=2 / 6, rounds=3))
     assert status["training"] == "stopped"  # the simulator stops training when done
@@ -152,6 +153,7 @@ def test_a_killed_fleet_leaves_no_process_behind(tiny_model, tmp_path):
          "--init-model", str(tiny_model["checkpoint"]), "--tokenizer", str(tiny_model["tokenizer"]),
          "--rounds", "1000", "--population", "6",
          "--devices-per-round", "2", "--max-examples", "20", "--eval-every", "0",
+         "--no-secure-aggregation",  # plain rounds: devices in worker processes
          "--no-final-eval", "-q", "--run-dir", str(run_dir)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
