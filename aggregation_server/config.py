@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from federated.privacy import DISHONEST_SHARE
-from federated.secagg.graph import choose_degree
-from federated.secagg.params import MAX_CLIENTS, hiding_problem
+from federated.secagg.params import DROPOUT_RATE, MAX_CLIENTS, hiding_problem, round_shape
 from federated.wire import MAX_UPDATE_BYTES
 from model.schedule import SCHEDULES, lr_factor
 
@@ -108,7 +107,7 @@ class RoundConfig:
     train_max_examples: int = 1000
     secure_aggregation: bool = True   # devices mask updates; the server learns only the sum
     secagg_phase_seconds: float = 30.0  # each protocol phase after key advertisement
-    secagg_dropout_rate: float = 0.1  # expected dropouts, sets the SecAgg+ degree k
+    secagg_dropout_rate: float = DROPOUT_RATE  # expected dropouts, sets the SecAgg+ degree k
     secagg_corrupt_rate: float = 0.0  # devices assumed to collude with the server
 
     @property
@@ -122,18 +121,11 @@ class RoundConfig:
         return self.weighting == "uniform" or self.noise_multiplier > 0
 
     @property
-    def secagg_planned_dropout(self) -> float:
-        """The dropout rate a secure round's (k, t) are chosen for: the configured rate plus
-        the share of its tasks that may never be handed out (capacity above the target)."""
-        return min(0.9, self.secagg_dropout_rate + 1.0 - self.target_reports / self.capacity)
-
-    @property
     def secagg_shape(self) -> tuple[int, int, int]:
         """(n, k, t) of a secure round: n = capacity clients, each masking with k neighbours
         and sharing its secrets so that t of them (itself among them) rebuild them."""
-        k, t = choose_degree(self.capacity, self.secagg_planned_dropout,
-                             self.secagg_corrupt_rate)
-        return self.capacity, k, t
+        return round_shape(self.target_reports, self.capacity, self.secagg_dropout_rate,
+                           self.secagg_corrupt_rate)
 
     def server_lr_at(self, version: int) -> float:
         """The server learning rate of the step that makes model `version` (1, 2, ...)."""
@@ -196,8 +188,8 @@ class RoundConfig:
              "for; "
              "raise target_reports or lower secagg_corrupt_rate, secagg_dropout_rate or "
              "overcommit"),
-            (self.round_seconds > 3 * self.secagg_phase_seconds,
-             "round_seconds must be more than 3 x secagg_phase_seconds with secure_aggregation "
+            (self.round_seconds > 4 * self.secagg_phase_seconds,
+             "round_seconds must be more than 4 x secagg_phase_seconds with secure_aggregation "
              "(the rest is for training and key advertisement)"),
             (self.uniform, "weighting 'examples' needs secure_aggregation false: the server "
                            "learns only the sum of the updates, so it averages uniformly"),

@@ -121,6 +121,24 @@ def _privacy_table(p: dict) -> str:
             f"</tr>{rows}</table>")
 
 
+CAUSE_WORDS = {"device_aborts": "devices saw an inconsistent view and aborted",
+               "dropouts": "too many devices dropped out",
+               "sum_out_of_range": "the unmasked sum was out of range (a tampered device)",
+               "other": "stopped, or no protocol result"}
+
+
+def _secure_outcomes(sa: dict[str, Any]) -> str:
+    """How many secure rounds were abandoned and why, and the devices' abort reasons."""
+    causes = "".join(f"<li>{n} because {escape(CAUSE_WORDS.get(c, c))}</li>"
+                     for c, n in sa["abandoned_by_cause"].items() if n)
+    aborts = "".join(f"<li>{n} times: {escape(sa['abort_reasons'].get(c, c))} ({escape(c)})</li>"
+                     for c, n in sa["device_aborts"].items() if n)
+    return (f"<h2>Secure aggregation</h2><p>{sa['abandoned']} of {sa['rounds']} secure rounds "
+            f"abandoned.</p><ul>{causes}</ul><p>Devices that left a round because what they "
+            f"were relayed was inconsistent: {sum(sa['device_aborts'].values())}.</p>"
+            f"<ul>{aborts}</ul>")
+
+
 STYLE = """body{font-family:sans-serif;margin:24px;color:#222;background:#f7f7f8}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.cards{display:flex;gap:12px;flex-wrap:wrap}
 .card{background:#fff;border:1px solid #ddd;padding:10px 16px;border-radius:6px}
@@ -147,7 +165,8 @@ def page() -> Response:
              ("privacy spent, against the server", server["spent_text"]),
              ("privacy spent, against model users", users["spent_text"]),
              ("epsilon budget (against the server)",
-              "none" if p["epsilon_budget"] is None else p["epsilon_budget"])]
+              "none" if p["epsilon_budget"] is None else p["epsilon_budget"]),
+             ("secure rounds abandoned", st["secure_aggregation"]["abandoned"])]
     blocked = (f"<p class='warn'>No round can start: {escape(st['blocked_reason'])}</p>"
                if st["blocked_reason"] else "")
     stuck = r and r.get("aggregation")
@@ -163,6 +182,7 @@ def page() -> Response:
                             for k, v in cards)}</div>{blocked}
 <h2>Charts</h2><div class="grid">{"".join(charts(st))}</div>
 <h2>Recent rounds</h2>{_table(st["rounds"])}
+{_secure_outcomes(st["secure_aggregation"])}
 <h2>Privacy accounting</h2>{_privacy_table(p)}<p>Assumptions:</p>
 <ul>{"".join(f"<li>{escape(a)}</li>" for a in p["assumptions"])}</ul>
 <p><small>Updated {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(st['time']))};

@@ -153,10 +153,12 @@ class SecAggRound(Base):
     __tablename__ = "secagg_rounds"
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), primary_key=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
-    phase: Mapped[str] = mapped_column(String(16))  # advertise share masked unmask done abandoned
+    phase: Mapped[str] = mapped_column(String(16))  # secure.ORDER or abandoned
     phase_deadline: Mapped[float] = mapped_column(Float)
     messages: Mapped[int] = mapped_column(Integer, default=0)  # stored messages (cache key)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
+    cause: Mapped[str | None] = mapped_column(String(24), default=None)  # secure.CAUSES
+    aborts: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)  # reason: devices
 
 
 class SecAggMember(Base):

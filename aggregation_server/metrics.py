@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 class ServerMetrics:
@@ -53,6 +53,11 @@ class _SnapshotCollector:
         "pk_aggregation_failed_attempts": "Failed aggregation attempts of the current round "
                                           "(0: none; it is retried with backoff)",
     }
+    COUNTERS = {  # name: (help, label) of counts by label from the database
+        "pk_secagg_rounds_abandoned": ("Secure rounds abandoned, by cause (device_aborts: "
+                                       "devices saw an inconsistent view)", "cause"),
+        "pk_secagg_device_aborts": ("Devices that left a secure round, by reason", "reason"),
+    }
 
     def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         self.snapshot = snapshot
@@ -65,3 +70,8 @@ class _SnapshotCollector:
         for name, help_text in self.HELP.items():
             if values.get(name) is not None:
                 yield GaugeMetricFamily(name, help_text, value=float(values[name]))
+        for name, (help_text, label) in self.COUNTERS.items():
+            family = CounterMetricFamily(name, help_text, labels=[label])
+            for key, count in sorted((values.get(name) or {}).items()):
+                family.add_metric([key], float(count))
+            yield family

@@ -8,7 +8,8 @@ from functools import lru_cache
 from typing import Any
 
 from aggregation_server.config import BOUNDS, ENUMS, TRAIN_OPTIMIZERS, Bounds, RoundConfig
-from federated.secagg import AdvertiseKeys, ShareKeys, UnmaskResponse
+from federated.secagg import (AbortNotice, AdvertiseKeys, ConsistencyResponse, ShareKeys,
+                              UnmaskResponse)
 
 INT32 = 2**31 - 1
 ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
@@ -114,6 +115,15 @@ STATUS = _obj(["training", "round", "devices", "model", "versions", "rounds", "p
     "blocked_reason": NULLSTR,
     "round": {"allOf": [{"$ref": "#/components/schemas/Round"}], "nullable": True},
     "rounds_closed": INT, "rounds_abandoned": INT,
+    "secure_aggregation": _obj(["rounds", "abandoned", "abandoned_by_cause", "device_aborts"], {
+        "rounds": INT, "abandoned": INT,
+        "abandoned_by_cause": {"type": "object", "additionalProperties": INT,
+                               "description": "device_aborts (devices saw an inconsistent "
+                                              "view), dropouts, sum_out_of_range, other"},
+        "device_aborts": {"type": "object", "additionalProperties": INT,
+                          "description": "devices that left a secure round, by reason"},
+        "abort_reasons": {"type": "object", "additionalProperties": STR,
+                          "description": "each reason in plain words"}}),
     "devices": _obj(["enrolled", "participants"], {
         "enrolled": INT, "participants": INT,
         "participations": {"type": "object", "additionalProperties": INT,
@@ -273,11 +283,21 @@ def openapi_document() -> dict[str, Any]:
                 "Phase 2: the masked update (safetensors, private-keyboard/secagg-masked-1)",
                 {"required": True, "content": {"application/octet-stream": {
                     "schema": {"type": "string", "format": "binary"}}}})},
+            "/v1/rounds/{round_id}/secagg/consistency": {
+                "get": _secagg_get("Phase 3: the round's survivors, to sign "
+                                   "(consistency_request)"),
+                "post": _secagg_post("The device's signature of the survivors "
+                                     "(consistency_response)",
+                                     _secagg_message(ConsistencyResponse.TYPE))},
             "/v1/rounds/{round_id}/secagg/unmask": {
-                "get": _secagg_get("Phase 3: which neighbours survived and which dropped "
-                                   "(unmask_request)"),
+                "get": _secagg_get("Phase 4: which neighbours survived and which dropped, "
+                                   "with their signatures of the survivors (unmask_request)"),
                 "post": _secagg_post("The shares that remove the masks (unmask_response)",
                                      _secagg_message(UnmaskResponse.TYPE))},
+            "/v1/rounds/{round_id}/secagg/abort": {"post": _secagg_post(
+                "The device left the round (abort, with one of the documented reasons): "
+                "what it was relayed is inconsistent; accepted in any phase",
+                _secagg_message(AbortNotice.TYPE))},
             "/v1/model": {"get": _binary_get("The latest global model")},
             "/v1/models/{version}": {"get": _binary_get("One global model version", [
                 {"name": "version", "in": "path", "required": True,

@@ -6,13 +6,20 @@ plain one, each with a protocol client id 1..n (n = the round's capacity, fixed 
 round opens). Devices train, then go through the phases of Bonawitz et al. (CCS 2017) with
 SecAgg+ neighbourhoods (Bell et al., CCS 2020):
 
-  advertise --keys relay--> share --shares relay--> masked --unmask request--> unmask --> done
+  advertise --keys relay--> share --shares relay--> masked --survivor list--> consistency
+            --unmask request (with the neighbours' signatures)--> unmask --> done
 
+Each device's advertised keys are checked against the Ed25519 identity key it bound when
+it enrolled (`Device.identity_key`), and so is its signature of the survivor list in the
+consistency phase (the malicious-server variant of the protocol: devices that see an
+inconsistent view abort, and say why in an `abort` message, which the round counts).
 A phase closes as soon as everyone expected has answered (key advertisement: once the
 round's target of devices advertised), or at its deadline if enough did; with too few the
-round is abandoned with the protocol's reason. The advertise phase ends
-`3 * secagg_phase_seconds` before the round's deadline (training happens before it), each
-later phase `secagg_phase_seconds` after the previous one closed at the latest.
+round is abandoned with the protocol's reason and a cause (`SecAggRound.cause`: devices
+aborted, dropouts, or a sum out of range), which status, dashboard and metrics count.
+The advertise phase ends `4 * secagg_phase_seconds` before the round's deadline (training
+happens before it), each later phase `secagg_phase_seconds` after the previous one closed
+at the latest.
 
 No state lives only in one process's memory: a message the round takes (accepted, or
 excluding its sender) is stored before it is acknowledged, and the protocol state
@@ -37,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -45,29 +53,32 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregation_server.config import RoundConfig
-from aggregation_server.db import (Round, SecAggMember, SecAggMessage, SecAggRelay, SecAggRound,
-                                   Task)
+from aggregation_server.db import (Device, Round, SecAggMember, SecAggMessage, SecAggRelay,
+                                   SecAggRound, Task)
 from aggregation_server.errors import ApiError
 from aggregation_server.storage import sha256_hex
 from aggregation_server.strategy import (AggregationUnavailable, RoundInputs, StoredUpdate,
                                          Tensors, register_mean)
 from aggregation_server.accounting import device_noise_stddev
-from federated import privacy
-from federated.secagg import (LateMessageError, MessageError, ReplayError, RoundAbandoned,
-                              SecAggError, SecAggServerRound, unflatten)
+from federated import identity, privacy
+from federated.secagg import (ABORT_REASONS, LateMessageError, MessageError, ReplayError,
+                              RoundAbandoned, SecAggError, SecAggServerRound, unflatten)
 from federated.secagg import RoundConfig as ProtocolConfig
 
 if TYPE_CHECKING:
     from aggregation_server.rounds import RoundService
 
 log = logging.getLogger("aggregation_server.secure")
-PHASES = ("advertise", "share", "masked", "unmask")
+PHASES = ("advertise", "share", "masked", "consistency", "unmask")
 ORDER = (*PHASES, "done")
-LATER = {"advertise": 3, "share": 2, "masked": 1, "unmask": 0}  # phases after each
+LATER = {"advertise": 4, "share": 3, "masked": 2, "consistency": 1, "unmask": 0}  # after each
 CLOSE = {"advertise": ("close_advertise", "keys", "share"),
          "share": ("close_share_keys", "shares", "masked"),
-         "masked": ("close_masked_input", "unmask", "unmask")}
-RELAY_PHASE = {"keys": "share", "shares": "masked", "unmask": "unmask"}  # served from
+         "masked": ("close_masked_input", "consistency", "consistency"),
+         "consistency": ("close_consistency", "unmask", "unmask")}
+RELAY_PHASE = {"keys": "share", "shares": "masked", "consistency": "consistency",
+               "unmask": "unmask"}  # served from
+CAUSES = ("device_aborts", "dropouts", "sum_out_of_range")  # why a secure round is abandoned
 MAX_JSON_BYTES = 1 << 20
 MEAN_FORMAT = "private-keyboard/secagg-mean-1"
 
@@ -108,10 +119,10 @@ class SecureRounds:
     # ----- opening and check-in (called inside RoundService's transactions) ----------------
     def open(self, s: Session, r: Round, config: RoundConfig) -> None:
         """Fix the protocol's public config for a new round (n = its capacity)."""
+        _, degree, threshold = config.secagg_shape
         protocol = ProtocolConfig.create(
             r.id, r.capacity, self.service.num_params, config.clip_norm,
-            device_noise_stddev(config), dropout_rate=config.secagg_planned_dropout,
-            corrupt_rate=config.secagg_corrupt_rate)
+            device_noise_stddev(config), degree=degree, threshold=threshold)
         protocol = replace(protocol, min_clients=min(protocol.num_clients,
                                                      max(protocol.min_clients, r.minimum)))
         s.add(SecAggRound(round_id=r.id, config=protocol.to_dict(), phase="advertise",
@@ -150,13 +161,15 @@ class SecureRounds:
 
     # ----- device messages -------------------------------------------------------------------
     def receive(self, device_id: str, round_id: int, phase: str, body: bytes) -> dict:
-        """Take one device's message for `phase` (masked: safetensors bytes, else JSON)."""
+        """Take one device's message for `phase` (masked: safetensors bytes, else JSON;
+        "abort": an abort notice, taken in whatever phase the round is in)."""
         self.service.tick()
         with self.service.db.read() as s:
             earlier = self._earlier(s, round_id, device_id, phase, body)
             if earlier is not None:
                 return earlier
             r, row, client = self._member(s, round_id, device_id)
+            phase = row.phase if phase == "abort" and row.phase in PHASES else phase
             self._check_phase(r, row, phase)
             limit = ProtocolConfig.from_dict(row.config).max_masked_bytes \
                 if phase == "masked" else MAX_JSON_BYTES
@@ -180,6 +193,8 @@ class SecureRounds:
             row = s.get(SecAggRound, round_id, with_for_update=True, populate_existing=True)
             self._check_phase(r, row, phase)  # it may have closed meanwhile
             srv = self._state(s, row)
+            if phase == "advertise":  # the key its signatures are checked with
+                srv.identity_keys[client] = self._identity_key(s, device_id)
             was_out = client in srv.dropped
             try:
                 if path:
@@ -190,6 +205,8 @@ class SecureRounds:
             except SecAggError as err:
                 error = err
             excluded = not was_out and client in srv.dropped
+            if srv.aborts and len(srv.aborts) != sum((row.aborts or {}).values()):
+                row.aborts = dict(Counter(srv.aborts.values()))
             if error is None or excluded:
                 s.add(SecAggMessage(round_id=round_id, phase=phase, client_id=client,
                                     body=None if path else _text(body), path=path,
@@ -309,6 +326,7 @@ class SecureRounds:
         try:
             result = srv.finish()
         except RoundAbandoned as err:
+            self._set_cause(round_id, "device_aborts" if srv.aborts else "dropouts")
             raise AggregationUnavailable(f"secure aggregation could not unmask the sum: "
                                          f"{err.reason}") from None
         config, n = RoundConfig.from_dict(r.config), len(result.survivors)
@@ -316,6 +334,7 @@ class SecureRounds:
                                        svc.num_params)
         norm = float(np.linalg.norm(result.total))
         if not norm <= limit:
+            self._set_cause(round_id, "sum_out_of_range")
             raise AggregationUnavailable(
                 f"the unmasked sum of {n} updates has L2 norm {norm:.4g}, over {n} times the "
                 f"bound of one update ({limit:.4g} in all): a device sent out-of-range values")
@@ -325,6 +344,40 @@ class SecureRounds:
         log.info("secagg_unmasked", extra={"round_id": round_id, "survivors": n,
                                            "dropped": len(result.dropped)})
         return n
+
+    def _set_cause(self, round_id: int, cause: str) -> None:
+        with self.service.db.write() as s:
+            s.get(SecAggRound, round_id, with_for_update=True).cause = cause
+
+    @staticmethod
+    def _identity_key(s: Session, device_id: str) -> bytes:
+        """The raw Ed25519 public key the device bound when it enrolled."""
+        return identity.unb64(s.get(Device, device_id).identity_key, "identity_key", 32)
+
+    @staticmethod
+    def _identity_keys(s: Session, round_id: int) -> dict[int, bytes]:
+        """Every member's identity key, by protocol client id."""
+        rows = s.execute(select(SecAggMember.client_id, Device.identity_key)
+                         .join(Device, Device.id == SecAggMember.device_id)
+                         .where(SecAggMember.round_id == round_id)).all()
+        return {client: identity.unb64(key, "identity_key", 32) for client, key in rows}
+
+    @staticmethod
+    def outcomes(s: Session) -> dict:
+        """What the operator sees of secure rounds: how many were abandoned and why, and how
+        often devices aborted, by reason (`federated.secagg.ABORT_REASONS`)."""
+        rows = s.execute(select(Round.state, SecAggRound.cause, SecAggRound.aborts)
+                         .join(SecAggRound, SecAggRound.round_id == Round.id)).all()
+        causes = dict.fromkeys((*CAUSES, "other"), 0)
+        aborts: Counter[str] = Counter()
+        for state, cause, counts in rows:
+            if state == "abandoned":
+                causes[cause if cause in CAUSES else "other"] += 1
+            aborts.update(counts or {})
+        return {"rounds": len(rows), "abandoned": sum(causes.values()),
+                "abandoned_by_cause": causes,
+                "device_aborts": {code: aborts.get(code, 0) for code in ABORT_REASONS},
+                "abort_reasons": dict(ABORT_REASONS)}
 
     # ----- protocol state ------------------------------------------------------------------------
     def _member(self, s: Session, round_id: int, device_id: str) -> tuple[Round, SecAggRound, int]:
@@ -380,6 +433,7 @@ class SecureRounds:
             relays = getattr(srv, method)()
         except RoundAbandoned as err:
             row.phase, row.reason = "abandoned", f"secure aggregation, {phase} phase: {err.reason}"
+            row.cause = "device_aborts" if srv.aborts else "dropouts"
             return
         for client, relay in relays.items():
             s.add(SecAggRelay(round_id=r.id, kind=kind, client_id=client,
@@ -419,7 +473,8 @@ class SecureRounds:
 
     def _rebuild(self, s: Session, row: SecAggRound) -> SecAggServerRound:
         """Replay the stored messages, phase by phase, closing each phase the round closed."""
-        srv = SecAggServerRound(ProtocolConfig.from_dict(row.config))
+        srv = SecAggServerRound(ProtocolConfig.from_dict(row.config),
+                                self._identity_keys(s, row.round_id))
         messages = s.scalars(select(SecAggMessage).where(SecAggMessage.round_id == row.round_id)
                              .order_by(SecAggMessage.id)).all()
         closed = min(ORDER.index(row.phase) if row.phase in ORDER else 0, len(CLOSE))

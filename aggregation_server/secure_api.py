@@ -1,7 +1,8 @@
 """The secure-aggregation endpoints under `/v1/rounds/<round_id>/secagg/` (device auth).
 
 Devices send each phase's message and poll for what the server relays once the phase has
-closed (202 with `retry_after` until then). Every refusal is a JSON error: 400 malformed
+closed (202 with `retry_after` until then); a device that leaves the round because what it
+was relayed is inconsistent says why at `abort` (one of `federated.secagg.ABORT_REASONS`). Every refusal is a JSON error: 400 malformed
 (the sender is excluded from the round, as the protocol says), 403 not a participant, 404 no
 such round, 409 replayed / late / wrong phase / round closed, 413 too large, 415 wrong
 content type, 422 a well-formed message that breaks the protocol (sender excluded).
@@ -68,6 +69,16 @@ def masked(round_id: int):
                                             _body("application/octet-stream"))), 202
 
 
+@secagg.get("/consistency")
+def survivors(round_id: int):
+    return _get(round_id, "consistency")
+
+
+@secagg.post("/consistency")
+def consistency(round_id: int):
+    return _post(round_id, "consistency")
+
+
 @secagg.get("/unmask")
 def unmask_request(round_id: int):
     return _get(round_id, "unmask")
@@ -76,3 +87,8 @@ def unmask_request(round_id: int):
 @secagg.post("/unmask")
 def unmask(round_id: int):
     return _post(round_id, "unmask")
+
+
+@secagg.post("/abort")
+def abort(round_id: int):
+    return _post(round_id, "abort")

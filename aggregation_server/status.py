@@ -63,6 +63,7 @@ def build_status(service: RoundService) -> dict[str, Any]:
         abandoned = s.scalar(select(func.count()).select_from(Round)
                              .where(Round.state == "abandoned"))
         spent = service.epsilon_max(s, config)
+        secure = service.secure.outcomes(s)
     histogram: dict[str, int] = {}
     for _, n in per_device:
         histogram[str(n)] = histogram.get(str(n), 0) + 1
@@ -73,6 +74,7 @@ def build_status(service: RoundService) -> dict[str, Any]:
         "blocked_reason": state.blocked_reason,
         "round": round_json(rounds[0]) if rounds else None,
         "rounds_closed": done, "rounds_abandoned": abandoned,
+        "secure_aggregation": secure,
         "devices": {"enrolled": enrolled, "participants": len(per_device),
                     "participations": histogram},
         "model": {"version": latest.version, "sha256": latest.sha256,
@@ -127,4 +129,6 @@ def gauges(service: RoundService) -> dict[str, Any]:
             "pk_epsilon_spent_max": st["privacy"]["epsilon_spent_max"],
             "pk_epsilon_spent_max_model_users": st["privacy"]["epsilon_spent_max_model_users"],
             "pk_epsilon_budget": -1 if budget is None else budget,
-            "pk_aggregation_failed_attempts": (r.get("aggregation") or {}).get("attempts", 0)}
+            "pk_aggregation_failed_attempts": (r.get("aggregation") or {}).get("attempts", 0),
+            "pk_secagg_rounds_abandoned": st["secure_aggregation"]["abandoned_by_cause"],
+            "pk_secagg_device_aborts": st["secure_aggregation"]["device_aborts"]}

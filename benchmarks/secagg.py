@@ -4,7 +4,8 @@ device against a plain float32 upload, and the server's unmasking time.
     .venv/bin/python benchmarks/secagg.py [--rounds 10:auto,50:auto,100:auto,100:10] [--repeats 3]
 
 Each round is simulated in full, in one process and one thread: n real `SecAggClient`s
-and one `SecAggServerRound`, every message through its wire form (JSON or safetensors).
+(each with its Ed25519 identity key) and one `SecAggServerRound`, every message through
+its wire form (JSON or safetensors), the consistency round (signed survivor lists) included.
 A tenth of the clients (every 10th id) drop out after sharing their keys, before sending
 a masked input: the costly case for the server, which must then reconstruct their mask
 keys and remove their pairwise masks from their surviving neighbours' inputs. The degree
@@ -27,9 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cryptography  # noqa: E402
 import numpy as np  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 from federated.privacy import noise_stddev, privatize  # noqa: E402
-from federated.secagg import RoundConfig, SecAggClient, SecAggServerRound, flatten  # noqa: E402
+from federated.secagg import (RoundConfig, SecAggClient, SecAggServerRound, crypto,  # noqa: E402
+                              flatten)
 from federated.secagg.messages import MaskedInput  # noqa: E402
 from federated.wire import Update, encode_update  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
@@ -58,11 +61,14 @@ def run_round(n: int, degree: int | None, shapes, repeats: int) -> dict:
     stddev = noise_stddev(1.0, 1.0, n)
     d = sum(int(np.prod(s)) for s in shapes.values())
     config = RoundConfig.create(1, n, d, clip_norm=1.0, noise_stddev=stddev, degree=degree)
-    server = SecAggServerRound(config)
-    clients = {i: SecAggClient(config, i) for i in range(1, n + 1)}
+    identities = {i: Ed25519PrivateKey.generate() for i in range(1, n + 1)}
+    server = SecAggServerRound(config, {i: crypto.identity_bytes(key)
+                                        for i, key in identities.items()})
+    clients = {i: SecAggClient(config, i, identity=identities[i]) for i in range(1, n + 1)}
     sent = {i: 0 for i in clients}
     received = {i: len(json.dumps(config.to_dict())) for i in clients}
-    times: dict[str, list[float]] = {"advertise": [], "share": [], "mask": [], "unmask": []}
+    times: dict[str, list[float]] = {"advertise": [], "share": [], "mask": [], "consistency": [],
+                                     "unmask": []}
 
     def step(i: int, name: str, make, relay=None):
         if relay is not None:
@@ -97,6 +103,9 @@ def run_round(n: int, degree: int | None, shapes, repeats: int) -> dict:
         step(i, "mask", lambda: c.masked_input(relays[i], vector), relays[i])
     relays = server.close_masked_input()
     for i in relays:
+        step(i, "consistency", lambda: clients[i].consistency(relays[i]), relays[i])
+    relays = server.close_consistency()
+    for i in relays:
         step(i, "unmask", lambda: clients[i].unmask(relays[i]), relays[i])
     unmask_times, result = [], None
     for _ in range(repeats):
@@ -110,8 +119,7 @@ def run_round(n: int, degree: int | None, shapes, repeats: int) -> dict:
         "n": n, "degree": config.degree, "threshold": config.threshold, "dropped": len(dropped),
         "dimension": d, "bits": config.encoding.bits,
         "mask_s": statistics.median(times["mask"]),
-        "device_total_s": statistics.median(times["advertise"]) + statistics.median(times["share"])
-        + statistics.median(times["mask"]) + statistics.median(times["unmask"]),
+        "device_total_s": sum(statistics.median(times[k]) for k in times),
         "sent_bytes": statistics.median(sent[i] for i in survivors),
         "received_bytes": statistics.median(received[i] for i in survivors),
         "plain_upload_bytes": plain_bytes,

@@ -2,8 +2,13 @@
 noised update, take part in the round's protocol (`federated.secagg.SecAggClient`) so that
 the server learns only the sum of the round's updates, never this one.
 
-advertise keys -> (wait) keys relay -> send encrypted shares -> (wait) shares relay ->
-send the masked update -> (wait) unmask request -> send the shares that remove the masks.
+advertise keys (signed with the device's identity key) -> (wait) keys relay -> send
+encrypted shares -> (wait) shares relay -> send the masked update -> (wait) the list of
+survivors -> sign it -> (wait) unmask request with the neighbours' signatures -> send the
+shares that remove the masks. If what the server relays is inconsistent (a neighbour's keys
+not signed by it, a device reported dropped coming back, signatures of a different list),
+the device stops without revealing anything more, tells the server why, and raises
+`SecureRoundError` with that reason in plain words (what the app shows).
 
 Each wait polls the server with the `retry_after` it gives, until the round's deadline;
 the whole exchange blocks the caller (a device restarted mid-round has lost its keys and
@@ -18,8 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from federated.secagg import (KeysRelay, RoundConfig, SecAggClient, SecAggError, SharesRelay,
-                              UnmaskRequest, flatten)
+from federated.secagg import (AbortNotice, ConsistencyRequest, KeysRelay, RoundAborted,
+                              RoundConfig, SecAggClient, SecAggError, SharesRelay, UnmaskRequest,
+                              flatten)
 from federated.wire import Update
 from keyboard_app.client import ServerRejected, ServerUnavailable, SyncClient
 
@@ -91,7 +97,8 @@ class SecureUpload:
             raise SecureRoundError(f"update has {flat.size} values, the round expects "
                                    f"{self.task.config.dimension}")
         try:
-            device = SecAggClient(self.task.config, self.task.client_id)
+            device = SecAggClient(self.task.config, self.task.client_id,
+                                  identity=self.client.identity_key)
             self._send("advertise", device.advertise_keys().to_dict())
             keys = KeysRelay.from_dict(self._fetch("keys"))
             self._send("shares", device.share_keys(keys).to_dict())
@@ -100,9 +107,16 @@ class SecureUpload:
             self.on_sending_masked(len(masked))
             self._send("masked", masked=masked)
             self.on_masked(len(masked))
+            survivors = ConsistencyRequest.from_dict(self._fetch("consistency"))
+            self._send("consistency", device.consistency(survivors).to_dict())
             request = UnmaskRequest.from_dict(self._fetch("unmask"))
             self._check_survivors(request)
             self._send("unmask", device.unmask(request).to_dict())
+        except RoundAborted as err:  # an inconsistent view: the round fails, nothing revealed
+            self._tell_abort(err.code)
+            raise SecureRoundError(f"round {self.round_id}: this device stopped secure "
+                                   f"aggregation and revealed nothing more: {err.reason}.") \
+                from None
         except SecAggError as err:  # a relay this device will not act on, or a refusal
             raise SecureRoundError(f"round {self.round_id}: {type(err).__name__}: {err}") from None
         return len(masked)
@@ -117,6 +131,14 @@ class SecureUpload:
                 f"round {self.round_id}: the server asked to unmask a sum of "
                 f"{len(request.survivors) + 1} inputs; this device's noise needs at least "
                 f"{self.min_survivors}")
+
+    def _tell_abort(self, code: str) -> None:
+        """Tell the server why this device left (once; the operator counts the reasons)."""
+        notice = AbortNotice(self.round_id, self.task.client_id, code).to_dict()
+        try:
+            self.client.secagg_send(self.round_id, "abort", message=notice)
+        except (ServerUnavailable, ServerRejected) as err:
+            log.info("round %s: abort notice not delivered: %s", self.round_id, err)
 
     def _send(self, step: str, message: dict | None = None, masked: bytes | None = None) -> None:
         """Deliver one message, retrying while the server is unreachable. The server answers

@@ -53,6 +53,7 @@ import requests
 
 from data import Device, load_split
 from federated import privacy
+from federated.secagg.params import max_overcommit
 from keyboard_app.privacy_policy import DevicePolicy
 from model.paths import PRETRAINED_MODEL, ROOT, TOKENIZER_PATH
 from model.schedule import SCHEDULES
@@ -143,8 +144,14 @@ class FleetConfig:
         """The server's round config (admin API) for this fleet."""
         overcommit = self.overcommit or (1.3 if self.dropout == 0 else
                                          min(10.0, max(1.3, 2.0 / (1.0 - self.dropout))))
-        if self.secure_aggregation and self.overcommit is None:
-            overcommit = min(overcommit, 1.6)  # more: t above the target (config refused)
+        if self.secure_aggregation and self.overcommit is None:  # else t above the target
+            overcommit = max_overcommit(self.devices_per_round, overcommit)
+            if overcommit * (1.0 - self.dropout) < 1.0:
+                raise FleetError(
+                    f"secure rounds of {self.devices_per_round} devices can hand out only "
+                    f"{overcommit:g} times as many tasks (SecAgg's threshold), too few to "
+                    f"cover a dropout of {self.dropout:g}: use more devices per round, less "
+                    "dropout, or --overcommit with plain rounds")
         weighting = self.weighting or ("examples" if self.noise_multiplier == 0
                                        and not self.secure_aggregation else "uniform")
         return {

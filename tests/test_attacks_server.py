@@ -144,7 +144,7 @@ def test_reported_epsilon_is_not_the_one_against_the_server(start_server):
     assert "no privacy guarantee (no noise)" in server.http.get(server.url + "/").text
 
 
-def _secure_round_through(members, phases=("advertise", "share", "mask", "unmask")) -> None:
+def _secure_round_through(members, phases=("advertise", "share", "mask", "sign", "unmask")) -> None:
     for phase in phases:
         for member in members:
             accepted(getattr(member, phase)())

@@ -115,6 +115,6 @@ def test_a_secure_round_is_not_unmasked_over_fewer_inputs_than_the_noise_was_siz
     from federated.secagg import UnmaskRequest
     from keyboard_app.secure_upload import SecureRoundError, SecureUpload, parse_task
     upload = SecureUpload(None, parse_task(secure_task(n=6, minimum=5)), min_survivors=5)
-    upload._check_survivors(UnmaskRequest(4, (2, 3, 4, 5), (6,)))  # 5 inputs in the sum
+    upload._check_survivors(UnmaskRequest(4, (2, 3, 4, 5), (6,), {}))  # 5 inputs in the sum
     with pytest.raises(SecureRoundError, match="unmask a sum of 3 inputs"):
-        upload._check_survivors(UnmaskRequest(4, (2, 3), (4, 5, 6)))
+        upload._check_survivors(UnmaskRequest(4, (2, 3), (4, 5, 6), {}))

@@ -1,7 +1,8 @@
 """Raw text never leaves the device.
 
 Three devices, each a real `federated` chat user, take part in two rounds with the real
-server. They only know the address of a TCP relay on loopback that records every byte
+server, plain rounds in one test and secure-aggregation rounds (the default) in the other.
+They only know the address of a TCP relay on loopback that records every byte
 they send before passing it on, so nothing they send can go around the recording. The
 test then parses that byte stream back into HTTP requests, decodes every body (JSON,
 safetensors header and metadata), and shows that
@@ -12,7 +13,10 @@ safetensors header and metadata), and shows that
   any decoding of them;
 - every uploaded tensor is exactly the clipped, noised update: the server's own copy of
   the round's global model, trained on the device's history with the round's settings,
-  minus the global model, clipped to C, plus the noise of the device's seeded generator.
+  minus the global model, clipped to C, plus the noise of the device's seeded generator;
+- in secure rounds, every message of every phase (signed keys, encrypted shares, the
+  masked update, the signature of the survivors, the unmasking shares) is exactly a
+  protocol message: fixed fields of ids and fixed-length binary, nothing else.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from device_model.checkpoint import weights_from_bytes
 from device_model.lstm import NumpyLSTM
 from device_model.train import TrainConfig, train
 from federated.privacy import clip, privatize
+from federated.secagg import message_from_json
 from federated.wire import decode_update, l2_norm, tensors_from_bytes
 from keyboard_app.eligibility import Eligibility, EligibilitySettings
 from keyboard_app.history import HistoryStore
@@ -48,6 +53,10 @@ ROUNDS = {"target_reports": 3, "min_reports": 3, "overcommit": 1.0, "retry_after
 # tiny rounds (3 reports, z = 0.3): looser than a phone's default policy, so set in code
 POLICY = DevicePolicy.relaxed(min_noise_multiplier=0.3, max_clip_norm=0.5, min_reports=3,
                               epsilon_budget=None)
+SECURE_ROUNDS = {**ROUNDS, "secure_aggregation": True, "round_seconds": 120.0,
+                 "secagg_phase_seconds": 15.0}
+SECAGG_MESSAGES = {"advertise": "advertise_keys", "shares": "share_keys",
+                   "consistency": "consistency_response", "unmask": "unmask_response"}
 PERSONAL_WORD = "zorblatquux"  # a word only these devices know, learned by their personal layer
 SECRETS = ["call me at 0612 345 678 tonight", "my address is jane.doe@example.org ok",
            f"dinner with {PERSONAL_WORD.title()} at eight"]
@@ -186,11 +195,8 @@ def histories():
     return [d.messages + SECRETS for d in senders]
 
 
-def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp_path,
-                                                              histories):
-    torch.set_num_threads(1)
-    server = start_server(round=ROUNDS)
-    relay = RecordingRelay(int(server.url.rsplit(":", 1)[1]))
+def devices_behind(relay: RecordingRelay, server, tmp_path, histories) -> list[DeviceRuntime]:
+    """One device runtime per history, knowing only the relay's address."""
     devices = []
     for i, messages in enumerate(histories):
         history = HistoryStore(":memory:", retention_days=None)
@@ -204,15 +210,65 @@ def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp
                                      enrolment_code=server.enrolment_code(),
                                      eligibility=eligibility, rng=np.random.default_rng(100 + i),
                                      train_seed=i, poll_seconds=0.05, policy=POLICY))
+    return devices
+
+
+def take_part(devices: list[DeviceRuntime], rounds: int = 2) -> None:
+    """Each device in its own thread until it has uploaded in `rounds` rounds (a secure
+    round's devices go through its phases together)."""
+    uploads = {i: 0 for i in range(len(devices))}
+    deadline = time.monotonic() + 240
+
+    def run(i: int) -> None:
+        while uploads[i] < rounds and time.monotonic() < deadline:
+            if devices[i].run_once().outcome == "uploaded":
+                uploads[i] += 1
+            else:
+                time.sleep(0.05)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(devices))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert min(uploads.values()) == rounds, f"devices stalled: {uploads}"
+
+
+def assert_no_text(sent: list[dict], relay: RecordingRelay, histories, tmp_path) -> None:
+    """No 3-word run of any message, no secret, no personal word, in any view of any
+    request; the personal word was on every device all along."""
+    everything = [m for h in histories for m in h]
+    for request in sent:
+        assert leaks(everything, decodings(request)) == [], request["raw"][:300]
+    blob = b"".join(bytes(s) for s in relay.streams)
+    for secret in (b"0612", b"345 678", b"jane.doe", b"example.org"):
+        assert secret not in blob
+    assert PERSONAL_WORD.encode() not in blob.lower()  # the personal layer's word stays home
+    for request in sent:
+        assert not any(PERSONAL_WORD in view.lower() for view in decodings(request))
+    for i in range(len(histories)):
+        assert PersonalStore(tmp_path / f"device{i}" / "personal.sqlite").model.unigrams[
+            PERSONAL_WORD] == 1
+
+
+def assert_plain_bodies(sent: list[dict]) -> None:
+    """JSON bodies outside the protocol say nothing but which model (and, once, who enrols);
+    GETs carry no body."""
+    for request in sent:
+        if request["method"] == "POST" and "/secagg/" not in request["path"]:
+            assert set(json.loads(request["body"])) <= {"model_version", "enrolment_code",
+                                                        "identity_key"}
+        if request["method"] == "GET":
+            assert request["body"] == b""
+
+
+def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp_path,
+                                                              histories):
+    torch.set_num_threads(1)
+    server = start_server(round=ROUNDS)
+    relay = RecordingRelay(int(server.url.rsplit(":", 1)[1]))
+    devices = devices_behind(relay, server, tmp_path, histories)
     try:
-        uploads = {i: 0 for i in range(3)}
-        deadline = time.monotonic() + 120
-        while min(uploads.values()) < 2:
-            assert time.monotonic() < deadline, f"devices stalled: {uploads}"
-            for i, device in enumerate(devices):
-                if uploads[i] < 2 and device.run_once().outcome == "uploaded":
-                    uploads[i] += 1
-            time.sleep(0.05)
+        take_part(devices)
         server.wait_for(lambda st: st["rounds_closed"] >= 2, what="two rounds aggregated")
     finally:
         relay.close()
@@ -226,24 +282,8 @@ def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp
     assert len(puts) == 6
 
     # 1. No text: no 3-word run of any message, no secret, in any view of any request.
-    everything = [m for h in histories for m in h]
-    for request in sent:
-        assert leaks(everything, decodings(request)) == [], request["raw"][:300]
-    for request in sent:  # JSON bodies say nothing but which model (and, once, who enrols)
-        if request["method"] == "POST":
-            assert set(json.loads(request["body"])) <= {"model_version", "enrolment_code",
-                                                        "identity_key"}
-        if request["method"] == "GET":
-            assert request["body"] == b""
-    blob = b"".join(bytes(s) for s in relay.streams)
-    for secret in (b"0612", b"345 678", b"jane.doe", b"example.org"):
-        assert secret not in blob
-    assert PERSONAL_WORD.encode() not in blob.lower()  # the personal layer's word stays home
-    for request in sent:
-        assert not any(PERSONAL_WORD in view.lower() for view in decodings(request))
-    for i in range(3):
-        assert PersonalStore(tmp_path / f"device{i}" / "personal.sqlite").model.unigrams[
-            PERSONAL_WORD] == 1  # it was on every device all along
+    assert_no_text(sent, relay, histories, tmp_path)
+    assert_plain_bodies(sent)
 
     # 2. The tensors are exactly the clipped, noised difference, recomputed here from the
     #    server's own copy of each round's model and the round settings.
@@ -273,3 +313,46 @@ def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp
         noise = np.concatenate([(update.tensors[k] - clipped[k]).ravel() for k in clipped])
         assert noise.std() == pytest.approx(stddev, rel=0.05)
         assert update.num_examples == len(kept) and update.metrics == {}
+
+
+def test_no_raw_text_leaves_in_any_phase_of_a_secure_round(start_server, tmp_path, histories):
+    """The same devices and relay, in two secure rounds: every message of every phase is
+    recorded and searched the same way, and each is exactly a protocol message."""
+    torch.set_num_threads(1)
+    server = start_server(round=SECURE_ROUNDS)
+    relay = RecordingRelay(int(server.url.rsplit(":", 1)[1]))
+    devices = devices_behind(relay, server, tmp_path, histories)
+    try:
+        take_part(devices)
+        st = server.wait_for(lambda st: st["rounds_closed"] >= 2, what="two rounds aggregated")
+    finally:
+        relay.close()
+    assert all(r["secure_aggregation"] for r in st["rounds"] if r["state"] == "closed")
+
+    sent = [r for stream in relay.streams for r in parse_requests(bytes(stream))]
+    secagg = [r for r in sent if "/secagg/" in r["path"]]
+    steps = [(r["method"], r["path"].rsplit("/", 1)[1]) for r in secagg]
+    for step in ("advertise", "shares", "consistency", "unmask"):  # 3 devices, 2 rounds each
+        assert steps.count(("POST", step)) == 6, steps
+    assert steps.count(("PUT", "masked")) == 6
+    assert {("GET", s) for s in ("keys", "shares", "consistency", "unmask")} <= set(steps)
+    assert not [r for r in sent if r["path"].endswith("/update")]  # never a plain update
+
+    # 1. No text, in any view of any request of any phase.
+    assert_no_text(sent, relay, histories, tmp_path)
+    assert_plain_bodies(sent)
+
+    # 2. Each phase's message is exactly a protocol message: the strict parser takes it
+    #    (fixed fields: ids and fixed-length binary), and the masked update's safetensors
+    #    metadata names only its format, round and client.
+    for request in secagg:
+        step = request["path"].rsplit("/", 1)[1]
+        if request["method"] == "POST":
+            message = message_from_json(request["body"])
+            assert message.TYPE == SECAGG_MESSAGES[step], request["raw"][:300]
+            assert json.loads(request["body"]) == message.to_dict()  # nothing else in it
+        elif request["method"] == "PUT":
+            size = int.from_bytes(request["body"][:8], "little")
+            header = json.loads(request["body"][8:8 + size])
+            assert set(header) == {"masked", "__metadata__"}
+            assert set(header["__metadata__"]) == {"format", "round_id", "client_id"}

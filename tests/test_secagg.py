@@ -9,23 +9,31 @@ import pytest
 from safetensors.numpy import save as st_save
 from scipy import stats
 
-from federated.secagg import (AdvertiseKeys, FixedPoint, KeysRelay, LateMessageError, MaskedInput,
-                              MessageError, ProtocolError, RefusedRequest, ReplayError,
-                              RoundAbandoned, RoundConfig, SecAggClient, SecAggServerRound,
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from federated.secagg import (AbortNotice, AdvertiseKeys, ConsistencyRequest, FixedPoint,
+                              KeysRelay, LateMessageError, MaskedInput, MessageError,
+                              ProtocolError, RefusedRequest, ReplayError, RoundAbandoned,
+                              RoundAborted, RoundConfig, SecAggClient, SecAggServerRound,
                               ShareKeys, UnmaskRequest, UnmaskResponse, choose_degree, flatten,
                               message_from_dict, message_from_json, neighbourhoods, unflatten)
 from federated.secagg import crypto, shamir
 from federated.secagg.encoding import EncodingError
 from federated.secagg.graph import neighbours
-from federated.secagg.params import hiding_problem
+from federated.secagg.params import hiding_problem, max_overcommit, round_shape
 
 MAX_BYTES = 1 << 24
-PHASES = ("advertise", "share", "masked", "unmask")
+PHASES = ("advertise", "share", "masked", "consistency", "unmask")
 
 
 def det_bytes(seed: int):
     """Deterministic randomness, so statistical tests cannot flake."""
     return random.Random(seed).randbytes
+
+
+def identity(seed: int) -> Ed25519PrivateKey:
+    """A device's identity key (deterministic, as `det_bytes`)."""
+    return Ed25519PrivateKey.from_private_bytes(random.Random(-seed).randbytes(32))
 
 
 class Sim:
@@ -36,9 +44,11 @@ class Sim:
                  noise: float = 0.05):
         self.config = RoundConfig.create(3, n, d, clip_norm=clip, noise_stddev=noise,
                                          degree=degree, graph_seed=bytes([seed]) * 32)
-        self.server = SecAggServerRound(self.config)
-        self.clients = {i: SecAggClient(self.config, i, det_bytes(1000 * seed + i))
-                        for i in range(1, n + 1)}
+        self.identities = {i: identity(1000 * seed + i) for i in range(1, n + 1)}
+        self.server = SecAggServerRound(self.config, {
+            i: crypto.identity_bytes(key) for i, key in self.identities.items()})
+        self.clients = {i: SecAggClient(self.config, i, det_bytes(1000 * seed + i), identity=key)
+                        for i, key in self.identities.items()}
         rng = np.random.default_rng(seed)
         self.updates = updates or {i: rng.normal(0, 0.05, d).astype(np.float32)
                                    for i in self.clients}
@@ -63,6 +73,9 @@ class Sim:
                 self.send(i, client.share_keys(KeysRelay.from_dict(self.requests[i].to_dict())))
             elif name == "masked":
                 self.send(i, client.masked_input(self.requests[i], self.updates[i]))
+            elif name == "consistency":
+                self.send(i, client.consistency(
+                    ConsistencyRequest.from_dict(self.requests[i].to_dict())))
             else:
                 self.send(i, client.unmask(UnmaskRequest.from_dict(self.requests[i].to_dict())))
         if close:
@@ -70,7 +83,8 @@ class Sim:
 
     def close(self, name: str):
         closer = {"advertise": self.server.close_advertise, "share": self.server.close_share_keys,
-                  "masked": self.server.close_masked_input, "unmask": self.server.finish}[name]
+                  "masked": self.server.close_masked_input,
+                  "consistency": self.server.close_consistency, "unmask": self.server.finish}[name]
         out = closer()
         self.requests = out if isinstance(out, dict) else {}
         return out
@@ -111,16 +125,18 @@ def test_up_to_n_minus_t_dropouts_at_each_phase(phase):
     sim = Sim(10, degree=9)  # t = 6: four may drop
     dropped = {2, 5, 7, 10}
     result = sim.run({phase: dropped})
-    expected = set(range(1, 11)) - (dropped if phase != "unmask" else set())
+    late = phase in ("consistency", "unmask")  # their masked inputs are in the sum
+    expected = set(range(1, 11)) - (set() if late else dropped)
     assert set(result.survivors) == expected
     sim.check_sum(result)
-    if phase != "unmask":
+    if not late:
         assert all("dropped out" in result.dropped[c] for c in dropped)
 
 
 def test_sparse_graph_dropouts_in_every_phase():
     sim = Sim(24, degree=8)  # t = 5 of 9 holders
-    result = sim.run({"advertise": {1}, "share": {4}, "masked": {9, 17}, "unmask": {12, 20}})
+    result = sim.run({"advertise": {1}, "share": {4}, "masked": {9, 17}, "consistency": {6},
+                      "unmask": {12, 20}})
     assert set(result.survivors) == set(range(1, 25)) - {1, 4, 9, 17}
     sim.check_sum(result)
 
@@ -160,53 +176,109 @@ def test_wrap_around_edges_all_clients_at_the_bound():
 # ---------------------------------------------------------------- refusals
 
 def _to_unmask(sim: Sim) -> None:
-    for name in PHASES[:3]:
+    for name in PHASES[:4]:
         sim.phase(name)
 
 
-def test_client_refuses_requests_that_reveal_both_shares():
+def _aborts(call, code: str) -> RoundAborted:
+    with pytest.raises(RoundAborted) as info:
+        call()
+    assert info.value.code == code, info.value
+    return info.value
+
+
+@pytest.mark.parametrize("forge, code", [
+    (lambda r, p: UnmaskRequest(3, r.survivors, (p[0],), r.signatures), "request_mismatch"),
+    (lambda r, p: UnmaskRequest(3, r.survivors, (1,), r.signatures), "request_mismatch"),
+    (lambda r, p: UnmaskRequest(3, r.survivors[:-1], (), r.signatures), "request_mismatch"),
+    (lambda r, p: UnmaskRequest(3, r.survivors[:3], r.survivors[3:], r.signatures),
+     "request_mismatch"),
+    (lambda r, p: UnmaskRequest(3, r.survivors, r.dropped, dict(list(r.signatures.items())[:4])),
+     "too_few_signatures"),
+    (lambda r, p: UnmaskRequest(3, r.survivors, r.dropped, r.signatures | {p[0]: bytes(64)}),
+     "inconsistent_survivors"),
+])
+def test_client_aborts_an_inconsistent_unmask_request_and_reveals_nothing(forge, code):
+    sim = Sim(10, degree=9)
+    _to_unmask(sim)
+    client, request = sim.clients[1], sim.requests[1]
+    forged = forge(request, list(request.survivors))
+    aborted = _aborts(lambda: client.unmask(forged), code)
+    assert aborted.reason in str(aborted) and "(" in str(aborted)  # plain words + details
+    with pytest.raises(RoundAborted):
+        client.unmask(request)  # the genuine request too: it left the round for good
+
+
+def test_client_answers_one_unmask_request():
     sim = Sim(10, degree=9)
     _to_unmask(sim)
     client, request = sim.clients[1], sim.requests[1]
     peers = list(request.survivors)
-    both = UnmaskRequest(3, tuple(peers), (peers[0],))
-    with pytest.raises(RefusedRequest, match="both as survivors and as dropped"):
-        client.unmask(both)
-    with pytest.raises(RefusedRequest, match="lists this client"):
-        client.unmask(UnmaskRequest(3, tuple(peers), (1,)))
-    with pytest.raises(RefusedRequest, match="partition"):
-        client.unmask(UnmaskRequest(3, tuple(peers[:-1]), ()))
-    with pytest.raises(RefusedRequest, match="neighbours survived"):
-        client.unmask(UnmaskRequest(3, tuple(peers[:3]), tuple(peers[3:])))
     answer = client.unmask(request)
     assert set(answer.seed_shares) == set(peers) | {1} and answer.key_shares == {}
     assert client.unmask(request) == answer  # a retry gets the same answer
     # Asking again with a peer now "dropped" would reveal its key share after its seed share.
     with pytest.raises(RefusedRequest, match="already answered"):
-        client.unmask(UnmaskRequest(3, tuple(peers[1:]), (peers[0],)))
+        client.unmask(UnmaskRequest(3, tuple(peers[1:]), (peers[0],), request.signatures))
+
+
+@pytest.mark.parametrize("survivors, code", [
+    (lambda s: s - {1}, "not_a_survivor"),
+    (lambda s: s - {4, 5, 6, 7, 8}, "too_few_survivors"),
+    (lambda s: s | {11}, "wrong_neighbours"),
+])
+def test_client_signs_only_a_survivor_list_that_agrees_with_what_it_saw(survivors, code):
+    sim = Sim(10, degree=9)
+    for name in PHASES[:3]:
+        sim.phase(name)
+    listed = tuple(sorted(survivors(set(sim.requests[1].survivors))))
+    _aborts(lambda: sim.clients[1].consistency(ConsistencyRequest(3, listed)), code)
+
+
+def test_client_aborts_when_a_reported_dropout_comes_back():
+    """Client 4 sent no shares (it dropped out in the share phase, so its neighbours were
+    told): a survivor list that names it is a lie."""
+    sim = Sim(10, degree=9)
+    sim.phase("advertise")
+    sim.phase("share", drop={4})
+    sim.phase("masked")
+    listed = tuple(sorted(set(sim.requests[1].survivors) | {4}))
+    _aborts(lambda: sim.clients[1].consistency(ConsistencyRequest(3, listed)), "dropout_revived")
 
 
 def test_lying_server_cannot_get_both_secrets_of_a_client():
-    """Telling half the neighbours that client 1 survived and half that it dropped yields
-    fewer than t shares of each of its secrets (t > (k + 1) / 2)."""
+    """The server shows half the clients a survivor list with client 1 and half a list
+    without it (to get its seed from the first half and its mask key from the second).
+    Each half signs its own list; neither the relayed signatures of the other list nor its
+    own too few signatures let the second half reveal anything (t = 6 of 10)."""
     sim = Sim(10, degree=9)
-    _to_unmask(sim)
-    others = list(range(2, 11))
+    for name in PHASES[:3]:
+        sim.phase(name)
+    everyone = set(sim.requests[1].survivors)
+    told_alive, told_dropped = {1, 2, 4, 6, 8, 10}, {3, 5, 7, 9}
+    lists = {v: tuple(sorted(everyone if v in told_alive else everyone - {1})) for v in everyone}
+    signed = {v: sim.clients[v].consistency(ConsistencyRequest(3, lists[v])).signature
+              for v in everyone}
     seeds, keys = {}, {}
-    for v in others:
-        client = sim.clients[v]
-        survivors = set(sim.requests[v].survivors)
-        if v % 2:  # these are told 1 dropped
-            reply = client.unmask(UnmaskRequest(3, tuple(sorted(survivors - {1})), (1,)))
-            keys.update({v: reply.key_shares[1]})
-        else:
-            reply = client.unmask(sim.requests[v])
-            seeds.update({v: reply.seed_shares[1]})
-    t = sim.config.threshold
-    assert len(seeds) < t and len(keys) < t
-    mask_public = sim.server.keys[1][1]
-    assert shamir.recover(keys, len(keys), lambda s: crypto.public_bytes(
-        crypto.X25519PrivateKey.from_private_bytes(s)) == mask_public) is None
+    for v in told_alive - {1}:
+        same = {u: signed[u] for u in told_alive - {v}}
+        reply = sim.clients[v].unmask(UnmaskRequest(3, tuple(sorted(everyone - {v})), (), same))
+        seeds[v] = reply.seed_shares[1]
+    for v in told_dropped:  # the alive half's signatures are on a different list
+        others = tuple(sorted(everyone - {1, v}))
+        _aborts(lambda v=v, o=others: sim.clients[v].unmask(UnmaskRequest(
+            3, o, (1,), {u: signed[u] for u in everyone - {1, v}})), "inconsistent_survivors")
+    fresh = Sim(10, degree=9)  # the same lie, relaying only the second half's signatures
+    for name in PHASES[:3]:
+        fresh.phase(name)
+    for v in told_dropped:
+        fresh.clients[v].consistency(ConsistencyRequest(3, tuple(sorted(everyone - {1}))))
+    sigs = {v: fresh.clients[v]._sign_survivors() for v in told_dropped}
+    for v in told_dropped:
+        others = tuple(sorted(everyone - {1, v}))
+        _aborts(lambda v=v, o=others: fresh.clients[v].unmask(UnmaskRequest(
+            3, o, (1,), {u: sigs[u] for u in told_dropped - {v}})), "too_few_signatures")
+    assert len(seeds) + 1 >= sim.config.threshold and keys == {}  # seed only: still masked
 
 
 def test_client_refuses_bad_key_relays():
@@ -215,20 +287,76 @@ def test_client_refuses_bad_key_relays():
     me = 1
     request = sim.requests[me]
     outsider = next(v for v in range(2, 21) if v not in sim.config.graph[me])
-    fake = dict(request.keys)
-    fake[outsider] = sim.server.keys[outsider]
-    with pytest.raises(ProtocolError, match="non-neighbours"):
-        sim.clients[me].share_keys(KeysRelay(3, fake))
-    replayed = dict(request.keys)
-    first = next(iter(replayed))
-    replayed[first] = (sim.server.keys[me][0], replayed[first][1])  # the client's own key back
-    with pytest.raises(ProtocolError, match="not all distinct"):
-        sim.clients[me].share_keys(KeysRelay(3, replayed))
-    with pytest.raises(ProtocolError, match="neighbours advertised"):
-        sim.clients[me].share_keys(KeysRelay(3, dict(list(request.keys.items())[:1])))
+    first = next(iter(request.keys))
     with pytest.raises(ProtocolError, match="round"):
         sim.clients[me].share_keys(KeysRelay(4, request.keys))
-    sim.clients[me].share_keys(request)  # the genuine relay still works after the refusals
+    with pytest.raises(ProtocolError, match="neighbours advertised"):
+        sim.clients[me].share_keys(KeysRelay(3, dict(list(request.keys.items())[:1])))
+    replayed = dict(request.keys)
+    replayed[first] = replayed[first]._replace(cipher_key=sim.server.keys[me].cipher_key)
+    with pytest.raises(RoundAborted, match="not signed"):  # re-signed by nobody
+        sim.clients[me].share_keys(KeysRelay(3, replayed))
+    sim = Sim(20, degree=6)
+    sim.phase("advertise")
+    with pytest.raises(ProtocolError, match="not all distinct"):  # its own key back, signed
+        key = sim.identities[first]
+        peer = request.keys[first]
+        bad = sim.server.keys[me].cipher_key
+        signed = peer._replace(cipher_key=bad, signature=crypto.sign(
+            key, b"advertise", sim.config.context, first.to_bytes(4, "big") + bad
+            + peer.mask_key))
+        sim.clients[me].share_keys(KeysRelay(3, sim.requests[me].keys | {first: signed}))
+    sim.clients[me].share_keys(sim.requests[me])  # the genuine relay still works after that
+    for forge, code in [
+            (lambda keys: keys | {outsider: sim.server.keys[outsider]}, "wrong_neighbours"),
+            (lambda keys: keys | {first: keys[first]._replace(
+                identity_key=crypto.identity_bytes(identity(99)))}, "impersonation"),
+            (lambda keys: keys | {first: keys[first]._replace(
+                identity_key=crypto.identity_bytes(sim.identities[me]))}, "impersonation")]:
+        fresh = Sim(20, degree=6)
+        fresh.phase("advertise")
+        relay = fresh.requests[me]
+        _aborts(lambda: fresh.clients[me].share_keys(KeysRelay(3, forge(relay.keys))), code)
+        with pytest.raises(RoundAborted):
+            fresh.clients[me].share_keys(relay)  # aborted for good
+
+
+def test_server_refuses_unsigned_keys_and_survivor_signatures():
+    sim = Sim(10, degree=9)
+    genuine = sim.clients[2].advertise_keys()
+    forged = AdvertiseKeys(3, 2, genuine.cipher_key, genuine.mask_key,
+                           crypto.sign(identity(77), b"advertise", sim.config.context,
+                                       b"anything"))
+    with pytest.raises(ProtocolError, match="not signed by its identity key"):
+        sim.server.receive(2, forged)
+    assert "excluded" in sim.server.dropped[2]
+    other = Sim(10, degree=9, seed=1)
+    with pytest.raises(ProtocolError, match="no identity key is bound"):
+        SecAggServerRound(other.config).receive(3, other.clients[3].advertise_keys())
+    sim.phase("advertise")
+    sim.phase("share")
+    sim.phase("masked")
+    wrong = sim.clients[5].consistency(ConsistencyRequest(3, sim.server.survivors[1:]))
+    with pytest.raises(ProtocolError, match="signature does not verify"):
+        sim.server.receive(5, wrong)
+    sim.phase("consistency")
+    sim.phase("unmask")
+    assert 5 in sim.server.result.survivors and 2 not in sim.server.result.survivors
+    sim.check_sum(sim.server.result)
+
+
+def test_aborts_are_counted_and_named_when_the_round_fails():
+    sim = Sim(10, degree=9)
+    for name in PHASES[:3]:
+        sim.phase(name)
+    for v in range(1, 6):  # five of ten leave: t = 6 cannot be met
+        sim.send(v, AbortNotice(3, v, "inconsistent_survivors"))
+    with pytest.raises(ReplayError):
+        sim.send(1, AbortNotice(3, 1, "inconsistent_survivors"))
+    assert sim.server.aborts == {v: "inconsistent_survivors" for v in range(1, 6)}
+    sim.phase("consistency", close=False)
+    with pytest.raises(RoundAbandoned, match="devices aborted: 5 inconsistent_survivors"):
+        sim.close("consistency")
 
 
 # ---------------------------------------------------------------- malformed, late, replayed
@@ -240,9 +368,11 @@ def test_replayed_late_and_misaddressed_messages_change_nothing():
     with pytest.raises(ReplayError, match="already sent"):
         sim.send(1, first)
     with pytest.raises(ProtocolError, match="round 99"):
-        sim.server.receive(2, AdvertiseKeys(99, 2, first.cipher_key, first.mask_key))
+        sim.server.receive(2, AdvertiseKeys(99, 2, first.cipher_key, first.mask_key,
+                                            first.signature))
     with pytest.raises(ProtocolError, match="sent by client 3"):
-        sim.server.receive(3, AdvertiseKeys(3, 2, first.cipher_key, first.mask_key))
+        sim.server.receive(3, AdvertiseKeys(3, 2, first.cipher_key, first.mask_key,
+                                            first.signature))
     for i in range(2, 10):
         sim.send(i, sim.clients[i].advertise_keys())
     sim.close("advertise")  # client 10 dropped out
@@ -258,6 +388,7 @@ def test_replayed_late_and_misaddressed_messages_change_nothing():
     late = sim.clients[8].masked_input(relay, sim.updates[8])  # after the deadline
     with pytest.raises(LateMessageError, match="client 8 is out"):
         sim.send(8, late)
+    sim.phase("consistency")
     sim.phase("unmask")
     result = sim.server.result
     assert 8 not in result.survivors and 1 in result.survivors and 1 not in result.dropped
@@ -268,7 +399,7 @@ def test_malformed_keys_exclude_the_client_and_the_round_goes_on():
     sim = Sim(10, degree=9)
     low_order = bytes(32)  # the zero point: small order
     with pytest.raises(MessageError, match="small-order"):
-        sim.server.receive(4, AdvertiseKeys(3, 4, low_order, bytes(range(32))))
+        sim.server.receive(4, AdvertiseKeys(3, 4, low_order, bytes(range(32)), bytes(64)))
     assert "excluded" in sim.server.dropped[4]
     result = sim.run()
     assert 4 not in result.survivors and len(result.survivors) == 9
@@ -286,6 +417,7 @@ def test_malformed_bodies_exclude_the_sender():
     with pytest.raises(MessageError, match="over the"):
         sim.server.receive_masked_input(7, bytes(sim.config.max_masked_bytes + 1))
     sim.phase("masked")
+    sim.phase("consistency")
     sim.phase("unmask")
     result = sim.server.result
     assert {2, 5, 7}.isdisjoint(result.survivors) and len(result.survivors) == 7
@@ -304,6 +436,7 @@ def test_malformed_share_keys_exclude_the_client():
         sim.server.receive(3, good)  # excluded: even the good one is now refused
     sim.phase("share")
     sim.phase("masked")
+    sim.phase("consistency")
     sim.phase("unmask")
     assert 3 not in sim.server.result.survivors
     sim.check_sum(sim.server.result)
@@ -316,6 +449,7 @@ def test_malformed_masked_input_excludes_the_client_and_its_masks_are_removed():
     with pytest.raises(MessageError, match="uint32 of shape"):
         sim.server.receive(6, MaskedInput(3, 6, np.zeros(63, np.uint32)))
     sim.phase("masked")  # everyone else masks with 6, so its key must be reconstructed
+    sim.phase("consistency")
     sim.phase("unmask")
     assert 6 not in sim.server.result.survivors
     sim.check_sum(sim.server.result)
@@ -344,18 +478,27 @@ def test_bad_unmask_shares_are_outvoted_or_excluded():
     ({"type": "advertise_keys", "round_id": 1, "client_id": 1, "cipher_key": "AA=="},
      "missing fields"),
     ({"type": "advertise_keys", "round_id": True, "client_id": 1, "cipher_key": "",
-      "mask_key": ""}, "round_id must be an integer"),
+      "mask_key": "", "signature": ""}, "round_id must be an integer"),
     ({"type": "advertise_keys", "round_id": 1, "client_id": 0, "cipher_key": "",
-      "mask_key": ""}, "client_id must be an integer in 1"),
+      "mask_key": "", "signature": ""}, "client_id must be an integer in 1"),
     ({"type": "advertise_keys", "round_id": 1, "client_id": 1, "cipher_key": "@@@@",
-      "mask_key": ""}, "not valid base64"),
+      "mask_key": "", "signature": ""}, "not valid base64"),
     ({"type": "advertise_keys", "round_id": 1, "client_id": 1, "cipher_key": "AAAA",
-      "mask_key": ""}, "must be 32 bytes"),
+      "mask_key": "", "signature": ""}, "must be 32 bytes"),
+    ({"type": "keys_relay", "round_id": 1, "keys": {"2": {"cipher_key": "", "mask_key": ""}}},
+     "exactly"),
+    ({"type": "consistency_response", "round_id": 1, "client_id": 1, "signature": "AAAA"},
+     "must be 64 bytes"),
+    ({"type": "abort", "round_id": 1, "client_id": 1, "reason": "my password is hunter2"},
+     "abort reason must be one of"),
+    ({"type": "abort", "round_id": 1, "client_id": 1, "reason": ["x"]},
+     "abort reason must be one of"),
     ({"type": "share_keys", "round_id": 1, "client_id": 1, "seed_commitment": "A" * 43 + "=",
       "ciphertexts": {"01": ""}}, "not a client id"),
     ({"type": "share_keys", "round_id": 1, "client_id": 1, "seed_commitment": "A" * 43 + "=",
       "ciphertexts": {"2": "AAAA"}}, "must be 160 bytes"),
-    ({"type": "unmask_request", "round_id": 1, "survivors": [2, 2], "dropped": []}, "repeated"),
+    ({"type": "unmask_request", "round_id": 1, "survivors": [2, 2], "dropped": [],
+      "signatures": {}}, "repeated"),
     ({"type": "unmask_response", "round_id": 1, "client_id": 1,
       "seed_shares": {"2": "A" * 88}, "key_shares": {"2": "A" * 88}}, "both shares"),
     ({"type": "unmask_response", "round_id": 1, "client_id": 1,
@@ -517,11 +660,21 @@ def test_every_chosen_degree_keeps_inputs_hidden():
         assert hiding_problem(n, k, t) is None, (n, dropout, corrupt, k, t)
 
 
+def test_secure_rounds_cannot_hand_out_much_more_than_twice_their_target():
+    """t > (k + 1) / 2 of the capacity: at twice the target, t is above it (the server
+    refuses such a config); `max_overcommit` keeps room for the planned dropouts."""
+    assert round_shape(10, 13) == (13, 12, 7)  # the defaults
+    assert round_shape(10, 20)[2] == 11 > 10
+    assert max_overcommit(20, 2.22) == 1.75 and round_shape(20, 35)[2] == 18
+    assert max_overcommit(2, 4.0) == 1.5 and round_shape(2, 3) == (3, 2, 2)
+    assert max_overcommit(10, 1.3) == 1.3  # below the limit: unchanged
+
+
 def test_client_refuses_a_config_that_exposes_its_input():
     good = RoundConfig.create(1, 10, 8, clip_norm=1.0, noise_stddev=0.1)
     bad = RoundConfig.from_dict(good.to_dict() | {"threshold": 1, "min_clients": 1})
     with pytest.raises(RefusedRequest, match="will not take part.*at least 6"):
-        SecAggClient(bad, 1)
+        SecAggClient(bad, 1, identity=identity(1))
 
 
 def test_choose_degree_grows_like_log_n():

@@ -24,8 +24,9 @@ from conftest import task_noise
 from aggregation_server.db import SecAggMessage, SecAggRound, Task
 from aggregation_server.openapi import openapi_document
 from federated.privacy import privatize
-from federated.secagg import (KeysRelay, MaskedInput, MessageError, SecAggClient, SharesRelay,
-                              UnmaskRequest, flatten, message_from_json)
+from federated.secagg import (ConsistencyRequest, KeysRelay, MaskedInput, MessageError,
+                              SecAggClient, SharesRelay, UnmaskRequest, flatten,
+                              message_from_json)
 from federated.secagg import RoundConfig as ProtocolConfig
 from federated.wire import Update
 from keyboard_app.client import ServerRejected, SyncClient
@@ -52,7 +53,7 @@ class Member:
         self.round_id = self.task["round_id"]
         self.config = ProtocolConfig.from_dict(self.task["secagg"]["config"])
         self.id = self.task["secagg"]["client_id"]
-        self.device = SecAggClient(self.config, self.id)
+        self.device = SecAggClient(self.config, self.id, identity=self.creds.key)
         rng = np.random.default_rng(index)
         raw = {k: rng.normal(0, 0.05, s).astype(np.float32) for k, s in server.shapes.items()}
         self.update, _ = privatize(raw, self.task["clip_norm"], task_noise(self.task),
@@ -93,6 +94,10 @@ class Member:
     def mask(self):
         return self.put_masked(self.device.masked_input(
             SharesRelay.from_dict(self.relay("shares")), self.flat()).to_bytes())
+
+    def sign(self):
+        return self.post("consistency", self.device.consistency(
+            ConsistencyRequest.from_dict(self.relay("consistency"))).to_dict())
 
     def unmask(self):
         self.answer = self.device.unmask(UnmaskRequest.from_dict(self.relay("unmask"))).to_dict()
@@ -276,7 +281,7 @@ def test_unmasked_sum_is_the_plain_sum_despite_dropouts_in_every_phase(start_ser
     a = start_server(round=secure_round(7, 4))
     b = start_server(data_dir=a.data_dir, round=secure_round(7, 4))
     results = run_fleet([a, b], tmp_path, 7, stops={1: "shares", 3: "masked", 5: "unmask"},
-                        answers={"share": 6, "masked": 5, "unmask": 4})
+                        answers={"share": 6, "masked": 5, "consistency": 5, "unmask": 4})
     outcome = {i: r[0] for i, r in results.items()}
     assert [outcome[i] for i in (0, 2, 4, 6)] == ["done"] * 4, outcome
     assert outcome[1] == "dropped out before shares", outcome
@@ -361,6 +366,8 @@ def test_late_replayed_and_out_of_phase_messages_are_refused_and_change_nothing(
         first.config.dimension, first.config.encoding.dtype)).to_bytes()), 409, "late")
     assert stored(server, rid)[0] == before[0] + 3
     for m in members[:3]:
+        accepted(m.sign())
+    for m in members[:3]:
         accepted(m.unmask())
     st = server.wait_for(lambda st: st["model"]["version"] == 1, what="round closed")
     assert st["rounds"][0]["reports"] == 3
@@ -389,10 +396,9 @@ def test_malformed_messages_exclude_the_sender_and_the_round_goes_on(start_serve
     wrong = MaskedInput(rid, bad_masked.id, good.masked[:-1]).to_bytes()  # one value short
     refused(bad_masked.put_masked(wrong), 400, "malformed_message", "excluded")
     refused(members[4].post("unmask", b"{not json"), 409, "wrong_phase")
-    for m in (members[0], members[2], members[4]):
-        accepted(m.mask())
-    for m in (members[0], members[2], members[4]):
-        accepted(m.unmask())
+    for step in ("mask", "sign", "unmask"):
+        for m in (members[0], members[2], members[4]):
+            accepted(getattr(m, step)())
     st = server.wait_for(lambda st: st["model"]["version"] == 1, what="round closed")
     assert st["rounds"][0]["reports"] == 3
     expect_new_model(server, [members[i].update for i in (0, 2, 4)],
@@ -416,7 +422,7 @@ def test_stored_round_data_does_not_reveal_an_update(start_server):
     for phase in ("advertise", "share", "mask"):
         for m in members:
             accepted(getattr(m, phase)())
-    assert stored(server, rid)[1] == "unmask"
+    assert stored(server, rid)[1] == "consistency"
     with service(server).db.read() as s:
         rows = s.scalars(select(SecAggMessage).where(SecAggMessage.round_id == rid)).all()
         tasks = s.scalars(select(Task).where(Task.round_id == rid)).all()
@@ -437,11 +443,13 @@ def test_stored_round_data_does_not_reveal_an_update(start_server):
     assert stats.ks_2samp(at_bound, zeros).pvalue > 1e-4
     plain = config.encoding.encode(members[0].flat())
     assert stats.ks_2samp(at_bound, plain).pvalue < 1e-10  # the test would see an update
-    for m in members:
-        accepted(m.unmask())
+    for step in ("sign", "unmask"):
+        for m in members:
+            accepted(getattr(m, step)())
     # what stops such a device: all its values at the bound make the unmasked sum too long
     st = server.wait_for(lambda st: st["rounds"][0]["state"] == "abandoned", what="abandoned")
     assert "over 4 times the bound of one update" in st["rounds"][0]["reason"]
+    assert st["secure_aggregation"]["abandoned_by_cause"]["sum_out_of_range"] == 1
     assert not (server.data_dir / "updates" / str(rid)).exists()
 
 
@@ -453,7 +461,7 @@ def test_secure_tasks_and_the_plain_path_by_configuration(start_server):
     config = ProtocolConfig.from_dict(task["secagg"]["config"])
     assert config.num_clients == 3 and config.dimension == sum(
         int(np.prod(s)) for s in server.shapes.values())
-    assert task["secagg"]["advertise_by"] == pytest.approx(task["deadline"] - 3 * 15.0)
+    assert task["secagg"]["advertise_by"] == pytest.approx(task["deadline"] - 4 * 15.0)
     assert server.task(device) == task  # asking again: the same task and client id
     assert server.set_config(secure_aggregation=False).status_code == 200
     assert server.training("stop").status_code == 200

@@ -7,6 +7,9 @@
   nor redirect a share.
 - Mask generator (PRG): the AES-256-CTR keystream under a 32-byte seed, read as uint32 or
   uint64 words. Each seed is fresh per round and purpose, so the all-zero nonce is safe.
+- Signatures: Ed25519 under the device's long-lived identity key (bound to the device when
+  it enrols), over a label naming the purpose, the round's context and the signed data:
+  a device signs its advertised keys and, before unmasking, the set of survivors.
 """
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ import os
 from collections.abc import Callable
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -27,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
+SIGNATURE_BYTES = 64
 LABEL = b"private-keyboard/secagg/v1/"
 RandomBytes = Callable[[int], bytes]
 
@@ -86,6 +91,37 @@ def decrypt(key: bytes, blob: bytes, associated: bytes) -> bytes | None:
 def commitment(context: bytes, secret: bytes) -> bytes:
     """SHA-256 commitment to a uniformly random 32-byte secret (hides it, binds to it)."""
     return hashlib.sha256(LABEL + b"commit/" + context + b"/" + secret).digest()
+
+
+def identity_bytes(key: Ed25519PrivateKey) -> bytes:
+    """The 32-byte raw Ed25519 public key of an identity key."""
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def check_identity_key(data: bytes) -> str | None:
+    """Why `data` is not a usable Ed25519 public key, or None if it is."""
+    if len(data) != KEY_BYTES:
+        return f"identity key must be {KEY_BYTES} bytes, got {len(data)}"
+    try:
+        Ed25519PublicKey.from_public_bytes(data)
+    except ValueError:
+        return "identity key is not an Ed25519 public key"
+    return None
+
+
+def sign(key: Ed25519PrivateKey, purpose: bytes, context: bytes, data: bytes) -> bytes:
+    """The 64-byte Ed25519 signature of (purpose, round context, data)."""
+    return key.sign(LABEL + b"sign/" + purpose + b"/" + context + b"/" + data)
+
+
+def verify(public: bytes, purpose: bytes, context: bytes, data: bytes, signature: bytes) -> bool:
+    """Whether `signature` is `sign(key, purpose, context, data)` for the key of `public`."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(
+            signature, LABEL + b"sign/" + purpose + b"/" + context + b"/" + data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 _zeros = bytearray()

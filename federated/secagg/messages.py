@@ -7,13 +7,17 @@ a well-formed message is acceptable now (round, phase, sender, neighbours) is ch
 the receiver (`SecAggServerRound`, `SecAggClient`), which raises `ProtocolError`.
 
 Flow (server relays; clients never talk to each other directly):
-  client -> server   AdvertiseKeys      two X25519 public keys
-  server -> client   KeysRelay          the neighbours' public keys
-  client -> server   ShareKeys          seed commitment + encrypted shares, one per neighbour
-  server -> client   SharesRelay        the shares addressed to this client
-  client -> server   MaskedInput        the masked update (safetensors)
-  server -> client   UnmaskRequest      which neighbours survived and which dropped
-  client -> server   UnmaskResponse     seed shares of survivors, key shares of dropped
+  client -> server   AdvertiseKeys        two X25519 public keys, signed with its identity key
+  server -> client   KeysRelay            the neighbours' keys, identity keys and signatures
+  client -> server   ShareKeys            seed commitment + encrypted shares, one per neighbour
+  server -> client   SharesRelay          the shares addressed to this client
+  client -> server   MaskedInput          the masked update (safetensors)
+  server -> client   ConsistencyRequest   the set of survivors (clients whose input is summed)
+  client -> server   ConsistencyResponse  its signature of that set
+  server -> client   UnmaskRequest        which neighbours survived and which dropped, with
+                                          the neighbours' signatures of the same set
+  client -> server   UnmaskResponse       seed shares of survivors, key shares of dropped
+  client -> server   AbortNotice          instead of any message: why it left the round
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -57,6 +61,37 @@ class LateMessageError(ProtocolError):
 
 class RefusedRequest(SecAggError):
     """An honest client's refusal of a server request (e.g. one revealing both shares of a peer)."""
+
+
+class RoundAborted(ProtocolError):
+    """A device's refusal to go on: what the server relayed is not a consistent view of the
+    round (a tampered relay, a forged or missing signature, a lie about who dropped out).
+    The device reveals nothing more in this round. `code` is one of `ABORT_REASONS`;
+    `reason` the plain sentence for people; the message adds the protocol details."""
+
+    def __init__(self, code: str, detail: str):
+        self.code, self.reason = code, ABORT_REASONS[code]
+        super().__init__(f"{self.reason} ({detail})")
+
+
+ABORT_REASONS = {
+    "impersonation": "keys relayed for another device were not signed by that device, so "
+                     "someone may be posing as it",
+    "wrong_neighbours": "the server relayed messages of devices that are not this device's "
+                        "neighbours in the round",
+    "dropout_revived": "the server listed as a survivor a device it had earlier reported as "
+                       "dropped out",
+    "not_a_survivor": "the server left this device out of the survivors although it accepted "
+                      "its masked update",
+    "too_few_survivors": "too few devices survived for this device's update to stay hidden "
+                         "in their sum",
+    "inconsistent_survivors": "other devices' signatures do not match the list of survivors "
+                              "this device was shown: the server showed devices different "
+                              "lists, or relayed a forged signature",
+    "too_few_signatures": "too few devices confirmed the same list of survivors",
+    "request_mismatch": "the server's unmasking request does not match the list of survivors "
+                        "this device confirmed",
+}
 
 
 class RoundAbandoned(SecAggError):
@@ -138,52 +173,76 @@ def _ciphertext(value: Any, what: str) -> bytes:
     return _bytes(value, what, CIPHERTEXT_BYTES)
 
 
+def _signature(value: Any, what: str) -> bytes:
+    return _bytes(value, what, crypto.SIGNATURE_BYTES)
+
+
 # ---------------------------------------------------------------- messages
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Phase 0, client -> server: the public keys for share encryption and for masking."""
+    """Phase 0, client -> server: the public keys for share encryption and for masking,
+    signed with the device's identity key (`client.advertise_signed_data`)."""
 
     round_id: int
     client_id: int
     cipher_key: bytes
     mask_key: bytes
+    signature: bytes
     TYPE = "advertise_keys"
 
     def to_dict(self) -> dict:
         return {"type": self.TYPE, "round_id": self.round_id, "client_id": self.client_id,
-                "cipher_key": _b64(self.cipher_key), "mask_key": _b64(self.mask_key)}
+                "cipher_key": _b64(self.cipher_key), "mask_key": _b64(self.mask_key),
+                "signature": _b64(self.signature)}
 
     @classmethod
     def from_dict(cls, data: Any) -> AdvertiseKeys:
-        d = _fields(data, cls.TYPE, {"round_id", "client_id", "cipher_key", "mask_key"})
+        d = _fields(data, cls.TYPE, {"round_id", "client_id", "cipher_key", "mask_key",
+                                     "signature"})
         return cls(_int(d["round_id"], "round_id"), _int(d["client_id"], "client_id", 1),
-                   _key(d["cipher_key"], "cipher_key"), _key(d["mask_key"], "mask_key"))
+                   _key(d["cipher_key"], "cipher_key"), _key(d["mask_key"], "mask_key"),
+                   _signature(d["signature"], "signature"))
+
+
+class PeerKeys(NamedTuple):
+    """A neighbour's advertised keys, its identity key (bound when it enrolled) and its
+    signature of the advertised keys."""
+
+    cipher_key: bytes
+    mask_key: bytes
+    identity_key: bytes
+    signature: bytes
+
+
+PEER_FIELDS = tuple(PeerKeys._fields)
 
 
 @dataclass(frozen=True)
 class KeysRelay:
-    """Phase 1, server -> client: (cipher_key, mask_key) of each neighbour that advertised."""
+    """Phase 1, server -> client: the keys of each neighbour that advertised."""
 
     round_id: int
-    keys: dict[int, tuple[bytes, bytes]]
+    keys: dict[int, PeerKeys]
     TYPE = "keys_relay"
 
     def to_dict(self) -> dict:
         return {"type": self.TYPE, "round_id": self.round_id,
-                "keys": {str(v): {"cipher_key": _b64(c), "mask_key": _b64(s)}
-                         for v, (c, s) in sorted(self.keys.items())}}
+                "keys": {str(v): {f: _b64(getattr(p, f)) for f in PEER_FIELDS}
+                         for v, p in sorted(self.keys.items())}}
 
     @classmethod
     def from_dict(cls, data: Any) -> KeysRelay:
         d = _fields(data, cls.TYPE, {"round_id", "keys"})
 
-        def pair(item: Any, what: str) -> tuple[bytes, bytes]:
-            if not isinstance(item, dict) or set(item) != {"cipher_key", "mask_key"}:
-                raise MessageError(f"{what} must be an object with cipher_key and mask_key")
-            return _key(item["cipher_key"], f"{what}.cipher_key"), _key(item["mask_key"],
-                                                                         f"{what}.mask_key")
-        return cls(_int(d["round_id"], "round_id"), _id_map(d["keys"], "keys", pair))
+        def peer(item: Any, what: str) -> PeerKeys:
+            if not isinstance(item, dict) or set(item) != set(PEER_FIELDS):
+                raise MessageError(f"{what} must be an object with exactly {list(PEER_FIELDS)}")
+            return PeerKeys(_key(item["cipher_key"], f"{what}.cipher_key"),
+                            _key(item["mask_key"], f"{what}.mask_key"),
+                            _key(item["identity_key"], f"{what}.identity_key"),
+                            _signature(item["signature"], f"{what}.signature"))
+        return cls(_int(d["round_id"], "round_id"), _id_map(d["keys"], "keys", peer))
 
 
 @dataclass(frozen=True)
@@ -270,23 +329,65 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
+class ConsistencyRequest:
+    """Phase 3, server -> client: the round's survivors, every client whose masked input is
+    in the sum (the same list for every client; each signs it)."""
+
+    round_id: int
+    survivors: tuple[int, ...]
+    TYPE = "consistency_request"
+
+    def to_dict(self) -> dict:
+        return {"type": self.TYPE, "round_id": self.round_id, "survivors": list(self.survivors)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ConsistencyRequest:
+        d = _fields(data, cls.TYPE, {"round_id", "survivors"})
+        return cls(_int(d["round_id"], "round_id"), _id_list(d["survivors"], "survivors"))
+
+
+@dataclass(frozen=True)
+class ConsistencyResponse:
+    """Phase 3, client -> server: its signature of the survivors (`client.survivors_data`)."""
+
+    round_id: int
+    client_id: int
+    signature: bytes
+    TYPE = "consistency_response"
+
+    def to_dict(self) -> dict:
+        return {"type": self.TYPE, "round_id": self.round_id, "client_id": self.client_id,
+                "signature": _b64(self.signature)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ConsistencyResponse:
+        d = _fields(data, cls.TYPE, {"round_id", "client_id", "signature"})
+        return cls(_int(d["round_id"], "round_id"), _int(d["client_id"], "client_id", 1),
+                   _signature(d["signature"], "signature"))
+
+
+@dataclass(frozen=True)
 class UnmaskRequest:
-    """Phase 3, server -> client: which neighbours sent a masked input and which did not."""
+    """Phase 4, server -> client: which neighbours sent a masked input and which did not,
+    and the signatures of the survivors by the neighbours that signed them."""
 
     round_id: int
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    signatures: dict[int, bytes]
     TYPE = "unmask_request"
 
     def to_dict(self) -> dict:
         return {"type": self.TYPE, "round_id": self.round_id,
-                "survivors": sorted(self.survivors), "dropped": sorted(self.dropped)}
+                "survivors": sorted(self.survivors), "dropped": sorted(self.dropped),
+                "signatures": {str(v): _b64(g) for v, g in sorted(self.signatures.items())}}
 
     @classmethod
     def from_dict(cls, data: Any) -> UnmaskRequest:
-        d = _fields(data, cls.TYPE, {"round_id", "survivors", "dropped"})
+        d = _fields(data, cls.TYPE, {"round_id", "survivors", "dropped", "signatures"})
         return cls(_int(d["round_id"], "round_id"), _id_list(d["survivors"], "survivors"),
-                   _id_list(d["dropped"], "dropped"))
+                   _id_list(d["dropped"], "dropped"),
+                   _id_map(d["signatures"], "signatures", _signature))
 
 
 @dataclass(frozen=True)
@@ -315,8 +416,32 @@ class UnmaskResponse:
                    seeds, keys)
 
 
+@dataclass(frozen=True)
+class AbortNotice:
+    """Client -> server, in place of its message for the current phase: it left the round
+    without revealing anything more, and why (a code of `ABORT_REASONS`, never free text)."""
+
+    round_id: int
+    client_id: int
+    reason: str
+    TYPE = "abort"
+
+    def to_dict(self) -> dict:
+        return {"type": self.TYPE, "round_id": self.round_id, "client_id": self.client_id,
+                "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> AbortNotice:
+        d = _fields(data, cls.TYPE, {"round_id", "client_id", "reason"})
+        if not isinstance(d["reason"], str) or d["reason"] not in ABORT_REASONS:
+            raise MessageError(f"abort reason must be one of {sorted(ABORT_REASONS)}")
+        return cls(_int(d["round_id"], "round_id"), _int(d["client_id"], "client_id", 1),
+                   d["reason"])
+
+
 JSON_MESSAGES = {m.TYPE: m for m in (AdvertiseKeys, KeysRelay, ShareKeys, SharesRelay,
-                                     UnmaskRequest, UnmaskResponse)}
+                                     ConsistencyRequest, ConsistencyResponse, UnmaskRequest,
+                                     UnmaskResponse, AbortNotice)}
 
 
 def message_from_dict(data: Any):

@@ -2,6 +2,7 @@
 (`hiding_problem`) that says whether its (n, k, t) keep one device's input hidden."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -13,6 +14,29 @@ from federated.secagg.messages import MessageError, _b64, _bytes, _int
 
 SEED_BYTES = 32
 MAX_CLIENTS = 100_000
+DROPOUT_RATE = 0.1  # dropouts a server plans for by default (`secagg_dropout_rate`)
+
+
+def round_shape(target: int, capacity: int, dropout_rate: float = DROPOUT_RATE,
+                corrupt_rate: float = 0.0) -> tuple[int, int, int]:
+    """(n, k, t) of a server's secure round that hands out `capacity` tasks and waits for
+    `target` reports: n = capacity client ids; k and t from `graph.choose_degree`, counting
+    the tasks that may never be handed out (capacity above the target) as dropouts."""
+    planned = min(0.9, dropout_rate + 1.0 - target / capacity)
+    return (capacity, *graph.choose_degree(capacity, planned, corrupt_rate))
+
+
+def max_overcommit(target: int, wanted: float, dropout_rate: float = DROPOUT_RATE,
+                   corrupt_rate: float = 0.0) -> float:
+    """The largest overcommit up to `wanted` whose secure round still finishes when the
+    planned share of the target drops out after advertising keys (t at most the target less
+    those, and at least 2): t > (k + 1) / 2 of the capacity, so a secure round cannot hand
+    out much more than twice its target (the server refuses t above the target)."""
+    limit = max(2, target - math.ceil(target * dropout_rate))
+    for capacity in range(max(target, math.ceil(target * wanted - 1e-9)), target, -1):
+        if round_shape(target, capacity, dropout_rate, corrupt_rate)[2] <= limit:
+            return capacity / target
+    return 1.0
 
 
 def hiding_problem(num_clients: int, degree: int, threshold: int,
@@ -94,14 +118,14 @@ class RoundConfig:
     def create(cls, round_id: int, num_clients: int, dimension: int, clip_norm: float,
                noise_stddev: float, dropout_rate: float = 0.1, corrupt_rate: float = 0.0,
                min_clients: int | None = None, degree: int | None = None,
-               graph_seed: bytes | None = None) -> RoundConfig:
-        """A config with k, t from `graph.choose_degree` (or the given degree, t > (k+1)/2)
-        and the encoding from `FixedPoint.choose`."""
+               graph_seed: bytes | None = None, threshold: int | None = None) -> RoundConfig:
+        """A config with k, t from `graph.choose_degree` (or the given degree, and the given
+        threshold or the smallest t > (k+1)/2) and the encoding from `FixedPoint.choose`."""
         if degree is None:
             degree, threshold = graph.choose_degree(num_clients, dropout_rate, corrupt_rate)
         else:
             degree = min(degree, num_clients - 1)
-            threshold = (degree + 1) // 2 + 1  # the smallest t > (k + 1) / 2
+            threshold = threshold or (degree + 1) // 2 + 1  # the smallest t > (k + 1) / 2
         encoding = FixedPoint.choose(clip_norm, noise_stddev, num_clients, dimension)
         return cls(round_id, num_clients, degree, threshold, graph_seed or os.urandom(SEED_BYTES),
                    dimension, encoding, min_clients or threshold)
