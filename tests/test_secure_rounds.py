@@ -329,7 +329,8 @@ def test_late_replayed_and_out_of_phase_messages_are_refused_and_change_nothing(
     accepted(first.post("advertise", message))
     before = stored(server, rid)
     accepted(first.post("advertise", message))  # a resend (lost answer): the same answer
-    other = SecAggClient(first.config, first.id).advertise_keys().to_dict()  # other keys
+    other = SecAggClient(first.config, first.id, identity=first.creds.key).advertise_keys(
+        ).to_dict()  # other keys
     refused(first.post("advertise", other), 409, "replayed", "already sent")
     refused(first.post("shares", {"type": "share_keys"}), 409, "wrong_phase", "come later")
     assert first.get("keys").status_code == 202 and "retry_after" in first.get("keys").json()

@@ -267,6 +267,8 @@ def test_a_lost_response_on_the_secure_path_counts_as_accepted(start_server, los
     for m in members[1:]:
         accepted(m.mask())
     for m in members:
+        accepted(m.sign())
+    for m in members:
         accepted(m.unmask())
     st = server.wait_for(lambda st: st["model"]["version"] == 1, what="round closed")
     assert st["rounds"][0]["reports"] == 3
@@ -425,6 +427,8 @@ def test_an_outage_longer_than_a_phase_does_not_eat_protocol_time(start_server, 
     accepted(members[2].share())  # the resend after the restart is still in time
     for m in members:
         accepted(m.mask())
+    for m in members:
+        accepted(m.sign())
     for m in members:
         accepted(m.unmask())
     st = second.wait_for(lambda st: st["model"]["version"] == 1, what="round closed")
