@@ -120,9 +120,10 @@ def test_secagg_threshold_t_1_accepted(start_server, tmp_path, messages):
 
 def test_re_enrolment_resets_the_budget(start_server, tmp_path, messages):
     """The server's budget is per enrolment; the device's own ledger is not. A phone whose
-    user set a limit of epsilon 6 (one round at z = 1: 5.2) takes part once, loses its token,
-    enrols again as a new device (the server would give it a fresh budget), restarts and
-    moves to another server: it takes part in no further round."""
+    user set a limit of epsilon 6 (one round at z = 1: 5.2) takes part once, loses its token
+    (recovered: the same device), then its token and identity key (it enrols anew with a
+    fresh code: a new device with a fresh budget at the server), restarts and moves to
+    another server: it takes part in no further round."""
     server = start_server(round=HONEST)
     policy = DevicePolicy(epsilon_budget=6.0)
     device = phone(tmp_path, server, messages, policy)
@@ -140,6 +141,13 @@ def test_re_enrolment_resets_the_budget(start_server, tmp_path, messages):
     assert server.checkin(server.enrol())["task"]["round_id"] == 2  # which has round 2
     assert "privacy limit" in again.status().detail
     assert again.status().ledger_epsilon == pytest.approx(spent)
+
+    for lost in ("device.json", "identity_key.pem"):  # everything the server knew it by
+        (tmp_path / "phone" / lost).unlink()
+    fresh = phone(tmp_path, server, messages, policy)  # enrols with a new operator's code
+    assert fresh.run_once().outcome == "budget-spent"
+    assert fresh.client.device_id not in (None, first_id)  # a new device to the server
+    assert fresh.status().ledger_epsilon == pytest.approx(spent)
 
     other = start_server(round=HONEST)
     moved = phone(tmp_path, other, messages, policy)  # the same phone, another server
