@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 
@@ -174,7 +175,6 @@ class SuggestionWords:
 
     def span(self, typed: str) -> tuple[int, int]:
         """[lo, hi) positions in `self.ids` of the words whose key starts with `typed`'s key."""
-        from bisect import bisect_left
         prefix = self.key(typed)
         if not prefix:
             return 0, len(self.keys)
