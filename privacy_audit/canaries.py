@@ -126,12 +126,11 @@ def secret_log_likelihoods(model: NextWordLSTM, tokenizer: WordTokenizer, prefix
     return total
 
 
-def _fit_exposure(reference: np.ndarray, value: float) -> float:
-    """-log2 P[X >= value] under a skew-normal fitted to `reference`."""
+def _tail_bits(reference: np.ndarray):
+    """x -> -log2 P[X >= x] under a skew-normal fitted (once) to `reference`."""
     from scipy import stats
     params = stats.skewnorm.fit(reference)
-    tail = stats.skewnorm.logsf(value, *params)
-    return float(-tail / math.log(2))
+    return lambda value: float(-stats.skewnorm.logsf(value, *params) / math.log(2))
 
 
 def exposures(model: NextWordLSTM, tokenizer: WordTokenizer, canaries: Sequence[Canary],
@@ -151,12 +150,13 @@ def exposures(model: NextWordLSTM, tokenizer: WordTokenizer, canaries: Sequence[
         model, tokenizer, prefix,
         np.array([[tokenizer.word_to_id[w] for w in c.secret] for c in canaries]))
     ordered = np.sort(random_ll)
+    fitted = _tail_bits(random_ll)
     out = []
     for canary, ll in zip(canaries, canary_ll):
         rank = 1 + int(len(ordered) - np.searchsorted(ordered, ll, side="right"))
         out.append(Exposure(canary.name, canary.copies, len(canary.devices), float(ll), rank,
                             math.log2(fillings + 1) - math.log2(rank),
-                            _fit_exposure(random_ll, float(ll))))
+                            fitted(float(ll))))
     return out
 
 
