@@ -26,7 +26,15 @@ _PRIVACY_UTILITY = ("BENCHMARKS.md (b) privacy-utility, session 3: `python "
                     "benchmarks/federated_quality.py --rounds 20 --devices-per-round 50 "
                     "--noise 0.1 0.3 1.0` (C = 0.5, 50 reports a round, no-DP fleet 15.64%)")
 
+_AUDIT = ("BENCHMARKS.md privacy audit (3), this session: `python "
+          "benchmarks/privacy_audit_fleet.py --rounds 10 --sigma-means S --skip-central` "
+          "fleets (10 rounds x 25 of 100 senders + 16 direction canaries, C = 0.5; "
+          "clipping-only fleet 15.25%)")
+
 RUNS: tuple[ToleranceRun, ...] = (
+    ToleranceRun(0.00037, 0.01, _AUDIT + ", sigma_mean 0.00037 (round 10 of a 20-round "
+                                          "fleet): 15.25%"),
+    ToleranceRun(0.00159, 0.13, _AUDIT + ", sigma_mean 0.00159: 15.12%"),
     ToleranceRun(0.1 * 0.5 / 50, 0.24, _PRIVACY_UTILITY + ", z = 0.1: 15.40%"),
     ToleranceRun(0.3 * 0.5 / 50, 1.12, _PRIVACY_UTILITY + ", z = 0.3: 14.52%"),
     ToleranceRun(1.0 * 0.5 / 50, 9.14, _PRIVACY_UTILITY + ", z = 1.0: 6.50%"),

@@ -117,6 +117,6 @@ def test_the_command_answers_and_refuses_in_plain_words() -> None:
     bad = run("--rounds", "30", "--delta", "1e-6", "--target-epsilon", "10")
     assert bad.returncode == 2 and bad.stderr.startswith("error: give --population")
     loss = run("--rounds", "30", "--delta", "1e-6", "--target-epsilon", "2", "--max-loss",
-               "0.01")
+               "0.001")
     assert loss.returncode == 2 and "no measured run lost less than" in loss.stderr
     assert "Traceback" not in bad.stderr + loss.stderr
