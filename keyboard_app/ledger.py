@@ -127,6 +127,11 @@ class PrivacyLedger:
         """The noise multiplier the server could see, for every update that went out."""
         return [row[0] for row in self._read("SELECT visible_multiplier FROM rounds")]
 
+    def own_multipliers(self) -> list[float]:
+        """The multiplier of the noise this device added itself, for every update that went
+        out: what protects it if every other report of its rounds came from a fake device."""
+        return [row[0] / row[1] for row in self._read("SELECT noise_stddev, clip_norm FROM rounds")]
+
     def epsilon(self, delta: float) -> float:
         """This device's epsilon at `delta` over every round in the ledger."""
         return composed_epsilon(self.multipliers(), delta)
@@ -142,4 +147,5 @@ class PrivacyLedger:
         entries = self.entries()
         return {"rounds": sum(1 for e in entries if e.accepted),
                 "sent": len(entries), "epsilon": self.epsilon(delta),
+                "epsilon_alone": composed_epsilon(self.own_multipliers(), delta),
                 "last": entries[-1] if entries else None}

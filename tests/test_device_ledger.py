@@ -92,6 +92,13 @@ def test_an_update_counts_once_it_is_sent_whatever_the_server_answers(tmp_path):
     assert reopened.epsilon(1e-6) == pytest.approx(composed_epsilon([1.0] * 3, 1e-6))
     assert reopened.refusals()[0]["code"] == "noise_too_low"
     assert (tmp_path / FILE_NAME).stat().st_mode & 0o777 == 0o600
+    assert reopened.summary(1e-6)["epsilon_alone"] == reopened.epsilon(1e-6)  # plain: the same
+    secure = RoundTerms(clip_norm=0.5, noise_multiplier=1.0, min_reports=5, secure=True,
+                        noise_stddev=0.25, visible_multiplier=1.0)  # its share: z*C/sqrt(4)
+    reopened.record_sent("http://b", 3, secure)
+    assert reopened.own_multipliers()[-1] == pytest.approx(0.5)
+    assert reopened.summary(1e-6)["epsilon_alone"] == pytest.approx(
+        composed_epsilon([1.0, 1.0, 1.0, 0.5], 1e-6))  # if all the others had been fake
 
 
 def test_the_panel_words_the_ledger_and_the_policy():
@@ -105,6 +112,10 @@ def test_the_panel_words_the_ledger_and_the_policy():
     assert lines["ledger"].startswith("Your phone has contributed to 3 rounds. Privacy spent: "
                                       "ε = 4.2 of your limit 8 (δ = 1e-05).")
     assert "1 more update left the phone" in lines["ledger"]
+    assert "fake" not in lines["ledger"]  # no epsilon_alone given
+    worst = describe.ledger_lines({**ledger, "epsilon_alone": 9.87})["ledger"]
+    assert "If every other phone in those rounds had been fake (adding no noise), it would " \
+           "be ε = 9.9." in worst
     assert "could see only the sum of at least 5" in lines["ledger_seen"]
     assert "round 9" in lines["refusal"] and "less noise" in lines["refusal"]
     assert "at least 5 phones" in lines["policy"] and "cannot loosen" in lines["policy"]

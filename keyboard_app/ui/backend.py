@@ -177,7 +177,8 @@ class Backend:
             refusals = ledger.refusals(1)
             self._ledger_view = (key, {
                 "rounds": summary["rounds"], "sent": summary["sent"],
-                "epsilon": summary["epsilon"], "limit": limit, "delta": policy.delta,
+                "epsilon": summary["epsilon"], "epsilon_alone": summary["epsilon_alone"],
+                "limit": limit, "delta": policy.delta,
                 "exhausted": bool(limit) and next_round > limit,
                 "last_seen": last.seen if last else None, "last_ts": last.ts if last else None,
                 "refusal": refusals[0] if refusals else None,

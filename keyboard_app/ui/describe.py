@@ -160,6 +160,10 @@ def ledger_lines(ledger: dict | None, now: float | None = None) -> dict[str, str
     if unanswered > 0:
         spent += (f" {unanswered} more update{'s' if unanswered != 1 else ''} left the phone "
                   "without the server confirming; counted all the same.")
+    alone = ledger.get("epsilon_alone")
+    if alone is not None and alone > ledger["epsilon"] + 0.05:
+        spent += (f" If every other phone in those rounds had been fake (adding no noise), it "
+                  f"would be ε = {alone:.1f}.")
     if ledger["exhausted"]:
         spent += " The limit is reached: your phone no longer takes part in learning."
     seen = (f"Last round, {when(ledger['last_ts'], now)}: the server could see "
