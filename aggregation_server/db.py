@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
-                        create_engine, event, inspect, text)
+                        create_engine, event, text)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -227,27 +227,17 @@ class Database:
             yield session
 
     def create_schema(self) -> None:
-        """Create the tables once, even with several processes starting together."""
+        """Bring the schema to the newest migration once, even with several processes
+        starting together (`aggregation_server.migrate`)."""
+        from aggregation_server import migrate
+
         with self._writer.begin() as conn:
             if not self.is_sqlite:
                 conn.execute(text("SELECT pg_advisory_xact_lock(7405341)"))
-            Base.metadata.create_all(conn)
-            _add_missing_columns(conn)
+            migrate.upgrade(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-def _add_missing_columns(conn: Any) -> None:
-    """Add nullable columns that newer code declares to tables an older version created
-    (`create_all` creates missing tables only)."""
-    found = inspect(conn)
-    for table in Base.metadata.sorted_tables:
-        have = {c["name"] for c in found.get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in have and column.nullable:
-                kind = column.type.compile(dialect=conn.dialect)
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

@@ -231,11 +231,11 @@ def test_a_lost_checkin_response_is_retried_and_gets_the_same_task(server, lossy
     proxy.drops[("POST", "/v1/checkin")] = 1
     creds = server.enrol()
     client = device_client(proxy.url, creds, tmp_path / "device")
-    task = client.checkin(20, None)["task"]
+    task = client.checkin(None)["task"]
     assert proxy.dropped == ["POST /v1/checkin"] and task["round_id"] == 1
     st = server.status()["round"]
     assert st["tasks_issued"] == 1  # the retry got the task the lost answer carried
-    r = server.http.post(f"{server.url}/v1/checkin", json={"num_examples": 20},
+    r = server.http.post(f"{server.url}/v1/checkin", json={"model_version": None},
                          headers={**creds.headers, "Idempotency-Key": "no spaces"}, timeout=30)
     assert r.status_code == 400 and r.json()["error"] == "bad_idempotency_key"
 
@@ -481,7 +481,8 @@ def test_a_plain_update_whose_answer_was_lost_is_confirmed_after_its_deadline(
     server = start_server(round=ONE_DEVICE_ROUNDS)
     proxy = lossy(server)
     proxy.drops[("PUT", "/update")], proxy.down_after_drop = 1, True  # answer lost, then down
-    client = SyncClient(proxy.url, tmp_path / "device", retry=make_retry(backoff=0.0))
+    client = SyncClient(proxy.url, tmp_path / "device", retry=make_retry(backoff=0.0),
+                        enrolment_code=server.enrolment_code())
     device = make_device(proxy.url, tmp_path, sender_messages, client=client)
     assert device.run_once().outcome == "offline"
     first = server.status()["rounds"][0]
