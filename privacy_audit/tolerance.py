@@ -35,6 +35,7 @@ RUNS: tuple[ToleranceRun, ...] = (
     ToleranceRun(0.00037, 0.01, _AUDIT + ", sigma_mean 0.00037 (round 10 of a 20-round "
                                           "fleet): 15.25%"),
     ToleranceRun(0.00159, 0.13, _AUDIT + ", sigma_mean 0.00159: 15.12%"),
+    ToleranceRun(0.02, 11.89, _AUDIT + ", sigma_mean 0.02: 3.36%"),
     ToleranceRun(0.1 * 0.5 / 50, 0.24, _PRIVACY_UTILITY + ", z = 0.1: 15.40%"),
     ToleranceRun(0.3 * 0.5 / 50, 1.12, _PRIVACY_UTILITY + ", z = 0.3: 14.52%"),
     ToleranceRun(1.0 * 0.5 / 50, 9.14, _PRIVACY_UTILITY + ", z = 1.0: 6.50%"),
