@@ -1,4 +1,5 @@
 """The fleet simulator: real device runtimes in worker processes, real HTTP, a real server."""
+import contextlib
 import json
 import math
 import signal
@@ -167,9 +168,12 @@ def test_a_killed_fleet_leaves_no_process_behind(tiny_model, tmp_path):
         assert proc.wait(timeout=60) == 130
         _, alive = psutil.wait_procs(children, timeout=20)
         assert alive == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    finally:  # a failed assertion above must not leave the fleet's server running either
+        leftovers = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None \
+            else []
+        for p in [*leftovers, proc]:
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                p.kill()
 
 
 def _lines(path):
