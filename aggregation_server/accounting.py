@@ -66,6 +66,11 @@ def _composed(multipliers: tuple[float, ...], delta: float) -> float:
 
 
 @lru_cache(maxsize=4096)
+def _self_composed(z: float, rounds: int, delta: float) -> float:
+    return privacy.epsilon(z, rounds, delta)
+
+
+@lru_cache(maxsize=4096)
 def _sampled(z: float, delta: float, q: float, rounds: int) -> float:
     return privacy.epsilon(z, 1, delta, sampling_rate=q, rounds=rounds)
 
@@ -87,7 +92,9 @@ def guarantee(config: RoundConfig, rounds_done: int = 0, against: str = "server"
     """The most a device can spend under this config: at the participation cap, or
     (with a sampling rate) after the next round."""
     z = getattr(charge(config), against)
-    return device_epsilon([z] * config.participation_cap, config, rounds_done + 1)
+    if config.sampling_rate:
+        return device_epsilon([z], config, rounds_done + 1)
+    return _self_composed(z, config.participation_cap, config.delta)  # any cap, no list of it
 
 
 def round_refusal(config: RoundConfig, rounds_done: int = 0) -> str | None:

@@ -16,7 +16,7 @@ W, H, PAD_L, PAD_R, PAD_T, PAD_B = 440, 220, 48, 12, 44, 30
 
 
 def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
-    if hi <= lo:
+    if not hi - lo > 1e-9 * max(1.0, abs(lo)):  # one value, or values too close to tell apart
         hi = lo + 1.0
     step = 10 ** math.floor(math.log10((hi - lo) / n))
     step *= next(m for m in (1, 2, 2.5, 5, 10) if (hi - lo) / (step * m) <= n)
@@ -27,7 +27,7 @@ def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
 def chart(title: str, xs: list[float], series: dict[str, list[float | None]],
           bars: bool = False, hline: tuple[str, float] | None = None) -> str:
     """An SVG line (or bar) chart of one or more series over the same x values."""
-    values = [v for ys in series.values() for v in ys if v is not None]
+    values = [v for ys in series.values() for v in ys if v is not None and math.isfinite(v)]
     if hline:
         values.append(hline[1])
     head = f'<svg class="chart" viewBox="0 0 {W} {H}" width="{W}" height="{H}" ' \

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aggregation_server.db import Database, Device, EnrolmentCode, RateWindow, RecoveryChallenge
@@ -91,7 +92,13 @@ class Enrolment:
     # ----- rate limit -------------------------------------------------------------------
     def check_rate(self, address: str, what: str) -> None:
         """Count one call from `address`; RateLimited (429) when over the window's limit."""
-        now, key = self.clock(), f"{what}:{address}"[:200]
+        try:
+            self._count_call(f"{what}:{address}"[:200], what)
+        except IntegrityError:  # two first calls raced to create the row: count on it
+            self._count_call(f"{what}:{address}"[:200], what)
+
+    def _count_call(self, key: str, what: str) -> None:
+        now = self.clock()
         with self.db.write() as s:
             row = s.get(RateWindow, key, with_for_update=True)
             if row is None:
