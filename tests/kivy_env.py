@@ -72,6 +72,15 @@ def tiny_model(version: int = 0) -> tuple[Path, Path]:
     return _TINY[version]
 
 
+def start_app(folder: Path) -> "Driver":
+    """A KeyboardApp on the tiny test model with its data in `folder`, its model loaded."""
+    from keyboard_app.ui.app import KeyboardApp
+    model, tokenizer = tiny_model()
+    driver = Driver(KeyboardApp(folder, pretrained_model=model, tokenizer_path=tokenizer))
+    driver.until(lambda: driver.app.predictor is not None, what="the model to load")
+    return driver
+
+
 class Driver:
     """Runs one KeyboardApp inside the test process and drives it like a user would."""
 

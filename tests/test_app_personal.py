@@ -13,12 +13,7 @@ kivy_env.configure_window(kivy_env.PHONE)
 
 @pytest.fixture(scope="module")
 def drv(tmp_path_factory):
-    from keyboard_app.ui.app import KeyboardApp
-    model, tokenizer = kivy_env.tiny_model()
-    app = KeyboardApp(tmp_path_factory.mktemp("device"), pretrained_model=model,
-                      tokenizer_path=tokenizer)
-    driver = kivy_env.Driver(app)
-    driver.until(lambda: app.predictor is not None, what="the model to load")
+    driver = kivy_env.start_app(tmp_path_factory.mktemp("device"))
     yield driver
     driver.close()
 

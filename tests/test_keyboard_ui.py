@@ -19,12 +19,7 @@ SIZES = {"phone-small": (360, 640), "phone": kivy_env.PHONE, "desktop": kivy_env
 
 @pytest.fixture(scope="module")
 def drv(tmp_path_factory):
-    from keyboard_app.ui.app import KeyboardApp
-    model, tokenizer = kivy_env.tiny_model()
-    app = KeyboardApp(tmp_path_factory.mktemp("device"), pretrained_model=model,
-                      tokenizer_path=tokenizer)
-    driver = kivy_env.Driver(app)
-    driver.until(lambda: app.predictor is not None, what="the model to load")
+    driver = kivy_env.start_app(tmp_path_factory.mktemp("device"))
     yield driver
     driver.close()
 
