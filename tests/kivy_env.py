@@ -81,6 +81,22 @@ def start_app(folder: Path) -> "Driver":
     return driver
 
 
+def fresh_typing_screen(driver: "Driver", focus: bool = True):
+    """The typing screen, empty, on its letters layer without caps lock, not incognito, no
+    password field (focused unless `focus` is False)."""
+    app = driver.app
+    app.show("typing")
+    app.set_incognito(False)
+    app.typing.password_mode = False
+    pad = app.typing.ids.keypad
+    pad.caps_lock = False
+    pad.layer = "letters"
+    app.typing.field.text = ""
+    app.typing.field.focus = focus
+    driver.frames(2)
+    return app.typing
+
+
 class Driver:
     """Runs one KeyboardApp inside the test process and drives it like a user would."""
 

@@ -22,14 +22,7 @@ def drv(tmp_path_factory):
 @pytest.fixture
 def screen(drv):
     """The typing screen, empty and focused, not incognito, no password field."""
-    app = drv.app
-    app.show("typing")
-    app.set_incognito(False)
-    app.typing.password_mode = False
-    app.typing.field.text = ""
-    app.typing.field.focus = True
-    drv.frames(2)
-    return app.typing
+    return kivy_env.fresh_typing_screen(drv)
 
 
 def slots(screen):

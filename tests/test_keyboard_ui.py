@@ -26,17 +26,7 @@ def drv(tmp_path_factory):
 
 @pytest.fixture
 def screen(drv):
-    app = drv.app
-    app.show("typing")
-    app.set_incognito(False)
-    app.typing.password_mode = False
-    pad = app.typing.ids.keypad
-    pad.caps_lock = False
-    pad.layer = "letters"
-    app.typing.field.text = ""
-    app.typing.field.focus = True
-    drv.frames(2)
-    return app.typing
+    return kivy_env.fresh_typing_screen(drv)
 
 
 class FakeTime:
