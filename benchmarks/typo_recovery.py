@@ -13,6 +13,14 @@ the strip's three words (recovery@1: the middle one). Beside it, KSR on the corr
 text (the protocol's definition, with the strip's words) for: every vocabulary word (as
 `model.evaluate`), the clean word list without corrections, and with corrections (the app).
 A word shown in its standard spelling counts as the word ("don't" for "dont").
+
+Details the protocol leaves open, decided here: "vocabulary" is the model's tokenizer
+vocabulary; neighbouring keys are keys that touch on a QWERTY layout (rows offset by a
+quarter and three quarters of a key); an inserted key neighbours a letter on either side of
+the insertion; the seed is the first 8 bytes of sha256("sender\0message index\0word
+index"), the message index counted over the sender's messages, the word index over the
+message's scoring words; the typed word itself, when the strip offers it, takes one of the
+three places.
 """
 from __future__ import annotations
 
