@@ -66,21 +66,25 @@ def test_settings_tighten_the_policy_and_the_panel_follows(drv):
     app.show("settings")
     ids = app.settings_screen.ids
     assert ids.noise_0.active and ids.epsilon_0.active and ids.cohort_0.active
-    assert not ids.require_secure.active
+    assert ids.clip_0.active and ids.share_0.active and not ids.require_secure.active
     scroll_to_bottom(drv, app.settings_screen)
-    for choice in (ids.noise_1, ids.epsilon_2, ids.cohort_1, ids.require_secure):
+    for choice in (ids.noise_1, ids.epsilon_2, ids.cohort_1, ids.clip_1, ids.share_1,
+                   ids.require_secure):
         drv.tap(choice)
     drv.tap(ids.save)
     assert app.settings_screen.message == "Saved."
     drv.screenshot("app_settings_privacy_limits")
     saved = json.loads((kivy_env.Path(app.data_dir) / "settings.json").read_text())
     assert (saved["min_noise_multiplier"], saved["epsilon_limit"], saved["min_round_size"],
-            saved["require_secure_aggregation"]) == (1.5, 3.0, 20, True)
+            saved["require_secure_aggregation"], saved["max_clip_norm"],
+            saved["dishonest_share"]) == (1.5, 3.0, 20, True, 0.5, 0.5)
     policy = app.backend.policy()
-    assert (policy.min_noise_multiplier, policy.epsilon_budget, policy.min_reports) == \
-        (1.5, 3.0, 20) and policy.require_secure_aggregation
+    assert (policy.min_noise_multiplier, policy.epsilon_budget, policy.min_reports,
+            policy.max_clip_norm, policy.dishonest_share) == (1.5, 3.0, 20, 0.5, 0.5)
+    assert policy.require_secure_aggregation
     app.show("privacy")
     panel = app.panel.ids
     assert "of your limit 3" in panel.ledger.text and "limit is reached" in panel.ledger.text
     assert "at least 20 phones" in panel.policy.text
     assert "secure aggregation required" in panel.policy.text
+    assert "at most 0.5" in panel.policy.text and "1 in 2 of the phones" in panel.policy.text

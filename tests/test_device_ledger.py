@@ -130,15 +130,16 @@ def test_the_panel_words_the_ledger_and_the_policy():
 
 def test_settings_can_only_tighten_the_policy(tmp_path):
     tight = Prefs(min_noise_multiplier=1.5, epsilon_limit=3.0, min_round_size=20,
-                  require_secure_aggregation=True)
+                  require_secure_aggregation=True, max_clip_norm=0.25, dishonest_share=2 / 3)
     save_prefs(tmp_path, tight)
     assert load_prefs(tmp_path) == (tight, None)
     policy = tight.policy()
-    assert (policy.min_noise_multiplier, policy.epsilon_budget, policy.min_reports) == \
-        (1.5, 3.0, 20)
+    assert (policy.min_noise_multiplier, policy.epsilon_budget, policy.min_reports,
+            policy.max_clip_norm, policy.dishonest_share) == (1.5, 3.0, 20, 0.25, 2 / 3)
     assert policy.require_secure_aggregation and not policy.explicitly_relaxed
     for loose in (Prefs(min_noise_multiplier=0.5), Prefs(epsilon_limit=50.0),
-                  Prefs(min_round_size=2)):
+                  Prefs(min_round_size=2), Prefs(max_clip_norm=2.0),
+                  Prefs(dishonest_share=0.1)):
         with pytest.raises(PrefsError, match="only be made stricter"):
             save_prefs(tmp_path, loose)
     assert load_prefs(tmp_path) == (tight, None)  # nothing looser was written

@@ -173,7 +173,9 @@ def ledger_lines(ledger: dict | None, now: float | None = None) -> dict[str, str
               "without secure aggregation, your phone adds all of the round's noise itself")
     policy = (f"Your limits: noise of at least {p['min_noise_multiplier']:g} times the "
               f"clipping norm, each phone's update clipped to at most "
-              f"{p['max_clip_norm']:g}, at least {p['min_reports']} phones a round, {secure}. "
+              f"{p['max_clip_norm']:g}, at least {p['min_reports']} phones a round, {secure}, "
+              f"noise enough even if {_share(p['dishonest_share'])} of the phones in a round "
+              f"are fake. "
               + ("Set in code for a simulation or test." if ledger["relaxed"] else
                  "The server cannot loosen them; you can make them stricter in Settings.")
               + " Deleting your typing history does not reset this ledger: privacy spent "
@@ -183,6 +185,14 @@ def ledger_lines(ledger: dict | None, now: float | None = None) -> dict[str, str
                if r else "No round has been refused.")
     return {"ledger": spent, "ledger_seen": _esc(seen), "policy": policy,
             "refusal": _esc(refusal)}
+
+
+def _share(share: float) -> str:
+    """A share of phones in words ("1 in 3"), or a percentage when it is no simple one."""
+    for n in range(2, 11):
+        if abs(share * n - round(share * n)) < 1e-9 and round(share * n) >= 1:
+            return f"{round(share * n)} in {n}"
+    return "none" if share == 0 else f"{share:.0%}"
 
 
 STORED_NOTES = {

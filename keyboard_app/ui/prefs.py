@@ -15,6 +15,8 @@ RETENTION_CHOICES = (7, 30, 90, 365)
 NOISE_CHOICES = (1.0, 1.5, 2.0)
 EPSILON_CHOICES = (10.0, 6.0, 3.0)
 COHORT_CHOICES = (5, 20, 100)
+CLIP_CHOICES = (1.0, 0.5, 0.25)  # smaller is stricter: one phone moves the model less
+SHARE_CHOICES = (1 / 3, 1 / 2, 2 / 3)  # larger is stricter: more fake phones withstood
 
 
 class PrefsError(ValueError):
@@ -37,6 +39,8 @@ class Prefs:
     epsilon_limit: float = 10.0
     min_round_size: int = 5
     require_secure_aggregation: bool = False
+    max_clip_norm: float = 1.0
+    dishonest_share: float = 1 / 3
 
     def validate(self) -> None:
         """Raise PrefsError naming the first bad value."""
@@ -68,7 +72,9 @@ class Prefs:
             return DevicePolicy(min_noise_multiplier=float(self.min_noise_multiplier),
                                 epsilon_budget=float(self.epsilon_limit),
                                 min_reports=self.min_round_size,
-                                require_secure_aggregation=self.require_secure_aggregation)
+                                require_secure_aggregation=self.require_secure_aggregation,
+                                max_clip_norm=float(self.max_clip_norm),
+                                dishonest_share=float(self.dishonest_share))
         except (PolicyError, TypeError, ValueError) as err:
             raise PrefsError(f"privacy limits can only be made stricter than the defaults "
                              f"({err})") from None

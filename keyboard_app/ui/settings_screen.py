@@ -7,8 +7,9 @@ from kivy.properties import BooleanProperty, StringProperty
 from kivy.uix.screenmanager import Screen
 
 from keyboard_app.ui import widgets  # noqa: F401  (kv rules)
-from keyboard_app.ui.prefs import (COHORT_CHOICES, EPSILON_CHOICES, NOISE_CHOICES,
-                                   RETENTION_CHOICES, Prefs, PrefsError)
+from keyboard_app.ui.prefs import (CLIP_CHOICES, COHORT_CHOICES, EPSILON_CHOICES,
+                                   NOISE_CHOICES, RETENTION_CHOICES, SHARE_CHOICES, Prefs,
+                                   PrefsError)
 
 Builder.load_string("""
 #:import theme keyboard_app.ui.theme
@@ -163,6 +164,42 @@ Builder.load_string("""
                         id: cohort_2
                         text: '100'
                         group: 'cohort'
+                Para:
+                    text: 'How far one phone can move the shared model (clipping norm):'
+                    font_size: theme.SMALL_SP
+                BoxLayout:
+                    size_hint_y: None
+                    height: dp(44)
+                    Choice:
+                        id: clip_0
+                        text: '1 (default)'
+                        group: 'clip'
+                    Choice:
+                        id: clip_1
+                        text: '0.5'
+                        group: 'clip'
+                    Choice:
+                        id: clip_2
+                        text: '0.25'
+                        group: 'clip'
+                Para:
+                    text: 'Share of fake phones in a round the noise must withstand:'
+                    font_size: theme.SMALL_SP
+                BoxLayout:
+                    size_hint_y: None
+                    height: dp(44)
+                    Choice:
+                        id: share_0
+                        text: '1 in 3 (default)'
+                        group: 'share'
+                    Choice:
+                        id: share_1
+                        text: '1 in 2'
+                        group: 'share'
+                    Choice:
+                        id: share_2
+                        text: '2 in 3'
+                        group: 'share'
                 Choice:
                     id: require_secure
                     text:
@@ -229,7 +266,9 @@ class SettingsScreen(Screen):
     def _limits(prefs: Prefs) -> list[tuple[str, tuple, float]]:
         return [("noise", NOISE_CHOICES, prefs.min_noise_multiplier),
                 ("epsilon", EPSILON_CHOICES, prefs.epsilon_limit),
-                ("cohort", COHORT_CHOICES, prefs.min_round_size)]
+                ("cohort", COHORT_CHOICES, prefs.min_round_size),
+                ("clip", CLIP_CHOICES, prefs.max_clip_norm),
+                ("share", SHARE_CHOICES, prefs.dishonest_share)]
 
     def _chosen(self, name: str, choices: tuple):
         return next((c for i, c in enumerate(choices) if self.ids[f"{name}_{i}"].active),
@@ -248,7 +287,9 @@ class SettingsScreen(Screen):
                      min_noise_multiplier=self._chosen("noise", NOISE_CHOICES),
                      epsilon_limit=self._chosen("epsilon", EPSILON_CHOICES),
                      min_round_size=self._chosen("cohort", COHORT_CHOICES),
-                     require_secure_aggregation=ids.require_secure.active)
+                     require_secure_aggregation=ids.require_secure.active,
+                     max_clip_norm=self._chosen("clip", CLIP_CHOICES),
+                     dishonest_share=self._chosen("share", SHARE_CHOICES))
 
     def save(self) -> bool:
         """Validate, persist and apply; the message line says what happened."""
@@ -262,5 +303,6 @@ class SettingsScreen(Screen):
 
 
 def _stricter_or_equal(name: str, value: float, choice: float) -> bool:
-    """Whether a saved limit is at least as strict as a choice (lower epsilon is stricter)."""
-    return value <= choice if name == "epsilon" else value >= choice
+    """Whether a saved limit is at least as strict as a choice (a lower epsilon or clipping
+    norm is stricter; for the rest, higher is)."""
+    return value <= choice if name in ("epsilon", "clip") else value >= choice
