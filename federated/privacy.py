@@ -154,3 +154,59 @@ def epsilon(noise_multiplier: float, participations: int, delta: float,
     accountant = RdpAccountant()
     accountant.compose(dp_event.SelfComposedDpEvent(event, count))
     return float(accountant.get_epsilon(delta))
+
+
+# --- compressed rounds: the distributed discrete Gaussian (`federated.compression`) --------------
+def ddg_rho(sensitivity: float, sigma: float, honest: int, dimension: int) -> float:
+    """rho of the rho-zCDP the sum of `honest` devices' discrete Gaussian noise N_Z(0, sigma^2)
+    gives an integer vector of L2 sensitivity `sensitivity` in `dimension` coordinates
+    (Kairouz, Liu, Steinke 2021, Theorem 1, its zCDP branch: eps = Delta / (sqrt(h) sigma)
+    + tau sqrt(d), tau = 10 sum_{k=1}^{h-1} exp(-2 pi^2 sigma^2 k / (k + 1)), rho = eps^2/2;
+    h = 1, a single discrete Gaussian, gives Delta^2 / (2 sigma^2): Canonne et al. 2020).
+    Infinite without noise."""
+    if sigma <= 0:
+        return math.inf
+    if sigma < 0.5:
+        raise ValueError("the bound needs sigma >= 1/2")
+    tau = 10 * sum(math.exp(-2 * math.pi ** 2 * sigma ** 2 * k / (k + 1))
+                   for k in range(1, max(honest, 1)))
+    eps = sensitivity / (math.sqrt(max(honest, 1)) * sigma) + tau * math.sqrt(dimension)
+    return eps * eps / 2
+
+
+def zcdp_multiplier(rho: float) -> float:
+    """The Gaussian noise multiplier with the same RDP curve as rho-zCDP (alpha / (2 z^2) =
+    rho * alpha): how a compressed round's charge is stored beside plain Gaussian ones."""
+    return 0.0 if not math.isfinite(rho) or rho <= 0 else 1 / math.sqrt(2 * rho)
+
+
+def zcdp_epsilon(rhos: list[float], delta: float) -> float:
+    """Epsilon at `delta` of rho-zCDP mechanisms composed (dp-accounting's ZCDpEvent, RDP)."""
+    from dp_accounting import dp_event
+    from dp_accounting.rdp import RdpAccountant
+
+    if not rhos:
+        return 0.0
+    if not all(math.isfinite(r) for r in rhos):
+        return math.inf
+    accountant = RdpAccountant()
+    accountant.compose(dp_event.ComposedDpEvent([dp_event.ZCDpEvent(r) for r in rhos]))
+    return float(accountant.get_epsilon(delta))
+
+
+def compressed_noise(spec, noise_multiplier: float, min_reports: int, *, secure: bool,
+                     dishonest_share: float = DISHONEST_SHARE) -> tuple[float, float, float]:
+    """(sigma, against the server, against model users) of one device in a compressed round
+    (`spec`: a `federated.compression.Compression`): sigma is the discrete Gaussian's in
+    integer units, z * Delta / sqrt(h) in secure rounds and z * Delta in plain ones (the
+    same rule as `device_noise_stddev`, with the rounded sensitivity Delta in place of C);
+    the two are the Gaussian multipliers (`zcdp_multiplier`) of `ddg_rho` for what each
+    adversary sees: the sum of the h honest reports (secure; model users always), or
+    this device's own upload (plain, against the server)."""
+    if noise_multiplier <= 0:
+        return 0.0, 0.0, 0.0
+    h = honest_reports(min_reports, dishonest_share)
+    sigma = spec.noise_sigma(noise_multiplier, h if secure else 1)
+    seen = lambda honest: zcdp_multiplier(  # noqa: E731
+        ddg_rho(spec.sensitivity, sigma, honest, spec.kept))
+    return sigma, seen(h if secure else 1), seen(h)

@@ -4,7 +4,8 @@ CCS 2020): the server learns only the sum of the surviving devices' updates.
 Imported by both the device runtime (`SecAggClient`) and the server (`SecAggServerRound`);
 no networking here. Modules: `params` (RoundConfig; `hiding_problem`, the (n, k, t) rule
 devices and the server's config check apply), `graph` (neighbours, k and t),
-`encoding` (fixed point mod 2^b), `crypto` (X25519, HKDF, AES-GCM, AES-CTR PRG, Ed25519
+`encoding` (fixed point mod 2^b, or the compressed rounds' 16-bit words), `crypto`
+(X25519, HKDF, AES-GCM, AES-CTR PRG, Ed25519
 signatures), `shamir`,
 `messages` (phase messages and errors), `client`, `server`.
 
@@ -39,7 +40,8 @@ device's influence: it clips (and noises) its update before masking. The server 
 the clients keep their state in memory and are not thread-safe: serialise calls per round.
 """
 from federated.secagg.client import SecAggClient
-from federated.secagg.encoding import EncodingError, FixedPoint, dimension, flatten, unflatten
+from federated.secagg.encoding import (EncodingError, FixedPoint, ModularIntegers, dimension,
+                                       flatten, unflatten)
 from federated.secagg.graph import choose_degree, neighbourhoods
 from federated.secagg.messages import (ABORT_REASONS, AbortNotice, AdvertiseKeys,
                                        ConsistencyRequest, ConsistencyResponse, KeysRelay,
@@ -54,7 +56,8 @@ from federated.secagg.server import SecAggResult, SecAggServerRound
 __all__ = [
     "ABORT_REASONS", "AbortNotice", "AdvertiseKeys", "ConsistencyRequest",
     "ConsistencyResponse", "EncodingError", "FixedPoint", "KeysRelay", "LateMessageError",
-    "MaskedInput", "MessageError", "PeerKeys", "ProtocolError", "RefusedRequest", "ReplayError",
+    "MaskedInput", "MessageError", "ModularIntegers",
+    "PeerKeys", "ProtocolError", "RefusedRequest", "ReplayError",
     "RoundAbandoned", "RoundAborted", "RoundConfig", "SecAggClient", "SecAggError",
     "SecAggResult",
     "SecAggServerRound", "ShareKeys", "SharesRelay", "UnmaskRequest", "UnmaskResponse",

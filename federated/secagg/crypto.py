@@ -128,7 +128,7 @@ _zeros = bytearray()
 
 
 def expand(seed: bytes, length: int, dtype: np.dtype) -> np.ndarray:
-    """`length` pseudo-random words of `dtype` (uint32/uint64): the AES-256-CTR keystream."""
+    """`length` pseudo-random words of `dtype` (uint16/uint32/uint64): the AES-256-CTR keystream."""
     global _zeros
     nbytes = length * np.dtype(dtype).itemsize
     if len(_zeros) < nbytes:

@@ -120,6 +120,51 @@ class FixedPoint:
         return cls(bits, float(bound), clients)
 
 
+@dataclass(frozen=True)
+class ModularIntegers:
+    """Words modulo 2^bits that the device's codec already made (`federated.compression`:
+    rounded, noised integers reduced mod 2^16): sent as they are, summed modulo 2^bits;
+    `decode` returns the modular sum itself, for the codec to read back."""
+
+    bits: int = 16
+
+    def __post_init__(self) -> None:
+        if self.bits != 16:
+            raise ValueError(f"modular integers are 16 bits, got {self.bits}")
+
+    @property
+    def max_clients(self) -> int:
+        """No limit here: the codec's scale keeps the sum inside the modulus."""
+        return 2 ** 31
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint16)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """The codec's words, checked: uint16 only (the modulus is part of the round)."""
+        if not isinstance(values, np.ndarray) or values.dtype != self.dtype:
+            raise EncodingError(f"a compressed update must be uint16 words, got "
+                                f"{getattr(values, 'dtype', type(values).__name__)}")
+        return values.ravel().copy()
+
+    def decode(self, total: np.ndarray) -> np.ndarray:
+        """The modular sum (uint16 words)."""
+        return np.asarray(total, dtype=self.dtype).copy()
+
+    def to_dict(self) -> dict:
+        return {"kind": "modular", "bits": self.bits}
+
+
+def encoding_from_dict(data: dict) -> FixedPoint | ModularIntegers:
+    """A round's encoding from its JSON: fixed point, or the codec's modular integers."""
+    if isinstance(data, dict) and data.get("kind") == "modular":
+        if set(data) != {"kind", "bits"} or type(data["bits"]) is not int:
+            raise ValueError("modular encoding must be an object with kind and integer bits")
+        return ModularIntegers(data["bits"])
+    return FixedPoint.from_dict(data)
+
+
 def flatten(tensors: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> np.ndarray:
     """All tensors as one float32 vector, in sorted name order, after checking their shapes."""
     if set(tensors) != set(shapes):

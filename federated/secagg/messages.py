@@ -289,7 +289,8 @@ class SharesRelay:
 
 @dataclass(frozen=True, eq=False)
 class MaskedInput:
-    """Phase 2, client -> server: the masked update, a vector of uint32 or uint64 words."""
+    """Phase 2, client -> server: the masked update, a vector of uint16 (compressed rounds),
+    uint32 or uint64 words."""
 
     round_id: int
     client_id: int
@@ -315,8 +316,8 @@ class MaskedInput:
         if set(tensors) != {"masked"}:
             raise MessageError(f"masked input must hold one tensor 'masked', got {sorted(tensors)}")
         masked = tensors["masked"]
-        if masked.dtype not in (np.uint32, np.uint64) or masked.ndim != 1:
-            raise MessageError(f"masked input must be a 1-D uint32 or uint64 vector, got "
+        if masked.dtype not in (np.uint16, np.uint32, np.uint64) or masked.ndim != 1:
+            raise MessageError(f"masked input must be a 1-D uint16, uint32 or uint64 vector, got "
                                f"{masked.dtype} of shape {masked.shape}")
         ids = {}
         for key in ("round_id", "client_id"):

@@ -9,7 +9,7 @@ from functools import cached_property
 from typing import Any
 
 from federated.secagg import graph
-from federated.secagg.encoding import FixedPoint
+from federated.secagg.encoding import FixedPoint, ModularIntegers, encoding_from_dict
 from federated.secagg.messages import MessageError, _b64, _bytes, _int
 
 SEED_BYTES = 32
@@ -94,7 +94,7 @@ class RoundConfig:
     threshold: int
     graph_seed: bytes
     dimension: int
-    encoding: FixedPoint
+    encoding: FixedPoint | ModularIntegers
     min_clients: int
 
     def __post_init__(self) -> None:
@@ -118,15 +118,17 @@ class RoundConfig:
     def create(cls, round_id: int, num_clients: int, dimension: int, clip_norm: float,
                noise_stddev: float, dropout_rate: float = 0.1, corrupt_rate: float = 0.0,
                min_clients: int | None = None, degree: int | None = None,
-               graph_seed: bytes | None = None, threshold: int | None = None) -> RoundConfig:
+               graph_seed: bytes | None = None, threshold: int | None = None,
+               encoding: FixedPoint | ModularIntegers | None = None) -> RoundConfig:
         """A config with k, t from `graph.choose_degree` (or the given degree, and the given
-        threshold or the smallest t > (k+1)/2) and the encoding from `FixedPoint.choose`."""
+        threshold or the smallest t > (k+1)/2) and the encoding from `FixedPoint.choose`
+        (or the given one: `ModularIntegers` for compressed rounds)."""
         if degree is None:
             degree, threshold = graph.choose_degree(num_clients, dropout_rate, corrupt_rate)
         else:
             degree = min(degree, num_clients - 1)
             threshold = threshold or (degree + 1) // 2 + 1  # the smallest t > (k + 1) / 2
-        encoding = FixedPoint.choose(clip_norm, noise_stddev, num_clients, dimension)
+        encoding = encoding or FixedPoint.choose(clip_norm, noise_stddev, num_clients, dimension)
         return cls(round_id, num_clients, degree, threshold, graph_seed or os.urandom(SEED_BYTES),
                    dimension, encoding, min_clients or threshold)
 
@@ -164,7 +166,7 @@ class RoundConfig:
                        _int(data["degree"], "degree", 1), _int(data["threshold"], "threshold", 1),
                        _bytes(data["graph_seed"], "graph_seed", SEED_BYTES),
                        _int(data["dimension"], "dimension", 1),
-                       FixedPoint.from_dict(data["encoding"]),
+                       encoding_from_dict(data["encoding"]),
                        _int(data["min_clients"], "min_clients", 1))
         except MessageError:
             raise

@@ -1,0 +1,293 @@
+"""Compressed updates that stay exact under the modular sum: the distributed discrete
+Gaussian of Kairouz, Liu and Steinke (ICML 2021), on a shared random subset of coordinates.
+
+Per round a public seed (`round_seed`: the round id and the sha256 of the round's model, so
+device and server derive it and neither picks it) fixes
+1. a random subset S of `kept` of the d coordinates (in random order), cut into blocks of
+   `block` (a power of two) coordinates, and
+2. random signs xi for a randomized Hadamard rotation of each block, R = H diag(xi) / sqrt(B).
+A device clips its update x to ||x|| <= C (done before, `privacy.clip`), takes y = x[S]
+(||y|| <= C), rotates and scales it, z = gamma * R y (||z|| <= c = gamma * C), rounds z
+stochastically to integers, again until ||q|| <= Delta (conditional randomized rounding,
+KLS Algorithm 2; one retry is needed with probability below `ROUNDING_BETA`), adds
+discrete Gaussian noise N_Z(0, sigma^2) to every coordinate (integers: exact under
+the sum, `discrete_gaussian`), and reduces mod 2^bits. The server's modular sum of n such
+vectors, read as centred integers, is the integer sum unless a coordinate of it left
+(-2^(bits-1), 2^(bits-1)) (modular clipping; `Compression.plan` picks gamma so that this
+has probability below `MODULAR_CLIP_PROBABILITY` per round); it divides by gamma, rotates
+back, scatters to S and multiplies by d / kept, an unbiased estimate of the sum of the
+clipped updates over the random subset (`decode_sum`).
+
+Sizes: bits = 16 and kept = the largest multiple of the block with bits * kept <= 4 * d, so
+an upload is at most 4 bits per parameter (3.88 for this project's LSTM: kept = 23 blocks of
+2^14 = 376,832 of 1,554,628 coordinates). Privacy of the sum is in `federated.privacy`
+(`ddg_rho`): Delta (`Compression.sensitivity`) is the L2 sensitivity in integer units,
+sigma the noise each honest device adds, and the sum of h honest devices' noise satisfies
+KLS's Theorem 1. A tampered device can still add any words modulo 2^16 (no range proofs):
+the server checks the norm of the centred sum, as for fixed-point rounds. NumPy only; no
+networking.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+SCHEMES = ("ddg16",)  # the distributed discrete Gaussian, 16-bit modulus
+BITS = 16
+BLOCK = 1 << 14
+MAX_BITS_PER_PARAM = 4
+MODULAR_CLIP_PROBABILITY = 1e-9  # at most this chance that a round's sum wraps anywhere
+ROUNDING_BETA = 1e-4  # conditional rounding: chance that one rounding must be redone
+SEED_BYTES = 32
+_SEED_CONTEXT = b"private-keyboard/compression-1"
+
+
+class CompressionError(ValueError):
+    """Compressed data or parameters that do not fit the round; the message says why."""
+
+
+def round_seed(round_id: int, model_sha256: str) -> bytes:
+    """The round's public seed: both sides derive it, neither chooses it."""
+    try:
+        model = bytes.fromhex(model_sha256)
+    except (TypeError, ValueError):
+        raise CompressionError("model sha256 must be 64 hex digits") from None
+    if len(model) != 32 or not 0 <= round_id < 2 ** 63:
+        raise CompressionError("need a round id and a 32-byte model sha256")
+    return hashlib.sha256(_SEED_CONTEXT + round_id.to_bytes(8, "big") + model).digest()
+
+
+def layout(dimension: int, bits: int = BITS) -> tuple[int, int]:
+    """(kept, block) for `dimension` coordinates: the most whole blocks with
+    bits * kept <= MAX_BITS_PER_PARAM * dimension (smaller blocks for tiny models)."""
+    budget = MAX_BITS_PER_PARAM * dimension // bits
+    if budget < 2:
+        raise CompressionError(f"{dimension} coordinates are too few to compress")
+    block = min(BLOCK, 1 << (budget.bit_length() - 1))
+    return budget // block * block, block
+
+
+def rounded_norm_bound(c: float, kept: int, beta: float = ROUNDING_BETA) -> float:
+    """Delta: the L2 norm conditional randomized rounding keeps a vector of norm <= c within
+    (KLS 2021, the bound of their Algorithm 2; the deterministic c + sqrt(kept) otherwise)."""
+    probable = c * c + kept / 4 + math.sqrt(2 * math.log(1 / beta)) * (c + math.sqrt(kept) / 2)
+    return min(math.sqrt(probable), c + math.sqrt(kept))
+
+
+def _tail(kept: int, probability: float = MODULAR_CLIP_PROBABILITY) -> float:
+    """t with kept * 2 exp(-t^2 / 2) = probability (a sub-Gaussian union bound)."""
+    return math.sqrt(2 * math.log(2 * kept / probability))
+
+
+def discrete_gaussian(sigma: float, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`size` independent samples of the discrete Gaussian N_Z(0, sigma^2) (Canonne, Kamath,
+    Steinke 2020, Algorithm 3, vectorised: a discrete Laplace proposal of scale
+    t = floor(sigma) + 1 accepted with probability exp(-(|y| - sigma^2/t)^2 / (2 sigma^2));
+    the acceptance test uses float64, not the exact arithmetic of their sampler)."""
+    out = np.zeros(size, dtype=np.int64)
+    if sigma <= 0 or size == 0:
+        return out
+    t = math.floor(sigma) + 1
+    p = -math.expm1(-1.0 / t)  # geometric success probability: P(k failures) ~ exp(-k/t)
+    filled = 0
+    while filled < size:
+        n = 2 * (size - filled) + 64
+        y = rng.geometric(p, n) - rng.geometric(p, n)
+        keep = rng.random(n) < np.exp(-(np.abs(y) - sigma * sigma / t) ** 2 / (2 * sigma * sigma))
+        take = y[keep][:size - filled]
+        out[filled:filled + take.size] = take
+        filled += take.size
+    return out
+
+
+def _fwht(x: np.ndarray) -> np.ndarray:
+    """The unnormalised Walsh-Hadamard transform of each row of `x` (rows of 2^k), in place."""
+    rows, width = x.shape
+    h = 1
+    while h < width:
+        view = x.reshape(rows, width // (2 * h), 2, h)
+        first = view[:, :, 0, :].copy()
+        view[:, :, 0, :] += view[:, :, 1, :]
+        view[:, :, 1, :] = first - view[:, :, 1, :]
+        h *= 2
+    return x
+
+
+@lru_cache(maxsize=4)
+def _selection(seed: bytes, dimension: int, kept: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the kept coordinates in a random order, the rotation's signs), from the seed alone:
+    PCG64's raw output is stable across NumPy versions (its Generator methods are not)."""
+    bits = np.random.PCG64(int.from_bytes(seed, "big"))
+    keys = bits.random_raw(dimension)
+    order = np.argsort(keys, kind="stable")[:kept]
+    signs = np.where(bits.random_raw(kept) & 1, 1.0, -1.0)
+    order.flags.writeable = signs.flags.writeable = False
+    return order, signs
+
+
+@dataclass(frozen=True)
+class Compression:
+    """One round's public compression parameters (what the task carries)."""
+
+    seed: bytes
+    dimension: int  # d: the model's coordinates
+    kept: int  # coordinates sent, a multiple of `block`
+    block: int  # Hadamard block size, a power of two
+    bits: int  # the modulus is 2^bits
+    scale: float  # gamma: integer units per unit of the update
+    clip_norm: float  # C
+
+    def __post_init__(self) -> None:
+        problems = [
+            (len(self.seed) != SEED_BYTES, f"seed must be {SEED_BYTES} bytes"),
+            (self.bits != BITS, f"bits must be {BITS}, got {self.bits}"),
+            (self.block < 2 or self.block & (self.block - 1),
+             f"block must be a power of two, got {self.block}"),
+            (not 0 < self.kept <= self.dimension or self.kept % self.block,
+             f"kept must be a positive multiple of the block up to {self.dimension}"),
+            (self.bits * self.kept > MAX_BITS_PER_PARAM * self.dimension,
+             f"kept {self.kept} x {self.bits} bits is over {MAX_BITS_PER_PARAM} bits per "
+             f"parameter of {self.dimension}"),
+            (not (math.isfinite(self.scale) and self.scale > 0), "scale must be positive"),
+            (not (math.isfinite(self.clip_norm) and self.clip_norm > 0),
+             "clip_norm must be positive"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise CompressionError(message)
+
+    @classmethod
+    def plan(cls, seed: bytes, dimension: int, clip_norm: float, noise_multiplier: float,
+             clients: int, honest: int) -> Compression:
+        """The largest scale whose modular sum of `clients` devices, each adding the noise
+        `noise_sigma(noise_multiplier, honest)`, wraps with probability below
+        `MODULAR_CLIP_PROBABILITY` (plain rounds: clients = honest = 1, each upload
+        decoded alone)."""
+        kept, block = layout(dimension)
+        base = cls(seed, dimension, kept, block, BITS, 1.0, clip_norm)
+        low, high = 1e-9, 1e12
+        if not base._fits(noise_multiplier, clients, honest, low / clip_norm):
+            raise CompressionError(f"a {BITS}-bit modulus cannot hold the sum of {clients} "
+                                   "devices")
+        for _ in range(200):
+            mid = math.sqrt(low * high)
+            low, high = (mid, high) if base._fits(noise_multiplier, clients, honest,
+                                                  mid / clip_norm) else (low, mid)
+        return cls(seed, dimension, kept, block, BITS, low / clip_norm, clip_norm)
+
+    def _fits(self, z: float, clients: int, honest: int, scale: float) -> bool:
+        c = scale * self.clip_norm
+        sigma = z * rounded_norm_bound(c, self.kept) / math.sqrt(honest)
+        return self._wrap_bound(clients, sigma, c) < self.modulus // 2
+
+    def _wrap_bound(self, clients: int, sigma: float, c: float | None = None) -> float:
+        """A bound every centred coordinate of the sum stays within, but with probability
+        MODULAR_CLIP_PROBABILITY: all signal in one block and aligned (n c / sqrt(B) per
+        rotated coordinate, sub-Gaussian over the signs), the noise's sum (sub-Gaussian,
+        variance n sigma^2), and the rounding (< 1 per device)."""
+        c = self.scale * self.clip_norm if c is None else c
+        spread = math.sqrt((clients * c) ** 2 / self.block + clients * sigma ** 2)
+        return _tail(self.kept) * spread + clients
+
+    @property
+    def modulus(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def sensitivity(self) -> float:
+        """Delta: one device's L2 norm before noise, in integer units (after rounding)."""
+        return rounded_norm_bound(self.scale * self.clip_norm, self.kept)
+
+    def noise_sigma(self, noise_multiplier: float, honest: int) -> float:
+        """The discrete Gaussian's sigma each device adds so that `honest` devices' noise
+        sums to noise_multiplier * Delta (`honest` = 1: the whole noise on one device)."""
+        return noise_multiplier * self.sensitivity / math.sqrt(max(honest, 1))
+
+    def wraps(self, clients: int, sigma: float) -> bool:
+        """Whether a sum of `clients` devices adding `sigma` could wrap (probability over
+        MODULAR_CLIP_PROBABILITY)."""
+        return not self._wrap_bound(clients, sigma) < self.modulus // 2
+
+    @property
+    def upload_bytes(self) -> int:
+        """The payload of one compressed upload (no headers)."""
+        return self.kept * self.bits // 8
+
+    # --- device ------------------------------------------------------------------------------
+    def encode(self, update: np.ndarray, sigma: float,
+               rng: np.random.Generator) -> np.ndarray:
+        """The clipped flat update (norm <= C) as `kept` words mod 2^bits, noise included."""
+        x = np.asarray(update, dtype=np.float64).ravel()
+        if x.shape != (self.dimension,) or not np.isfinite(x).all():
+            raise CompressionError(f"update must be {self.dimension} finite values")
+        norm = float(np.linalg.norm(x))
+        if norm > self.clip_norm:  # clipped before; float32 rounding may leave a hair over
+            x = x * (self.clip_norm / norm)
+        order, signs = _selection(self.seed, self.dimension, self.kept)
+        rotated = _fwht((x[order] * signs).reshape(-1, self.block)).ravel()
+        z = rotated * (self.scale / math.sqrt(self.block))
+        q = self._round(z, rng)
+        q += discrete_gaussian(sigma, self.kept, rng)
+        return np.mod(q, self.modulus).astype(np.uint16)
+
+    def _round(self, z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Stochastic rounding, redone until ||q|| <= Delta (KLS's conditional rounding)."""
+        floor = np.floor(z)
+        for _ in range(1000):
+            q = (floor + (rng.random(z.size) < z - floor)).astype(np.int64)
+            if float(np.linalg.norm(q)) <= self.sensitivity:
+                return q
+        raise CompressionError("rounding kept exceeding its norm bound")  # p < beta^1000
+
+    # --- server ------------------------------------------------------------------------------
+    def check_words(self, words: np.ndarray) -> None:
+        """CompressionError unless `words` is a vector of `kept` integers mod 2^bits."""
+        if words.dtype != np.uint16 or words.shape != (self.kept,):
+            raise CompressionError(f"compressed update must be {self.kept} uint16 words "
+                                   f"(modulus 2^{self.bits}), got {words.dtype} of shape "
+                                   f"{list(words.shape)}")
+
+    def centred(self, total: np.ndarray) -> np.ndarray:
+        """The modular sum read as signed integers in [-2^(bits-1), 2^(bits-1))."""
+        half = self.modulus // 2
+        return (np.asarray(total).astype(np.int64) + half) % self.modulus - half
+
+    def decode_sum(self, total: np.ndarray) -> np.ndarray:
+        """The unbiased estimate (float64, d coordinates) of the sum of the clipped updates
+        from the modular sum of their compressed forms."""
+        z = self.centred(total).astype(np.float64) * (math.sqrt(self.block) / self.scale)
+        order, signs = _selection(self.seed, self.dimension, self.kept)
+        y = _fwht(z.reshape(-1, self.block)).ravel() / self.block * signs
+        out = np.zeros(self.dimension)
+        out[order] = y * (self.dimension / self.kept)
+        return out
+
+    # --- the task's JSON ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"scheme": SCHEMES[0], "seed": self.seed.hex(), "dimension": self.dimension,
+                "kept": self.kept, "block": self.block, "bits": self.bits,
+                "scale": self.scale, "clip_norm": self.clip_norm}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Compression:
+        """Parse and check a task's compression part; CompressionError says what is wrong."""
+        keys = {"scheme", "seed", "dimension", "kept", "block", "bits", "scale", "clip_norm"}
+        if not isinstance(data, dict) or set(data) != keys:
+            raise CompressionError(f"compression must be an object with exactly {sorted(keys)}")
+        if data["scheme"] not in SCHEMES:
+            raise CompressionError(f"compression scheme must be one of {SCHEMES}")
+        ints = [data[k] for k in ("dimension", "kept", "block", "bits")]
+        if any(type(v) is not int for v in ints):
+            raise CompressionError("compression dimension, kept, block and bits must be integers")
+        if any(isinstance(data[k], bool) or not isinstance(data[k], (int, float))
+               for k in ("scale", "clip_norm")):
+            raise CompressionError("compression scale and clip_norm must be numbers")
+        seed = data["seed"]
+        if not (isinstance(seed, str) and len(seed) == 2 * SEED_BYTES
+                and all(ch in "0123456789abcdef" for ch in seed)):
+            raise CompressionError(f"compression seed must be {2 * SEED_BYTES} hex digits")
+        return cls(bytes.fromhex(seed), *ints, float(data["scale"]), float(data["clip_norm"]))

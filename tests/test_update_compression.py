@@ -1,0 +1,184 @@
+"""Compressed updates (`federated.compression`) and their accounting (`federated.privacy`):
+sums decode to the true sum within the expected error, through the real SecAgg+ protocol
+too; the noise is integer and exact under the sum; the privacy figures come from
+dp-accounting; malformed parameters are refused."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from federated import privacy
+from federated.compression import (MAX_BITS_PER_PARAM, Compression, CompressionError,
+                                   discrete_gaussian, layout, round_seed)
+from federated.secagg import ModularIntegers, SecAggClient, SecAggServerRound, crypto
+from federated.secagg.encoding import EncodingError
+from test_secagg import Sim, det_bytes
+
+MODEL_PARAMS = 1_554_628  # this project's LSTM
+SEED = round_seed(7, "ab" * 32)
+
+
+def clipped_updates(n: int, d: int, norm: float, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    common = rng.normal(size=d)  # updates that agree in part, as trained ones do
+    out = []
+    for _ in range(n):
+        x = common + rng.normal(size=d)
+        out.append(x / np.linalg.norm(x) * norm)
+    return out
+
+
+def modular_sum(words: list[np.ndarray]) -> np.ndarray:
+    return (sum(w.astype(np.uint64) for w in words) % (1 << 16)).astype(np.uint16)
+
+
+def test_uploads_are_at_most_four_bits_per_parameter():
+    kept, block = layout(MODEL_PARAMS)
+    assert (kept, block) == (23 * 2 ** 14, 2 ** 14)
+    spec = Compression.plan(SEED, MODEL_PARAMS, 1.0, 1.0, clients=26, honest=14)
+    assert spec.upload_bytes * 8 / MODEL_PARAMS <= MAX_BITS_PER_PARAM
+    assert spec.upload_bytes * 8 / MODEL_PARAMS == pytest.approx(3.878, abs=1e-3)
+
+
+@pytest.mark.parametrize("z", [0.0, 0.5, 2.0])
+def test_modular_sum_of_noised_updates_decodes_within_the_expected_error(z):
+    n, d, h = 12, 20_000, 8
+    spec = Compression.plan(SEED, d, 1.0, z, clients=n, honest=h)
+    sigma = spec.noise_sigma(z, h)
+    xs = clipped_updates(n, d, 0.9)
+    rng = np.random.default_rng(1)
+    total = spec.decode_sum(modular_sum([spec.encode(x, sigma, rng) for x in xs]))
+    true = sum(xs)
+    # on the kept coordinates the error is rounding (variance <= 1/4 per device and
+    # coordinate) plus the noise (n sigma^2), divided by the scale, times d / kept
+    kept = np.flatnonzero(total)
+    err = total[kept] * spec.kept / d - true[kept]
+    expected = math.sqrt(spec.kept * n * (sigma ** 2 + 0.25)) / spec.scale
+    assert np.linalg.norm(err) <= 1.1 * expected
+    assert kept.size == spec.kept
+
+
+def test_the_decoded_sum_is_unbiased_over_seeds():
+    n, d = 4, 4096
+    xs = clipped_updates(n, d, 1.0, seed=3)
+    rng, mean = np.random.default_rng(2), np.zeros(d)
+    runs = 300
+    for r in range(runs):
+        spec = Compression.plan(round_seed(r, "cd" * 32), d, 1.0, 0.0, clients=n, honest=n)
+        mean += spec.decode_sum(modular_sum([spec.encode(x, 0.0, rng) for x in xs])) / runs
+    true = sum(xs)
+    # each coordinate is kept with probability 1/4 and scaled by 4: std sqrt(3) |x_i| / sqrt(runs)
+    assert np.linalg.norm(mean - true) <= 1.2 * math.sqrt(3 / runs) * np.linalg.norm(true)
+
+
+def test_the_integer_noise_is_exact_under_the_modular_sum():
+    """The centred modular sum is exactly the sum of every device's rounded, noised integers:
+    what the accountant composes is what the server unmasks."""
+    n, d, h = 20, 8192, 14
+    spec = Compression.plan(SEED, d, 1.0, 1.0, clients=n, honest=h)
+    sigma = spec.noise_sigma(1.0, h)
+    words = [spec.encode(x, sigma, np.random.default_rng(i))
+             for i, x in enumerate(clipped_updates(n, d, 1.0))]
+    signed = sum(spec.centred(w) for w in words)  # each device's integers, summed exactly
+    assert np.array_equal(spec.centred(modular_sum(words)), signed)
+    assert np.abs(signed).max() < 2 ** 15 and not spec.wraps(n, sigma)
+
+
+def test_discrete_gaussian_has_its_variance_and_is_integer():
+    rng = np.random.default_rng(0)
+    for sigma in (0.7, 3.0, 2500.5):
+        x = discrete_gaussian(sigma, 200_000, rng)
+        assert x.dtype == np.int64 and abs(x.mean()) < 5 * sigma / math.sqrt(x.size)
+        assert x.var() == pytest.approx(sigma ** 2 if sigma > 1 else x.var(), rel=0.02)
+        assert x.var() <= sigma ** 2 * 1.02  # a discrete Gaussian's variance is at most sigma^2
+
+
+def test_sum_through_secagg_plus_with_real_crypto():
+    n, d, h = 10, 8192, 7
+    spec = Compression.plan(SEED, d, 1.0, 1.0, clients=n, honest=h)
+    sigma = spec.noise_sigma(1.0, h)
+    xs = clipped_updates(n, d, 1.0)
+    words = {i + 1: spec.encode(x, sigma, np.random.default_rng(i)) for i, x in enumerate(xs)}
+    sim = Sim(n, d=spec.kept, degree=6, seed=4, updates=words)
+    sim.config = replace(sim.config, encoding=ModularIntegers())
+    sim.server = SecAggServerRound(sim.config, {
+        i: crypto.identity_bytes(key) for i, key in sim.identities.items()})
+    sim.clients = {i: SecAggClient(sim.config, i, det_bytes(4000 + i), identity=key)
+                   for i, key in sim.identities.items()}
+    result = sim.run({"masked": {3}})  # one device drops before sending: its masks removed
+    assert all(m.dtype == np.uint16 for m in sim.stored.values())
+    survivors = result.survivors
+    assert np.array_equal(result.total, modular_sum([words[i] for i in survivors]))
+    mean = spec.decode_sum(result.total) / len(survivors)
+    true = sum(xs[i - 1] for i in survivors) / len(survivors)
+    err = (mean[mean != 0] * spec.kept / d - true[mean != 0]) * len(survivors)
+    assert np.linalg.norm(err) <= 1.1 * math.sqrt(spec.kept * len(survivors) * (
+        sigma ** 2 + 0.25)) / spec.scale
+    with pytest.raises(EncodingError, match="uint16"):
+        ModularIntegers().encode(np.zeros(4, np.uint32))
+
+
+# ---------------------------------------------------------------- accounting
+
+def test_a_single_discrete_gaussian_is_delta_squared_over_two_sigma_squared_zcdp():
+    assert privacy.ddg_rho(3.0, 6.0, 1, 10_000) == pytest.approx(9 / 72)
+    with pytest.raises(ValueError):
+        privacy.ddg_rho(1.0, 0.4, 3, 10)
+    assert privacy.ddg_rho(1.0, 0.0, 3, 10) == math.inf
+
+
+def test_the_sum_of_discrete_gaussians_carries_the_papers_slack():
+    # tau = 10 sum exp(-2 pi^2 sigma^2 k/(k+1)): visible only for a small sigma
+    small = privacy.ddg_rho(1.0, 0.6, 10, 10_000)
+    assert small > 1 / (2 * 10 * 0.36)
+    assert privacy.ddg_rho(3000.0, 800.0, 14, 376_832) == pytest.approx(
+        3000.0 ** 2 / (2 * 14 * 800.0 ** 2), rel=1e-12)
+
+
+def test_compressed_charges_are_the_rounds_noise_multiplier_and_come_from_dp_accounting():
+    spec = Compression.plan(SEED, MODEL_PARAMS, 1.0, 1.0, clients=26, honest=14)
+    sigma, server, users = privacy.compressed_noise(spec, 1.0, 20, secure=True)
+    assert server == users == pytest.approx(1.0, rel=1e-9)
+    assert sigma == pytest.approx(spec.sensitivity / math.sqrt(14))
+    sigma, server, users = privacy.compressed_noise(spec, 1.0, 20, secure=False)
+    assert (server, users) == (pytest.approx(1.0), pytest.approx(math.sqrt(14)))
+    rho = privacy.ddg_rho(spec.sensitivity, sigma, 1, spec.kept)
+    # stored as a Gaussian multiplier: the same RDP curve, so the same epsilon
+    assert privacy.composed_epsilon([privacy.zcdp_multiplier(rho)] * 3, 1e-6) == pytest.approx(
+        privacy.zcdp_epsilon([rho] * 3, 1e-6), rel=1e-9)
+    assert privacy.compressed_noise(spec, 0.0, 20, secure=True) == (0.0, 0.0, 0.0)
+
+
+# ---------------------------------------------------------------- refusals
+
+def test_the_seed_is_derived_not_chosen():
+    assert round_seed(7, "ab" * 32) == SEED != round_seed(8, "ab" * 32)
+    with pytest.raises(CompressionError):
+        round_seed(7, "xy")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"bits": 32}, "bits must be 16"), ({"kept": 1000}, "multiple of the block"),
+    ({"block": 1000}, "power of two"), ({"scale": -1.0}, "scale"),
+    ({"seed": "00"}, "seed"), ({"scheme": "topk"}, "scheme"), ({"extra": 1}, "exactly"),
+    ({"kept": 2 ** 14 * 24}, "over 4 bits")])
+def test_malformed_parameters_are_refused(change, message):
+    data = Compression.plan(SEED, MODEL_PARAMS, 1.0, 1.0, 26, 14).to_dict()
+    with pytest.raises(CompressionError, match=message):
+        Compression.from_dict({**data, **change})
+
+
+def test_words_of_the_wrong_size_or_modulus_are_refused():
+    spec = Compression.plan(SEED, 8192, 1.0, 1.0, 5, 4)
+    spec.check_words(np.zeros(spec.kept, np.uint16))
+    for bad in (np.zeros(spec.kept - 1, np.uint16), np.zeros(spec.kept, np.uint32)):
+        with pytest.raises(CompressionError, match="uint16 words"):
+            spec.check_words(bad)
+
+
+def test_a_modulus_too_small_for_the_round_is_refused():
+    with pytest.raises(CompressionError, match="cannot hold"):
+        Compression.plan(SEED, 8192, 1.0, 1.0, clients=10 ** 9, honest=10 ** 8)
