@@ -24,6 +24,7 @@ from model.schedule import SCHEDULES, lr_factor
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
 WEIGHTINGS = ("uniform", "examples")
 TRAIN_OPTIMIZERS = ("sgd", "adam", "adamw")
+COMPRESSIONS = ("none", "ddg16")  # float32 updates, or federated.compression's scheme
 
 
 # The ranges and choices RoundConfig.validate enforces (the OpenAPI document states them):
@@ -47,7 +48,8 @@ BOUNDS: dict[str, Bounds] = {
 }
 ENUMS: dict[str, tuple[str, ...]] = {
     "weighting": WEIGHTINGS, "server_optimizer": SERVER_OPTIMIZERS,
-    "server_lr_schedule": SCHEDULES, "train_optimizer": TRAIN_OPTIMIZERS}
+    "server_lr_schedule": SCHEDULES, "train_optimizer": TRAIN_OPTIMIZERS,
+    "compression": COMPRESSIONS}
 
 
 def in_bounds(value: float | None, bounds: Bounds) -> bool:
@@ -109,6 +111,7 @@ class RoundConfig:
     secagg_phase_seconds: float = 30.0  # each protocol phase after key advertisement
     secagg_dropout_rate: float = DROPOUT_RATE  # expected dropouts, sets the SecAgg+ degree k
     secagg_corrupt_rate: float = 0.0  # devices assumed to collude with the server
+    compression: str = "none"         # "ddg16": <= 4 bits per parameter, integer noise
 
     @property
     def capacity(self) -> int:

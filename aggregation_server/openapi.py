@@ -167,7 +167,10 @@ TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "train", "
         "client_id": {"type": "integer", "minimum": 1},
         "config": {"type": "object", "description": "federated.secagg RoundConfig.to_dict()"},
         "advertise_by": {"type": "number", "description": "unix time: train, then advertise "
-                                                          "keys before this"}})})
+                                                          "keys before this"}}),
+    "compression": {"type": "object", "description": "rounds with compression 'ddg16': "
+                    "federated.compression Compression.to_dict() (seed, kept, block, bits, "
+                    "scale); the device checks it and adds its discrete Gaussian noise"}})
 
 IDENTITY_KEY = {"type": "string", "description": "the device's Ed25519 public key, "
                                                  "base64url of its 32 raw bytes"}

@@ -24,7 +24,9 @@ import psutil
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from aggregation_server import accounting
+from federated.wire import encode_update
+
+from aggregation_server import accounting, compressed
 from aggregation_server.config import RoundConfig, Settings
 from aggregation_server.db import Database, Device, ModelVersion, Round, ServerState, Task
 from aggregation_server.enrolment import Enrolment
@@ -241,6 +243,9 @@ class RoundService:
                 "secure_aggregation": config.secure_aggregation}
         if config.secure_aggregation:
             task["secagg"] = self.secure.task_fields(s, r, device_id)
+        spec = compressed.spec_for(config, r.id, model.sha256, self.num_params)
+        if spec is not None:
+            task["compression"] = spec.to_dict()
         return task
 
     # ----- uploads --------------------------------------------------------------------
@@ -257,13 +262,14 @@ class RoundService:
                 return earlier
             check_open(r, task, self.clock())
             config = RoundConfig.from_dict(r.config)
+            spec = compressed.round_spec(s, r, config, self.num_params)
         if config.secure_aggregation:
             raise ApiError(409, "secure_aggregation",
                            f"round {round_id} uses secure aggregation: send the masked update "
                            f"through /v1/rounds/{round_id}/secagg/, not a plain update")
-        upd = check_update(body, r, config, self.shapes, self.settings.max_update_bytes)
+        upd = check_update(body, r, config, self.shapes, self.settings.max_update_bytes, spec)
         path = self.blobs.update_path(round_id, device_id, digest)
-        self.blobs.write(path, body)
+        self.blobs.write(path, body if spec is None else encode_update(upd))  # float32 kept
         try:
             with self.db.write() as s:
                 r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
@@ -343,7 +349,8 @@ class RoundService:
             if not state.training or self._current(s) is not None:
                 return None
             config = RoundConfig.from_dict(state.config)
-            reason = accounting.round_refusal(config, self._rounds_done(s))
+            reason = accounting.round_refusal(config, self._rounds_done(s)) or \
+                compressed.refusal(config, self.num_params)
             if reason is None and config.secure_aggregation not in MEANS:
                 reason = "secure aggregation is configured but not available on this server"
             if reason:

@@ -38,6 +38,10 @@ adds its noise) before masking, and the fixed-point encoding clamps every coordi
 the encoding's bound B; a tampered device can still add an arbitrary vector modulo 2^b,
 so the server checks that the unmasked sum's L2 norm is at most n times the norm a plain
 upload may have (`privacy.norm_bound`) and abandons the round otherwise.
+
+Compressed rounds (`compression = "ddg16"`, `aggregation_server.compressed`): the protocol
+sums the codec's 16-bit words (`ModularIntegers`, dimension = the kept coordinates); the
+unmasked modular sum is checked in integer units and decoded into the mean.
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aggregation_server import compressed
 from aggregation_server.config import RoundConfig
 from aggregation_server.db import (Device, Round, SecAggMember, SecAggMessage, SecAggRelay,
                                    SecAggRound, Task)
@@ -120,9 +125,11 @@ class SecureRounds:
     def open(self, s: Session, r: Round, config: RoundConfig) -> None:
         """Fix the protocol's public config for a new round (n = its capacity)."""
         _, degree, threshold = config.secagg_shape
+        spec = compressed.round_spec(s, r, config, self.service.num_params)
         protocol = ProtocolConfig.create(
-            r.id, r.capacity, self.service.num_params, config.clip_norm,
-            device_noise_stddev(config), degree=degree, threshold=threshold)
+            r.id, r.capacity, spec.kept if spec else self.service.num_params, config.clip_norm,
+            device_noise_stddev(config), degree=degree, threshold=threshold,
+            encoding=compressed.encoding(spec))
         protocol = replace(protocol, min_clients=min(protocol.num_clients,
                                                      max(protocol.min_clients, r.minimum)))
         s.add(SecAggRound(round_id=r.id, config=protocol.to_dict(), phase="advertise",
@@ -330,20 +337,32 @@ class SecureRounds:
             raise AggregationUnavailable(f"secure aggregation could not unmask the sum: "
                                          f"{err.reason}") from None
         config, n = RoundConfig.from_dict(r.config), len(result.survivors)
-        limit = n * privacy.norm_bound(config.clip_norm, device_noise_stddev(config),
-                                       svc.num_params)
-        norm = float(np.linalg.norm(result.total))
-        if not norm <= limit:
+        problem, mean = self._mean(r, config, result.total, n)
+        if problem:
             self._set_cause(round_id, "sum_out_of_range")
-            raise AggregationUnavailable(
-                f"the unmasked sum of {n} updates has L2 norm {norm:.4g}, over {n} times the "
-                f"bound of one update ({limit:.4g} in all): a device sent out-of-range values")
-        mean = unflatten((result.total / n).astype(np.float32), svc.shapes)
+            raise AggregationUnavailable(f"{problem}: a device sent out-of-range values")
         svc.blobs.write_tensors(mean_path(round_id), mean,
                                 {"format": MEAN_FORMAT, "survivors": str(n)})
         log.info("secagg_unmasked", extra={"round_id": round_id, "survivors": n,
                                            "dropped": len(result.dropped)})
         return n
+
+    def _mean(self, r: Round, config: RoundConfig, total: np.ndarray,
+              n: int) -> tuple[str | None, Tensors]:
+        """(why the unmasked sum is out of range or None, the mean of the n updates)."""
+        svc = self.service
+        with svc.db.read() as s:
+            spec = compressed.round_spec(s, r, config, svc.num_params)
+        if spec is not None:  # the modular sum of the codec's words
+            problem = compressed.out_of_range(total, spec, config, n)
+            return problem, unflatten(compressed.decode(total, spec, n), svc.shapes)
+        limit = n * privacy.norm_bound(config.clip_norm, device_noise_stddev(config),
+                                       svc.num_params)
+        norm = float(np.linalg.norm(total))
+        problem = None if norm <= limit else (
+            f"the unmasked sum of {n} updates has L2 norm {norm:.4g}, over {n} times the "
+            f"bound of one update ({limit:.4g} in all)")
+        return problem, unflatten((total / n).astype(np.float32), svc.shapes)
 
     def _set_cause(self, round_id: int, cause: str) -> None:
         with self.service.db.write() as s:

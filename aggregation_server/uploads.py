@@ -6,8 +6,11 @@ import math
 import numpy as np
 
 from federated import privacy
-from federated.wire import Update, WireError, decode_update, l2_norm
+from federated.compression import Compression
+from federated.secagg import unflatten
+from federated.wire import Update, WireError, decode_compressed_update, decode_update, l2_norm
 
+from aggregation_server import compressed
 from aggregation_server.accounting import device_noise_stddev
 from aggregation_server.config import RoundConfig
 from aggregation_server.db import Round, Task
@@ -48,13 +51,15 @@ def check_open(r: Round, task: Task | None, now: float) -> None:
 
 
 def check_update(body: bytes, r: Round, config: RoundConfig, shapes: dict[str, tuple[int, ...]],
-                 max_bytes: int) -> Update:
-    """The decoded update if it fits the model, the round and the round's norm bound."""
+                 max_bytes: int, spec: Compression | None = None) -> Update:
+    """The decoded update if it fits the model, the round and the round's norm bound;
+    in a compressed round (`spec`), decoded to float tensors after the checks."""
     if len(body) > max_bytes:
         raise ApiError(413, "too_large", f"update of {len(body)} bytes is over the "
                                          f"{max_bytes}-byte limit")
     try:
-        update = decode_update(body, shapes, max_bytes)
+        update = decode_update(body, shapes, max_bytes) if spec is None else \
+            decode_compressed_update(body, spec.kept, spec.seed, max_bytes)
     except WireError as err:
         raise ApiError(400, "invalid_update", str(err)) from None
     if update.round_id != r.id:
@@ -68,6 +73,8 @@ def check_update(body: bytes, r: Round, config: RoundConfig, shapes: dict[str, t
         raise ApiError(400, "wrong_model_version",
                        f"update was trained from model version {update.model_version}, "
                        f"round {r.id} trains version {r.model_version}")
+    if spec is not None:
+        return _decompressed(update, spec, config, shapes)
     num_params = sum(math.prod(shape) for shape in shapes.values())
     bound = privacy.norm_bound(config.clip_norm, device_noise_stddev(config), num_params)
     norm = quick_norm(update.tensors)
@@ -77,6 +84,16 @@ def check_update(body: bytes, r: Round, config: RoundConfig, shapes: dict[str, t
         raise ApiError(422, "norm_too_large",
                        f"update L2 norm {norm:.4g} is over the round's bound {bound:.4g} "
                        f"(clip norm {config.clip_norm} plus the task's noise)")
+    return update
+
+
+def _decompressed(update: Update, spec: Compression, config: RoundConfig,
+                  shapes: dict[str, tuple[int, ...]]) -> Update:
+    """A compressed update's float tensors, if its words are in range (422 otherwise)."""
+    problem = compressed.out_of_range(update.tensors["words"], spec, config)
+    if problem:
+        raise ApiError(422, "norm_too_large", problem)
+    update.tensors = unflatten(compressed.decode(update.tensors["words"], spec), shapes)
     return update
 
 

@@ -42,6 +42,7 @@ BLOCK = 1 << 14
 MAX_BITS_PER_PARAM = 4
 MODULAR_CLIP_PROBABILITY = 1e-9  # at most this chance that a round's sum wraps anywhere
 ROUNDING_BETA = 1e-4  # conditional rounding: chance that one rounding must be redone
+SIGMA_MIN = 4.0  # integer units: KLS's slack tau is then below 1e-60 (`privacy.ddg_rho`)
 SEED_BYTES = 32
 _SEED_CONTEXT = b"private-keyboard/compression-1"
 
@@ -166,7 +167,8 @@ class Compression:
         """The largest scale whose modular sum of `clients` devices, each adding the noise
         `noise_sigma(noise_multiplier, honest)`, wraps with probability below
         `MODULAR_CLIP_PROBABILITY` (plain rounds: clients = honest = 1, each upload
-        decoded alone)."""
+        decoded alone). Refuses noise too small for the discrete Gaussian's bound to be
+        tight (sigma below SIGMA_MIN)."""
         kept, block = layout(dimension)
         base = cls(seed, dimension, kept, block, BITS, 1.0, clip_norm)
         low, high = 1e-9, 1e12
@@ -177,7 +179,15 @@ class Compression:
             mid = math.sqrt(low * high)
             low, high = (mid, high) if base._fits(noise_multiplier, clients, honest,
                                                   mid / clip_norm) else (low, mid)
-        return cls(seed, dimension, kept, block, BITS, low / clip_norm, clip_norm)
+        spec = cls(seed, dimension, kept, block, BITS, low / clip_norm, clip_norm)
+        sigma = spec.noise_sigma(noise_multiplier, honest)
+        if 0 < sigma < SIGMA_MIN:
+            raise CompressionError(
+                f"noise multiplier {noise_multiplier:g} is too small for compressed rounds of "
+                f"{clients} devices: each device's discrete Gaussian would have sigma "
+                f"{sigma:.3g} < {SIGMA_MIN:g} integer units; raise the noise multiplier or "
+                "switch compression off")
+        return spec
 
     def _fits(self, z: float, clients: int, honest: int, scale: float) -> bool:
         c = scale * self.clip_norm

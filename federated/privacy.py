@@ -13,6 +13,7 @@ import secrets
 
 import numpy as np
 
+from federated.compression import Compression
 from federated.wire import l2_norm
 
 Tensors = dict[str, np.ndarray]
@@ -194,7 +195,18 @@ def zcdp_epsilon(rhos: list[float], delta: float) -> float:
     return float(accountant.get_epsilon(delta))
 
 
-def compressed_noise(spec, noise_multiplier: float, min_reports: int, *, secure: bool,
+def round_compression(seed: bytes, dimension: int, clip_norm: float, noise_multiplier: float,
+                      min_reports: int, capacity: int, *, secure: bool,
+                      dishonest_share: float = DISHONEST_SHARE) -> Compression:
+    """A compressed round's parameters: secure rounds' scale lets the modular sum of all
+    `capacity` devices, each adding z*Delta/sqrt(h), stay inside the modulus; plain rounds'
+    lets one upload with the full z*Delta do so (the server decodes each alone)."""
+    h = honest_reports(min_reports, dishonest_share)
+    return Compression.plan(seed, dimension, clip_norm, noise_multiplier,
+                            clients=capacity if secure else 1, honest=h if secure else 1)
+
+
+def compressed_noise(spec: Compression, noise_multiplier: float, min_reports: int, *, secure: bool,
                      dishonest_share: float = DISHONEST_SHARE) -> tuple[float, float, float]:
     """(sigma, against the server, against model users) of one device in a compressed round
     (`spec`: a `federated.compression.Compression`): sigma is the discrete Gaussian's in
@@ -202,7 +214,9 @@ def compressed_noise(spec, noise_multiplier: float, min_reports: int, *, secure:
     same rule as `device_noise_stddev`, with the rounded sensitivity Delta in place of C);
     the two are the Gaussian multipliers (`zcdp_multiplier`) of `ddg_rho` for what each
     adversary sees: the sum of the h honest reports (secure; model users always), or
-    this device's own upload (plain, against the server)."""
+    this device's own upload (plain, against the server). With sigma >= SIGMA_MIN (the
+    plan refuses less) the paper's slack is below 1e-60 and both equal the round's z and
+    z*sqrt(h) as for float rounds, so the server charges compressed rounds like float ones."""
     if noise_multiplier <= 0:
         return 0.0, 0.0, 0.0
     h = honest_reports(min_reports, dishonest_share)

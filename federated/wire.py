@@ -18,6 +18,7 @@ from device_model.tensorfile import TensorFileError, TensorInfo
 
 API_PREFIX = "/v1"
 UPDATE_FORMAT = "private-keyboard/update-1"
+COMPRESSED_FORMAT = "private-keyboard/compressed-update-1"
 MAX_UPDATE_BYTES = 16 * 1024 * 1024
 DEVICE_METRICS = ("loss", "accuracy")  # the only metrics an update may carry (round means)
 Shapes = dict[str, tuple[int, ...]]
@@ -44,14 +45,50 @@ def l2_norm(tensors: dict[str, np.ndarray]) -> float:
                          for t in tensors.values()))
 
 
-def encode_update(update: Update) -> bytes:
-    """An update as safetensors bytes (float32 tensors, JSON-able metadata)."""
-    meta = {"format": UPDATE_FORMAT, "round_id": str(update.round_id),
+def _metadata(update: Update, form: str) -> dict[str, str]:
+    return {"format": form, "round_id": str(update.round_id),
             "model_version": str(update.model_version),
             "num_examples": str(update.num_examples),
             "metrics": json.dumps(update.metrics, sort_keys=True)}
+
+
+def encode_update(update: Update) -> bytes:
+    """An update as safetensors bytes (float32 tensors, JSON-able metadata)."""
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in update.tensors.items()}
-    return tensorfile.save(tensors, meta)
+    return tensorfile.save(tensors, _metadata(update, UPDATE_FORMAT))
+
+
+def encode_compressed_update(update: Update, words: np.ndarray, seed: bytes) -> bytes:
+    """A compressed update (`federated.compression`): its uint16 words under the name
+    "words", the round's compression seed in hex, and `update`'s round, version, examples
+    and metrics (its tensors are not sent)."""
+    meta = {**_metadata(update, COMPRESSED_FORMAT), "seed": seed.hex(), "bits": "16"}
+    return tensorfile.save({"words": np.ascontiguousarray(words, dtype=np.uint16)}, meta)
+
+
+def decode_compressed_update(data: bytes, kept: int, seed: bytes,
+                             max_bytes: int = MAX_UPDATE_BYTES) -> Update:
+    """Parse a compressed update for a round that keeps `kept` coordinates under `seed`:
+    an Update whose one tensor "words" holds the uint16 words; WireError says what is off
+    (size, modulus, seed, format)."""
+    if len(data) > max_bytes:
+        raise WireError(f"update of {len(data)} bytes is over the {max_bytes}-byte limit")
+    declared, meta = _header(data)
+    if meta.get("format") != COMPRESSED_FORMAT:
+        raise WireError(f"this round takes compressed updates: metadata format must be "
+                        f"{COMPRESSED_FORMAT!r}")
+    words = declared.get("words")
+    if meta.get("bits") != "16" or (words is not None and words.dtype != "U16"):
+        raise WireError("compressed updates are 16-bit words (modulus 2^16): metadata bits "
+                        "must be '16' and the tensor 'words' U16")
+    if set(declared) != {"words"} or words.shape != (kept,):
+        raise WireError(f"a compressed update of this round is one tensor 'words' of {kept} "
+                        f"values, got {sorted(declared)[:5]}")
+    if meta.get("seed") != seed.hex():
+        raise WireError("the compression seed differs from this round's: the update was "
+                        "compressed for another round or model")
+    tensors, _ = tensors_from_bytes(data)
+    return _update(tensors, meta)
 
 
 def _header(data: bytes) -> tuple[dict[str, TensorInfo], dict[str, str]]:
@@ -98,6 +135,11 @@ def decode_update(data: bytes, expected: Shapes, max_bytes: int = MAX_UPDATE_BYT
     for name, tensor in tensors.items():
         if not np.isfinite(tensor).all():
             raise WireError(f"tensor {name!r} has non-finite values (nan or inf)")
+    return _update(tensors, meta)
+
+
+def _update(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> Update:
+    """An Update of these tensors with the round, version, examples and metrics of `meta`."""
     try:
         metrics = json.loads(meta.get("metrics", "{}"))
     except json.JSONDecodeError:

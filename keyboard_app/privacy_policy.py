@@ -7,15 +7,19 @@ cohort and secure flag (`federated.privacy.device_noise_stddev`): it never uses 
 level the server dictates. The user may tighten the policy in Settings, never loosen it
 below the defaults; nothing the server sends changes it. Simulations and tests that need a
 looser policy (tiny rounds, a fleet without noise) build one in code with
-`DevicePolicy.relaxed(...)`, and only that way.
+`DevicePolicy.relaxed(...)`, and only that way. A compressed round's parameters
+(`federated.compression`) are checked too: the seed must be the one derived from the round
+and its model, and the modulus must hold this device's own integer noise.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
 
-from federated.privacy import (DISHONEST_SHARE, composed_epsilon, device_noise_stddev,
-                               visible_noise_multiplier)
+from federated.compression import SIGMA_MIN, Compression, CompressionError, round_seed
+from federated.privacy import (DISHONEST_SHARE, composed_epsilon, compressed_noise,
+                               device_noise_stddev, visible_noise_multiplier)
+from federated.secagg import ModularIntegers
 from federated.secagg.params import hiding_problem
 from keyboard_app.secure_upload import parse_task
 
@@ -45,6 +49,8 @@ class RoundTerms:
     secure: bool
     noise_stddev: float  # per coordinate, added on this device
     visible_multiplier: float  # the noise multiplier protecting this update from the server
+    compression: Compression | None = None  # compressed round: the codec's parameters
+    noise_sigma: float = 0.0  # compressed round: the discrete Gaussian's sigma (integer units)
 
 
 def _refuse(code: str, detail: str) -> PolicyRefusal:
@@ -65,6 +71,8 @@ REASONS = {
                        "allow, so your phone did not take part.",
     "secagg_unsafe": "This round's secure aggregation could let the server uncover a single "
                      "phone's update, so your phone did not take part.",
+    "compression_unsafe": "This round's compressed upload could have cut off the noise that "
+                          "protects your update, so your phone did not take part.",
     "budget": "Taking part in this round would pass the privacy limit you set for this phone, "
               "so it did not take part.",
     "budget_spent": "Your phone has used up the privacy limit you set, so it no longer takes "
@@ -173,12 +181,37 @@ class DevicePolicy:
             raise _refuse("secure_required", "the round is plain and this device requires "
                                              "secure aggregation")
         share = self._share(task)
+        if "compression" in task:
+            return self._compressed_terms(task, clip_norm, z, cohort, secure, share)
         stddev = device_noise_stddev(clip_norm, z, cohort, secure=secure, dishonest_share=share)
         if secure:
             self._check_secure(task, clip_norm, cohort, stddev)
         visible = visible_noise_multiplier(stddev, clip_norm, cohort, secure=secure,
                                            dishonest_share=share)
         return RoundTerms(clip_norm, z, cohort, secure, stddev, visible)
+
+    def _compressed_terms(self, task: dict, clip_norm: float, z: float, cohort: int,
+                          secure: bool, share: float) -> RoundTerms:
+        """A compressed round: its parameters are the round's own (seed derived from the
+        round and its model), and the modulus holds this device's discrete Gaussian noise,
+        sized by this policy, in a sum of every device the round may have."""
+        try:
+            spec = Compression.from_dict(task["compression"])
+            seed = round_seed(int(task["round_id"]), str(task["model_sha256"]))
+            clients = parse_task(task).config.num_clients if secure else 1
+        except (CompressionError, ValueError, KeyError, TypeError) as err:
+            raise _refuse("malformed", f"compression: {err}") from None
+        if spec.seed != seed or spec.clip_norm != clip_norm:
+            raise _refuse("malformed", "the compression seed or clip norm is not the round's")
+        sigma, visible, _ = compressed_noise(spec, z, cohort, secure=secure,
+                                             dishonest_share=share)
+        if secure:
+            self._check_secure(task, clip_norm, cohort, 0.0, spec.kept)
+        if spec.wraps(clients, sigma) or 0 < sigma < SIGMA_MIN:
+            raise _refuse("compression_unsafe", f"scale {spec.scale:g} with noise sigma "
+                          f"{sigma:.4g} over {clients} devices could wrap the 2^{spec.bits} "
+                          "modulus (or the noise is too small for its bound)")
+        return RoundTerms(clip_norm, z, cohort, secure, sigma / spec.scale, visible, spec, sigma)
 
     def _share(self, task: dict) -> float:
         """The dishonest share the noise is sized for: the policy's, or the task's if the
@@ -189,9 +222,11 @@ class DevicePolicy:
         return max(self.dishonest_share, float(told))
 
     @staticmethod
-    def _check_secure(task: dict, clip_norm: float, cohort: int, stddev: float) -> None:
+    def _check_secure(task: dict, clip_norm: float, cohort: int, stddev: float,
+                      compressed: int | None = None) -> None:
         """The SecAgg+ parameters hide one input; the protocol's own minimum covers the
-        cohort the noise was sized for; its number format does not cut the noise off."""
+        cohort the noise was sized for; its number format does not cut the noise off
+        (`compressed`: the round sums that many 16-bit words, the codec's)."""
         try:
             config = parse_task(task).config
         except ValueError as err:
@@ -202,7 +237,10 @@ class DevicePolicy:
         if config.min_clients < cohort:
             raise _refuse("secagg_unsafe", f"the protocol unmasks sums of {config.min_clients} "
                                            f"inputs, below the round's min_reports {cohort}")
-        if config.encoding.bound < clip_norm + 2 * stddev:
+        if compressed is not None:
+            if not isinstance(config.encoding, ModularIntegers) or config.dimension != compressed:
+                raise _refuse("malformed", "the secure round does not sum the compressed words")
+        elif config.encoding.bound < clip_norm + 2 * stddev:
             raise _refuse("secagg_unsafe", f"encoding bound {config.encoding.bound:g} would "
                                            f"clamp the noise (std {stddev:g})")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import secrets
 import threading
 import time
 import uuid
@@ -29,8 +30,10 @@ from device_model.checkpoint import (CheckpointError, CheckpointMeta, read_metad
                                      weights_from_bytes)
 from device_model.lstm import NumpyLSTM
 from device_model.tokenizer import DeviceTokenizer, TokenizerError
+from federated.compression import CompressionError
 from federated.privacy import composed_epsilon
-from federated.wire import Update
+from federated.secagg import flatten
+from federated.wire import Update, encode_compressed_update
 from keyboard_app.client import (ModelBlob, ServerRejected, ServerUnavailable, SyncClient,
                                  write_private)
 from keyboard_app.eligibility import Eligibility
@@ -281,17 +284,21 @@ class DeviceRuntime:
         self._set(state="training", detail=f"round {task['round_id']}: training on {n} of "
                                            f"{len(messages)} messages")
         log.info("round %s: training on %d of %d messages", task["round_id"], n, len(messages))
+        float_noise = 0.0 if terms.compression else terms.noise_stddev  # else integer noise
         local = self.local_update(task, blob.data, tokenizer, messages,
-                                  noise_stddev=terms.noise_stddev, seed=self.train_seed,
+                                  noise_stddev=float_noise, seed=self.train_seed,
                                   rng=self.rng, should_stop=lambda: self._interrupted(train_by))
         if local is None:
             why = "; ".join(self.eligibility.check(10**9).reasons) or "stopped or past deadline"
             return self._step("interrupted", self.poll_seconds, f"training stopped: {why}")
         self._set(last_loss=local.result.mean_loss, clip_norm=terms.clip_norm,
                   noise_stddev=terms.noise_stddev)
+        words = self._compress(local.update, terms)
         if secure:
-            return self._secure_upload(secure, local.update, started, terms)
-        self._pending = {"round_id": int(task["round_id"]), "body": local.body,
+            return self._secure_upload(secure, local.update, started, terms, words)
+        body = local.body if words is None else \
+            encode_compressed_update(local.update, words, terms.compression.seed)
+        self._pending = {"round_id": int(task["round_id"]), "body": body,
                          "key": str(uuid.uuid4()), "deadline": deadline, "started": started,
                          "terms": terms, "ledger_id": None}
         return self._upload_pending()
@@ -328,8 +335,21 @@ class DeviceRuntime:
                  len(pending["body"]), reply.get("reports"))
         return self._step("uploaded", 0.0, f"round {pending['round_id']}")
 
+    def _compress(self, update: Update, terms: RoundTerms) -> np.ndarray | None:
+        """A compressed round's words: the clipped update through the codec, with this
+        device's discrete Gaussian noise (None in float32 rounds)."""
+        if terms.compression is None:
+            return None
+        shapes = {name: tuple(t.shape) for name, t in update.tensors.items()}
+        rng = self.rng or np.random.default_rng(secrets.randbits(128))
+        try:
+            return terms.compression.encode(flatten(update.tensors, shapes), terms.noise_sigma,
+                                            rng)
+        except CompressionError as err:
+            raise TaskError(f"compression: {err}") from None
+
     def _secure_upload(self, task: SecureTask, update: Update, started: float,
-                       terms: RoundTerms) -> Step:
+                       terms: RoundTerms, words: np.ndarray | None = None) -> Step:
         """Run the secure-aggregation phases (blocking, polling until the round's deadline)."""
         round_id = task.config.round_id
         entry: list[int] = []
@@ -352,7 +372,7 @@ class DeviceRuntime:
                                   state="uploading",
                                   detail=f"round {round_id}: secure aggregation, {step}"))
         try:
-            nbytes = upload.run(update)
+            nbytes = upload.run(update, words)
         except SecureRoundError as err:
             log.warning("secure aggregation: %s", err)
             return self._step("missed", self.poll_seconds, str(err))

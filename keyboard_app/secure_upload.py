@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from federated.secagg import (AbortNotice, ConsistencyRequest, KeysRelay, RoundAborted,
                               RoundConfig, SecAggClient, SecAggError, SharesRelay, UnmaskRequest,
                               flatten)
@@ -89,10 +91,11 @@ class SecureUpload:
         self.on_sending_masked = on_sending_masked
         self.min_survivors = min_survivors
 
-    def run(self, update: Update) -> int:
-        """Go through all phases with this (clipped, noised) update; the masked bytes sent."""
+    def run(self, update: Update, words: np.ndarray | None = None) -> int:
+        """Go through all phases with this (clipped, noised) update, or in a compressed
+        round with its `words` (`federated.compression`); the masked bytes sent."""
         shapes = {name: tuple(t.shape) for name, t in update.tensors.items()}
-        flat = flatten(update.tensors, shapes)
+        flat = flatten(update.tensors, shapes) if words is None else words
         if flat.size != self.task.config.dimension:
             raise SecureRoundError(f"update has {flat.size} values, the round expects "
                                    f"{self.task.config.dimension}")

@@ -20,7 +20,9 @@ safetensors header and metadata), and shows that
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import socket
 import threading
 import time
@@ -34,9 +36,11 @@ from data import load_split
 from device_model.checkpoint import weights_from_bytes
 from device_model.lstm import NumpyLSTM
 from device_model.train import TrainConfig, train
+from federated import privacy
+from federated.compression import round_seed
 from federated.privacy import clip, privatize
-from federated.secagg import message_from_json
-from federated.wire import decode_update, l2_norm, tensors_from_bytes
+from federated.secagg import flatten, message_from_json
+from federated.wire import decode_compressed_update, decode_update, l2_norm, tensors_from_bytes
 from keyboard_app.eligibility import Eligibility, EligibilitySettings
 from keyboard_app.history import HistoryStore
 from keyboard_app.local_training import sample_messages
@@ -261,65 +265,11 @@ def assert_plain_bodies(sent: list[dict]) -> None:
             assert request["body"] == b""
 
 
-def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp_path,
-                                                              histories):
+def two_rounds_recorded(start_server, rounds: dict, tmp_path, histories):
+    """A server with these round settings, and the devices through the recording relay in
+    two rounds: (server, relay, devices, every request they sent, the server's status)."""
     torch.set_num_threads(1)
-    server = start_server(round=ROUNDS)
-    relay = RecordingRelay(int(server.url.rsplit(":", 1)[1]))
-    devices = devices_behind(relay, server, tmp_path, histories)
-    try:
-        take_part(devices)
-        server.wait_for(lambda st: st["rounds_closed"] >= 2, what="two rounds aggregated")
-    finally:
-        relay.close()
-
-    # Every byte each device sent, as HTTP requests.
-    sent = [r for stream in relay.streams for r in parse_requests(bytes(stream))]
-    kinds = {(r["method"], r["path"].split("/")[2]) for r in sent}
-    assert {("POST", "devices"), ("GET", "model"), ("GET", "tokenizer"), ("POST", "checkin"),
-            ("PUT", "rounds")} <= kinds
-    puts = [r for r in sent if r["method"] == "PUT"]
-    assert len(puts) == 6
-
-    # 1. No text: no 3-word run of any message, no secret, in any view of any request.
-    assert_no_text(sent, relay, histories, tmp_path)
-    assert_plain_bodies(sent)
-
-    # 2. The tensors are exactly the clipped, noised difference, recomputed here from the
-    #    server's own copy of each round's model and the round settings.
-    tokenizer = WordTokenizer.from_json(requests.get(server.url + "/v1/tokenizer").text)
-    rngs = {i: np.random.default_rng(100 + i) for i in range(3)}
-    token_of = {d.client._identity["token"]: i for i, d in enumerate(devices)}
-    stddev = ROUNDS["noise_multiplier"] * ROUNDS["clip_norm"]  # plain: the full z*C on the device
-    for put in puts:
-        i = token_of[put["headers"]["authorization"].removeprefix("Bearer ")]
-        update = decode_update(put["body"], server.shapes)
-        global_bytes = requests.get(f"{server.url}/v1/models/{update.model_version}").content
-        global_tensors, _ = tensors_from_bytes(global_bytes)
-        weights, meta = weights_from_bytes(global_bytes)  # the device's NumPy runtime
-        model = NumpyLSTM(weights, meta.config)
-        kept = sample_messages(devices[i].history.messages(), ROUNDS["train_max_examples"], i)
-        train(model, tokenizer.encode_messages(kept),
-              TrainConfig(epochs=ROUNDS["train_epochs"], batch_size=ROUNDS["train_batch_size"],
-                          lr=ROUNDS["train_lr"], optimizer=ROUNDS["train_optimizer"], seed=i,
-                          threads=1))
-        trained = model.weights
-        delta = {k: trained[k] - global_tensors[k] for k in sorted(global_tensors)}
-        expected, prenorm = privatize(delta, ROUNDS["clip_norm"], stddev, rngs[i])
-        for name in expected:
-            np.testing.assert_array_equal(update.tensors[name], expected[name])
-        clipped, _ = clip(delta, ROUNDS["clip_norm"])
-        assert prenorm > ROUNDS["clip_norm"] >= l2_norm(clipped)  # clipping did bite
-        noise = np.concatenate([(update.tensors[k] - clipped[k]).ravel() for k in clipped])
-        assert noise.std() == pytest.approx(stddev, rel=0.05)
-        assert update.num_examples == len(kept) and update.metrics == {}
-
-
-def test_no_raw_text_leaves_in_any_phase_of_a_secure_round(start_server, tmp_path, histories):
-    """The same devices and relay, in two secure rounds: every message of every phase is
-    recorded and searched the same way, and each is exactly a protocol message."""
-    torch.set_num_threads(1)
-    server = start_server(round=SECURE_ROUNDS)
+    server = start_server(round=rounds)
     relay = RecordingRelay(int(server.url.rsplit(":", 1)[1]))
     devices = devices_behind(relay, server, tmp_path, histories)
     try:
@@ -327,9 +277,105 @@ def test_no_raw_text_leaves_in_any_phase_of_a_secure_round(start_server, tmp_pat
         st = server.wait_for(lambda st: st["rounds_closed"] >= 2, what="two rounds aggregated")
     finally:
         relay.close()
-    assert all(r["secure_aggregation"] for r in st["rounds"] if r["state"] == "closed")
-
     sent = [r for stream in relay.streams for r in parse_requests(bytes(stream))]
+    return server, relay, devices, sent, st
+
+
+def textless_uploads(sent: list[dict], relay: RecordingRelay, devices: list[DeviceRuntime],
+                     histories, tmp_path) -> list[tuple[int, dict]]:
+    """The six plain uploads of two rounds, by device index, after checking that no text
+    is in any request (`assert_no_text`, `assert_plain_bodies`)."""
+    puts = [r for r in sent if r["method"] == "PUT"]
+    assert len(puts) == 6
+    assert_no_text(sent, relay, histories, tmp_path)
+    assert_plain_bodies(sent)
+    token_of = {d.client._identity["token"]: i for i, d in enumerate(devices)}
+    return [(token_of[put["headers"]["authorization"].removeprefix("Bearer ")], put)
+            for put in puts]
+
+
+def retrained_delta(server, devices: list[DeviceRuntime], i: int,
+                    version: int) -> tuple[dict[str, np.ndarray], str, int]:
+    """Device i's training from model `version`, redone here from the server's own copy
+    (the device's NumPy runtime, its seed and sample): (the delta, the model's sha256,
+    the messages trained on)."""
+    tokenizer = WordTokenizer.from_json(requests.get(server.url + "/v1/tokenizer").text)
+    global_bytes = requests.get(f"{server.url}/v1/models/{version}").content
+    global_tensors, _ = tensors_from_bytes(global_bytes)
+    weights, meta = weights_from_bytes(global_bytes)
+    model = NumpyLSTM(weights, meta.config)
+    kept = sample_messages(devices[i].history.messages(), ROUNDS["train_max_examples"], i)
+    train(model, tokenizer.encode_messages(kept),
+          TrainConfig(epochs=ROUNDS["train_epochs"], batch_size=ROUNDS["train_batch_size"],
+                      lr=ROUNDS["train_lr"], optimizer=ROUNDS["train_optimizer"], seed=i,
+                      threads=1))
+    trained = model.weights
+    delta = {k: trained[k] - global_tensors[k] for k in sorted(global_tensors)}
+    return delta, hashlib.sha256(global_bytes).hexdigest(), len(kept)
+
+
+def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp_path,
+                                                              histories):
+    server, relay, devices, sent, _ = two_rounds_recorded(start_server, ROUNDS, tmp_path,
+                                                          histories)
+    kinds = {(r["method"], r["path"].split("/")[2]) for r in sent}
+    assert {("POST", "devices"), ("GET", "model"), ("GET", "tokenizer"), ("POST", "checkin"),
+            ("PUT", "rounds")} <= kinds
+    # 1. No text: no 3-word run of any message, no secret, in any view of any request.
+    puts = textless_uploads(sent, relay, devices, histories, tmp_path)
+
+    # 2. The tensors are exactly the clipped, noised difference, recomputed here from the
+    #    server's own copy of each round's model and the round settings.
+    rngs = {i: np.random.default_rng(100 + i) for i in range(3)}
+    stddev = ROUNDS["noise_multiplier"] * ROUNDS["clip_norm"]  # plain: the full z*C on the device
+    for i, put in puts:
+        update = decode_update(put["body"], server.shapes)
+        delta, _, examples = retrained_delta(server, devices, i, update.model_version)
+        expected, prenorm = privatize(delta, ROUNDS["clip_norm"], stddev, rngs[i])
+        for name in expected:
+            np.testing.assert_array_equal(update.tensors[name], expected[name])
+        clipped, _ = clip(delta, ROUNDS["clip_norm"])
+        assert prenorm > ROUNDS["clip_norm"] >= l2_norm(clipped)  # clipping did bite
+        noise = np.concatenate([(update.tensors[k] - clipped[k]).ravel() for k in clipped])
+        assert noise.std() == pytest.approx(stddev, rel=0.05)
+        assert update.num_examples == examples and update.metrics == {}
+
+
+def test_compressed_uploads_carry_no_text_and_are_exactly_the_codec_output(
+        start_server, tmp_path, histories):
+    """Plain rounds with compression on: no text in any byte, and each upload's words are
+    exactly the clipped difference through the codec with the device's integer noise."""
+    server, relay, devices, sent, _ = two_rounds_recorded(
+        start_server, {**ROUNDS, "compression": "ddg16"}, tmp_path, histories)
+    puts = textless_uploads(sent, relay, devices, histories, tmp_path)
+    rngs = {i: np.random.default_rng(100 + i) for i in range(3)}
+    dimension = sum(math.prod(shape) for shape in server.shapes.values())
+    for i, put in puts:
+        round_id = int(put["path"].split("/")[3])
+        version = int(json.loads(put["body"][8:8 + int.from_bytes(put["body"][:8], "little")])[
+            "__metadata__"]["model_version"])
+        delta, sha, _ = retrained_delta(server, devices, i, version)
+        spec = privacy.round_compression(round_seed(round_id, sha), dimension,
+                                         ROUNDS["clip_norm"], ROUNDS["noise_multiplier"],
+                                         ROUNDS["min_reports"], 3, secure=False)
+        update = decode_compressed_update(put["body"], spec.kept, spec.seed)
+        assert set(update.tensors) == {"words"} and update.metrics == {}
+        assert len(put["body"]) <= spec.kept * 2 + 512  # the words and a short header
+        clipped, _ = clip(delta, ROUNDS["clip_norm"])
+        sigma = spec.noise_sigma(ROUNDS["noise_multiplier"], 1)  # plain: all of z*Delta here
+        expected = spec.encode(flatten(clipped, server.shapes), sigma, rngs[i])
+        np.testing.assert_array_equal(update.tensors["words"], expected)
+
+
+@pytest.mark.parametrize("compression", ["none", "ddg16"])
+def test_no_raw_text_leaves_in_any_phase_of_a_secure_round(start_server, tmp_path, histories,
+                                                           compression):
+    """The same devices and relay, in two secure rounds: every message of every phase is
+    recorded and searched the same way, and each is exactly a protocol message (16-bit
+    words with compression on)."""
+    server, relay, devices, sent, st = two_rounds_recorded(
+        start_server, {**SECURE_ROUNDS, "compression": compression}, tmp_path, histories)
+    assert all(r["secure_aggregation"] for r in st["rounds"] if r["state"] == "closed")
     secagg = [r for r in sent if "/secagg/" in r["path"]]
     steps = [(r["method"], r["path"].rsplit("/", 1)[1]) for r in secagg]
     for step in ("advertise", "shares", "consistency", "unmask"):  # 3 devices, 2 rounds each
@@ -355,4 +401,5 @@ def test_no_raw_text_leaves_in_any_phase_of_a_secure_round(start_server, tmp_pat
             size = int.from_bytes(request["body"][:8], "little")
             header = json.loads(request["body"][8:8 + size])
             assert set(header) == {"masked", "__metadata__"}
+            assert (header["masked"]["dtype"] == "U16") == (compression == "ddg16")
             assert set(header["__metadata__"]) == {"format", "round_id", "client_id"}

@@ -1,0 +1,77 @@
+"""Compressed rounds on the server (round setting `compression = "ddg16"`,
+`federated.compression`): the round's public parameters, and reading compressed uploads
+(plain rounds) and the unmasked modular sum (secure rounds) back into float updates.
+
+The parameters are a function of the round's config, its id and its model's sha256
+(`round_seed`), so every process derives the same ones and nothing new is stored.
+What bounds one device's influence: an honest device clips before compressing; the
+server refuses an upload (plain) or a sum (secure) whose centred integers are longer than
+the sensitivity plus the noise allow (`privacy.norm_bound` in integer units).
+"""
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from federated import privacy
+from federated.compression import Compression, CompressionError, round_seed
+from federated.secagg import ModularIntegers
+
+from aggregation_server.config import RoundConfig
+from aggregation_server.db import ModelVersion, Round
+
+
+def spec_for(config: RoundConfig, round_id: int, model_sha256: str,
+             dimension: int) -> Compression | None:
+    """The round's compression parameters (None: float32 updates)."""
+    if config.compression == "none":
+        return None
+    return privacy.round_compression(
+        round_seed(round_id, model_sha256), dimension, config.clip_norm,
+        config.noise_multiplier, config.min_reports, config.capacity,
+        secure=config.secure_aggregation, dishonest_share=config.dishonest_share)
+
+
+def round_spec(s: Session, r: Round, config: RoundConfig, dimension: int) -> Compression | None:
+    """`spec_for` an open round (its model's sha256 read in session `s`)."""
+    if config.compression == "none":
+        return None
+    return spec_for(config, r.id, s.get(ModelVersion, r.model_version).sha256, dimension)
+
+
+def refusal(config: RoundConfig, dimension: int) -> str | None:
+    """Why rounds with this config cannot be compressed (None if they can)."""
+    try:
+        spec_for(config, 0, "00" * 32, dimension)
+    except CompressionError as err:
+        return f"compression {config.compression!r}: {err}"
+    return None
+
+
+def encoding(spec: Compression | None) -> ModularIntegers | None:
+    """The secure round's encoding: the codec's 16-bit words, or None (fixed point)."""
+    return None if spec is None else ModularIntegers(spec.bits)
+
+
+def noise_sigma(spec: Compression, config: RoundConfig) -> float:
+    """The discrete Gaussian's sigma an honest device adds (integer units)."""
+    return privacy.compressed_noise(spec, config.noise_multiplier, config.min_reports,
+                                    secure=config.secure_aggregation,
+                                    dishonest_share=config.dishonest_share)[0]
+
+
+def out_of_range(words: np.ndarray, spec: Compression, config: RoundConfig,
+                 reports: int = 1) -> str | None:
+    """Why these words (one upload, or the modular sum of `reports`) are longer than honest
+    devices make them, or None."""
+    norm = float(np.linalg.norm(spec.centred(words)))
+    bound = reports * privacy.norm_bound(spec.sensitivity, noise_sigma(spec, config), spec.kept)
+    if norm <= bound:
+        return None
+    return (f"the compressed {'update' if reports == 1 else f'sum of {reports} updates'} has "
+            f"L2 norm {norm:.4g} in integer units, over the round's bound {bound:.4g}")
+
+
+def decode(words: np.ndarray, spec: Compression, reports: int = 1) -> np.ndarray:
+    """The float32 mean of `reports` updates from their (modular) sum of words."""
+    return (spec.decode_sum(words) / reports).astype(np.float32)

@@ -1,0 +1,175 @@
+"""Compressed rounds (`compression = "ddg16"`) on the real server over real HTTP: the task's
+parameters, plain uploads accepted and every bad one refused with a 4xx and no state
+change, a secure round's modular sum decoded into the new model, and the device's policy
+checks of the parameters it is given."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_secure_rounds import Member, accepted, refused, secure_round, stored
+from test_server_updates import _assert_unchanged, _pending_files
+
+from aggregation_server.compressed import spec_for
+from aggregation_server.config import RoundConfig
+from federated import privacy
+from federated.compression import Compression, round_seed
+from federated.secagg import MaskedInput, SharesRelay, flatten, unflatten
+from federated.wire import Update, encode_compressed_update, tensors_from_bytes
+from keyboard_app.privacy_policy import DevicePolicy, PolicyRefusal
+
+COMPRESSED = {"compression": "ddg16"}
+
+
+def clipped_update(server, seed: int, clip_norm: float) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    raw = {k: rng.normal(0, 0.05, s).astype(np.float32) for k, s in server.shapes.items()}
+    return privacy.clip(raw, clip_norm)[0]
+
+
+def words_for(server, task: dict, seed: int, secure: bool) -> tuple[np.ndarray, Compression]:
+    """What an honest device sends: its clipped update through the round's codec."""
+    spec = Compression.from_dict(task["compression"])
+    sigma, _, _ = privacy.compressed_noise(spec, task["noise_multiplier"], task["min_reports"],
+                                           secure=secure)
+    flat = flatten(clipped_update(server, seed, task["clip_norm"]), server.shapes)
+    return spec.encode(flat, sigma, np.random.default_rng(seed + 100)), spec
+
+
+def compressed_body(task: dict, words: np.ndarray, seed: bytes) -> bytes:
+    update = Update({}, task["round_id"], task["model_version"], 5, {})
+    return encode_compressed_update(update, words, seed)
+
+
+@pytest.fixture
+def plain(start_server):
+    server = start_server(round=COMPRESSED)
+    device = server.enrol()
+    return server, device, server.task(device)
+
+
+def test_the_task_carries_the_rounds_parameters(plain):
+    server, _, task = plain
+    config = RoundConfig.from_dict({**server.status()["config"]})
+    dimension = sum(int(np.prod(s)) for s in server.shapes.values())
+    assert task["compression"] == spec_for(config, task["round_id"], task["model_sha256"],
+                                           dimension).to_dict()
+    spec = Compression.from_dict(task["compression"])
+    assert spec.seed == round_seed(task["round_id"], task["model_sha256"])
+    assert spec.upload_bytes * 8 <= 4 * dimension
+
+
+def test_a_compressed_upload_is_accepted_and_stored_decoded(plain):
+    server, device, task = plain
+    words, spec = words_for(server, task, 1, secure=False)
+    r = server.upload(device, task["round_id"], compressed_body(task, words, spec.seed))
+    accepted(r)
+    [path] = _pending_files(server)
+    stored, _ = tensors_from_bytes(path.read_bytes())
+    expected = unflatten(spec.decode_sum(words).astype(np.float32), server.shapes)
+    for name in server.shapes:
+        np.testing.assert_array_equal(stored[name], expected[name])
+
+
+@pytest.mark.parametrize("case, status, code, needle", [
+    ("short", 400, "invalid_update", "one tensor 'words'"),
+    ("modulus", 400, "invalid_update", "16-bit words"),
+    ("seed", 400, "invalid_update", "compression seed differs"),
+    ("float32", 400, "invalid_update", "takes compressed updates"),
+    ("out_of_range", 422, "norm_too_large", "integer units"),
+])
+def test_bad_compressed_uploads_are_refused_and_change_nothing(plain, case, status, code,
+                                                               needle):
+    server, device, task = plain
+    words, spec = words_for(server, task, 2, secure=False)
+    body = {
+        "short": lambda: compressed_body(task, words[:-1], spec.seed),
+        "modulus": lambda: _u32_body(task, words, spec.seed),
+        "seed": lambda: compressed_body(task, words, round_seed(task["round_id"] + 1,
+                                                                task["model_sha256"])),
+        "float32": lambda: server.update_bytes(task),
+        "out_of_range": lambda: compressed_body(task, np.full_like(words, 2 ** 15 - 1),
+                                                spec.seed),
+    }[case]()
+    refused(server.upload(device, task["round_id"], body), status, code, needle)
+    _assert_unchanged(server, device, task)
+    accepted(server.upload(device, task["round_id"], compressed_body(task, words, spec.seed)))
+
+
+def _u32_body(task: dict, words: np.ndarray, seed: bytes) -> bytes:
+    """The right words as 32-bit integers: the wrong modulus."""
+    from device_model import tensorfile
+    from federated.wire import COMPRESSED_FORMAT
+    meta = {"format": COMPRESSED_FORMAT, "round_id": str(task["round_id"]),
+            "model_version": str(task["model_version"]), "num_examples": "5",
+            "metrics": "{}", "seed": seed.hex(), "bits": "32"}
+    return tensorfile.save({"words": words.astype(np.uint32)}, meta)
+
+
+def test_a_float_round_refuses_compressed_uploads(server):
+    device = server.enrol()
+    task = server.task(device)
+    assert "compression" not in task
+    body = compressed_body(task, np.zeros(8, np.uint16), bytes(32))
+    refused(server.upload(device, task["round_id"], body), 400, "invalid_update", "format")
+    _assert_unchanged(server, device, task)
+    accepted(server.upload(device, task["round_id"], server.update_bytes(task)))
+
+
+def test_a_secure_compressed_round_decodes_the_modular_sum_into_the_model(start_server):
+    server = start_server(round=secure_round(4, 3, **COMPRESSED))
+    members = [Member(server, i) for i in range(4)]
+    spec = Compression.from_dict(members[0].task["compression"])
+    assert members[0].config.dimension == spec.kept  # the protocol sums the words
+    for m in members:
+        m.words, _ = words_for(server, m.task, m.id, secure=True)
+        accepted(m.advertise())
+    for m in members:
+        accepted(m.share())
+    bad = members[3]
+    masked = bad.device.masked_input(SharesRelay.from_dict(bad.relay("shares")), bad.words)
+    before = stored(server, bad.round_id)
+    wide = MaskedInput(bad.round_id, bad.id, masked.masked.astype(np.uint32)).to_bytes()
+    refused(bad.put_masked(wide), 413, "too_large", "byte limit")  # 32-bit words: wrong modulus
+    assert stored(server, bad.round_id) == before  # nothing kept
+    short = MaskedInput(bad.round_id, bad.id, masked.masked[:-1]).to_bytes()
+    refused(bad.put_masked(short), 400, "malformed_message", "excluded")  # wrong size
+    for step in ("mask", "sign", "unmask"):
+        for m in members[:3]:
+            accepted(m.put_masked(m.device.masked_input(
+                SharesRelay.from_dict(m.relay("shares")), m.words).to_bytes())
+                if step == "mask" else getattr(m, step)())
+    server.wait_for(lambda st: st["model"]["version"] == 1, what="round closed")
+    total = (sum(m.words.astype(np.uint64) for m in members[:3]) % 2 ** 16).astype(np.uint16)
+    mean = unflatten((spec.decode_sum(total) / 3).astype(np.float32), server.shapes)
+    base, _, _ = server.model(0)
+    new, _, _ = server.model(1)
+    for name in server.shapes:
+        expected = base[name] + mean[name]
+        assert np.allclose(new[name], expected, rtol=0, atol=4 * np.spacing(
+            np.abs(expected).max() + np.abs(mean[name]).max())), name
+
+
+# ---------------------------------------------------------------- the device checks
+
+POLICY = DevicePolicy.relaxed(min_reports=2)
+
+
+def test_the_device_accepts_the_rounds_parameters_and_sizes_its_integer_noise(plain):
+    _, _, task = plain
+    terms = POLICY.terms(task)
+    spec = Compression.from_dict(task["compression"])
+    assert terms.compression == spec
+    assert terms.noise_sigma == pytest.approx(task["noise_multiplier"] * spec.sensitivity)
+    assert terms.visible_multiplier == pytest.approx(task["noise_multiplier"])
+
+
+@pytest.mark.parametrize("change, code", [
+    ({"seed": "00" * 32}, "malformed"), ({"bits": 8}, "malformed"),
+    ({"scale": 1e7}, "compression_unsafe"), ({"clip_norm": 0.5}, "malformed")])
+def test_the_device_refuses_parameters_that_are_not_the_rounds(plain, change, code):
+    _, _, task = plain
+    bad = {**task, "compression": {**task["compression"], **change}}
+    with pytest.raises(PolicyRefusal) as refusal:
+        POLICY.terms(bad)
+    assert refusal.value.code == code
+
