@@ -43,7 +43,7 @@ prometheus = Blueprint("prometheus", __name__)
 
 @prometheus.get("/metrics")
 def metrics() -> Response:
-    registry = current_app.extensions["pk.service"].metrics.registry
+    registry = current_app.extensions["pk.service"].metrics.scrape
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 

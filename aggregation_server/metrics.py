@@ -1,15 +1,18 @@
-"""Prometheus metrics: per-process counters plus round gauges read from the database at scrape.
+"""Prometheus metrics: request counters plus round gauges read from the database at scrape.
 
-Counters and histograms count what this process saw (sum them over processes in
-Prometheus); the round, model and privacy gauges come from the shared database, so every
-process reports the same values.
+Counters and histograms count what this process saw; under gunicorn with
+`PROMETHEUS_MULTIPROC_DIR` set (aggregation_server/deploy/gunicorn_conf.py sets it) every
+worker writes them to that folder and a scrape of any worker sums all workers. Several
+hosts: sum over hosts in Prometheus. The round, model and privacy gauges come from the
+shared database, so every process reports the same values.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
@@ -29,9 +32,14 @@ class ServerMetrics:
                                      registry=self.registry,
                                      buckets=(.1, .25, .5, 1, 2, 5, 10, 30, 60, 120))
 
+        self.scrape = self.registry  # what /metrics reports
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # every worker's counters, summed
+            self.scrape = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.scrape)
+
     def watch(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         """Report the gauges of `snapshot()` (a flat dict of numbers) at each scrape."""
-        self.registry.register(_SnapshotCollector(snapshot))
+        self.scrape.register(_SnapshotCollector(snapshot))
 
 
 class _SnapshotCollector:

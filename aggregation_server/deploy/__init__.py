@@ -1,0 +1,1 @@
+"""Production deployment files: the gunicorn settings (`gunicorn_conf`)."""

@@ -1,0 +1,238 @@
+"""Concurrent devices against the production setup (gunicorn, real model size), plain clients.
+
+Each simulated device is a thread with its own keep-alive connection (a `requests`
+Session) and no retries, so every dropped connection shows. Per round it checks in,
+downloads the round's model (6.2 MB float32) when it does not have it, waits a random
+"training" pause of 0 to `--think` seconds, and uploads a clipped random update of the
+real size (about 6.2 MB); rounds are plain (no secure aggregation) with a target of every
+device, so the last upload aggregates the round. Afterwards the server's own count of
+the requests it answered (`pk_http_requests_total` on `/metrics`, summed over workers)
+is compared with the client's count: requests sent but never counted are "unlogged".
+
+    .venv/bin/python benchmarks/server_load.py [--devices 50 100] [--rounds 2] [--think 3]
+        [--workers 2] [--threads 8] [--setup production|readme]
+
+`--setup readme` runs the command the README gave before (`gunicorn -w 2 --threads 8`,
+gunicorn's default 2 s keep-alive) for comparison.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.server_ingest import deltas  # noqa: E402
+from federated import identity  # noqa: E402
+from federated.wire import Update, encode_update  # noqa: E402
+from model.evaluate import machine as machine_info  # noqa: E402
+
+ADMIN = {"Authorization": "Bearer bench"}
+DROPPED = (requests.ConnectionError, requests.Timeout)
+DEVICE_REQUEST = re.compile(r'"event": "request".*"path": '
+                            r'"/v1/(checkin|models/\d+|rounds/\d+/update)"')
+
+
+@dataclass
+class Tally:
+    """What the clients saw: one (kind, outcome, seconds) per request."""
+    rows: list[tuple[str, str, float]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, kind: str, outcome: str, seconds: float) -> None:
+        with self.lock:
+            self.rows.append((kind, outcome, seconds))
+
+
+def start(data_dir: Path, port: int, setup: str, workers: int, threads: int,
+          config: dict) -> tuple[subprocess.Popen, Path]:
+    """gunicorn with the production config (or the README's old command) on `port`."""
+    env = dict(os.environ, PK_DATA_DIR=str(data_dir), PK_ADMIN_TOKEN="bench",
+               PK_BIND=f"127.0.0.1:{port}", PK_WORKERS=str(workers), PK_THREADS=str(threads),
+               PK_ENROL_RATE_LIMIT="1000000", PK_LOG_LEVEL="INFO",
+               PROMETHEUS_MULTIPROC_DIR=str(data_dir.parent / "metrics"),
+               **{f"PK_ROUND_{k.upper()}": str(v) for k, v in config.items()})
+    (data_dir.parent / "metrics").mkdir(exist_ok=True)
+    if setup == "production":
+        args = ["-c", "python:aggregation_server.deploy.gunicorn_conf"]
+    else:
+        args = ["-w", str(workers), "--threads", str(threads), "-b", f"127.0.0.1:{port}"]
+    log = data_dir.parent / "server.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", *args,
+                                 "aggregation_server.app:create_app()"], env=env, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/v1/status", timeout=30).ok:
+                return proc, log
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+
+
+def _innermost(err: BaseException) -> str:
+    """The name of the exception at the bottom of requests' and urllib3's wrappers."""
+    while True:
+        inner = getattr(err, "reason", None) or next(
+            (a for a in reversed(err.args) if isinstance(a, BaseException)), None)
+        if inner is None or inner is err:
+            return type(err).__name__
+        err = inner
+
+
+def timed(tally: Tally, kind: str, call) -> requests.Response | None:
+    started = time.perf_counter()
+    try:
+        response = call()
+    except DROPPED as err:
+        tally.add(kind, f"dropped:{_innermost(err)}", time.perf_counter() - started)
+        return None
+    tally.add(kind, str(response.status_code), time.perf_counter() - started)
+    return response
+
+
+def device(url: str, token: str, rounds: int, think: float, pool: list[dict],
+           tally: Tally, seed: int) -> None:
+    """One device's rounds over its own keep-alive connection, without retries."""
+    rng = random.Random(seed)
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {token}"
+    have, done = None, 0
+    while done < rounds:
+        r = timed(tally, "checkin", lambda: http.post(f"{url}/v1/checkin", json={},
+                                                      timeout=300))
+        if r is None or r.status_code != 200:
+            time.sleep(1.0)
+            continue
+        task = r.json()["task"]
+        if task is None:
+            time.sleep(min(r.json()["retry_after"], 1.0))
+            continue
+        if task["model_version"] != have:
+            r = timed(tally, "model", lambda: http.get(
+                f"{url}/v1/models/{task['model_version']}", timeout=300))
+            if r is None or r.status_code != 200:
+                continue
+            have = task["model_version"]
+        time.sleep(rng.uniform(0, think))
+        body = encode_update(Update(pool[seed % len(pool)], task["round_id"],
+                                    task["model_version"], 50, {"loss": 4.0}))
+        r = timed(tally, "upload", lambda: http.put(
+            f"{url}/v1/rounds/{task['round_id']}/update", data=body, timeout=300,
+            headers={"Idempotency-Key": str(uuid.uuid4())}))
+        if r is not None and r.status_code == 202:
+            done += 1
+
+
+def enrol(url: str, n: int) -> list[str]:
+    code = requests.post(f"{url}/v1/admin/enrolment-codes", json={"uses": n}, headers=ADMIN,
+                         timeout=60).json()["code"]
+    return [requests.post(f"{url}/v1/devices", timeout=60, json={
+        "enrolment_code": code, "identity_key": identity.public_key_text(identity.new_key())}
+    ).json()["token"] for _ in range(n)]
+
+
+def served(url: str) -> Counter:
+    """Requests the server counted, by endpoint (all workers), from /metrics."""
+    counts: Counter = Counter()
+    for line in requests.get(f"{url}/metrics", timeout=60).text.splitlines():
+        m = re.match(r'pk_http_requests_total\{endpoint="([^"]*)",method="[^"]*",'
+                     r'status="[^"]*"\} (\S+)', line)
+        if m:
+            counts[m.group(1)] += int(float(m.group(2)))
+    return counts
+
+
+def run(n: int, args: argparse.Namespace) -> dict:
+    config = {"target_reports": n, "min_reports": n, "overcommit": 1.0,
+              "round_seconds": 3600, "participation_cap": 1000, "epsilon_budget": "none",
+              "noise_multiplier": 0.0, "clip_norm": 1.0, "secure_aggregation": False}
+    from benchmarks.server_ingest import _free_port
+    with tempfile.TemporaryDirectory(prefix="pk-load-") as tmp:
+        port = _free_port()
+        proc, log = start(Path(tmp) / "data", port, args.setup, args.workers, args.threads,
+                          config)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            from safetensors.numpy import load as load_tensors
+            shapes = {k: v.shape for k, v in load_tensors(
+                requests.get(f"{url}/v1/model", timeout=60).content).items()}
+            pool = deltas(shapes, 4, 1.0, 0.0)
+            tokens = enrol(url, n)
+            before = served(url)
+            tally = Tally()
+            started = time.perf_counter()
+            with ThreadPoolExecutor(n) as ex:
+                list(ex.map(lambda i: device(url, tokens[i], args.rounds, args.think, pool,
+                                             tally, i), range(n)))
+            wall = time.perf_counter() - started
+            after = served(url)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+        logged = sum(bool(DEVICE_REQUEST.search(line)) for line in log.read_text().splitlines())
+    return summarise(n, tally, wall, after - before, logged, args)
+
+
+def summarise(n: int, tally: Tally, wall: float, counted: Counter, logged: int,
+              args: argparse.Namespace) -> dict:
+    outcomes = Counter(o for _, o, _ in tally.rows)
+    classes = Counter(o[0] + "xx" if o[0].isdigit() else "dropped" for o in outcomes.elements())
+    seconds = np.array([s for _, o, s in tally.rows if not o.startswith("dropped")])
+    by_kind = {}
+    for kind in ("checkin", "model", "upload"):
+        times = [s for k, o, s in tally.rows if k == kind and not o.startswith("dropped")]
+        by_kind[kind] = {"requests": sum(1 for k, _, _ in tally.rows if k == kind),
+                         "p50_s": round(float(np.percentile(times, 50)), 3),
+                         "p99_s": round(float(np.percentile(times, 99)), 3)}
+    counted_total = sum(v for k, v in counted.items() if k != "/metrics")
+    return {"devices": n, "rounds": args.rounds, "requests": len(tally.rows),
+            "2xx": classes["2xx"], "4xx": classes["4xx"], "5xx": classes["5xx"],
+            "dropped": classes["dropped"],
+            "dropped_kinds": {o: c for o, c in outcomes.items() if o.startswith("dropped")},
+            "server_counted": counted_total, "server_logged": logged,
+            "unlogged": len(tally.rows) - counted_total,
+            "p50_s": round(float(np.percentile(seconds, 50)), 3),
+            "p99_s": round(float(np.percentile(seconds, 99)), 3),
+            "by_kind": by_kind, "wall_s": round(wall, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--devices", type=int, nargs="+", default=[50, 100])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--think", type=float, default=3.0, help="longest pause before an upload")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--setup", choices=("production", "readme"), default="production")
+    args = p.parse_args()
+    print(json.dumps({"machine": machine_info(), "load_average": os.getloadavg(),
+                      "setup": args.setup, "workers": args.workers,
+                      "threads": args.threads}), flush=True)
+    for n in args.devices:
+        result = run(n, args)
+        result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The production setup (aggregation_server/deploy/gunicorn_conf.py): gunicorn gthread
+workers whose /metrics counts every worker process, a restarted one included.
+
+The 100-device load figures are benchmarks/server_load.py's (BENCHMARKS.md).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import ROOT, TEST_ROUND
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def gunicorn(tiny_model, tmp_path):
+    """The production command, 2 workers, on a free port: (url, log path, process)."""
+    port = _free_port()
+    env = dict(os.environ, PK_DATA_DIR=str(tmp_path / "data"), PK_ADMIN_TOKEN="admin-secret",
+               PK_INIT_MODEL=str(tiny_model["checkpoint"]),
+               PK_TOKENIZER=str(tiny_model["tokenizer"]), PK_BIND=f"127.0.0.1:{port}",
+               PK_WORKERS="2", PK_THREADS="4", PK_TICK_SECONDS="0",
+               PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+               PK_ROUND_SECURE_AGGREGATION=str(TEST_ROUND["secure_aggregation"]))
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c",
+             "python:aggregation_server.deploy.gunicorn_conf",
+             "aggregation_server.app:create_app()"], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=err)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: len(_events(log, "app_ready")) >= 2 or proc.poll() is not None)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        yield url, log, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait(done, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _events(log: Path, name: str) -> list[dict]:
+    out = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and f'"event": "{name}"' in line:
+            out.append(json.loads(line))
+    return out
+
+
+def _status_counted(url: str) -> int:
+    """pk_http_requests_total of GET /v1/status 200, as /metrics reports it."""
+    text = requests.get(f"{url}/metrics", timeout=30).text
+    found = re.search(r'pk_http_requests_total\{endpoint="/v1/status",method="GET",'
+                      r'status="200"\} (\S+)', text)
+    return int(float(found.group(1))) if found else 0
+
+
+def _status_burst(url: str, n: int = 24) -> int:
+    """n concurrent GET /v1/status on fresh connections; how many got 200."""
+    def one(_):
+        return requests.get(f"{url}/v1/status", timeout=60,
+                            headers={"Connection": "close"}).status_code
+    with ThreadPoolExecutor(8) as pool:
+        return sum(code == 200 for code in pool.map(one, range(n)))
+
+
+def _pids_serving_status(log: Path) -> Counter:
+    return Counter(e["pid"] for e in _events(log, "request") if e["path"] == "/v1/status")
+
+
+def _until_both_workers_answered(url: str, log: Path) -> int:
+    """Bursts until both workers have answered some (the kernel picks); requests sent."""
+    sent = 0
+    for _ in range(20):
+        sent += _status_burst(url)
+        if len(_pids_serving_status(log)) >= 2:
+            break
+    assert len(_pids_serving_status(log)) >= 2, _pids_serving_status(log)
+    return sent
+
+
+def test_metrics_count_every_worker(gunicorn):
+    url, log, _ = gunicorn
+    sent = _until_both_workers_answered(url, log)
+    assert _status_counted(url) == sent == sum(_pids_serving_status(log).values())
+
+
+def test_a_stopped_workers_counts_stay(gunicorn):
+    url, log, proc = gunicorn
+    sent = _until_both_workers_answered(url, log)
+    victim = min(_pids_serving_status(log))
+    os.kill(victim, signal.SIGTERM)  # the arbiter starts a new worker in its place
+    _wait(lambda: len(_events(log, "app_ready")) >= 3)
+    sent += _status_burst(url)
+    assert _status_counted(url) == sent
+    assert proc.poll() is None
