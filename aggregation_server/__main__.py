@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> dict:
                    help="checkpoint stored as version 0 if the data dir has no model "
                         "(default: the public pre-trained model shipped in model/shipped/)")
     p.add_argument("--tokenizer", help="the init model's tokenizer.json (with --init-model)")
+    p.add_argument("--blob-store", dest="blob_store", choices=("files", "database"),
+                   help="where models and updates live: the data dir (default) or the "
+                        "PostgreSQL database given by --db (several hosts)")
     p.add_argument("--admin-token", dest="admin_token")
     p.add_argument("--log-level", dest="log_level")
     return vars(p.parse_args(argv))

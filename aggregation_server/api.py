@@ -72,7 +72,7 @@ def _int_field(data: dict, key: str, required: bool) -> int | None:
 
 
 def _send_version(version: ModelVersion) -> Response:
-    if not service().blobs.abs(version.path).is_file():
+    if not service().blobs.exists(version.path):
         raise ApiError(410, "version_removed", f"model version {version.version} was removed "
                        f"(the server keeps the latest {service().settings.keep_versions}); "
                        "download /v1/model")

@@ -1,11 +1,13 @@
 """The Flask app factory.
 
-Production: run several processes under gunicorn, configured by environment (or a config
-file named by `PK_CONFIG`), all sharing one database (PostgreSQL for more than one host;
-the data dir must then be a shared filesystem):
+Production: run several processes under gunicorn with `aggregation_server.deploy.gunicorn_conf`,
+configured by environment (or a config file named by `PK_CONFIG`), all sharing one database
+(PostgreSQL for more than one host, with `PK_BLOB_STORE=database` so that models and updates
+are in it too):
 
     PK_DATA_DIR=/srv/pk PK_DB_URL=postgresql+psycopg://pk@db/pk PK_ADMIN_TOKEN=... \\
-        gunicorn -w 2 --threads 8 -b 0.0.0.0:8080 'aggregation_server.app:create_app()'
+        gunicorn -c python:aggregation_server.deploy.gunicorn_conf \\
+        'aggregation_server.app:create_app()'
 
 Start once with `python -m aggregation_server --init-model ... --tokenizer ...` (or set
 `PK_INIT_MODEL` and `PK_TOKENIZER`) to store model version 0. Don't use gunicorn's
@@ -35,7 +37,7 @@ from aggregation_server.metrics import ServerMetrics
 from aggregation_server.rounds import RoundService
 from aggregation_server.secure_api import secagg
 from aggregation_server.status import gauges
-from aggregation_server.storage import BlobStore
+from aggregation_server.storage import blob_store
 
 log = logging.getLogger("aggregation_server.app")
 prometheus = Blueprint("prometheus", __name__)
@@ -91,7 +93,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     configure_logging(settings.log_level)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    service = RoundService(Database(settings.database_url), BlobStore(settings.data_dir),
+    db = Database(settings.database_url)
+    service = RoundService(db, blob_store(settings.blob_store, settings.data_dir, db.engine),
                            settings, ServerMetrics())
     service.initialize()
     service.metrics.watch(lambda: gauges(service))

@@ -241,6 +241,8 @@ class Settings:
     start_training: bool = True       # rounds run from the first start until an admin stops them
     enrol_rate_limit: int = 20        # enrolment / token-recovery calls per client address ...
     enrol_rate_seconds: float = 60.0  # ... per window of this many seconds (429 beyond)
+    blob_store: str = "files"         # or "database": models and updates in PostgreSQL, so
+                                      # processes on several hosts serve one deployment
     round: dict[str, Any] = field(default_factory=dict)  # explicit RoundConfig settings
 
     @property
@@ -254,7 +256,8 @@ _SETTING_TYPES = {"data_dir": Path, "db_url": str, "host": str, "port": int,
                   "aggregation_retry_seconds": float, "aggregation_backoff_seconds": float,
                   "restart_grace_seconds": float, "keep_versions": int,
                   "log_level": str, "start_training": bool, "enrol_rate_limit": int,
-                  "enrol_rate_seconds": float}
+                  "enrol_rate_seconds": float, "blob_store": str}
+BLOB_STORES = ("files", "database")
 
 
 def _parse(name: str, text: str, kind: Any) -> Any:
@@ -321,6 +324,16 @@ def _merge(settings: dict[str, Any], layer: dict[str, Any], source: str) -> None
             settings[key] = value
 
 
+def _check_blob_store(merged: dict[str, Any]) -> None:
+    kind = merged.get("blob_store", "files")
+    if kind not in BLOB_STORES:
+        raise ConfigError(f"setting blob_store must be one of {list(BLOB_STORES)}, "
+                          f"not {kind!r}")
+    if kind == "database" and not str(merged.get("db_url") or "").startswith("postgresql"):
+        raise ConfigError("blob_store = 'database' keeps models and updates in a shared "
+                          "PostgreSQL database: set db_url to a postgresql+psycopg:// URL too")
+
+
 def load_settings(flags: dict[str, Any] | None = None,
                   env: typing.Mapping[str, str] | None = None) -> Settings:
     """Settings from defaults < config file < `PK_*` environment < flags (None = not given)."""
@@ -347,5 +360,6 @@ def load_settings(flags: dict[str, Any] | None = None,
             raise ConfigError(f"setting {key} must be in (0, 2592000] seconds")
     if merged.get("keep_versions", 0) < 0:
         raise ConfigError("setting keep_versions must be 0 (keep all) or more")
+    _check_blob_store(merged)
     RoundConfig.from_dict(merged.get("round", {}))  # fail early on a bad round setting
     return Settings(**merged)

@@ -12,8 +12,8 @@ import threading
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
-                        create_engine, event, text)
+from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text,
+                        UniqueConstraint, create_engine, event, text)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -194,6 +194,18 @@ class SecAggRelay(Base):
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     client_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     body: Mapped[str] = mapped_column(Text)
+
+
+class Blob(Base):
+    """A model version, optimizer state, update, masked input or the tokenizer, by the
+    relative path it has in a data dir, when `blob_store = "database"` (storage.py)."""
+
+    __tablename__ = "blobs"
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class Database:

@@ -289,7 +289,7 @@ class RoundService:
             with self.db.read() as s:
                 winner = s.get(Task, (round_id, device_id))
                 if winner is None or winner.path != path:
-                    self.blobs.abs(path).unlink(missing_ok=True)
+                    self.blobs.delete(path)
             raise
         log.info("update_accepted", extra={"round_id": round_id, "device_id": device_id,
                                            "reports": response["reports"]})
@@ -473,7 +473,7 @@ class RoundService:
                                                        ModelVersion.version <= latest - keep))
             paths = [p for v in old for p in (v.path, v.optimizer_path) if p]
         for path in paths:
-            self.blobs.abs(path).unlink(missing_ok=True)
+            self.blobs.delete(path)
 
     def abandon_round(self, round_id: int, reason: str, expired_only: bool = False,
                       states: tuple[str, ...] = ("open",)) -> bool:

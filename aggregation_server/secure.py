@@ -272,7 +272,7 @@ class SecureRounds:
         with self.service.db.read() as s:
             kept = s.scalar(select(SecAggMessage.id).where(SecAggMessage.path == path))
         if kept is None:
-            self.service.blobs.abs(path).unlink(missing_ok=True)
+            self.service.blobs.delete(path)
 
     def relay(self, device_id: str, round_id: int, kind: str) -> tuple[int, dict]:
         """(200, what the server relays to this device) or (202, when to ask again)."""
@@ -508,7 +508,7 @@ class SecureRounds:
     def _replay(self, srv: SecAggServerRound, m: SecAggMessage) -> None:
         try:
             if m.path:
-                srv.receive_masked_input(m.client_id, self.service.blobs.abs(m.path).read_bytes())
+                srv.receive_masked_input(m.client_id, self.service.blobs.read(m.path))
             else:
                 srv.receive_json(m.client_id, m.body.encode("utf-8"))
         except SecAggError:

@@ -1,8 +1,12 @@
-"""Blobs in the data dir: model versions, optimizer state and pending updates.
+"""Blobs: model versions, optimizer state, pending updates and masked inputs, the tokenizer.
 
-Every file is written atomically (temporary file, fsync, rename, fsync of the folder):
-a crash leaves the old file or the new one, never half of one. The database holds each
-model version's sha256 and provenance; the files hold the bytes.
+`BlobStore` keeps them as files in the data dir (`blob_store = "files"`, the default):
+every file is written atomically (temporary file, fsync, rename, fsync of the folder), so
+a crash leaves the old file or the new one, never half of one. `DatabaseBlobStore`
+(`blob_store = "database"`) keeps them in the shared PostgreSQL database's `blobs` table,
+so server processes on several hosts, each with its own data dir, serve one deployment;
+the data dir then only caches files by content hash. The database holds each model
+version's sha256 and provenance either way.
 """
 from __future__ import annotations
 
@@ -11,12 +15,17 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import load_file
+from safetensors.numpy import load, load_file
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Engine
 
+from aggregation_server.db import Blob
 from federated.wire import WireError, tensors_from_bytes, tensors_to_bytes
 from model.config import ModelConfig
 from model.tokenizer import TokenizerError, WordTokenizer
@@ -123,11 +132,20 @@ class BlobStore:
     def write(self, relative: str, data: bytes) -> None:
         write_atomic(self.abs(relative), data)
 
+    def read(self, relative: str) -> bytes:
+        return self.abs(relative).read_bytes()
+
+    def exists(self, relative: str) -> bool:
+        return self.abs(relative).is_file()
+
+    def delete(self, relative: str) -> None:
+        self.abs(relative).unlink(missing_ok=True)
+
     def delete_round_updates(self, round_id: int) -> None:
         shutil.rmtree(self.root / "updates" / str(round_id), ignore_errors=True)
 
     def tokenizer_path(self) -> Path:
-        return self.root / "tokenizer.json"
+        return self.abs("tokenizer.json")
 
     def shapes(self, relative: str) -> Shapes:
         """Tensor names and shapes of a stored safetensors file, from its header only."""
@@ -145,3 +163,73 @@ class BlobStore:
         data = tensors_to_bytes(tensors, metadata)
         self.write(relative, data)
         return data
+
+
+class DatabaseBlobStore(BlobStore):
+    """Blobs in the database's `blobs` table (PostgreSQL), reachable from every host.
+
+    A write is committed before it returns, as a file write is synced. Reads of model
+    versions, optimizer state and the tokenizer go through a cache in the data dir named
+    by content hash (a rewritten blob gets a new name); updates and masked inputs are read
+    from the database each time, so no host keeps copies of a round another host closed.
+    """
+
+    def __init__(self, data_dir: Path, engine: Engine) -> None:
+        super().__init__(data_dir)
+        self.engine = engine
+        self.table = Blob.__table__
+        (self.root / "cache").mkdir(exist_ok=True)
+
+    def _sha256(self, relative: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.scalar(select(self.table.c.sha256).where(self.table.c.name == relative))
+
+    def abs(self, relative: str) -> Path:
+        """A local file with the blob's bytes (fetched into the cache if needed); a path that
+        does not exist if there is no such blob."""
+        sha = self._sha256(relative)
+        if sha is None:
+            return self.root / "cache" / "missing" / relative
+        path = self.root / "cache" / f"{sha}{Path(relative).suffix}"
+        if not path.is_file():
+            write_atomic(path, self.read(relative))
+        return path
+
+    def write(self, relative: str, data: bytes) -> None:
+        row = {"name": relative, "sha256": sha256_hex(data), "size": len(data), "data": data,
+               "created_at": time.time()}
+        statement = insert(self.table).values(**row)
+        statement = statement.on_conflict_do_update(
+            index_elements=[self.table.c.name],
+            set_={k: statement.excluded[k] for k in row if k != "name"})
+        with self.engine.begin() as conn:
+            conn.execute(statement)
+
+    def read(self, relative: str) -> bytes:
+        with self.engine.connect() as conn:
+            data = conn.scalar(select(self.table.c.data).where(self.table.c.name == relative))
+        if data is None:
+            raise FileNotFoundError(f"no blob {relative!r} in the database")
+        return bytes(data)
+
+    def exists(self, relative: str) -> bool:
+        return self._sha256(relative) is not None
+
+    def delete(self, relative: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(self.table).where(self.table.c.name == relative))
+
+    def delete_round_updates(self, round_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(self.table).where(
+                self.table.c.name.startswith(f"updates/{round_id}/", autoescape=True)))
+
+    def tensors(self, relative: str) -> Tensors:
+        if relative.startswith("updates/"):
+            return load(self.read(relative))
+        return super().tensors(relative)
+
+
+def blob_store(kind: str, data_dir: Path, engine: Engine) -> BlobStore:
+    """The store a `blob_store` setting names."""
+    return DatabaseBlobStore(data_dir, engine) if kind == "database" else BlobStore(data_dir)
