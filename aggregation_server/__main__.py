@@ -1,6 +1,7 @@
 """`python -m aggregation_server --data-dir DIR [...]`: the development server (werkzeug, threaded).
 
-For production see `aggregation_server.app` (gunicorn).
+For production see `aggregation_server.app` (gunicorn). Also
+`python -m aggregation_server backup OUT.tar` and `restore IN.tar` (`aggregation_server.backup`).
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from werkzeug.serving import make_server
 
@@ -38,7 +40,35 @@ def parse_args(argv: list[str] | None = None) -> dict:
     return vars(p.parse_args(argv))
 
 
+def backup_command(argv: list[str]) -> int:
+    """`backup OUT` / `restore IN` with the server's --data-dir, --db, --config, --blob-store."""
+    from aggregation_server import backup
+    p = argparse.ArgumentParser(prog=f"python -m aggregation_server {argv[0]}",
+                                description=backup.__doc__.split("\n")[0])
+    p.add_argument("path", type=Path, help="the backup file (a tar archive)")
+    p.add_argument("--data-dir", dest="data_dir")
+    p.add_argument("--db", dest="db_url")
+    p.add_argument("--config")
+    p.add_argument("--blob-store", dest="blob_store", choices=("files", "database"))
+    flags = vars(p.parse_args(argv[1:]))
+    path = flags.pop("path")
+    try:
+        settings = load_settings(flags)
+        run = backup.backup if argv[0] == "backup" else backup.restore
+        manifest = run(settings, path)
+    except (ConfigError, backup.BackupError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    done = "written to" if argv[0] == "backup" else "restored from"
+    print(f"{sum(manifest['rows'].values())} rows and {len(manifest['blobs'])} blobs "
+          f"{done} {path} (schema revision {manifest['revision']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("backup", "restore"):
+        return backup_command(argv)
     try:
         settings = load_settings(parse_args(argv))
         app = create_app(settings)
