@@ -10,10 +10,13 @@ the requests it answered (`pk_http_requests_total` on `/metrics`, summed over wo
 is compared with the client's count: requests sent but never counted are "unlogged".
 
     .venv/bin/python benchmarks/server_load.py [--devices 50 100] [--rounds 2] [--think 3]
-        [--workers 2] [--threads 8] [--setup production|readme]
+        [--workers 2] [--threads 8] [--setup production|readme] [--hosts 2 --pg URL]
 
 `--setup readme` runs the command the README gave before (`gunicorn -w 2 --threads 8`,
-gunicorn's default 2 s keep-alive) for comparison.
+gunicorn's default 2 s keep-alive) for comparison. `--pg URL` runs on a fresh PostgreSQL
+database with models and updates in it (`blob_store = "database"`); `--hosts 2` then
+starts two servers with separate data dirs, and each device checks in at one and
+downloads and uploads at the other.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,22 +65,26 @@ class Tally:
             self.rows.append((kind, outcome, seconds))
 
 
-def start(data_dir: Path, port: int, setup: str, workers: int, threads: int,
-          config: dict) -> tuple[subprocess.Popen, Path]:
+def start(data_dir: Path, port: int, args: argparse.Namespace, config: dict,
+          db_url: str | None) -> tuple[subprocess.Popen, Path]:
     """gunicorn with the production config (or the README's old command) on `port`."""
+    metrics = data_dir.parent / f"metrics-{data_dir.name}"
+    metrics.mkdir()
     env = dict(os.environ, PK_DATA_DIR=str(data_dir), PK_ADMIN_TOKEN="bench",
-               PK_BIND=f"127.0.0.1:{port}", PK_WORKERS=str(workers), PK_THREADS=str(threads),
-               PK_ENROL_RATE_LIMIT="1000000", PK_LOG_LEVEL="INFO",
-               PROMETHEUS_MULTIPROC_DIR=str(data_dir.parent / "metrics"),
+               PK_BIND=f"127.0.0.1:{port}", PK_WORKERS=str(args.workers),
+               PK_THREADS=str(args.threads), PK_ENROL_RATE_LIMIT="1000000",
+               PK_LOG_LEVEL="INFO", PROMETHEUS_MULTIPROC_DIR=str(metrics),
                **{f"PK_ROUND_{k.upper()}": str(v) for k, v in config.items()})
-    (data_dir.parent / "metrics").mkdir(exist_ok=True)
-    if setup == "production":
-        args = ["-c", "python:aggregation_server.deploy.gunicorn_conf"]
+    if db_url:  # one deployment over several "hosts": models and updates in PostgreSQL
+        env.update(PK_DB_URL=db_url, PK_BLOB_STORE="database")
+    if args.setup == "production":
+        options = ["-c", "python:aggregation_server.deploy.gunicorn_conf"]
     else:
-        args = ["-w", str(workers), "--threads", str(threads), "-b", f"127.0.0.1:{port}"]
-    log = data_dir.parent / "server.log"
+        options = ["-w", str(args.workers), "--threads", str(args.threads),
+                   "-b", f"127.0.0.1:{port}"]
+    log = data_dir.parent / f"{data_dir.name}.log"
     with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", *args,
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", *options,
                                  "aggregation_server.app:create_app()"], env=env, cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 180
@@ -110,10 +118,12 @@ def timed(tally: Tally, kind: str, call) -> requests.Response | None:
     return response
 
 
-def device(url: str, token: str, rounds: int, think: float, pool: list[dict],
+def device(urls: list[str], token: str, rounds: int, think: float, pool: list[dict],
            tally: Tally, seed: int) -> None:
-    """One device's rounds over its own keep-alive connection, without retries."""
+    """One device's rounds over its own keep-alive connections, without retries; with
+    several hosts it checks in at one and downloads and uploads at the next."""
     rng = random.Random(seed)
+    url, other = urls[seed % len(urls)], urls[(seed + 1) % len(urls)]
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {token}"
     have, done = None, 0
@@ -129,7 +139,7 @@ def device(url: str, token: str, rounds: int, think: float, pool: list[dict],
             continue
         if task["model_version"] != have:
             r = timed(tally, "model", lambda: http.get(
-                f"{url}/v1/models/{task['model_version']}", timeout=300))
+                f"{other}/v1/models/{task['model_version']}", timeout=300))
             if r is None or r.status_code != 200:
                 continue
             have = task["model_version"]
@@ -137,7 +147,7 @@ def device(url: str, token: str, rounds: int, think: float, pool: list[dict],
         body = encode_update(Update(pool[seed % len(pool)], task["round_id"],
                                     task["model_version"], 50, {"loss": 4.0}))
         r = timed(tally, "upload", lambda: http.put(
-            f"{url}/v1/rounds/{task['round_id']}/update", data=body, timeout=300,
+            f"{other}/v1/rounds/{task['round_id']}/update", data=body, timeout=300,
             headers={"Idempotency-Key": str(uuid.uuid4())}))
         if r is not None and r.status_code == 202:
             done += 1
@@ -162,34 +172,58 @@ def served(url: str) -> Counter:
     return counts
 
 
+@contextmanager
+def fresh_database(base_url: str | None):
+    """A new PostgreSQL database on the server of `base_url` (dropped afterwards), or None."""
+    if not base_url:
+        yield None
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    name = f"pk_load_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def run(n: int, args: argparse.Namespace) -> dict:
     config = {"target_reports": n, "min_reports": n, "overcommit": 1.0,
               "round_seconds": 3600, "participation_cap": 1000, "epsilon_budget": "none",
               "noise_multiplier": 0.0, "clip_norm": 1.0, "secure_aggregation": False}
     from benchmarks.server_ingest import _free_port
-    with tempfile.TemporaryDirectory(prefix="pk-load-") as tmp:
-        port = _free_port()
-        proc, log = start(Path(tmp) / "data", port, args.setup, args.workers, args.threads,
-                          config)
-        url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="pk-load-") as tmp, \
+            fresh_database(args.pg) as db_url:
+        servers, urls = [], []
         try:
+            for host in range(args.hosts):  # one at a time: the first stores version 0
+                port = _free_port()
+                servers.append(start(Path(tmp) / f"host{host}", port, args, config, db_url))
+                urls.append(f"http://127.0.0.1:{port}")
             from safetensors.numpy import load as load_tensors
             shapes = {k: v.shape for k, v in load_tensors(
-                requests.get(f"{url}/v1/model", timeout=60).content).items()}
+                requests.get(f"{urls[0]}/v1/model", timeout=60).content).items()}
             pool = deltas(shapes, 4, 1.0, 0.0)
-            tokens = enrol(url, n)
-            before = served(url)
+            tokens = enrol(urls[0], n)
+            before = sum((served(url) for url in urls), Counter())
             tally = Tally()
             started = time.perf_counter()
             with ThreadPoolExecutor(n) as ex:
-                list(ex.map(lambda i: device(url, tokens[i], args.rounds, args.think, pool,
+                list(ex.map(lambda i: device(urls, tokens[i], args.rounds, args.think, pool,
                                              tally, i), range(n)))
             wall = time.perf_counter() - started
-            after = served(url)
+            after = sum((served(url) for url in urls), Counter())
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-        logged = sum(bool(DEVICE_REQUEST.search(line)) for line in log.read_text().splitlines())
+            for proc, _ in servers:
+                proc.terminate()
+                proc.wait(timeout=60)
+        logged = sum(bool(DEVICE_REQUEST.search(line)) for _, log in servers
+                     for line in log.read_text().splitlines())
     return summarise(n, tally, wall, after - before, logged, args)
 
 
@@ -224,10 +258,17 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--setup", choices=("production", "readme"), default="production")
+    p.add_argument("--hosts", type=int, default=1,
+                   help="server instances, each with its own data dir (more than 1: --pg)")
+    p.add_argument("--pg", help="PostgreSQL URL: run on a fresh database there with "
+                                "blob_store = database (needed for --hosts > 1)")
     args = p.parse_args()
+    if args.hosts > 1 and not args.pg:
+        p.error("--hosts above 1 needs --pg (the hosts share models and updates there)")
     print(json.dumps({"machine": machine_info(), "load_average": os.getloadavg(),
-                      "setup": args.setup, "workers": args.workers,
-                      "threads": args.threads}), flush=True)
+                      "setup": args.setup, "workers": args.workers, "threads": args.threads,
+                      "hosts": args.hosts, "blob_store": "database" if args.pg else "files"}),
+          flush=True)
     for n in args.devices:
         result = run(n, args)
         result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
