@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m keyboard_app.demo
+	$(PY) -m fleet.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

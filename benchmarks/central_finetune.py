@@ -7,7 +7,7 @@ gets on the same `federated` text, pooled and shuffled on one machine.
 
 It trains `--epochs` passes over the first `--messages` of the shuffled federated messages,
 then evaluates on the same 40 `valid` senders as the periodic evaluations of a fleet run with
-`--seed 0` (`keyboard_app.simulate.choose_valid`), so its figures sit beside that fleet's valid
+`--seed 0` (`fleet.population.choose_valid`), so its figures sit beside that fleet's valid
 curve. A reference for data efficiency only: the product never pools federated text.
 """
 from __future__ import annotations
@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from data import load_split  # noqa: E402
-from keyboard_app.simulate import Evaluator, FleetConfig, choose_valid  # noqa: E402
+from fleet.config import FleetConfig  # noqa: E402
+from fleet.evaluation import Evaluator  # noqa: E402
+from fleet.population import choose_valid  # noqa: E402
 from model.checkpoint import model_from_bytes, model_to_bytes  # noqa: E402
 from model.evaluate import machine  # noqa: E402
 from model.paths import PRETRAINED_MODEL, TOKENIZER_PATH  # noqa: E402

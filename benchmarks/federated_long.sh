@@ -15,12 +15,12 @@ py=${PYTHON:-.venv/bin/python}
 fleet=(--devices-per-round 25 --check-in by-data --max-examples 256 --clip-norm 10
        --server-optimizer fedavgm --server-momentum 0.9)
 
-"$py" -m keyboard_app.simulate "${fleet[@]}" --run-dir "$out/leg1" --rounds 300 \
+"$py" -m fleet.simulate "${fleet[@]}" --run-dir "$out/leg1" --rounds 300 \
     --client-lr 0.316 --weighting uniform --server-lr 1.0 --eval-every 25 --no-final-eval
-"$py" -m keyboard_app.simulate "${fleet[@]}" --run-dir "$out/leg2" --rounds 50 \
+"$py" -m fleet.simulate "${fleet[@]}" --run-dir "$out/leg2" --rounds 50 \
     --init-model "$out/leg1/model.safetensors" \
     --client-lr 0.316 --weighting uniform --server-lr 0.3 --eval-every 25 --no-final-eval
-"$py" -m keyboard_app.simulate "${fleet[@]}" --run-dir "$out/leg3" --rounds 300 \
+"$py" -m fleet.simulate "${fleet[@]}" --run-dir "$out/leg3" --rounds 300 \
     --init-model "$out/leg2/model.safetensors" \
     --client-lr 0.5 --weighting examples --server-lr 1.0 --eval-every 50
 "$py" benchmarks/federated_quality.py --skip-dp "${fleet[@]}" --run-dir "$out/leg4" --rounds 50 \

@@ -41,8 +41,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from federated.privacy import epsilon  # noqa: E402
-from keyboard_app.simulate import (CHECK_INS, FleetConfig, describe, evaluate_split,  # noqa: E402
-                                   run_fleet)
+from fleet.config import CHECK_INS, FleetConfig  # noqa: E402
+from fleet.evaluation import evaluate_split  # noqa: E402
+from fleet.report import describe  # noqa: E402
+from fleet.run import run_fleet  # noqa: E402
 from model.checkpoint import read_metadata  # noqa: E402
 from model.evaluate import machine  # noqa: E402
 from model.paths import CENTRAL_MODEL, PRETRAINED_MODEL, ROOT, TOKENIZER_PATH  # noqa: E402

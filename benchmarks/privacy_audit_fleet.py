@@ -45,8 +45,10 @@ import torch  # noqa: E402
 
 from federated import privacy  # noqa: E402
 from federated.wire import tensors_from_bytes  # noqa: E402
-from keyboard_app.simulate import (FleetConfig, choose_population, evaluate_split,  # noqa: E402
-                                   run_fleet)
+from fleet.config import FleetConfig  # noqa: E402
+from fleet.evaluation import evaluate_split  # noqa: E402
+from fleet.population import choose_population  # noqa: E402
+from fleet.run import run_fleet  # noqa: E402
 from model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from model.evaluate import machine  # noqa: E402
 from model.paths import PRETRAINED_MODEL, ROOT, TOKENIZER_PATH  # noqa: E402
@@ -416,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
           f"on {len(extra)} devices; run folder {run_dir}", flush=True)
     started = time.time()
     if not args.skip_central:
-        from keyboard_app.simulate import with_audit_devices
+        from fleet.population import with_audit_devices
         pooled = with_audit_devices(population, extra, [], args.seed)
         path = central_control(args, pooled, tokenizer, run_dir)
         row = measure("central fine-tuning (control)", path, start, tokenizer, canaries,

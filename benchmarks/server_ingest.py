@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from federated.privacy import privatize  # noqa: E402
 from federated.wire import Update, encode_update  # noqa: E402
+from fleet.server_process import ServerProcess  # noqa: E402
 from model.evaluate import machine as machine_info  # noqa: E402
 
 
@@ -54,39 +53,14 @@ def make_model(folder: Path) -> tuple[Path, Path, dict]:
 
 
 def start_server(data_dir: Path, model: Path, tokenizer: Path, round_config: dict,
-                 gunicorn: int = 0) -> tuple[subprocess.Popen, str, Path]:
-    """The server as a separate process (dev server, or gunicorn with N workers)."""
-    port = _free_port()
-    env = dict(os.environ, PK_DATA_DIR=str(data_dir), PK_INIT_MODEL=str(model),
-               PK_TOKENIZER=str(tokenizer), PK_ADMIN_TOKEN="bench", PK_PORT=str(port),
-               PK_TICK_SECONDS="1", PK_LOG_LEVEL="INFO", PK_ENROL_RATE_LIMIT="1000000",
-               **{f"PK_ROUND_{k.upper()}": str(v) for k, v in round_config.items()})
-    log = data_dir.parent / f"{data_dir.name}.log"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if gunicorn:
-        args = [sys.executable, "-m", "gunicorn", "-w", str(gunicorn), "--threads", "8",
-                "-b", f"127.0.0.1:{port}", "--timeout", "120",
-                "aggregation_server.app:create_app()"]
-    else:
-        args = [sys.executable, "-m", "aggregation_server"]
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if requests.get(f"{url}/v1/status", timeout=30).ok:
-                return proc, url, log
-        except requests.RequestException:
-            time.sleep(0.2)
-    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+                 gunicorn: int = 0) -> ServerProcess:
+    """The server as a separate process (dev server, or gunicorn with N workers), started by
+    the fleet's launcher; its log is `data_dir` + ".log"."""
+    return ServerProcess(data_dir, {"init_model": str(model), "tokenizer": str(tokenizer),
+                                    "tick_seconds": 1, "log_level": "INFO",
+                                    "enrol_rate_limit": 1_000_000, "round": round_config},
+                         admin_token="bench", log_path=data_dir.parent / f"{data_dir.name}.log",
+                         gunicorn_workers=gunicorn).start()
 
 
 def deltas(shapes: dict, count: int, clip: float, stddev: float) -> list[dict]:
@@ -164,7 +138,8 @@ def main() -> None:
         tmp = Path(tmp)
         model, tokenizer, shapes = make_model(tmp)
         params = sum(int(np.prod(s)) for s in shapes.values())
-        proc, url, log = start_server(tmp / "data", model, tokenizer, config, args.gunicorn)
+        server = start_server(tmp / "data", model, tokenizer, config, args.gunicorn)
+        url, log = server.url, server.log_path
         try:
             pool = deltas(shapes, 8, 1.0, 1.0 / np.sqrt(n))
             http = requests.Session()
@@ -174,8 +149,7 @@ def main() -> None:
                 results.append(run_round(url, jobs, args.clients, log))
                 print(json.dumps(results[-1]))
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            server.stop(timeout=30)
     summary = {k: round(statistics.median(r[k] for r in results), 3) for k in results[0]}
     print(json.dumps({"benchmark": "server_ingest", "params": params,
                       "update_bytes": len(jobs[0][2]), "reports_per_round": n,

@@ -33,17 +33,16 @@ def one_run(tmp: Path, name: str, model: Path, tokenizer: Path, pool: list, n: i
     config = {"target_reports": n, "min_reports": n, "overcommit": 1.0, "round_seconds": 3600,
               "participation_cap": 1000, "epsilon_budget": None, "noise_multiplier": 1.0,
               "secure_aggregation": False}
-    proc, url, log = start_server(tmp / name, model, tokenizer, config)
+    server = start_server(tmp / name, model, tokenizer, config)
     try:
-        jobs = prepare_round(requests.Session(), url, n, pool)
-        start = rss_mib(proc.pid, "VmRSS")
-        result = run_round(url, jobs, clients, log)
+        jobs = prepare_round(requests.Session(), server.url, n, pool)
+        start = rss_mib(server.proc.pid, "VmRSS")
+        result = run_round(server.url, jobs, clients, server.log_path)
         return {"reports": n, "rss_before_mib": round(start, 1),
-                "peak_mib": round(rss_mib(proc.pid, "VmHWM"), 1),
+                "peak_mib": round(rss_mib(server.proc.pid, "VmHWM"), 1),
                 "aggregation_s": result["aggregation_s"]}
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop(timeout=30)
 
 
 def main() -> None:

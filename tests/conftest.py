@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -279,44 +276,30 @@ def server(start_server) -> Server:
 
 @pytest.fixture
 def start_process(tiny_model, tmp_path):
-    """start_process(data_dir, db_url=None, round=None, tick=0.2) -> Server (real process)."""
-    procs: list[subprocess.Popen] = []
+    """start_process(data_dir, db_url=None, round=None, tick=0.2) -> Server (real process,
+    started by the fleet's one launcher, `fleet.server_process.ServerProcess`)."""
+    from fleet.server_process import ServerProcess
+    procs: list[ServerProcess] = []
 
     def start(data_dir: Path, db_url: str | None = None, round: dict | None = None,
               tick: float = 0.2) -> Server:
-        config = tmp_path / f"config{len(procs)}.json"
-        config.write_text(json.dumps({"round": dict(TEST_ROUND, **(round or {})),
-                                      "tick_seconds": tick, "enrol_rate_limit": 100_000}))
-        log = tmp_path / f"server{len(procs)}.log"
-        args = [sys.executable, "-m", "aggregation_server", "--data-dir", str(data_dir),
-                "--port", "0", "--config", str(config), "--admin-token", "admin-secret",
-                "--init-model", str(tiny_model["checkpoint"]),
-                "--tokenizer", str(tiny_model["tokenizer"])]
+        settings = {"round": dict(TEST_ROUND, **(round or {})), "tick_seconds": tick,
+                    "enrol_rate_limit": 100_000, "init_model": str(tiny_model["checkpoint"]),
+                    "tokenizer": str(tiny_model["tokenizer"])}
         if db_url:
-            args += ["--db", db_url]
-        with open(log, "wb") as err:
-            proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-        procs.append(proc)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            found = re.search(r'"event": "listening".*?"port": (\d+)', log.read_text())
-            if found:
-                return Server(f"http://127.0.0.1:{found.group(1)}", data_dir, "admin-secret",
-                              tiny_model["shapes"], proc=proc, log=log)
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"server did not start:\n{log.read_text()[-3000:]}")
+            settings["db_url"] = db_url
+        process = ServerProcess(data_dir, settings, admin_token="admin-secret",
+                                log_path=tmp_path / f"server{len(procs)}.log",
+                                config_path=tmp_path / f"config{len(procs)}.json",
+                                start_timeout=60)
+        procs.append(process)
+        process.start()
+        return Server(process.url, data_dir, process.admin_token, tiny_model["shapes"],
+                      proc=process.proc, log=process.log_path)
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    for process in procs:
+        process.stop(timeout=10)
 
 
 @pytest.fixture

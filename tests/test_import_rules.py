@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["keyboard_app", "aggregation_server", "privacy_audit", "federated", "model",
-            "device_model", "data"]
+PACKAGES = ["fleet", "keyboard_app", "aggregation_server", "privacy_audit", "federated",
+            "model", "device_model", "data"]
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:

@@ -223,7 +223,7 @@ def test_the_evaluation_ranks_as_the_predictor_suggests(tokenizer, model):
 
 
 def test_the_demo_reports_the_personalised_evaluation(tokenizer, model, tmp_path):
-    from keyboard_app.demo import personalised
+    from fleet.evaluation import personalised
     from model.checkpoint import CheckpointMeta, save_checkpoint
     from model.personal_eval import markdown
     save_checkpoint(tmp_path / "model.safetensors", model,

@@ -135,7 +135,8 @@ def test_inserted_directions_stand_out_in_the_model_delta_unless_noise_hides_the
 # --- the fleet's hooks: canary messages in histories, random-direction canary devices -----------
 def test_canary_messages_join_histories_in_time_order() -> None:
     from data import Device
-    from keyboard_app.simulate import FleetError, with_audit_devices
+    from fleet import FleetError
+    from fleet.population import with_audit_devices
     devices = [Device("a", "federated", ["x", "y", "z"], [1.0, 2.0, 3.0]),
                Device("b", "federated", ["w"], [5.0])]
     out = with_audit_devices(devices, {"a": ["secret", "secret"]}, [7], seed=0)
@@ -154,7 +155,8 @@ def test_direction_canaries_go_through_the_real_fleet_and_stand_out(tiny_model, 
     import json
 
     from federated.wire import tensors_from_bytes
-    from keyboard_app.simulate import FleetConfig, run_fleet
+    from fleet.config import FleetConfig
+    from fleet.run import run_fleet
     from privacy_audit.empirical import cosines
     senders = [d.sender for d in load_split("federated") if 20 <= len(d.messages) <= 60][:4]
     config = FleetConfig(rounds=2, devices_per_round=6, max_examples=40, batch_size=8,

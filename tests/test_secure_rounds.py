@@ -259,9 +259,10 @@ def test_devices_run_a_secure_round_with_the_real_runtime(start_server, tmp_path
 
 
 def test_fleet_simulator_runs_secure_rounds(start_server, tmp_path):
-    """keyboard_app.simulate with --secure-aggregation: a round's devices run concurrently."""
+    """fleet.simulate with --secure-aggregation: a round's devices run concurrently."""
     from data import load_split
-    from keyboard_app.simulate import FleetConfig, run_fleet
+    from fleet.config import FleetConfig
+    from fleet.run import run_fleet
     server = start_server()
     senders = [d.sender for d in load_split("federated") if 20 <= len(d.messages) <= 60][:4]
     config = FleetConfig(rounds=1, devices_per_round=3, max_examples=20, batch_size=8,

@@ -14,8 +14,10 @@ import torch
 
 from data import Device, load_split
 from federated import privacy
-from keyboard_app import simulate
-from keyboard_app.simulate import FleetConfig, run_fleet
+from fleet import simulate
+from fleet.config import FleetConfig
+from fleet.population import check_in_order
+from fleet.run import run_fleet
 from model.checkpoint import load_checkpoint
 from model.paths import ROOT
 from model.tokenizer import WordTokenizer
@@ -137,10 +139,10 @@ def test_check_in_by_data_favours_devices_that_type_more():
     population = [Device(f"s{i}", "federated", ["hi"] * n, [0.0] * n)
                   for i, n in enumerate(sizes)]
     rng = np.random.default_rng(0)
-    firsts = {how: [int(simulate.check_in_order(population, how, rng)[0]) for _ in range(2000)]
+    firsts = {how: [int(check_in_order(population, how, rng)[0]) for _ in range(2000)]
               for how in ("uniform", "by-data")}
     for how, first in firsts.items():
-        orders = simulate.check_in_order(population, how, rng)
+        orders = check_in_order(population, how, rng)
         assert sorted(orders) == list(range(10))  # a permutation: nobody twice, nobody left out
     assert firsts["by-data"].count(9) / 2000 == pytest.approx(0.91, abs=0.03)
     assert firsts["uniform"].count(9) / 2000 == pytest.approx(0.10, abs=0.03)
@@ -150,7 +152,7 @@ def test_a_killed_fleet_leaves_no_process_behind(tiny_model, tmp_path):
     """SIGTERM ends the fleet like Ctrl-C: its worker processes and its server end too."""
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "keyboard_app.simulate",
+        [sys.executable, "-m", "fleet.simulate",
          "--init-model", str(tiny_model["checkpoint"]), "--tokenizer", str(tiny_model["tokenizer"]),
          "--rounds", "1000", "--population", "6",
          "--devices-per-round", "2", "--max-examples", "20", "--eval-every", "0",

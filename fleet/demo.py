@@ -1,4 +1,4 @@
-"""`python -m keyboard_app.demo` (`make demo`): the federated keyboard end to end, one run folder.
+"""`python -m fleet.demo` (`make demo`): the federated keyboard end to end, one run folder.
 
 1. the first global model: the public pre-trained model shipped in model/shipped/ (with
    `--pretrain`, pre-trained now on public text by `python -m model.pretrain`);
@@ -25,12 +25,15 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from federated.privacy import device_noise_stddev
-from keyboard_app.simulate import (FleetConfig, FleetError, describe, evaluate_split, run_fleet,
-                                   save_figure)
+from fleet import FleetError
+from fleet.config import FleetConfig
+from fleet.demo_report import eps, table_rows, text_table, write_report
+from fleet.evaluation import evaluate_split, personalised
+from fleet.plots import plot_demo
+from fleet.report import describe
+from fleet.run import run_fleet
 from model.paths import (PRETRAINED_DIR, PRETRAINED_MODEL, ROOT, SHIPPED_MODEL,
                          SHIPPED_TOKENIZER, TOKENIZER_PATH)
-from model.personal_eval import markdown
 
 
 @dataclass
@@ -110,127 +113,6 @@ def pretrained(pretrain: bool) -> tuple[Path, Path, str]:
     return PRETRAINED_MODEL, TOKENIZER_PATH, "trained"
 
 
-# --- the report -----------------------------------------------------------------------------------
-def table_rows(rows: list[dict], privacy: dict[str, str]) -> list[list[str]]:
-    head = ["model", "top-1", "top-3", "macro top-1", "KSR", "perplexity", "privacy"]
-    out = [head]
-    for r in rows:
-        out.append([r["name"], f"{r['top1']:.2%}", f"{r['top3']:.2%}", f"{r['macro_top1']:.2%}",
-                    f"{r['ksr']:.2%}", f"{r['perplexity']:.1f}", privacy.get(r["name"], "")])
-    return out
-
-
-def text_table(cells: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i in (0, len(row) - 1) else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths))) for row in cells)
-
-
-def markdown_table(cells: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells[1:]])
-
-
-def plot(no_dp: list[dict], dp: list[dict], path: Path, title: str) -> None:
-    """valid top-1 and perplexity of both fleets against rounds; epsilon of the DP fleet."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (acc, ppl, eps) = plt.subplots(1, 3, figsize=(15, 4.2))
-    for records, label in ((no_dp, "federated, no DP"), (dp, "federated, DP")):
-        evaluated = [r for r in records if r.get("valid")]
-        rounds = [r["round"] for r in evaluated]
-        acc.plot(rounds, [100 * r["valid"]["top1"] for r in evaluated], marker="o", label=label)
-        ppl.plot(rounds, [r["valid"]["perplexity"] for r in evaluated], marker="o", label=label)
-    acc.set(xlabel="round", ylabel="top-1 (%)", title="top-1 on valid (subset)")
-    ppl.set(xlabel="round", ylabel="perplexity", title="perplexity on valid (subset)")
-    acc.legend()
-    points = [(r["round"], r["epsilon"]) for r in dp if r.get("epsilon") is not None]
-    if points:
-        eps.plot(*zip(*points), marker=".", color="tab:red")
-    eps.set(xlabel="round", ylabel=f"epsilon (delta = {dp[0]['delta']:g})",
-            title="privacy spent by the DP fleet (most any device)")
-    save_figure(fig, (acc, ppl, eps), title, path)
-
-
-def write_report(run_dir: Path, report: dict, cells: list[list[str]]) -> None:
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    no_dp, dp = report["fleets"]["no_dp"], report["fleets"]["dp"]
-    cfg = report["config"]
-    n, share = cfg["devices_per_round"], dp["privacy"]["dishonest_share"]
-    per_device = device_noise_stddev(cfg["dp_clip_norm"], cfg["noise_multiplier"], n,
-                                     secure=cfg["secure_aggregation"], dishonest_share=share)
-    sigma = per_device * n ** 0.5 / n  # the noise of the round's average, per weight
-    params = dp["num_params"]
-    lines = [
-        f"# Federated keyboard demo ({report['started']})", "",
-        f"Test split: {report['test']['senders']} senders, {report['test']['words']} words"
-        + (" (a subset: quick run)" if cfg["test_senders"] else "") + ".", "",
-        markdown_table(cells), "",
-        f"- Fleets: {no_dp['rounds_run']} rounds"
-        + (f" (DP fleet: {dp['rounds_run']}, stopped by its time limit)"
-           if dp["rounds_run"] != no_dp["rounds_run"] else "")
-        + f" of {cfg['devices_per_round']} devices out of "
-        f"{no_dp['population']} `federated` senders, dropout {cfg['dropout']}, each device "
-        f"training on a random sample of at most {cfg['max_examples']} messages, local SGD lr "
-        f"{cfg['client_lr']}; server {cfg['server_optimizer']} lr {cfg['server_lr']} "
-        f"(momentum {cfg['server_momentum']} without DP, {cfg['dp_server_momentum']} with DP).",
-        f"- Rounds {'with' if cfg['secure_aggregation'] else 'without'} secure aggregation. "
-        f"DP: every update clipped to L2 norm {cfg['dp_clip_norm']} (without DP: "
-        f"{cfg['clip_norm']}) and noised on the device with standard deviation "
-        f"{per_device:.3g} per weight, sized so that the honest reports of a round carry "
-        f"noise multiplier z = {cfg['noise_multiplier']} even when {share:.0%} of them come "
-        "from devices that add none. Privacy spent by the device that took part most often "
-        "(the server's accountant, its rounds composed, no amplification by sampling): "
-        f"{_eps(dp['epsilon'])} against the server, {_eps(dp['epsilon_model_users'])} against "
-        f"model users, at delta {cfg['delta']:g} ("
-        + ("secure rounds: the server sees only the sum, so both are the same; "
-           if cfg["secure_aggregation"] else
-           "plain rounds: the server sees each update with only its own noise; ")
-        + "assumed: an honest-but-curious server that follows the protocol, and at most "
-        f"{share:.0%} of a round's reports from devices adding no noise; "
-        f"{_eps(dp['epsilon_if_sampled'])} against the server if the uniform sampling of "
-        "devices were counted as Poisson sampling).",
-        f"- The noise in each DP round's average has standard deviation {sigma:.2g} "
-        f"in each of the model's {params:,} weights (norm {sigma * params ** 0.5:.2g}), "
-        f"against an average update of norm at most C = {cfg['dp_clip_norm']}: with "
-        f"{cfg['devices_per_round']} devices per round out of {no_dp['population']}, "
-        "differential privacy at this epsilon can add little. `benchmarks/federated_quality.py` "
-        "computes with the accountant what population would reach epsilon <= 10 with less "
-        "than 1 point of top-1 lost.",
-        f"- Stages (seconds): {json.dumps(report['stages'])}; total {report['seconds']:.0f} s "
-        f"on {report['machine']['nproc']} cores ({report['machine']['cpu']}).", "",
-        "![valid accuracy and epsilon](demo.png)", "",
-        "## The DP model for one person, with the personal layer", "",
-        "`test` senders with 20+ messages type the second half of their messages, the "
-        "personal layer having learned the first half and learning each message after it is "
-        "sent (docs/EVALUATION.md, \"Personalised evaluation\").", "",
-        markdown(report["personalised"]), ""]
-    (run_dir / "report.md").write_text("\n".join(lines))
-
-
-def personalised(model: Path, tokenizer: Path, max_senders: int) -> dict:
-    """The personalised evaluation of `model` on `test` (the first `max_senders` if > 0)."""
-    from data import load_split
-    from model.checkpoint import load_checkpoint
-    from model.personal import PersonalWeights
-    from model.personal_eval import MIN_MESSAGES, evaluate_personalised
-    from model.predictor import LSTMScorer
-    from model.tokenizer import WordTokenizer
-    words = WordTokenizer.load(tokenizer)
-    lstm, _ = load_checkpoint(model, words.sha256)
-    devices = [d for d in load_split("test")
-               if len(d.messages) >= MIN_MESSAGES][:max_senders or None]
-    result = evaluate_personalised(LSTMScorer(lstm), words, devices, [PersonalWeights()])
-    summary = result.summary(0)
-    summary.pop("per_sender_top1_gain")
-    return summary
-
-
-def _eps(value: float | None) -> str:
-    return "no privacy guarantee (no noise)" if value is None else f"epsilon {value:.2f}"
-
-
 # --- main -----------------------------------------------------------------------------------------
 def run_demo(config: DemoConfig, run_dir: Path, quick: bool, pretrain: bool = False) -> dict:
     from model.evaluate import machine
@@ -269,16 +151,17 @@ def run_demo(config: DemoConfig, run_dir: Path, quick: bool, pretrain: bool = Fa
 
     stages.start("report")
     privacy = {models[2][0]: "no privacy guarantee (no noise)",
-               models[3][0]: f"{_eps(dp['epsilon'])} against the server, "
-                             f"{_eps(dp['epsilon_model_users'])} against model users, "
+               models[3][0]: f"{eps(dp['epsilon'])} against the server, "
+                             f"{eps(dp['epsilon_model_users'])} against model users, "
                              f"delta {config.delta:g}"}
     cells = table_rows(rows, privacy)
     rounds = no_dp["rounds_run"]
-    plot(_records(run_dir / "fleet-no-dp"), _records(run_dir / "fleet-dp"), run_dir / "demo.png",
-         f"{rounds} rounds x {config.devices_per_round} devices "
-         f"(population {no_dp['population']}); DP: z={config.noise_multiplier:g}, "
-         f"C={config.dp_clip_norm:g}, {_eps(dp['epsilon'])} against the server at delta "
-         f"{config.delta:g}")
+    plot_demo(_records(run_dir / "fleet-no-dp"), _records(run_dir / "fleet-dp"),
+              run_dir / "demo.png",
+              f"{rounds} rounds x {config.devices_per_round} devices "
+              f"(population {no_dp['population']}); DP: z={config.noise_multiplier:g}, "
+              f"C={config.dp_clip_norm:g}, {eps(dp['epsilon'])} against the server at delta "
+              f"{config.delta:g}")
     report = {"started": started, "quick": quick, "config": asdict(config),
               "pretrained": {"model": str(model), "source": source},
               "rows": rows, "privacy": privacy,
@@ -302,7 +185,7 @@ def _records(folder: Path) -> list[dict]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m keyboard_app.demo",
+    p = argparse.ArgumentParser(prog="python -m fleet.demo",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="a smoke run of about a minute: 3 short rounds, part of test")

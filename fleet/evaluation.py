@@ -1,0 +1,86 @@
+"""The offline evaluation (docs/EVALUATION.md, `model.evaluate`) of global models: during a
+run on a set of `valid` senders, and afterwards on a whole split, several models at once."""
+from __future__ import annotations
+
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from data import Device, load_split
+
+
+class Evaluator:
+    """The offline evaluation (model.evaluate) of a global model on a set of devices."""
+
+    KEYS = ("top1", "top3", "perplexity", "macro_top1", "top1_excl_unk", "ksr", "words")
+
+    def __init__(self, tokenizer_json: str, devices: list[Device], threads: int) -> None:
+        from model.tokenizer import WordTokenizer
+        self.tokenizer = WordTokenizer.from_json(tokenizer_json)
+        self.devices, self.threads = devices, threads
+
+    def __call__(self, model_bytes: bytes) -> dict[str, float]:
+        import torch
+        from model.checkpoint import model_from_bytes
+        from model.evaluate import evaluate_scorer
+        model, meta = model_from_bytes(model_bytes, tokenizer_sha256=self.tokenizer.sha256)
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            result = evaluate_scorer(model, self.tokenizer, self.devices)
+        finally:
+            torch.set_num_threads(old)
+        return {"model_version": meta.version, "senders": len(self.devices),
+                **{k: result[k] for k in self.KEYS}}
+
+
+def _evaluate_job(job: tuple[str, str, str, str, int]) -> dict[str, Any]:
+    """In a worker: (name, 'ngram' or a checkpoint path, tokenizer path, split, senders)."""
+    import torch
+    torch.set_num_threads(1)
+    from model.compress import load_any
+    from model.evaluate import evaluate_scorer
+    from model.ngram import KneserNey
+    from model.tokenizer import WordTokenizer
+    name, what, tokenizer_path, split, senders = job
+    tokenizer = WordTokenizer.load(tokenizer_path)
+    if what == "ngram":  # the baseline: trained on the public split only
+        public = [m for d in load_split("public") for m in d.messages]
+        scorer = KneserNey.from_messages(public, tokenizer)
+    else:
+        scorer = load_any(what, tokenizer.sha256)[0]  # float32 or the shipped int8
+    devices = load_split(split)
+    started = time.time()
+    row = {"name": name, **evaluate_scorer(scorer, tokenizer,
+                                           devices[:senders] if senders else devices)}
+    row["eval_seconds"] = round(time.time() - started, 1)
+    return row
+
+
+def evaluate_split(models: list[tuple[str, str]], tokenizer: Path, split: str = "test",
+                   senders: int = 0, workers: int = 2) -> list[dict[str, Any]]:
+    """EVALUATION.md metrics on `split` (its first `senders`, 0: all) for each
+    (name, 'ngram' or checkpoint path), `workers` models at a time, one thread each."""
+    jobs = [(name, what, str(tokenizer), split, senders) for name, what in models]
+    with ProcessPoolExecutor(min(workers, len(jobs)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_evaluate_job, jobs))
+
+
+def personalised(model: Path, tokenizer: Path, max_senders: int) -> dict:
+    """The personalised evaluation of `model` on `test` (the first `max_senders` if > 0)."""
+    from model.checkpoint import load_checkpoint
+    from model.personal import PersonalWeights
+    from model.personal_eval import MIN_MESSAGES, evaluate_personalised
+    from model.predictor import LSTMScorer
+    from model.tokenizer import WordTokenizer
+    words = WordTokenizer.load(tokenizer)
+    lstm, _ = load_checkpoint(model, words.sha256)
+    devices = [d for d in load_split("test")
+               if len(d.messages) >= MIN_MESSAGES][:max_senders or None]
+    result = evaluate_personalised(LSTMScorer(lstm), words, devices, [PersonalWeights()])
+    summary = result.summary(0)
+    summary.pop("per_sender_top1_gain")
+    return summary
