@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from federated.privacy import privatize  # noqa: E402
 from federated.wire import Update, encode_update  # noqa: E402
-from fleet.server_process import ServerProcess  # noqa: E402
+from fleet.server_process import ServerProcess, gunicorn_options  # noqa: E402
 from model.evaluate import machine as machine_info  # noqa: E402
 
 
@@ -60,7 +60,8 @@ def start_server(data_dir: Path, model: Path, tokenizer: Path, round_config: dic
                                     "tick_seconds": 1, "log_level": "INFO",
                                     "enrol_rate_limit": 1_000_000, "round": round_config},
                          admin_token="bench", log_path=data_dir.parent / f"{data_dir.name}.log",
-                         gunicorn_workers=gunicorn).start()
+                         gunicorn=[*gunicorn_options(gunicorn), "--timeout", "120"]
+                         if gunicorn else None).start()
 
 
 def deltas(shapes: dict, count: int, clip: float, stddev: float) -> list[dict]:

@@ -25,7 +25,6 @@ import json
 import os
 import random
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,6 +45,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.server_ingest import deltas  # noqa: E402
 from federated import identity  # noqa: E402
 from federated.wire import Update, encode_update  # noqa: E402
+from fleet.server_process import (GUNICORN_PRODUCTION, ServerProcess,  # noqa: E402
+                                  gunicorn_options)
 from model.evaluate import machine as machine_info  # noqa: E402
 
 ADMIN = {"Authorization": "Bearer bench"}
@@ -65,36 +66,22 @@ class Tally:
             self.rows.append((kind, outcome, seconds))
 
 
-def start(data_dir: Path, port: int, args: argparse.Namespace, config: dict,
-          db_url: str | None) -> tuple[subprocess.Popen, Path]:
-    """gunicorn with the production config (or the README's old command) on `port`."""
+def start(data_dir: Path, args: argparse.Namespace, config: dict,
+          db_url: str | None) -> ServerProcess:
+    """gunicorn with the production config (or the README's old command) on a free port."""
     metrics = data_dir.parent / f"metrics-{data_dir.name}"
     metrics.mkdir()
-    env = dict(os.environ, PK_DATA_DIR=str(data_dir), PK_ADMIN_TOKEN="bench",
-               PK_BIND=f"127.0.0.1:{port}", PK_WORKERS=str(args.workers),
-               PK_THREADS=str(args.threads), PK_ENROL_RATE_LIMIT="1000000",
-               PK_LOG_LEVEL="INFO", PROMETHEUS_MULTIPROC_DIR=str(metrics),
-               **{f"PK_ROUND_{k.upper()}": str(v) for k, v in config.items()})
+    settings = {"enrol_rate_limit": 1_000_000, "log_level": "INFO", "round": config}
     if db_url:  # one deployment over several "hosts": models and updates in PostgreSQL
-        env.update(PK_DB_URL=db_url, PK_BLOB_STORE="database")
+        settings.update(db_url=db_url, blob_store="database")
     if args.setup == "production":
-        options = ["-c", "python:aggregation_server.deploy.gunicorn_conf"]
+        options = list(GUNICORN_PRODUCTION)
     else:
-        options = ["-w", str(args.workers), "--threads", str(args.threads),
-                   "-b", f"127.0.0.1:{port}"]
-    log = data_dir.parent / f"{data_dir.name}.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", *options,
-                                 "aggregation_server.app:create_app()"], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/v1/status", timeout=30).ok:
-                return proc, log
-        except requests.RequestException:
-            time.sleep(0.2)
-    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+        options = gunicorn_options(args.workers, args.threads)
+    return ServerProcess(data_dir, settings, admin_token="bench", gunicorn=options,
+                         log_path=data_dir.parent / f"{data_dir.name}.log", start_timeout=180,
+                         env={"PK_WORKERS": str(args.workers), "PK_THREADS": str(args.threads),
+                              "PROMETHEUS_MULTIPROC_DIR": str(metrics)}).start()
 
 
 def _innermost(err: BaseException) -> str:
@@ -194,17 +181,15 @@ def fresh_database(base_url: str | None):
 
 def run(n: int, args: argparse.Namespace) -> dict:
     config = {"target_reports": n, "min_reports": n, "overcommit": 1.0,
-              "round_seconds": 3600, "participation_cap": 1000, "epsilon_budget": "none",
+              "round_seconds": 3600, "participation_cap": 1000, "epsilon_budget": None,
               "noise_multiplier": 0.0, "clip_norm": 1.0, "secure_aggregation": False}
-    from benchmarks.server_ingest import _free_port
     with tempfile.TemporaryDirectory(prefix="pk-load-") as tmp, \
             fresh_database(args.pg) as db_url:
         servers, urls = [], []
         try:
             for host in range(args.hosts):  # one at a time: the first stores version 0
-                port = _free_port()
-                servers.append(start(Path(tmp) / f"host{host}", port, args, config, db_url))
-                urls.append(f"http://127.0.0.1:{port}")
+                servers.append(start(Path(tmp) / f"host{host}", args, config, db_url))
+                urls.append(servers[-1].url)
             from safetensors.numpy import load as load_tensors
             shapes = {k: v.shape for k, v in load_tensors(
                 requests.get(f"{urls[0]}/v1/model", timeout=60).content).items()}
@@ -219,11 +204,10 @@ def run(n: int, args: argparse.Namespace) -> dict:
             wall = time.perf_counter() - started
             after = sum((served(url) for url in urls), Counter())
         finally:
-            for proc, _ in servers:
-                proc.terminate()
-                proc.wait(timeout=60)
-        logged = sum(bool(DEVICE_REQUEST.search(line)) for _, log in servers
-                     for line in log.read_text().splitlines())
+            for server in servers:
+                server.stop(timeout=60)
+        logged = sum(bool(DEVICE_REQUEST.search(line)) for server in servers
+                     for line in server.log_path.read_text().splitlines())
     return summarise(n, tally, wall, after - before, logged, args)
 
 

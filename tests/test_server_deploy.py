@@ -9,9 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -20,44 +17,29 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, TEST_ROUND
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import TEST_ROUND
 
 
 @pytest.fixture
 def gunicorn(tiny_model, tmp_path):
     """The production command, 2 workers, on a free port: (url, log path, process)."""
-    port = _free_port()
-    env = dict(os.environ, PK_DATA_DIR=str(tmp_path / "data"), PK_ADMIN_TOKEN="admin-secret",
-               PK_INIT_MODEL=str(tiny_model["checkpoint"]),
-               PK_TOKENIZER=str(tiny_model["tokenizer"]), PK_BIND=f"127.0.0.1:{port}",
-               PK_WORKERS="2", PK_THREADS="4", PK_TICK_SECONDS="0",
-               PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
-               PK_ROUND_SECURE_AGGREGATION=str(TEST_ROUND["secure_aggregation"]))
-    log = tmp_path / "gunicorn.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c",
-             "python:aggregation_server.deploy.gunicorn_conf",
-             "aggregation_server.app:create_app()"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=err)
-    url = f"http://127.0.0.1:{port}"
+    from fleet.server_process import GUNICORN_PRODUCTION, ServerProcess
+    server = ServerProcess(
+        tmp_path / "data", {"init_model": str(tiny_model["checkpoint"]),
+                            "tokenizer": str(tiny_model["tokenizer"]), "tick_seconds": 0,
+                            "round": {"secure_aggregation": TEST_ROUND["secure_aggregation"]}},
+        admin_token="admin-secret", gunicorn=GUNICORN_PRODUCTION,
+        log_path=tmp_path / "gunicorn.log", config_path=tmp_path / "config.json",
+        env={"PK_WORKERS": "2", "PK_THREADS": "4",
+             "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")})
     try:
+        server.start()
+        log, proc = server.log_path, server.proc
         _wait(lambda: len(_events(log, "app_ready")) >= 2 or proc.poll() is not None)
         assert proc.poll() is None, log.read_text()[-3000:]
-        yield url, log, proc
+        yield server.url, log, proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop(timeout=30)
 
 
 def _wait(done, timeout: float = 90.0) -> None:
