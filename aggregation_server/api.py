@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
+from aggregation_server import evaluation
 from aggregation_server.config import ConfigError
 from aggregation_server.db import ModelVersion
 from aggregation_server.enrolment import MAX_CODE_USES
@@ -21,6 +22,7 @@ rounds = Blueprint("rounds", __name__, url_prefix="/v1")
 admin = Blueprint("admin", __name__, url_prefix="/v1/admin")
 BLUEPRINTS = (devices, models, rounds, admin)
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,200}")
+MAX_REPORT_BYTES = 4096  # two versions' seven numbers in JSON take about 400
 
 
 def service() -> RoundService:
@@ -126,22 +128,29 @@ def checkin():
         raise ApiError(400, "bad_field", "check-in takes no 'num_examples': the device keeps "
                                          "its history size to itself and compares it with the "
                                          "task's 'min_examples'")
-    _fields(data, {"model_version"})
+    _fields(data, {"model_version", "kinds"})
     _int_field(data, "model_version", required=False)
+    kinds = evaluation.parse_kinds(data)
     key = request.headers.get("Idempotency-Key")  # optional: a retry gets the task again
     if key is not None and not KEY_PATTERN.fullmatch(key):
         raise ApiError(400, "bad_idempotency_key", "an 'Idempotency-Key' header must be 1-200 "
                                                    "letters, digits or ._:- (a UUID)")
-    return jsonify(service().checkin(device))
+    return jsonify(service().checkin(device, kinds))
+
+
+def idempotency_key() -> str:
+    """The request's Idempotency-Key header, or 400."""
+    key = request.headers.get("Idempotency-Key", "")
+    if not KEY_PATTERN.fullmatch(key):
+        raise ApiError(400, "bad_idempotency_key", "send an 'Idempotency-Key' header of 1-200 "
+                                                   "letters, digits or ._:- (a UUID)")
+    return key
 
 
 @rounds.put("/rounds/<int(max=2147483647):round_id>/update")
 def upload(round_id: int):
     device = device_id()
-    key = request.headers.get("Idempotency-Key", "")
-    if not KEY_PATTERN.fullmatch(key):
-        raise ApiError(400, "bad_idempotency_key", "send an 'Idempotency-Key' header of 1-200 "
-                                                   "letters, digits or ._:- (a UUID)")
+    key = idempotency_key()
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "too_large", f"update of {request.content_length} bytes is over "
@@ -154,6 +163,20 @@ def upload(round_id: int):
         raise
     metrics.labels("accepted").inc()
     return jsonify(answer), 202
+
+
+@rounds.put("/rounds/<int(max=2147483647):round_id>/evaluation")
+def evaluation_report(round_id: int):
+    """An evaluation round's report: clipped, noised sums per model version (JSON)."""
+    device, key = device_id(), idempotency_key()
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the report as application/json")
+    declared = request.content_length or 0  # chunked bodies are read, then measured
+    body = request.get_data(cache=False) if declared <= MAX_REPORT_BYTES else b""
+    if max(declared, len(body)) > MAX_REPORT_BYTES:
+        raise ApiError(413, "too_large", f"an evaluation report is at most {MAX_REPORT_BYTES} "
+                                         "bytes")
+    return jsonify(evaluation.submit(service(), device, round_id, key, body)), 202
 
 
 @rounds.get("/status")

@@ -45,6 +45,7 @@ BOUNDS: dict[str, Bounds] = {
     "train_lr": (0, 100, False, True), "train_max_examples": (1, None, True, True),
     "secagg_phase_seconds": (0, 86400, False, True),
     "secagg_dropout_rate": (0, 0.5, True, False), "secagg_corrupt_rate": (0, 0.5, True, False),
+    "evaluate_every": (0, 100_000, True, True), "eval_max_words": (1, 100_000, True, True),
 }
 ENUMS: dict[str, tuple[str, ...]] = {
     "weighting": WEIGHTINGS, "server_optimizer": SERVER_OPTIMIZERS,
@@ -112,6 +113,9 @@ class RoundConfig:
     secagg_dropout_rate: float = DROPOUT_RATE  # expected dropouts, sets the SecAgg+ degree k
     secagg_corrupt_rate: float = 0.0  # devices assumed to collude with the server
     compression: str = "none"         # "ddg16": <= 4 bits per parameter, integer noise
+    evaluate_every: int = 0           # federated evaluation of every N-th model version (0: off)
+    eval_max_words: int = 200         # words a device scores at most (its contribution bound)
+    eval_previous: bool = True        # evaluate the previous version too (paired comparison)
 
     @property
     def capacity(self) -> int:

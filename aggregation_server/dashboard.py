@@ -81,11 +81,19 @@ def charts(st: dict[str, Any]) -> list[str]:
     out = [chart("Participants per round", ids, {
         "reports": [r["reports"] for r in rounds],
         "tasks handed out": [r["tasks_issued"] for r in rounds]}, bars=True)]
-    closed = [r for r in rounds if r["state"] == "closed"]
+    closed = [r for r in rounds if r["state"] == "closed" and r.get("kind") != "evaluate"]
     names = sorted({k for r in closed for k in r["metrics"]} - {"reports", "num_examples"})
     for name in names[:4]:
         out.append(chart(f"{name} (devices' mean, per round)", [r["id"] for r in closed],
                          {name: [r["metrics"].get(name) for r in closed]}))
+    quality = st["evaluation"]["quality"]
+    if quality:
+        pick = lambda name, key: [100 * q[name][key] if q[name] else None  # noqa: E731
+                                  for q in quality]
+        out.append(chart("Top-1 on devices (%) by model version, 95% noise interval",
+                         [q["model_version"] for q in quality],
+                         {"top-1": pick("top1", "value"), "low": pick("top1", "ci_low"),
+                          "high": pick("top1", "ci_high")}))
     budget = st["privacy"]["epsilon_budget"]
     ended = [r for r in rounds if r["state"] in ("closed", "abandoned")]
     out.append(chart("Epsilon spent (most spent by one device)", [r["id"] for r in ended],
@@ -103,12 +111,13 @@ def charts(st: dict[str, Any]) -> list[str]:
 
 def _table(rounds: list[dict]) -> str:
     rows = "".join(
-        f"<tr><td>{r['id']}</td><td class='{r['state']}'>{r['state']}</td>"
+        f"<tr><td>{r['id']}</td><td>{'evaluation' if r.get('kind') == 'evaluate' else 'training'}"
+        f"</td><td class='{r['state']}'>{r['state']}</td>"
         f"<td>{r['reports']}/{r['target']} (min {r['minimum']})</td><td>{r['tasks_issued']}</td>"
         f"<td>{'' if r['new_version'] is None else r['new_version']}</td>"
         f"<td>{'yes' if r.get('secure_aggregation') else 'no'}</td>"
         f"<td>{escape(r['reason'] or '')}</td></tr>" for r in reversed(rounds[-15:]))
-    return ("<table><tr><th>round</th><th>state</th><th>reports</th><th>tasks</th>"
+    return ("<table><tr><th>round</th><th>kind</th><th>state</th><th>reports</th><th>tasks</th>"
             f"<th>new version</th><th>secure aggregation</th><th>reason</th></tr>{rows}</table>")
 
 
@@ -139,6 +148,56 @@ def _secure_outcomes(sa: dict[str, Any]) -> str:
             f"<ul>{aborts}</ul>")
 
 
+def _estimate(e: dict | None, percent: bool = True) -> str:
+    """A figure with its 95% noise interval, in words when the noise hides it."""
+    if e is None:
+        return "too few words for the noise"
+    if percent:
+        return f"{e['value']:.1%} ({e['ci_low']:.1%} to {e['ci_high']:.1%})"
+    return f"{e['value']:.1f} ({e['ci_low']:.1f} to {e['ci_high']:.1f})"
+
+
+def _latest_quality(latest: dict | None) -> str:
+    if latest is None:
+        return "not evaluated yet"
+    return f"{_estimate(latest['top1'])}, version {latest['model_version']}"
+
+
+def _evaluation(ev: dict[str, Any]) -> str:
+    """Quality against model version and each evaluation round's reports."""
+    if not ev["rounds"]:
+        return ("<h2>Quality on devices (federated evaluation)</h2><p>No evaluation round "
+                "yet: set evaluate_every in the round config to have devices score the "
+                "model on their own recent messages.</p>")
+    rows = []
+    for e in reversed(ev["rounds"][-15:]):
+        result = e["result"]
+        if result is None:
+            rows.append(f"<tr><td>{e['round_id']}</td><td>{e['model_version']}</td>"
+                        f"<td>{e['reports']} (min {e['minimum']})</td><td colspan='5'>"
+                        f"{escape(e['state'])}{': ' + escape(e['reason']) if e['reason'] else ''}"
+                        "</td></tr>")
+            continue
+        for i, v in enumerate(result["versions"]):
+            f = v["figures"]
+            diff = result["top1_difference"] if i == 0 else None
+            paired = ("" if i or len(result["versions"]) < 2 else "not enough words"
+                      if diff is None else f"{diff['value'] * 100:+.2f} points "
+                      f"({diff['ci_low'] * 100:+.2f} to {diff['ci_high'] * 100:+.2f})")
+            rows.append(f"<tr><td>{e['round_id'] if i == 0 else ''}</td><td>{v['version']}</td>"
+                        f"<td>{result['reports'] if i == 0 else ''}</td>"
+                        f"<td>{_estimate(f['top1'])}</td><td>{_estimate(f['top3'])}</td>"
+                        f"<td>{_estimate(f['ksr'])}</td>"
+                        f"<td>{_estimate(f['perplexity'], percent=False)}</td>"
+                        f"<td>{paired}</td></tr>")
+    return ("<h2>Quality on devices (federated evaluation)</h2><p>Devices score the model on "
+            "their most recent messages not yet used for training and send only noised sums; "
+            "each figure comes with the 95% interval its noise allows.</p><table><tr>"
+            "<th>round</th><th>model version</th><th>reports</th><th>top-1</th><th>top-3</th>"
+            "<th>keystrokes saved</th><th>perplexity</th><th>top-1 against the previous "
+            f"version</th></tr>{''.join(rows)}</table>")
+
+
 STYLE = """body{font-family:sans-serif;margin:24px;color:#222;background:#f7f7f8}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.cards{display:flex;gap:12px;flex-wrap:wrap}
 .card{background:#fff;border:1px solid #ddd;padding:10px 16px;border-radius:6px}
@@ -165,8 +224,9 @@ def page() -> Response:
              ("privacy spent, against the server", server["spent_text"]),
              ("privacy spent, against model users", users["spent_text"]),
              ("epsilon budget (against the server)",
-              "none" if p["epsilon_budget"] is None else p["epsilon_budget"]),
-             ("secure rounds abandoned", st["secure_aggregation"]["abandoned"])]
+              "none set" if p["epsilon_budget"] is None else f"{p['epsilon_budget']:g}"),
+             ("secure rounds abandoned", st["secure_aggregation"]["abandoned"]),
+             ("top-1 on devices", _latest_quality(st["evaluation"]["latest"]))]
     blocked = (f"<p class='warn'>No round can start: {escape(st['blocked_reason'])}</p>"
                if st["blocked_reason"] else "")
     stuck = r and r.get("aggregation")
@@ -179,8 +239,10 @@ def page() -> Response:
 <meta http-equiv="refresh" content="10"><title>Aggregation server</title>
 <style>{STYLE}</style></head><body><h1>Federated training</h1>
 <div class="cards">{"".join(f'<div class="card">{escape(k)}<b>{escape(str(v))}</b></div>'
-                            for k, v in cards)}</div>{blocked}
+                            for k, v in cards)}</div>
+<p class="budget">Privacy budget: {escape(p["budget_text"])}</p>{blocked}
 <h2>Charts</h2><div class="grid">{"".join(charts(st))}</div>
+{_evaluation(st["evaluation"])}
 <h2>Recent rounds</h2>{_table(st["rounds"])}
 {_secure_outcomes(st["secure_aggregation"])}
 <h2>Privacy accounting</h2>{_privacy_table(p)}<p>Assumptions:</p>

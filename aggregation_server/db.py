@@ -104,6 +104,10 @@ class Round(Base):
     failing_since: Mapped[float | None] = mapped_column(Float, default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
+    # "train" makes a new model version; "evaluate" asks devices to score model versions
+    # (aggregation_server.evaluation): what it evaluates, then the aggregate it published
+    kind: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Task(Base):

@@ -60,6 +60,11 @@ class _SnapshotCollector:
         "pk_epsilon_budget": "Epsilon budget (-1: none)",
         "pk_aggregation_failed_attempts": "Failed aggregation attempts of the current round "
                                           "(0: none; it is retried with backoff)",
+        "pk_eval_top1": "Top-1 accuracy of the latest federated evaluation (devices' own "
+                        "messages, noised aggregate)",
+        "pk_eval_top1_ci_low": "Lower end of the 95% noise interval of pk_eval_top1",
+        "pk_eval_top1_ci_high": "Upper end of the 95% noise interval of pk_eval_top1",
+        "pk_eval_model_version": "Model version the latest federated evaluation scored",
     }
     COUNTERS = {  # name: (help, label) of counts by label from the database
         "pk_secagg_rounds_abandoned": ("Secure rounds abandoned, by cause (device_aborts: "

@@ -99,6 +99,10 @@ ROUND = _obj(["id", "state", "model_version", "target", "minimum", "tasks_issued
                                 "description": "the same against model users"},
     "noise_multiplier": NUM, "clip_norm": NUM,
     "secure_aggregation": BOOL,
+    "kind": {"type": "string", "enum": ["train", "evaluate"]},
+    "evaluation": {"type": "object", "nullable": True,
+                   "description": "an evaluation round: the versions it scores, the word cap, "
+                                  "and once closed its aggregate ('result')"},
     "aggregation": {**_obj(["attempts", "failing_since", "last_error", "next_attempt_at"], {
         "attempts": INT, "failing_since": NUM, "last_error": STR, "next_attempt_at": NUM}),
         "nullable": True, "description": "a closing round whose aggregation failed: it is "
@@ -132,6 +136,7 @@ STATUS = _obj(["training", "round", "devices", "model", "versions", "rounds", "p
     "versions": {"type": "array", "items": {"$ref": "#/components/schemas/ModelVersion"}},
     "rounds": {"type": "array", "items": {"$ref": "#/components/schemas/Round"}},
     "privacy": _obj(["epsilon_spent_max", "epsilon_budget", "delta", "figures", "assumptions"], {
+        "budget_text": {"type": "string", "description": "the budget in one plain sentence"},
         "epsilon_spent_max": NULLNUM, "epsilon_spent_max_model_users": NULLNUM,
         "epsilon_budget": NULLNUM, "epsilon_at_cap": NULLNUM,
         "epsilon_at_cap_model_users": NULLNUM,
@@ -144,12 +149,27 @@ STATUS = _obj(["training", "round", "devices", "model", "versions", "rounds", "p
         "dishonest_share": NUM, "honest_reports": INT, "secure_aggregation": BOOL,
         "server_assumed": STR, "participation_cap": INT, "sampling_rate": NULLNUM,
         "accountant": STR, "assumptions": {"type": "array", "items": STR}}),
+    "evaluation": _obj(["quality", "latest", "rounds"], {
+        "quality": {"type": "array", "items": {"type": "object"},
+                    "description": "per evaluation round: the model version, its reports, and "
+                                   "top1, top3, ksr, perplexity as {value, ci_low, ci_high} "
+                                   "(95% noise interval) or null when the noise hides it"},
+        "latest": {"type": "object", "nullable": True},
+        "rounds": {"type": "array", "items": {"type": "object"}}}),
     "config": {"$ref": "#/components/schemas/RoundConfig"}})
 
-TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "train", "clip_norm",
+TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "clip_norm",
              "noise_multiplier", "min_reports", "dishonest_share", "secure_aggregation",
              "min_examples"], {
     "round_id": INT, "model_version": INT, "model_sha256": STR,
+    "kind": {"type": "string", "enum": ["evaluate"], "description": "absent: a training task "
+             "(with 'train'); 'evaluate': score 'evaluate.versions' and send the report to "
+             "/v1/rounds/{round_id}/evaluation"},
+    "evaluate": _obj(["versions", "max_words"], {
+        "versions": {"type": "array", "items": _obj(["version", "sha256"], {
+            "version": INT, "sha256": STR})},
+        "max_words": {"type": "integer", "description": "score at most this many words (the "
+                                                        "most recent messages, whole)"}}),
     "deadline": {"type": "number", "description": "unix time"},
     "train": _obj(["epochs", "batch_size", "lr", "optimizer", "max_examples"], {
         "epochs": NUM, "batch_size": INT, "lr": NUM,
@@ -272,6 +292,18 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"202": {"description": "Stored durably; retries with the same "
                                                      "Idempotency-Key get the same answer",
                                       "content": _json("UploadAccepted")}, **ERRORS}}},
+            "/v1/rounds/{round_id}/evaluation": {"put": {
+                "summary": "An evaluation round's report: per model version evaluated, seven "
+                           "clipped and noised sums (federated.evaluation); impossible values "
+                           "are refused with 422", "security": device,
+                "parameters": [ROUND_ID,
+                               {"name": "Idempotency-Key", "in": "header", "required": True,
+                                "schema": {"type": "string",
+                                           "pattern": "^[A-Za-z0-9._:-]{1,200}$"}}],
+                "requestBody": {"required": True, "content": _json("EvaluationReport")},
+                "responses": {"202": {"description": "Stored; retries with the same "
+                                                     "Idempotency-Key get the same answer",
+                                      "content": _json("UploadAccepted")}, **ERRORS}}},
             "/v1/rounds/{round_id}/secagg/advertise": {"post": _secagg_post(
                 "Secure aggregation, phase 0: advertise two public keys (advertise_keys); "
                 "a malformed message excludes the device",
@@ -388,7 +420,15 @@ def openapi_document() -> dict[str, Any]:
                 "EnrolmentCodes": _obj(["codes"], {"codes": {"type": "array", "items": CODE}}),
                 "CheckinRequest": _obj([], {
                     "model_version": {"type": "integer", "minimum": 0, "maximum": INT32,
-                                      "nullable": True}}, extra=False),
+                                      "nullable": True},
+                    "kinds": {"type": "array", "minItems": 1, "items": {
+                        "type": "string", "enum": ["train", "evaluate"]},
+                        "description": "the round kinds this device takes tasks in "
+                                       "(default: train only)"}}, extra=False),
+                "EvaluationReport": _obj(["sums"], {"sums": {
+                    "type": "array", "minItems": 1, "maxItems": 2, "items": {
+                        "type": "array", "minItems": 7, "maxItems": 7,
+                        "items": {"type": "number"}}}}, extra=False),
                 "Task": TASK,
                 "CheckinResponse": {"oneOf": [
                     _obj(["task"], {"task": {"$ref": "#/components/schemas/Task"}}),

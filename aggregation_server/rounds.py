@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from federated.wire import encode_update
 
-from aggregation_server import accounting, compressed
+from aggregation_server import accounting, compressed, evaluation
 from aggregation_server.config import RoundConfig, Settings
 from aggregation_server.db import Database, Device, ModelVersion, Round, ServerState, Task
 from aggregation_server.enrolment import Enrolment
@@ -166,8 +166,9 @@ class RoundService:
             return s.scalar(select(Device.id).where(
                 Device.token_sha256 == sha256_hex(token.encode())))
 
-    def checkin(self, device_id: str) -> dict:
-        """A task in the open round for this device, or when to come back and why not."""
+    def checkin(self, device_id: str, kinds: tuple[str, ...] = ("train",)) -> dict:
+        """A task in the open round for this device, or when to come back and why not;
+        `kinds`: the round kinds the device takes tasks in (training, evaluation)."""
         self.tick()
         now = self.clock()
         with self.db.write() as s:
@@ -175,6 +176,10 @@ class RoundService:
             if r is None or r.state != "open" or now >= r.deadline:
                 return self._no_round(s, r, now)
             config = RoundConfig.from_dict(r.config)
+            if r.kind not in kinds:
+                return self._no_task(f"round {r.id} is a {r.kind} round; this device asked "
+                                     f"only for {' or '.join(kinds)} tasks",
+                                     self._pace(config, r, now))
             refusal = config.secure_aggregation and self.secure.checkin_refusal(s, r, now)
             if refusal:
                 return self._no_task(refusal, self._pace(config, r, now))
@@ -241,6 +246,8 @@ class RoundService:
                 "clip_norm": config.clip_norm, "noise_multiplier": config.noise_multiplier,
                 "min_reports": config.min_reports, "dishonest_share": config.dishonest_share,
                 "secure_aggregation": config.secure_aggregation}
+        if r.kind == "evaluate":
+            return evaluation.task_fields(r, config, task)
         if config.secure_aggregation:
             task["secagg"] = self.secure.task_fields(s, r, device_id)
         spec = compressed.spec_for(config, r.id, model.sha256, self.num_params)
@@ -253,15 +260,14 @@ class RoundService:
         """Accept one update: check everything, store durably, commit, maybe close the round."""
         self.tick()
         digest = sha256_hex(body)
+        r, config, earlier = self.report_round(device_id, round_id, key, digest)
+        if earlier is not None:
+            return earlier
+        if r.kind == "evaluate":
+            raise ApiError(409, "evaluation_round",
+                           f"round {round_id} evaluates models: send the evaluation report "
+                           f"to /v1/rounds/{round_id}/evaluation, not an update")
         with self.db.read() as s:
-            r, task = s.get(Round, round_id), s.get(Task, (round_id, device_id))
-            if r is None:
-                raise ApiError(404, "no_such_round", f"there is no round {round_id}")
-            earlier = replay(task, key, digest, r)
-            if earlier is not None:
-                return earlier
-            check_open(r, task, self.clock())
-            config = RoundConfig.from_dict(r.config)
             spec = compressed.round_spec(s, r, config, self.num_params)
         if config.secure_aggregation:
             raise ApiError(409, "secure_aggregation",
@@ -270,21 +276,12 @@ class RoundService:
         upd = check_update(body, r, config, self.shapes, self.settings.max_update_bytes, spec)
         path = self.blobs.update_path(round_id, device_id, digest)
         self.blobs.write(path, body if spec is None else encode_update(upd))  # float32 kept
+
+        def fill(task: Task) -> None:
+            task.path, task.num_examples, task.metrics = path, upd.num_examples, upd.metrics
         try:
-            with self.db.write() as s:
-                r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
-                task = s.get(Task, (round_id, device_id), populate_existing=True)
-                earlier = replay(task, key, digest, r)
-                if earlier is not None:
-                    return earlier
-                check_open(r, task, self.clock())
-                r.reports += 1
-                response = {"accepted": True, "round_id": round_id, "reports": r.reports}
-                task.state, task.submitted_at, task.path = "submitted", self.clock(), path
-                self.charge_task(task, config, task.submitted_at)
-                task.idempotency_key, task.body_sha256, task.response = key, digest, response
-                task.num_examples, task.metrics = upd.num_examples, upd.metrics
-                reached = r.reports >= r.target
+            response, reached = self.record_report(device_id, round_id, key, digest, config,
+                                                   fill)
         except ApiError:
             with self.db.read() as s:
                 winner = s.get(Task, (round_id, device_id))
@@ -297,6 +294,38 @@ class RoundService:
             self.close_round(round_id)
             self.tick()  # opens the next round
         return response
+
+    def report_round(self, device_id: str, round_id: int, key: str, digest: str
+                     ) -> tuple[Round, RoundConfig, dict | None]:
+        """The round a device reports to and its config, and the stored answer if this is a
+        retry of an accepted report; a 4xx if the round takes no report from it."""
+        with self.db.read() as s:
+            r, task = s.get(Round, round_id), s.get(Task, (round_id, device_id))
+            if r is None:
+                raise ApiError(404, "no_such_round", f"there is no round {round_id}")
+            earlier = replay(task, key, digest, r)
+            if earlier is None:
+                check_open(r, task, self.clock())
+            return r, RoundConfig.from_dict(r.config), earlier
+
+    def record_report(self, device_id: str, round_id: int, key: str, digest: str,
+                      config: RoundConfig, fill: Callable[[Task], None]) -> tuple[dict, bool]:
+        """In one transaction: check again, count the report, charge its device and let
+        `fill` store it in the task; (the answer, whether the round reached its target)."""
+        with self.db.write() as s:
+            r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
+            task = s.get(Task, (round_id, device_id), populate_existing=True)
+            earlier = replay(task, key, digest, r)
+            if earlier is not None:
+                return earlier, False
+            check_open(r, task, self.clock())
+            r.reports += 1
+            response = {"accepted": True, "round_id": round_id, "reports": r.reports}
+            task.state, task.submitted_at = "submitted", self.clock()
+            self.charge_task(task, config, task.submitted_at)
+            task.idempotency_key, task.body_sha256, task.response = key, digest, response
+            fill(task)
+            return response, r.reports >= r.target
 
     # ----- life cycle -----------------------------------------------------------------
     def tick(self) -> None:
@@ -349,6 +378,9 @@ class RoundService:
             if not state.training or self._current(s) is not None:
                 return None
             config = RoundConfig.from_dict(state.config)
+            latest = self._latest(s)
+            kind = "evaluate" if evaluation.due(s, config, latest) else "train"
+            config = evaluation.round_config(config) if kind == "evaluate" else config
             reason = accounting.round_refusal(config, self._rounds_done(s)) or \
                 compressed.refusal(config, self.num_params)
             if reason is None and config.secure_aggregation not in MEANS:
@@ -359,16 +391,19 @@ class RoundService:
                     log.warning("round_refused", extra={"reason": reason})
                 return None
             state.blocked_reason = None
-            r = Round(state="open", model_version=self._latest(s).version,
+            r = Round(state="open", model_version=latest.version, kind=kind,
                       config=config.to_dict(), opened_at=now, deadline=now + config.round_seconds,
                       target=config.target_reports, minimum=config.min_reports,
-                      capacity=config.capacity, tasks_issued=0, reports=0, attempts=0)
+                      capacity=config.capacity, tasks_issued=0, reports=0, attempts=0,
+                      evaluation=evaluation.plan(s, self, config, latest)
+                      if kind == "evaluate" else None)
             s.add(r)
             s.flush()
             if config.secure_aggregation:
                 self.secure.open(s, r, config)
             round_id = r.id
-        log.info("round_opened", extra={"round_id": round_id, "target": config.target_reports})
+        log.info("round_opened", extra={"round_id": round_id, "target": config.target_reports,
+                                        "kind": kind})
         return round_id
 
     def close_round(self, round_id: int, reason: str | None = None) -> bool:
@@ -385,7 +420,7 @@ class RoundService:
                 log.warning("lease_takeover", extra={"round_id": round_id,
                                                      "dead_owner": r.lease_owner})
             if r.state == "open":
-                r.new_version = self._latest(s).version + 1
+                r.new_version = self._latest(s).version + 1 if r.kind == "train" else None
                 r.reason = (f"reached the target of {r.target} reports" if r.reports >= r.target
                             else f"deadline reached with {r.reports} reports "
                                  f"(minimum {r.minimum})")
@@ -393,10 +428,13 @@ class RoundService:
             r.state, r.lease_until = "closing", now + self.settings.lease_seconds
             r.lease_owner = lease_owner()
             r.attempts += 1
-            attempts = r.attempts
+            attempts, kind = r.attempts, r.kind
         try:
             with self.metrics.aggregation.time():
-                self._aggregate(round_id)
+                if kind == "evaluate":
+                    evaluation.aggregate(self, round_id)
+                else:
+                    self._aggregate(round_id)
             return True
         except Exception as err:  # noqa: BLE001 - logged, retried with backoff, or abandoned
             log.exception("aggregation_failed", extra={"round_id": round_id,

@@ -31,7 +31,7 @@ def round_json(r: Round) -> dict[str, Any]:
             "epsilon_max_model_users": finite(r.epsilon_max_model_users),
             "noise_multiplier": config.noise_multiplier, "clip_norm": config.clip_norm,
             "secure_aggregation": config.secure_aggregation,
-            "aggregation": aggregation_json(r)}
+            "aggregation": aggregation_json(r), "kind": r.kind, "evaluation": r.evaluation}
 
 
 def aggregation_json(r: Round) -> dict[str, Any] | None:
@@ -82,8 +82,23 @@ def build_status(service: RoundService) -> dict[str, Any]:
         "versions": [version_json(v) for v in reversed(versions)],
         "rounds": [round_json(r) for r in reversed(rounds)],
         "privacy": privacy_json(config, spent, done),
+        "evaluation": evaluation_json(rounds),
         "config": config.to_dict(),
     }
+
+
+def evaluation_json(rounds: list[Round]) -> dict[str, Any]:
+    """Federated evaluation: quality against model version (aggregates only, each figure
+    with the 95% interval of its noise), and the reports of each evaluation round."""
+    evals = [r for r in reversed(rounds) if r.kind == "evaluate"]
+    curve = [{"round_id": r.id, "model_version": v["version"],
+              "reports": r.evaluation["result"]["reports"], **v["figures"]}
+             for r in evals if r.state == "closed" and (r.evaluation or {}).get("result")
+             for v in r.evaluation["result"]["versions"][:1]]
+    return {"quality": curve, "latest": curve[-1] if curve else None,
+            "rounds": [{"round_id": r.id, "state": r.state, "model_version": r.model_version,
+                        "reports": r.reports, "minimum": r.minimum, "reason": r.reason,
+                        "result": (r.evaluation or {}).get("result")} for r in evals]}
 
 
 def privacy_json(config: RoundConfig, spent: dict[str, float], done: int) -> dict[str, Any]:
@@ -95,6 +110,7 @@ def privacy_json(config: RoundConfig, spent: dict[str, float], done: int) -> dic
                 "at_cap_text": accounting.describe(at_cap[a], config.delta)}
                for a, label in accounting.AGAINST.items()]
     return {
+        "budget_text": budget_text(config, spent["server"], at_cap["server"]),
         "epsilon_spent_max": finite(spent["server"]),
         "epsilon_spent_max_model_users": finite(spent["model_users"]),
         "epsilon_budget": config.epsilon_budget,
@@ -115,6 +131,24 @@ def privacy_json(config: RoundConfig, spent: dict[str, float], done: int) -> dic
     }
 
 
+def budget_text(config: RoundConfig, spent: float, at_cap: float) -> str:
+    """The privacy budget in one plain sentence (never 'None' or 'inf')."""
+    delta = f"delta {config.delta:g}"
+    if config.noise_multiplier <= 0:
+        return ("Rounds add no noise, so there is no privacy guarantee at all; set "
+                "noise_multiplier above 0 to have one.")
+    most = ("no device has spent any privacy yet" if spent == 0
+            else f"the most any device has spent is epsilon {spent:.2f}")
+    cap = (f"a device that joins all {config.participation_cap} rounds it may would reach "
+           f"epsilon {at_cap:.2f}")
+    if config.epsilon_budget is None:
+        return (f"No budget is set, so no round is refused for privacy; {most} against the "
+                f"server, and {cap} ({delta}).")
+    share = f" ({spent / config.epsilon_budget:.0%} of it)" if spent > 0 else ""
+    return (f"Each device may spend at most epsilon {config.epsilon_budget:g} against the "
+            f"server ({delta}); {most}{share}, and {cap}.")
+
+
 def gauges(service: RoundService) -> dict[str, Any]:
     """Flat numbers for Prometheus."""
     st = build_status(service)
@@ -130,5 +164,14 @@ def gauges(service: RoundService) -> dict[str, Any]:
             "pk_epsilon_spent_max_model_users": st["privacy"]["epsilon_spent_max_model_users"],
             "pk_epsilon_budget": -1 if budget is None else budget,
             "pk_aggregation_failed_attempts": (r.get("aggregation") or {}).get("attempts", 0),
+            **evaluation_gauges(st["evaluation"]["latest"]),
             "pk_secagg_rounds_abandoned": st["secure_aggregation"]["abandoned_by_cause"],
             "pk_secagg_device_aborts": st["secure_aggregation"]["device_aborts"]}
+
+
+def evaluation_gauges(latest: dict[str, Any] | None) -> dict[str, float | None]:
+    """The latest federated evaluation's top-1 (with its interval) and its model version."""
+    top1 = (latest or {}).get("top1") or {}
+    return {"pk_eval_top1": top1.get("value"), "pk_eval_top1_ci_low": top1.get("ci_low"),
+            "pk_eval_top1_ci_high": top1.get("ci_high"),
+            "pk_eval_model_version": (latest or {}).get("model_version")}

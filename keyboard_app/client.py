@@ -226,8 +226,9 @@ class SyncClient:
             return None
         return ModelBlob(data, version, hashlib.sha256(data).hexdigest())
 
-    def model(self, version: int | None = None) -> ModelBlob:
-        """The latest global model (or a given version), from cache when the ETag matches."""
+    def model(self, version: int | None = None, keep: bool = True) -> ModelBlob:
+        """The latest global model (or a given version), from cache when the ETag matches;
+        `keep=False`: do not make it the cached model (an older version to evaluate)."""
         cached = self.cached_model()
         if cached and version is not None and cached.version != version:
             cached = None
@@ -247,16 +248,26 @@ class SyncClient:
             got_version = int(read_metadata(data)["version"])
         except (CheckpointError, KeyError, ValueError) as err:
             raise ServerRejected(200, "bad_model", f"not a model checkpoint: {err}") from None
-        write_private(self.cache_dir / "model.safetensors", data)
+        if keep:
+            write_private(self.cache_dir / "model.safetensors", data)
         return ModelBlob(data, got_version, sha)
 
     # --- device calls --------------------------------------------------------------
-    def checkin(self, model_version: int | None = None) -> dict:
+    def checkin(self, model_version: int | None = None,
+                kinds: tuple[str, ...] = ("train", "evaluate")) -> dict:
         """Ask for a task: {"task": {...}} or {"task": None, "retry_after": s, "reason": ..}.
-        Says nothing about the device's history: the device checks the task's minimum."""
+        Says nothing about the device's history: the device checks the task's minimum.
+        `kinds`: the round kinds this device takes tasks in (training, evaluation)."""
         return self._json(self._device("POST", "/checkin", json={
-            "model_version": model_version}, headers={"Idempotency-Key": str(uuid.uuid4())}),
-            200)
+            "model_version": model_version, "kinds": list(kinds)},
+            headers={"Idempotency-Key": str(uuid.uuid4())}), 200)
+
+    def report_evaluation(self, round_id: int, body: dict,
+                          idempotency_key: str | None = None) -> dict:
+        """PUT an evaluation report (JSON); retried safely thanks to the Idempotency-Key."""
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        return self._json(self._device("PUT", f"/rounds/{int(round_id)}/evaluation",
+                                       json=body, headers=headers), 202)
 
     def upload(self, round_id: int, body: bytes, idempotency_key: str | None = None) -> dict:
         """PUT an encoded update; retried safely thanks to the Idempotency-Key."""

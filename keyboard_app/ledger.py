@@ -88,15 +88,17 @@ class PrivacyLedger:
         with self._lock, self._connect() as db:
             return db.execute(sql, args).fetchall()
 
-    def record_sent(self, server: str, round_id: int, terms: RoundTerms) -> int:
-        """A row for an update about to leave the device; returns its id."""
+    def record_sent(self, server: str, round_id: int, terms: RoundTerms,
+                    seen: str | None = None) -> int:
+        """A row for an update (or evaluation report, `seen` saying so) about to leave the
+        device; returns its id."""
         return self._write(
             "INSERT INTO rounds (ts, server, round_id, clip_norm, noise_multiplier, "
             "noise_stddev, secure, min_reports, visible_multiplier, seen) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.clock(), server, round_id, terms.clip_norm, terms.noise_multiplier,
              terms.noise_stddev, int(terms.secure), terms.min_reports,
-             terms.visible_multiplier, what_the_server_saw(terms)))
+             terms.visible_multiplier, seen or what_the_server_saw(terms)))
 
     def mark(self, entry_id: int, accepted: bool) -> None:
         """The server's answer to the update of row `entry_id`."""

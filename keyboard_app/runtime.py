@@ -30,6 +30,7 @@ from device_model.checkpoint import (CheckpointError, CheckpointMeta, read_metad
                                      weights_from_bytes)
 from device_model.lstm import NumpyLSTM
 from device_model.tokenizer import DeviceTokenizer, TokenizerError
+from federated import evaluation as fed_eval
 from federated.compression import CompressionError
 from federated.privacy import composed_epsilon
 from federated.secagg import flatten
@@ -37,6 +38,8 @@ from federated.wire import Update, encode_compressed_update
 from keyboard_app.client import (ModelBlob, ServerRejected, ServerUnavailable, SyncClient,
                                  write_private)
 from keyboard_app.eligibility import Eligibility
+from keyboard_app.evaluation_task import parse_task as parse_eval_task
+from keyboard_app.evaluation_task import run_evaluation
 from keyboard_app.history import HistoryStore
 from keyboard_app.ledger import FILE_NAME as LEDGER_FILE
 from keyboard_app.ledger import PrivacyLedger
@@ -109,7 +112,8 @@ class DeviceRuntime:
     `ledger` (default: the ledger file in `data_dir`), `local_update` (what a round
     computes, by default `run_task`; the privacy audit's canary devices send a fixed
     direction instead), `enrolment_code` (the operator's code, needed to enrol the first
-    time).
+    time), `kinds` (the round kinds it takes tasks in: training and federated evaluation;
+    a simulation's held-out senders only evaluate).
     """
 
     def __init__(self, data_dir: str | Path, server_url: str, *,
@@ -120,7 +124,8 @@ class DeviceRuntime:
                  load_model: bool = True, policy: DevicePolicy | None = None,
                  ledger: PrivacyLedger | None = None,
                  local_update: Callable = run_task,
-                 enrolment_code: str | None = None) -> None:
+                 enrolment_code: str | None = None,
+                 kinds: tuple[str, ...] = ("train", "evaluate")) -> None:
         self.data_dir = Path(data_dir)
         self.policy = policy or DevicePolicy()
         self.ledger = ledger or PrivacyLedger(self.data_dir / LEDGER_FILE)
@@ -131,6 +136,7 @@ class DeviceRuntime:
         self.eligibility = eligibility or Eligibility()
         self.rng, self.train_seed = rng, train_seed
         self.local_update = local_update  # run_task; privacy audits' canary devices differ
+        self.kinds = kinds
         self.poll_seconds, self.max_backoff = poll_seconds, max_backoff
         self.model: NumpyLSTM | None = None
         self.tokenizer: DeviceTokenizer | None = None
@@ -225,7 +231,7 @@ class DeviceRuntime:
         if not verdict.eligible:
             return self._step("not-eligible", max(verdict.wait, self.poll_seconds),
                               "; ".join(verdict.reasons))
-        reply = self.client.checkin(self._status.model_version)
+        reply = self.client.checkin(self._status.model_version, self.kinds)
         task = reply.get("task")
         if not task or task.get("round_id") == self._status.last_round_id:
             wait = float(reply.get("retry_after") or self.poll_seconds)
@@ -236,6 +242,8 @@ class DeviceRuntime:
         if isinstance(need, int) and have < need:  # decided here: the server never learns it
             return self._step("not-eligible", self.poll_seconds,
                               f"{have} messages on this device; the round needs {need}")
+        if task.get("kind") == "evaluate":
+            return self._evaluate(task)
         return self._participate(task)
 
     def _budget_spent(self) -> bool:
@@ -379,6 +387,48 @@ class DeviceRuntime:
         self._refresh_privacy()
         log.info("round %s: masked update of %d bytes in the secure sum", round_id, nbytes)
         return self._step("uploaded", 0.0, f"round {round_id} (secure aggregation)")
+
+    def _evaluate(self, task: dict) -> Step:
+        """Score the task's model versions on the messages training has not used yet
+        (newer than the last training round) and send the noised sums."""
+        spec = parse_eval_task(task)
+        terms = self._accept(task)  # the same policy and ledger as training
+        if isinstance(terms, Step):
+            return terms
+        held_out = self.history.messages(since=self._status.last_participation)
+        if not fed_eval.select_messages(held_out, spec.max_words):
+            return self._step("not-eligible", self.poll_seconds, "no message that training "
+                                                                 "has not used yet")
+        models = []
+        for version, sha256 in spec.versions:
+            blob = self.blob if self.blob and self.blob.version == version else \
+                self.client.model(version, keep=False)
+            if blob.sha256 != sha256:
+                raise ServerRejected(200, "model_mismatch", f"model version {version}'s sha256 "
+                                                            "differs from the task's")
+            models.append(blob)
+        tokenizer = self._tokenizer_for(models[0])
+        self._set(state="evaluating", detail=f"round {spec.round_id}: scoring "
+                                             f"{len(models)} model version(s)")
+        report = run_evaluation(task, [m.data for m in models], tokenizer, held_out,
+                                noise_stddev=terms.noise_stddev, rng=self.rng)
+        seen = (f"this phone's evaluation report itself (no secure aggregation): "
+                f"{len(fed_eval.FIELDS) * len(models)} sums over at most {spec.max_words} of "
+                f"its words, clipped to {terms.clip_norm:g} with noise of std "
+                f"{terms.noise_stddev:.3g} added on the phone")
+        entry = self.ledger.record_sent(self.client.base, spec.round_id, terms, seen=seen)
+        self._refresh_ledger()
+        try:
+            self.client.report_evaluation(spec.round_id, report.body)
+        except ServerRejected:
+            self.ledger.mark(entry, accepted=False)
+            raise
+        self.ledger.mark(entry, accepted=True)
+        self._refresh_ledger()
+        log.info("round %s: evaluation report sent (%d messages)", spec.round_id,
+                 report.messages)
+        return self._step("evaluated", 0.0, f"round {spec.round_id}: {len(models)} model "
+                                             f"version(s) scored on {report.messages} messages")
 
     def _interrupted(self, deadline: float) -> bool:
         return self._stop.is_set() or self.eligibility.should_stop() or time.time() > deadline

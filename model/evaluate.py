@@ -25,7 +25,7 @@ from data import Device, load_split
 from model.checkpoint import CheckpointError
 from model.compress import load_any
 from model.lstm import LSTMScorer, NextWordLSTM
-from model.metrics import NextWordMetrics
+from model.metrics import NextWordMetrics, score_rows
 from model.ngram import KneserNey
 from model.paths import ROOT, TOKENIZER_PATH
 from model.predictor import Predictor, Scorer
@@ -61,13 +61,10 @@ def evaluate_scorer(scorer: Scorer | NextWordLSTM, tokenizer: WordTokenizer,
     metrics = NextWordMetrics(tokenizer.id_to_word, tokenizer.unk_id, tokenizer.eos_id,
                               words=clean)
     rows = [(d.sender, ws) for d in devices for ws in map(words, d.messages) if ws]
-    sequences = [[tokenizer.bos_id, *metrics.ids_of(ws).tolist(), tokenizer.eos_id]
-                 for _, ws in rows]
-    with tqdm(total=sum(len(s) - 1 for s in sequences), unit="event", disable=not progress,
+    with tqdm(total=sum(len(ws) + 1 for _, ws in rows), unit="event", disable=not progress,
               leave=False, file=sys.stderr) as bar:
-        for i, log_probs in scorer.score_messages(sequences):
-            metrics.add(rows[i][0], rows[i][1], log_probs)
-            bar.update(len(sequences[i]) - 1)
+        for events in score_rows(scorer, metrics, rows, tokenizer.bos_id, tokenizer.eos_id):
+            bar.update(events)
     return metrics.result()
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -132,6 +132,13 @@ class NextWordMetrics:
                 return k + 1
         return len(word) + 1
 
+    def counts(self) -> dict[str, float]:
+        """The sums behind top-1, top-3, KSR and perplexity: what a device's federated
+        evaluation report carries (`federated.evaluation.FIELDS`)."""
+        return {"words": self.words, "messages": self.messages, "top1": self.top1,
+                "top3": self.top3, "characters": self.chars,
+                "keystrokes_saved": self.chars - self.keys, "loss": self.nll}
+
     def result(self) -> dict[str, float | int]:
         """The figures, as fractions (accuracy, KSR) and a perplexity."""
         def share(a: int, b: int) -> float:
@@ -154,3 +161,13 @@ class NextWordMetrics:
             "events": events, "senders": len(senders), "characters": self.chars,
             "keystrokes": self.keys,
         }
+
+
+def score_rows(scorer: Any, metrics: NextWordMetrics, rows: Sequence[tuple[str, list[str]]],
+               bos_id: int, eos_id: int) -> Iterator[int]:
+    """Score each (sender, words) message with `scorer` (anything with `score_messages`,
+    PyTorch or NumPy) into `metrics`; yields each message's number of events (progress)."""
+    sequences = [[bos_id, *metrics.ids_of(ws).tolist(), eos_id] for _, ws in rows]
+    for i, log_probs in scorer.score_messages(sequences):
+        metrics.add(rows[i][0], rows[i][1], log_probs)
+        yield len(sequences[i]) - 1

@@ -206,7 +206,8 @@ def test_check_in_sends_the_exact_history_size(server):
     client.session.hooks["response"].append(lambda r, *a, **k: sent.append(r.request.body))
     task = client.checkin(None)["task"]
     assert task is not None and task["min_examples"] == 1  # the device compares, not the server
-    assert json.loads(sent[-1]) == {"model_version": None}  # nothing about its history
+    assert json.loads(sent[-1]) == {"model_version": None,  # nothing about its history
+                                    "kinds": ["train", "evaluate"]}
     device = server.enrol()
     r = server.http.post(f"{server.url}/v1/checkin", json={"num_examples": 1234},
                          headers=device.headers, timeout=30)

@@ -77,8 +77,8 @@ class FlakyServer:
             return 200, self.model, {"ETag": self.etag, "X-Model-Version": "4"}
         if (method, path) == ("POST", "/v1/checkin"):
             request = json.loads(body)
-            if set(request) != {"model_version"}:
-                return js(400, {"error": "bad_field", "message": "only model_version"})
+            if set(request) != {"model_version", "kinds"}:  # nothing about the history
+                return js(400, {"error": "bad_field", "message": "only model_version, kinds"})
             return js(200, {"task": None, "retry_after": 12.5, "reason": "no round open"})
         if (method, path) == ("PUT", "/v1/rounds/3/update"):
             return js(202, {"accepted": True, "round_id": 3, "reports": 1})

@@ -255,12 +255,12 @@ def assert_no_text(sent: list[dict], relay: RecordingRelay, histories, tmp_path)
 
 
 def assert_plain_bodies(sent: list[dict]) -> None:
-    """JSON bodies outside the protocol say nothing but which model (and, once, who enrols);
-    GETs carry no body."""
+    """JSON bodies outside the protocol say nothing but which model and task kinds (and,
+    once, who enrols); GETs carry no body."""
     for request in sent:
         if request["method"] == "POST" and "/secagg/" not in request["path"]:
-            assert set(json.loads(request["body"])) <= {"model_version", "enrolment_code",
-                                                        "identity_key"}
+            assert set(json.loads(request["body"])) <= {"model_version", "kinds",
+                                                        "enrolment_code", "identity_key"}
         if request["method"] == "GET":
             assert request["body"] == b""
 

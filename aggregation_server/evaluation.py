@@ -1,0 +1,162 @@
+"""Federated evaluation rounds: devices score model versions where their text lives.
+
+An evaluation round is a round of kind "evaluate" in the same life cycle as training
+(aggregation_server.rounds): the same check-in, capacity, deadline, minimum of reports,
+participation cap and privacy charge, but its tasks carry no training and its reports no
+update: seven clipped and noised sums per model version (federated.evaluation). It opens
+instead of a training round when `evaluate_every` > 0 and the latest model version is a
+multiple of it with no evaluation round yet (so version 0, the starting model, first). It
+evaluates the latest version and, with `eval_previous`, the one before it on the same
+words (a paired comparison).
+
+Privacy, stated as for training: an evaluation round is always plain (no secure
+aggregation), so each device adds the full noise z*C itself (`device_noise_stddev` of a
+plain round) and is charged like a plain training round, at z against the server and
+z*sqrt(h) against whoever sees only the published aggregate. Reports are kept only until
+the round closes; only the round's aggregate (with at least min_reports reports) is
+published, in /v1/status, the dashboard and /metrics.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from aggregation_server import accounting
+from aggregation_server.config import RoundConfig
+from aggregation_server.db import ModelVersion, Round, Task
+from aggregation_server.errors import ApiError
+from aggregation_server.storage import sha256_hex
+from federated import evaluation as ev
+
+if TYPE_CHECKING:
+    from aggregation_server.rounds import RoundService
+
+KINDS = ("train", "evaluate")
+
+
+def round_config(config: RoundConfig) -> RoundConfig:
+    """The config an evaluation round runs with: the live one, plain (each device adds the
+    full noise itself; seven numbers are not worth a secure-aggregation protocol run) and
+    uncompressed (there is no update to compress)."""
+    return replace(config, secure_aggregation=False, compression="none")
+
+
+def due(s: Session, config: RoundConfig, latest: ModelVersion) -> bool:
+    """Whether the next round should evaluate the latest version."""
+    if config.evaluate_every <= 0 or latest.version % config.evaluate_every:
+        return False
+    return s.scalar(select(Round.id).where(Round.kind == "evaluate",
+                                           Round.model_version == latest.version)
+                    .limit(1)) is None
+
+
+def plan(s: Session, service: RoundService, config: RoundConfig,
+         latest: ModelVersion) -> dict[str, Any]:
+    """What an evaluation round of `latest` evaluates: the versions (newest first, whose
+    files the server still has) and the word cap."""
+    versions = [latest]
+    previous = s.get(ModelVersion, latest.version - 1) if latest.version > 0 else None
+    if config.eval_previous and previous and service.blobs.abs(previous.path).is_file():
+        versions.append(previous)
+    return {"versions": [{"version": v.version, "sha256": v.sha256} for v in versions],
+            "max_words": config.eval_max_words}
+
+
+def task_fields(r: Round, config: RoundConfig, base: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation task: the training task's privacy terms, no `train`, and what to score."""
+    task = {k: v for k, v in base.items() if k not in ("train", "secagg")}
+    task.update(kind="evaluate", secure_aggregation=False,
+                evaluate={"versions": r.evaluation["versions"],
+                          "max_words": r.evaluation["max_words"]})
+    return task
+
+
+def parse_kinds(data: dict[str, Any]) -> tuple[str, ...]:
+    """The task kinds a check-in accepts (default: training only, as devices before
+    federated evaluation understood)."""
+    kinds = data.get("kinds", ["train"])
+    if not isinstance(kinds, list) or not kinds or not all(k in KINDS for k in kinds):
+        raise ApiError(400, "bad_field", f"'kinds' must be a non-empty list of {list(KINDS)}")
+    return tuple(kinds)
+
+
+def _report(body: bytes, r: Round, config: RoundConfig) -> np.ndarray:
+    """The report's sums if a faithful device could have sent them; 4xx otherwise."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ApiError(400, "bad_json", "the body must be a JSON object") from None
+    if not isinstance(data, dict) or set(data) != {"sums"}:
+        raise ApiError(400, "bad_field", "an evaluation report is {\"sums\": [[...], ...]}: "
+                                         f"per model version evaluated, {len(ev.FIELDS)} "
+                                         f"numbers ({', '.join(ev.FIELDS)})")
+    try:
+        return ev.check_report(data["sums"], len(r.evaluation["versions"]),
+                               r.evaluation["max_words"], config.clip_norm,
+                               accounting.device_noise_stddev(config))
+    except ev.ReportError as err:
+        raise ApiError(422, "invalid_report", str(err)) from None
+
+
+def submit(service: RoundService, device_id: str, round_id: int, key: str,
+           body: bytes) -> dict[str, Any]:
+    """Accept one evaluation report: check it whole, then store and charge in one
+    transaction; nothing changes when it is refused."""
+    service.tick()
+    digest = sha256_hex(body)
+    r, config, earlier = service.report_round(device_id, round_id, key, digest)
+    if earlier is not None:
+        return earlier
+    if r.kind != "evaluate":
+        raise ApiError(409, "not_an_evaluation_round",
+                       f"round {round_id} trains a model: send an update to "
+                       f"/v1/rounds/{round_id}/update")
+    sums = _report(body, r, config).tolist()
+    response, reached = service.record_report(
+        device_id, round_id, key, digest, config,
+        lambda task: setattr(task, "metrics", {"sums": sums}))
+    if reached:
+        service.close_round(round_id)
+        service.tick()
+    return response
+
+
+def aggregate(service: RoundService, round_id: int) -> None:
+    """Sum the round's reports, publish the aggregate with its noise intervals, and
+    forget the reports."""
+    with service.db.read() as s:
+        r = s.get(Round, round_id)
+        reports = [t.metrics["sums"] for t in s.scalars(select(Task).where(
+            Task.round_id == round_id, Task.state == "submitted"))]
+    config = RoundConfig.from_dict(r.config)
+    result = summarize(r.evaluation, config, reports)
+    with service.db.write() as s:
+        r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
+        if r.state != "closing":
+            return
+        s.execute(update(Task).where(Task.round_id == round_id, Task.state == "submitted")
+                  .values(state="aggregated", metrics=None))
+        r.state, r.closed_at, r.lease_until = "closed", service.clock(), None
+        r.failing_since = r.last_error = r.lease_owner = None
+        r.evaluation = {**r.evaluation, "result": result}
+        service._round_epsilon(s, r)
+
+
+def summarize(plan_: dict[str, Any], config: RoundConfig, reports: list) -> dict[str, Any]:
+    """The published aggregate: per version its figures with 95% noise intervals, and the
+    paired difference of top-1 (current - previous) when two versions were evaluated."""
+    versions = plan_["versions"]
+    total = np.sum(np.array(reports, dtype=np.float64), axis=0)
+    raw = ev.from_wire(total, plan_["max_words"], config.clip_norm)
+    sigma = ev.field_stddev(plan_["max_words"], config.clip_norm, len(versions),
+                            accounting.device_noise_stddev(config) * math.sqrt(len(reports)))
+    per = [{"version": v["version"], **ev.summarize(raw[i], sigma)}
+           for i, v in enumerate(versions)]
+    paired = ev.paired_difference(per[0], per[1]) if len(per) > 1 else None
+    return {"reports": len(reports), "versions": per, "top1_difference": paired}
