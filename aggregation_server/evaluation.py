@@ -62,7 +62,7 @@ def plan(s: Session, service: RoundService, config: RoundConfig,
     files the server still has) and the word cap."""
     versions = [latest]
     previous = s.get(ModelVersion, latest.version - 1) if latest.version > 0 else None
-    if config.eval_previous and previous and service.blobs.abs(previous.path).is_file():
+    if config.eval_previous and previous and service.blobs.exists(previous.path):
         versions.append(previous)
     return {"versions": [{"version": v.version, "sha256": v.sha256} for v in versions],
             "max_words": config.eval_max_words}

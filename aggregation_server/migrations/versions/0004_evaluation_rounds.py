@@ -1,16 +1,16 @@
 """Issue 18's schema: a round's kind (training or federated evaluation) and, for an
 evaluation round, what it evaluates and the aggregate it published.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0003'
-down_revision = '0002'
+revision = '0004'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 
