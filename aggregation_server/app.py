@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (*BLUEPRINTS, secagg, dashboard, prometheus):
         app.register_blueprint(blueprint)
     _register_handlers(app)
+    service.liveness.start()  # heartbeats: another host may take over our leases if we die
     if settings.tick_seconds > 0:
         ticker = Ticker(service, settings.tick_seconds)
         ticker.start()
@@ -117,11 +118,12 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def shutdown(app: Flask) -> None:
-    """Stop the ticker and close database connections (tests, clean exits)."""
+    """Stop the ticker and the heartbeat, close database connections (tests, clean exits)."""
     ticker = app.extensions.get("pk.ticker")
     if ticker:
         ticker.stop()
         ticker.join(timeout=10)
+    app.extensions["pk.service"].liveness.stop()
     app.extensions["pk.service"].db.dispose()
 
 

@@ -200,6 +200,17 @@ class SecAggRelay(Base):
     body: Mapped[str] = mapped_column(Text)
 
 
+class ServerProcess(Base):
+    """A server process's heartbeat: how a lease owner on another host proves it is alive
+    (liveness.py)."""
+
+    __tablename__ = "server_processes"
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)  # host/pid/start time
+    host: Mapped[str] = mapped_column(String(200))
+    heartbeat: Mapped[float] = mapped_column(Float)
+    stopped: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class Blob(Base):
     """A model version, optimizer state, update, masked input or the tokenizer, by the
     relative path it has in a data dir, when `blob_store = "database"` (storage.py)."""

@@ -16,11 +16,9 @@ from __future__ import annotations
 import logging
 import math
 import random
-import socket
 import time
 from collections.abc import Callable
 
-import psutil
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
@@ -31,6 +29,7 @@ from aggregation_server.config import RoundConfig, Settings
 from aggregation_server.db import Database, Device, ModelVersion, Round, ServerState, Task
 from aggregation_server.enrolment import Enrolment
 from aggregation_server.errors import ApiError
+from aggregation_server.liveness import Liveness
 from aggregation_server.metrics import ServerMetrics
 from aggregation_server.secure import SecureRounds
 from aggregation_server.storage import BlobStore, sha256_hex
@@ -43,27 +42,6 @@ CHARGED = Task.charged_at.is_not(None)  # tasks whose report the server accepted
 BACKOFF_MAX = 60.0  # seconds between retries of a failing aggregation, at most
 HEARTBEAT_SECONDS = 5.0  # each process notes in the database that it is up, this often
 OUTAGE_SECONDS = 15.0  # no process up for longer than this: an outage (deadlines move)
-
-
-def lease_owner() -> str:
-    """This process, as a lease's owner: host/pid/start time (a reused pid has another)."""
-    proc = psutil.Process()
-    return f"{socket.gethostname()}/{proc.pid}/{proc.create_time():.3f}"
-
-
-def owner_alive(owner: str | None) -> bool:
-    """Whether the process holding a lease still runs; True when it cannot be told (another
-    host, or no owner recorded): then the lease runs out."""
-    try:
-        host, pid, started = (owner or "").rsplit("/", 2)
-    except ValueError:
-        return True
-    if host != socket.gethostname():
-        return True
-    try:
-        return abs(psutil.Process(int(pid)).create_time() - float(started)) < 0.01
-    except (psutil.NoSuchProcess, ValueError):
-        return False
 
 
 def backoff(settings: Settings, attempts: int) -> float:
@@ -79,6 +57,7 @@ class RoundService:
         self.db, self.blobs, self.settings = db, blobs, settings
         self.metrics = metrics or ServerMetrics()
         self.secure = SecureRounds(self)
+        self.liveness = Liveness(db)
         self.enrolment = Enrolment(db, settings.enrol_rate_limit, settings.enrol_rate_seconds,
                                    lambda: self.clock())
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -345,7 +324,7 @@ class RoundService:
                 ended = self.abandon_round(
                     r.id, f"deadline passed with {r.reports} of the minimum {r.minimum} "
                           f"reports ({r.tasks_issued} tasks handed out)", expired_only=True)
-        elif r is not None and ((r.lease_until or 0.0) < now or not owner_alive(r.lease_owner)):
+        elif r is not None and ((r.lease_until or 0.0) < now or not self.liveness.alive(r.lease_owner)):
             ended = self.close_round(r.id)
         if training and ended:
             self.open_round()
@@ -412,7 +391,7 @@ class RoundService:
         now = self.clock()
         with self.db.write() as s:
             r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
-            dead = r.state == "closing" and not owner_alive(r.lease_owner)
+            dead = r.state == "closing" and not self.liveness.alive(r.lease_owner, s)
             lapsed = r.state == "closing" and ((r.lease_until or 0.0) < now or dead)
             if not (r.state == "open" or lapsed):
                 return False
@@ -426,7 +405,7 @@ class RoundService:
                                  f"(minimum {r.minimum})")
                 r.reason = reason or r.reason
             r.state, r.lease_until = "closing", now + self.settings.lease_seconds
-            r.lease_owner = lease_owner()
+            r.lease_owner = self.liveness.owner
             r.attempts += 1
             attempts, kind = r.attempts, r.kind
         try:

@@ -53,6 +53,14 @@ def on_starting(server) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
+def worker_exit(server, worker) -> None:
+    """A worker that stops cleanly says so (its leases can be taken over at once)."""
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "pk.service" in getattr(app, "extensions", {}):
+        from aggregation_server.app import shutdown
+        shutdown(app)
+
+
 def child_exit(server, worker) -> None:
     """Keep a dead worker's counters, drop its live-gauge files."""
     from prometheus_client import multiprocess
