@@ -267,8 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n(b) federated, DP z={z:g}")
             fleets[f"dp-z{z:g}"] = run_fleet(replace(base, noise_multiplier=z, **dp_changes),
                                              run_dir / f"fleet-dp-z{z:g}",
-                                             init_model=args.init_model, tokenizer=args.tokenizer,
-                                             start_valid=fleets["no-dp"]["start_valid"])
+                                             init_model=args.init_model, tokenizer=args.tokenizer)
             print(describe(fleets[f"dp-z{z:g}"]))
 
     print("\nevaluation on test")

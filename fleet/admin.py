@@ -45,8 +45,10 @@ class ServerAdmin:
     def status(self) -> dict[str, Any]:
         return self._call("GET", "/v1/status").json()
 
-    def model(self) -> bytes:
-        return self._call("GET", "/v1/model").content
+    def model(self, version: int | None = None) -> bytes:
+        """The latest global model, or model `version`."""
+        path = "/v1/model" if version is None else f"/v1/models/{int(version)}"
+        return self._call("GET", path).content
 
     def tokenizer_json(self) -> str:
         return self._call("GET", "/v1/tokenizer").text

@@ -39,8 +39,9 @@ class FleetConfig:
     round_timeout: float = 900.0     # the server's round deadline, seconds
     assume_sampling: bool = False    # let the server's accountant assume Poisson sampling
     secure_aggregation: bool = True  # rounds with secure aggregation (devices run in threads)
-    eval_every: int = 5              # evaluate on `valid` every K rounds (0: never during)
-    eval_senders: int = 40           # valid senders in those evaluations (0: all)
+    eval_every: int = 5              # federated evaluation of every K-th version (0: never)
+    eval_senders: int = 40           # valid senders whose phones evaluate (0: all)
+    eval_max_words: int = 200        # words each of them scores at most per evaluation
     final_eval: bool = True          # evaluate on all of `valid` at the end
     workers: int = 2
     seed: int = 0
@@ -55,6 +56,10 @@ class FleetConfig:
                   (self.workers >= 1, "workers must be at least 1"),
                   (self.eval_every >= 0 and self.eval_senders >= 0,
                    "eval-every and eval-senders must not be negative"),
+                  (not self.eval_every or not self.eval_senders
+                   or self.eval_senders >= self.devices_per_round,
+                   "eval-senders must be at least devices-per-round: an evaluation round "
+                   "waits for as many reports as a training round"),
                   (self.check_in in CHECK_INS, f"check-in must be one of {CHECK_INS}"),
                   (self.check_in == "uniform" or not self.assume_sampling,
                    "assume-sampling needs check-in uniform (by-data is not a uniform sample)"),
@@ -88,7 +93,9 @@ class FleetConfig:
             "target_reports": self.devices_per_round,
             "min_reports": min(self.reports_needed, self.devices_per_round),
             "overcommit": overcommit, "round_seconds": self.round_timeout, "retry_after": 5.0,
-            "participation_cap": self.rounds, "min_examples": 1,
+            "participation_cap": self.rounds + self.evaluations, "min_examples": 1,
+            "evaluate_every": self.eval_every, "eval_max_words": self.eval_max_words,
+            "eval_previous": False,  # a learning curve, not paired comparisons: less noise
             "clip_norm": self.clip_norm, "noise_multiplier": self.noise_multiplier,
             "delta": self.delta, "epsilon_budget": None,
             "sampling_rate": self.sampling_rate(population) if self.assume_sampling else None,
@@ -110,6 +117,11 @@ class FleetConfig:
             min_noise_multiplier=self.noise_multiplier, max_clip_norm=self.clip_norm,
             min_reports=min(self.reports_needed, self.devices_per_round),
             epsilon_budget=None, delta=self.delta)
+
+    @property
+    def evaluations(self) -> int:
+        """Evaluation rounds at most: version 0 and every `eval_every`-th after it."""
+        return self.rounds // self.eval_every + 1 if self.eval_every else 0
 
     def sampling_rate(self, population: int) -> float:
         return min(1.0, self.devices_per_round / max(population, 1))

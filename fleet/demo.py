@@ -64,7 +64,7 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> DemoConfig:
         return cls(rounds=3, fleet_minutes=None, devices_per_round=6, max_examples=100,
-                   eval_every=3, eval_senders=5, test_senders=10)
+                   eval_every=3, eval_senders=8, test_senders=10)
 
     def fleet(self, dp: bool, rounds: int | None = None) -> FleetConfig:
         return FleetConfig(
@@ -132,8 +132,7 @@ def run_demo(config: DemoConfig, run_dir: Path, quick: bool, pretrain: bool = Fa
 
     stages.start(f"the same fleet with differential privacy, {no_dp['rounds_run']} rounds")
     dp = run_fleet(config.fleet(dp=True, rounds=no_dp["rounds_run"]), run_dir / "fleet-dp",
-                   init_model=model, tokenizer=tokenizer, title="federated, DP",
-                   start_valid=no_dp["start_valid"])  # same start model, same senders
+                   init_model=model, tokenizer=tokenizer, title="federated, DP")
     stages.done(describe(dp).replace("\n", "\n      "))
 
     stages.start("evaluation on test")

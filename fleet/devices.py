@@ -29,6 +29,7 @@ class DeviceJob:
     policy: DevicePolicy  # the fleet's explicit device policy (`FleetConfig.device_policy`)
     direction_seed: int | None = None  # a privacy-audit canary: sends this direction instead
     enrolment_code: str = ""  # the operator's code the device enrols with (first round)
+    kinds: tuple[str, ...] = ("train",)  # a `valid` sender's phone only evaluates
 
 
 _WORKER: dict[str, Any] = {}
@@ -91,7 +92,7 @@ def device_round(job: DeviceJob) -> dict[str, Any]:
     runtime = DeviceRuntime(job.data_dir, job.url, history=_history(job.index),
                             eligibility=eligibility, cache_dir=job.cache_dir, load_model=False,
                             train_seed=job.train_seed, policy=job.policy,
-                            enrolment_code=job.enrolment_code,
+                            enrolment_code=job.enrolment_code, kinds=job.kinds,
                             rng=np.random.default_rng(job.noise_seed), **extra)
     try:
         step = runtime.run_once()

@@ -22,6 +22,10 @@ class Evaluator:
         self.devices, self.threads = devices, threads
 
     def __call__(self, model_bytes: bytes) -> dict[str, float]:
+        return self.on(model_bytes, self.devices)
+
+    def on(self, model_bytes: bytes, devices: list[Device]) -> dict[str, float]:
+        """The figures of the model in `model_bytes` on `devices`' messages."""
         import torch
         from model.checkpoint import model_from_bytes
         from model.evaluate import evaluate_scorer
@@ -29,11 +33,53 @@ class Evaluator:
         old = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            result = evaluate_scorer(model, self.tokenizer, self.devices)
+            result = evaluate_scorer(model, self.tokenizer, devices)
         finally:
             torch.set_num_threads(old)
-        return {"model_version": meta.version, "senders": len(self.devices),
+        return {"model_version": meta.version, "senders": len(devices),
                 **{k: result[k] for k in self.KEYS}}
+
+
+FIGURES = ("top1", "top3", "ksr", "perplexity")
+
+
+def held_out(devices: list[Device], max_words: int) -> list[Device]:
+    """What each phone scores in an evaluation round: its history as the phone stores it
+    (`keyboard_app.history`'s filters applied; the fleet's phones never trained, so all of
+    it is held out), then its most recent messages within `max_words` words."""
+    from federated.evaluation import select_messages
+    from keyboard_app.history import filter_message
+    out = []
+    for d in devices:
+        stored = [t for t in (filter_message(m)[0] for m in d.messages) if t is not None]
+        out.append(Device(d.sender, d.role, select_messages(stored, max_words)))
+    return out
+
+
+def federated_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation round's published aggregate of its first version, as a record: each
+    figure (None when the noise hides it) with its 95% noise interval."""
+    version = result["versions"][0]
+    out: dict[str, Any] = {"source": "federated evaluation", "model_version": version["version"],
+                           "senders": result["reports"], "words": version["sums"]["words"]}
+    for name in FIGURES:
+        e = version["figures"][name]
+        out[name] = None if e is None else e["value"]
+        out[name + "_ci"] = None if e is None else [e["ci_low"], e["ci_high"]]
+    return out
+
+
+def agreement(federated: dict[str, Any], central: dict[str, Any]) -> dict[str, Any]:
+    """Federated against central evaluation of the same version on the same words: the
+    difference of each figure and whether the central one lies in the noise interval."""
+    out = {}
+    for name in FIGURES:
+        value, ci = federated[name], federated[name + "_ci"]
+        out[name] = {"federated": value, "central": central[name],
+                     "difference": None if value is None else value - central[name],
+                     "within_interval": None if ci is None else
+                     ci[0] - 1e-9 <= central[name] <= ci[1] + 1e-9}
+    return out
 
 
 def _evaluate_job(job: tuple[str, str, str, str, int]) -> dict[str, Any]:

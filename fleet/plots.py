@@ -1,9 +1,40 @@
 """The figures of a run: a fleet's valid accuracy, perplexity and epsilon against rounds
-(fleet.png), and the demo's two fleets side by side (demo.png)."""
+(fleet.png), and the demo's two fleets side by side (demo.png). The accuracy and perplexity
+are federated evaluation by `valid` senders' phones, beside the central evaluation of the
+same versions on the same words."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+
+def curve(ax: Any, records: list[dict], key: str, label: str, scale: float = 1.0,
+          color: str | None = None) -> list[float]:
+    """The learning curve of one figure: the federated evaluation with its 95% noise band
+    (points the noise hides are left out), and the central evaluation of the same versions
+    on the same words, dashed; returns the values drawn (for `fit_y`)."""
+    evaluated = [r for r in records if r.get("valid")]
+    rounds = [r["round"] for r in evaluated]
+    nan = float("nan")
+    value = [nan if r["valid"][key] is None else scale * r["valid"][key] for r in evaluated]
+    ci = [r["valid"].get(key + "_ci") or [nan, nan] for r in evaluated]
+    line, = ax.plot(rounds, value, marker="o", label=f"{label}, federated", color=color)
+    ax.fill_between(rounds, [scale * c[0] for c in ci], [scale * c[1] for c in ci],
+                    color=line.get_color(), alpha=0.15)
+    central = [(r["round"], scale * r["valid_central"][key]) for r in evaluated
+               if r.get("valid_central")]
+    if central:
+        ax.plot(*zip(*central), linestyle="--", color=line.get_color(),
+                label=f"{label}, central (same words)")
+    return [v for v in value if v == v] + [v for _, v in central]
+
+
+def fit_y(ax: Any, values: list[float]) -> None:
+    """Fit the axis to the curves' points, not to the widest noise bands."""
+    if values:
+        low, high = min(values), max(values)
+        pad = max(0.1 * (high - low), 0.05 * abs(high), 1e-6)
+        ax.set_ylim(low - pad, high + pad)
 
 
 def plot_rounds(records: list[dict], path: Path, title: str) -> None:
@@ -12,14 +43,13 @@ def plot_rounds(records: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (acc, ppl, eps) = plt.subplots(1, 3, figsize=(14, 4))
-    evaluated = [r for r in records if r.get("valid")]
-    rounds = [r["round"] for r in evaluated]
-    for key, label in (("top1", "top-1"), ("top3", "top-3")):
-        acc.plot(rounds, [100 * r["valid"][key] for r in evaluated], marker="o", label=label)
-    acc.set(xlabel="round", ylabel="accuracy (%)", title="global model on valid")
-    acc.legend()
-    ppl.plot(rounds, [r["valid"]["perplexity"] for r in evaluated], marker="o", color="tab:green")
-    ppl.set(xlabel="round", ylabel="perplexity", title="perplexity on valid")
+    fit_y(acc, [v for key, label in (("top1", "top-1"), ("top3", "top-3"))
+                for v in curve(acc, records, key, label, 100)])
+    acc.set(xlabel="round", ylabel="accuracy (%)", title="global model on valid phones")
+    acc.legend(fontsize=7)
+    fit_y(ppl, curve(ppl, records, "perplexity", "perplexity", color="tab:green"))
+    ppl.set(xlabel="round", ylabel="perplexity", title="perplexity on valid phones")
+    ppl.legend(fontsize=7)
     points = [(r["round"], r["epsilon"]) for r in records if r.get("epsilon") is not None]
     if points:
         eps.plot(*zip(*points), marker=".", color="tab:red", label="against the server")
@@ -57,14 +87,15 @@ def plot_demo(no_dp: list[dict], dp: list[dict], path: Path, title: str) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (acc, ppl, eps) = plt.subplots(1, 3, figsize=(15, 4.2))
-    for records, label in ((no_dp, "federated, no DP"), (dp, "federated, DP")):
-        evaluated = [r for r in records if r.get("valid")]
-        rounds = [r["round"] for r in evaluated]
-        acc.plot(rounds, [100 * r["valid"]["top1"] for r in evaluated], marker="o", label=label)
-        ppl.plot(rounds, [r["valid"]["perplexity"] for r in evaluated], marker="o", label=label)
-    acc.set(xlabel="round", ylabel="top-1 (%)", title="top-1 on valid (subset)")
-    ppl.set(xlabel="round", ylabel="perplexity", title="perplexity on valid (subset)")
-    acc.legend()
+    shown: dict[str, list[float]] = {"top1": [], "perplexity": []}
+    for records, label in ((no_dp, "no DP"), (dp, "DP")):
+        shown["top1"] += curve(acc, records, "top1", label, 100)
+        shown["perplexity"] += curve(ppl, records, "perplexity", label)
+    fit_y(acc, shown["top1"])
+    fit_y(ppl, shown["perplexity"])
+    acc.set(xlabel="round", ylabel="top-1 (%)", title="top-1 on valid phones (95% noise band)")
+    ppl.set(xlabel="round", ylabel="perplexity", title="perplexity on valid phones")
+    acc.legend(fontsize=7)
     points = [(r["round"], r["epsilon"]) for r in dp if r.get("epsilon") is not None]
     if points:
         eps.plot(*zip(*points), marker=".", color="tab:red")

@@ -40,7 +40,7 @@ def summarise(config: FleetConfig, applied: dict, population: list[Device],
     """summary.json: the config, what ran, the figures at the start and end, privacy."""
     done = [r for r in records if r["round"] > 0]
     counts = np.array([len(d.messages) for d in population])
-    last_eval = next((r["valid"] for r in reversed(records) if r.get("valid")), None)
+    last = next((r for r in reversed(records) if r.get("valid")), {})
     return {
         "config": asdict(config), "server": url, "round_settings": applied,
         "population": len(population), "num_params": status["model"]["num_params"],
@@ -50,8 +50,12 @@ def summarise(config: FleetConfig, applied: dict, population: list[Device],
         "wall_seconds": round(seconds, 1),
         "round_seconds": round(sum(r.get("round_seconds", 0.0) for r in done), 1),
         "machine": machine,
-        "start_valid": records[0].get("valid"), "last_valid": last_eval,
+        "start_valid": records[0].get("valid"), "last_valid": last.get("valid"),
         "final_valid": final_valid,
+        # the learning curve's federated figures against the central evaluation of the same
+        # versions on the same words, at each evaluation (`fleet.evaluation.agreement`)
+        "evaluation_agreement": [{"round": r["round"], **r["valid_agreement"]}
+                                 for r in records if r.get("valid_agreement")],
         "epsilon": done[-1]["epsilon"] if done else None,  # against the server
         "epsilon_model_users": done[-1].get("epsilon_model_users") if done else None,
         "epsilon_if_sampled": done[-1].get("epsilon_if_sampled") if done else None,
@@ -88,13 +92,43 @@ def describe(summary: dict) -> str:
     def acc(valid: dict | None) -> str:
         if not valid:
             return "-"
+        if valid.get("source") == "federated evaluation":
+            return federated_text(valid)
         return (f"top-1 {valid['top1']:.2%}, top-3 {valid['top3']:.2%}, "
                 f"perplexity {valid['perplexity']:.1f} ({valid['senders']} senders)")
     lines = [f"{summary['rounds_run']} rounds ({summary['rounds_closed']} closed), "
              f"{summary['reports']} reports from a population of {summary['population']}, "
              f"{summary['wall_seconds']:.0f} s",
              f"valid at the start: {acc(summary['start_valid'])}",
-             f"valid at the end:   {acc(summary['final_valid'] or summary['last_valid'])}",
+             f"valid at the end:   {acc(summary['last_valid'])}",
+             *([f"all of valid at the end (central): {acc(summary['final_valid'])}"]
+               if summary["final_valid"] else []),
+             *agreement_lines(summary["evaluation_agreement"]),
              "privacy: " + _privacy(summary)]
     return "\n".join(lines)
 
+
+
+def federated_text(valid: dict) -> str:
+    """A federated evaluation's top-1 and top-3 with their noise intervals, in words."""
+    def one(name: str, label: str) -> str:
+        if valid[name] is None:
+            return f"{label} hidden by the noise"
+        low, high = valid[name + "_ci"]
+        return f"{label} {valid[name]:.2%} ({low:.2%} to {high:.2%})"
+    return (f"{one('top1', 'top-1')}, {one('top3', 'top-3')}, federated evaluation of "
+            f"version {valid['model_version']} by {valid['senders']} phones")
+
+
+def agreement_lines(rows: list[dict]) -> list[str]:
+    """How far the federated learning curve is from the central evaluation of the same
+    versions on the same words."""
+    if not rows:
+        return []
+    diffs = [abs(r["top1"]["difference"]) for r in rows if r["top1"]["difference"] is not None]
+    inside = [r["top1"]["within_interval"] for r in rows
+              if r["top1"]["within_interval"] is not None]
+    return [f"federated against central top-1 (same versions, same words): "
+            f"{len(rows)} evaluations, largest difference "
+            + (f"{100 * max(diffs):.2f} points" if diffs else "- (hidden by the noise)")
+            + f", central inside the 95% noise interval {sum(inside)} of {len(inside)} times"]

@@ -25,7 +25,7 @@ from fleet import FleetError, report
 from fleet.admin import ServerAdmin
 from fleet.config import FleetConfig
 from fleet.devices import DeviceJob, device_round, init_worker, worker_ready
-from fleet.evaluation import Evaluator
+from fleet.evaluation import Evaluator, agreement, federated_figures, held_out
 from fleet.plots import plot_rounds
 from fleet.population import (check_in_order, choose_population, choose_valid,
                               with_audit_devices)
@@ -38,7 +38,15 @@ logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's notes on fr
 
 @dataclass
 class Fleet:
-    """The simulation loop: rounds of check-ins dispatched to worker processes."""
+    """The simulation loop: rounds of check-ins dispatched to worker processes.
+
+    The learning curve is federated evaluation: every `eval_every`-th model version the
+    server opens an evaluation round, and the phones of `valid` senders (`evaluators`,
+    workers' devices after the population) score it on their own messages and send noised
+    sums; the server never reads `valid` text. Each such record also holds the central
+    evaluation (`model.evaluate`, by the simulation, not the server) of the same version on
+    the same words, and their agreement.
+    """
 
     config: FleetConfig
     run_dir: Path
@@ -48,7 +56,7 @@ class Fleet:
     pool: ProcessPoolExecutor
     evaluator: Evaluator | None
     progress: bool = True
-    start_valid: dict | None = None
+    evaluators: list[Device] = field(default_factory=list)  # valid senders' phones
     direction_seeds: dict[int, int] = field(default_factory=dict)  # population index -> seed
     enrolment_code: str = ""
     records: list[dict] = field(default_factory=list)
@@ -57,34 +65,32 @@ class Fleet:
         """All rounds (or until `max_minutes`); one record per round, round 0 the start."""
         from tqdm import tqdm
         cfg, started = self.config, time.time()
-        self._keep(self._record_start())
         current = self.admin.status().get("round") or {}
         last_id = int(current.get("id") or 0) - 1
+        start = self._record_start()
+        last_id = self._evaluate_into(start, 0, last_id)
+        self._keep(start)
         with tqdm(total=cfg.rounds, desc=self.run_dir.name, unit="round", file=sys.stderr,
                   disable=not self.progress, dynamic_ncols=True) as bar:
             for k in range(1, cfg.rounds + 1):
                 record = self._round(k, last_id, started)
                 last_id = record["round_id"]
-                out_of_time = bool(cfg.max_minutes and
-                                   time.time() - started > 60 * cfg.max_minutes)
-                if self.evaluator and cfg.eval_every and (
-                        k % cfg.eval_every == 0 or k == cfg.rounds or out_of_time):
-                    record["valid"] = self.evaluator(self.admin.model())
+                if record["new_version"] is not None and cfg.eval_every and \
+                        record["new_version"] % cfg.eval_every == 0:  # the server's rule
+                    last_id = self._evaluate_into(record, k, last_id)
                 self._keep(record)
                 bar.update(1)
                 bar.set_postfix(self._postfix(record))
-                if out_of_time and k < cfg.rounds:
+                if cfg.max_minutes and time.time() - started > 60 * cfg.max_minutes \
+                        and k < cfg.rounds:
                     log.warning("stopping after round %d: past %g minutes", k, cfg.max_minutes)
                     break
         return self.records
 
     def _record_start(self) -> dict:
-        record = {"round": 0, "round_id": None, "state": "start", "reports": 0,
-                  "wall_seconds": 0.0, "epsilon": 0.0 if self.config.noise_multiplier else None,
-                  "delta": self.config.delta}
-        if self.evaluator and self.config.eval_every:
-            record["valid"] = self.start_valid or self.evaluator(self.admin.model())
-        return record
+        return {"round": 0, "round_id": None, "state": "start", "reports": 0,
+                "wall_seconds": 0.0, "epsilon": 0.0 if self.config.noise_multiplier else None,
+                "delta": self.config.delta}
 
     def _keep(self, record: dict) -> None:
         """Add a finished round's record, and append it to rounds.jsonl at once."""
@@ -95,13 +101,14 @@ class Fleet:
     @staticmethod
     def _postfix(record: dict) -> dict:
         out = {"reports": record["reports"]}
-        if record.get("valid"):
+        if (record.get("valid") or {}).get("top1") is not None:
             out["top1"] = f"{record['valid']['top1']:.2%}"
         if record.get("epsilon") is not None:
             out["eps"] = f"{record['epsilon']:.2f}"
         return out
 
-    def _job(self, k: int, index: int, dropped: bool, u: float) -> DeviceJob:
+    def _job(self, k: int, index: int, dropped: bool, u: float,
+             kinds: tuple[str, ...] = ("train",)) -> DeviceJob:
         cfg = self.config
         seeds = np.random.SeedSequence([cfg.seed, k, index]).generate_state(2)
         unplug = None
@@ -113,25 +120,19 @@ class Fleet:
                          str(self.run_dir / "devices" / "model-cache"),
                          int(seeds[0] & 0x7FFFFFFF), int(seeds[1]), unplug,
                          self.config.device_policy(), self.direction_seeds.get(index),
-                         self.enrolment_code)
+                         self.enrolment_code, kinds)
 
-    def _round(self, k: int, after: int, started: float) -> dict:
-        """Dispatch check-ins until the target is met; wait for the round to finish."""
-        cfg = self.config
-        r = self.admin.open_round(after)
-        round_started = time.time()
-        rng = np.random.default_rng([cfg.seed, k])
-        order = check_in_order(self.population, cfg.check_in, rng)
-        drops, where = rng.random(len(order)) < cfg.dropout, rng.random(len(order))
+    def _dispatch(self, r: dict, jobs: list[DeviceJob], success: str
+                  ) -> tuple[list[dict], list[int], Counter]:
+        """Hand `jobs` to the pool in order until the round's target of `success` outcomes
+        is met (or its tasks are all handed out); (results, indices checked in, outcomes)."""
         pending: dict[Future, int] = {}
         outcomes, results, checked_in, pos = Counter(), [], [], 0
         while True:
-            while (pos < len(order) and outcomes["uploaded"] + len(pending) < r["target"]
+            while (pos < len(jobs) and outcomes[success] + len(pending) < r["target"]
                    and len(checked_in) - outcomes["no-task"] < r["capacity"]):
-                index = int(order[pos])
-                job = self._job(k, index, bool(drops[pos]), float(where[pos]))
-                pending[self.pool.submit(device_round, job)] = index
-                checked_in.append(index)
+                pending[self.pool.submit(device_round, jobs[pos])] = jobs[pos].index
+                checked_in.append(jobs[pos].index)
                 pos += 1
             if not pending:
                 break
@@ -144,16 +145,63 @@ class Fleet:
                 result = future.result()
                 outcomes[result["outcome"]] += 1
                 results.append(result)
-                if result["outcome"] not in ("uploaded", "interrupted"):
+                if result["outcome"] not in (success, "interrupted"):
                     log.warning("device %d: %s (%s)", result["index"], result["outcome"],
                                 result["detail"])
-        if outcomes["uploaded"] < r["minimum"]:  # it would be abandoned at the deadline anyway
+        if outcomes[success] < r["minimum"]:  # it would be abandoned at the deadline anyway
             self.admin.training("stop")
             self.admin.training("start")
+        return results, checked_in, outcomes
+
+    def _round(self, k: int, after: int, started: float) -> dict:
+        """Dispatch check-ins until the target is met; wait for the round to finish."""
+        cfg = self.config
+        r = self.admin.open_round(after)
+        if r.get("kind", "train") != "train":
+            raise FleetError(f"round {r['id']} is a {r['kind']} round, a training one was due")
+        round_started = time.time()
+        rng = np.random.default_rng([cfg.seed, k])
+        order = check_in_order(self.population, cfg.check_in, rng)
+        drops, where = rng.random(len(order)) < cfg.dropout, rng.random(len(order))
+        jobs = [self._job(k, int(index), bool(drops[i]), float(where[i]))
+                for i, index in enumerate(order)]
+        results, checked_in, outcomes = self._dispatch(r, jobs, "uploaded")
         done_round, status = self.admin.finished_round(
             r["id"], timeout=max(r["deadline"] - time.time(), 0) + 120)
         return self._round_record(k, done_round, status, results, checked_in, outcomes,
                                   round_started, started)
+
+    def _evaluate_into(self, record: dict, k: int, after: int) -> int:
+        """Run the evaluation round the server opened after round `after` (if evaluation
+        is on): the record gets its federated figures ("valid"), the central evaluation of
+        the same version on the same words ("valid_central") and their agreement. Returns
+        the last round id."""
+        if not self.config.eval_every or not self.evaluators:
+            return after
+        r = self.admin.open_round(after)
+        if r.get("kind") != "evaluate":
+            raise FleetError(f"round {r['id']} is a training round; an evaluation was due")
+        offset = len(self.population)
+        order = np.random.default_rng([self.config.seed, k, 2**20]).permutation(
+            len(self.evaluators))
+        jobs = [self._job(k, offset + int(i), False, 0.0, ("evaluate",)) for i in order]
+        results, _, outcomes = self._dispatch(r, jobs, "evaluated")
+        done_round, _ = self.admin.finished_round(
+            r["id"], timeout=max(r["deadline"] - time.time(), 0) + 120)
+        result = (done_round.get("evaluation") or {}).get("result")
+        record["evaluation_round"] = {"round_id": r["id"], "state": done_round["state"],
+                                      "outcomes": dict(outcomes)}
+        if result is None:
+            return r["id"]
+        record["valid"] = federated_figures(result)
+        reported = [self.evaluators[x["index"] - offset] for x in results
+                    if x["outcome"] == "evaluated"]
+        if self.evaluator is not None:
+            words = held_out(reported, self.config.eval_max_words)
+            record["valid_central"] = self.evaluator.on(
+                self.admin.model(record["valid"]["model_version"]), words)
+            record["valid_agreement"] = agreement(record["valid"], record["valid_central"])
+        return r["id"]
 
     def _round_record(self, k: int, r: dict, status: dict, results: list[dict],
                       checked_in: list[int], outcomes: Counter, round_started: float,
@@ -192,13 +240,12 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
               admin_token: str | None = None, init_model: Path = PRETRAINED_MODEL,
               tokenizer: Path = TOKENIZER_PATH, senders: list[str] | None = None,
               progress: bool = True, title: str | None = None,
-              start_valid: dict | None = None,
               extra_messages: dict[str, list[str]] | None = None,
               direction_seeds: list[int] = ()) -> dict[str, Any]:
     """Run the fleet against `server_url` (or a server started in `run_dir/server`).
 
-    `start_valid`: the start model's valid figures when already known (same start model
-    and config). A privacy audit adds `extra_messages` (sender -> canary messages) to
+    The learning curve is federated evaluation by `valid` senders' phones (`Fleet`). A
+    privacy audit adds `extra_messages` (sender -> canary messages) to
     histories and one random-direction canary device per `direction_seeds` entry
     (`with_audit_devices`). Returns the summary (also written to run_dir/summary.json).
     """
@@ -212,17 +259,19 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
                                         list(direction_seeds), config.seed)
     (run_dir / "population.json").write_text(json.dumps([d.sender for d in population]))
     settings = config.round_settings(len(population))
+    evaluators = choose_valid(config) if config.eval_every else []
+    phones = population + evaluators  # the workers' devices: trainers, then evaluators
     started = time.time()
     with ExitStack() as stack:
         if config.secure_aggregation:  # a round's devices go through the phases together
-            init_worker(population, str(run_dir / "logs"))
+            init_worker(phones, str(run_dir / "logs"))
             pool = stack.enter_context(ThreadPoolExecutor(
                 math.ceil(settings["target_reports"] * settings["overcommit"])))
         else:
             os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # workers: one BLAS thread each
             pool = stack.enter_context(ProcessPoolExecutor(
                 config.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=init_worker, initargs=(population, str(run_dir / "logs"))))
+                initializer=init_worker, initargs=(phones, str(run_dir / "logs"))))
         warming = [pool.submit(worker_ready, 0.5) for _ in range(config.workers)]  # meanwhile:
         if server_url is None:
             for path in (init_model, tokenizer):
@@ -240,13 +289,13 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
         applied = admin.configure(settings)
         evaluator = None
         if config.eval_every or config.final_eval:
-            evaluator = Evaluator(admin.tokenizer_json(), choose_valid(config), config.workers)
+            evaluator = Evaluator(admin.tokenizer_json(), evaluators, config.workers)
         for future in warming:  # the workers' start-up is not counted in round 1
             future.result()
         fleet = Fleet(config, run_dir, admin, server_url, population, pool, evaluator, progress,
-                      start_valid, {len(population) - len(direction_seeds) + i: s
-                                    for i, s in enumerate(direction_seeds)},
-                      admin.enrolment_code(len(population)))
+                      evaluators, {len(population) - len(direction_seeds) + i: s
+                                   for i, s in enumerate(direction_seeds)},
+                      admin.enrolment_code(len(phones)))
         try:
             records = fleet.run()
         finally:
