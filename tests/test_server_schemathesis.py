@@ -76,3 +76,28 @@ def test_documented_config_ranges_are_the_enforced_ones(name, module_server):
                              headers={"Authorization": f"Bearer {admin}"}, timeout=30)
             assert r.status_code == status, (name, value, r.text)
     requests.put(url, json=base, headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+
+
+@pytest.mark.slow
+def test_stateful_sequences(module_server):
+    """Sequences of calls chained by the links schemathesis infers from the document (a
+    check-in's round id into that round's uploads and protocol messages, an issued code's
+    id into its revocation, ...): no 5xx, every response as documented."""
+
+    calls: list[tuple[str, str, int]] = []
+
+    class Workflow(schema.as_state_machine()):
+        def get_call_kwargs(self, case):
+            role = "admin" if case.path.startswith("/v1/admin") else "device"
+            return {"base_url": module_server["url"], "timeout": 60,
+                    "headers": {"Authorization": f"Bearer {module_server[role]}"}}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            calls.append((case.method, case.formatted_path, response.status_code))
+            case.validate_response(response, additional_checks=[not_a_server_error],
+                                   excluded_checks=[positive_data_acceptance])
+
+    Workflow.run(settings=settings(max_examples=15, stateful_step_count=6, deadline=None,
+                                   derandomize=True, suppress_health_check=list(HealthCheck)))
+    assert any(m == "DELETE" and code == 200 for m, _, code in calls)  # an issued code's id
+    assert any(path.startswith("/v1/rounds/1/") for _, path, _ in calls)  # a check-in's round
