@@ -103,11 +103,15 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def backup(settings: Settings, out: Path) -> dict[str, Any]:
     """Write the deployment's database and blobs to the tar file `out`; its manifest."""
+    data_dir = Path(settings.data_dir)
+    if not data_dir.is_dir() or (settings.db_url is None
+                                 and not (data_dir / "server.sqlite3").is_file()):
+        raise BackupError(f"{data_dir}: no server data there (check --data-dir and --db)")
     db, blobs = _stores(settings)
     try:
         if "rounds" not in inspect(db.engine).get_table_names():
-            raise BackupError(f"{settings.database_url}: no server database there "
-                              "(check --data-dir and --db)")
+            raise BackupError(f"{db.engine.url.render_as_string(hide_password=True)}: no "
+                              "server database there (check --data-dir and --db)")
         tables, revision, data = _snapshot(db, blobs)
     finally:
         db.dispose()

@@ -216,8 +216,13 @@ class DatabaseBlobStore(BlobStore):
         return self._sha256(relative) is not None
 
     def delete(self, relative: str) -> None:
+        """Delete the blob, and this host's cached copy (other hosts' copies stay until
+        their data dir is cleared: `cache/` may be emptied at any time)."""
+        sha = self._sha256(relative)
         with self.engine.begin() as conn:
             conn.execute(delete(self.table).where(self.table.c.name == relative))
+        if sha is not None:
+            (self.root / "cache" / f"{sha}{Path(relative).suffix}").unlink(missing_ok=True)
 
     def delete_round_updates(self, round_id: int) -> None:
         with self.engine.begin() as conn:

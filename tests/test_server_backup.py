@@ -78,8 +78,8 @@ def test_restore_refuses_what_is_not_a_backup(tmp_path):
 
 def test_backup_of_a_folder_without_a_server(tmp_path):
     result = cli("backup", str(tmp_path / "b.tar"), "--data-dir", str(tmp_path / "none"))
-    assert result.returncode == 2 and "no server database there" in result.stderr
-    assert not (tmp_path / "b.tar").exists()
+    assert result.returncode == 2 and "no server data there" in result.stderr
+    assert not (tmp_path / "b.tar").exists() and not (tmp_path / "none").exists()
 
 
 @pytest.mark.postgres

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from aggregation_server.config import ConfigError, load_settings
+from federated.secagg import RoundConfig as ProtocolConfig
 
 ROUND = {"target_reports": 2, "min_reports": 2, "overcommit": 1.0}
 
@@ -41,3 +42,19 @@ def test_two_hosts_serve_one_deployment(start_process, pg_url, tmp_path, monkeyp
     for host in (a, b):
         assert not list((host.data_dir / "updates").rglob("*.safetensors"))  # none on disk
         assert host.model()[2].headers["X-Model-Version"] == "1"
+
+
+@pytest.mark.postgres
+def test_a_secure_round_across_two_hosts(start_server, pg_url, tmp_path):
+    """Masked inputs, the protocol's replay and the unmasked mean through the database:
+    devices alternate between two servers with separate data dirs."""
+    from test_secure_rounds import expect_new_model, run_fleet, secure_round
+    a, b = (start_server(db_url=pg_url, data_dir=tmp_path / host, blob_store="database",
+                         round=secure_round(4, 3)) for host in ("host-a", "host-b"))
+    results = run_fleet([a, b], tmp_path, 4, stops={}, answers={})
+    assert [results[i][0] for i in range(4)] == ["done"] * 4
+    st = b.wait_for(lambda st: st["model"]["version"] == 1, what="secure round closed")
+    assert st["rounds"][0]["reports"] == 4
+    step = ProtocolConfig.from_dict(results[0][2]["secagg"]["config"]).encoding.step
+    expect_new_model(a, [r[1] for r in results.values()], step)
+    assert not list(tmp_path.glob("host-*/updates/*/*"))  # masked inputs only in PostgreSQL
