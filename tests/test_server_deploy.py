@@ -1,5 +1,6 @@
 """The production setup (aggregation_server/deploy/gunicorn_conf.py): gunicorn gthread
-workers whose /metrics counts every worker process, a restarted one included.
+workers whose /metrics counts every worker process, a restarted one included, and whose
+stopped workers say so in the database (their aggregation leases are free at once).
 
 The 100-device load figures are benchmarks/server_load.py's (BENCHMARKS.md).
 """
@@ -9,6 +10,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -95,7 +97,7 @@ def test_metrics_count_every_worker(gunicorn):
     assert _status_counted(url) == sent == sum(_pids_serving_status(log).values())
 
 
-def test_a_stopped_workers_counts_stay(gunicorn):
+def test_a_stopped_workers_counts_stay_and_it_says_it_stopped(gunicorn, tmp_path):
     url, log, proc = gunicorn
     sent = _until_both_workers_answered(url, log)
     victim = min(_pids_serving_status(log))
@@ -104,3 +106,8 @@ def test_a_stopped_workers_counts_stay(gunicorn):
     sent += _status_burst(url)
     assert _status_counted(url) == sent
     assert proc.poll() is None
+    with sqlite3.connect(tmp_path / "data" / "server.sqlite3") as db:  # its worker_exit hook
+        rows = dict(db.execute("SELECT owner, stopped FROM server_processes").fetchall())
+    assert [stopped for owner, stopped in rows.items() if owner.split("/")[1] == str(victim)] \
+        == [1]  # another host may take its leases at once
+    assert sum(1 for stopped in rows.values() if not stopped) == 2  # the two that run
