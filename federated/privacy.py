@@ -114,7 +114,6 @@ def composed_epsilon(noise_multipliers: list[float], delta: float) -> float:
     different) noise multipliers, composed, from the RDP accountant of `dp-accounting`.
     A multiplier of 0 (no noise) makes it infinite."""
     from dp_accounting import dp_event
-    from dp_accounting.rdp import RdpAccountant
 
     if not noise_multipliers:
         return 0.0
@@ -123,11 +122,25 @@ def composed_epsilon(noise_multipliers: list[float], delta: float) -> float:
     counts: dict[float, int] = {}
     for z in noise_multipliers:
         counts[float(z)] = counts.get(float(z), 0) + 1
-    accountant = RdpAccountant()
-    accountant.compose(dp_event.ComposedDpEvent(
+    return _rdp_epsilon(dp_event.ComposedDpEvent(
         [dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(z), n)
-         for z, n in sorted(counts.items())]))
-    return float(accountant.get_epsilon(delta))
+         for z, n in sorted(counts.items())]), delta)
+
+
+def _rdp_epsilon(event, delta: float) -> float:
+    """Epsilon at `delta` of a dp-accounting event by its RDP accountant; infinite where
+    the noise is too small for floating point (near z = 1e-160 the accountant divides by
+    zero, or with sampling drops every order and answers 0): no guarantee is the honest
+    answer there, since every event here releases something."""
+    from dp_accounting.rdp import RdpAccountant
+
+    try:
+        accountant = RdpAccountant()
+        accountant.compose(event)
+        eps = float(accountant.get_epsilon(delta))
+    except (ZeroDivisionError, OverflowError, FloatingPointError):
+        return math.inf
+    return eps if math.isfinite(eps) and eps > 0 else math.inf
 
 
 def epsilon(noise_multiplier: float, participations: int, delta: float,
@@ -140,7 +153,6 @@ def epsilon(noise_multiplier: float, participations: int, delta: float,
     With `sampling_rate` q and `rounds` T: Poisson subsampling amplification over T rounds.
     """
     from dp_accounting import dp_event  # imported here: it pulls in scipy (~2 s at start-up)
-    from dp_accounting.rdp import RdpAccountant
 
     if noise_multiplier <= 0:
         return math.inf
@@ -152,9 +164,7 @@ def epsilon(noise_multiplier: float, participations: int, delta: float,
         count = rounds or participations
     else:
         event, count = dp_event.GaussianDpEvent(noise_multiplier), participations
-    accountant = RdpAccountant()
-    accountant.compose(dp_event.SelfComposedDpEvent(event, count))
-    return float(accountant.get_epsilon(delta))
+    return _rdp_epsilon(dp_event.SelfComposedDpEvent(event, count), delta)
 
 
 # --- compressed rounds: the distributed discrete Gaussian (`federated.compression`) --------------
@@ -184,15 +194,12 @@ def zcdp_multiplier(rho: float) -> float:
 def zcdp_epsilon(rhos: list[float], delta: float) -> float:
     """Epsilon at `delta` of rho-zCDP mechanisms composed (dp-accounting's ZCDpEvent, RDP)."""
     from dp_accounting import dp_event
-    from dp_accounting.rdp import RdpAccountant
 
     if not rhos:
         return 0.0
     if not all(math.isfinite(r) for r in rhos):
         return math.inf
-    accountant = RdpAccountant()
-    accountant.compose(dp_event.ComposedDpEvent([dp_event.ZCDpEvent(r) for r in rhos]))
-    return float(accountant.get_epsilon(delta))
+    return _rdp_epsilon(dp_event.ComposedDpEvent([dp_event.ZCDpEvent(r) for r in rhos]), delta)
 
 
 def round_compression(seed: bytes, dimension: int, clip_norm: float, noise_multiplier: float,

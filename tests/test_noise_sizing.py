@@ -54,3 +54,12 @@ def test_the_demo_plain_round_figure_against_the_server() -> None:
         privacy.noise_stddev(1.0, 1.0, 20), 1.0, 20, secure=False)
     assert 80 < privacy.composed_epsilon([per_update] * 4, 1e-5) < 82
     assert np.isclose(privacy.composed_epsilon([1.0] * 4, 1e-5), 10.7255, atol=1e-3)
+
+
+def test_a_noise_multiplier_too_small_for_floating_point_has_no_guarantee():
+    """dp-accounting divides by zero for z near 1e-160 (found by schemathesis through the
+    config endpoint): the answer is no guarantee, not a server error."""
+    assert privacy.epsilon(1e-160, 3, 1e-6) == math.inf
+    assert privacy.epsilon(1e-160, 1, 1e-6, sampling_rate=0.1, rounds=5) == math.inf
+    assert privacy.composed_epsilon([1e-160, 1.0], 1e-6) == math.inf
+    assert math.isfinite(privacy.epsilon(1.0, 3, 1e-6))
