@@ -73,32 +73,44 @@ def _blob_names(blobs: BlobStore) -> list[str]:
     return names + [n for n in EXTRA_FILES if (blobs.root / n).is_file()]
 
 
-def _snapshot(db: Database, blobs: BlobStore) -> tuple[dict, str, dict[str, bytes]]:
-    """Rows, schema revision and blobs that belong together (retried if a round moved on)."""
-    for _ in range(ATTEMPTS):
-        engine = db.engine if db.is_sqlite else \
-            db.engine.execution_options(isolation_level="REPEATABLE READ")
-        with engine.connect() as conn:
-            with conn.begin():
-                revision = migrate.current_revision(conn)
-                tables = _dump_tables(conn)
-        data: dict[str, bytes] = {}
-        for name in _blob_names(blobs):
-            try:
-                data[name] = blobs.read(name)
-            except FileNotFoundError:
-                continue  # deleted since it was listed
-        if _referenced(tables) <= set(data):
-            return tables, revision, data
-        time.sleep(0.5)  # a round was closing: take the snapshot again
-    raise BackupError("the database kept changing under the backup (rounds closing): "
-                      "try again, or stop training for a moment (POST /v1/admin/training)")
+def _rows(db: Database) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """Every table's rows and the schema revision, read in one transaction (a snapshot)."""
+    engine = db.engine if db.is_sqlite else \
+        db.engine.execution_options(isolation_level="REPEATABLE READ")
+    with engine.connect() as conn, conn.begin():
+        return _dump_tables(conn), migrate.current_revision(conn)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
     tar.addfile(info, io.BytesIO(data))
+
+
+def _write_archive(tmp: Path, db: Database, blobs: BlobStore, token: Path) -> dict | None:
+    """One attempt: the rows, then the blobs one at a time; None if a blob the rows need
+    was deleted meanwhile (a round closed)."""
+    tables, revision = _rows(db)
+    written: list[str] = []
+    with tarfile.open(tmp, "w") as tar:
+        for name in _blob_names(blobs):
+            try:
+                _add(tar, f"blobs/{name}", blobs.read(name))
+            except FileNotFoundError:
+                continue  # deleted since it was listed
+            written.append(name)
+        if not _referenced(tables) <= set(written):
+            return None
+        for name, rows in tables.items():
+            lines = "".join(json.dumps(row, default=str) + "\n" for row in rows)
+            _add(tar, f"tables/{name}.jsonl", lines.encode())
+        if token.is_file():
+            _add(tar, f"files/{ADMIN_TOKEN}", token.read_bytes())
+        manifest = {"format": FORMAT, "revision": revision, "created_at": time.time(),
+                    "rows": {name: len(rows) for name, rows in tables.items()},
+                    "blobs": written, "admin_token": token.is_file()}
+        _add(tar, "manifest.json", json.dumps(manifest, indent=1).encode())
+    return manifest
 
 
 def backup(settings: Settings, out: Path) -> dict[str, Any]:
@@ -108,48 +120,49 @@ def backup(settings: Settings, out: Path) -> dict[str, Any]:
                                  and not (data_dir / "server.sqlite3").is_file()):
         raise BackupError(f"{data_dir}: no server data there (check --data-dir and --db)")
     db, blobs = _stores(settings)
+    tmp = out.with_name(out.name + ".part")
     try:
         if "rounds" not in inspect(db.engine).get_table_names():
             raise BackupError(f"{db.engine.url.render_as_string(hide_password=True)}: no "
                               "server database there (check --data-dir and --db)")
-        tables, revision, data = _snapshot(db, blobs)
+        for _ in range(ATTEMPTS):
+            manifest = _write_archive(tmp, db, blobs, data_dir / ADMIN_TOKEN)
+            if manifest is not None:
+                tmp.replace(out)
+                return manifest
+            time.sleep(0.5)  # a round was closing: take the snapshot again
     finally:
         db.dispose()
-    token = Path(settings.data_dir) / ADMIN_TOKEN
-    manifest = {"format": FORMAT, "revision": revision, "created_at": time.time(),
-                "rows": {name: len(rows) for name, rows in tables.items()},
-                "blobs": sorted(data), "admin_token": token.is_file()}
-    tmp = out.with_name(out.name + ".part")
-    with tarfile.open(tmp, "w") as tar:
-        _add(tar, "manifest.json", json.dumps(manifest, indent=1).encode())
-        for name, rows in tables.items():
-            lines = "".join(json.dumps(row, default=str) + "\n" for row in rows)
-            _add(tar, f"tables/{name}.jsonl", lines.encode())
-        for name, blob in data.items():
-            _add(tar, f"blobs/{name}", blob)
-        if token.is_file():
-            _add(tar, f"files/{ADMIN_TOKEN}", token.read_bytes())
-    tmp.replace(out)
-    return manifest
+        tmp.unlink(missing_ok=True)
+    raise BackupError("the database kept changing under the backup (rounds closing): "
+                      "try again, or stop training for a moment (POST /v1/admin/training)")
 
 
-def _read_archive(path: Path) -> tuple[dict, dict[str, bytes]]:
+def _open_archive(path: Path) -> tuple[tarfile.TarFile, dict]:
+    """The backup's tar (read one member at a time) and its manifest."""
     try:
-        with tarfile.open(path, "r") as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-        manifest = json.loads(members["manifest.json"])
+        tar = tarfile.open(path, "r")
+        manifest = json.loads(_member(tar, "manifest.json"))
     except (OSError, tarfile.TarError, KeyError, json.JSONDecodeError) as err:
         raise BackupError(f"{path} is not a server backup: {err}") from None
     if manifest.get("format") != FORMAT:
+        tar.close()
         raise BackupError(f"{path} is a {manifest.get('format')!r} file, not {FORMAT!r}")
-    return manifest, members
+    return tar, manifest
 
 
-def _insert_rows(conn: Connection, members: dict[str, bytes], manifest: dict) -> None:
+def _member(tar: tarfile.TarFile, name: str) -> bytes:
+    member = tar.extractfile(name)
+    if member is None:
+        raise KeyError(name)
+    return member.read()
+
+
+def _insert_rows(conn: Connection, tar: tarfile.TarFile, manifest: dict) -> None:
     meta = MetaData()
     for name in manifest["rows"]:
         table = Table(name, meta, autoload_with=conn)
-        rows = [json.loads(line) for line in members[f"tables/{name}.jsonl"].splitlines()]
+        rows = [json.loads(line) for line in _member(tar, f"tables/{name}.jsonl").splitlines()]
         if rows:
             conn.execute(table.insert(), rows)
         if conn.dialect.name == "postgresql" and "id" in table.c and rows:
@@ -161,26 +174,28 @@ def _insert_rows(conn: Connection, members: dict[str, bytes], manifest: dict) ->
 
 def restore(settings: Settings, archive: Path) -> dict[str, Any]:
     """Put a backup into a fresh database and data dir; then migrate to the newest schema."""
-    manifest, members = _read_archive(archive)
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    db, blobs = _stores(settings)
+    tar, manifest = _open_archive(archive)
     try:
-        _refuse_unless_fresh(db, blobs)
-        with db.engine.begin() as conn:
-            if not db.is_sqlite:
-                conn.execute(text("SELECT pg_advisory_xact_lock(7405341)"))
-            migrate.upgrade(conn, manifest["revision"])
-            _insert_rows(conn, members, manifest)
-        for name in manifest["blobs"]:
-            blobs.write(name, members[f"blobs/{name}"])
-        token = members.get(f"files/{ADMIN_TOKEN}")
-        if token is not None:
-            path = Path(settings.data_dir) / ADMIN_TOKEN
-            path.write_bytes(token)
-            path.chmod(0o600)
-        db.create_schema()  # the newest revision
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        db, blobs = _stores(settings)
+        try:
+            _refuse_unless_fresh(db, blobs)
+            with db.engine.begin() as conn:
+                if not db.is_sqlite:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(7405341)"))
+                migrate.upgrade(conn, manifest["revision"])
+                _insert_rows(conn, tar, manifest)
+            for name in manifest["blobs"]:  # one at a time: backups may be large
+                blobs.write(name, _member(tar, f"blobs/{name}"))
+            if manifest.get("admin_token"):
+                path = Path(settings.data_dir) / ADMIN_TOKEN
+                path.write_bytes(_member(tar, f"files/{ADMIN_TOKEN}"))
+                path.chmod(0o600)
+            db.create_schema()  # the newest revision
+        finally:
+            db.dispose()
     finally:
-        db.dispose()
+        tar.close()
     return manifest
 
 
