@@ -181,7 +181,6 @@ def evaluation_report(round_id: int):
 
 @rounds.get("/status")
 def status():
-    service().tick()
     return jsonify(build_status(service()))
 
 

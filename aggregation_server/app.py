@@ -11,7 +11,7 @@ are in it too):
 
 Start once with `python -m aggregation_server --init-model ... --tokenizer ...` (or set
 `PK_INIT_MODEL` and `PK_TOKENIZER`) to store model version 0. Don't use gunicorn's
-`--preload`: each worker starts its own deadline ticker thread after the fork.
+`--preload`: each worker process starts its own round worker thread after the fork.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import secrets
-import threading
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from aggregation_server.api import BLUEPRINTS
+from aggregation_server.clock import Clock, OffsetClock
 from aggregation_server.config import Settings, load_settings
 from aggregation_server.dashboard import dashboard
 from aggregation_server.db import Database
@@ -35,9 +35,12 @@ from aggregation_server.errors import ApiError, resource_fault
 from aggregation_server.logs import configure_logging
 from aggregation_server.metrics import ServerMetrics
 from aggregation_server.rounds import RoundService
+from aggregation_server.secure import SecureAggregation
 from aggregation_server.secure_api import secagg
 from aggregation_server.status import gauges
 from aggregation_server.storage import blob_store
+from aggregation_server.strategy import FedAvgPolicy
+from aggregation_server.worker import RoundWorker
 
 log = logging.getLogger("aggregation_server.app")
 prometheus = Blueprint("prometheus", __name__)
@@ -47,24 +50,6 @@ prometheus = Blueprint("prometheus", __name__)
 def metrics() -> Response:
     registry = current_app.extensions["pk.service"].metrics.scrape
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
-
-
-class Ticker(threading.Thread):
-    """Applies deadlines every few seconds even when no request arrives."""
-
-    def __init__(self, service: RoundService, seconds: float) -> None:
-        super().__init__(name="round-ticker", daemon=True)
-        self.service, self.seconds, self.stopped = service, seconds, threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.seconds):
-            try:
-                self.service.tick()
-            except Exception:  # noqa: BLE001 - keep ticking; the next tick retries
-                log.exception("tick_failed")
-
-    def stop(self) -> None:
-        self.stopped.set()
 
 
 def admin_token(settings: Settings) -> str:
@@ -88,14 +73,19 @@ def admin_token(settings: Settings) -> str:
     return token
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """A ready app: database schema, model version 0, blueprints, error handlers, ticker."""
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Flask:
+    """A ready app: database schema, model version 0, blueprints, error handlers, and the
+    round worker (`aggregation_server.worker`), the only place rounds advance.
+    `clock` is the server's time (the wall clock unless a test passes a `ManualClock`)."""
     settings = settings or load_settings()
+    if clock is None and settings.clock_offset_file:
+        clock = OffsetClock(settings.clock_offset_file)
     configure_logging(settings.log_level)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url)
     service = RoundService(db, blob_store(settings.blob_store, settings.data_dir, db.engine),
-                           settings, ServerMetrics())
+                           settings, ServerMetrics(), clock,
+                           lambda svc: SecureAggregation(FedAvgPolicy(), svc))
     service.initialize()
     service.metrics.watch(lambda: gauges(service))
     app = Flask(__name__)
@@ -107,10 +97,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(blueprint)
     _register_handlers(app)
     service.liveness.start()  # heartbeats: another host may take over our leases if we die
-    if settings.tick_seconds > 0:
-        ticker = Ticker(service, settings.tick_seconds)
-        ticker.start()
-        app.extensions["pk.ticker"] = ticker
+    service.open_round()  # the first round is open before the first request
+    worker = RoundWorker(service, settings.tick_seconds)
+    worker.start()
+    worker.wake()  # deadlines, leases and outages as this process finds them
+    app.extensions["pk.worker"] = worker
     log.info("app_ready", extra={"db": service.db.engine.url.render_as_string(hide_password=True),
                                  "data_dir": str(service.blobs.root),
                                  "model_params": service.num_params})
@@ -118,11 +109,12 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def shutdown(app: Flask) -> None:
-    """Stop the ticker and the heartbeat, close database connections (tests, clean exits)."""
-    ticker = app.extensions.get("pk.ticker")
-    if ticker:
-        ticker.stop()
-        ticker.join(timeout=10)
+    """Stop the round worker and the heartbeat, close database connections (tests, clean
+    exits)."""
+    worker = app.extensions.get("pk.worker")
+    if worker:
+        worker.stop()
+        worker.join(timeout=10)
     app.extensions["pk.service"].liveness.stop()
     app.extensions["pk.service"].db.dispose()
 

@@ -233,7 +233,7 @@ class Settings:
     init_model: Path | None = None    # checkpoint stored as version 0 if there is none
     tokenizer: Path | None = None     # its tokenizer.json
     max_update_bytes: int = MAX_UPDATE_BYTES
-    tick_seconds: float = 1.0         # background deadline check; 0 = only on requests
+    tick_seconds: float = 1.0         # round worker's period; 0 = only when woken (tests)
     lease_seconds: float = 120.0      # after this, another process may redo an aggregation
     aggregation_retry_seconds: float = 3600.0  # a failing aggregation is retried this long,
     aggregation_backoff_seconds: float = 1.0   # first after this, doubling up to 60 s, then
@@ -247,6 +247,8 @@ class Settings:
     enrol_rate_seconds: float = 60.0  # ... per window of this many seconds (429 beyond)
     blob_store: str = "files"         # or "database": models and updates in PostgreSQL, so
                                       # processes on several hosts serve one deployment
+    clock_offset_file: Path | None = None  # tests of real processes: seconds added to the
+                                           # wall clock, read from this file (OffsetClock)
     round: dict[str, Any] = field(default_factory=dict)  # explicit RoundConfig settings
 
     @property
@@ -260,7 +262,7 @@ _SETTING_TYPES = {"data_dir": Path, "db_url": str, "host": str, "port": int,
                   "aggregation_retry_seconds": float, "aggregation_backoff_seconds": float,
                   "restart_grace_seconds": float, "keep_versions": int,
                   "log_level": str, "start_training": bool, "enrol_rate_limit": int,
-                  "enrol_rate_seconds": float, "blob_store": str}
+                  "enrol_rate_seconds": float, "blob_store": str, "clock_offset_file": Path}
 BLOB_STORES = ("files", "database")
 
 

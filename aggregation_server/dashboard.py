@@ -209,9 +209,7 @@ li{font-size:13px}"""
 
 @dashboard.get("/")
 def page() -> Response:
-    service = current_app.extensions["pk.service"]
-    service.tick()
-    st = build_status(service)
+    st = build_status(current_app.extensions["pk.service"])
     r, p = st["round"], st["privacy"]
     server, users = p["figures"]
     cards = [("training", st["training"]),

@@ -107,8 +107,7 @@ def _report(body: bytes, r: Round, config: RoundConfig) -> np.ndarray:
 def submit(service: RoundService, device_id: str, round_id: int, key: str,
            body: bytes) -> dict[str, Any]:
     """Accept one evaluation report: check it whole, then store and charge in one
-    transaction; nothing changes when it is refused."""
-    service.tick()
+    transaction; nothing changes when it is refused. The round worker closes the round."""
     digest = sha256_hex(body)
     r, config, earlier = service.report_round(device_id, round_id, key, digest)
     if earlier is not None:
@@ -122,8 +121,7 @@ def submit(service: RoundService, device_id: str, round_id: int, key: str,
         device_id, round_id, key, digest, config,
         lambda task: setattr(task, "metrics", {"sums": sums}))
     if reached:
-        service.close_round(round_id)
-        service.tick()
+        service.wake_worker()
     return response
 
 

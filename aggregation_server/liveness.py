@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 
 import psutil
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from aggregation_server.clock import Clock, SystemClock
 from aggregation_server.db import Database, ServerProcess
 
 log = logging.getLogger("aggregation_server.liveness")
@@ -43,14 +43,14 @@ def _same_host_alive(pid: str, started: str) -> bool:
 class Liveness:
     """This process's heartbeat, and the liveness test of any lease owner."""
 
-    def __init__(self, db: Database) -> None:
-        self.db, self.owner = db, lease_owner()
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
+        self.db, self.owner, self.clock = db, lease_owner(), clock or SystemClock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
     def beat(self, now: float | None = None) -> None:
         """Note in the database that this process is up."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         host = self.owner.rsplit("/", 2)[0]
         with self.db.write() as s:
             row = s.get(ServerProcess, self.owner, with_for_update=True)
@@ -101,4 +101,4 @@ class Liveness:
             row = s.execute(query).first()
         if row is None:
             return True
-        return not row.stopped and time.time() - row.heartbeat < STALE_SECONDS
+        return not row.stopped and self.clock() - row.heartbeat < STALE_SECONDS

@@ -8,8 +8,9 @@ A check-in gets a task while the open round has capacity (target * overcommit), 
 anything is stored, then written to disk (fsync) and committed; only then acknowledged.
 Exactly one process closes a round: the switch open -> closing is a compare-and-set under
 a row lock (SQLite: the write lock), and it carries a lease so that another process
-redoes the aggregation if the closer dies. Deadlines are applied lazily by every
-check-in, upload and status request, and by each process's background ticker.
+redoes the aggregation if the closer dies. Requests only store and read: deadlines,
+closing, aggregation and opening the next round happen in `tick`, which each process's
+round worker runs (`aggregation_server.worker`); time is the injected `clock`.
 """
 from __future__ import annotations
 
@@ -19,26 +20,26 @@ import random
 import time
 from collections.abc import Callable
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from federated.wire import encode_update
 
 from aggregation_server import accounting, compressed, evaluation
+from aggregation_server.clock import Clock, SystemClock
 from aggregation_server.config import RoundConfig, Settings
 from aggregation_server.db import Database, Device, ModelVersion, Round, ServerState, Task
 from aggregation_server.enrolment import Enrolment
 from aggregation_server.errors import ApiError
 from aggregation_server.liveness import Liveness
 from aggregation_server.metrics import ServerMetrics
-from aggregation_server.secure import SecureRounds
 from aggregation_server.storage import BlobStore, sha256_hex
-from aggregation_server.strategy import MEANS, AggregationUnavailable, StoredUpdate
-from aggregation_server.uploads import check_open, check_update, replay
+from aggregation_server.strategy import (CHARGED, AggregationUnavailable, FedAvgPolicy,
+                                         RoundPolicy, StoredUpdate, rounds_done)
+from aggregation_server.uploads import check_open, replay, target_reached
 from aggregation_server.versions import build_version, initial_version
 
 log = logging.getLogger("aggregation_server.rounds")
-CHARGED = Task.charged_at.is_not(None)  # tasks whose report the server accepted: they count
 BACKOFF_MAX = 60.0  # seconds between retries of a failing aggregation, at most
 HEARTBEAT_SECONDS = 5.0  # each process notes in the database that it is up, this often
 OUTAGE_SECONDS = 15.0  # no process up for longer than this: an outage (deadlines move)
@@ -53,17 +54,21 @@ class RoundService:
     """Device enrolment, check-ins, uploads and the round life cycle."""
 
     def __init__(self, db: Database, blobs: BlobStore, settings: Settings,
-                 metrics: ServerMetrics | None = None) -> None:
+                 metrics: ServerMetrics | None = None, clock: Clock | None = None,
+                 policy: Callable[[RoundService], RoundPolicy] | None = None) -> None:
+        """`policy` makes the round policy for this service (default: plain rounds only;
+        the app wraps it in `secure.SecureAggregation`)."""
         self.db, self.blobs, self.settings = db, blobs, settings
         self.metrics = metrics or ServerMetrics()
-        self.secure = SecureRounds(self)
-        self.liveness = Liveness(db)
+        self.clock: Clock = clock or SystemClock()  # deadlines, leases, retries, timestamps
+        self.policy: RoundPolicy = policy(self) if policy else FedAvgPolicy()
+        self.liveness = Liveness(db, self.clock)
         self.enrolment = Enrolment(db, settings.enrol_rate_limit, settings.enrol_rate_seconds,
-                                   lambda: self.clock())
+                                   self.clock)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.num_params = 0
         self.tokenizer_sha256 = ""
-        self.clock: Callable[[], float] = time.time  # deadlines, leases, retries (tests set it)
+        self.wake_worker: Callable[[], None] = lambda: None  # set by the process's RoundWorker
         self._beat = -math.inf
 
     # ----- start-up -------------------------------------------------------------------
@@ -83,7 +88,7 @@ class RoundService:
                 base = RoundConfig.from_dict(state.config)
                 state.config = RoundConfig.from_dict(explicit, base).to_dict()
             if s.get(ModelVersion, 0) is None:
-                s.add(initial_version(self.blobs, self.settings))
+                s.add(initial_version(self.blobs, self.settings, self.clock()))
             elif self.settings.init_model:
                 log.info("init_model_ignored", extra={"reason": "data dir has a model already"})
             latest = self._latest(s)
@@ -109,10 +114,6 @@ class RoundService:
         return s.scalars(query.with_for_update() if lock else query).first()
 
     @staticmethod
-    def _rounds_done(s: Session) -> int:
-        return s.scalar(select(func.count()).select_from(Round).where(Round.state == "closed"))
-
-    @staticmethod
     def live_config(s: Session) -> RoundConfig:
         return RoundConfig.from_dict(s.get(ServerState, 1).config)
 
@@ -123,7 +124,7 @@ class RoundService:
         for device, z_server, z_users in s.execute(
                 select(Task.device_id, Task.z_server, Task.z_model_users).where(CHARGED)):
             charges.setdefault(device, []).append((z_server, z_users))
-        done = self._rounds_done(s)
+        done = rounds_done(s)
         return {against: max((accounting.device_epsilon([c[i] for c in found], config, done)
                               for found in charges.values()), default=0.0)
                 for i, against in enumerate(accounting.AGAINST)}
@@ -148,49 +149,31 @@ class RoundService:
     def checkin(self, device_id: str, kinds: tuple[str, ...] = ("train",)) -> dict:
         """A task in the open round for this device, or when to come back and why not;
         `kinds`: the round kinds the device takes tasks in (training, evaluation)."""
-        self.tick()
         now = self.clock()
         with self.db.write() as s:
             r = self._current(s, lock=True)
-            if r is None or r.state != "open" or now >= r.deadline:
+            if r is None or r.state != "open" or now >= r.deadline or target_reached(r):
                 return self._no_round(s, r, now)
             config = RoundConfig.from_dict(r.config)
             if r.kind not in kinds:
                 return self._no_task(f"round {r.id} is a {r.kind} round; this device asked "
                                      f"only for {' or '.join(kinds)} tasks",
                                      self._pace(config, r, now))
-            refusal = config.secure_aggregation and self.secure.checkin_refusal(s, r, now)
+            refusal = self.policy.select(s, r, config, device_id, now)
             if refusal:
-                return self._no_task(refusal, self._pace(config, r, now))
-            task = s.get(Task, (r.id, device_id))
-            if task is not None and task.state == "issued":
-                return {"task": self._task(s, r, config, device_id)}
-            if task is not None:
-                return self._no_task(f"this device already reported in round {r.id}",
-                                     self._pace(config, r, now))
-            history = list(s.scalars(select(Task.z_server).where(
-                Task.device_id == device_id, CHARGED)))
-            if len(history) >= config.participation_cap:
-                return self._no_task(f"participation cap reached: this device took part in "
-                                     f"{len(history)} rounds, the cap is "
-                                     f"{config.participation_cap}", 86400.0)
-            refusal = accounting.device_refusal(history, config, self._rounds_done(s))
-            if refusal:
-                return self._no_task(refusal, 86400.0)
-            if r.tasks_issued >= r.capacity:
-                return self._no_task(f"round {r.id} is full: all {r.capacity} tasks handed "
-                                     "out", self._pace(config, r, now))
-            s.add(Task(round_id=r.id, device_id=device_id, state="issued", issued_at=now,
-                       noise_multiplier=config.noise_multiplier))
-            if config.secure_aggregation:
-                self.secure.add_member(s, r, device_id)
-            r.tasks_issued += 1
+                return self._no_task(refusal.reason, refusal.retry_after
+                                     or self._pace(config, r, now))
+            if s.get(Task, (r.id, device_id)) is None:
+                s.add(Task(round_id=r.id, device_id=device_id, state="issued", issued_at=now,
+                           noise_multiplier=config.noise_multiplier))
+                self.policy.admit(s, r, config, device_id)
+                r.tasks_issued += 1
             return {"task": self._task(s, r, config, device_id)}
 
     def _no_round(self, s: Session, r: Round | None, now: float) -> dict:
         state = s.get(ServerState, 1)
         config = RoundConfig.from_dict(state.config)
-        if r is not None and r.state == "closing":
+        if r is not None and (r.state == "closing" or target_reached(r)):
             failing = f" (retrying after: {r.last_error})" if r.last_error else ""
             return self._no_task(f"round {r.id} is being aggregated{failing}",
                                  min(5.0, config.retry_after))
@@ -227,8 +210,7 @@ class RoundService:
                 "secure_aggregation": config.secure_aggregation}
         if r.kind == "evaluate":
             return evaluation.task_fields(r, config, task)
-        if config.secure_aggregation:
-            task["secagg"] = self.secure.task_fields(s, r, device_id)
+        task.update(self.policy.task_fields(s, r, config, device_id))
         spec = compressed.spec_for(config, r.id, model.sha256, self.num_params)
         if spec is not None:
             task["compression"] = spec.to_dict()
@@ -236,8 +218,8 @@ class RoundService:
 
     # ----- uploads --------------------------------------------------------------------
     def submit(self, device_id: str, round_id: int, key: str, body: bytes) -> dict:
-        """Accept one update: check everything, store durably, commit, maybe close the round."""
-        self.tick()
+        """Accept one update: check everything, store durably, commit; the round worker
+        closes the round once it reached its target."""
         digest = sha256_hex(body)
         r, config, earlier = self.report_round(device_id, round_id, key, digest)
         if earlier is not None:
@@ -248,11 +230,8 @@ class RoundService:
                            f"to /v1/rounds/{round_id}/evaluation, not an update")
         with self.db.read() as s:
             spec = compressed.round_spec(s, r, config, self.num_params)
-        if config.secure_aggregation:
-            raise ApiError(409, "secure_aggregation",
-                           f"round {round_id} uses secure aggregation: send the masked update "
-                           f"through /v1/rounds/{round_id}/secagg/, not a plain update")
-        upd = check_update(body, r, config, self.shapes, self.settings.max_update_bytes, spec)
+        upd = self.policy.accept(body, r, config, self.shapes, self.settings.max_update_bytes,
+                                 spec)
         path = self.blobs.update_path(round_id, device_id, digest)
         self.blobs.write(path, body if spec is None else encode_update(upd))  # float32 kept
 
@@ -270,8 +249,7 @@ class RoundService:
         log.info("update_accepted", extra={"round_id": round_id, "device_id": device_id,
                                            "reports": response["reports"]})
         if reached:
-            self.close_round(round_id)
-            self.tick()  # opens the next round
+            self.wake_worker()
         return response
 
     def report_round(self, device_id: str, round_id: int, key: str, digest: str
@@ -308,23 +286,22 @@ class RoundService:
 
     # ----- life cycle -----------------------------------------------------------------
     def tick(self) -> None:
-        """Apply target, deadline and lease expiry; open the next round when none is."""
+        """Apply target, deadline and lease expiry; open the next round when none is. The
+        round worker's job (`aggregation_server.worker`): no request calls it."""
         now = self.clock()
         self._heartbeat(now)
         with self.db.read() as s:
             r = self._current(s)
             training = s.get(ServerState, 1).training
         ended = r is None
-        if r is not None and r.state == "open" and r.config.get("secure_aggregation"):
-            ended = self.secure.tick(r.id, now)  # its phases' deadlines, then unmasking
-        elif r is not None and r.state == "open":
-            if r.reports >= r.target or (now >= r.deadline and r.reports >= r.minimum):
-                ended = self.close_round(r.id)
-            elif now >= r.deadline:
-                ended = self.abandon_round(
-                    r.id, f"deadline passed with {r.reports} of the minimum {r.minimum} "
-                          f"reports ({r.tasks_issued} tasks handed out)", expired_only=True)
-        elif r is not None and ((r.lease_until or 0.0) < now or not self.liveness.alive(r.lease_owner)):
+        if r is not None and r.state == "open":
+            verdict = self.policy.should_close(r, now)
+            if verdict is not None and verdict.close:
+                ended = self.close_round(r.id, verdict.reason)
+            elif verdict is not None:
+                ended = self.abandon_round(r.id, verdict.reason, expired_only=verdict.expired)
+        elif r is not None and ((r.lease_until or 0.0) < now
+                                or not self.liveness.alive(r.lease_owner)):
             ended = self.close_round(r.id)
         if training and ended:
             self.open_round()
@@ -332,20 +309,21 @@ class RoundService:
     def _heartbeat(self, now: float) -> None:
         """Note that a process is up; after an outage (no process up for OUTAGE_SECONDS),
         move the open round's deadlines by the outage plus `restart_grace_seconds`, so that
-        downtime does not eat protocol time and devices can resend."""
+        downtime does not eat protocol time and devices can resend. Only a process's first
+        beat can see an outage: while it runs, the server was up (however long its ticks)."""
         if now - self._beat < HEARTBEAT_SECONDS:
             return
-        self._beat = now
+        first, self._beat = self._beat == -math.inf, now
         with self.db.write() as s:
             state = s.get(ServerState, 1, with_for_update=True, populate_existing=True)
             gap = now - (state.heartbeat or now)
             state.heartbeat = max(state.heartbeat or now, now)
-            r = self._current(s, lock=True) if gap >= OUTAGE_SECONDS else None
+            r = self._current(s, lock=True) if first and gap >= OUTAGE_SECONDS else None
             if r is None or r.state != "open":
                 return
             extra = gap + self.settings.restart_grace_seconds
             r.deadline += extra
-            self.secure.postpone(s, r.id, extra)
+            self.policy.postpone(s, r, extra)
         log.warning("outage_bridged", extra={"round_id": r.id, "outage_seconds": round(gap, 1),
                                              "deadlines_moved_by": round(extra, 1)})
 
@@ -360,9 +338,9 @@ class RoundService:
             latest = self._latest(s)
             kind = "evaluate" if evaluation.due(s, config, latest) else "train"
             config = evaluation.round_config(config) if kind == "evaluate" else config
-            reason = accounting.round_refusal(config, self._rounds_done(s)) or \
+            reason = accounting.round_refusal(config, rounds_done(s)) or \
                 compressed.refusal(config, self.num_params)
-            if reason is None and config.secure_aggregation not in MEANS:
+            if reason is None and not self.policy.supports(config):
                 reason = "secure aggregation is configured but not available on this server"
             if reason:
                 if state.blocked_reason != reason:
@@ -378,8 +356,7 @@ class RoundService:
                       if kind == "evaluate" else None)
             s.add(r)
             s.flush()
-            if config.secure_aggregation:
-                self.secure.open(s, r, config)
+            self.policy.open(s, r, config)
             round_id = r.id
         log.info("round_opened", extra={"round_id": round_id, "target": config.target_reports,
                                         "kind": kind})
@@ -400,10 +377,7 @@ class RoundService:
                                                      "dead_owner": r.lease_owner})
             if r.state == "open":
                 r.new_version = self._latest(s).version + 1 if r.kind == "train" else None
-                r.reason = (f"reached the target of {r.target} reports" if r.reports >= r.target
-                            else f"deadline reached with {r.reports} reports "
-                                 f"(minimum {r.minimum})")
-                r.reason = reason or r.reason
+                r.reason = reason
             r.state, r.lease_until = "closing", now + self.settings.lease_seconds
             r.lease_owner = self.liveness.owner
             r.attempts += 1
@@ -457,16 +431,14 @@ class RoundService:
         config = RoundConfig.from_dict(r.config)
         updates = [StoredUpdate(t.device_id, t.path, t.num_examples, t.metrics or {})
                    for t in tasks]
-        if config.secure_aggregation:
-            self.secure.unmask(round_id)  # the mean that strategy.secure_mean reads
         new = build_version(self.blobs, self.shapes, round_id, config, updates, base,
-                            r.new_version, prev_optimizer)
+                            r.new_version, prev_optimizer, self.policy)
         with self.db.write() as s:
             r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
             if r.state != "closing":
                 return  # another process finished it first
             if s.get(ModelVersion, new.version) is None:
-                s.add(new.row(round_id))
+                s.add(new.row(round_id, self.clock()))
             s.execute(update(Task).where(Task.round_id == round_id, Task.state == "submitted")
                       .values(state="aggregated", path=None, metrics=None, num_examples=None))
             r.state, r.closed_at, r.lease_until = "closed", self.clock(), None
@@ -529,7 +501,7 @@ class RoundService:
         with self.db.write() as s:
             state = s.get(ServerState, 1, with_for_update=True, populate_existing=True)
             config = RoundConfig.from_dict(changes, RoundConfig.from_dict(state.config))
-            if config.secure_aggregation and True not in MEANS:
+            if not self.policy.supports(config):
                 raise ApiError(400, "unavailable",
                                "secure_aggregation: not available on this server yet")
             state.config = config.to_dict()

@@ -29,8 +29,11 @@ number of stored messages and the phase. Every change happens in a write transac
 holding the round's row lock (SQLite: the write lock), the discipline `rounds.py` uses to
 close rounds. What a phase close relays to each device is stored too, so serving it is
 one read. The sum is unmasked inside the round's aggregation lease (`RoundService.close_round`)
-and divided by the number of survivors: that mean replaces the plain mean
-(`strategy.register_mean`), and the configured server optimizer applies as usual.
+and divided by the number of survivors: `SecureAggregation`, which wraps the round policy
+(`strategy.FedAvgPolicy`), puts that mean in place of the plain one, and the configured
+server optimizer applies as usual. A round's phases are closed at their deadlines by the
+round worker's tick (`should_close`), and as soon as every expected device answered by
+the request that brought the last answer.
 
 What bounds one device's influence, now that the server cannot check a masked update's
 norm (the plain path's 422 norm check): the device clips its update to `clip_norm` (and
@@ -62,10 +65,13 @@ from aggregation_server.db import (Device, Round, SecAggMember, SecAggMessage, S
                                    SecAggRound, Task)
 from aggregation_server.errors import ApiError
 from aggregation_server.storage import sha256_hex
-from aggregation_server.strategy import (AggregationUnavailable, RoundInputs, StoredUpdate,
-                                         Tensors, register_mean)
+from aggregation_server.strategy import (AggregationUnavailable, Optimizer, Refusal,
+                                         RoundInputs, RoundPolicy, Shapes, StateFor, Tensors,
+                                         Verdict)
 from aggregation_server.accounting import device_noise_stddev
 from federated import identity, privacy
+from federated.compression import Compression
+from federated.wire import Update
 from federated.secagg import (ABORT_REASONS, LateMessageError, MessageError, ReplayError,
                               RoundAbandoned, SecAggError, SecAggServerRound, unflatten)
 from federated.secagg import RoundConfig as ProtocolConfig
@@ -85,12 +91,6 @@ RELAY_PHASE = {"keys": "share", "shares": "masked", "consistency": "consistency"
                "unmask": "unmask"}  # served from
 CAUSES = ("device_aborts", "dropouts", "sum_out_of_range")  # why a secure round is abandoned
 MAX_JSON_BYTES = 1 << 20
-MEAN_FORMAT = "private-keyboard/secagg-mean-1"
-
-
-def mean_path(round_id: int) -> str:
-    """Where the unmasked mean of a round is written (deleted with the round's updates)."""
-    return f"updates/{round_id}/secagg-mean.safetensors"
 
 
 def masked_path(round_id: int, client_id: int, body_sha256: str) -> str:
@@ -105,24 +105,85 @@ def _text(body: bytes) -> str:
         return ""
 
 
-def secure_mean(inputs: RoundInputs) -> Tensors:
-    """The unmasked sum divided by the survivors, written by `SecureRounds.unmask` just before."""
-    return inputs.load(StoredUpdate("secure-aggregation", mean_path(inputs.round_id), 0))
+class SecureAggregation:
+    """A round policy wrapped for secure aggregation: rounds whose config says
+    `secure_aggregation` run the protocol (who may join, the task's protocol part, the
+    phases and their deadlines, the unmasked mean); every other decision, and all of plain
+    rounds, is the wrapped policy's. Also serves the protocol's messages (`receive`,
+    `relay`) for `secure_api`."""
 
-
-register_mean(True, secure_mean)
-
-
-class SecureRounds:
-    """The secure-aggregation part of a `RoundService` (same database and blobs)."""
-
-    def __init__(self, service: RoundService) -> None:
-        self.service = service
+    def __init__(self, inner: RoundPolicy, service: RoundService) -> None:
+        self.inner, self.service = inner, service
         self._cache: dict[int, tuple[tuple[int, str], SecAggServerRound]] = {}
         self._cache_lock = threading.Lock()
 
-    # ----- opening and check-in (called inside RoundService's transactions) ----------------
+    # ----- the round policy (`strategy.RoundPolicy`) ----------------------------------------
+    def supports(self, config: RoundConfig) -> bool:
+        return config.secure_aggregation or self.inner.supports(config)
+
     def open(self, s: Session, r: Round, config: RoundConfig) -> None:
+        if config.secure_aggregation:
+            self._open(s, r, config)
+        self.inner.open(s, r, config)
+
+    def select(self, s: Session, r: Round, config: RoundConfig, device_id: str,
+               now: float) -> Refusal | None:
+        """Past key advertisement nobody joins (not even with a task: it missed the keys);
+        before, the wrapped policy selects."""
+        closed = config.secure_aggregation and self._closed_to_devices(s, r, now)
+        return Refusal(closed) if closed else self.inner.select(s, r, config, device_id, now)
+
+    def admit(self, s: Session, r: Round, config: RoundConfig, device_id: str) -> None:
+        if config.secure_aggregation:
+            self._add_member(s, r, device_id)
+        self.inner.admit(s, r, config, device_id)
+
+    def task_fields(self, s: Session, r: Round, config: RoundConfig, device_id: str) -> dict:
+        fields = self.inner.task_fields(s, r, config, device_id)
+        if config.secure_aggregation:
+            fields["secagg"] = self._task_fields(s, r, device_id)
+        return fields
+
+    def accept(self, body: bytes, r: Round, config: RoundConfig, shapes: Shapes,
+               max_bytes: int, spec: Compression | None) -> Update:
+        """A secure round takes masked inputs only (`receive`), never a plain update."""
+        if config.secure_aggregation:
+            raise ApiError(409, "secure_aggregation",
+                           f"round {r.id} uses secure aggregation: send the masked update "
+                           f"through /v1/rounds/{r.id}/secagg/, not a plain update")
+        return self.inner.accept(body, r, config, shapes, max_bytes, spec)
+
+    def should_close(self, r: Round, now: float) -> Verdict | None:
+        """Close the phases whose deadline passed; then close the round once its protocol
+        is done, abandon it if the protocol failed (the round's own target and deadline
+        do not apply: the phases' deadlines do)."""
+        if not r.config.get("secure_aggregation"):
+            return self.inner.should_close(r, now)
+        phase, reason = self._advance(r.id, now)
+        if phase not in ("done", "abandoned"):
+            return None
+        with self._cache_lock:
+            self._cache.pop(r.id, None)
+        return Verdict(phase == "done", reason or "secure aggregation failed")
+
+    def postpone(self, s: Session, r: Round, seconds: float) -> None:
+        """Move the current phase's deadline too (after an outage)."""
+        row = s.get(SecAggRound, r.id, with_for_update=True, populate_existing=True)
+        if row is not None and row.phase in PHASES:
+            row.phase_deadline += seconds
+        self.inner.postpone(s, r, seconds)
+
+    def aggregate(self, inputs: RoundInputs, weights: Tensors, state_for: StateFor,
+                  version: int) -> tuple[Tensors, Tensors, Optimizer]:
+        """A secure round's mean is the unmasked sum over the survivors (`unmask`); the
+        wrapped policy's server optimizer applies as usual."""
+        if not inputs.config.secure_aggregation:
+            return self.inner.aggregate(inputs, weights, state_for, version)
+        return self.inner.step(inputs.config, version, weights, self.unmask(inputs.round_id),
+                               state_for)
+
+    # ----- opening and check-in (called inside RoundService's transactions) ----------------
+    def _open(self, s: Session, r: Round, config: RoundConfig) -> None:
         """Fix the protocol's public config for a new round (n = its capacity)."""
         _, degree, threshold = config.secagg_shape
         spec = compressed.round_spec(s, r, config, self.service.num_params)
@@ -137,14 +198,7 @@ class SecureRounds:
                           messages=0))
 
     @staticmethod
-    def postpone(s: Session, round_id: int, seconds: float) -> None:
-        """Move the current phase's deadline (after an outage; the round's moved too)."""
-        row = s.get(SecAggRound, round_id, with_for_update=True, populate_existing=True)
-        if row is not None and row.phase in PHASES:
-            row.phase_deadline += seconds
-
-    @staticmethod
-    def checkin_refusal(s: Session, r: Round, now: float) -> str | None:
+    def _closed_to_devices(s: Session, r: Round, now: float) -> str | None:
         """Why the round takes no (more) devices, or None while keys are being advertised."""
         row = s.get(SecAggRound, r.id)
         if row.phase != "advertise" or now >= row.phase_deadline:
@@ -153,12 +207,12 @@ class SecureRounds:
         return None
 
     @staticmethod
-    def add_member(s: Session, r: Round, device_id: str) -> None:
+    def _add_member(s: Session, r: Round, device_id: str) -> None:
         """Give the device the next protocol client id (call before counting its task)."""
         s.add(SecAggMember(round_id=r.id, client_id=r.tasks_issued + 1, device_id=device_id))
 
     @staticmethod
-    def task_fields(s: Session, r: Round, device_id: str) -> dict:
+    def _task_fields(s: Session, r: Round, device_id: str) -> dict:
         """The task's "secagg" part: the protocol config, this device's client id, and when
         its keys must be advertised (training must end before)."""
         row = s.get(SecAggRound, r.id)
@@ -170,14 +224,14 @@ class SecureRounds:
     def receive(self, device_id: str, round_id: int, phase: str, body: bytes) -> dict:
         """Take one device's message for `phase` (masked: safetensors bytes, else JSON;
         "abort": an abort notice, taken in whatever phase the round is in)."""
-        self.service.tick()
         with self.service.db.read() as s:
             earlier = self._earlier(s, round_id, device_id, phase, body)
             if earlier is not None:
                 return earlier
             r, row, client = self._member(s, round_id, device_id)
-            phase = row.phase if phase == "abort" and row.phase in PHASES else phase
-            self._check_phase(r, row, phase)
+            timed = phase != "abort"  # an abort is taken late too
+            phase = row.phase if not timed and row.phase in PHASES else phase
+            self._check_phase(r, row, phase, self.service.clock() if timed else None)
             limit = ProtocolConfig.from_dict(row.config).max_masked_bytes \
                 if phase == "masked" else MAX_JSON_BYTES
         if len(body) > limit:
@@ -187,18 +241,18 @@ class SecureRounds:
         if path:  # on disk before it counts, as plain uploads are
             self.service.blobs.write(path, body)
         try:
-            return self._take(device_id, round_id, phase, client, body, path)
+            return self._take(device_id, round_id, phase, client, body, path, timed)
         finally:
             if path:
                 self._drop_unless_stored(path)
 
     def _take(self, device_id: str, round_id: int, phase: str, client: int, body: bytes,
-              path: str | None) -> dict:
+              path: str | None, timed: bool) -> dict:
         now = self.service.clock()
         with self.service.db.write() as s:
             r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
             row = s.get(SecAggRound, round_id, with_for_update=True, populate_existing=True)
-            self._check_phase(r, row, phase)  # it may have closed meanwhile
+            self._check_phase(r, row, phase, now if timed else None)  # closed meanwhile?
             srv = self._state(s, row)
             if phase == "advertise":  # the key its signatures are checked with
                 srv.identity_keys[client] = self._identity_key(s, device_id)
@@ -223,10 +277,10 @@ class SecureRounds:
                 self._count_report(s, r, device_id, path, now)
             if error is None and self._ready(srv, r, row):
                 self._close(s, r, row, srv, now)
-            key, outcome, reason = (row.messages, row.phase), row.phase, row.reason
+            key, outcome = (row.messages, row.phase), row.phase
         self._keep(round_id, key, srv)
-        if self._conclude(round_id, outcome, reason):
-            self.service.tick()  # opens the next round
+        if outcome in ("done", "abandoned"):
+            self.service.wake_worker()  # it unmasks and aggregates, or drops the round
         if error is not None:
             raise self._refusal(error, excluded, client, round_id)
         log.info("secagg_message", extra={"round_id": round_id, "phase": phase,
@@ -276,7 +330,6 @@ class SecureRounds:
 
     def relay(self, device_id: str, round_id: int, kind: str) -> tuple[int, dict]:
         """(200, what the server relays to this device) or (202, when to ask again)."""
-        self.service.tick()
         with self.service.db.read() as s:
             r, row, client = self._member(s, round_id, device_id)
             if ORDER.index(row.phase) < ORDER.index(RELAY_PHASE[kind]):
@@ -291,13 +344,10 @@ class SecureRounds:
         return 200, json.loads(found.body)
 
     # ----- deadlines and the end of a round ----------------------------------------------------
-    def tick(self, round_id: int, now: float) -> bool:
-        """Close phases whose deadline passed; aggregate or abandon a finished protocol.
-        True if the round ended."""
+    def _advance(self, round_id: int, now: float) -> tuple[str, str | None]:
+        """Close the phases whose deadline passed: (the phase now, the protocol's reason)."""
         with self.service.db.read() as s:
             row = s.get(SecAggRound, round_id)
-        if row is None:
-            return False
         if row.phase in PHASES and now >= row.phase_deadline:
             with self.service.db.write() as s:
                 r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
@@ -310,22 +360,11 @@ class SecureRounds:
                 key = (row.messages, row.phase)
             if srv is not None:
                 self._keep(round_id, key, srv)
-        return self._conclude(round_id, row.phase, row.reason)
+        return row.phase, row.reason
 
-    def _conclude(self, round_id: int, phase: str, reason: str | None) -> bool:
-        if phase == "done":
-            ended = self.service.close_round(round_id, reason)
-        elif phase == "abandoned":
-            ended = self.service.abandon_round(round_id, reason or "secure aggregation failed")
-        else:
-            return False
-        with self._cache_lock:
-            self._cache.pop(round_id, None)
-        return ended
-
-    def unmask(self, round_id: int) -> int:
-        """Recover the sum of the round's masked inputs (inside the aggregation lease) and
-        write sum / survivors where `secure_mean` reads it; the number of survivors."""
+    def unmask(self, round_id: int) -> Tensors:
+        """The sum of the round's masked inputs, recovered inside the aggregation lease,
+        divided by the survivors."""
         svc = self.service
         with svc.db.read() as s:
             r, row = s.get(Round, round_id), s.get(SecAggRound, round_id)
@@ -341,11 +380,9 @@ class SecureRounds:
         if problem:
             self._set_cause(round_id, "sum_out_of_range")
             raise AggregationUnavailable(f"{problem}: a device sent out-of-range values")
-        svc.blobs.write_tensors(mean_path(round_id), mean,
-                                {"format": MEAN_FORMAT, "survivors": str(n)})
         log.info("secagg_unmasked", extra={"round_id": round_id, "survivors": n,
                                            "dropped": len(result.dropped)})
-        return n
+        return mean
 
     def _mean(self, r: Round, config: RoundConfig, total: np.ndarray,
               n: int) -> tuple[str | None, Tensors]:
@@ -419,7 +456,9 @@ class SecureRounds:
         return r, row, client
 
     @staticmethod
-    def _check_phase(r: Round, row: SecAggRound, phase: str) -> None:
+    def _check_phase(r: Round, row: SecAggRound, phase: str, now: float | None = None) -> None:
+        """409 unless the round is in `phase` (and, given `now`, before its deadline: the
+        round worker closes a phase at its deadline, and nothing is taken after it)."""
         if r.state != "open" or row.phase == "abandoned":
             raise ApiError(409, "round_closed", f"round {r.id} is no longer open"
                            + (f" ({r.reason or row.reason})" if r.reason or row.reason else ""))
@@ -430,6 +469,9 @@ class SecureRounds:
         if want > have:
             raise ApiError(409, "wrong_phase", f"round {r.id} is in the {row.phase} phase; "
                                                f"{phase} messages come later")
+        if now is not None and now >= row.phase_deadline:
+            raise ApiError(409, "late", f"the {phase} phase of round {r.id} is closed: its "
+                                        "deadline passed")
 
     @staticmethod
     def _ready(srv: SecAggServerRound, r: Round, row: SecAggRound) -> bool:

@@ -13,10 +13,19 @@ from flask import Blueprint, jsonify, request
 
 from aggregation_server.api import device_id, service
 from aggregation_server.errors import ApiError
-from aggregation_server.secure import MAX_JSON_BYTES
+from aggregation_server.secure import MAX_JSON_BYTES, SecureAggregation
 
 secagg = Blueprint("secagg", __name__,
                    url_prefix="/v1/rounds/<int(max=2147483647):round_id>/secagg")
+
+
+def protocol() -> SecureAggregation:
+    """The service's policy, which runs the protocol (409 on a server without it)."""
+    policy = service().policy
+    if not isinstance(policy, SecureAggregation):
+        raise ApiError(409, "not_secure", "this server does not run secure aggregation: "
+                                          "upload with PUT .../update")
+    return policy
 
 
 def _body(mimetype: str, limit: int | None = None) -> bytes:
@@ -30,12 +39,12 @@ def _body(mimetype: str, limit: int | None = None) -> bytes:
 
 def _post(round_id: int, phase: str):
     device = device_id()
-    return jsonify(service().secure.receive(device, round_id, phase,
+    return jsonify(protocol().receive(device, round_id, phase,
                                             _body("application/json", MAX_JSON_BYTES))), 202
 
 
 def _get(round_id: int, kind: str):
-    status, answer = service().secure.relay(device_id(), round_id, kind)
+    status, answer = protocol().relay(device_id(), round_id, kind)
     response = jsonify(answer)
     if status == 202:
         response.headers["Retry-After"] = str(max(1, round(answer["retry_after"])))
@@ -65,7 +74,7 @@ def shares(round_id: int):
 @secagg.put("/masked")
 def masked(round_id: int):
     device = device_id()
-    return jsonify(service().secure.receive(device, round_id, "masked",
+    return jsonify(protocol().receive(device, round_id, "masked",
                                             _body("application/octet-stream"))), 202
 
 

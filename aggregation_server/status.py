@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 from sqlalchemy import func, select
@@ -11,6 +10,7 @@ from aggregation_server import accounting
 from aggregation_server.config import RoundConfig
 from aggregation_server.db import Device, ModelVersion, Round, ServerState, Task
 from aggregation_server.rounds import CHARGED, RoundService
+from aggregation_server.secure import SecureAggregation
 from federated.privacy import honest_reports
 
 HISTORY = 200  # rounds and versions listed
@@ -63,13 +63,13 @@ def build_status(service: RoundService) -> dict[str, Any]:
         abandoned = s.scalar(select(func.count()).select_from(Round)
                              .where(Round.state == "abandoned"))
         spent = service.epsilon_max(s, config)
-        secure = service.secure.outcomes(s)
+        secure = SecureAggregation.outcomes(s)
     histogram: dict[str, int] = {}
     for _, n in per_device:
         histogram[str(n)] = histogram.get(str(n), 0) + 1
     latest = versions[0]
     return {
-        "time": time.time(),
+        "time": service.clock(),
         "training": "running" if state.training else "stopped",
         "blocked_reason": state.blocked_reason,
         "round": round_json(rounds[0]) if rounds else None,

@@ -1,28 +1,66 @@
-"""How a round's updates become the next global model (Flower's "strategy" part).
+"""A round's policy, read like a Flower strategy: `FedAvgPolicy` decides who gets a task
+(`select`), what a round accepts (`accept`), when it ends (`should_close`) and how its
+reports become the next model (`aggregate`). `RoundService` (rounds.py) holds one policy and
+only orchestrates the database and the files; secure aggregation wraps a policy
+(`secure.SecureAggregation`) and changes what it must: who may still join, the task's
+protocol part, the phases' deadlines and the mean (unmasked, not read update by update).
 
-Two steps: a *mean* of the round's updates, formed by streaming them one at a time into a
-running sum (memory O(model size), not O(reports)); then a *server optimizer* that takes
-the mean as a pseudo-gradient: FedAvg with a server learning rate, FedAvgM, or FedAdam
-(Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2).
-
-The mean is looked up in `MEANS` by the round's `secure_aggregation` flag: a secure
-aggregation protocol replaces the plain mean by registering its own with `register_mean`.
+Aggregation is two steps: a *mean* of the round's updates, formed by streaming them one at
+a time into a running sum (memory O(model size), not O(reports)), uniform whenever DP is on;
+then a *server optimizer* that takes the mean as a pseudo-gradient: FedAvg with a server
+learning rate, FedAvgM, or FedAdam (Reddi et al. 2021, "Adaptive Federated Optimization",
+Algorithm 2).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
+from federated.compression import Compression
+from federated.wire import Update
+
+from aggregation_server import accounting
 from aggregation_server.config import RoundConfig
+from aggregation_server.db import Round, Task
+from aggregation_server.uploads import check_update
 
 Tensors = dict[str, np.ndarray]
 Shapes = dict[str, tuple[int, ...]]
 
 
+CHARGED = Task.charged_at.is_not(None)  # tasks whose report the server accepted: they count
+
+
 class AggregationUnavailable(RuntimeError):
-    """The round asks for a mean this server has no implementation of."""
+    """The round's reports cannot become a model, and waiting will not change that."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a device gets no task now, and when to ask again (None: around the round's end)."""
+
+    reason: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How an open round ends: aggregated (`close`) or abandoned, and why. `expired`: an
+    abandonment by the deadline rule, which the service checks again under the row lock."""
+
+    close: bool
+    reason: str
+    expired: bool = False
+
+
+def rounds_done(s: Session) -> int:
+    """How many rounds made a model version."""
+    return s.scalar(select(func.count()).select_from(Round).where(Round.state == "closed"))
 
 
 @dataclass(frozen=True)
@@ -60,28 +98,6 @@ def streaming_mean(tensors: Iterable[tuple[Tensors, float]], shapes: Shapes) -> 
     return {name: (acc / weight_sum).astype(np.float32) for name, acc in total.items()}
 
 
-def plain_mean(inputs: RoundInputs) -> Tensors:
-    """Uniform or example-weighted mean of the stored updates (uniform whenever DP is on)."""
-    uniform = inputs.config.uniform
-    pairs = ((inputs.load(u), 1.0 if uniform else float(u.num_examples)) for u in inputs.updates)
-    return streaming_mean(pairs, inputs.shapes)
-
-
-MeanFn = Callable[[RoundInputs], Tensors]
-MEANS: dict[bool, MeanFn] = {False: plain_mean}
-
-
-def register_mean(secure: bool, fn: MeanFn) -> None:
-    """Install the mean used by rounds whose `secure_aggregation` flag equals `secure`."""
-    MEANS[secure] = fn
-
-
-def mean_for(config: RoundConfig) -> MeanFn:
-    try:
-        return MEANS[config.secure_aggregation]
-    except KeyError:
-        raise AggregationUnavailable("secure aggregation is not available on this server") \
-            from None
 
 
 def weighted_metrics(updates: list[StoredUpdate]) -> dict[str, float]:
@@ -160,3 +176,112 @@ def server_optimizer(config: RoundConfig, version: int) -> FedAvg | FedAvgM | Fe
     if config.server_optimizer == "fedadam":
         return FedAdam(lr, config.adam_beta1, config.adam_beta2, config.adam_tau)
     return FedAvg(lr)
+
+
+Optimizer = FedAvg | FedAvgM | FedAdam
+StateFor = Callable[[str], Tensors]  # the server optimizer's state after the latest version
+
+
+class RoundPolicy(Protocol):
+    """What a round's policy decides (called by `RoundService`, inside its transactions
+    where a session `s` is passed); `FedAvgPolicy` documents each method."""
+
+    def supports(self, config: RoundConfig) -> bool: ...
+    def open(self, s: Session, r: Round, config: RoundConfig) -> None: ...
+    def select(self, s: Session, r: Round, config: RoundConfig, device_id: str,
+               now: float) -> Refusal | None: ...
+    def admit(self, s: Session, r: Round, config: RoundConfig, device_id: str) -> None: ...
+    def task_fields(self, s: Session, r: Round, config: RoundConfig,
+                    device_id: str) -> dict: ...
+    def accept(self, body: bytes, r: Round, config: RoundConfig, shapes: Shapes,
+               max_bytes: int, spec: Compression | None) -> Update: ...
+    def should_close(self, r: Round, now: float) -> Verdict | None: ...
+    def postpone(self, s: Session, r: Round, seconds: float) -> None: ...
+    def aggregate(self, inputs: RoundInputs, weights: Tensors, state_for: StateFor,
+                  version: int) -> tuple[Tensors, Tensors, Optimizer]: ...
+
+
+class FedAvgPolicy(RoundPolicy):
+    """Plain rounds: every device's clipped, noised update is read by the server."""
+
+    def supports(self, config: RoundConfig) -> bool:
+        """Whether this server can run rounds with `config` (plain only: no protocol)."""
+        return not config.secure_aggregation
+
+    # ----- who gets a task --------------------------------------------------------------
+    def open(self, s: Session, r: Round, config: RoundConfig) -> None:
+        """A round was opened (in session `s`): nothing to set up for plain rounds."""
+
+    def select(self, s: Session, r: Round, config: RoundConfig, device_id: str,
+               now: float) -> Refusal | None:
+        """None if this device gets a task in the open round `r` (its own again if it holds
+        one), else why not: it reported already, its participation cap or privacy budget is
+        reached, or the round is full."""
+        task = s.get(Task, (r.id, device_id))
+        if task is not None:
+            return None if task.state == "issued" else \
+                Refusal(f"this device already reported in round {r.id}")
+        history = list(s.scalars(select(Task.z_server).where(Task.device_id == device_id,
+                                                             CHARGED)))
+        if len(history) >= config.participation_cap:
+            return Refusal(f"participation cap reached: this device took part in "
+                           f"{len(history)} rounds, the cap is {config.participation_cap}",
+                           86400.0)
+        refusal = accounting.device_refusal(history, config, rounds_done(s))
+        if refusal:
+            return Refusal(refusal, 86400.0)
+        if r.tasks_issued >= r.capacity:
+            return Refusal(f"round {r.id} is full: all {r.capacity} tasks handed out")
+        return None
+
+    def admit(self, s: Session, r: Round, config: RoundConfig, device_id: str) -> None:
+        """The device got a new task (before `r.tasks_issued` counts it)."""
+
+    def task_fields(self, s: Session, r: Round, config: RoundConfig, device_id: str) -> dict:
+        """What the task says beyond the round's training settings (plain: nothing)."""
+        return {}
+
+    # ----- what a round accepts -----------------------------------------------------------
+    def accept(self, body: bytes, r: Round, config: RoundConfig, shapes: Shapes,
+               max_bytes: int, spec: Compression | None) -> Update:
+        """The decoded update if the round takes it (`uploads.check_update`), else ApiError."""
+        return check_update(body, r, config, shapes, max_bytes, spec)
+
+    # ----- when it ends -------------------------------------------------------------------
+    def should_close(self, r: Round, now: float) -> Verdict | None:
+        """At its target, or at its deadline with the minimum: close; at its deadline with
+        fewer: abandon; else None (it stays open)."""
+        if r.reports >= r.target:
+            return Verdict(True, f"reached the target of {r.target} reports")
+        if now < r.deadline:
+            return None
+        if r.reports >= r.minimum:
+            return Verdict(True, f"deadline reached with {r.reports} reports "
+                                 f"(minimum {r.minimum})")
+        return Verdict(False, f"deadline passed with {r.reports} of the minimum {r.minimum} "
+                              f"reports ({r.tasks_issued} tasks handed out)", expired=True)
+
+    def postpone(self, s: Session, r: Round, seconds: float) -> None:
+        """The round's deadline moved by `seconds` (an outage): nothing else moves."""
+
+    # ----- how reports become the next model ------------------------------------------------
+    def mean(self, inputs: RoundInputs) -> Tensors:
+        """The mean of the stored updates: uniform, or by examples when DP is off and the
+        round's `weighting` says so."""
+        uniform = inputs.config.uniform
+        pairs = ((inputs.load(u), 1.0 if uniform else float(u.num_examples))
+                 for u in inputs.updates)
+        return streaming_mean(pairs, inputs.shapes)
+
+    def aggregate(self, inputs: RoundInputs, weights: Tensors, state_for: StateFor,
+                  version: int) -> tuple[Tensors, Tensors, Optimizer]:
+        """The next model from the round's reports: (weights, optimizer state, optimizer)."""
+        return self.step(inputs.config, version, weights, self.mean(inputs), state_for)
+
+    @staticmethod
+    def step(config: RoundConfig, version: int, weights: Tensors, delta: Tensors,
+             state_for: StateFor) -> tuple[Tensors, Tensors, Optimizer]:
+        """The configured server optimizer applied to the mean update `delta`."""
+        optimizer = server_optimizer(config, version)
+        weights, state = optimizer.step(weights, delta, state_for(optimizer.name))
+        return weights, state, optimizer

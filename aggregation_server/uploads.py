@@ -33,9 +33,15 @@ def replay(task: Task | None, key: str, digest: str, r: Round | None = None) -> 
     return task.response
 
 
+def target_reached(r: Round) -> bool:
+    """A plain round that has its target of reports takes no more: the round worker closes
+    it (a secure round ends when its protocol does)."""
+    return r.reports >= r.target and not r.config.get("secure_aggregation")
+
+
 def check_open(r: Round, task: Task | None, now: float) -> None:
     """The round takes uploads and this device holds an unused task in it."""
-    if r.state == "closing":
+    if r.state == "closing" or (r.state == "open" and target_reached(r)):
         raise ApiError(409, "round_closed", f"round {r.id} is closed: it is being aggregated")
     if r.state != "open":
         why = f" ({r.reason})" if r.reason else ""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ from aggregation_server.config import RoundConfig, Settings
 from aggregation_server.db import ModelVersion
 from aggregation_server.storage import (BlobStore, StorageError, check_checkpoint,
                                         load_tokenizer_text, sha256_hex)
-from aggregation_server.strategy import (RoundInputs, StoredUpdate, Tensors, mean_for,
-                                         server_optimizer, weighted_metrics)
+from aggregation_server.strategy import (RoundInputs, RoundPolicy, StoredUpdate, Tensors,
+                                         weighted_metrics)
 from device_model.checkpoint import (FORMAT_INT8, CheckpointError, read_metadata,
                                      weights_from_bytes, weights_to_bytes)
 from model.paths import SHIPPED_MODEL, SHIPPED_TOKENIZER
@@ -38,8 +37,8 @@ def float32_checkpoint(data: bytes) -> bytes:
         raise StorageError(f"not a usable int8 checkpoint: {err}") from None
 
 
-def initial_version(blobs: BlobStore, settings: Settings) -> ModelVersion:
-    """Validate --init-model and its tokenizer, store them as version 0."""
+def initial_version(blobs: BlobStore, settings: Settings, now: float) -> ModelVersion:
+    """Validate --init-model and its tokenizer, store them as version 0 (made at `now`)."""
     init, tok = settings.init_model, settings.tokenizer
     if not init and not tok:  # the public pre-trained model shipped in the package
         init, tok = SHIPPED_MODEL, SHIPPED_TOKENIZER
@@ -56,7 +55,7 @@ def initial_version(blobs: BlobStore, settings: Settings) -> ModelVersion:
     blobs.write("tokenizer.json", tokenizer_text.encode("utf-8"))
     log.info("model_initialized", extra={"source": str(init), "sha256": sha256_hex(data)})
     return ModelVersion(version=0, sha256=sha256_hex(data), path=path, size=len(data),
-                        created_at=time.time(), round_id=None, reports=0, metrics={},
+                        created_at=now, round_id=None, reports=0, metrics={},
                         provenance={"source": Path(init).name,
                                     "training": json.loads(meta["training"])})
 
@@ -73,27 +72,27 @@ class NewVersion:
     provenance: dict[str, Any]
     optimizer_path: str | None
 
-    def row(self, round_id: int) -> ModelVersion:
+    def row(self, round_id: int, now: float) -> ModelVersion:
+        """Its database record, made at `now`."""
         return ModelVersion(version=self.version, sha256=self.sha256, path=self.path,
-                            size=self.size, created_at=time.time(), round_id=round_id,
+                            size=self.size, created_at=now, round_id=round_id,
                             reports=self.provenance["reports"], metrics=self.metrics,
                             provenance=self.provenance, optimizer_path=self.optimizer_path)
 
 
 def build_version(blobs: BlobStore, shapes: dict, round_id: int, config: RoundConfig,
                   updates: list[StoredUpdate], base: ModelVersion, version: int,
-                  prev_optimizer: str | None) -> NewVersion:
-    """Mean of the updates (streamed), server optimizer step, new checkpoint file.
+                  prev_optimizer: str | None, policy: RoundPolicy) -> NewVersion:
+    """The policy's next model from the updates (its mean and server optimizer step), as a
+    new checkpoint file (and the optimizer's state).
 
     Deterministic for the same inputs, so a process taking over a lapsed aggregation
     writes the same files again.
     """
     inputs = RoundInputs(round_id, config, shapes, updates, lambda u: blobs.tensors(u.path))
-    delta = mean_for(config)(inputs)
-    optimizer = server_optimizer(config, version)
-    state = _optimizer_state(blobs, prev_optimizer, optimizer.name)
-    weights, state = optimizer.step(blobs.tensors(base.path), delta, state)
-    del delta
+    weights, state, optimizer = policy.aggregate(
+        inputs, blobs.tensors(base.path),
+        lambda name: _optimizer_state(blobs, prev_optimizer, name), version)
     metrics = weighted_metrics(updates)
     provenance = {
         "round_id": round_id, "base_version": base.version, "reports": len(updates),

@@ -78,6 +78,7 @@ class Server:
     admin_token: str
     shapes: dict[str, tuple[int, ...]]
     app: Any = None
+    clock: Any = None  # an in-thread server's ManualClock: tests move it, then `tick`
     proc: subprocess.Popen | None = None
     log: Path | None = None
     http: requests.Session = field(default_factory=requests.Session)
@@ -101,6 +102,7 @@ class Server:
         return DeviceCreds(**r.json(), key=key)
 
     def checkin(self, device: DeviceCreds) -> dict:
+        self.tick()
         r = self.http.post(f"{self.url}/v1/checkin", json={"model_version": None},
                            headers=device.headers, timeout=60)
         assert r.status_code == 200, r.text
@@ -129,10 +131,14 @@ class Server:
                key: str | None = None) -> requests.Response:
         headers = {**device.headers, "Idempotency-Key": key or str(uuid.uuid4()),
                    "Content-Type": "application/octet-stream"}
-        return self.http.put(f"{self.url}/v1/rounds/{round_id}/update", data=body,
-                             headers=headers, timeout=120)
+        r = self.http.put(f"{self.url}/v1/rounds/{round_id}/update", data=body,
+                          headers=headers, timeout=120)
+        self.tick()  # the aggregation it may have started, as a device asking later sees
+        return r
 
     def status(self) -> dict:
+        """GET /v1/status (after `tick`: reads change nothing, the worker does)."""
+        self.tick()
         r = self.http.get(f"{self.url}/v1/status", timeout=60)
         assert r.status_code == 200, r.text
         return r.json()
@@ -148,10 +154,23 @@ class Server:
     def model(self, version: int | None = None) -> tuple[dict, dict, requests.Response]:
         from federated.wire import tensors_from_bytes
         path = "/v1/model" if version is None else f"/v1/models/{version}"
+        self.tick()
         r = self.http.get(self.url + path, timeout=60)
         assert r.status_code == 200, r.text
         tensors, meta = tensors_from_bytes(r.content)
         return tensors, meta, r
+
+    def tick(self) -> None:
+        """An in-thread server's round worker ticks now (deadlines, leases, retries, the
+        aggregation a request asked for); returns when that tick is over. Server processes
+        tick by themselves (`start_process(tick=...)`)."""
+        if self.app is not None:
+            self.app.extensions["pk.worker"].settle()
+
+    def advance(self, seconds: float) -> None:
+        """Move an in-thread server's clock by `seconds`, then `tick`."""
+        self.clock.advance(seconds)
+        self.tick()
 
     def events(self, name: str) -> list[dict]:
         """The JSON log lines of a server process with this event name."""
@@ -216,12 +235,12 @@ def _settings(data_dir: Path, tiny: dict, db_url: str | None, round_config: dict
     return Settings(**{**values, **overrides})
 
 
-def serve_in_thread(settings) -> tuple[str, Any, Any]:
-    """Run create_app(settings) on a free loopback port: (url, app, stop function)."""
+def serve_in_thread(settings, clock=None) -> tuple[str, Any, Any]:
+    """Run create_app(settings, clock) on a free loopback port: (url, app, stop function)."""
     from werkzeug.serving import make_server
 
     from aggregation_server.app import create_app, shutdown
-    app = create_app(settings)
+    app = create_app(settings, clock)
     srv = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -252,16 +271,22 @@ def module_server(server_settings, tmp_path_factory):
 
 @pytest.fixture
 def start_server(tiny_model, server_settings, tmp_path):
-    """start_server(db_url=None, round=None, data_dir=None, **settings) -> Server (in-thread)."""
+    """start_server(db_url=None, round=None, data_dir=None, clock=None, **settings) -> Server
+    (in-thread, on a ManualClock: its time moves only when the test moves it)."""
+    from aggregation_server.clock import ManualClock
     stops = []
 
     def start(db_url: str | None = None, round: dict | None = None,
-              data_dir: Path | None = None, **overrides) -> Server:
+              data_dir: Path | None = None, clock: ManualClock | None = None,
+              **overrides) -> Server:
         """`round` is merged onto TEST_ROUND; `settings_round=` replaces it (tests of start-up)."""
         data_dir = data_dir or tmp_path / f"server{len(stops)}"
-        url, app, stop = serve_in_thread(server_settings(data_dir, db_url, round, **overrides))
+        clock = clock or ManualClock()
+        url, app, stop = serve_in_thread(server_settings(data_dir, db_url, round, **overrides),
+                                         clock)
         stops.append(stop)
-        return Server(url, data_dir, app.extensions["pk.admin"], tiny_model["shapes"], app=app)
+        return Server(url, data_dir, app.extensions["pk.admin"], tiny_model["shapes"], app=app,
+                      clock=clock)
 
     yield start
     for stop in stops:
@@ -276,18 +301,21 @@ def server(start_server) -> Server:
 
 @pytest.fixture
 def start_process(tiny_model, tmp_path):
-    """start_process(data_dir, db_url=None, round=None, tick=0.2) -> Server (real process,
-    started by the fleet's one launcher, `fleet.server_process.ServerProcess`)."""
+    """start_process(data_dir, db_url=None, round=None, tick=0.2, clock=None) -> Server (a
+    real process, started by the fleet's one launcher, `fleet.server_process.ServerProcess`;
+    on `clock`, an OffsetClock that the test moves, if given)."""
     from fleet.server_process import ServerProcess
     procs: list[ServerProcess] = []
 
     def start(data_dir: Path, db_url: str | None = None, round: dict | None = None,
-              tick: float = 0.2) -> Server:
+              tick: float = 0.2, clock=None) -> Server:
         settings = {"round": dict(TEST_ROUND, **(round or {})), "tick_seconds": tick,
                     "enrol_rate_limit": 100_000, "init_model": str(tiny_model["checkpoint"]),
                     "tokenizer": str(tiny_model["tokenizer"])}
         if db_url:
             settings["db_url"] = db_url
+        if clock:
+            settings["clock_offset_file"] = str(clock.path)
         process = ServerProcess(data_dir, settings, admin_token="admin-secret",
                                 log_path=tmp_path / f"server{len(procs)}.log",
                                 config_path=tmp_path / f"config{len(procs)}.json",
@@ -295,7 +323,7 @@ def start_process(tiny_model, tmp_path):
         procs.append(process)
         process.start()
         return Server(process.url, data_dir, process.admin_token, tiny_model["shapes"],
-                      proc=process.proc, log=process.log_path)
+                      proc=process.proc, log=process.log_path, clock=clock)
 
     yield start
     for process in procs:

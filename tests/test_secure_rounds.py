@@ -7,7 +7,6 @@ server keeps every protocol message in SQLite and every masked input on disk.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import numpy as np
@@ -33,7 +32,7 @@ from keyboard_app.client import ServerRejected, SyncClient
 from keyboard_app.secure_upload import SecureRoundError, SecureUpload, parse_task
 
 # Phases close once everyone expected has answered; a dropout is waited for until the phase
-# deadline, which tests bring forward (`expire`) instead of sleeping through it.
+# deadline, which tests reach by moving the server's clock (`expire`) instead of sleeping.
 SECURE = {"secure_aggregation": True, "overcommit": 1.0, "round_seconds": 120.0,
           "secagg_phase_seconds": 15.0, "retry_after": 0.5}
 
@@ -127,11 +126,12 @@ def stored(server, round_id: int) -> tuple[int, str]:
 
 
 def expire(server, round_id: int, phase: str) -> None:
-    """Bring the deadline of `phase`, if current, forward to now (the next request closes it)."""
-    with service(server).db.write() as s:
-        row = s.get(SecAggRound, round_id, with_for_update=True)  # as the server locks it
-        if row.phase == phase:
-            row.phase_deadline = time.time() - 1
+    """Move the server's clock past the deadline of `phase`, if current, and let it act."""
+    with service(server).db.read() as s:
+        row = s.get(SecAggRound, round_id)
+        wait = row.phase_deadline - server.clock() if row.phase == phase else None
+    if wait is not None:
+        server.advance(max(wait, 0.0) + 0.01)
 
 
 def expire_after(server, answers: dict[str, int], stop: threading.Event) -> threading.Thread:
@@ -263,7 +263,7 @@ def test_fleet_simulator_runs_secure_rounds(start_server, tmp_path):
     from data import load_split
     from fleet.config import FleetConfig
     from fleet.run import run_fleet
-    server = start_server()
+    server = start_server(start_training=False)  # the simulator configures, then starts
     senders = [d.sender for d in load_split("federated") if 20 <= len(d.messages) <= 60][:4]
     config = FleetConfig(rounds=1, devices_per_round=3, max_examples=20, batch_size=8,
                          clip_norm=5.0, server_optimizer="fedavg", eval_every=0,
@@ -280,7 +280,7 @@ def test_unmasked_sum_is_the_plain_sum_despite_dropouts_in_every_phase(start_ser
     is rebuilt from stored messages, never taken from one process's memory); one vanishes
     after advertising keys, one after sharing them, one after sending its masked input."""
     a = start_server(round=secure_round(7, 4))
-    b = start_server(data_dir=a.data_dir, round=secure_round(7, 4))
+    b = start_server(data_dir=a.data_dir, round=secure_round(7, 4), clock=a.clock)
     results = run_fleet([a, b], tmp_path, 7, stops={1: "shares", 3: "masked", 5: "unmask"},
                         answers={"share": 6, "masked": 5, "consistency": 5, "unmask": 4})
     outcome = {i: r[0] for i, r in results.items()}
@@ -298,7 +298,8 @@ def test_unmasked_sum_is_the_plain_sum_despite_dropouts_in_every_phase(start_ser
 def test_secure_round_on_postgresql_with_two_servers(start_server, pg_url, tmp_path):
     """The same over PostgreSQL: the servers serialise each round's changes by row locks."""
     a = start_server(db_url=pg_url, round=secure_round(5, 3))
-    b = start_server(db_url=pg_url, data_dir=a.data_dir, round=secure_round(5, 3))
+    b = start_server(db_url=pg_url, data_dir=a.data_dir, round=secure_round(5, 3),
+                     clock=a.clock)
     results = run_fleet([a, b], tmp_path, 5, stops={2: "masked"}, answers={"masked": 4})
     assert [results[i][0] for i in range(5)] == ["done"] * 2 + [
         "dropped out before masked"] + ["done"] * 2
@@ -356,7 +357,6 @@ def test_late_replayed_and_out_of_phase_messages_are_refused_and_change_nothing(
     for m in members[:3]:  # the last device never shares its keys: dropped at the deadline
         accepted(m.share())
     expire(server, rid, "share")
-    server.status()  # any request applies the deadline
     assert stored(server, rid)[1] == "masked"
     last = members[3]
     before = stored(server, rid)

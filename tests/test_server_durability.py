@@ -1,7 +1,7 @@
 """Fault injection (issue 20): nothing acknowledged is lost to a transient fault.
 
 Each test drives a real server over HTTP on real SQLite; time that matters to the server
-(leases, retry backoff) comes from a clock the test moves (`RoundService.clock`), and
+(leases, retry backoff) comes from the server's clock, which the test moves (`ManualClock`), and
 faults are injected at the storage layer (a BlobStore whose writes fail with ENOSPC).
 """
 from __future__ import annotations
@@ -24,22 +24,10 @@ import requests
 from test_device import ONE_DEVICE_ROUNDS, make_device, sender_messages  # noqa: F401 (fixture)
 from test_server_faults import assert_model, expected_model
 
+from aggregation_server.clock import ManualClock
 from federated.secagg import SharesRelay
 from keyboard_app.client import SyncClient, make_retry
 from keyboard_app.secure_upload import SecureUpload, parse_task
-
-
-class Clock:
-    """A clock the test moves: real time at the start, then only `advance`."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FullDisk:
@@ -58,12 +46,10 @@ class FullDisk:
         self.real(relative, data)
 
 
-def rigged(server) -> tuple[object, Clock, FullDisk]:
-    """The server's RoundService with a test clock and a disk that can fill up."""
+def rigged(server) -> tuple[object, ManualClock, FullDisk]:
+    """The server's RoundService, its clock and a disk that can fill up."""
     service = server.app.extensions["pk.service"]
-    clock = Clock()
-    service.clock = clock
-    return service, clock, FullDisk(service.blobs, ("models/", "optimizer/"))
+    return service, server.clock, FullDisk(service.blobs, ("models/", "optimizer/"))
 
 
 def one_round(server, n: int = 3) -> tuple[list, list, list[bytes], list[str]]:
@@ -406,9 +392,8 @@ def test_kill_9_during_aggregation_the_restarted_process_takes_over_at_once(
 def test_an_outage_longer_than_a_phase_does_not_eat_protocol_time(start_server, tmp_path):
     from test_secure_rounds import Member, accepted, expect_new_model, secure_round
     config = secure_round(3, 3)  # 15 s phases
-    first = start_server(round=config, data_dir=tmp_path / "data")
-    before = Clock()
-    first.app.extensions["pk.service"].clock = before
+    before = ManualClock()
+    first = start_server(round=config, data_dir=tmp_path / "data", clock=before)
     members = [Member(first, i) for i in range(3)]
     for m in members:
         accepted(m.advertise())
@@ -416,10 +401,8 @@ def test_an_outage_longer_than_a_phase_does_not_eat_protocol_time(start_server, 
         accepted(m.share())
     old = first.status()["round"]["deadline"]
     outage = 60.0  # four phases long; the first server gets no request (its ticker is off)
-    after = Clock()
-    after.now = before.now + outage
-    second = start_server(round=config, data_dir=tmp_path / "data")
-    second.app.extensions["pk.service"].clock = after
+    after = ManualClock(before.now + outage)
+    second = start_server(round=config, data_dir=tmp_path / "data", clock=after)
     st = second.status()  # the first tick sees the outage and moves the deadlines
     assert st["round"]["deadline"] == pytest.approx(old + outage + 30.0, abs=0.5)
     for m in members:
@@ -442,7 +425,7 @@ def test_a_device_keeps_its_secure_round_through_an_outage_past_its_deadline(
     server = start_server(round=secure_round(3, 3))
     proxy = lossy(server)
     member = Member(server, 0)
-    clock = Clock()
+    clock = ManualClock()  # the device's
     task = parse_task(member.task)
 
     def wait(seconds: float) -> bool:  # the device waits out an outage of 40 s past its deadline

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from aggregation_server.clock import OffsetClock
 from federated.wire import decode_update
 
 
@@ -78,10 +81,22 @@ def test_kill_9_mid_round_loses_no_acknowledged_update(start_process, tiny_model
         np.testing.assert_array_equal(base[k], w)
 
 
+def heartbeat_after(data: Path, after: float, timeout: float = 60.0) -> None:
+    """Wait until a server process on this SQLite data dir noted it is up after `after`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{data / 'server.sqlite3'}?mode=ro", uri=True,
+                             timeout=30) as conn:
+            if conn.execute("SELECT heartbeat FROM server_state").fetchone()[0] > after:
+                return
+        time.sleep(0.05)
+    raise AssertionError("the server process never noted that it is up")
+
+
 def test_round_closes_by_its_deadline_after_a_restart(start_process, tiny_model, tmp_path):
-    data = tmp_path / "data"
+    data, clock = tmp_path / "data", OffsetClock(tmp_path / "clock")
     first = start_process(data, round={"target_reports": 5, "min_reports": 2,
-                                       "round_seconds": 10.0})
+                                       "round_seconds": 10.0}, clock=clock)
     assert first.training("stop").status_code == first.training("start").status_code == 200
     devices = [first.enrol() for _ in range(2)]
     tasks = [first.task(d) for d in devices]  # a fresh round: its deadline is 10 s away
@@ -90,10 +105,11 @@ def test_round_closes_by_its_deadline_after_a_restart(start_process, tiny_model,
         assert first.upload(d, t["round_id"], b).status_code == 202
     first.proc.kill()
     first.proc.wait()
-    second = start_process(data, tick=0.2)
-    # the restarted process's ticker closes the round at its deadline
-    while time.time() < tasks[0]["deadline"] + 0.5:
-        time.sleep(0.2)
+    killed = clock()
+    second = start_process(data, tick=0.2, clock=clock)
+    heartbeat_after(data, killed)  # (it is up: what follows is no outage)
+    clock.advance(tasks[0]["deadline"] + 0.5 - clock())
+    # the restarted process's round worker closes the round at its deadline
     round_id = tasks[0]["round_id"]
     st = second.wait_for(lambda s: s["rounds"][round_id - 1]["state"] == "closed",
                          what="deadline close")
@@ -159,10 +175,10 @@ def test_two_processes_on_one_postgres_serve_one_round(start_process, tiny_model
 
 @pytest.mark.postgres
 def test_two_tickers_close_a_deadline_round_once(start_process, tiny_model, pg_url, tmp_path):
-    data = tmp_path / "shared"
+    data, clock = tmp_path / "shared", OffsetClock(tmp_path / "clock")
     config = {"target_reports": 10, "min_reports": 2, "round_seconds": 10.0}
-    a = start_process(data, db_url=pg_url, round=config, tick=0.05)
-    b = start_process(data, db_url=pg_url, round=config, tick=0.05)
+    a = start_process(data, db_url=pg_url, round=config, tick=0.05, clock=clock)
+    b = start_process(data, db_url=pg_url, round=config, tick=0.05, clock=clock)
     assert a.training("stop").status_code == b.training("start").status_code == 200
     devices = [a.enrol(), b.enrol(), a.enrol()]
     tasks = [a.task(devices[0]), b.task(devices[1]), b.task(devices[2])]
@@ -171,8 +187,7 @@ def test_two_tickers_close_a_deadline_round_once(start_process, tiny_model, pg_u
     bodies = [a.update_bytes(t, seed=i) for i, t in enumerate(tasks)]
     assert a.upload(devices[0], round_id, bodies[0]).status_code == 202
     assert b.upload(devices[1], round_id, bodies[1]).status_code == 202
-    while time.time() < tasks[0]["deadline"] + 1.0:  # no requests: only the tickers act
-        time.sleep(0.1)
+    clock.advance(tasks[0]["deadline"] + 1.0 - clock())  # no requests: the workers act
     st = a.wait_for(lambda s: s["rounds"][-1]["state"] == "open" and s["rounds"][-2]["state"]
                     == "closed", what="deadline close")
     assert st["rounds"][-2]["id"] == round_id and st["rounds"][-2]["reports"] == 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -69,8 +68,8 @@ def test_deadline_with_minimum_closes(start_server):
     devices = [server.enrol() for _ in range(2)]
     tasks = [server.task(d) for d in devices]
     _upload_all(server, devices, tasks)
-    time.sleep(max(0.0, tasks[0]["deadline"] - time.time()) + 0.1)
-    st = server.status()  # applies the deadline lazily
+    server.advance(tasks[0]["deadline"] - server.clock() + 0.1)
+    st = server.status()
     assert st["rounds"][0]["state"] == "closed" and st["rounds"][0]["new_version"] == 1
     assert "deadline reached with 2 reports" in st["rounds"][0]["reason"]
 
@@ -80,7 +79,7 @@ def test_deadline_below_minimum_abandons_with_reason(start_server):
     devices = [server.enrol() for _ in range(2)]
     tasks = [server.task(d) for d in devices]
     _upload_all(server, devices[:1], tasks[:1])
-    time.sleep(max(0.0, tasks[0]["deadline"] - time.time()) + 0.1)
+    server.advance(tasks[0]["deadline"] - server.clock() + 0.1)
     st = server.status()
     first = st["rounds"][0]
     assert first["state"] == "abandoned" and first["new_version"] is None
@@ -96,19 +95,46 @@ def test_deadline_below_minimum_abandons_with_reason(start_server):
     assert first["epsilon_max"] == st["privacy"]["epsilon_spent_max"]
 
 
-def test_background_ticker_applies_the_deadline_without_requests(start_server):
-    server = start_server(round={"round_seconds": 4.0}, tick_seconds=0.1)
+def test_background_worker_applies_the_deadline_without_requests(start_server):
+    server = start_server(round={"round_seconds": 4.0}, tick_seconds=0.05)
     devices = [server.enrol() for _ in range(2)]
     tasks = [server.task(d) for d in devices]
     _upload_all(server, devices, tasks)
     service = server.app.extensions["pk.service"]
-    for _ in range(600):  # read the database directly: no HTTP request may trigger it
-        with service.db.read() as s:
-            if s.get(Round, 2) is not None:
-                break
-        time.sleep(0.1)
-    with service.db.read() as s:
+    server.clock.advance(4.1)  # past the deadline; no request and no test tick follows
+    server.app.extensions["pk.worker"].wait_ticks(2)  # (one may have begun before)
+    with service.db.read() as s:  # read the database directly
         assert s.get(Round, 1).state == "closed" and s.get(Round, 2).state == "open"
+
+
+def test_requests_and_reads_never_advance_a_round(start_server):
+    """Uploads store, reads read: only the round worker (or a direct tick) closes rounds."""
+    server = start_server(round={"target_reports": 2, "min_reports": 2, "round_seconds": 60.0})
+    devices = [server.enrol() for _ in range(3)]
+    tasks = [server.task(d) for d in devices]
+    worker = server.app.extensions["pk.worker"]
+    worker.stop()
+    worker.join(timeout=30)
+    for i, (d, t) in enumerate(zip(devices[:2], tasks)):  # raw HTTP: the helper would tick
+        r = server.http.put(f"{server.url}/v1/rounds/1/update", data=server.update_bytes(
+            t, seed=i), headers={**d.headers, "Idempotency-Key": f"k{i}"}, timeout=60)
+        assert r.status_code == 202 and r.json()["reports"] == i + 1
+    late = server.http.put(f"{server.url}/v1/rounds/1/update", data=server.update_bytes(
+        tasks[2], seed=2), headers={**devices[2].headers, "Idempotency-Key": "k2"}, timeout=60)
+    assert late.status_code == 409 and "being aggregated" in late.json()["message"]
+    server.clock.advance(120.0)  # and past the deadline
+    for _ in range(2):
+        st = server.http.get(f"{server.url}/v1/status", timeout=30).json()
+        assert server.http.get(server.url + "/", timeout=30).status_code == 200
+        assert st["round"]["id"] == 1 and st["round"]["state"] == "open"
+        assert [v["version"] for v in st["versions"]] == [0]
+    answer = server.http.post(f"{server.url}/v1/checkin", json={"model_version": None},
+                              headers=devices[2].headers, timeout=30).json()
+    assert answer["task"] is None and "being aggregated" in answer["reason"]
+    server.app.extensions["pk.service"].tick()  # what the worker would do
+    st = server.http.get(f"{server.url}/v1/status", timeout=30).json()
+    assert st["rounds"][0]["state"] == "closed" and st["round"]["id"] == 2
+    assert st["rounds"][0]["reason"] == "reached the target of 2 reports"
 
 
 def test_participation_cap(start_server):

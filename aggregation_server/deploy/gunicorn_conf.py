@@ -18,7 +18,7 @@ Why these values:
 - Prometheus multiprocess mode: every worker writes its counters into
   `PROMETHEUS_MULTIPROC_DIR` (default: a new temporary folder), and `/metrics` on any
   worker sums all of them, the workers that exited included.
-- No `preload_app`: each worker starts its own deadline ticker thread after the fork.
+- No `preload_app`: each worker starts its own round worker thread after the fork.
 """
 from __future__ import annotations
 
