@@ -71,8 +71,8 @@ def test_kill_9_mid_round_loses_no_acknowledged_update(start_process, tiny_model
     for i in range(6):  # everyone retries or uploads; nothing is counted twice
         r = second.upload(devices[i], tasks[i]["round_id"], bodies[i], keys[i])
         assert r.status_code == 202, r.text
-    st = second.status()
-    assert st["rounds"][0]["state"] == "closed" and st["rounds"][0]["reports"] == 6
+    st = second.wait_for(lambda s: s["rounds"][0]["state"] == "closed", what="round closed")
+    assert st["rounds"][0]["reports"] == 6
     assert [v["version"] for v in st["versions"]] == [0, 1]
     assert_model(second.model(1)[0], expected_model(tiny_model["weights"], bodies,
                                                     tiny_model["shapes"]))
@@ -138,7 +138,8 @@ def run_concurrent_round(server, tiny_model, n: int = 20, servers: list | None =
         answers = list(pool.map(upload, range(n)))
     assert [a.status_code for a in answers] == [202] * n, [a.text for a in answers]
     assert sorted(a.json()["reports"] for a in answers) == list(range(1, n + 1))
-    st = server.wait_for(lambda s: s["rounds"][0]["state"] == "closed", what="round closed")
+    st = server.wait_for(lambda s: s["rounds"][0]["state"] == "closed" and len(s["rounds"]) > 1,
+                         what="round closed and the next one open")
     assert st["rounds"][0]["reports"] == n and st["rounds"][0]["new_version"] == 1
     assert st["versions"][-1]["reports"] == n
     assert_model(server.model(1)[0], expected_model(tiny_model["weights"], bodies,

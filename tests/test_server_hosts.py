@@ -30,7 +30,8 @@ def test_two_hosts_serve_one_deployment(start_process, pg_url, tmp_path, monkeyp
     bodies = [a.update_bytes(task, seed=i) for i, task in enumerate(tasks)]
     assert b.upload(first, tasks[0]["round_id"], bodies[0]).status_code == 202  # ... uploads
     assert a.upload(second, tasks[1]["round_id"], bodies[1]).status_code == 202  # to the other
-    a.wait_for(lambda st: st["model"]["version"] == 1, what="version 1")
+    a.wait_for(lambda st: st["model"]["version"] == 1 and st["round"]["id"] == 2,
+               what="version 1, and the worker done with round 1")
 
     from federated.wire import decode_update
     deltas = [decode_update(body, tiny_model["shapes"]).tensors for body in bodies]
