@@ -3,8 +3,6 @@ owner runs on another host is taken over at once when that owner's heartbeat is 
 it stopped, and left alone while it beats."""
 from __future__ import annotations
 
-import time
-
 import pytest
 from sqlalchemy import select
 
@@ -25,7 +23,7 @@ def stuck_round(server) -> tuple[object, int]:
     with service.db.write() as s:
         r = s.scalars(select(Round).where(Round.state == "open")).one()
         r.state, r.new_version, r.reason = "closing", 1, "closed by the test"
-        r.lease_owner, r.lease_until = ELSEWHERE, time.time() + 3600
+        r.lease_owner, r.lease_until = ELSEWHERE, server.clock() + 3600
     return service, r.id
 
 
@@ -44,7 +42,7 @@ def state(service, round_id: int) -> str:
 def test_a_dead_owner_on_another_host_loses_its_lease_at_once(server, heartbeat_age,
                                                               stopped):
     service, round_id = stuck_round(server)
-    beat(service, time.time() - heartbeat_age, stopped)
+    beat(service, server.clock() - heartbeat_age, stopped)
     service.tick()
     assert state(service, round_id) == "closed"
     assert server.status()["model"]["version"] == 1
@@ -52,10 +50,10 @@ def test_a_dead_owner_on_another_host_loses_its_lease_at_once(server, heartbeat_
 
 def test_a_beating_owner_on_another_host_keeps_its_lease(server):
     service, round_id = stuck_round(server)
-    beat(service, time.time())
+    beat(service, server.clock())
     service.tick()
     assert state(service, round_id) == "closing"
-    beat(service, time.time(), stopped=True)  # it stops cleanly: taken over now
+    beat(service, server.clock(), stopped=True)  # it stops cleanly: taken over now
     service.tick()
     assert state(service, round_id) == "closed"
 
@@ -71,7 +69,7 @@ def test_a_server_beats_and_says_when_it_stops(start_server):
     service = server.app.extensions["pk.service"]
     with service.db.read() as s:
         row = s.get(ServerProcess, service.liveness.owner)
-    assert row is not None and not row.stopped and time.time() - row.heartbeat < STALE_SECONDS
+    assert row is not None and not row.stopped and server.clock() - row.heartbeat < STALE_SECONDS
     service.liveness.stop()
     with service.db.read() as s:
         assert s.get(ServerProcess, service.liveness.owner).stopped
