@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -229,7 +230,8 @@ def test_num_examples_2_31_minus_1_accepted_and_published(start_server):
     st = server.wait_for(lambda st: st["rounds_closed"] == 1, what="round closed")
     published = json.dumps(st) + server.http.get(server.url + "/", timeout=30).text
     assert "num_examples" not in json.dumps(st["rounds"]) + json.dumps(st["versions"])
-    assert "987" not in published and "986" not in published and "1973" not in published
+    # as numbers of their own (hex digests and timestamps contain such digits by chance)
+    assert not re.search(r"\b(987|986|1973)\b", published)
 
 
 def test_device_chosen_metric_names_published(server):
