@@ -14,6 +14,8 @@ safetensors header and metadata), and shows that
 - every uploaded tensor is exactly the clipped, noised update: the server's own copy of
   the round's global model, trained on the device's history with the round's settings,
   minus the global model, clipped to C, plus the noise of the device's seeded generator;
+- every evaluation report is exactly {"sums": ...}: the seven sums of the device's own
+  scoring of the round's model, clipped and noised with the device's generator;
 - in secure rounds, every message of every phase (signed keys, encrypted shares, the
   masked update, the signature of the survivors, the unmasking shares) is exactly a
   protocol message: fixed fields of ids and fixed-length binary, nothing else.
@@ -36,12 +38,15 @@ from data import load_split
 from device_model.checkpoint import weights_from_bytes
 from device_model.lstm import NumpyLSTM
 from device_model.train import TrainConfig, train
+from device_model.tokenizer import DeviceTokenizer
+from federated import evaluation as fed_eval
 from federated import privacy
 from federated.compression import round_seed
 from federated.privacy import clip, privatize
 from federated.secagg import flatten, message_from_json
 from federated.wire import decode_compressed_update, decode_update, l2_norm, tensors_from_bytes
 from keyboard_app.eligibility import Eligibility, EligibilitySettings
+from keyboard_app.evaluation_task import score
 from keyboard_app.history import HistoryStore
 from keyboard_app.local_training import sample_messages
 from keyboard_app.personal_store import PersonalStore
@@ -158,7 +163,8 @@ def decodings(request: dict) -> list[str]:
     body = request["body"]
     if request["headers"].get("content-type", "").startswith("application/json"):
         views.append(json.dumps(json.loads(body), ensure_ascii=False))
-    if request["method"] == "PUT":
+    if request["method"] == "PUT" and not request["headers"].get(
+            "content-type", "").startswith("application/json"):  # JSON: evaluation reports
         size = int.from_bytes(body[:8], "little")
         header = json.loads(body[8:8 + size])
         views.append(json.dumps(header, ensure_ascii=False))
@@ -245,7 +251,8 @@ def assert_no_text(sent: list[dict], relay: RecordingRelay, histories, tmp_path)
     for request in sent:
         assert leaks(everything, decodings(request)) == [], request["raw"][:300]
     blob = b"".join(bytes(s) for s in relay.streams)
-    for secret in (b"0612", b"345 678", b"jane.doe", b"example.org"):
+    # the number's digits as typed (a bare "0612" can be digits of a float in a JSON report)
+    for secret in (b"0612 345", b"0612345678", b"345 678", b"jane.doe", b"example.org"):
         assert secret not in blob
     assert PERSONAL_WORD.encode() not in blob.lower()  # the personal layer's word stays home
     for request in sent:
@@ -404,3 +411,39 @@ def test_no_raw_text_leaves_in_any_phase_of_a_secure_round(start_server, tmp_pat
             assert set(header) == {"masked", "__metadata__"}
             assert (header["masked"]["dtype"] == "U16") == (compression == "ddg16")
             assert set(header["__metadata__"]) == {"format", "round_id", "client_id"}
+
+
+def test_evaluation_reports_carry_no_text_and_are_exactly_the_noised_sums(
+        start_server, tmp_path, histories):
+    """An evaluation round (version 0 first, evaluate_every = 1) through the relay: no
+    text in any byte, and each report is exactly the seven clipped, noised sums of the
+    device's own scoring of the round's model on its messages, nothing else."""
+    torch.set_num_threads(1)
+    max_words = 60
+    server = start_server(round={**ROUNDS, "evaluate_every": 1, "eval_max_words": max_words})
+    relay = RecordingRelay(int(server.url.rsplit(":", 1)[1]))
+    devices = devices_behind(relay, server, tmp_path, histories)
+    try:
+        for device in devices:  # one at a time: the round closes at its third report
+            assert device.run_once().outcome == "evaluated"
+        server.wait_for(lambda st: st["evaluation"]["quality"], what="the evaluation closed")
+    finally:
+        relay.close()
+    sent = [r for stream in relay.streams for r in parse_requests(bytes(stream))]
+    reports = [r for r in sent if r["method"] == "PUT"]
+    assert [r["path"].rsplit("/", 1)[1] for r in reports] == ["evaluation"] * 3
+    assert_no_text(sent, relay, histories, tmp_path)
+    assert_plain_bodies(sent)
+    tokenizer = DeviceTokenizer.from_json(requests.get(server.url + "/v1/tokenizer").text)
+    model = requests.get(f"{server.url}/v1/models/0").content
+    stddev = ROUNDS["noise_multiplier"] * ROUNDS["clip_norm"]  # plain: the full z*C here
+    token_of = {d.client._identity["token"]: i for i, d in enumerate(devices)}
+    for put in reports:
+        i = token_of[put["headers"]["authorization"].removeprefix("Bearer ")]
+        body = json.loads(put["body"])
+        assert set(body) == {"sums"}
+        chosen = fed_eval.select_messages(devices[i].history.messages(), max_words)
+        sums = score(model, tokenizer, chosen)
+        expected = fed_eval.to_wire([sums], max_words, ROUNDS["clip_norm"], stddev,
+                                    np.random.default_rng(100 + i))
+        assert body["sums"] == expected
