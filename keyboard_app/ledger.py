@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, server TEXT NOT NULL, round_id INTEGER NOT NULL,
     clip_norm REAL NOT NULL, noise_multiplier REAL NOT NULL, noise_stddev REAL NOT NULL,
     secure INTEGER NOT NULL, min_reports INTEGER NOT NULL, visible_multiplier REAL NOT NULL,
-    seen TEXT NOT NULL, accepted INTEGER);
+    seen TEXT NOT NULL, accepted INTEGER, own_multiplier REAL);
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, server TEXT NOT NULL, round_id INTEGER,
     code TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL);
@@ -74,6 +74,9 @@ class PrivacyLedger:
         os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(rounds)")}
+            if "own_multiplier" not in columns:  # a ledger from before compressed rounds
+                db.execute("ALTER TABLE rounds ADD COLUMN own_multiplier REAL")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10)
@@ -94,11 +97,11 @@ class PrivacyLedger:
         device; returns its id."""
         return self._write(
             "INSERT INTO rounds (ts, server, round_id, clip_norm, noise_multiplier, "
-            "noise_stddev, secure, min_reports, visible_multiplier, seen) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "noise_stddev, secure, min_reports, visible_multiplier, seen, own_multiplier) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.clock(), server, round_id, terms.clip_norm, terms.noise_multiplier,
              terms.noise_stddev, int(terms.secure), terms.min_reports,
-             terms.visible_multiplier, seen or what_the_server_saw(terms)))
+             terms.visible_multiplier, seen or what_the_server_saw(terms), terms.own))
 
     def mark(self, entry_id: int, accepted: bool) -> None:
         """The server's answer to the update of row `entry_id`."""
@@ -131,8 +134,10 @@ class PrivacyLedger:
 
     def own_multipliers(self) -> list[float]:
         """The multiplier of the noise this device added itself, for every update that went
-        out: what protects it if every other report of its rounds came from a fake device."""
-        return [row[0] / row[1] for row in self._read("SELECT noise_stddev, clip_norm FROM rounds")]
+        out: what protects it if every other report of its rounds came from a fake device
+        (rows from before the column: their noise over C, as float rounds have it)."""
+        return [row[0] for row in self._read(
+            "SELECT COALESCE(own_multiplier, noise_stddev / clip_norm) FROM rounds")]
 
     def epsilon(self, delta: float) -> float:
         """This device's epsilon at `delta` over every round in the ledger."""

@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass, field, fields
 
 from federated.compression import SIGMA_MIN, Compression, CompressionError, round_seed
-from federated.privacy import (DISHONEST_SHARE, composed_epsilon, compressed_noise,
-                               device_noise_stddev, visible_noise_multiplier)
+from federated.privacy import (DISHONEST_SHARE, composed_epsilon, compressed_noise, ddg_rho,
+                               device_noise_stddev, visible_noise_multiplier, zcdp_multiplier)
 from federated.secagg import ModularIntegers
 from federated.secagg.params import hiding_problem
 from keyboard_app.secure_upload import parse_task
@@ -51,6 +51,16 @@ class RoundTerms:
     visible_multiplier: float  # the noise multiplier protecting this update from the server
     compression: Compression | None = None  # compressed round: the codec's parameters
     noise_sigma: float = 0.0  # compressed round: the discrete Gaussian's sigma (integer units)
+    own_multiplier: float | None = None  # compressed round: its own noise over Delta
+
+    @property
+    def own(self) -> float:
+        """The noise multiplier of this device's own noise alone (what protects it if every
+        other report came from a fake device): noise over the update's sensitivity, which
+        in a compressed round is the rounded Delta, not C."""
+        if self.own_multiplier is not None:
+            return self.own_multiplier
+        return self.noise_stddev / self.clip_norm if self.clip_norm > 0 else 0.0
 
 
 def _refuse(code: str, detail: str) -> PolicyRefusal:
@@ -211,7 +221,9 @@ class DevicePolicy:
             raise _refuse("compression_unsafe", f"scale {spec.scale:g} with noise sigma "
                           f"{sigma:.4g} over {clients} devices could wrap the 2^{spec.bits} "
                           "modulus (or the noise is too small for its bound)")
-        return RoundTerms(clip_norm, z, cohort, secure, sigma / spec.scale, visible, spec, sigma)
+        own = zcdp_multiplier(ddg_rho(spec.sensitivity, sigma, 1, spec.kept))  # sigma / Delta
+        return RoundTerms(clip_norm, z, cohort, secure, sigma / spec.scale, visible, spec, sigma,
+                          own)
 
     def _share(self, task: dict) -> float:
         """The dishonest share the noise is sized for: the policy's, or the task's if the

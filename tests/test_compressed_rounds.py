@@ -15,6 +15,7 @@ from federated import privacy
 from federated.compression import Compression, round_seed
 from federated.secagg import MaskedInput, SharesRelay, flatten, unflatten
 from federated.wire import Update, encode_compressed_update, tensors_from_bytes
+from keyboard_app.ledger import FILE_NAME, PrivacyLedger
 from keyboard_app.privacy_policy import DevicePolicy, PolicyRefusal
 
 COMPRESSED = {"compression": "ddg16"}
@@ -161,6 +162,20 @@ def test_the_device_accepts_the_rounds_parameters_and_sizes_its_integer_noise(pl
     assert terms.compression == spec
     assert terms.noise_sigma == pytest.approx(task["noise_multiplier"] * spec.sensitivity)
     assert terms.visible_multiplier == pytest.approx(task["noise_multiplier"])
+
+
+def test_the_ledger_counts_a_compressed_round_by_its_own_noise_over_delta(plain, tmp_path):
+    """The device's own noise protects it by sigma / Delta (the rounded sensitivity), not
+    sigma / (scale * C): in a plain round that is exactly what the server sees, so the
+    epsilon "if every other report were fake" equals the epsilon against the server."""
+    _, _, task = plain
+    terms = POLICY.terms(task)
+    assert terms.own == pytest.approx(terms.noise_sigma / terms.compression.sensitivity)
+    ledger = PrivacyLedger(tmp_path / FILE_NAME)
+    ledger.record_sent("http://a", task["round_id"], terms)
+    assert ledger.own_multipliers() == [pytest.approx(task["noise_multiplier"])]
+    summary = ledger.summary(1e-6)
+    assert summary["epsilon_alone"] == pytest.approx(summary["epsilon"])
 
 
 @pytest.mark.parametrize("change, code", [

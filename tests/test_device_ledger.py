@@ -146,3 +146,22 @@ def test_settings_can_only_tighten_the_policy(tmp_path):
     (tmp_path / "settings.json").write_text('{"epsilon_limit": 1000.0}')  # edited by hand
     prefs, problem = load_prefs(tmp_path)
     assert prefs == Prefs() and "stricter" in problem  # back to the safe defaults
+
+
+def test_a_ledger_from_before_compressed_rounds_opens_and_keeps_its_rounds(tmp_path):
+    """A ledger file written before the own_multiplier column gains it on opening; its
+    rows keep their noise over C as their own multiplier."""
+    import sqlite3
+    path = tmp_path / FILE_NAME
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE rounds (id INTEGER PRIMARY KEY, ts REAL NOT NULL, server TEXT "
+                   "NOT NULL, round_id INTEGER NOT NULL, clip_norm REAL NOT NULL, "
+                   "noise_multiplier REAL NOT NULL, noise_stddev REAL NOT NULL, secure INTEGER "
+                   "NOT NULL, min_reports INTEGER NOT NULL, visible_multiplier REAL NOT NULL, "
+                   "seen TEXT NOT NULL, accepted INTEGER)")
+        db.execute("INSERT INTO rounds VALUES (1, 0, 'http://a', 1, 0.5, 1, 0.25, 1, 5, 1, "
+                   "'the sum', 1)")
+    ledger = PrivacyLedger(path)
+    ledger.record_sent("http://a", 2, PLAIN)
+    assert ledger.own_multipliers() == [pytest.approx(0.5), pytest.approx(1.0)]
+    assert [e.accepted for e in ledger.entries()] == [True, None]
