@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from federated.evaluation import MAX_WORDS as EVAL_MAX_WORDS
 from federated.privacy import DISHONEST_SHARE
 from federated.secagg.params import DROPOUT_RATE, MAX_CLIENTS, hiding_problem, round_shape
 from federated.wire import MAX_UPDATE_BYTES
@@ -45,7 +46,7 @@ BOUNDS: dict[str, Bounds] = {
     "train_lr": (0, 100, False, True), "train_max_examples": (1, None, True, True),
     "secagg_phase_seconds": (0, 86400, False, True),
     "secagg_dropout_rate": (0, 0.5, True, False), "secagg_corrupt_rate": (0, 0.5, True, False),
-    "evaluate_every": (0, 100_000, True, True), "eval_max_words": (1, 100_000, True, True),
+    "evaluate_every": (0, 100_000, True, True), "eval_max_words": (1, EVAL_MAX_WORDS, True, True),
 }
 ENUMS: dict[str, tuple[str, ...]] = {
     "weighting": WEIGHTINGS, "server_optimizer": SERVER_OPTIMIZERS,

@@ -36,6 +36,7 @@ SCALE = np.array([1.0, 1.0, 1.0, 1.0, 5.0, 5.0, 6.0])  # a word's usual share, p
 TAIL = 6.0  # the checks hold for a faithful device except with probability ~exp(-TAIL^2/2)
 Z95 = 1.959964  # two-sided 95% normal quantile
 MAX_VERSIONS = 2  # the current model and, for a paired comparison, the previous one
+MAX_WORDS = 100_000  # the most words a task may ask a device to score (server and device)
 
 
 class ReportError(ValueError):

@@ -39,11 +39,13 @@ def parse_task(task: dict) -> EvalSpec:
         max_words, round_id = int(spec["max_words"]), int(task["round_id"])
     except (KeyError, TypeError, ValueError) as err:
         raise TaskError(f"malformed evaluation task ({type(err).__name__}: {err})") from None
-    if not 1 <= len(versions) <= ev.MAX_VERSIONS or max_words < 1 or round_id < 0:
-        raise TaskError(f"evaluation task asks for {len(versions)} versions and "
-                        f"{max_words} words")
-    if task.get("secure_aggregation"):
-        raise TaskError("this device sends evaluation reports only on the plain path")
+    if not 1 <= len(versions) <= ev.MAX_VERSIONS or not 1 <= max_words <= ev.MAX_WORDS \
+            or round_id < 0:
+        raise TaskError(f"evaluation task asks for {len(versions)} versions and {max_words} "
+                        f"words (at most {ev.MAX_VERSIONS} and {ev.MAX_WORDS})")
+    if task.get("secure_aggregation") or "compression" in task or "train" in task:
+        raise TaskError("this device sends evaluation reports only on the plain path, "
+                        "uncompressed, for a task that trains nothing")
     return EvalSpec(round_id, versions, max_words)
 
 

@@ -242,6 +242,10 @@ class DeviceRuntime:
         if isinstance(need, int) and have < need:  # decided here: the server never learns it
             return self._step("not-eligible", self.poll_seconds,
                               f"{have} messages on this device; the round needs {need}")
+        if task.get("kind", "train") not in self.kinds:  # e.g. a trainer told to evaluate
+            return self._step("rejected", self.poll_seconds, f"round {task.get('round_id')} "
+                              f"is a {task.get('kind')!r} task; this device takes only "
+                              f"{' or '.join(self.kinds)} tasks")
         if task.get("kind") == "evaluate":
             return self._evaluate(task)
         return self._participate(task)

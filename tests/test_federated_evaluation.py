@@ -273,3 +273,57 @@ def test_dashboard_shows_quality_by_version(start_server, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     blue = np.abs(pixels - [0x25, 0x63, 0xEB]).sum(axis=2) < 30
     assert blue.sum() > 500, "no chart visible"
+
+
+# ---------------------------------------------------------- the phone's last word (review)
+@pytest.mark.parametrize("round_, code", [
+    ({"noise_multiplier": 0.5, "min_reports": 5}, "noise_too_low"),  # below the policy's 1
+    ({"noise_multiplier": 1.0, "min_reports": 2, "target_reports": 2}, "cohort_too_small"),
+])
+def test_a_phone_refuses_an_evaluation_outside_its_policy(start_server, tmp_path, senders,
+                                                          round_, code):
+    """An evaluation task is checked like a training task by the phone's own (default)
+    policy: too little noise or too small a cohort is refused, recorded, and nothing sent."""
+    server = start_server(round={**EVAL_ROUNDS, "target_reports": 5, "epsilon_budget": None,
+                                 **round_})
+    device = phone(server.url, tmp_path, senders["valid"][0], ("evaluate",),
+                   server.enrolment_code())
+    device.policy = DevicePolicy()
+    step = device.run_once()
+    assert step.outcome == "refused", (step.outcome, step.detail)
+    assert device.ledger.refusals()[0]["code"] == code
+    assert device.ledger.entries() == [] and server.status()["round"]["reports"] == 0
+
+
+def test_a_trainer_does_not_evaluate_for_a_server_that_ignores_what_it_asked(
+        start_server, tmp_path, senders):
+    """A phone that takes only training tasks refuses an evaluation task handed to it
+    anyway (here: a check-in that asks for both, as a server ignoring `kinds` would)."""
+    server = start_server(round=NO_NOISE)
+    device = phone(server.url, tmp_path, senders["federated"][0], ("train",),
+                   server.enrolment_code())
+    ask = device.client.checkin
+    device.client.checkin = lambda version, kinds: ask(version, ("train", "evaluate"))
+    step = device.run_once()
+    assert step.outcome == "rejected" and "takes only train" in step.detail
+    assert device.ledger.entries() == [] and server.status()["round"]["reports"] == 0
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"evaluate": {"versions": [{"version": 0, "sha256": "0" * 64}], "max_words": 10 ** 9}},
+     "at most"),
+    ({"compression": {}}, "uncompressed"),
+    ({"secure_aggregation": True}, "plain path"),
+    ({"train": {"epochs": 1}}, "trains nothing"),
+])
+def test_an_evaluation_task_beyond_what_a_faithful_server_sends_is_refused(change, words):
+    """What the server's config bounds cannot produce (a word cap over MAX_WORDS, a
+    compressed, secure or training evaluation) the phone refuses before scoring."""
+    from keyboard_app.evaluation_task import parse_task
+    from keyboard_app.local_training import TaskError
+    task = {"round_id": 3, "kind": "evaluate", "clip_norm": 1.0, "noise_multiplier": 1.0,
+            "min_reports": 5, "secure_aggregation": False,
+            "evaluate": {"versions": [{"version": 0, "sha256": "0" * 64}], "max_words": 200}}
+    assert parse_task(task).max_words == 200
+    with pytest.raises(TaskError, match=words):
+        parse_task({**task, **change})
