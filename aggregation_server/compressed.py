@@ -10,6 +10,9 @@ the sensitivity plus the noise allow (`privacy.norm_bound` in integer units).
 """
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import numpy as np
 from sqlalchemy.orm import Session
 
@@ -19,6 +22,10 @@ from federated.secagg import ModularIntegers
 
 from aggregation_server.config import RoundConfig
 from aggregation_server.db import ModelVersion, Round
+from aggregation_server.storage import BlobStore, sha256_hex
+
+_COMPACT: dict[str, str] = {}  # data dir and compact model name -> its sha256, this process
+_COMPACT_LOCK = threading.Lock()
 
 
 def spec_for(config: RoundConfig, round_id: int, model_sha256: str,
@@ -37,6 +44,23 @@ def round_spec(s: Session, r: Round, config: RoundConfig, dimension: int) -> Com
     if config.compression == "none":
         return None
     return spec_for(config, r.id, s.get(ModelVersion, r.model_version).sha256, dimension)
+
+
+def compact_model(blobs: BlobStore, version: ModelVersion) -> tuple[Path, str]:
+    """(path, sha256) of the model version as per-row int8 (`model.compress`: 27% of the
+    float32 bytes, no loss of top-1 on `test`), made once and kept beside the version
+    (deterministic, so processes that make it at once write the same bytes)."""
+    relative = f"models/compact/{version.version}-{version.sha256[:16]}.int8.safetensors"
+    key = f"{blobs.root}/{relative}"
+    with _COMPACT_LOCK:
+        if key not in _COMPACT:
+            if not blobs.exists(relative):
+                from model.checkpoint import model_from_bytes
+                from model.compress import model_to_int8_bytes
+                model, meta = model_from_bytes(blobs.read(version.path))
+                blobs.write(relative, model_to_int8_bytes(model, meta))
+            _COMPACT[key] = sha256_hex(blobs.read(relative))
+        return blobs.abs(relative), _COMPACT[key]
 
 
 def refusal(config: RoundConfig, dimension: int) -> str | None:

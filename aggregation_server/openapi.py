@@ -158,6 +158,9 @@ STATUS = _obj(["training", "round", "devices", "model", "versions", "rounds", "p
         "rounds": {"type": "array", "items": {"type": "object"}}}),
     "config": {"$ref": "#/components/schemas/RoundConfig"}})
 
+VERSION_PATH = [{"name": "version", "in": "path", "required": True,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": INT32}}]
+
 TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "clip_norm",
              "noise_multiplier", "min_reports", "dishonest_share", "secure_aggregation",
              "min_examples"], {
@@ -188,6 +191,8 @@ TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "clip_norm
         "config": {"type": "object", "description": "federated.secagg RoundConfig.to_dict()"},
         "advertise_by": {"type": "number", "description": "unix time: train, then advertise "
                                                           "keys before this"}}),
+    "model_compact_sha256": {"type": "string", "description": "compressed rounds: the "
+                             "sha256 of /v1/models/{version}/compact, the int8 download"},
     "compression": {"type": "object", "description": "rounds with compression 'ddg16': "
                     "federated.compression Compression.to_dict() (seed, kept, block, bits, "
                     "scale); the device checks it and adds its discrete Gaussian noise"}})
@@ -334,9 +339,13 @@ def openapi_document() -> dict[str, Any]:
                 "what it was relayed is inconsistent; accepted in any phase",
                 _secagg_message(AbortNotice.TYPE))},
             "/v1/model": {"get": _binary_get("The latest global model")},
-            "/v1/models/{version}": {"get": _binary_get("One global model version", [
-                {"name": "version", "in": "path", "required": True,
-                 "schema": {"type": "integer", "minimum": 0, "maximum": INT32}}])},
+            "/v1/models/{version}": {"get": _binary_get("One global model version",
+                                                        VERSION_PATH)},
+            "/v1/model/compact": {"get": _binary_get(
+                "The latest global model as per-row int8 (ETag: its sha256)")},
+            "/v1/models/{version}/compact": {"get": _binary_get(
+                "One global model version as per-row int8 (compressed rounds' tasks carry "
+                "its sha256 as model_compact_sha256)", VERSION_PATH)},
             "/v1/tokenizer": {"get": {
                 "summary": "The tokenizer.json of the model",
                 "parameters": [{"name": "If-None-Match", "in": "header", "required": False,

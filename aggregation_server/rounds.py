@@ -214,6 +214,7 @@ class RoundService:
         spec = compressed.spec_for(config, r.id, model.sha256, self.num_params)
         if spec is not None:
             task["compression"] = spec.to_dict()
+            task["model_compact_sha256"] = compressed.compact_model(self.blobs, model)[1]
         return task
 
     # ----- uploads --------------------------------------------------------------------

@@ -76,6 +76,13 @@ def read_metadata(data: bytes) -> dict[str, str]:
         raise CheckpointError(str(err)) from None
 
 
+def checkpoint_meta(data: bytes) -> CheckpointMeta:
+    """The checkpoint metadata of a float or an int8 file (header only)."""
+    strings = read_metadata(data)
+    int8 = strings.get("format") == FORMAT_INT8
+    return CheckpointMeta.from_strings({**strings, "format": FORMAT} if int8 else strings)
+
+
 def _meta(strings: dict[str, str], tokenizer_sha256: str | None,
           config: ModelConfig | None) -> CheckpointMeta:
     meta = CheckpointMeta.from_strings(strings)

@@ -39,6 +39,7 @@ class FleetConfig:
     round_timeout: float = 900.0     # the server's round deadline, seconds
     assume_sampling: bool = False    # let the server's accountant assume Poisson sampling
     secure_aggregation: bool = True  # rounds with secure aggregation (devices run in threads)
+    compression: str = "none"        # "ddg16": compressed uploads (federated.compression)
     eval_every: int = 5              # federated evaluation of every K-th version (0: never)
     eval_senders: int = 40           # valid senders whose phones evaluate (0: all)
     eval_max_words: int = 200        # words each of them scores at most per evaluation
@@ -105,7 +106,7 @@ class FleetConfig:
             "train_epochs": self.local_epochs, "train_batch_size": self.batch_size,
             "train_lr": self.client_lr, "train_optimizer": self.client_optimizer,
             "train_max_examples": self.max_examples,
-            "secure_aggregation": self.secure_aggregation,
+            "secure_aggregation": self.secure_aggregation, "compression": self.compression,
             **({"secagg_phase_seconds": min(30.0, self.round_timeout / 10)}
                if self.secure_aggregation else {})}
 

@@ -30,6 +30,7 @@ class DeviceJob:
     direction_seed: int | None = None  # a privacy-audit canary: sends this direction instead
     enrolment_code: str = ""  # the operator's code the device enrols with (first round)
     kinds: tuple[str, ...] = ("train",)  # a `valid` sender's phone only evaluates
+    compact_downloads: bool = False  # int8 model downloads (with compressed uploads)
 
 
 _WORKER: dict[str, Any] = {}
@@ -93,7 +94,8 @@ def device_round(job: DeviceJob) -> dict[str, Any]:
                             eligibility=eligibility, cache_dir=job.cache_dir, load_model=False,
                             train_seed=job.train_seed, policy=job.policy,
                             enrolment_code=job.enrolment_code, kinds=job.kinds,
-                            rng=np.random.default_rng(job.noise_seed), **extra)
+                            rng=np.random.default_rng(job.noise_seed),
+                            compact_downloads=job.compact_downloads, **extra)
     try:
         step = runtime.run_once()
         status = runtime.status()

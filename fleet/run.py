@@ -120,7 +120,7 @@ class Fleet:
                          str(self.run_dir / "devices" / "model-cache"),
                          int(seeds[0] & 0x7FFFFFFF), int(seeds[1]), unplug,
                          self.config.device_policy(), self.direction_seeds.get(index),
-                         self.enrolment_code, kinds)
+                         self.enrolment_code, kinds, cfg.compression != "none")
 
     def _dispatch(self, r: dict, jobs: list[DeviceJob], success: str
                   ) -> tuple[list[dict], list[int], Counter]:

@@ -97,6 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "sum (a round's devices then run as threads of this process); "
                         "--no-secure-aggregation: plain rounds, where each device adds the "
                         "full noise z*C itself (default: on)")
+    p.add_argument("--compression", choices=("none", "ddg16"), default=d.compression,
+                   help="ddg16: uploads of at most 4 bits per parameter with integer noise "
+                        "(federated.compression); the devices then download the int8 model "
+                        "(default: %(default)s)")
     p.add_argument("--no-final-eval", dest="final_eval", action="store_false",
                    help="skip the evaluation on all of valid at the end")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -226,14 +226,17 @@ class SyncClient:
             return None
         return ModelBlob(data, version, hashlib.sha256(data).hexdigest())
 
-    def model(self, version: int | None = None, keep: bool = True) -> ModelBlob:
+    def model(self, version: int | None = None, keep: bool = True,
+              compact: bool = False) -> ModelBlob:
         """The latest global model (or a given version), from cache when the ETag matches;
-        `keep=False`: do not make it the cached model (an older version to evaluate)."""
+        `keep=False`: do not make it the cached model (an older version to evaluate);
+        `compact`: its int8 form (27% of the bytes), checked against its sha256 the same way."""
         cached = self.cached_model()
         if cached and version is not None and cached.version != version:
             cached = None
         headers = {"If-None-Match": f'"{cached.sha256}"'} if cached else {}
-        path = "/model" if version is None else f"/models/{int(version)}"
+        path = ("/model" if version is None else f"/models/{int(version)}") + \
+            ("/compact" if compact else "")
         response = self._request("GET", path, headers=headers)
         if response.status_code == 304 and cached:
             return cached

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_model.checkpoint import (CheckpointError, CheckpointMeta, read_metadata,
-                                     weights_from_bytes)
+from device_model.checkpoint import CheckpointError, checkpoint_meta, weights_from_bytes
 from device_model.lstm import NumpyLSTM
 from device_model.tokenizer import DeviceTokenizer, TokenizerError
 from federated import evaluation as fed_eval
@@ -125,7 +124,8 @@ class DeviceRuntime:
                  ledger: PrivacyLedger | None = None,
                  local_update: Callable = run_task,
                  enrolment_code: str | None = None,
-                 kinds: tuple[str, ...] = ("train", "evaluate")) -> None:
+                 kinds: tuple[str, ...] = ("train", "evaluate"),
+                 compact_downloads: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.policy = policy or DevicePolicy()
         self.ledger = ledger or PrivacyLedger(self.data_dir / LEDGER_FILE)
@@ -137,6 +137,7 @@ class DeviceRuntime:
         self.rng, self.train_seed = rng, train_seed
         self.local_update = local_update  # run_task; privacy audits' canary devices differ
         self.kinds = kinds
+        self.compact_downloads = compact_downloads  # int8 models, where the server offers them
         self.poll_seconds, self.max_backoff = poll_seconds, max_backoff
         self.model: NumpyLSTM | None = None
         self.tokenizer: DeviceTokenizer | None = None
@@ -280,10 +281,12 @@ class DeviceRuntime:
         terms = self._accept(task)  # before anything is downloaded or trained
         if isinstance(terms, Step):
             return terms
-        blob = self.blob
-        if blob is None or blob.version != task["model_version"]:
-            blob = self.client.model(int(task["model_version"]))
-        if task.get("model_sha256") and blob.sha256 != task["model_sha256"]:
+        compact = task.get("model_compact_sha256") if self.compact_downloads else None
+        expected, blob = compact or task.get("model_sha256"), self.blob
+        if blob is None or blob.version != task["model_version"] or (
+                expected and blob.sha256 != expected):
+            blob = self.client.model(int(task["model_version"]), compact=bool(compact))
+        if expected and blob.sha256 != expected:
             raise ServerRejected(200, "model_mismatch", "the round's model sha256 differs "
                                                         "from the downloaded model")
         tokenizer = self._tokenizer_for(blob)
@@ -439,14 +442,14 @@ class DeviceRuntime:
 
     # --- model and tokenizer ---------------------------------------------------------
     def _refresh_model(self) -> None:
-        blob = self.client.model()
+        blob = self.client.model(compact=self.compact_downloads)
         if self.blob is None or blob.sha256 != self.blob.sha256:
             self._install(blob, self._tokenizer_for(blob))
         self._set(server_reachable=True)
 
     def _tokenizer_for(self, blob: ModelBlob) -> DeviceTokenizer:
         """The tokenizer the model was trained with, fetched again if it changed."""
-        wanted = CheckpointMeta.from_strings(read_metadata(blob.data)).tokenizer_sha256
+        wanted = checkpoint_meta(blob.data).tokenizer_sha256
         if self.tokenizer is None or self.tokenizer.sha256 != wanted:
             tokenizer = DeviceTokenizer.from_json(self.client.tokenizer_json())
             if tokenizer.sha256 != wanted:
@@ -461,7 +464,7 @@ class DeviceRuntime:
             weights, meta = weights_from_bytes(blob.data, tokenizer_sha256=tokenizer.sha256)
             model = NumpyLSTM(weights, meta.config)
         else:  # simulations: train from the bytes, never predict
-            model, meta = None, CheckpointMeta.from_strings(read_metadata(blob.data))
+            model, meta = None, checkpoint_meta(blob.data)
         self.model, self.blob = model, blob
         self._set(model_version=meta.version)
         log.info("model version %d (sha256 %s)", meta.version, blob.sha256[:12])

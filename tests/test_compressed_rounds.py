@@ -4,12 +4,16 @@ change, a secure round's modular sum decoded into the new model, and the device'
 checks of the parameters it is given."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
+from test_device import ONE_DEVICE_ROUNDS, make_device, run_until, sender_messages  # noqa: F401
 from test_secure_rounds import Member, accepted, refused, secure_round, stored
 from test_server_updates import _assert_unchanged, _pending_files
 
 from aggregation_server.compressed import spec_for
+from device_model.checkpoint import weights_from_bytes
 from aggregation_server.config import RoundConfig
 from federated import privacy
 from federated.compression import Compression, round_seed
@@ -188,3 +192,35 @@ def test_the_device_refuses_parameters_that_are_not_the_rounds(plain, change, co
         POLICY.terms(bad)
     assert refusal.value.code == code
 
+
+
+# ---------------------------------------------------------------- downloads
+
+def test_the_compact_download_is_under_half_and_its_sha256_is_in_the_task(plain):
+    server, _, task = plain
+    full = server.http.get(f"{server.url}/v1/models/{task['model_version']}", timeout=60)
+    compact = server.http.get(f"{server.url}/v1/models/{task['model_version']}/compact",
+                              timeout=60)
+    assert full.status_code == compact.status_code == 200
+    assert len(compact.content) <= len(full.content) / 2
+    sha = hashlib.sha256(compact.content).hexdigest()
+    assert sha == task["model_compact_sha256"] == compact.headers["ETag"].strip('"')
+    again = server.http.get(f"{server.url}/v1/model/compact", timeout=60,
+                            headers={"If-None-Match": f'"{sha}"'})
+    assert again.status_code == 304
+    f32, _ = weights_from_bytes(full.content)
+    int8, _ = weights_from_bytes(compact.content)
+    for name, w in f32.items():  # per-row int8: within half a step of each row's scale
+        step = np.abs(w).max(axis=-1, keepdims=True) / 127 if w.ndim == 2 else 0
+        assert np.all(np.abs(int8[name] - w) <= step / 2 + 1e-6), name
+
+
+def test_a_device_with_compact_downloads_trains_from_the_int8_model(start_server, tmp_path,
+                                                                    sender_messages):
+    server = start_server(round={**ONE_DEVICE_ROUNDS, **COMPRESSED})
+    device = make_device(server.url, tmp_path, sender_messages, code=server.enrolment_code())
+    device.compact_downloads = True
+    run_until(device, "uploaded")
+    compact = server.http.get(f"{server.url}/v1/models/0/compact", timeout=60).content
+    assert device.client.cached_model().sha256 == hashlib.sha256(compact).hexdigest()
+    server.wait_for(lambda st: st["model"]["version"] == 1, what="the round aggregated")
