@@ -3,6 +3,7 @@ personal layer, as each sender types the second half of their messages.
 
     python benchmarks/personalised.py [CHECKPOINT] [--split test|valid]
     python benchmarks/personalised.py [CHECKPOINT] --tune          # the grid, on valid only
+    python benchmarks/personalised.py [CHECKPOINT] --tune --adapt  # adapting or not, valid
     python benchmarks/personalised.py [CHECKPOINT] --latency       # keystroke latency
 
 Weights are tuned with `--tune` on `valid` senders only (it refuses `test`); the chosen
@@ -45,6 +46,9 @@ STAGE1 = {"levels": tuple(((0.8, t2), (0.8, t3)) for t2 in (10.0, 20.0, 40.0)
                           for t3 in (0.5, 2.0, 4.0)),
           "sharpness": (1.0, 0.7)}
 STAGE2 = {"sharpness": (0.5, 0.7), "gamma": (0.0, 0.05), "recency": (0.0, 0.05)}
+# What the device learns of the person (PersonalWeights.adapt, gate), the other weights as
+# chosen: `--tune --adapt` (the first setting is the layer without adapting).
+ADAPT = {"adapt": ((), PersonalWeights().adapt), "gate": (False, True)}
 TARGETS = {"top1": 0.02, "macro_top1": 0.01, "top3": 0.03, "ksr": 0.015}
 MAX_LOSS = 0.005  # no sender with 50+ history messages worse by more than this (top-1)
 
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: test (valid with --tune)")
     parser.add_argument("--tune", action="store_true",
                         help="the two-stage grid (STAGE1, STAGE2) on valid: the ranking")
+    parser.add_argument("--adapt", action="store_true",
+                        help="with --tune: only the adaptation grid (ADAPT) over the defaults")
     parser.add_argument("--resume", type=Path, default=None,
                         help="with --tune: take stage 1's figures from this earlier --tune JSON")
     parser.add_argument("--latency", action="store_true", help="keystroke latency only")
@@ -166,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     devices = load_split(split)[:args.max_senders]
     scorer = LSTMScorer(model)
     start = time.perf_counter()
-    if args.tune:
+    if args.tune and args.adapt:
+        summaries = _run(scorer, tokenizer, devices, grid(ADAPT))
+    elif args.tune:
         stage1 = _stage1(args.resume) if args.resume else _run(scorer, tokenizer, devices,
                                                                grid(STAGE1))
         best = max(stage1, key=objective)["weights"]

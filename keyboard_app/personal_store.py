@@ -2,7 +2,8 @@
 
 `personal.sqlite` in the app's data folder (created with mode 0600, deleted rows overwritten
 on disk) holds every count of `model.personal.PersonalModel` (1- to 4-grams, by word, never by token id: a new global model or tokenizer keeps them), the forms written
-with capitals, and whether learning is paused. It learns only what the history store kept
+with capitals, whether learning is paused, and what the layer learned of how much of it
+suits the person (`model.personal.Adaptation`, as JSON). It learns only what the history store kept
 (after its filters: never incognito or password fields, never long numbers or e-mail
 addresses), is deleted with the history, and nothing in it is ever sent.
 
@@ -12,13 +13,14 @@ format, checks all of it before changing anything, and keeps the larger count of
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 from pathlib import Path
 
-from model.personal import (ORDER, DictionaryError, Gram, PersonalModel, dictionary_text,
-                            parse_dictionary)
+from model.personal import (ORDER, Adaptation, DictionaryError, Gram, PersonalModel,
+                            dictionary_text, parse_dictionary)
 
 FILE_NAME = "personal.sqlite"
 MAX_IMPORT_BYTES = 4_000_000
@@ -56,6 +58,13 @@ class PersonalStore:
             model.add_gram(tuple(w for w in words if w), int(n))
         for word, form in self._db.execute("SELECT word, form FROM forms"):
             model.set_form(word, form)
+        row = self._db.execute("SELECT value FROM settings WHERE name = 'adaptation'"
+                               ).fetchone()
+        if row:
+            try:
+                model.adaptation = Adaptation.from_dict(json.loads(row[0]))
+            except (ValueError, KeyError, TypeError):  # unreadable: learned again from now on
+                model.adaptation = None
         return model
 
     # --- learning -------------------------------------------------------------------
@@ -71,10 +80,15 @@ class PersonalStore:
                              "DO UPDATE SET value = excluded.value", ("1" if paused else "0",))
 
     def record(self, grams: list[Gram]) -> None:
-        """Persist grams the model has just counted once each (and their words' forms)."""
+        """Persist grams the model has just counted once each (and their words' forms, and
+        the model's adaptation)."""
         words = {g[0] for g in grams if len(g) == 1}
         with self._lock:
             self._db.execute("BEGIN")
+            if self.model.adaptation is not None:
+                self._db.execute("INSERT INTO settings VALUES ('adaptation', ?) ON CONFLICT"
+                                 "(name) DO UPDATE SET value = excluded.value",
+                                 (json.dumps(self.model.adaptation.to_dict()),))
             self._db.executemany(f"INSERT INTO grams VALUES ({'?, ' * ORDER}1) ON CONFLICT"
                                  f"({_WORDS}) DO UPDATE SET n = n + 1", map(_row, grams))
             self._sync_forms(words)
@@ -117,6 +131,7 @@ class PersonalStore:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM grams")
             self._db.execute("DELETE FROM forms")
+            self._db.execute("DELETE FROM settings WHERE name = 'adaptation'")
             self._db.execute("COMMIT")
             if self.path != ":memory:":
                 self._db.execute("VACUUM")

@@ -23,6 +23,17 @@ and a word typed once (even outside the vocabulary) can be suggested in the next
 Last, log p(w) = s log p_mix(w) + (1 - s) log pg(w) - log Z: the mixture is tempered by
 the global model (a log-linear blend with sharpness s; s = 1 is the plain mixture).
 Only the words the person used are touched per context: a keystroke stays sub-millisecond.
+
+How much of the layer suits this person is learned on the device (`Adaptation`, kept with
+the counts), from every message it learns, before counting it (`PersonalLayer.observe`):
+- the sharpness s is the one of `PersonalWeights.adapt` (0.3 ... 1) under which the person's
+  words so far were most likely (the summed log p(w | h) of each, a maximum-likelihood
+  choice among a few experts: its log-loss follows the best of them);
+- a gate: while the global model alone has had more top-1 hits on the person's words than
+  the layer (as it was then), the layer steps back to the global model alone (its unknown
+  word's mass still shared among the person's new words). So a person the layer does not
+  help gets, after a few messages, what they got without it.
+A new device learns both while its history is first learned, message by message as typed.
 """
 from __future__ import annotations
 
@@ -66,15 +77,56 @@ class PersonalWeights:
     kappa: float = 1.0  # unknown-word mass kept for words the person has not typed yet
     recency: float = 0.05  # rho: the weight of the recent-words cache
     decay: float = 0.98  # per word typed since
-    sharpness: float = 0.7  # s: log p(w) = s log p_mix + (1 - s) log p_g - log Z (log-linear)
+    sharpness: float = 0.7  # s: log p(w) = s log p_mix + (1 - s) log p_g - log Z (log-linear);
+    # with `adapt`, the s used before the device has seen any of the person's words
+    adapt: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 1.0)  # the s the device chooses among
+    # (the most likely so far); () keeps `sharpness`
+    gate: bool = True  # the global model alone while it has had more top-1 hits
 
     def __post_init__(self) -> None:
         ok = 1 <= len(self.levels) < ORDER and all(
             0 <= d < 1 and theta >= 0 and theta + d > 0 for d, theta in self.levels)
         if not (ok and 0 <= self.gamma < 1 and self.beta > 0 and self.kappa > 0
                 and 0 <= self.recency and self.gamma + self.recency < 1
-                and 0 < self.decay <= 1 and 0 < self.sharpness <= 1):
+                and 0 < self.decay <= 1 and 0 < self.sharpness <= 1
+                and all(0 < x <= 1 for x in self.adapt)
+                and (not self.adapt or self.sharpness in self.adapt)):
             raise ValueError(f"personal weights out of range: {self}")
+
+    @property
+    def adapts(self) -> bool:
+        """Whether the device learns from the person's words how much of the layer to use."""
+        return bool(self.adapt) or self.gate
+
+
+@dataclass
+class Adaptation:
+    """What the device learned of how much of the layer suits its person (see the module's
+    docstring): the summed log-likelihood of the person's words under each sharpness of
+    `grid`, and the top-1 hits of the layer (as it was then) and of the global model."""
+
+    grid: tuple[float, ...]
+    log_lik: list[float]
+    layer_hits: int = 0
+    global_hits: int = 0
+
+    @classmethod
+    def new(cls, grid: Sequence[float]) -> Adaptation:
+        return cls(tuple(grid), [0.0] * len(grid))
+
+    def to_dict(self) -> dict:
+        return {"grid": list(self.grid), "log_lik": list(self.log_lik),
+                "layer_hits": self.layer_hits, "global_hits": self.global_hits}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Adaptation:
+        """From `to_dict`'s data; ValueError when it is not that."""
+        grid = tuple(float(x) for x in data["grid"])
+        log_lik = [float(x) for x in data["log_lik"]]
+        found = cls(grid, log_lik, int(data["layer_hits"]), int(data["global_hits"]))
+        if len(grid) != len(log_lik) or min(found.layer_hits, found.global_hits) < 0:
+            raise ValueError("malformed adaptation")
+        return found
 
 
 def message_words(text: str) -> list[tuple[str, str, bool]]:
@@ -103,6 +155,7 @@ class PersonalModel:
         self.total = 0  # words learned (N)
         self.recent: deque[str] = deque(maxlen=RECENT)  # the last words, oldest first
         self.version = 0  # bumped on every change
+        self.adaptation: Adaptation | None = None  # how much of the layer suits the person
 
     # --- learning ----------------------------------------------------------------------
     def learn(self, text: str) -> list[Gram]:
@@ -196,7 +249,10 @@ class PersonalModel:
 
     def to_dict(self) -> dict:
         """Plain JSON-able data (every gram with its count, and the written forms)."""
-        return {"grams": [[*gram, n] for gram, n in self.grams()], "forms": dict(self.forms)}
+        found = {"grams": [[*gram, n] for gram, n in self.grams()], "forms": dict(self.forms)}
+        if self.adaptation is not None:
+            found["adaptation"] = self.adaptation.to_dict()
+        return found
 
     @classmethod
     def from_dict(cls, data: dict) -> PersonalModel:
@@ -205,6 +261,8 @@ class PersonalModel:
             model.add_gram(tuple(gram), int(n))
         for word, form in data.get("forms", {}).items():
             model.set_form(word, form)
+        if data.get("adaptation"):
+            model.adaptation = Adaptation.from_dict(data["adaptation"])
         return model
 
 
@@ -368,14 +426,76 @@ class PersonalLayer:
     def combine(self, log_probs: np.ndarray, context: Sequence[str]
                 ) -> tuple[np.ndarray, np.ndarray]:
         """(log-probs over the vocabulary, log-probs of `oov_words`) of the next word after
-        the message's words `context`, from the global model's `log_probs` (V,)."""
+        the message's words `context`, from the global model's `log_probs` (V,): the layer
+        at the sharpness this device chose, or the global model alone while it is gated."""
+        probs, oov, base, base_oov = self._parts(log_probs, context)
+        if self.gated():
+            return _log(base), _log(base_oov)
+        return _temper((_log(probs), _log(oov), _log(base), _log(base_oov)), self.sharpness())
+
+    def sharpness(self) -> float:
+        """s: the most likely of `weights.adapt` on the person's words so far (ties, and
+        before any word: `weights.sharpness`), or `weights.sharpness` without adapting."""
+        w, found = self.weights, self._adaptation()
+        if found is None or not found.grid:
+            return w.sharpness
+        return max(zip(found.log_lik, found.grid),
+                   key=lambda pair: (pair[0], pair[1] == w.sharpness))[1]
+
+    def gated(self) -> bool:
+        """Whether the global model alone has had more top-1 hits on the person's words so
+        far than the layer (then the layer steps back)."""
+        found = self.model.adaptation
+        return (self.weights.gate and found is not None
+                and found.global_hits > found.layer_hits)
+
+    def _adaptation(self) -> Adaptation | None:
+        """The model's adaptation if it is over this layer's sharpness grid."""
+        found = self.model.adaptation
+        return found if found is not None and found.grid == self.weights.adapt else None
+
+    def observe(self, rows: Sequence[np.ndarray], ws: Sequence[str]) -> None:
+        """Learn how much of the layer suits the person from one message about to be
+        learned: `ws` its words, `rows[i]` the global model's log-probs before `ws[i]`."""
+        w = self.weights
+        if not w.adapts:
+            return
+        if not self.current():
+            self.refresh()
+        found = self._adaptation() or Adaptation.new(w.adapt)
+        s_now = self.sharpness()
+        for i, word in enumerate(ws):
+            wid = self.word_to_id.get(word)
+            j = self._oov_pos.get(word) if wid is None else None
+            if wid is None and j is None:  # a word nobody could have suggested yet
+                continue
+            logs = tuple(map(_log, self._parts(rows[i], ws[:i])))
+            for k, s in enumerate(w.adapt):
+                scores, oov = _temper(logs, s)
+                found.log_lik[k] += float(scores[wid] if j is None else oov[j])
+            found.layer_hits += self._is_first(_temper(logs, s_now), wid, j)
+            found.global_hits += self._is_first((logs[2], logs[3]), wid, j)
+        self.model.adaptation = found
+        self.model.version += 1
+
+    def _is_first(self, scored: tuple[np.ndarray, np.ndarray], wid: int | None,
+                  j: int | None) -> bool:
+        """Whether the word (vocabulary id `wid` or OOV position `j`) is the first
+        suggestion of `scored`."""
+        scores, oov = scored
+        target = scores[wid] if j is None else oov[j]
+        return bool(scores[self.first:].max() <= target and (not len(oov) or oov.max() <= target))
+
+    def _parts(self, log_probs: np.ndarray, context: Sequence[str]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Probabilities (vocabulary, OOV words) of the mixture p_mix, then of the global
+        model with its unknown word's mass shared among the person's OOV words."""
         w = self.weights
         probs = np.exp(log_probs.astype(np.float64))
         n_all = self.model.total
         oov = probs[self.unk_id] * self.oov_counts / (self.oov_total + w.kappa)
         probs[self.unk_id] *= w.kappa / (self.oov_total + w.kappa)  # the rest of <unk>
-        if w.sharpness < 1:
-            base, base_oov = probs.copy(), oov.copy()
+        base, base_oov = probs.copy(), oov.copy()
         lam = w.gamma * n_all / (n_all + w.beta) if n_all else 0.0
         rho = w.recency if self.model.recent else 0.0
         probs *= 1 - lam - rho
@@ -399,14 +519,7 @@ class PersonalLayer:
             oov *= (theta + d * stats.distinct) / denominator
             probs[stats.ids] += np.maximum(stats.counts - d, 0) / denominator
             oov[stats.oov] += np.maximum(stats.oov_counts - d, 0) / denominator
-        with np.errstate(divide="ignore"):
-            if w.sharpness < 1:  # a log-linear mixture, normalised again
-                s = w.sharpness
-                scores = s * np.log(probs) + (1 - s) * np.log(base)
-                oov_scores = s * np.log(oov) + (1 - s) * np.log(base_oov)
-                norm = total_log_prob(scores, oov_scores)
-                return scores - norm, oov_scores - norm
-            return np.log(probs), np.log(oov)
+        return probs, oov, base, base_oov
 
     def oov_span(self, prefix: str) -> tuple[int, int]:
         """[lo, hi) positions in `oov_words` of the words starting with `prefix`."""
@@ -420,6 +533,23 @@ class PersonalLayer:
         return self._oov_pos.get(word)
 
 
+def _log(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(x)
+
+
+def _temper(logs: tuple[np.ndarray, ...], s: float) -> tuple[np.ndarray, np.ndarray]:
+    """log p = s log p_mix + (1 - s) log p_g - log Z over the vocabulary and the OOV words,
+    from the logs of `PersonalLayer._parts`."""
+    mix, mix_oov, base, base_oov = logs
+    if s >= 1:
+        return mix, mix_oov
+    scores = s * mix + (1 - s) * base
+    oov_scores = s * mix_oov + (1 - s) * base_oov
+    norm = total_log_prob(scores, oov_scores)
+    return scores - norm, oov_scores - norm
+
+
 def total_log_prob(log_probs: np.ndarray, oov_log_probs: np.ndarray) -> float:
     """log of the probability mass over the vocabulary and the OOV words (about 0)."""
     both = np.concatenate([log_probs, oov_log_probs])
@@ -427,5 +557,5 @@ def total_log_prob(log_probs: np.ndarray, oov_log_probs: np.ndarray) -> float:
     return top + math.log(float(np.exp(both - top).sum()))
 
 
-__all__ = ["BOS", "DictionaryError", "PersonalLayer", "PersonalModel", "PersonalWeights",
+__all__ = ["Adaptation", "BOS", "DictionaryError", "PersonalLayer", "PersonalModel", "PersonalWeights",
            "dictionary_text", "parse_dictionary", "message_words", "is_word"]

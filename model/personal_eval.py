@@ -1,8 +1,10 @@
 """The personalised evaluation of docs/EVALUATION.md: a person typing over time.
 
 For each sender with at least 20 messages: the personal layer learns the first half
-(floor(n/2) messages); the second half is typed in order, each message scored with what was
-learned before it and then learned. Every word of the second half is a target (top-1,
+(floor(n/2) messages), message by message as the device learns a sent one (a layer that
+adapts first observes how well it and the global model predicted the message:
+PersonalLayer.observe); the second half is typed in order, each message scored with what
+was learned before it and then learned the same way. Every word of the second half is a target (top-1,
 top-3, KSR; a word outside the global vocabulary is a hit when the personal layer suggests
 it). The global model alone is scored on exactly the same words in the same pass, and any
 number of personal weightings share one pass of the global model.
@@ -18,7 +20,7 @@ from tqdm import tqdm
 
 from data import Device
 from model.metrics import FIRST_WORD_ID, SUGGESTIONS, PrefixIndex
-from model.personal import PersonalLayer, PersonalModel, PersonalWeights
+from model.personal import Adaptation, PersonalLayer, PersonalModel, PersonalWeights
 from model.predictor import Scorer
 from model.tokenizer import WordTokenizer
 from model.words import words
@@ -170,41 +172,63 @@ def _evaluate_sender(scorer: Scorer, tokenizer: WordTokenizer, device: Device,
     half = len(device.messages) // 2
     layer = PersonalLayer(PersonalModel(), tokenizer.id_to_word, result.weights[0],
                           tokenizer.unk_id)
-    for message in device.messages[:half]:
-        layer.model.learn(message)
-    layer.refresh()
-    typed = device.messages[half:]
-    for start in range(0, len(typed), CHUNK):
-        chunk = typed[start:start + CHUNK]
-        rows = [(m, words(m)) for m in chunk]
-        sequences = [[tokenizer.bos_id, *[tokenizer.word_to_id.get(w, tokenizer.unk_id)
-                                          for w in ws], tokenizer.eos_id]
-                     for _, ws in rows if ws]
-        scored = dict(scorer.score_messages(sequences))
-        k = 0
-        for message, ws in rows:
-            if ws:
-                _score_message(device.sender, ws, scored[k], layer, result, ranker)
-                k += 1
-                bar.update(len(ws))
-            layer.learn(message)
+    learned: list[Adaptation | None] = [None] * len(result.weights)  # each weighting's
+    adapts = any(w.adapts for w in result.weights)
+    if not adapts:
+        for message in device.messages[:half]:
+            layer.model.learn(message)
+        layer.refresh()
+    for phase, messages in (("history", device.messages[:half]),
+                            ("typed", device.messages[half:])):
+        if phase == "history" and not adapts:
+            continue
+        for start in range(0, len(messages), CHUNK):
+            chunk = messages[start:start + CHUNK]
+            rows = [(m, words(m)) for m in chunk]
+            sequences = [[tokenizer.bos_id, *[tokenizer.word_to_id.get(w, tokenizer.unk_id)
+                                              for w in ws], tokenizer.eos_id]
+                         for _, ws in rows if ws]
+            scored = dict(scorer.score_messages(sequences))
+            k = 0
+            for message, ws in rows:
+                if ws:
+                    if phase == "typed":
+                        _score_message(device.sender, ws, scored[k], layer, result, ranker,
+                                       learned)
+                        bar.update(len(ws))
+                    _observe(ws, scored[k], layer, result.weights, learned)
+                    k += 1
+                layer.learn(message)
+
+
+def _observe(ws: list[str], log_probs: np.ndarray, layer: PersonalLayer,
+             weights: Sequence[PersonalWeights], learned: list[Adaptation | None]) -> None:
+    """Each weighting learns how much of the layer suits the person from one message (as
+    the device does before it counts a sent message: PersonalLayer.observe)."""
+    for n, w in enumerate(weights):
+        if w.adapts:
+            layer.weights, layer.model.adaptation = w, learned[n]
+            layer.observe(log_probs, ws)
+            learned[n] = layer.model.adaptation
 
 
 def _score_message(sender: str, ws: list[str], log_probs: np.ndarray, layer: PersonalLayer,
-                   result: PersonalisedResult, ranker: _Ranker) -> None:
+                   result: PersonalisedResult, ranker: _Ranker,
+                   learned: list[Adaptation | None]) -> None:
     chars = sum(len(w) + 1 for w in ws)
     empty = np.zeros(0)
-    tallies = [(result.global_, None)] + [(t, w) for t, w in
-                                          zip(result.personal, result.weights)]
+    tallies = [(result.global_, None, None)] + [
+        (t, w, a) for t, w, a in zip(result.personal, result.weights, learned)]
     once = [word not in ranker.word_to_id and layer.model.unigrams.get(word) == 1
             for word in ws]  # new words used once before this message
-    for tally, weights in tallies:
+    for tally, weights, adaptation in tallies:
         top1 = top3 = keys = 0
+        if weights is not None:
+            layer.weights, layer.model.adaptation = weights, adaptation
         for i, word in enumerate(ws):
             if weights is None:
                 rank, k = ranker.score(word, log_probs[i], [], empty, None)
             else:
-                layer.weights = weights
                 row, oov = layer.combine(log_probs[i], ws[:i])
                 rank, k = ranker.score(word, row, layer.oov_words, oov, layer)
             top1 += rank < 1

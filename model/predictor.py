@@ -164,10 +164,19 @@ class Predictor:
             self.personal, self._personal_key = layer, None
 
     def learn(self, text: str) -> list[tuple[str, ...]]:
-        """Count one sent message in the personal model (usable from the next keystroke);
+        """Count one sent message in the personal model (usable from the next keystroke),
+        after the layer observed how well it and the global model predicted the message's
+        words (PersonalLayer.observe: at Send, one model step per word, no keystroke work);
         returns the grams counted (none without a personal model)."""
         with self._lock:
-            return self.personal.learn(text) if self.personal is not None else []
+            layer = self.personal
+            if layer is None:
+                return []
+            if layer.weights.adapts:
+                ws = words(text)
+                ids = self._ids(ws)
+                layer.observe([self._context_scores(ids[:i])[0] for i in range(len(ws))], ws)
+            return layer.learn(text)
 
     def suggest(self, text_before_cursor: str, k: int = 3) -> list[str]:
         """The k best words to insert at the cursor, completing the partial word if any.

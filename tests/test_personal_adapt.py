@@ -1,0 +1,128 @@
+"""How much of the personal layer suits the person, learned on the device (Adaptation): on
+constructed streams the layer is never much worse at top-1 than the better of the global
+model alone and the layer at a fixed sharpness; the state is kept and deleted with the
+personal store."""
+import numpy as np
+import pytest
+
+from keyboard_app.personal_store import PersonalStore
+from model.personal import Adaptation, PersonalLayer, PersonalModel, PersonalWeights
+
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
+WORDS = ["a", "b", "see", "you", "at", "x"] + [f"c{k}" for k in range(10)]
+VOCAB = SPECIALS + WORDS
+ID = {w: i for i, w in enumerate(VOCAB)}
+FIXED = PersonalWeights(adapt=(), gate=False)  # the layer as it was: sharpness 0.7 always
+ADAPTING = PersonalWeights()
+
+
+def global_row(top: str, mass: float = 0.5) -> np.ndarray:
+    """A global model's log-probs: `mass` on `top`, the rest spread evenly."""
+    probs = np.full(len(VOCAB), (1 - mass) / (len(VOCAB) - 1))
+    probs[ID[top]] = mass
+    return np.log(probs)
+
+
+def first(layer: PersonalLayer, row: np.ndarray, context: list[str]) -> str:
+    scores, oov = layer.combine(row, context)
+    best = 4 + int(np.argmax(scores[4:]))
+    if len(oov) and oov.max() > scores[best]:
+        return layer.oov_words[int(np.argmax(oov))]
+    return VOCAB[best]
+
+
+def type_stream(weights: PersonalWeights, messages: list[tuple[str, list[str]]],
+                scored_from: int) -> tuple[int, int, PersonalModel]:
+    """Learn `messages` in order as the device does (observe, then learn), each given as
+    (text, the global model's top word before each of its words); top-1 hits of the layer
+    and of the global model alone on the messages from `scored_from` on."""
+    layer = PersonalLayer(PersonalModel(), VOCAB, weights)
+    hits = glob = 0
+    for n, (text, tops) in enumerate(messages):
+        ws = text.split()
+        rows = [global_row(t) for t in tops]
+        if n >= scored_from:
+            for i, word in enumerate(ws):
+                hits += first(layer, rows[i], ws[:i]) == word
+                glob += tops[i] == word
+        layer.observe(rows, ws)
+        layer.learn(text)
+    return hits, glob, layer.model
+
+
+def test_a_misleading_history_falls_back_to_the_global_model():
+    # the history taught "a b"; now the person says "a c0", "a c1", ... and the global model
+    # has each right (top-1 with half its mass), the layer's old bigram says "b"
+    history = [("a b", ["a", "b"])] * 40
+    stream = [(f"a c{k % 10}", ["a", f"c{k % 10}"]) for k in range(40)]
+    fixed, glob, _ = type_stream(FIXED, history + stream, len(history))
+    adapting, glob2, person = type_stream(ADAPTING, history + stream, len(history))
+    assert glob == glob2 == 80
+    assert fixed <= glob - 20  # the fixed layer keeps suggesting "b"
+    assert adapting >= max(fixed, glob) - 2  # never much worse than the better one
+    layer = PersonalLayer(person, VOCAB, ADAPTING)
+    assert layer.gated() or layer.sharpness() < 0.7
+
+
+def test_a_person_the_layer_helps_keeps_it():
+    # the global model expects "x" everywhere; the person says the same phrase every time
+    stream = [("see you at c3", ["x"] * 4)] * 30
+    fixed, glob, _ = type_stream(FIXED, stream, 10)
+    adapting, _, person = type_stream(ADAPTING, stream, 10)
+    assert glob == 0 and fixed >= 70
+    assert adapting >= max(fixed, glob) - 2
+    layer = PersonalLayer(person, VOCAB, ADAPTING)
+    assert not layer.gated() and layer.sharpness() == 1.0  # the most likely: all layer
+    assert person.adaptation.layer_hits > person.adaptation.global_hits
+
+
+def test_before_any_word_the_layer_is_the_fixed_one():
+    person = PersonalModel()
+    person.learn("see you at c3")
+    row = global_row("x")
+    fixed = PersonalLayer(person, VOCAB, FIXED).combine(row, ["see"])
+    adapting = PersonalLayer(person, VOCAB, ADAPTING).combine(row, ["see"])
+    assert np.allclose(fixed[0], adapting[0]) and np.allclose(fixed[1], adapting[1])
+
+
+def test_the_sharpness_chosen_is_the_most_likely_one():
+    person = PersonalModel()
+    person.adaptation = Adaptation((0.3, 0.5, 0.7, 0.85, 1.0), [-9.0, -3.0, -5.0, -3.0, -8.0])
+    assert PersonalLayer(person, VOCAB, ADAPTING).sharpness() == 0.5  # ties: the first
+    person.adaptation.log_lik = [-1.0, -2.0, -1.0, -3.0, -4.0]
+    assert PersonalLayer(person, VOCAB, ADAPTING).sharpness() == 0.7  # ties: the prior
+    # weights over another grid start again from the prior
+    other = PersonalWeights(adapt=(0.5, 0.7))
+    assert PersonalLayer(person, VOCAB, other).sharpness() == 0.7
+
+
+def test_bad_weights_are_refused():
+    with pytest.raises(ValueError):
+        PersonalWeights(adapt=(0.3, 0.5), sharpness=0.7)  # the prior must be in the grid
+    with pytest.raises(ValueError):
+        PersonalWeights(adapt=(0.0, 0.7))
+
+
+def test_the_adaptation_is_kept_and_deleted_with_the_store(tmp_path):
+    store = PersonalStore(tmp_path / "personal.sqlite")
+    layer = PersonalLayer(store.model, VOCAB, ADAPTING)
+    for _ in range(3):
+        layer.observe([global_row("x")] * 4, "see you at c3".split())
+        store.record(layer.learn("see you at c3"))
+    learned = store.model.adaptation.to_dict()
+    assert learned["layer_hits"] + learned["global_hits"] > 0
+    store.close()
+    again = PersonalStore(tmp_path / "personal.sqlite")
+    assert again.model.adaptation.to_dict() == learned
+    assert PersonalModel.from_dict(again.model.to_dict()).adaptation.to_dict() == learned
+    again.delete_all()
+    assert again.model.adaptation is None
+    again.close()
+    assert PersonalStore(tmp_path / "personal.sqlite").model.adaptation is None
+
+
+def test_an_unreadable_adaptation_is_learned_again(tmp_path):
+    store = PersonalStore(tmp_path / "personal.sqlite")
+    store._db.execute("INSERT INTO settings VALUES ('adaptation', '{\"grid\": [0.5]}')")
+    store.close()
+    assert PersonalStore(tmp_path / "personal.sqlite").model.adaptation is None
