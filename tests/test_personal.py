@@ -1,4 +1,5 @@
-"""The personal layer: counts, the mixture with the global model, the Predictor hook, the
+"""The personal layer: counts, the mixture with the global model, the Predictor hook (and
+its adaptation at Send), the
 dictionary file, and the personalised evaluation against the plain metrics."""
 import math
 
@@ -248,3 +249,31 @@ def test_new_words_after_one_use_are_counted_and_offered(tokenizer, model):
     assert new["top3"] == 1.0 and new["offered"] == 1.0
     alone = result.global_.new_words()
     assert alone["targets"] == new["targets"] and alone["top3"] == alone["offered"] == 0.0
+
+
+def test_the_device_learns_its_adaptation_as_the_evaluation_does(tokenizer, model):
+    """Predictor.learn (at Send) observes each message with the global model before
+    counting it, exactly as the personalised evaluation replays a history."""
+    from model.words import words
+    messages = ["i love zorblat so much", "zorblat is my cat", "i love my cat",
+                "my cat is called zorblat"]
+    predictor = Predictor(model, tokenizer)
+    predictor.set_personal(PersonalModel())
+    for text in messages:
+        predictor.learn(text)
+    on_device = predictor.personal.model.adaptation
+    layer = PersonalLayer(PersonalModel(), tokenizer.id_to_word, PersonalWeights(),
+                          tokenizer.unk_id)
+    scorer = LSTMScorer(model)
+    for text in messages:
+        ws = words(text)
+        ids = [tokenizer.bos_id, *[tokenizer.word_to_id.get(w, tokenizer.unk_id)
+                                   for w in ws], tokenizer.eos_id]
+        (_, rows), = scorer.score_messages([ids])
+        layer.observe(rows, ws)
+        layer.learn(text)
+    replayed = layer.model.adaptation
+    assert on_device.layer_hits + on_device.global_hits > 0
+    assert (on_device.layer_hits, on_device.global_hits) == (replayed.layer_hits,
+                                                             replayed.global_hits)
+    assert on_device.log_lik == pytest.approx(replayed.log_lik, rel=1e-5)
