@@ -1,6 +1,6 @@
 """The personal layer: counts, the mixture with the global model, the Predictor hook (and
-its adaptation at Send), the
-dictionary file, and the personalised evaluation against the plain metrics."""
+its adaptation at Send), the dictionary file, and the personalised evaluation against the
+plain metrics."""
 import math
 
 import numpy as np
