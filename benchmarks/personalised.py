@@ -76,7 +76,8 @@ def latency(checkpoint: Path, tokenizer: Path, keystrokes: int) -> dict:
     messages
     (the largest personal model there), on the same keystrokes: the second half of that
     sender's messages typed character by character, the personal layer learning each
-    message after it is typed (its first half learned before)."""
+    message after it is typed (its first half learned before, message by message as the
+    device learns them, so its adaptation is the device's)."""
     device = max(load_split("test"), key=lambda d: len(d.messages))
     half = len(device.messages) // 2
     typed, n = [], 0
@@ -90,13 +91,14 @@ def latency(checkpoint: Path, tokenizer: Path, keystrokes: int) -> dict:
         predictor = Predictor.from_checkpoint(checkpoint, tokenizer)
         if name == "keyboard + personal":  # the app's strip: clean words and corrections
             predictor = Predictor.for_keyboard(predictor.scorer, predictor.tokenizer)
-        if name != "global":
+        if name != "global":  # the first half learned as the device learns (adapting too)
             person = PersonalModel()
-            for message in device.messages[:half]:
-                person.learn(message)
             predictor.set_personal(person)
+            for message in device.messages[:half]:
+                predictor.learn(message)
             found.update(personal_words=person.total, personal_distinct_words=len(
-                person.unigrams))
+                person.unigrams), sharpness=predictor.personal.sharpness(),
+                gated=predictor.personal.gated())
         wall, cpu, learn = [], [], []
         for message in typed:
             for i in range(1, len(message) + 1):
