@@ -47,8 +47,8 @@ STAGE1 = {"levels": tuple(((0.8, t2), (0.8, t3)) for t2 in (10.0, 20.0, 40.0)
           "sharpness": (1.0, 0.7)}
 STAGE2 = {"sharpness": (0.5, 0.7), "gamma": (0.0, 0.05), "recency": (0.0, 0.05)}
 # What the device learns of the person (PersonalWeights.adapt, gate), the other weights as
-# chosen: `--tune --adapt` (the first setting is the layer without adapting).
-ADAPT = {"adapt": ((), PersonalWeights().adapt), "gate": (False, True)}
+# chosen: `--tune --adapt` (adapt () with gate None is the layer without adapting).
+ADAPT = {"adapt": ((), PersonalWeights().adapt), "gate": (None, 0.0, 1.0, 2.0)}
 TARGETS = {"top1": 0.02, "macro_top1": 0.01, "top3": 0.03, "ksr": 0.015}
 MAX_LOSS = 0.005  # no sender with 50+ history messages worse by more than this (top-1)
 

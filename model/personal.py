@@ -29,10 +29,12 @@ the counts), from every message it learns, before counting it (`PersonalLayer.ob
 - the sharpness s is the one of `PersonalWeights.adapt` (0.3 ... 1) under which the person's
   words so far were most likely (the summed log p(w | h) of each, a maximum-likelihood
   choice among a few experts: its log-loss follows the best of them);
-- a gate: while the global model alone has had more top-1 hits on the person's words than
-  the layer (as it was then), the layer steps back to the global model alone (its unknown
+- a gate: among the person's words where exactly one of the layer (as it was then) and the
+  global model alone had the word as its first suggestion, let L be the layer's and G the
+  global model's; while G - L > z sqrt(G + L) (a sign test: the global model is better
+  by z standard deviations), the layer steps back to the global model alone (its unknown
   word's mass still shared among the person's new words). So a person the layer does not
-  help gets, after a few messages, what they got without it.
+  help gets, after a while, what they got without it, and chance alone rarely closes it.
 A new device learns both while its history is first learned, message by message as typed.
 """
 from __future__ import annotations
@@ -81,7 +83,7 @@ class PersonalWeights:
     # with `adapt`, the s used before the device has seen any of the person's words
     adapt: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 1.0)  # the s the device chooses among
     # (the most likely so far); () keeps `sharpness`
-    gate: bool = True  # the global model alone while it has had more top-1 hits
+    gate: float | None = 0.0  # z of the gate's sign test (None: no gate)
 
     def __post_init__(self) -> None:
         ok = 1 <= len(self.levels) < ORDER and all(
@@ -90,25 +92,27 @@ class PersonalWeights:
                 and 0 <= self.recency and self.gamma + self.recency < 1
                 and 0 < self.decay <= 1 and 0 < self.sharpness <= 1
                 and all(0 < x <= 1 for x in self.adapt)
-                and (not self.adapt or self.sharpness in self.adapt)):
+                and (not self.adapt or self.sharpness in self.adapt)
+                and (self.gate is None or self.gate >= 0)):
             raise ValueError(f"personal weights out of range: {self}")
 
     @property
     def adapts(self) -> bool:
         """Whether the device learns from the person's words how much of the layer to use."""
-        return bool(self.adapt) or self.gate
+        return bool(self.adapt) or self.gate is not None
 
 
 @dataclass
 class Adaptation:
     """What the device learned of how much of the layer suits its person (see the module's
     docstring): the summed log-likelihood of the person's words under each sharpness of
-    `grid`, and the top-1 hits of the layer (as it was then) and of the global model."""
+    `grid`, and how many words only the layer (as it was then) and only the global model
+    alone had as the first suggestion."""
 
     grid: tuple[float, ...]
     log_lik: list[float]
-    layer_hits: int = 0
-    global_hits: int = 0
+    layer_only: int = 0
+    global_only: int = 0
 
     @classmethod
     def new(cls, grid: Sequence[float]) -> Adaptation:
@@ -116,15 +120,15 @@ class Adaptation:
 
     def to_dict(self) -> dict:
         return {"grid": list(self.grid), "log_lik": list(self.log_lik),
-                "layer_hits": self.layer_hits, "global_hits": self.global_hits}
+                "layer_only": self.layer_only, "global_only": self.global_only}
 
     @classmethod
     def from_dict(cls, data: dict) -> Adaptation:
         """From `to_dict`'s data; ValueError when it is not that."""
         grid = tuple(float(x) for x in data["grid"])
         log_lik = [float(x) for x in data["log_lik"]]
-        found = cls(grid, log_lik, int(data["layer_hits"]), int(data["global_hits"]))
-        if len(grid) != len(log_lik) or min(found.layer_hits, found.global_hits) < 0:
+        found = cls(grid, log_lik, int(data["layer_only"]), int(data["global_only"]))
+        if len(grid) != len(log_lik) or min(found.layer_only, found.global_only) < 0:
             raise ValueError("malformed adaptation")
         return found
 
@@ -443,11 +447,11 @@ class PersonalLayer:
                    key=lambda pair: (pair[0], pair[1] == w.sharpness))[1]
 
     def gated(self) -> bool:
-        """Whether the global model alone has had more top-1 hits on the person's words so
-        far than the layer (then the layer steps back)."""
-        found = self.model.adaptation
-        return (self.weights.gate and found is not None
-                and found.global_hits > found.layer_hits)
+        """Whether the global model alone has been better at top-1 on the person's words so
+        far than the layer by the gate's sign test (then the layer steps back)."""
+        found, z = self.model.adaptation, self.weights.gate
+        return (z is not None and found is not None and found.global_only - found.layer_only
+                > z * math.sqrt(found.global_only + found.layer_only))
 
     def _adaptation(self) -> Adaptation | None:
         """The model's adaptation if it is over this layer's sharpness grid."""
@@ -473,8 +477,10 @@ class PersonalLayer:
             for k, s in enumerate(w.adapt):
                 scores, oov = _temper(logs, s)
                 found.log_lik[k] += float(scores[wid] if j is None else oov[j])
-            found.layer_hits += self._is_first(_temper(logs, s_now), wid, j)
-            found.global_hits += self._is_first((logs[2], logs[3]), wid, j)
+            mine = self._is_first(_temper(logs, s_now), wid, j)
+            theirs = self._is_first((logs[2], logs[3]), wid, j)
+            found.layer_only += mine and not theirs
+            found.global_only += theirs and not mine
         self.model.adaptation = found
         self.model.version += 1
 

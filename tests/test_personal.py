@@ -273,7 +273,7 @@ def test_the_device_learns_its_adaptation_as_the_evaluation_does(tokenizer, mode
         layer.observe(rows, ws)
         layer.learn(text)
     replayed = layer.model.adaptation
-    assert on_device.layer_hits + on_device.global_hits > 0
-    assert (on_device.layer_hits, on_device.global_hits) == (replayed.layer_hits,
-                                                             replayed.global_hits)
+    assert on_device.layer_only + on_device.global_only > 0
+    assert (on_device.layer_only, on_device.global_only) == (replayed.layer_only,
+                                                             replayed.global_only)
     assert on_device.log_lik == pytest.approx(replayed.log_lik, rel=1e-5)

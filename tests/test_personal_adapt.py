@@ -12,7 +12,7 @@ SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 WORDS = ["a", "b", "see", "you", "at", "x"] + [f"c{k}" for k in range(10)]
 VOCAB = SPECIALS + WORDS
 ID = {w: i for i, w in enumerate(VOCAB)}
-FIXED = PersonalWeights(adapt=(), gate=False)  # the layer as it was: sharpness 0.7 always
+FIXED = PersonalWeights(adapt=(), gate=None)  # the layer as it was: sharpness 0.7 always
 ADAPTING = PersonalWeights()
 
 
@@ -73,7 +73,7 @@ def test_a_person_the_layer_helps_keeps_it():
     assert adapting >= max(fixed, glob) - 2
     layer = PersonalLayer(person, VOCAB, ADAPTING)
     assert not layer.gated() and layer.sharpness() == 1.0  # the most likely: all layer
-    assert person.adaptation.layer_hits > person.adaptation.global_hits
+    assert person.adaptation.layer_only > person.adaptation.global_only
 
 
 def test_before_any_word_the_layer_is_the_fixed_one():
@@ -110,7 +110,7 @@ def test_the_adaptation_is_kept_and_deleted_with_the_store(tmp_path):
         layer.observe([global_row("x")] * 4, "see you at c3".split())
         store.record(layer.learn("see you at c3"))
     learned = store.model.adaptation.to_dict()
-    assert learned["layer_hits"] + learned["global_hits"] > 0
+    assert learned["layer_only"] + learned["global_only"] > 0
     store.close()
     again = PersonalStore(tmp_path / "personal.sqlite")
     assert again.model.adaptation.to_dict() == learned
