@@ -67,6 +67,9 @@ def to_wire(sums: Sequence[dict[str, float]], max_words: int, clip_norm: float,
     """The device's report: each version's sums scaled into C units, clipped together to
     `clip_norm`, then noised with `noise_stddev` per value (the device's own noise)."""
     raw = np.array([[s[f] for f in FIELDS] for s in sums], dtype=np.float64)
+    # a model that gives a word no probability at all has an infinite loss: report the
+    # largest a faithful report may carry instead (the cap's words at one share each)
+    raw = np.nan_to_num(raw, nan=0.0, posinf=max_words * float(SCALE.max()), neginf=0.0)
     scaled = raw / SCALE * (clip_norm / report_bound(max_words, len(sums)))
     norm = float(np.linalg.norm(scaled))
     if norm > clip_norm:  # as privacy.clip, in float64: seven numbers, not a model

@@ -181,8 +181,9 @@ class Fleet:
         r = self.admin.open_round(after)
         if r.get("kind") != "evaluate":
             raise FleetError(f"round {r['id']} is a training round; an evaluation was due")
-        offset = len(self.population)
-        order = np.random.default_rng([self.config.seed, k, 2**20]).permutation(
+        offset, started = len(self.population), time.time()
+        # the same order every time: the same phones score every version, on the same words
+        order = np.random.default_rng([self.config.seed, 2**20]).permutation(
             len(self.evaluators))
         jobs = [self._job(k, offset + int(i), False, 0.0, ("evaluate",)) for i in order]
         results, _, outcomes = self._dispatch(r, jobs, "evaluated")
@@ -190,7 +191,8 @@ class Fleet:
             r["id"], timeout=max(r["deadline"] - time.time(), 0) + 120)
         result = (done_round.get("evaluation") or {}).get("result")
         record["evaluation_round"] = {"round_id": r["id"], "state": done_round["state"],
-                                      "outcomes": dict(outcomes)}
+                                      "outcomes": dict(outcomes),
+                                      "seconds": round(time.time() - started, 2)}
         if result is None:
             return r["id"]
         record["valid"] = federated_figures(result)

@@ -151,7 +151,7 @@ class NextWordMetrics:
             "top3": share(self.top3, self.words),
             "top1_excl_unk": share(self.top1, self.in_vocab),
             "top3_excl_unk": share(self.top3, self.in_vocab),
-            "perplexity": math.exp(self.nll / events) if events else float("nan"),
+            "perplexity": perplexity(self.nll, events),
             "ksr": 1 - self.keys / self.chars if self.chars else float("nan"),
             "macro_top1": float(np.mean([r[1] / r[0] for r in senders])) if senders
             else float("nan"),
@@ -161,6 +161,13 @@ class NextWordMetrics:
             "events": events, "senders": len(senders), "characters": self.chars,
             "keystrokes": self.keys,
         }
+
+
+def perplexity(nll: float, events: int) -> float:
+    """exp(nll / events); infinite for a model too broken for a float (nan: no event)."""
+    if not events:
+        return float("nan")
+    return math.exp(nll / events) if nll / events < 709 else math.inf
 
 
 def score_rows(scorer: Any, metrics: NextWordMetrics, rows: Sequence[tuple[str, list[str]]],

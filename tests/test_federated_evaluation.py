@@ -327,3 +327,15 @@ def test_an_evaluation_task_beyond_what_a_faithful_server_sends_is_refused(chang
     assert parse_task(task).max_words == 200
     with pytest.raises(TaskError, match=words):
         parse_task({**task, **change})
+
+
+def test_the_report_is_finite_and_the_words_the_most_recent_within_the_cap():
+    """A model that gives a word no probability (infinite loss) still makes a report the
+    server takes; the words scored are the newest whole messages within the cap."""
+    values = ev.to_wire([dict(GOOD, loss=math.inf)], MAX_WORDS, 1.0, 0.0)
+    assert np.isfinite(values).all()
+    ev.check_report(values, 1, MAX_WORDS, 1.0, 0.0)  # no ReportError
+    messages = ["one two three", "four five", "", "six seven eight nine", "ten"]
+    assert ev.select_messages(messages, 5) == ["six seven eight nine", "ten"]
+    assert ev.select_messages(messages, 4) == ["four five", "ten"]  # whole, skipping
+    assert ev.select_messages(messages, 100) == [m for m in messages if m]
