@@ -50,7 +50,12 @@ def phone(url, folder, device: Device, kinds, code, rng=None) -> DeviceRuntime:
                          enrolment_code=code, rng=rng)
 
 
-def run_round(phones, outcome: str) -> None:
+def run_round(phones, outcome: str, server=None, kind: str | None = None) -> None:
+    """Each phone's next pass ends in `outcome`; with `server`, once a round of `kind` is
+    open (the round worker opens the next round after the last one closed)."""
+    if server is not None:
+        server.wait_for(lambda st: (st["round"] or {}).get("state") == "open"
+                        and st["round"].get("kind") == kind, what=f"a {kind} round open")
     for p in phones:
         step = p.run_once()
         assert step.outcome == outcome, (step.outcome, step.detail)
@@ -85,11 +90,11 @@ def test_evaluation_rounds_match_central_evaluation(start_server, tmp_path, send
     evaluators = [phone(server.url, tmp_path, d, ("evaluate",), code) for d in senders["valid"]]
     trainers = [phone(server.url, tmp_path, d, ("train",), code) for d in senders["federated"]]
 
-    run_round(trainers, "no-task")  # the first round evaluates version 0: trainers wait
+    run_round(trainers, "no-task", server, "evaluate")  # version 0 first: trainers wait
     run_round(evaluators, "evaluated")
-    run_round(evaluators, "no-task")  # now a training round: evaluators wait
+    run_round(evaluators, "no-task", server, "train")  # now a training round: they wait
     run_round(trainers, "uploaded")  # version 1
-    run_round(evaluators, "evaluated")  # version 1 against version 0, the same words
+    run_round(evaluators, "evaluated", server, "evaluate")  # version 1 against 0, same words
 
     st = server.status()
     quality = st["evaluation"]["quality"]
@@ -128,7 +133,7 @@ def test_an_evaluation_is_charged_like_a_plain_round(start_server, tmp_path, sen
     code = server.enrolment_code(uses=3)
     evaluators = [phone(server.url, tmp_path, d, ("evaluate",), code,
                         rng=np.random.default_rng(i)) for i, d in enumerate(senders["valid"])]
-    run_round(evaluators, "evaluated")
+    run_round(evaluators, "evaluated", server, "evaluate")
     st = server.status()
     delta = st["privacy"]["delta"]
     h = honest_reports(EVAL_ROUNDS["min_reports"], st["privacy"]["dishonest_share"])
@@ -289,8 +294,7 @@ def test_a_phone_refuses_an_evaluation_outside_its_policy(start_server, tmp_path
     device = phone(server.url, tmp_path, senders["valid"][0], ("evaluate",),
                    server.enrolment_code())
     device.policy = DevicePolicy()
-    step = device.run_once()
-    assert step.outcome == "refused", (step.outcome, step.detail)
+    run_round([device], "refused", server, "evaluate")
     assert device.ledger.refusals()[0]["code"] == code
     assert device.ledger.entries() == [] and server.status()["round"]["reports"] == 0
 
@@ -304,6 +308,8 @@ def test_a_trainer_does_not_evaluate_for_a_server_that_ignores_what_it_asked(
                    server.enrolment_code())
     ask = device.client.checkin
     device.client.checkin = lambda version, kinds: ask(version, ("train", "evaluate"))
+    server.wait_for(lambda st: (st["round"] or {}).get("state") == "open",
+                    what="the evaluation round open")
     step = device.run_once()
     assert step.outcome == "rejected" and "takes only train" in step.detail
     assert device.ledger.entries() == [] and server.status()["round"]["reports"] == 0
@@ -339,3 +345,18 @@ def test_the_report_is_finite_and_the_words_the_most_recent_within_the_cap():
     assert ev.select_messages(messages, 5) == ["six seven eight nine", "ten"]
     assert ev.select_messages(messages, 4) == ["four five", "ten"]  # whole, skipping
     assert ev.select_messages(messages, 100) == [m for m in messages if m]
+
+
+def test_the_paired_difference_keeps_the_noise_of_intervals_cut_at_zero():
+    """A top-1 near 0 with wide noise has its interval cut at 0; the difference of two
+    versions must still carry both figures' full noise (their standard errors), not the
+    cut widths, which made its interval too narrow."""
+    sigma = np.array([2.0, 2.0, 30.0, 30.0, 10.0, 10.0, 10.0])  # per field, in its units
+    low = np.array([500.0, 60.0, 10.0, 40.0, 2500.0, 500.0, 3000.0])
+    high = np.array([500.0, 60.0, 250.0, 300.0, 2500.0, 900.0, 3000.0])
+    current, previous = ev.summarize(high, sigma), ev.summarize(low, sigma)
+    assert previous["figures"]["top1"]["ci_low"] == 0.0  # cut: 0.02 - 1.96 * 0.06 < 0
+    se = math.hypot(30.0, 30.0) / 500.0  # each top-1's noise: sigma_top1 / words (nearly)
+    diff = ev.paired_difference(current, previous)
+    assert diff["value"] == pytest.approx(0.48)
+    assert (diff["ci_high"] - diff["ci_low"]) / 2 == pytest.approx(ev.Z95 * se, rel=0.01)
