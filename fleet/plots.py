@@ -19,6 +19,9 @@ def curve(ax: Any, records: list[dict], key: str, label: str, scale: float = 1.0
     value = [nan if r["valid"][key] is None else scale * r["valid"][key] for r in evaluated]
     ci = [r["valid"].get(key + "_ci") or [nan, nan] for r in evaluated]
     line, = ax.plot(rounds, value, marker="o", label=f"{label}, federated", color=color)
+    if evaluated and all(v != v for v in value):
+        ax.text(0.02, 0.02 + 0.06 * (len(ax.texts)), f"{label}, federated: hidden by the noise",
+                transform=ax.transAxes, fontsize=7, color=line.get_color())
     ax.fill_between(rounds, [scale * c[0] for c in ci], [scale * c[1] for c in ci],
                     color=line.get_color(), alpha=0.15)
     central = [(r["round"], scale * r["valid_central"][key]) for r in evaluated
