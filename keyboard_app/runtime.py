@@ -153,6 +153,7 @@ class DeviceRuntime:
         self._thread: threading.Thread | None = None
         self._failures = 0
         self._pending: dict | None = None  # an update whose upload failed, retried until deadline
+        self._pending_report: dict | None = None  # likewise an evaluation report: same bytes
         self._load_cached_model()
 
     # --- public API --------------------------------------------------------------
@@ -214,6 +215,8 @@ class DeviceRuntime:
                     return self._step("not-eligible", self.poll_seconds, "; ".join(
                         self.eligibility.check(10**9).reasons))
                 return self._upload_pending()
+            if self._pending_report:  # its sending failed: the same report, never a new one
+                return self._send_report()
             self._refresh_model()
             return self._maybe_participate()
         except ServerUnavailable as err:
@@ -425,17 +428,31 @@ class DeviceRuntime:
                 f"{terms.noise_stddev:.3g} added on the phone")
         entry = self.ledger.record_sent(self.client.base, spec.round_id, terms, seen=seen)
         self._refresh_ledger()
+        self._pending_report = {
+            "round_id": spec.round_id, "body": report.body, "key": str(uuid.uuid4()),
+            "entry": entry, "deadline": float(task.get("deadline") or time.time() + 3600),
+            "detail": f"round {spec.round_id}: {len(models)} model version(s) scored on "
+                      f"{report.messages} messages"}
+        return self._send_report()
+
+    def _send_report(self) -> Step:
+        """Send the pending evaluation report; after a failure the same bytes under the same
+        key (a second, freshly noised report of the same words would be a second release)."""
+        pending = self._pending_report
+        if time.time() > pending["deadline"] + ASK_AFTER_DEADLINE:
+            self._pending_report = None
+            return self._step("missed", self.poll_seconds, "evaluation report not delivered")
         try:
-            self.client.report_evaluation(spec.round_id, report.body)
+            self.client.report_evaluation(pending["round_id"], pending["body"], pending["key"])
         except ServerRejected:
-            self.ledger.mark(entry, accepted=False)
+            self._pending_report = None
+            self.ledger.mark(pending["entry"], accepted=False)
             raise
-        self.ledger.mark(entry, accepted=True)
+        self._pending_report = None
+        self.ledger.mark(pending["entry"], accepted=True)
         self._refresh_ledger()
-        log.info("round %s: evaluation report sent (%d messages)", spec.round_id,
-                 report.messages)
-        return self._step("evaluated", 0.0, f"round {spec.round_id}: {len(models)} model "
-                                             f"version(s) scored on {report.messages} messages")
+        log.info("%s; evaluation report sent", pending["detail"])
+        return self._step("evaluated", 0.0, pending["detail"])
 
     def _interrupted(self, deadline: float) -> bool:
         return self._stop.is_set() or self.eligibility.should_stop() or time.time() > deadline

@@ -360,3 +360,28 @@ def test_the_paired_difference_keeps_the_noise_of_intervals_cut_at_zero():
     diff = ev.paired_difference(current, previous)
     assert diff["value"] == pytest.approx(0.48)
     assert (diff["ci_high"] - diff["ci_low"]) / 2 == pytest.approx(ev.Z95 * se, rel=0.01)
+
+
+def test_a_report_whose_sending_failed_is_sent_again_unchanged(start_server, tmp_path, senders):
+    """The server may have read a report whose answer never came: the phone sends the same
+    bytes under the same key, never a second report of the same words with fresh noise
+    (that would be a second release), and its ledger holds one row."""
+    from keyboard_app.client import ServerUnavailable
+    server = start_server(round={**EVAL_ROUNDS, "noise_multiplier": 1.0, "epsilon_budget": None})
+    device = phone(server.url, tmp_path, senders["valid"][0], ("evaluate",),
+                   server.enrolment_code())
+    send, sent = device.client.report_evaluation, []
+
+    def flaky(round_id, body, key=None):
+        sent.append((body, key))
+        if len(sent) == 1:
+            raise ServerUnavailable("the connection dropped before the answer")
+        return send(round_id, body, key)
+    device.client.report_evaluation = flaky
+    server.wait_for(lambda st: (st["round"] or {}).get("state") == "open",
+                    what="the evaluation round open")
+    assert device.run_once().outcome == "offline"
+    assert device.run_once().outcome == "evaluated"
+    assert len(sent) == 2 and sent[0] == sent[1]
+    assert [e.accepted for e in device.ledger.entries()] == [True]
+    assert server.status()["round"]["reports"] == 1
