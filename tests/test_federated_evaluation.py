@@ -4,6 +4,7 @@ aggregate is the central evaluation of the same words; impossible reports are re
 from __future__ import annotations
 
 import json
+import re
 import math
 import subprocess
 import uuid
@@ -385,3 +386,20 @@ def test_a_report_whose_sending_failed_is_sent_again_unchanged(start_server, tmp
     assert len(sent) == 2 and sent[0] == sent[1]
     assert [e.accepted for e in device.ledger.entries()] == [True]
     assert server.status()["round"]["reports"] == 1
+
+
+@pytest.mark.parametrize("round_", [
+    {"noise_multiplier": 0.0, "epsilon_budget": None},  # no noise: no guarantee, in words
+    {"noise_multiplier": 1.0, "epsilon_budget": 30.0},
+])
+def test_no_none_or_infinity_reaches_the_operator(start_server, round_):
+    """The dashboard and the budget line say in words what a missing or infinite epsilon
+    means (the issue saw 'n/a / None' and 'reaches infinity')."""
+    server = start_server(round={**EVAL_ROUNDS, **round_})
+    html = requests.get(server.url + "/", timeout=30).text
+    text = re.sub(r"<[^>]+>", " ", html.split("<body>")[1])
+    for word in ("None", "n/a", "inf", "Infinity", "infinity", "nan", "NaN", "null"):
+        assert not re.search(rf"(?<![\w/]){re.escape(word)}(?![\w/])", text), word
+    line = server.status()["privacy"]["budget_text"]
+    assert ("no privacy guarantee" in line) == (round_["noise_multiplier"] == 0)
+    assert "Privacy budget: " + line.split(";")[0] in html.replace("&#x27;", "'")
