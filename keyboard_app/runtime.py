@@ -411,8 +411,8 @@ class DeviceRuntime:
                                                                  "has not used yet")
         models = []
         for version, sha256 in spec.versions:
-            blob = self.blob if self.blob and self.blob.version == version else \
-                self.client.model(version, keep=False)
+            blob = self.blob if self.blob and self.blob.sha256 == sha256 else \
+                self.client.model(version, keep=False)  # the task's own (not an int8 copy)
             if blob.sha256 != sha256:
                 raise ServerRejected(200, "model_mismatch", f"model version {version}'s sha256 "
                                                             "differs from the task's")

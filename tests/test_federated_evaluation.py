@@ -403,3 +403,15 @@ def test_no_none_or_infinity_reaches_the_operator(start_server, round_):
     line = server.status()["privacy"]["budget_text"]
     assert ("no privacy guarantee" in line) == (round_["noise_multiplier"] == 0)
     assert "Privacy budget: " + line.split(";")[0] in html.replace("&#x27;", "'")
+
+
+def test_a_phone_with_compact_downloads_evaluates_the_rounds_own_model(start_server, tmp_path,
+                                                                       senders):
+    """A phone that downloads the int8 form for prediction scores the round's float32
+    model, the one the task names by sha256 (its int8 copy has another sha256)."""
+    server = start_server(round={**EVAL_ROUNDS, "noise_multiplier": 0.0, "epsilon_budget": None})
+    device = phone(server.url, tmp_path, senders["valid"][0], ("evaluate",),
+                   server.enrolment_code())
+    device.compact_downloads = True
+    run_round([device], "evaluated", server, "evaluate")
+    assert [e.accepted for e in device.ledger.entries()] == [True]
