@@ -17,10 +17,11 @@ measured. Times are medians of `--repeats` runs in one thread: the device's flat
 clip-checked rotation, rounding and discrete Gaussian noise, the server's centring,
 inverse rotation and scatter of a modular sum (the same for a plain upload).
 
-`quality`: four fleets of the demo's configuration (`fleet.demo.DemoConfig`:
-FedAvgM, 10% dropout, secure rounds; with noise: z = 1, C = 0.1, no momentum), float32
-and compressed (compressed fleets also download the int8 model), each from the shipped
-model with the same seeds, one after the other, then evaluated on all of `test`.
+`quality`: four fleets of the demo's configuration (`fleet.demo.DemoConfig`: FedAvgM, 10%
+dropout, secure rounds unless --no-secure-aggregation; with noise: z = 1, C = 0.1, no
+momentum), float32 and compressed (compressed fleets also download the int8 model), each
+from the shipped model with the same seeds, one after the other, then evaluated on all of
+`test`.
 """
 from __future__ import annotations
 
@@ -132,13 +133,13 @@ def print_sizes(result: dict[str, Any]) -> None:
 
 
 def quality(rounds: int, devices: int, max_examples: int, run_dir: Path,
-            reuse: bool = False) -> list[dict[str, Any]]:
+            reuse: bool = False, secure: bool = True) -> list[dict[str, Any]]:
     from fleet.demo import DemoConfig
     from fleet.evaluation import evaluate_split
     from fleet.run import run_fleet
     from model.paths import SHIPPED_MODEL, SHIPPED_TOKENIZER
     demo = DemoConfig(rounds=rounds, fleet_minutes=None, devices_per_round=devices,
-                      max_examples=max_examples, eval_every=0)
+                      max_examples=max_examples, eval_every=0, secure_aggregation=secure)
     models, fleets = [("pre-trained (shipped)", str(SHIPPED_MODEL))], {}
     for noise in (False, True):
         for compression in ("ddg16", "none"):
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--devices-per-round", type=int, default=20)
     q.add_argument("--max-examples", type=int, default=200)
     q.add_argument("--run-dir", type=Path, default=Path("runs/compression"))
+    q.add_argument("--no-secure-aggregation", dest="secure", action="store_false",
+                   help="plain rounds (each device adds the full noise z*C itself)")
     q.add_argument("--reuse", action="store_true",
                    help="keep the fleets already run in --run-dir; run only the others")
     args = p.parse_args(argv)
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     print(json.dumps(machine()), flush=True)
     rows = quality(args.rounds, args.devices_per_round, args.max_examples, args.run_dir,
-                   args.reuse)
+                   args.reuse, args.secure)
     (args.run_dir / "quality.json").write_text(json.dumps(rows, indent=1))
     print_quality(rows)
     return 0
