@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from aggregation_server.clock import ManualClock
 from aggregation_server.config import ConfigError, load_settings
 from federated.secagg import RoundConfig as ProtocolConfig
 
@@ -50,8 +51,9 @@ def test_a_secure_round_across_two_hosts(start_server, pg_url, tmp_path):
     """Masked inputs, the protocol's replay and the unmasked mean through the database:
     devices alternate between two servers with separate data dirs."""
     from test_secure_rounds import expect_new_model, run_fleet, secure_round
+    clock = ManualClock()  # one time for both hosts, as NTP gives them
     a, b = (start_server(db_url=pg_url, data_dir=tmp_path / host, blob_store="database",
-                         round=secure_round(4, 3)) for host in ("host-a", "host-b"))
+                         round=secure_round(4, 3), clock=clock) for host in ("host-a", "host-b"))
     results = run_fleet([a, b], tmp_path, 4, stops={}, answers={})
     assert [results[i][0] for i in range(4)] == ["done"] * 4
     st = b.wait_for(lambda st: st["model"]["version"] == 1, what="secure round closed")
