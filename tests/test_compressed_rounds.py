@@ -220,7 +220,7 @@ def test_a_device_with_compact_downloads_trains_from_the_int8_model(start_server
     server = start_server(round={**ONE_DEVICE_ROUNDS, **COMPRESSED})
     device = make_device(server.url, tmp_path, sender_messages, code=server.enrolment_code())
     device.compact_downloads = True
-    run_until(device, "uploaded")
+    run_until(device, server, "uploaded")
     compact = server.http.get(f"{server.url}/v1/models/0/compact", timeout=60).content
     assert device.client.cached_model().sha256 == hashlib.sha256(compact).hexdigest()
     server.wait_for(lambda st: st["model"]["version"] == 1, what="the round aggregated")
