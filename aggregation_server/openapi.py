@@ -227,7 +227,9 @@ def _secagg_get(summary: str) -> dict:
                         "content": {"application/json": {"schema": _obj(["type", "round_id"], {
                             "type": STR, "round_id": INT})}}},
                 "202": {"description": "The phase is still open: ask again after retry_after "
-                                       "seconds", "headers": {"Retry-After": {"schema": INT}},
+                                       "seconds (when the phase should be complete at the "
+                                       "pace its messages came in so far)",
+                        "headers": {"Retry-After": {"schema": INT}},
                         "content": _json("SecAggPending")},
                 **ERRORS}}
 

@@ -56,7 +56,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from aggregation_server import compressed
@@ -89,6 +89,7 @@ CLOSE = {"advertise": ("close_advertise", "keys", "share"),
          "consistency": ("close_consistency", "unmask", "unmask")}
 RELAY_PHASE = {"keys": "share", "shares": "masked", "consistency": "consistency",
                "unmask": "unmask"}  # served from
+OPENED_BY = {phase: kind for kind, phase in RELAY_PHASE.items()}  # the relay a phase answers
 CAUSES = ("device_aborts", "dropouts", "sum_out_of_range")  # why a secure round is abandoned
 MAX_JSON_BYTES = 1 << 20
 
@@ -333,15 +334,28 @@ class SecureAggregation:
         with self.service.db.read() as s:
             r, row, client = self._member(s, round_id, device_id)
             if ORDER.index(row.phase) < ORDER.index(RELAY_PHASE[kind]):
-                # often enough to answer the next phase well within its time
-                every = RoundConfig.from_dict(r.config).secagg_phase_seconds / 20
-                return 202, {"retry_after": round(max(0.2, min(2.0, every)), 1),
-                             "phase": row.phase}
+                return 202, {"retry_after": self._retry_after(s, r, row), "phase": row.phase}
             found = s.get(SecAggRelay, (round_id, kind, client))
         if found is None:
             raise ApiError(409, "not_live", f"this device (client {client}) is out of round "
                                             f"{round_id}: it missed a phase or was excluded")
         return 200, json.loads(found.body)
+
+    def _retry_after(self, s: Session, r: Round, row: SecAggRound) -> float:
+        """When to ask again: when the open phase should be complete at the pace its messages
+        have come in so far (the devices still expected over their arrival rate), at least
+        0.2 s and at most phase_seconds / 20, often enough to answer well within a phase."""
+        longest = max(0.2, min(2.0, RoundConfig.from_dict(r.config).secagg_phase_seconds / 20))
+        arrivals = sorted(s.scalars(select(SecAggMessage.received_at).where(
+            SecAggMessage.round_id == r.id, SecAggMessage.phase == row.phase)))
+        expected = r.target if row.phase == "advertise" else s.scalar(
+            select(func.count()).select_from(SecAggRelay).where(
+                SecAggRelay.round_id == r.id, SecAggRelay.kind == OPENED_BY[row.phase]))
+        if len(arrivals) < 2 or len(arrivals) >= expected:
+            return longest
+        pace = (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1)  # seconds per message
+        due = arrivals[-1] + pace * (expected - len(arrivals)) - self.service.clock()
+        return round(min(longest, max(0.2, due)), 1)
 
     # ----- deadlines and the end of a round ----------------------------------------------------
     def _advance(self, round_id: int, now: float) -> tuple[str, str | None]:

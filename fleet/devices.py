@@ -84,18 +84,18 @@ def _history(index: int):
 def device_round(job: DeviceJob) -> dict[str, Any]:
     """Run one device's pass of the real runtime: check in, train, upload (or drop out)."""
     from keyboard_app.eligibility import Eligibility, EligibilitySettings
+    from keyboard_app.local_training import run_task
     from keyboard_app.runtime import DeviceRuntime
     started = time.perf_counter()
     eligibility = Eligibility(EligibilitySettings(idle_seconds=0, min_new_messages=0),
                               battery=UnplugProbe(job.unplug_after))
-    extra = {} if job.direction_seed is None else {
-        "local_update": direction_update(job.direction_seed)}
+    train = Timed(run_task if job.direction_seed is None else direction_update(job.direction_seed))
     runtime = DeviceRuntime(job.data_dir, job.url, history=_history(job.index),
                             eligibility=eligibility, cache_dir=job.cache_dir, load_model=False,
                             train_seed=job.train_seed, policy=job.policy,
                             enrolment_code=job.enrolment_code, kinds=job.kinds,
                             rng=np.random.default_rng(job.noise_seed),
-                            compact_downloads=job.compact_downloads, **extra)
+                            compact_downloads=job.compact_downloads, local_update=train)
     try:
         step = runtime.run_once()
         status = runtime.status()
@@ -105,7 +105,22 @@ def device_round(job: DeviceJob) -> dict[str, Any]:
             "round_id": status.last_round_id if step.outcome == "uploaded" else None,
             "local_loss": status.last_loss if step.outcome == "uploaded" else None,
             "upload_bytes": status.last_update_bytes if step.outcome == "uploaded" else None,
-            "seconds": round(time.perf_counter() - started, 3)}
+            "seconds": round(time.perf_counter() - started, 3),
+            "train_seconds": round(train.seconds, 3)}
+
+
+class Timed:
+    """A device's local update (`run_task` or a canary's), timed: `seconds` it took."""
+
+    def __init__(self, local_update: Any) -> None:
+        self.local_update, self.seconds = local_update, 0.0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.local_update(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 def direction_update(direction_seed: int):

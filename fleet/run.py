@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from data import Device, load_split
 from federated import privacy
@@ -223,6 +224,7 @@ class Fleet:
             "local_loss": float(np.mean(losses)) if losses else None,
             "upload_bytes": uploaded[0]["upload_bytes"] if uploaded else None,
             "device_seconds": round(sum(x["seconds"] for x in results), 2),
+            "train_seconds": round(sum(x["train_seconds"] for x in results), 2),
             # the most any device has spent, against the server and against model users
             "epsilon": privacy_info["epsilon_spent_max"] if cfg.noise_multiplier else None,
             "epsilon_model_users": (privacy_info["epsilon_spent_max_model_users"]
@@ -266,6 +268,9 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
     started = time.time()
     with ExitStack() as stack:
         if config.secure_aggregation:  # a round's devices go through the phases together
+            # one BLAS thread per device, as on a phone (keyboard_app/__main__.py): threads
+            # that each call a 2-thread OpenBLAS at once trained several times slower
+            stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
             init_worker(phones, str(run_dir / "logs"))
             pool = stack.enter_context(ThreadPoolExecutor(
                 math.ceil(settings["target_reports"] * settings["overcommit"])))

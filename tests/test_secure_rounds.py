@@ -6,6 +6,7 @@ server keeps every protocol message in SQLite and every masked input on disk.
 """
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 
@@ -273,6 +274,8 @@ def test_fleet_simulator_runs_secure_rounds(start_server, tmp_path):
     assert summary["rounds_closed"] == 1 and summary["reports"] == 3
     assert summary["round_settings"]["secure_aggregation"] is True
     assert all(r["secure_aggregation"] for r in server.status()["rounds"])
+    last = json.loads((tmp_path / "run" / "rounds.jsonl").read_text().splitlines()[-1])
+    assert 0 < last["train_seconds"] < last["device_seconds"]  # training, then the phases
 
 
 def test_unmasked_sum_is_the_plain_sum_despite_dropouts_in_every_phase(start_server, tmp_path):
@@ -487,6 +490,39 @@ def test_odd_json_is_a_malformed_message(body):
     """What the fuzzer below once turned into 500s: parsing says 'malformed'."""
     with pytest.raises(MessageError):
         message_from_json(body)
+
+
+def test_a_waiting_device_is_told_when_the_phase_should_be_complete(start_server):
+    """retry_after: phase_seconds / 20 (1.5 s) until two devices answered, then when the
+    devices still expected should have answered at the pace so far, never below 0.2 s."""
+    server = start_server(round=secure_round(4, 3, round_seconds=300.0,
+                                             secagg_phase_seconds=30.0))
+    members = [Member(server, i) for i in range(4)]
+
+    def retry(member: Member, step: str) -> float:
+        r = member.get(step)
+        assert r.status_code == 202, r.text
+        return r.json()["retry_after"]
+
+    accepted(members[0].advertise())
+    assert retry(members[0], "keys") == 1.5  # one arrival: no pace yet
+    server.clock.advance(0.3)
+    accepted(members[1].advertise())  # 0.3 s a device, two more expected: due in 0.6 s
+    assert retry(members[0], "keys") == 0.6
+    server.clock.advance(0.3)
+    assert retry(members[1], "keys") == 0.3
+    server.clock.advance(0.5)
+    assert retry(members[1], "keys") == 0.2  # overdue: ask soon, not in a flood
+    server.clock.advance(10)
+    accepted(members[2].advertise())  # the pace slows to 5.4 s a device: at most 1.5 s
+    assert retry(members[2], "keys") == 1.5
+    accepted(members[3].advertise())  # the target advertised: the phase closed
+    assert members[0].get("keys").status_code == 200
+    accepted(members[0].share())  # the next phase expects the 4 devices given keys
+    assert retry(members[0], "shares") == 1.5
+    server.clock.advance(0.1)
+    accepted(members[1].share())
+    assert retry(members[1], "shares") == 0.2
 
 
 SECAGG_API = schemathesis.openapi.from_dict(openapi_document()).include(path_regex="/secagg/")
