@@ -51,15 +51,20 @@ def device_noise_stddev(clip_norm: float, noise_multiplier: float, min_reports: 
 
 
 def visible_noise_multiplier(stddev: float, clip_norm: float, min_reports: int, *,
-                             secure: bool, dishonest_share: float = DISHONEST_SHARE) -> float:
+                             secure: bool, dishonest_share: float = DISHONEST_SHARE,
+                             others: float | None = None) -> float:
     """The noise multiplier protecting one device's update from whoever sees what the
     server sees: its own noise in a plain round, the honest reports' summed noise in a
-    secure round (under the dishonest-share assumption)."""
+    secure round (under the dishonest-share assumption). `others`: the least noise each
+    other honest device adds, if less than this one's (a device that assumes a larger
+    dishonest share than the others adds more than they do; default: the same)."""
     if stddev <= 0 or clip_norm <= 0:
         return 0.0
     if not secure:
         return stddev / clip_norm
-    return stddev * math.sqrt(honest_reports(min_reports, dishonest_share)) / clip_norm
+    h = honest_reports(min_reports, dishonest_share)
+    others = stddev if others is None else min(others, stddev)
+    return math.sqrt(stddev ** 2 + (h - 1) * others ** 2) / clip_norm
 
 
 def noise_stddev(clip_norm: float, noise_multiplier: float, min_reports: int) -> float:
@@ -214,7 +219,8 @@ def round_compression(seed: bytes, dimension: int, clip_norm: float, noise_multi
 
 
 def compressed_noise(spec: Compression, noise_multiplier: float, min_reports: int, *, secure: bool,
-                     dishonest_share: float = DISHONEST_SHARE) -> tuple[float, float, float]:
+                     dishonest_share: float = DISHONEST_SHARE,
+                     others_share: float | None = None) -> tuple[float, float, float]:
     """(sigma, against the server, against model users) of one device in a compressed round
     (`spec`: a `federated.compression.Compression`): sigma is the discrete Gaussian's in
     integer units, z * Delta / sqrt(h) in secure rounds and z * Delta in plain ones (the
@@ -223,11 +229,21 @@ def compressed_noise(spec: Compression, noise_multiplier: float, min_reports: in
     adversary sees: the sum of the h honest reports (secure; model users always), or
     this device's own upload (plain, against the server). With sigma >= SIGMA_MIN (the
     plan refuses less) the paper's slack is below 1e-60 and both equal the round's z and
-    z*sqrt(h) as for float rounds, so the server charges compressed rounds like float ones."""
+    z*sqrt(h) as for float rounds, so the server charges compressed rounds like float ones.
+    `others_share`: the smaller dishonest share the other honest devices size their noise
+    for (secure rounds; their sigma is then below this device's): KLS's bound needs equal
+    sigmas, so the sum is bounded by the better of this device's own noise alone and the
+    other h - 1 honest devices' noise (this device's own is then post-processing)."""
     if noise_multiplier <= 0:
         return 0.0, 0.0, 0.0
     h = honest_reports(min_reports, dishonest_share)
     sigma = spec.noise_sigma(noise_multiplier, h if secure else 1)
     seen = lambda honest: zcdp_multiplier(  # noqa: E731
         ddg_rho(spec.sensitivity, sigma, honest, spec.kept))
+    others = sigma if not secure or others_share is None else min(sigma, spec.noise_sigma(
+        noise_multiplier, honest_reports(min_reports, others_share)))
+    if others < sigma:
+        rho = min(ddg_rho(spec.sensitivity, sigma, 1, spec.kept),
+                  ddg_rho(spec.sensitivity, others, h - 1, spec.kept) if h > 1 else math.inf)
+        return sigma, zcdp_multiplier(rho), zcdp_multiplier(rho)
     return sigma, seen(h if secure else 1), seen(h)

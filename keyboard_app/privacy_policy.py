@@ -190,18 +190,20 @@ class DevicePolicy:
         if not secure and self.require_secure_aggregation:
             raise _refuse("secure_required", "the round is plain and this device requires "
                                              "secure aggregation")
-        share = self._share(task)
+        share, others = self._share(task)
         if "compression" in task:
-            return self._compressed_terms(task, clip_norm, z, cohort, secure, share)
+            return self._compressed_terms(task, clip_norm, z, cohort, secure, share, others)
         stddev = device_noise_stddev(clip_norm, z, cohort, secure=secure, dishonest_share=share)
         if secure:
             self._check_secure(task, clip_norm, cohort, stddev)
-        visible = visible_noise_multiplier(stddev, clip_norm, cohort, secure=secure,
-                                           dishonest_share=share)
+        visible = visible_noise_multiplier(
+            stddev, clip_norm, cohort, secure=secure, dishonest_share=share,
+            others=device_noise_stddev(clip_norm, z, cohort, secure=secure,
+                                       dishonest_share=others))
         return RoundTerms(clip_norm, z, cohort, secure, stddev, visible)
 
     def _compressed_terms(self, task: dict, clip_norm: float, z: float, cohort: int,
-                          secure: bool, share: float) -> RoundTerms:
+                          secure: bool, share: float, others: float) -> RoundTerms:
         """A compressed round: its parameters are the round's own (seed derived from the
         round and its model), and the modulus holds this device's discrete Gaussian noise,
         sized by this policy, in a sum of every device the round may have."""
@@ -214,7 +216,7 @@ class DevicePolicy:
         if spec.seed != seed or spec.clip_norm != clip_norm:
             raise _refuse("malformed", "the compression seed or clip norm is not the round's")
         sigma, visible, _ = compressed_noise(spec, z, cohort, secure=secure,
-                                             dishonest_share=share)
+                                             dishonest_share=share, others_share=others)
         if secure:
             self._check_secure(task, clip_norm, cohort, 0.0, spec.kept)
         if spec.wraps(clients, sigma) or 0 < sigma < SIGMA_MIN:
@@ -225,13 +227,17 @@ class DevicePolicy:
         return RoundTerms(clip_norm, z, cohort, secure, sigma / spec.scale, visible, spec, sigma,
                           own)
 
-    def _share(self, task: dict) -> float:
-        """The dishonest share the noise is sized for: the policy's, or the task's if the
-        server assumes more (a server assuming less changes nothing)."""
+    def _share(self, task: dict) -> tuple[float, float]:
+        """(the dishonest share this device sizes its noise for: the policy's, or the task's
+        if the server assumes more (a server assuming less changes nothing); the least one
+        another honest phone sizes its noise for: the task's, never below the safe default
+        nor above this device's). A phone whose user assumed more fake phones than the
+        others do adds more noise than they do, and counts the sum's noise accordingly."""
         told = task.get("dishonest_share", 0.0)
         if isinstance(told, bool) or not isinstance(told, (int, float)) or not 0 <= told < 1:
             raise _refuse("malformed", f"dishonest_share {told!r} is not in [0, 1)")
-        return max(self.dishonest_share, float(told))
+        share = max(self.dishonest_share, float(told))
+        return share, min(share, max(DISHONEST_SHARE, float(told)))
 
     @staticmethod
     def _check_secure(task: dict, clip_norm: float, cohort: int, stddev: float,

@@ -118,3 +118,18 @@ def test_a_secure_round_is_not_unmasked_over_fewer_inputs_than_the_noise_was_siz
     upload._check_survivors(UnmaskRequest(4, (2, 3, 4, 5), (6,), {}))  # 5 inputs in the sum
     with pytest.raises(SecureRoundError, match="unmask a sum of 3 inputs"):
         upload._check_survivors(UnmaskRequest(4, (2, 3), (4, 5, 6), {}))
+
+
+def test_a_warier_phone_counts_the_others_smaller_noise():
+    """A user who assumes more fake phones (Settings: 2/3 instead of 1/3) adds more noise,
+    but the other honest phones add only what the task's share asks: the honest part of the
+    sum then carries this phone's noise plus theirs, less than z*C, and the ledger's figure
+    against the server says so (it claimed z)."""
+    wary = DevicePolicy(dishonest_share=2 / 3).terms(secure_task())  # 10 reports, z = 1
+    h = privacy.honest_reports(10, 2 / 3)  # 4 honest, this phone among them
+    other = 1.0 / math.sqrt(privacy.honest_reports(10))  # the others size for 7 honest
+    assert wary.noise_stddev == pytest.approx(1.0 / math.sqrt(h))
+    assert wary.visible_multiplier == pytest.approx(math.sqrt(1 / h + (h - 1) * other ** 2))
+    assert wary.visible_multiplier < 0.9
+    same = DevicePolicy().terms({**secure_task(), "dishonest_share": 2 / 3})  # all told 2/3
+    assert same.visible_multiplier == pytest.approx(1.0)

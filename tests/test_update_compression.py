@@ -152,6 +152,21 @@ def test_compressed_charges_are_the_rounds_noise_multiplier_and_come_from_dp_acc
     assert privacy.compressed_noise(spec, 0.0, 20, secure=True) == (0.0, 0.0, 0.0)
 
 
+def test_a_warier_device_in_a_compressed_round_counts_the_others_smaller_noise():
+    """A device sized for a dishonest share of 2/3 (7 honest of 20) adds sigma = Delta/sqrt(7);
+    the other honest ones, sized for 1/3, add Delta/sqrt(14). KLS's bound is for equal sigmas,
+    so the sum is charged at the better of its own noise alone and the other 6 honest
+    devices' (z*sqrt(6/14)), not z as if all 7 added its sigma."""
+    spec = Compression.plan(SEED, MODEL_PARAMS, 1.0, 1.0, clients=26, honest=7)
+    sigma, server, users = privacy.compressed_noise(spec, 1.0, 20, secure=True,
+                                                    dishonest_share=2 / 3, others_share=1 / 3)
+    assert sigma == pytest.approx(spec.sensitivity / math.sqrt(7))
+    assert server == users == pytest.approx(math.sqrt(6 / 14), rel=1e-9)
+    same = privacy.compressed_noise(spec, 1.0, 20, secure=True, dishonest_share=2 / 3,
+                                    others_share=2 / 3)
+    assert same[1] == pytest.approx(1.0, rel=1e-9)
+
+
 # ---------------------------------------------------------------- refusals
 
 def test_the_seed_is_derived_not_chosen():
