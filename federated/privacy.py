@@ -244,6 +244,7 @@ def compressed_noise(spec: Compression, noise_multiplier: float, min_reports: in
         noise_multiplier, honest_reports(min_reports, others_share)))
     if others < sigma:
         rho = min(ddg_rho(spec.sensitivity, sigma, 1, spec.kept),
-                  ddg_rho(spec.sensitivity, others, h - 1, spec.kept) if h > 1 else math.inf)
+                  ddg_rho(spec.sensitivity, others, h - 1, spec.kept)
+                  if h > 1 and others >= 0.5 else math.inf)  # the bound needs sigma >= 1/2
         return sigma, zcdp_multiplier(rho), zcdp_multiplier(rho)
     return sigma, seen(h if secure else 1), seen(h)
