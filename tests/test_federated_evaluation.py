@@ -415,3 +415,23 @@ def test_a_phone_with_compact_downloads_evaluates_the_rounds_own_model(start_ser
     device.compact_downloads = True
     run_round([device], "evaluated", server, "evaluate")
     assert [e.accepted for e in device.ledger.entries()] == [True]
+
+
+def test_an_evaluation_and_a_training_round_compose_in_both_accounts(start_server, tmp_path,
+                                                                    senders):
+    """A phone that evaluates and then trains is charged twice, in the server's accountant
+    and in its own ledger: epsilon composes both releases (dp-accounting)."""
+    z = 2.0
+    server = start_server(round={**EVAL_ROUNDS, "noise_multiplier": z, "epsilon_budget": 50.0,
+                                 "secure_aggregation": False})
+    code = server.enrolment_code(uses=3)
+    phones = [phone(server.url, tmp_path, d, ("train", "evaluate"), code,
+                    rng=np.random.default_rng(i)) for i, d in enumerate(senders["federated"])]
+    run_round(phones, "evaluated", server, "evaluate")
+    run_round(phones, "uploaded", server, "train")
+    st = server.wait_for(lambda st: st["rounds_closed"] >= 2, what="both rounds closed")
+    delta = st["privacy"]["delta"]
+    assert st["privacy"]["epsilon_spent_max"] == pytest.approx(composed_epsilon([z, z], delta))
+    ledger = phones[0].ledger
+    assert [e.visible_multiplier for e in ledger.entries()] == [pytest.approx(z)] * 2
+    assert ledger.epsilon(POLICY.delta) == pytest.approx(composed_epsilon([z, z], POLICY.delta))
