@@ -359,6 +359,8 @@ class RoundService:
             s.flush()
             self.policy.open(s, r, config)
             round_id = r.id
+        if config.compression != "none":  # the int8 download tasks name, made outside the lock
+            compressed.compact_model(self.blobs, latest)
         log.info("round_opened", extra={"round_id": round_id, "target": config.target_reports,
                                         "kind": kind})
         return round_id

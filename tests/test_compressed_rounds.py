@@ -224,3 +224,12 @@ def test_a_device_with_compact_downloads_trains_from_the_int8_model(start_server
     compact = server.http.get(f"{server.url}/v1/models/0/compact", timeout=60).content
     assert device.client.cached_model().sha256 == hashlib.sha256(compact).hexdigest()
     server.wait_for(lambda st: st["model"]["version"] == 1, what="the round aggregated")
+
+
+def test_noise_too_small_for_the_discrete_gaussian_bound_opens_no_round(start_server):
+    server = start_server(round={**COMPRESSED, "noise_multiplier": 1e-7,
+                                 "epsilon_budget": None})
+    status = server.status()
+    assert status["round"] is None
+    assert "too small for compressed rounds" in status["blocked_reason"]
+    assert "switch compression off" in status["blocked_reason"]
