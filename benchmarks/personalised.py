@@ -48,7 +48,8 @@ STAGE1 = {"levels": tuple(((0.8, t2), (0.8, t3)) for t2 in (10.0, 20.0, 40.0)
 STAGE2 = {"sharpness": (0.5, 0.7), "gamma": (0.0, 0.05), "recency": (0.0, 0.05)}
 # What the device learns of the person (PersonalWeights.adapt, gate), the other weights as
 # chosen: `--tune --adapt` (adapt () with gate None is the layer without adapting).
-ADAPT = {"adapt": ((), PersonalWeights().adapt), "gate": (None, 0.0, 1.0, 2.0)}
+ADAPT = {"adapt": ((), PersonalWeights().adapt), "gate": (None, 0.0, 1.0, 2.0), "prior": (0.0,)}
+PRIOR = {"prior": (0.0, 5.0, 20.0)}  # `--tune --adapt --prior`: the head start of s = 0.7
 TARGETS = {"top1": 0.02, "macro_top1": 0.01, "top3": 0.03, "ksr": 0.015}
 MAX_LOSS = 0.005  # no sender with 50+ history messages worse by more than this (top-1)
 
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the two-stage grid (STAGE1, STAGE2) on valid: the ranking")
     parser.add_argument("--adapt", action="store_true",
                         help="with --tune: only the adaptation grid (ADAPT) over the defaults")
+    parser.add_argument("--prior", action="store_true",
+                        help="with --tune --adapt: the PRIOR grid over the defaults instead")
     parser.add_argument("--resume", type=Path, default=None,
                         help="with --tune: take stage 1's figures from this earlier --tune JSON")
     parser.add_argument("--latency", action="store_true", help="keystroke latency only")
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer = LSTMScorer(model)
     start = time.perf_counter()
     if args.tune and args.adapt:
-        summaries = _run(scorer, tokenizer, devices, grid(ADAPT))
+        summaries = _run(scorer, tokenizer, devices, grid(PRIOR if args.prior else ADAPT))
     elif args.tune:
         stage1 = _stage1(args.resume) if args.resume else _run(scorer, tokenizer, devices,
                                                                grid(STAGE1))

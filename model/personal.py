@@ -28,7 +28,8 @@ How much of the layer suits this person is learned on the device (`Adaptation`, 
 the counts), from every message it learns, before counting it (`PersonalLayer.observe`):
 - the sharpness s is the one of `PersonalWeights.adapt` (0.3 ... 1) under which the person's
   words so far were most likely (the summed log p(w | h) of each, a maximum-likelihood
-  choice among a few experts: its log-loss follows the best of them);
+  choice among a few experts: its log-loss follows the best of them), the default s
+  starting `prior` nats ahead (a person with few words keeps it);
 - a gate: among the person's words where exactly one of the layer (as it was then) and the
   global model alone had the word as its first suggestion, let L be the layer's and G the
   global model's; while G - L > z sqrt(G + L) (a sign test: the global model is better
@@ -83,6 +84,7 @@ class PersonalWeights:
     # with `adapt`, the s used before the device has seen any of the person's words
     adapt: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 1.0)  # the s the device chooses among
     # (the most likely so far); () keeps `sharpness`
+    prior: float = 5.0  # nats of log-likelihood `sharpness` starts ahead of the others by
     gate: float | None = 0.0  # z of the gate's sign test (None: no gate)
 
     def __post_init__(self) -> None:
@@ -93,7 +95,7 @@ class PersonalWeights:
                 and 0 < self.decay <= 1 and 0 < self.sharpness <= 1
                 and all(0 < x <= 1 for x in self.adapt)
                 and (not self.adapt or self.sharpness in self.adapt)
-                and (self.gate is None or self.gate >= 0)):
+                and (self.gate is None or self.gate >= 0) and self.prior >= 0):
             raise ValueError(f"personal weights out of range: {self}")
 
     @property
@@ -444,7 +446,8 @@ class PersonalLayer:
         if found is None or not found.grid:
             return w.sharpness
         return max(zip(found.log_lik, found.grid),
-                   key=lambda pair: (pair[0], pair[1] == w.sharpness))[1]
+                   key=lambda pair: (pair[0] + w.prior * (pair[1] == w.sharpness),
+                                     pair[1] == w.sharpness))[1]
 
     def gated(self) -> bool:
         """Whether the global model alone has been better at top-1 on the person's words so

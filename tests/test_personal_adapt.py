@@ -87,10 +87,16 @@ def test_before_any_word_the_layer_is_the_fixed_one():
 
 def test_the_sharpness_chosen_is_the_most_likely_one():
     person = PersonalModel()
+    plain = PersonalWeights(prior=0.0)
     person.adaptation = Adaptation((0.3, 0.5, 0.7, 0.85, 1.0), [-9.0, -3.0, -5.0, -3.0, -8.0])
-    assert PersonalLayer(person, VOCAB, ADAPTING).sharpness() == 0.5  # ties: the first
+    assert PersonalLayer(person, VOCAB, plain).sharpness() == 0.5  # ties: the first
     person.adaptation.log_lik = [-1.0, -2.0, -1.0, -3.0, -4.0]
-    assert PersonalLayer(person, VOCAB, ADAPTING).sharpness() == 0.7  # ties: the prior
+    assert PersonalLayer(person, VOCAB, plain).sharpness() == 0.7  # ties: the prior
+    # a head start for the prior: another s must be more likely by more than that
+    person.adaptation.log_lik = [-1.0, -2.0, -3.0, -3.0, -4.0]
+    assert PersonalLayer(person, VOCAB, PersonalWeights(prior=2.5)).sharpness() == 0.7
+    assert PersonalLayer(person, VOCAB, PersonalWeights(prior=2.0)).sharpness() == 0.7
+    assert PersonalLayer(person, VOCAB, PersonalWeights(prior=1.0)).sharpness() == 0.3
     # weights over another grid start again from the prior
     other = PersonalWeights(adapt=(0.5, 0.7))
     assert PersonalLayer(person, VOCAB, other).sharpness() == 0.7
@@ -101,12 +107,16 @@ def test_bad_weights_are_refused():
         PersonalWeights(adapt=(0.3, 0.5), sharpness=0.7)  # the prior must be in the grid
     with pytest.raises(ValueError):
         PersonalWeights(adapt=(0.0, 0.7))
+    with pytest.raises(ValueError):
+        PersonalWeights(gate=-1.0)
+    with pytest.raises(ValueError):
+        PersonalWeights(prior=-1.0)
 
 
 def test_the_adaptation_is_kept_and_deleted_with_the_store(tmp_path):
     store = PersonalStore(tmp_path / "personal.sqlite")
     layer = PersonalLayer(store.model, VOCAB, ADAPTING)
-    for _ in range(3):
+    for _ in range(8):
         layer.observe([global_row("x")] * 4, "see you at c3".split())
         store.record(layer.learn("see you at c3"))
     learned = store.model.adaptation.to_dict()
