@@ -15,11 +15,14 @@ from aggregation_server.errors import ApiError
 from aggregation_server.openapi import openapi_document
 from aggregation_server.rounds import RoundService
 from aggregation_server.status import build_status
+from federated.protocol import (ADMIN, API_PREFIX, CHALLENGE, CHECKIN, COMPACT, ENROL,
+                                EVALUATION, MODEL, MODEL_VERSION, OPENAPI, RECOVER, STATUS,
+                                TOKENIZER, UPDATE, checkin_to_json, flask_rule)
 
-devices = Blueprint("devices", __name__, url_prefix="/v1")
-models = Blueprint("models", __name__, url_prefix="/v1")
-rounds = Blueprint("rounds", __name__, url_prefix="/v1")
-admin = Blueprint("admin", __name__, url_prefix="/v1/admin")
+devices = Blueprint("devices", __name__, url_prefix=API_PREFIX)
+models = Blueprint("models", __name__, url_prefix=API_PREFIX)
+rounds = Blueprint("rounds", __name__, url_prefix=API_PREFIX)
+admin = Blueprint("admin", __name__, url_prefix=API_PREFIX + ADMIN)
 BLUEPRINTS = (devices, models, rounds, admin)
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,200}")
 MAX_REPORT_BYTES = 4096  # two versions' seven numbers in JSON take about 400
@@ -95,7 +98,7 @@ def _fields(data: dict[str, Any], allowed: set[str]) -> None:
         raise ApiError(400, "bad_field", f"unknown field(s) {unknown}")
 
 
-@devices.post("/devices")
+@devices.post(ENROL)
 def enrol():
     """Enrol with an operator's code, binding the device's identity key (rate-limited)."""
     service().enrolment.check_rate(request.remote_addr or "", "enrolment")
@@ -105,7 +108,7 @@ def enrol():
                                              data.get("identity_key"))), 201
 
 
-@devices.post("/devices/challenge")
+@devices.post(CHALLENGE)
 def recovery_challenge():
     """A challenge the device bound to `identity_key` signs to get a new token."""
     service().enrolment.check_rate(request.remote_addr or "", "enrolment")
@@ -114,7 +117,7 @@ def recovery_challenge():
     return jsonify(service().enrolment.challenge(data.get("identity_key"))), 201
 
 
-@devices.post("/devices/recover")
+@devices.post(RECOVER)
 def recover_token():
     """A new token for the device whose identity key signed the challenge."""
     service().enrolment.check_rate(request.remote_addr or "", "enrolment")
@@ -124,7 +127,7 @@ def recover_token():
                                                data.get("signature")))
 
 
-@devices.post("/checkin")
+@devices.post(CHECKIN)
 def checkin():
     device = device_id()
     data = json_object()
@@ -139,7 +142,7 @@ def checkin():
     if key is not None and not KEY_PATTERN.fullmatch(key):
         raise ApiError(400, "bad_idempotency_key", "an 'Idempotency-Key' header must be 1-200 "
                                                    "letters, digits or ._:- (a UUID)")
-    return jsonify(service().checkin(device, kinds))
+    return jsonify(checkin_to_json(service().checkin(device, kinds)))
 
 
 def idempotency_key() -> str:
@@ -151,7 +154,7 @@ def idempotency_key() -> str:
     return key
 
 
-@rounds.put("/rounds/<int(max=2147483647):round_id>/update")
+@rounds.put(flask_rule(UPDATE))
 def upload(round_id: int):
     device = device_id()
     key = idempotency_key()
@@ -169,7 +172,7 @@ def upload(round_id: int):
     return jsonify(answer), 202
 
 
-@rounds.put("/rounds/<int(max=2147483647):round_id>/evaluation")
+@rounds.put(flask_rule(EVALUATION))
 def evaluation_report(round_id: int):
     """An evaluation round's report: clipped, noised sums per model version (JSON)."""
     device, key = device_id(), idempotency_key()
@@ -183,39 +186,39 @@ def evaluation_report(round_id: int):
     return jsonify(evaluation.submit(service(), device, round_id, key, body)), 202
 
 
-@rounds.get("/status")
+@rounds.get(STATUS)
 def status():
     return jsonify(build_status(service()))
 
 
-@rounds.get("/openapi.json")
+@rounds.get(OPENAPI)
 def openapi():
     return jsonify(openapi_document())
 
 
-@models.get("/tokenizer")
+@models.get(TOKENIZER)
 def tokenizer():
     return send_file(service().blobs.tokenizer_path(), mimetype="application/json",
                      etag=service().tokenizer_sha256, conditional=True, max_age=0)
 
 
-@models.get("/model")
+@models.get(MODEL)
 def latest_model():
     return _send_version(service().model_version())
 
 
-@models.get("/models/<int(max=2147483647):version>")
+@models.get(flask_rule(MODEL_VERSION))
 def model_version(version: int):
     return _send_version(_version(version))
 
 
-@models.get("/model/compact")
+@models.get(MODEL + COMPACT)
 def latest_compact_model():
     """The latest model as per-row int8 (27% of the float32 bytes), ETag its sha256."""
     return _send_version(service().model_version(), compact=True)
 
 
-@models.get("/models/<int(max=2147483647):version>/compact")
+@models.get(flask_rule(MODEL_VERSION + COMPACT))
 def compact_model_version(version: int):
     return _send_version(_version(version), compact=True)
 

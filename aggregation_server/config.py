@@ -16,15 +16,17 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from device_model.train import OPTIMIZERS
 from federated.evaluation import MAX_WORDS as EVAL_MAX_WORDS
 from federated.privacy import DISHONEST_SHARE
+from federated.protocol import Task, TrainParams
 from federated.secagg.params import DROPOUT_RATE, MAX_CLIENTS, hiding_problem, round_shape
 from federated.wire import MAX_UPDATE_BYTES
 from model.schedule import SCHEDULES, lr_factor
 
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
 WEIGHTINGS = ("uniform", "examples")
-TRAIN_OPTIMIZERS = ("sgd", "adam", "adamw")
+TRAIN_OPTIMIZERS = OPTIMIZERS  # what devices can train with
 COMPRESSIONS = ("none", "ddg16")  # float32 updates, or federated.compression's scheme
 
 
@@ -139,6 +141,19 @@ class RoundConfig:
         """The server learning rate of the step that makes model `version` (1, 2, ...)."""
         return self.server_lr * lr_factor(self.server_lr_schedule, version - 1,
                                           self.server_lr_rounds)
+
+    def task(self, round_id: int, model_version: int, model_sha256: str, deadline: float,
+             **parts: Any) -> Task:
+        """The training task a device gets in a round run on this config; `parts`: the
+        task's further fields (`secagg` in a secure round, `compression` and
+        `model_compact_sha256` in a compressed one)."""
+        train = TrainParams(self.train_epochs, self.train_batch_size, self.train_lr,
+                            self.train_optimizer, self.train_max_examples)
+        return Task(round_id=round_id, model_version=model_version, model_sha256=model_sha256,
+                    deadline=deadline, train=train, min_examples=self.min_examples,
+                    clip_norm=self.clip_norm, noise_multiplier=self.noise_multiplier,
+                    min_reports=self.min_reports, dishonest_share=self.dishonest_share,
+                    secure_aggregation=self.secure_aggregation, **parts)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -152,7 +152,7 @@ class ModelVersion(Base):
 
 class SecAggRound(Base):
     """A secure-aggregation round's protocol state (aggregation_server.secure): its public
-    config (federated.secagg RoundConfig), the phase and when the phase closes at the latest."""
+    config (federated.secagg SecAggConfig), the phase and when the phase closes at the latest."""
 
     __tablename__ = "secagg_rounds"
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), primary_key=True)

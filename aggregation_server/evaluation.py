@@ -33,11 +33,10 @@ from aggregation_server.db import ModelVersion, Round, Task
 from aggregation_server.errors import ApiError
 from aggregation_server.storage import sha256_hex
 from federated import evaluation as ev
+from federated import protocol
 
 if TYPE_CHECKING:
     from aggregation_server.rounds import RoundService
-
-KINDS = ("train", "evaluate")
 
 
 def round_config(config: RoundConfig) -> RoundConfig:
@@ -68,21 +67,21 @@ def plan(s: Session, service: RoundService, config: RoundConfig,
             "max_words": config.eval_max_words}
 
 
-def task_fields(r: Round, config: RoundConfig, base: dict[str, Any]) -> dict[str, Any]:
-    """An evaluation task: the training task's privacy terms, no `train`, and what to score."""
-    task = {k: v for k, v in base.items() if k not in ("train", "secagg")}
-    task.update(kind="evaluate", secure_aggregation=False,
-                evaluate={"versions": r.evaluation["versions"],
-                          "max_words": r.evaluation["max_words"]})
-    return task
+def task(r: Round, config: RoundConfig, model_sha256: str) -> protocol.Task:
+    """An evaluation task: the training task's privacy terms, no `train`, and what to score
+    (`config`: the round's, plain and uncompressed, `round_config`)."""
+    versions = tuple((v["version"], v["sha256"]) for v in r.evaluation["versions"])
+    return replace(config.task(r.id, r.model_version, model_sha256, r.deadline),
+                   train=None, kind="evaluate",
+                   evaluate=protocol.EvaluateParams(versions, r.evaluation["max_words"]))
 
 
 def parse_kinds(data: dict[str, Any]) -> tuple[str, ...]:
     """The task kinds a check-in accepts (default: training only, as devices before
     federated evaluation understood)."""
-    kinds = data.get("kinds", ["train"])
-    if not isinstance(kinds, list) or not kinds or not all(k in KINDS for k in kinds):
-        raise ApiError(400, "bad_field", f"'kinds' must be a non-empty list of {list(KINDS)}")
+    kinds, known = data.get("kinds", ["train"]), protocol.TASK_KINDS
+    if not isinstance(kinds, list) or not kinds or not all(k in known for k in kinds):
+        raise ApiError(400, "bad_field", f"'kinds' must be a non-empty list of {list(known)}")
     return tuple(kinds)
 
 

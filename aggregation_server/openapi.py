@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 from aggregation_server.config import BOUNDS, ENUMS, TRAIN_OPTIMIZERS, Bounds, RoundConfig
+from federated import protocol
 from federated.secagg import (AbortNotice, AdvertiseKeys, ConsistencyResponse, ShareKeys,
                               UnmaskResponse)
 
@@ -188,7 +189,7 @@ TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "clip_norm
     "min_reports": INT, "dishonest_share": NUM, "secure_aggregation": BOOL,
     "secagg": _obj(["client_id", "config", "advertise_by"], {
         "client_id": {"type": "integer", "minimum": 1},
-        "config": {"type": "object", "description": "federated.secagg RoundConfig.to_dict()"},
+        "config": {"type": "object", "description": "federated.secagg SecAggConfig.to_dict()"},
         "advertise_by": {"type": "number", "description": "unix time: train, then advertise "
                                                           "keys before this"}}),
     "model_compact_sha256": {"type": "string", "description": "compressed rounds: the "
@@ -204,6 +205,7 @@ CODE = _obj(["id", "uses", "used", "remaining", "revoked"], {
     "revoked": BOOL})
 RATE_LIMITED = {"429": {"description": "Too many enrolment calls from this address",
                         "headers": {"Retry-After": {"schema": INT}}, "content": ERROR_BODY}}
+API = protocol.API_PREFIX  # the device-facing paths are protocol templates
 ROUND_ID = {"name": "round_id", "in": "path", "required": True,
             "schema": {"type": "integer", "minimum": 0, "maximum": INT32}}
 def _secagg_message(kind: str) -> dict:
@@ -257,28 +259,28 @@ def openapi_document() -> dict[str, Any]:
                                 "503/507 with Retry-After when storage or the database "
                                 "fails."},
         "paths": {
-            "/v1/devices": {"post": {
+            API + protocol.ENROL: {"post": {
                 "summary": "Enrol a device with an operator's enrolment code, binding its "
                            "Ed25519 identity key; the token is shown once and stored hashed. "
                            "Rate-limited per client address (429 with Retry-After)",
                 "requestBody": {"required": True, "content": _json("EnrolmentRequest")},
                 "responses": {"201": {"description": "Enrolled", "content": _json("Enrolment")},
                               **RATE_LIMITED, **ERRORS}}},
-            "/v1/devices/challenge": {"post": {
+            API + protocol.CHALLENGE: {"post": {
                 "summary": "Token recovery, step 1: a one-time challenge for the device bound "
                            "to this identity key (rate-limited like enrolment)",
                 "requestBody": {"required": True, "content": _json("ChallengeRequest")},
                 "responses": {"201": {"description": "Sign it within expires_at",
                                       "content": _json("Challenge")},
                               **RATE_LIMITED, **ERRORS}}},
-            "/v1/devices/recover": {"post": {
+            API + protocol.RECOVER: {"post": {
                 "summary": "Token recovery, step 2: a new token for the device that signed "
                            "the challenge (same device id, participation and privacy spend)",
                 "requestBody": {"required": True, "content": _json("RecoverRequest")},
                 "responses": {"200": {"description": "New token",
                                       "content": _json("Enrolment")},
                               **RATE_LIMITED, **ERRORS}}},
-            "/v1/checkin": {"post": {
+            API + protocol.CHECKIN: {"post": {
                 "summary": "Ask for a training task; a retry (same Idempotency-Key) gets the "
                            "device's task again", "security": device,
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
@@ -287,7 +289,7 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": _json("CheckinRequest")},
                 "responses": {"200": {"description": "A task, or when to come back",
                                       "content": _json("CheckinResponse")}, **ERRORS}}},
-            "/v1/rounds/{round_id}/update": {"put": {
+            API + protocol.UPDATE: {"put": {
                 "summary": "Upload an update (clipped, noised weight delta)", "security": device,
                 "parameters": [
                     {"name": "round_id", "in": "path", "required": True,
@@ -299,7 +301,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"202": {"description": "Stored durably; retries with the same "
                                                      "Idempotency-Key get the same answer",
                                       "content": _json("UploadAccepted")}, **ERRORS}}},
-            "/v1/rounds/{round_id}/evaluation": {"put": {
+            API + protocol.EVALUATION: {"put": {
                 "summary": "An evaluation round's report: per model version evaluated, seven "
                            "clipped and noised sums (federated.evaluation); impossible values "
                            "are refused with 422", "security": device,
@@ -311,44 +313,44 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"202": {"description": "Stored; retries with the same "
                                                      "Idempotency-Key get the same answer",
                                       "content": _json("UploadAccepted")}, **ERRORS}}},
-            "/v1/rounds/{round_id}/secagg/advertise": {"post": _secagg_post(
+            API + protocol.SECAGG + "/advertise": {"post": _secagg_post(
                 "Secure aggregation, phase 0: advertise two public keys (advertise_keys); "
                 "a malformed message excludes the device",
                 _secagg_message(AdvertiseKeys.TYPE))},
-            "/v1/rounds/{round_id}/secagg/keys": {"get": _secagg_get(
+            API + protocol.SECAGG + "/keys": {"get": _secagg_get(
                 "The neighbours' public keys (keys_relay), once key advertisement closed")},
-            "/v1/rounds/{round_id}/secagg/shares": {
+            API + protocol.SECAGG + "/shares": {
                 "post": _secagg_post("Phase 1: encrypted shares for each neighbour (share_keys)",
                                      _secagg_message(ShareKeys.TYPE)),
                 "get": _secagg_get("The shares addressed to this device (shares_relay)")},
-            "/v1/rounds/{round_id}/secagg/masked": {"put": _secagg_post(
+            API + protocol.SECAGG + "/masked": {"put": _secagg_post(
                 "Phase 2: the masked update (safetensors, private-keyboard/secagg-masked-1)",
                 {"required": True, "content": {"application/octet-stream": {
                     "schema": {"type": "string", "format": "binary"}}}})},
-            "/v1/rounds/{round_id}/secagg/consistency": {
+            API + protocol.SECAGG + "/consistency": {
                 "get": _secagg_get("Phase 3: the round's survivors, to sign "
                                    "(consistency_request)"),
                 "post": _secagg_post("The device's signature of the survivors "
                                      "(consistency_response)",
                                      _secagg_message(ConsistencyResponse.TYPE))},
-            "/v1/rounds/{round_id}/secagg/unmask": {
+            API + protocol.SECAGG + "/unmask": {
                 "get": _secagg_get("Phase 4: which neighbours survived and which dropped, "
                                    "with their signatures of the survivors (unmask_request)"),
                 "post": _secagg_post("The shares that remove the masks (unmask_response)",
                                      _secagg_message(UnmaskResponse.TYPE))},
-            "/v1/rounds/{round_id}/secagg/abort": {"post": _secagg_post(
+            API + protocol.SECAGG + "/abort": {"post": _secagg_post(
                 "The device left the round (abort, with one of the documented reasons): "
                 "what it was relayed is inconsistent; accepted in any phase",
                 _secagg_message(AbortNotice.TYPE))},
-            "/v1/model": {"get": _binary_get("The latest global model")},
-            "/v1/models/{version}": {"get": _binary_get("One global model version",
+            API + protocol.MODEL: {"get": _binary_get("The latest global model")},
+            API + protocol.MODEL_VERSION: {"get": _binary_get("One global model version",
                                                         VERSION_PATH)},
-            "/v1/model/compact": {"get": _binary_get(
+            API + protocol.MODEL + protocol.COMPACT: {"get": _binary_get(
                 "The latest global model as per-row int8 (ETag: its sha256)")},
-            "/v1/models/{version}/compact": {"get": _binary_get(
+            API + protocol.MODEL_VERSION + protocol.COMPACT: {"get": _binary_get(
                 "One global model version as per-row int8 (compressed rounds' tasks carry "
                 "its sha256 as model_compact_sha256)", VERSION_PATH)},
-            "/v1/tokenizer": {"get": {
+            API + protocol.TOKENIZER: {"get": {
                 "summary": "The tokenizer.json of the model",
                 "parameters": [{"name": "If-None-Match", "in": "header", "required": False,
                                 "schema": STR}],
@@ -356,11 +358,11 @@ def openapi_document() -> dict[str, Any]:
                                       "content": {"application/json": {
                                           "schema": {"type": "object"}}}},
                               "304": {"description": "Not modified"}, **ERRORS}}},
-            "/v1/status": {"get": {
+            API + protocol.STATUS: {"get": {
                 "summary": "Training state, rounds, versions, privacy spend",
                 "responses": {"200": {"description": "Status", "content": _json("Status")},
                               **ERRORS}}},
-            "/v1/openapi.json": {"get": {
+            API + protocol.OPENAPI: {"get": {
                 "summary": "This document",
                 "responses": {"200": {"description": "OpenAPI 3 document",
                                       "content": {"application/json": {

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
+from federated import protocol
 from federated.wire import encode_update
 
 from aggregation_server import accounting, compressed, evaluation
@@ -146,7 +147,8 @@ class RoundService:
             return s.scalar(select(Device.id).where(
                 Device.token_sha256 == sha256_hex(token.encode())))
 
-    def checkin(self, device_id: str, kinds: tuple[str, ...] = ("train",)) -> dict:
+    def checkin(self, device_id: str, kinds: tuple[str, ...] = ("train",)
+                ) -> protocol.Checkin:
         """A task in the open round for this device, or when to come back and why not;
         `kinds`: the round kinds the device takes tasks in (training, evaluation)."""
         now = self.clock()
@@ -168,9 +170,9 @@ class RoundService:
                            noise_multiplier=config.noise_multiplier))
                 self.policy.admit(s, r, config, device_id)
                 r.tasks_issued += 1
-            return {"task": self._task(s, r, config, device_id)}
+            return self._task(s, r, config, device_id)
 
-    def _no_round(self, s: Session, r: Round | None, now: float) -> dict:
+    def _no_round(self, s: Session, r: Round | None, now: float) -> protocol.NoTask:
         state = s.get(ServerState, 1)
         config = RoundConfig.from_dict(state.config)
         if r is not None and (r.state == "closing" or target_reached(r)):
@@ -188,8 +190,8 @@ class RoundService:
         return self._no_task("no round is open yet", min(5.0, config.retry_after))
 
     @staticmethod
-    def _no_task(reason: str, retry_after: float) -> dict:
-        return {"task": None, "retry_after": round(float(retry_after), 1), "reason": reason}
+    def _no_task(reason: str, retry_after: float) -> protocol.NoTask:
+        return protocol.NoTask(reason, retry_after)
 
     @staticmethod
     def _pace(config: RoundConfig, r: Round, now: float) -> float:
@@ -197,25 +199,16 @@ class RoundService:
         left = max(r.deadline - now, 1.0)
         return min(left, config.retry_after) * random.uniform(0.8, 1.2)
 
-    def _task(self, s: Session, r: Round, config: RoundConfig, device_id: str) -> dict:
+    def _task(self, s: Session, r: Round, config: RoundConfig, device_id: str
+              ) -> protocol.Task:
         model = s.get(ModelVersion, r.model_version)
-        task = {"round_id": r.id, "model_version": r.model_version, "model_sha256": model.sha256,
-                "deadline": r.deadline,
-                "train": {"epochs": config.train_epochs, "batch_size": config.train_batch_size,
-                          "lr": config.train_lr, "optimizer": config.train_optimizer,
-                          "max_examples": config.train_max_examples},
-                "min_examples": config.min_examples,
-                "clip_norm": config.clip_norm, "noise_multiplier": config.noise_multiplier,
-                "min_reports": config.min_reports, "dishonest_share": config.dishonest_share,
-                "secure_aggregation": config.secure_aggregation}
         if r.kind == "evaluate":
-            return evaluation.task_fields(r, config, task)
-        task.update(self.policy.task_fields(s, r, config, device_id))
+            return evaluation.task(r, config, model.sha256)
         spec = compressed.spec_for(config, r.id, model.sha256, self.num_params)
-        if spec is not None:
-            task["compression"] = spec.to_dict()
-            task["model_compact_sha256"] = compressed.compact_model(self.blobs, model)[1]
-        return task
+        compact = compressed.compact_model(self.blobs, model)[1] if spec is not None else None
+        return config.task(r.id, r.model_version, model.sha256, r.deadline, compression=spec,
+                           model_compact_sha256=compact,
+                           **self.policy.task_fields(s, r, config, device_id))
 
     # ----- uploads --------------------------------------------------------------------
     def submit(self, device_id: str, round_id: int, key: str, body: bytes) -> dict:

@@ -70,11 +70,12 @@ from aggregation_server.strategy import (AggregationUnavailable, Optimizer, Refu
                                          Verdict)
 from aggregation_server.accounting import device_noise_stddev
 from federated import identity, privacy
+from federated.protocol import SecAggTask
 from federated.compression import Compression
 from federated.wire import Update
 from federated.secagg import (ABORT_REASONS, LateMessageError, MessageError, ReplayError,
                               RoundAbandoned, SecAggError, SecAggServerRound, unflatten)
-from federated.secagg import RoundConfig as ProtocolConfig
+from federated.secagg import SecAggConfig
 
 if TYPE_CHECKING:
     from aggregation_server.rounds import RoundService
@@ -142,7 +143,7 @@ class SecureAggregation:
     def task_fields(self, s: Session, r: Round, config: RoundConfig, device_id: str) -> dict:
         fields = self.inner.task_fields(s, r, config, device_id)
         if config.secure_aggregation:
-            fields["secagg"] = self._task_fields(s, r, device_id)
+            fields["secagg"] = self._task_part(s, r, device_id)
         return fields
 
     def accept(self, body: bytes, r: Round, config: RoundConfig, shapes: Shapes,
@@ -188,7 +189,7 @@ class SecureAggregation:
         """Fix the protocol's public config for a new round (n = its capacity)."""
         _, degree, threshold = config.secagg_shape
         spec = compressed.round_spec(s, r, config, self.service.num_params)
-        protocol = ProtocolConfig.create(
+        protocol = SecAggConfig.create(
             r.id, r.capacity, spec.kept if spec else self.service.num_params, config.clip_norm,
             device_noise_stddev(config), degree=degree, threshold=threshold,
             encoding=compressed.encoding(spec))
@@ -213,13 +214,13 @@ class SecureAggregation:
         s.add(SecAggMember(round_id=r.id, client_id=r.tasks_issued + 1, device_id=device_id))
 
     @staticmethod
-    def _task_fields(s: Session, r: Round, device_id: str) -> dict:
+    def _task_part(s: Session, r: Round, device_id: str) -> SecAggTask:
         """The task's "secagg" part: the protocol config, this device's client id, and when
         its keys must be advertised (training must end before)."""
         row = s.get(SecAggRound, r.id)
         client = s.scalar(select(SecAggMember.client_id).where(
             SecAggMember.round_id == r.id, SecAggMember.device_id == device_id))
-        return {"client_id": client, "config": row.config, "advertise_by": row.phase_deadline}
+        return SecAggTask(client, SecAggConfig.from_dict(row.config), row.phase_deadline)
 
     # ----- device messages -------------------------------------------------------------------
     def receive(self, device_id: str, round_id: int, phase: str, body: bytes) -> dict:
@@ -233,7 +234,7 @@ class SecureAggregation:
             timed = phase != "abort"  # an abort is taken late too
             phase = row.phase if not timed and row.phase in PHASES else phase
             self._check_phase(r, row, phase, self.service.clock() if timed else None)
-            limit = ProtocolConfig.from_dict(row.config).max_masked_bytes \
+            limit = SecAggConfig.from_dict(row.config).max_masked_bytes \
                 if phase == "masked" else MAX_JSON_BYTES
         if len(body) > limit:
             raise ApiError(413, "too_large", f"{phase} message of {len(body)} bytes is over "
@@ -548,7 +549,7 @@ class SecureAggregation:
 
     def _rebuild(self, s: Session, row: SecAggRound) -> SecAggServerRound:
         """Replay the stored messages, phase by phase, closing each phase the round closed."""
-        srv = SecAggServerRound(ProtocolConfig.from_dict(row.config),
+        srv = SecAggServerRound(SecAggConfig.from_dict(row.config),
                                 self._identity_keys(s, row.round_id))
         messages = s.scalars(select(SecAggMessage).where(SecAggMessage.round_id == row.round_id)
                              .order_by(SecAggMessage.id)).all()

@@ -14,9 +14,9 @@ from flask import Blueprint, jsonify, request
 from aggregation_server.api import device_id, service
 from aggregation_server.errors import ApiError
 from aggregation_server.secure import MAX_JSON_BYTES, SecureAggregation
+from federated.protocol import API_PREFIX, SECAGG, flask_rule
 
-secagg = Blueprint("secagg", __name__,
-                   url_prefix="/v1/rounds/<int(max=2147483647):round_id>/secagg")
+secagg = Blueprint("secagg", __name__, url_prefix=API_PREFIX + flask_rule(SECAGG))
 
 
 def protocol() -> SecureAggregation:

@@ -12,6 +12,7 @@ from aggregation_server.db import Device, ModelVersion, Round, ServerState, Task
 from aggregation_server.rounds import CHARGED, RoundService
 from aggregation_server.secure import SecureAggregation
 from federated.privacy import honest_reports
+from federated.protocol import PrivacyStatus
 
 HISTORY = 200  # rounds and versions listed
 
@@ -109,15 +110,15 @@ def privacy_json(config: RoundConfig, spent: dict[str, float], done: int) -> dic
                 "spent_text": accounting.describe(spent[a], config.delta),
                 "at_cap_text": accounting.describe(at_cap[a], config.delta)}
                for a, label in accounting.AGAINST.items()]
+    devices_read = PrivacyStatus(finite(spent["server"]), config.epsilon_budget, config.delta)
     return {
         "budget_text": budget_text(config, spent["server"], at_cap["server"]),
-        "epsilon_spent_max": finite(spent["server"]),
+        **devices_read.to_json(),
         "epsilon_spent_max_model_users": finite(spent["model_users"]),
-        "epsilon_budget": config.epsilon_budget,
         "epsilon_at_cap": finite(at_cap["server"]),
         "epsilon_at_cap_model_users": finite(at_cap["model_users"]),
         "figures": figures,
-        "delta": config.delta, "noise_multiplier": config.noise_multiplier,
+        "noise_multiplier": config.noise_multiplier,
         "clip_norm": config.clip_norm, "device_noise_stddev": accounting.device_noise_stddev(config),
         "dishonest_share": config.dishonest_share,
         "honest_reports": honest_reports(config.min_reports, config.dishonest_share),

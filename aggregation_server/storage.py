@@ -1,31 +1,32 @@
 """Blobs: model versions, optimizer state, pending updates and masked inputs, the tokenizer.
 
 `BlobStore` keeps them as files in the data dir (`blob_store = "files"`, the default):
-every file is written atomically (temporary file, fsync, rename, fsync of the folder), so
-a crash leaves the old file or the new one, never half of one. `DatabaseBlobStore`
+every file is written atomically (`device_model.files.write_atomic`: temporary file, fsync,
+rename, fsync of the folder), so a crash leaves the old file or the new one, never half of
+one. `DatabaseBlobStore`
 (`blob_store = "database"`) keeps them in the shared PostgreSQL database's `blobs` table,
 so server processes on several hosts, each with its own data dir, serve one deployment;
 the data dir then only caches files by content hash. The database holds each model
-version's sha256 and provenance either way.
+version's sha256 and provenance either way. Headers and tensors are read with
+`device_model.tensorfile`, the one bounded safetensors parser.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import load, load_file
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
 from aggregation_server.db import Blob
+from device_model import tensorfile
+from device_model.files import write_atomic
+from device_model.tensorfile import TensorFileError
 from federated.wire import WireError, tensors_from_bytes, tensors_to_bytes
 from model.config import ModelConfig
 from model.tokenizer import TokenizerError, WordTokenizer
@@ -37,30 +38,6 @@ Shapes = dict[str, tuple[int, ...]]
 
 class StorageError(ValueError):
     """A checkpoint or tokenizer the server cannot serve."""
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that it is on disk, whole, once this returns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -149,15 +126,26 @@ class BlobStore:
 
     def shapes(self, relative: str) -> Shapes:
         """Tensor names and shapes of a stored safetensors file, from its header only."""
-        with safe_open(self.abs(relative), framework="numpy") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        infos, _, _ = self._header(relative)
+        return {name: info.shape for name, info in infos.items()}
 
     def metadata(self, relative: str) -> dict[str, str]:
-        with safe_open(self.abs(relative), framework="numpy") as f:
-            return dict(f.metadata() or {})
+        """The string metadata of a stored safetensors file, from its header only."""
+        return self._header(relative)[1]
 
     def tensors(self, relative: str) -> Tensors:
-        return load_file(self.abs(relative))
+        """The named tensors of a stored safetensors file (writable arrays)."""
+        try:
+            return tensorfile.load_file(self.abs(relative))[0]
+        except TensorFileError as err:
+            raise StorageError(f"{relative}: {err}") from None
+
+    def _header(self, relative: str) -> tuple[dict[str, tensorfile.TensorInfo],
+                                              dict[str, str], int]:
+        try:
+            return tensorfile.read_file_header(self.abs(relative))
+        except TensorFileError as err:
+            raise StorageError(f"{relative}: {err}") from None
 
     def write_tensors(self, relative: str, tensors: Tensors, metadata: dict[str, str]) -> bytes:
         data = tensors_to_bytes(tensors, metadata)
@@ -230,9 +218,12 @@ class DatabaseBlobStore(BlobStore):
                 self.table.c.name.startswith(f"updates/{round_id}/", autoescape=True)))
 
     def tensors(self, relative: str) -> Tensors:
-        if relative.startswith("updates/"):
-            return load(self.read(relative))
-        return super().tensors(relative)
+        if not relative.startswith("updates/"):
+            return super().tensors(relative)
+        try:  # writable views of one copy
+            return tensorfile.load(bytearray(self.read(relative)))[0]
+        except TensorFileError as err:
+            raise StorageError(f"{relative}: {err}") from None
 
 
 def blob_store(kind: str, data_dir: Path, engine: Engine) -> BlobStore:

@@ -238,7 +238,8 @@ class FedAvgPolicy(RoundPolicy):
         """The device got a new task (before `r.tasks_issued` counts it)."""
 
     def task_fields(self, s: Session, r: Round, config: RoundConfig, device_id: str) -> dict:
-        """What the task says beyond the round's training settings (plain: nothing)."""
+        """What the task says beyond the round's training settings, as keyword arguments of
+        `RoundConfig.task` (plain: nothing; secure: its "secagg" part)."""
         return {}
 
     # ----- what a round accepts -----------------------------------------------------------

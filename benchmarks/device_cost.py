@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from aggregation_server.config import RoundConfig  # noqa: E402  (the server's defaults)
 from data import load_split  # noqa: E402
+from federated.protocol import Task  # noqa: E402
 from model.checkpoint import CheckpointMeta, model_to_bytes, read_metadata  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.evaluate import machine  # noqa: E402
@@ -61,7 +62,7 @@ def histories() -> dict[str, list[str]]:
     return picked
 
 
-def one_run(tokenizer_json: str, blob: bytes, messages: list[str], task: dict, warm: int,
+def one_run(tokenizer_json: str, blob: bytes, messages: list[str], task: Task, warm: int,
             queue) -> None:
     """In a fresh process: the device's round once cold, then `warm` times; time, memory, bytes."""
     torch.set_num_threads(1)
@@ -72,7 +73,7 @@ def one_run(tokenizer_json: str, blob: bytes, messages: list[str], task: dict, w
     for _ in range(1 + warm):
         start = time.perf_counter()
         local = run_task(task, blob, tokenizer, messages, seed=0,  # plain round: z*C
-                         noise_stddev=task["noise_multiplier"] * task["clip_norm"])
+                         noise_stddev=task.noise_multiplier * task.clip_norm)
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     queue.put({"cold_seconds": times[0], "warm_seconds": statistics.median(times[1:]),
@@ -90,17 +91,14 @@ def main() -> None:
     info = machine()
     print("machine:", json.dumps(info))
     tokenizer_json, blob, origin = artefacts()
-    config = RoundConfig()
-    task = {"round_id": 1, "model_version": 1, "model_sha256": "", "deadline": 0.0,
-            "clip_norm": config.clip_norm, "noise_multiplier": 0.01, "min_reports": 1,
-            "dishonest_share": 0.0, "secure_aggregation": False,
-            "train": {"epochs": config.train_epochs, "batch_size": config.train_batch_size,
-                      "lr": config.train_lr, "optimizer": config.train_optimizer,
-                      "max_examples": config.train_max_examples}}
+    config = RoundConfig(noise_multiplier=0.01, min_reports=1, dishonest_share=0.0,
+                         secure_aggregation=False)
+    task = config.task(1, 1, "", 0.0)
     params = NextWordLSTM(ModelConfig.from_json(read_metadata(blob)["config"])).num_parameters()
-    print(f"model: {params:,} parameters, {origin}; task train {task['train']}, one thread")
+    print(f"model: {params:,} parameters, {origin}; task train {task.train}, one thread")
     ctx = mp.get_context("spawn")
-    report = {"machine": info, "parameters": params, "model": origin, "train": task["train"],
+    report = {"machine": info, "parameters": params, "model": origin,
+              "train": task.train.to_json(),
               "download_bytes_per_round": len(blob),
               "tokenizer_bytes_first_round": len(tokenizer_json.encode()), "histories": {}}
     for label, messages in histories().items():

@@ -57,13 +57,16 @@ def peak_mb() -> float:
 def one_run(messages: list[str], max_words: int, versions: int, warm: int) -> dict:
     """In a fresh process: one cold and `warm` warm evaluations; seconds and peak memory."""
     from device_model.tokenizer import DeviceTokenizer
+    from federated.protocol import EvaluateParams, Task
     from keyboard_app.evaluation_task import run_evaluation
     base = peak_mb()
     tokenizer = DeviceTokenizer.load(SHIPPED_TOKENIZER)
     blob = SHIPPED_MODEL.read_bytes()
-    task = {"round_id": 1, "clip_norm": 1.0, "secure_aggregation": False,
-            "evaluate": {"versions": [{"version": v, "sha256": "-"} for v in range(versions)],
-                         "max_words": max_words}}
+    task = Task(round_id=1, model_version=0, model_sha256="0" * 64, deadline=0.0, train=None,
+                min_examples=1, clip_norm=1.0, noise_multiplier=1.0, min_reports=1,
+                dishonest_share=0.0, secure_aggregation=False, kind="evaluate",
+                evaluate=EvaluateParams(tuple((v, "0" * 64) for v in range(versions)),
+                                        max_words))
     seconds = []
     for _ in range(1 + warm):
         started = time.perf_counter()

@@ -25,10 +25,14 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+
+if TYPE_CHECKING:  # children import only what their runtime needs (their memory is measured)
+    from federated.protocol import Task
 
 RUNTIMES = ("numpy", "torch")
 TARGET_MEDIAN_MS, TARGET_P99_MS, TARGET_ROUND_RATIO = 1.0, 3.0, 1.5
@@ -87,7 +91,7 @@ def keystrokes_child(runtime: str, model_path: str, tokenizer_path: str, texts: 
                "torch_loaded": "torch" in sys.modules})
 
 
-def torch_round(task: dict, blob: bytes, tokenizer_json: str, messages: list[str], seed: int,
+def torch_round(task: Task, blob: bytes, tokenizer_json: str, messages: list[str], seed: int,
                 noise_stddev: float) -> bytes:
     """The PyTorch reference of `keyboard_app.local_training.run_task` (what devices ran
     before the NumPy runtime): load, `model.train.train`, delta, clip and noise, encode."""
@@ -101,8 +105,8 @@ def torch_round(task: dict, blob: bytes, tokenizer_json: str, messages: list[str
     from device_model.tensorfile import load
     torch.set_num_threads(1)
     tokenizer = WordTokenizer.from_json(tokenizer_json)
-    config = train_config(task["train"], seed)
-    sample = sample_messages(messages, example_limit(task["train"], len(messages)), config.seed)
+    config = train_config(task.train, seed)
+    sample = sample_messages(messages, example_limit(task.train, len(messages)), config.seed)
     model, _ = model_from_bytes(blob, tokenizer_sha256=tokenizer.sha256)
     global_tensors, _ = load(blob)
     sequences = tokenizer.encode_messages(sample)
@@ -113,7 +117,7 @@ def torch_round(task: dict, blob: bytes, tokenizer_json: str, messages: list[str
     return encode_update(update)
 
 
-def numpy_round(task: dict, blob: bytes, tokenizer_json: str, messages: list[str], seed: int,
+def numpy_round(task: Task, blob: bytes, tokenizer_json: str, messages: list[str], seed: int,
                 noise_stddev: float) -> bytes:
     """The device's round as the app runs it."""
     from device_model.tokenizer import DeviceTokenizer
@@ -122,7 +126,7 @@ def numpy_round(task: dict, blob: bytes, tokenizer_json: str, messages: list[str
     return run_task(task, blob, tokenizer, messages, noise_stddev=noise_stddev, seed=seed).body
 
 
-def round_child(runtime: str, task: dict, blob: bytes, tokenizer_json: str,
+def round_child(runtime: str, task: Task, blob: bytes, tokenizer_json: str,
                 messages: list[str], warm: int, queue) -> None:
     """In a fresh process: the round once cold, then `warm` times."""
     base_rss = _rss_now()
@@ -193,13 +197,8 @@ def main() -> int:
               f"{med['cpu_p99_ms']:.3f} ms) over {args.keystrokes} | model load "
               f"{med['load_seconds']:.2f} s | RSS loaded {med['loaded_rss'] / 2**20:.0f} MiB, "
               f"peak {med['peak_rss'] / 2**20:.0f} MiB | torch imported: {med['torch_loaded']}")
-    config = RoundConfig()
-    task = {"round_id": 1, "model_version": 1, "model_sha256": "", "deadline": 0.0,
-            "clip_norm": config.clip_norm, "secure_aggregation": False,
-            "train": {"epochs": config.train_epochs, "batch_size": config.train_batch_size,
-                      "lr": config.train_lr, "optimizer": config.train_optimizer,
-                      "max_examples": config.train_max_examples}}
-    print(f"round task: {task['train']}, clip {task['clip_norm']}")
+    task = RoundConfig(secure_aggregation=False).task(1, 1, "", 0.0)
+    print(f"round task: {task.train}, clip {task.clip_norm}")
     for label, messages in histories().items():
         runs = {r: [] for r in runtimes}
         for _ in range(args.repeats):

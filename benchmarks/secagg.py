@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 from federated.privacy import noise_stddev, privatize  # noqa: E402
-from federated.secagg import (RoundConfig, SecAggClient, SecAggServerRound, crypto,  # noqa: E402
+from federated.secagg import (SecAggConfig, SecAggClient, SecAggServerRound, crypto,  # noqa: E402
                               flatten)
 from federated.secagg.messages import MaskedInput  # noqa: E402
 from federated.wire import Update, encode_update  # noqa: E402
@@ -60,7 +60,7 @@ def device_update(shapes, client: int, stddev: float) -> dict[str, np.ndarray]:
 def run_round(n: int, degree: int | None, shapes, repeats: int) -> dict:
     stddev = noise_stddev(1.0, 1.0, n)
     d = sum(int(np.prod(s)) for s in shapes.values())
-    config = RoundConfig.create(1, n, d, clip_norm=1.0, noise_stddev=stddev, degree=degree)
+    config = SecAggConfig.create(1, n, d, clip_norm=1.0, noise_stddev=stddev, degree=degree)
     identities = {i: Ed25519PrivateKey.generate() for i in range(1, n + 1)}
     server = SecAggServerRound(config, {i: crypto.identity_bytes(key)
                                         for i, key in identities.items()})

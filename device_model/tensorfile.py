@@ -11,8 +11,10 @@ library checks, and bounds the header's size and nesting before parsing any JSON
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -86,13 +88,31 @@ def _info(name: str, entry: object) -> TensorInfo:
 def read_header(data: bytes, max_header_bytes: int = MAX_HEADER_BYTES
                 ) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
     """(tensor entries in file order, string metadata, where the data starts)."""
-    if len(data) < 8:
-        raise TensorFileError(f"truncated: {len(data)} bytes is too short for safetensors")
+    return _parse_header(data, len(data), max_header_bytes)
+
+
+def read_file_header(path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES
+                     ) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    """`read_header` of a file, reading only its header (the file's size stands in for
+    the data section, which is not read)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else 0
+        head += f.read(min(size, max_header_bytes + 1))
+        total = os.fstat(f.fileno()).st_size
+    return _parse_header(head, total, max_header_bytes)
+
+
+def _parse_header(data: bytes, total: int, max_header_bytes: int
+                  ) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    """The header at the start of `data`, a file of `total` bytes, checked in full."""
+    if total < 8:
+        raise TensorFileError(f"truncated: {total} bytes is too short for safetensors")
     size = int.from_bytes(data[:8], "little")
     if size > max_header_bytes:
         raise TensorFileError(f"header of {size} bytes is over the {max_header_bytes}-byte limit")
-    if size > len(data) - 8:
-        raise TensorFileError(f"truncated: header says {size} bytes, file has {len(data) - 8}")
+    if size > total - 8:
+        raise TensorFileError(f"truncated: header says {size} bytes, file has {total - 8}")
     text = bytes(data[8:8 + size])
     if _nesting(text) > MAX_NESTING:
         raise TensorFileError(f"header nests deeper than {MAX_NESTING} levels")
@@ -111,9 +131,9 @@ def read_header(data: bytes, max_header_bytes: int = MAX_HEADER_BYTES
         if info.begin != position:
             raise TensorFileError(f"tensor {name!r}: data at {info.begin}, expected {position}")
         position = info.end
-    if position != len(data) - 8 - size:
+    if position != total - 8 - size:
         raise TensorFileError(f"truncated or overlong: the data section is "
-                              f"{len(data) - 8 - size} bytes, the tensors need {position}")
+                              f"{total - 8 - size} bytes, the tensors need {position}")
     return dict(infos), metadata, 8 + size
 
 
@@ -121,7 +141,8 @@ def load(data: bytes, max_header_bytes: int = MAX_HEADER_BYTES
          ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """(named tensors, string metadata) from safetensors bytes; TensorFileError if malformed.
 
-    The arrays are read-only views of `data` (copy one before changing it).
+    The arrays are views of `data`: read-only for `bytes` (copy one before changing it),
+    writable for a `bytearray`.
     """
     infos, metadata, start = read_header(data, max_header_bytes)
     tensors = {}
@@ -131,6 +152,16 @@ def load(data: bytes, max_header_bytes: int = MAX_HEADER_BYTES
         flat = np.frombuffer(data, dtype=dtype, count=count, offset=start + info.begin)
         tensors[name] = flat.reshape(info.shape)
     return tensors, metadata
+
+
+def load_file(path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES
+              ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """`load` of a file; the arrays are writable views of the one buffer read from it."""
+    with open(path, "rb") as f:
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        if f.readinto(data) != len(data):
+            raise TensorFileError(f"{path}: the file changed while it was read")
+    return load(data, max_header_bytes)
 
 
 def read_metadata(data: bytes, max_header_bytes: int = MAX_HEADER_BYTES) -> dict[str, str]:

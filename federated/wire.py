@@ -2,8 +2,9 @@
 
 Nothing that crosses the network is ever unpickled: tensors are parsed by
 `device_model.tensorfile` (NumPy only, header size and nesting bounded, the bytes the
-`safetensors` library writes), metadata is JSON, and every check here raises `WireError`
-with a message fit for a 4xx.
+`safetensors` library writes), an update's metadata is `UpdateMetadata`, and every check
+here raises `WireError` with a message fit for a 4xx. (The JSON messages and the API paths
+are `federated.protocol`.)
 """
 from __future__ import annotations
 
@@ -25,7 +26,43 @@ Shapes = dict[str, tuple[int, ...]]
 
 
 class WireError(ValueError):
-    """Bytes that are not an acceptable update; the message says exactly why."""
+    """A message between device and server that breaks the protocol (an update's bytes, a
+    task, a check-in answer); the message says exactly which part and why, fit for a 4xx
+    on the server and for the log on the device."""
+
+
+@dataclass(frozen=True)
+class UpdateMetadata:
+    """What an update says about itself, stored as the safetensors file's string metadata
+    (with its format, which the decoder of each format checks)."""
+
+    round_id: int
+    model_version: int
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)  # round means of DEVICE_METRICS
+
+    def to_strings(self, form: str = UPDATE_FORMAT) -> dict[str, str]:
+        return {"format": form, "round_id": str(self.round_id),
+                "model_version": str(self.model_version),
+                "num_examples": str(self.num_examples),
+                "metrics": json.dumps(self.metrics, sort_keys=True)}
+
+    @classmethod
+    def from_strings(cls, meta: dict[str, str]) -> UpdateMetadata:
+        """Parse and check; WireError saying what is wrong."""
+        try:
+            metrics = json.loads(meta.get("metrics", "{}"))
+        except json.JSONDecodeError:
+            raise WireError("metadata 'metrics' is not JSON") from None
+        if not isinstance(metrics, dict) or not all(
+                isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
+            raise WireError("metadata 'metrics' must map names to finite numbers")
+        unknown = sorted(set(metrics) - set(DEVICE_METRICS))
+        if unknown:
+            raise WireError(f"metadata 'metrics' has names outside {list(DEVICE_METRICS)}: "
+                            f"{[name[:40] for name in unknown[:5]]}")
+        return cls(_metadata_int(meta, "round_id"), _metadata_int(meta, "model_version"),
+                   _metadata_int(meta, "num_examples", minimum=1), metrics)
 
 
 @dataclass
@@ -38,6 +75,11 @@ class Update:
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def metadata(self) -> UpdateMetadata:
+        return UpdateMetadata(self.round_id, self.model_version, self.num_examples,
+                              self.metrics)
+
 
 def l2_norm(tensors: dict[str, np.ndarray]) -> float:
     """The L2 norm of all tensors taken together as one vector."""
@@ -45,24 +87,17 @@ def l2_norm(tensors: dict[str, np.ndarray]) -> float:
                          for t in tensors.values()))
 
 
-def _metadata(update: Update, form: str) -> dict[str, str]:
-    return {"format": form, "round_id": str(update.round_id),
-            "model_version": str(update.model_version),
-            "num_examples": str(update.num_examples),
-            "metrics": json.dumps(update.metrics, sort_keys=True)}
-
-
 def encode_update(update: Update) -> bytes:
     """An update as safetensors bytes (float32 tensors, JSON-able metadata)."""
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in update.tensors.items()}
-    return tensorfile.save(tensors, _metadata(update, UPDATE_FORMAT))
+    return tensorfile.save(tensors, update.metadata.to_strings())
 
 
 def encode_compressed_update(update: Update, words: np.ndarray, seed: bytes) -> bytes:
     """A compressed update (`federated.compression`): its uint16 words under the name
     "words", the round's compression seed in hex, and `update`'s round, version, examples
     and metrics (its tensors are not sent)."""
-    meta = {**_metadata(update, COMPRESSED_FORMAT), "seed": seed.hex(), "bits": "16"}
+    meta = {**update.metadata.to_strings(COMPRESSED_FORMAT), "seed": seed.hex(), "bits": "16"}
     return tensorfile.save({"words": np.ascontiguousarray(words, dtype=np.uint16)}, meta)
 
 
@@ -140,19 +175,9 @@ def decode_update(data: bytes, expected: Shapes, max_bytes: int = MAX_UPDATE_BYT
 
 def _update(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> Update:
     """An Update of these tensors with the round, version, examples and metrics of `meta`."""
-    try:
-        metrics = json.loads(meta.get("metrics", "{}"))
-    except json.JSONDecodeError:
-        raise WireError("metadata 'metrics' is not JSON") from None
-    if not isinstance(metrics, dict) or not all(
-            isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
-        raise WireError("metadata 'metrics' must map names to finite numbers")
-    unknown = sorted(set(metrics) - set(DEVICE_METRICS))
-    if unknown:
-        raise WireError(f"metadata 'metrics' has names outside {list(DEVICE_METRICS)}: "
-                        f"{[name[:40] for name in unknown[:5]]}")
-    return Update(tensors, _metadata_int(meta, "round_id"), _metadata_int(meta, "model_version"),
-                  _metadata_int(meta, "num_examples", minimum=1), metrics)
+    about = UpdateMetadata.from_strings(meta)
+    return Update(tensors, about.round_id, about.model_version, about.num_examples,
+                  about.metrics)
 
 
 def tensors_to_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from data import Device
+from federated.protocol import Task
 from keyboard_app.privacy_policy import DevicePolicy
 
 
@@ -127,16 +128,15 @@ def direction_update(direction_seed: int):
     """A canary device's round for the one-run empirical epsilon (`privacy_audit.empirical`):
     instead of training, send the seed's fixed random direction of norm C, with the noise
     the device's policy sized, like any other update (same signature as `run_task`)."""
-    def run(task: dict, global_bytes: bytes, tokenizer: Any, messages: list[str],
+    def run(task: Task, global_bytes: bytes, tokenizer: Any, messages: list[str],
             **options: Any):
         from federated.wire import encode_update, tensors_from_bytes
-        from keyboard_app.local_training import LocalUpdate, check_task, make_update
+        from keyboard_app.local_training import LocalUpdate, make_update
         from model.train import TrainResult
         from privacy_audit.empirical import direction
-        check_task(task)
         tensors, _ = tensors_from_bytes(global_bytes)
         delta = direction(direction_seed, {k: v.shape for k, v in tensors.items()},
-                          float(task["clip_norm"]))
+                          task.clip_norm)
         update, prenorm = make_update(delta, task, 1, options["noise_stddev"],
                                       options.get("rng"))
         return LocalUpdate(encode_update(update), update, prenorm,

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +25,11 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from device_model.checkpoint import CheckpointError, read_metadata
+from device_model.files import write_atomic
 from federated import identity
-from federated.wire import API_PREFIX
+from federated.protocol import (API_PREFIX, CHALLENGE, CHECKIN, COMPACT, ENROL, EVALUATION,
+                                MODEL, MODEL_VERSION, RECOVER, SECAGG, STATUS, TASK_KINDS,
+                                TOKENIZER, UPDATE, Checkin, checkin_from_json, path)
 
 USER_AGENT = "private-keyboard-device/1"
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
@@ -70,20 +71,6 @@ def make_retry(retries: int = 4, backoff: float = 0.5, backoff_max: float = 30.0
                  raise_on_status=False, respect_retry_after_header=True)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write atomically, readable and writable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _number_or(value: object, default: float) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     return float(value) if ok and value == value else default
@@ -117,7 +104,7 @@ class SyncClient:
         adapter = HTTPAdapter(max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.session.mount(self.base + API_PREFIX + "/checkin", HTTPAdapter(
+        self.session.mount(self.base + API_PREFIX + CHECKIN, HTTPAdapter(
             max_retries=retry.new(allowed_methods=IDEMPOTENT | {"POST"})))
         self.session.headers["User-Agent"] = USER_AGENT
         self.token_path = self.data_dir / "device.json"
@@ -147,7 +134,7 @@ class SyncClient:
                 self._key = identity.load_private_key(self.key_path.read_bytes())
             except FileNotFoundError:
                 key = identity.new_key()
-                write_private(self.key_path, identity.private_key_bytes(key))
+                write_atomic(self.key_path, identity.private_key_bytes(key))
                 self._key, self._key_is_new = key, True
         return self._key
 
@@ -167,20 +154,20 @@ class SyncClient:
             raise ServerRejected(401, "enrolment_code_required",
                                  "this server needs an enrolment code from its operator to "
                                  "join: enter it in Settings (or pass --enrolment-code)")
-        return self._save_token(self._json(self._request("POST", "/devices", json={
+        return self._save_token(self._json(self._request("POST", ENROL, json={
             "enrolment_code": self.enrolment_code, "identity_key": key}), 201))
 
     def recover(self) -> str:
         """A new token for this device's identity: sign the server's challenge with the
         identity key. Keeps the device id (and what the server counts against it)."""
         key = identity.public_key_text(self.identity_key)
-        challenge = self._json(self._request("POST", "/devices/challenge",
+        challenge = self._json(self._request("POST", CHALLENGE,
                                              json={"identity_key": key}), 201).get("challenge")
         if not isinstance(challenge, str):
             raise ServerRejected(201, "bad_response", "challenge answer lacks 'challenge'")
         signature = identity.sign(self.identity_key, identity.RECOVERY_CONTEXT,
                                   challenge.encode())
-        return self._save_token(self._json(self._request("POST", "/devices/recover", json={
+        return self._save_token(self._json(self._request("POST", RECOVER, json={
             "identity_key": key, "challenge": challenge, "signature": signature}), 200))
 
     def _save_token(self, body: dict) -> str:
@@ -188,7 +175,7 @@ class SyncClient:
             raise ServerRejected(201, "bad_response", "enrolment answer lacks device_id/token")
         self._identity = {"server": self.base, "device_id": body["device_id"],
                           "token": body["token"]}
-        write_private(self.token_path, json.dumps(self._identity).encode())
+        write_atomic(self.token_path, json.dumps(self._identity).encode())
         self._key_is_new = False  # bound to a device now
         return body["device_id"]
 
@@ -201,12 +188,12 @@ class SyncClient:
         except (OSError, ValueError):
             cached = None
         headers = {"If-None-Match": cached["etag"]} if cached and cached.get("etag") else {}
-        response = self._request("GET", "/tokenizer", headers=headers)
+        response = self._request("GET", TOKENIZER, headers=headers)
         if response.status_code == 304 and cached:
             return cached["text"]
         self._check(response, 200)
         text = response.content.decode("utf-8")
-        write_private(path, json.dumps({"etag": response.headers.get("ETag"),
+        write_atomic(path, json.dumps({"etag": response.headers.get("ETag"),
                                         "text": text}).encode("utf-8"))
         return text
 
@@ -235,9 +222,9 @@ class SyncClient:
         if cached and version is not None and cached.version != version:
             cached = None
         headers = {"If-None-Match": f'"{cached.sha256}"'} if cached else {}
-        path = ("/model" if version is None else f"/models/{int(version)}") + \
-            ("/compact" if compact else "")
-        response = self._request("GET", path, headers=headers)
+        where = (MODEL if version is None else path(MODEL_VERSION, version=version)) + \
+            (COMPACT if compact else "")
+        response = self._request("GET", where, headers=headers)
         if response.status_code == 304 and cached:
             return cached
         self._check(response, 200)
@@ -252,49 +239,50 @@ class SyncClient:
         except (CheckpointError, KeyError, ValueError) as err:
             raise ServerRejected(200, "bad_model", f"not a model checkpoint: {err}") from None
         if keep:
-            write_private(self.cache_dir / "model.safetensors", data)
+            write_atomic(self.cache_dir / "model.safetensors", data)
         return ModelBlob(data, got_version, sha)
 
     # --- device calls --------------------------------------------------------------
     def checkin(self, model_version: int | None = None,
-                kinds: tuple[str, ...] = ("train", "evaluate")) -> dict:
-        """Ask for a task: {"task": {...}} or {"task": None, "retry_after": s, "reason": ..}.
-        Says nothing about the device's history: the device checks the task's minimum.
-        `kinds`: the round kinds this device takes tasks in (training, evaluation)."""
-        return self._json(self._device("POST", "/checkin", json={
+                kinds: tuple[str, ...] = TASK_KINDS) -> Checkin:
+        """Ask for a task: a Task, or a NoTask saying when to come back and why (WireError
+        if the answer is neither). Says nothing about the device's history: the device
+        checks the task's minimum. `kinds`: the task kinds this device takes (training,
+        evaluation)."""
+        return checkin_from_json(self._json(self._device("POST", CHECKIN, json={
             "model_version": model_version, "kinds": list(kinds)},
-            headers={"Idempotency-Key": str(uuid.uuid4())}), 200)
+            headers={"Idempotency-Key": str(uuid.uuid4())}), 200))
 
     def report_evaluation(self, round_id: int, body: dict,
                           idempotency_key: str | None = None) -> dict:
         """PUT an evaluation report (JSON); retried safely thanks to the Idempotency-Key."""
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-        return self._json(self._device("PUT", f"/rounds/{int(round_id)}/evaluation",
+        return self._json(self._device("PUT", path(EVALUATION, round_id=round_id),
                                        json=body, headers=headers), 202)
 
     def upload(self, round_id: int, body: bytes, idempotency_key: str | None = None) -> dict:
         """PUT an encoded update; retried safely thanks to the Idempotency-Key."""
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4()),
                    "Content-Type": "application/octet-stream"}
-        return self._json(self._device("PUT", f"/rounds/{int(round_id)}/update",
+        return self._json(self._device("PUT", path(UPDATE, round_id=round_id),
                                        data=body, headers=headers), 202)
 
     def secagg_send(self, round_id: int, step: str, *, message: dict | None = None,
                     masked: bytes | None = None) -> dict:
         """POST a secure-aggregation message (JSON) to /rounds/<id>/secagg/<step>, or PUT
         the masked input (bytes) to .../masked; the 202 answer."""
-        path = f"/rounds/{int(round_id)}/secagg/{step}"
+        where = f"{path(SECAGG, round_id=round_id)}/{step}"
         if masked is not None:
-            response = self._device("PUT", path, data=masked,
+            response = self._device("PUT", where, data=masked,
                                     headers={"Content-Type": "application/octet-stream"})
         else:
-            response = self._device("POST", path, json=message)
+            response = self._device("POST", where, json=message)
         return self._json(response, 202)
 
     def secagg_fetch(self, round_id: int, step: str) -> tuple[dict | None, float]:
         """GET what the server relays for a phase: (relay, 0) once the phase closed, or
         (None, seconds to wait) while it is open."""
-        response = self._device("GET", f"/rounds/{int(round_id)}/secagg/{step}")
+        response = self._device("GET", f"{path(SECAGG, round_id=round_id)}/{step}")
         if response.status_code == 202:
             wait = _number_or(self._json(response, 202).get("retry_after"), 1.0)
             return None, min(max(wait, 0.1), 60.0)
@@ -302,7 +290,7 @@ class SyncClient:
 
     def status(self) -> dict:
         """The server's public status (round, participants, epsilon...)."""
-        return self._json(self._request("GET", "/status"), 200)
+        return self._json(self._request("GET", STATUS), 200)
 
     def close(self) -> None:
         self.session.close()

@@ -17,36 +17,9 @@ from device_model.lstm import NumpyLSTM
 from device_model.scorer import NumpyScorer
 from device_model.tokenizer import DeviceTokenizer
 from federated import evaluation as ev
-from keyboard_app.local_training import TaskError
+from federated.protocol import Task
 from model.metrics import NextWordMetrics, score_rows
 from model.words import words
-
-
-@dataclass(frozen=True)
-class EvalSpec:
-    """What an evaluation task asks: model versions (newest first) and the word cap."""
-
-    round_id: int
-    versions: tuple[tuple[int, str], ...]  # (version, sha256)
-    max_words: int
-
-
-def parse_task(task: dict) -> EvalSpec:
-    """The task's evaluation request, or TaskError when this device cannot carry it out."""
-    try:
-        spec = task["evaluate"]
-        versions = tuple((int(v["version"]), str(v["sha256"])) for v in spec["versions"])
-        max_words, round_id = int(spec["max_words"]), int(task["round_id"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise TaskError(f"malformed evaluation task ({type(err).__name__}: {err})") from None
-    if not 1 <= len(versions) <= ev.MAX_VERSIONS or not 1 <= max_words <= ev.MAX_WORDS \
-            or round_id < 0:
-        raise TaskError(f"evaluation task asks for {len(versions)} versions and {max_words} "
-                        f"words (at most {ev.MAX_VERSIONS} and {ev.MAX_WORDS})")
-    if task.get("secure_aggregation") or "compression" in task or "train" in task:
-        raise TaskError("this device sends evaluation reports only on the plain path, "
-                        "uncompressed, for a task that trains nothing")
-    return EvalSpec(round_id, versions, max_words)
 
 
 def score(model_bytes: bytes, tokenizer: DeviceTokenizer, messages: list[str]
@@ -70,15 +43,16 @@ class EvalReport:
     messages: int
 
 
-def run_evaluation(task: dict, models: list[bytes], tokenizer: DeviceTokenizer,
+def run_evaluation(task: Task, models: list[bytes], tokenizer: DeviceTokenizer,
                    history: list[str], *, noise_stddev: float,
                    rng: np.random.Generator | None = None) -> EvalReport | None:
     """Score each model on the most recent messages of `history` (time order, all of them
-    not yet used for training) within the task's word cap; None if none has a word."""
-    spec = parse_task(task)
+    not yet used for training) within the evaluation task's word cap (`task.evaluate`, which
+    `Task.from_json` checked); None if none has a word."""
+    spec = task.evaluate
     messages = ev.select_messages(history, spec.max_words)
     if not messages:
         return None
     sums = [score(data, tokenizer, messages) for data in models]
-    values = ev.to_wire(sums, spec.max_words, float(task["clip_norm"]), noise_stddev, rng)
+    values = ev.to_wire(sums, spec.max_words, task.clip_norm, noise_stddev, rng)
     return EvalReport({"sums": values}, sums, len(messages))

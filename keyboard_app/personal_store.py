@@ -19,6 +19,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from device_model.files import write_atomic
 from model.personal import (ORDER, Adaptation, DictionaryError, Gram, PersonalModel,
                             dictionary_text, parse_dictionary)
 
@@ -143,12 +144,8 @@ class PersonalStore:
         if target.is_dir():
             raise DictionaryError(f"{target} is a folder: give a file name to write to.")
         text = dictionary_text(self.model)
-        temporary = target.with_name(target.name + ".part")
         try:
-            fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(temporary, target)
+            write_atomic(target, text.encode("utf-8"), make_parents=False)
         except OSError as err:
             raise DictionaryError(f"Could not write {target}: {err.strerror}. Choose a "
                                   "folder you can write to.") from None

@@ -8,20 +8,20 @@ level the server dictates. The user may tighten the policy in Settings, never lo
 below the defaults; nothing the server sends changes it. Simulations and tests that need a
 looser policy (tiny rounds, a fleet without noise) build one in code with
 `DevicePolicy.relaxed(...)`, and only that way. A compressed round's parameters
-(`federated.compression`) are checked too: the seed must be the one derived from the round
-and its model, and the modulus must hold this device's own integer noise.
+(`federated.compression`) are checked too: the modulus must hold this device's own integer
+noise (that they are the round's own, the seed derived from the round and its model, is
+checked when the task is parsed, `federated.protocol.Task`).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
 
-from federated.compression import SIGMA_MIN, Compression, CompressionError, round_seed
+from federated.compression import SIGMA_MIN, Compression
 from federated.privacy import (DISHONEST_SHARE, composed_epsilon, compressed_noise, ddg_rho,
                                device_noise_stddev, visible_noise_multiplier, zcdp_multiplier)
-from federated.secagg import ModularIntegers
+from federated.protocol import SecAggTask, Task
 from federated.secagg.params import hiding_problem
-from keyboard_app.secure_upload import parse_task
 
 TIGHTER_IS_LARGER = ("min_noise_multiplier", "min_reports", "dishonest_share")
 TIGHTER_IS_SMALLER = ("max_clip_norm", "epsilon_budget", "delta")
@@ -68,8 +68,6 @@ def _refuse(code: str, detail: str) -> PolicyRefusal:
 
 
 REASONS = {
-    "malformed": "This round did not say clearly how it protects your privacy, so your phone "
-                 "did not take part.",
     "noise_too_low": "This round asked for less noise than your privacy settings allow, so "
                      "your phone did not take part.",
     "clip_too_large": "This round let one phone's update weigh more than your privacy "
@@ -167,17 +165,11 @@ class DevicePolicy:
                 if f.name != "explicitly_relaxed"}
 
     # --- checking a task ---------------------------------------------------------------------
-    def terms(self, task: dict) -> RoundTerms:
-        """The round's terms if this task is inside the policy; else PolicyRefusal."""
-        try:
-            clip_norm, z = float(task["clip_norm"]), float(task["noise_multiplier"])
-            cohort, secure = task["min_reports"], task["secure_aggregation"]
-        except (KeyError, TypeError, ValueError) as err:
-            raise _refuse("malformed", f"task lacks usable privacy terms ({err!r})") from None
-        if type(cohort) is not int or type(secure) is not bool or not (
-                math.isfinite(clip_norm) and clip_norm > 0 and math.isfinite(z)):
-            raise _refuse("malformed", f"clip_norm {clip_norm}, noise_multiplier {z}, "
-                                       f"min_reports {cohort!r}, secure {secure!r}")
+    def terms(self, task: Task) -> RoundTerms:
+        """The round's terms if this task is inside the policy; else PolicyRefusal.
+        (The task is well-formed: `Task.from_json` checked every field.)"""
+        clip_norm, z = task.clip_norm, task.noise_multiplier
+        cohort, secure = task.min_reports, task.secure_aggregation
         if z < self.min_noise_multiplier:
             raise _refuse("noise_too_low", f"noise multiplier {z:g} is below this device's "
                                            f"minimum {self.min_noise_multiplier:g}")
@@ -191,34 +183,28 @@ class DevicePolicy:
             raise _refuse("secure_required", "the round is plain and this device requires "
                                              "secure aggregation")
         share, others = self._share(task)
-        if "compression" in task:
-            return self._compressed_terms(task, clip_norm, z, cohort, secure, share, others)
+        if task.compression is not None:
+            return self._compressed_terms(task, task.compression, share, others)
         stddev = device_noise_stddev(clip_norm, z, cohort, secure=secure, dishonest_share=share)
-        if secure:
-            self._check_secure(task, clip_norm, cohort, stddev)
+        if task.secagg is not None:
+            self._check_secure(task.secagg, clip_norm, cohort, stddev)
         visible = visible_noise_multiplier(
             stddev, clip_norm, cohort, secure=secure, dishonest_share=share,
             others=device_noise_stddev(clip_norm, z, cohort, secure=secure,
                                        dishonest_share=others))
         return RoundTerms(clip_norm, z, cohort, secure, stddev, visible)
 
-    def _compressed_terms(self, task: dict, clip_norm: float, z: float, cohort: int,
-                          secure: bool, share: float, others: float) -> RoundTerms:
-        """A compressed round: its parameters are the round's own (seed derived from the
-        round and its model), and the modulus holds this device's discrete Gaussian noise,
+    def _compressed_terms(self, task: Task, spec: Compression, share: float,
+                          others: float) -> RoundTerms:
+        """A compressed round: the modulus holds this device's discrete Gaussian noise,
         sized by this policy, in a sum of every device the round may have."""
-        try:
-            spec = Compression.from_dict(task["compression"])
-            seed = round_seed(int(task["round_id"]), str(task["model_sha256"]))
-            clients = parse_task(task).config.num_clients if secure else 1
-        except (CompressionError, ValueError, KeyError, TypeError) as err:
-            raise _refuse("malformed", f"compression: {err}") from None
-        if spec.seed != seed or spec.clip_norm != clip_norm:
-            raise _refuse("malformed", "the compression seed or clip norm is not the round's")
+        clip_norm, z, cohort, secure = (task.clip_norm, task.noise_multiplier,
+                                        task.min_reports, task.secure_aggregation)
+        clients = task.secagg.config.num_clients if task.secagg else 1
         sigma, visible, _ = compressed_noise(spec, z, cohort, secure=secure,
                                              dishonest_share=share, others_share=others)
-        if secure:
-            self._check_secure(task, clip_norm, cohort, 0.0, spec.kept)
+        if task.secagg is not None:
+            self._check_secure(task.secagg, clip_norm, cohort, 0.0, compressed=True)
         if spec.wraps(clients, sigma) or 0 < sigma < SIGMA_MIN:
             raise _refuse("compression_unsafe", f"scale {spec.scale:g} with noise sigma "
                           f"{sigma:.4g} over {clients} devices could wrap the 2^{spec.bits} "
@@ -227,38 +213,30 @@ class DevicePolicy:
         return RoundTerms(clip_norm, z, cohort, secure, sigma / spec.scale, visible, spec, sigma,
                           own)
 
-    def _share(self, task: dict) -> tuple[float, float]:
+    def _share(self, task: Task) -> tuple[float, float]:
         """(the dishonest share this device sizes its noise for: the policy's, or the task's
         if the server assumes more (a server assuming less changes nothing); the least one
         another honest phone sizes its noise for: the task's, never below the safe default
         nor above this device's). A phone whose user assumed more fake phones than the
         others do adds more noise than they do, and counts the sum's noise accordingly."""
-        told = task.get("dishonest_share", 0.0)
-        if isinstance(told, bool) or not isinstance(told, (int, float)) or not 0 <= told < 1:
-            raise _refuse("malformed", f"dishonest_share {told!r} is not in [0, 1)")
-        share = max(self.dishonest_share, float(told))
-        return share, min(share, max(DISHONEST_SHARE, float(told)))
+        told = task.dishonest_share
+        share = max(self.dishonest_share, told)
+        return share, min(share, max(DISHONEST_SHARE, told))
 
     @staticmethod
-    def _check_secure(task: dict, clip_norm: float, cohort: int, stddev: float,
-                      compressed: int | None = None) -> None:
+    def _check_secure(part: SecAggTask, clip_norm: float, cohort: int, stddev: float,
+                      compressed: bool = False) -> None:
         """The SecAgg+ parameters hide one input; the protocol's own minimum covers the
         cohort the noise was sized for; its number format does not cut the noise off
-        (`compressed`: the round sums that many 16-bit words, the codec's)."""
-        try:
-            config = parse_task(task).config
-        except ValueError as err:
-            raise _refuse("malformed", str(err)) from None
+        (`compressed`: the round sums the codec's 16-bit words, as the task was checked to)."""
+        config = part.config
         problem = hiding_problem(config.num_clients, config.degree, config.threshold)
         if problem:
             raise _refuse("secagg_unsafe", problem)
         if config.min_clients < cohort:
             raise _refuse("secagg_unsafe", f"the protocol unmasks sums of {config.min_clients} "
                                            f"inputs, below the round's min_reports {cohort}")
-        if compressed is not None:
-            if not isinstance(config.encoding, ModularIntegers) or config.dimension != compressed:
-                raise _refuse("malformed", "the secure round does not sum the compressed words")
-        elif config.encoding.bound < clip_norm + 2 * stddev:
+        if not compressed and config.encoding.bound < clip_norm + 2 * stddev:
             raise _refuse("secagg_unsafe", f"encoding bound {config.encoding.bound:g} would "
                                            f"clamp the noise (std {stddev:g})")
 

@@ -27,24 +27,24 @@ from pathlib import Path
 import numpy as np
 
 from device_model.checkpoint import CheckpointError, checkpoint_meta, weights_from_bytes
+from device_model.files import write_atomic
 from device_model.lstm import NumpyLSTM
 from device_model.tokenizer import DeviceTokenizer, TokenizerError
 from federated import evaluation as fed_eval
 from federated.compression import CompressionError
 from federated.privacy import composed_epsilon
+from federated.protocol import TASK_KINDS, NoTask, PrivacyStatus, Task
 from federated.secagg import flatten
-from federated.wire import Update, encode_compressed_update
-from keyboard_app.client import (ModelBlob, ServerRejected, ServerUnavailable, SyncClient,
-                                 write_private)
+from federated.wire import Update, WireError, encode_compressed_update
+from keyboard_app.client import ModelBlob, ServerRejected, ServerUnavailable, SyncClient
 from keyboard_app.eligibility import Eligibility
-from keyboard_app.evaluation_task import parse_task as parse_eval_task
 from keyboard_app.evaluation_task import run_evaluation
 from keyboard_app.history import HistoryStore
 from keyboard_app.ledger import FILE_NAME as LEDGER_FILE
 from keyboard_app.ledger import PrivacyLedger
-from keyboard_app.local_training import TaskError, check_task, example_limit, run_task
+from keyboard_app.local_training import example_limit, run_task
 from keyboard_app.privacy_policy import REASONS, DevicePolicy, PolicyRefusal, RoundTerms
-from keyboard_app.secure_upload import SecureRoundError, SecureTask, SecureUpload, parse_task
+from keyboard_app.secure_upload import SecureRoundError, SecureUpload
 
 log = logging.getLogger(__name__)
 ModelListener = Callable[[NumpyLSTM, DeviceTokenizer, int], None]
@@ -96,11 +96,6 @@ _PERSISTED = ("last_participation", "last_round_id", "rounds_joined", "last_upda
               "secure_aggregation")
 
 
-def _number(value: object) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if ok else None
-
-
 class DeviceRuntime:
     """One device: its history, eligibility, sync client, current model and the loop.
 
@@ -124,7 +119,7 @@ class DeviceRuntime:
                  ledger: PrivacyLedger | None = None,
                  local_update: Callable = run_task,
                  enrolment_code: str | None = None,
-                 kinds: tuple[str, ...] = ("train", "evaluate"),
+                 kinds: tuple[str, ...] = TASK_KINDS,
                  compact_downloads: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.policy = policy or DevicePolicy()
@@ -221,7 +216,8 @@ class DeviceRuntime:
             return self._maybe_participate()
         except ServerUnavailable as err:
             return self._offline(err)
-        except (ServerRejected, TaskError, CheckpointError, TokenizerError) as err:
+        except (ServerRejected, WireError, CompressionError, CheckpointError,
+                TokenizerError) as err:
             log.warning("round skipped: %s", err)
             self._set(server_reachable=True)
             return self._step("rejected", self.poll_seconds, str(err))
@@ -235,22 +231,22 @@ class DeviceRuntime:
         if not verdict.eligible:
             return self._step("not-eligible", max(verdict.wait, self.poll_seconds),
                               "; ".join(verdict.reasons))
-        reply = self.client.checkin(self._status.model_version, self.kinds)
-        task = reply.get("task")
-        if not task or task.get("round_id") == self._status.last_round_id:
-            wait = float(reply.get("retry_after") or self.poll_seconds)
-            return self._step("no-task", wait, str(reply.get("reason") or "no round open"))
-        if self._refused == (self.client.base, task.get("round_id")):  # said once already
+        task = self.client.checkin(self._status.model_version, self.kinds)
+        if isinstance(task, NoTask):
+            return self._step("no-task", task.retry_after or self.poll_seconds, task.reason)
+        if task.round_id == self._status.last_round_id:
+            return self._step("no-task", self.poll_seconds, "no round open")
+        if self._refused == (self.client.base, task.round_id):  # said once already
             return self._step("refused", self.poll_seconds, self._status.refusal or "")
-        have, need = self.history.count(), task.get("min_examples", 1)
-        if isinstance(need, int) and have < need:  # decided here: the server never learns it
+        have, need = self.history.count(), task.min_examples
+        if have < need:  # decided here: the server never learns it
             return self._step("not-eligible", self.poll_seconds,
                               f"{have} messages on this device; the round needs {need}")
-        if task.get("kind", "train") not in self.kinds:  # e.g. a trainer told to evaluate
-            return self._step("rejected", self.poll_seconds, f"round {task.get('round_id')} "
-                              f"is a {task.get('kind')!r} task; this device takes only "
+        if task.kind not in self.kinds:  # e.g. a trainer told to evaluate
+            return self._step("rejected", self.poll_seconds, f"round {task.round_id} "
+                              f"is a {task.kind!r} task; this device takes only "
                               f"{' or '.join(self.kinds)} tasks")
-        if task.get("kind") == "evaluate":
+        if task.kind == "evaluate":
             return self._evaluate(task)
         return self._participate(task)
 
@@ -263,7 +259,7 @@ class DeviceRuntime:
                                  policy.delta)
         return after > policy.epsilon_budget
 
-    def _accept(self, task: dict) -> RoundTerms | Step:
+    def _accept(self, task: Task) -> RoundTerms | Step:
         """The round's terms under this device's policy and ledger, or the refusal's Step
         (recorded in the ledger; the panel shows its reason)."""
         try:
@@ -271,7 +267,7 @@ class DeviceRuntime:
             self.policy.check_budget(self.ledger.multipliers(), terms)
             return terms
         except PolicyRefusal as refusal:
-            round_id = int(task["round_id"])
+            round_id = task.round_id
             log.warning("round %s refused by the device's privacy policy: %s", round_id,
                         refusal.detail)
             self.ledger.record_refusal(self.client.base, round_id, refusal)
@@ -279,29 +275,25 @@ class DeviceRuntime:
             self._set(refusal=refusal.reason, refused_round=round_id)
             return self._step("refused", self.poll_seconds, refusal.reason)
 
-    def _participate(self, task: dict) -> Step:
-        check_task(task)
+    def _participate(self, task: Task) -> Step:
         terms = self._accept(task)  # before anything is downloaded or trained
         if isinstance(terms, Step):
             return terms
-        compact = task.get("model_compact_sha256") if self.compact_downloads else None
-        expected, blob = compact or task.get("model_sha256"), self.blob
-        if blob is None or blob.version != task["model_version"] or (
-                expected and blob.sha256 != expected):
-            blob = self.client.model(int(task["model_version"]), compact=bool(compact))
-        if expected and blob.sha256 != expected:
+        compact = task.model_compact_sha256 if self.compact_downloads else None
+        expected, blob = compact or task.model_sha256, self.blob
+        if blob is None or blob.version != task.model_version or blob.sha256 != expected:
+            blob = self.client.model(task.model_version, compact=bool(compact))
+        if blob.sha256 != expected:
             raise ServerRejected(200, "model_mismatch", "the round's model sha256 differs "
                                                         "from the downloaded model")
         tokenizer = self._tokenizer_for(blob)
-        deadline = float(task.get("deadline") or time.time() + 3600)
-        secure = parse_task(task) if task.get("secure_aggregation") else None
-        train_by = secure.advertise_by if secure else deadline
+        train_by = task.secagg.advertise_by if task.secagg else task.deadline
         started = self.history.clock()
         messages = self.history.messages()  # run_task samples at most max_examples of them
-        n = example_limit(task["train"], len(messages))
-        self._set(state="training", detail=f"round {task['round_id']}: training on {n} of "
+        n = example_limit(task.train, len(messages))
+        self._set(state="training", detail=f"round {task.round_id}: training on {n} of "
                                            f"{len(messages)} messages")
-        log.info("round %s: training on %d of %d messages", task["round_id"], n, len(messages))
+        log.info("round %s: training on %d of %d messages", task.round_id, n, len(messages))
         float_noise = 0.0 if terms.compression else terms.noise_stddev  # else integer noise
         local = self.local_update(task, blob.data, tokenizer, messages,
                                   noise_stddev=float_noise, seed=self.train_seed,
@@ -312,12 +304,12 @@ class DeviceRuntime:
         self._set(last_loss=local.result.mean_loss, clip_norm=terms.clip_norm,
                   noise_stddev=terms.noise_stddev)
         words = self._compress(local.update, terms)
-        if secure:
-            return self._secure_upload(secure, local.update, started, terms, words)
+        if task.secagg:
+            return self._secure_upload(task, local.update, started, terms, words)
         body = local.body if words is None else \
             encode_compressed_update(local.update, words, terms.compression.seed)
-        self._pending = {"round_id": int(task["round_id"]), "body": body,
-                         "key": str(uuid.uuid4()), "deadline": deadline, "started": started,
+        self._pending = {"round_id": task.round_id, "body": body,
+                         "key": str(uuid.uuid4()), "deadline": task.deadline, "started": started,
                          "terms": terms, "ledger_id": None}
         return self._upload_pending()
 
@@ -360,16 +352,12 @@ class DeviceRuntime:
             return None
         shapes = {name: tuple(t.shape) for name, t in update.tensors.items()}
         rng = self.rng or np.random.default_rng(secrets.randbits(128))
-        try:
-            return terms.compression.encode(flatten(update.tensors, shapes), terms.noise_sigma,
-                                            rng)
-        except CompressionError as err:
-            raise TaskError(f"compression: {err}") from None
+        return terms.compression.encode(flatten(update.tensors, shapes), terms.noise_sigma, rng)
 
-    def _secure_upload(self, task: SecureTask, update: Update, started: float,
+    def _secure_upload(self, task: Task, update: Update, started: float,
                        terms: RoundTerms, words: np.ndarray | None = None) -> Step:
         """Run the secure-aggregation phases (blocking, polling until the round's deadline)."""
-        round_id = task.config.round_id
+        round_id = task.round_id
         entry: list[int] = []
 
         def sending(_nbytes: int) -> None:  # spent once the masked bytes leave
@@ -398,10 +386,10 @@ class DeviceRuntime:
         log.info("round %s: masked update of %d bytes in the secure sum", round_id, nbytes)
         return self._step("uploaded", 0.0, f"round {round_id} (secure aggregation)")
 
-    def _evaluate(self, task: dict) -> Step:
+    def _evaluate(self, task: Task) -> Step:
         """Score the task's model versions on the messages training has not used yet
         (newer than the last training round) and send the noised sums."""
-        spec = parse_eval_task(task)
+        spec = task.evaluate
         terms = self._accept(task)  # the same policy and ledger as training
         if isinstance(terms, Step):
             return terms
@@ -418,7 +406,7 @@ class DeviceRuntime:
                                                             "differs from the task's")
             models.append(blob)
         tokenizer = self._tokenizer_for(models[0])
-        self._set(state="evaluating", detail=f"round {spec.round_id}: scoring "
+        self._set(state="evaluating", detail=f"round {task.round_id}: scoring "
                                              f"{len(models)} model version(s)")
         report = run_evaluation(task, [m.data for m in models], tokenizer, held_out,
                                 noise_stddev=terms.noise_stddev, rng=self.rng)
@@ -426,12 +414,12 @@ class DeviceRuntime:
                 f"{len(fed_eval.FIELDS) * len(models)} sums over at most {spec.max_words} of "
                 f"its words, clipped to {terms.clip_norm:g} with noise of std "
                 f"{terms.noise_stddev:.3g} added on the phone")
-        entry = self.ledger.record_sent(self.client.base, spec.round_id, terms, seen=seen)
+        entry = self.ledger.record_sent(self.client.base, task.round_id, terms, seen=seen)
         self._refresh_ledger()
         self._pending_report = {
-            "round_id": spec.round_id, "body": report.body, "key": str(uuid.uuid4()),
-            "entry": entry, "deadline": float(task.get("deadline") or time.time() + 3600),
-            "detail": f"round {spec.round_id}: {len(models)} model version(s) scored on "
+            "round_id": task.round_id, "body": report.body, "key": str(uuid.uuid4()),
+            "entry": entry, "deadline": task.deadline,
+            "detail": f"round {task.round_id}: {len(models)} model version(s) scored on "
                       f"{report.messages} messages"}
         return self._send_report()
 
@@ -504,13 +492,12 @@ class DeviceRuntime:
     def _refresh_privacy(self) -> None:
         """Epsilon as the server accounts it (best effort: a failure keeps the old figure)."""
         try:
-            status = self.client.status()
-        except (ServerUnavailable, ServerRejected):
+            privacy = PrivacyStatus.from_json(self.client.status())
+        except (ServerUnavailable, ServerRejected, WireError) as err:
+            log.info("server's privacy figures not read: %s", err)
             return
-        privacy = status.get("privacy") if isinstance(status.get("privacy"), dict) else {}
-        self._set(epsilon=_number(privacy.get("epsilon_spent_max")),
-                  epsilon_budget=_number(privacy.get("epsilon_budget")),
-                  delta=_number(privacy.get("delta")))
+        self._set(epsilon=privacy.epsilon_spent_max, epsilon_budget=privacy.epsilon_budget,
+                  delta=privacy.delta)
 
     # --- bookkeeping -----------------------------------------------------------------
     def _refresh_ledger(self) -> None:
@@ -551,7 +538,7 @@ class DeviceRuntime:
         with self._lock:
             saved = {k: getattr(self._status, k) for k in _PERSISTED}
         saved["server"] = self.client.base
-        write_private(self._state_path, json.dumps(saved).encode())
+        write_atomic(self._state_path, json.dumps(saved).encode())
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -18,16 +18,14 @@ masked: clamped to the encoding's bound, plus masks that cancel only in the sum.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
+from federated.protocol import Task
 from federated.secagg import (AbortNotice, ConsistencyRequest, KeysRelay, RoundAborted,
-                              RoundConfig, SecAggClient, SecAggError, SharesRelay, UnmaskRequest,
-                              flatten)
+                              SecAggClient, SecAggError, SharesRelay, UnmaskRequest, flatten)
 from federated.wire import Update
 from keyboard_app.client import ServerRejected, ServerUnavailable, SyncClient
 
@@ -38,38 +36,9 @@ class SecureRoundError(Exception):
     """This device left the secure round: deadline, stop, refusal or a protocol breach."""
 
 
-@dataclass(frozen=True)
-class SecureTask:
-    """The "secagg" part of a check-in task."""
-
-    config: RoundConfig
-    client_id: int
-    advertise_by: float  # training must end (and keys be advertised) before this
-    deadline: float  # the round's deadline: stop polling after it
-
-
-def parse_task(task: dict) -> SecureTask:
-    """The task's secure-aggregation parameters; ValueError saying what is wrong."""
-    part = task.get("secagg")
-    if not isinstance(part, dict):
-        raise ValueError("secure aggregation task lacks its 'secagg' parameters")
-    try:
-        config = RoundConfig.from_dict(part.get("config"))
-    except SecAggError as err:
-        raise ValueError(f"secure-aggregation config: {err}") from None
-    client, by = part.get("client_id"), part.get("advertise_by")
-    if type(client) is not int or not 1 <= client <= config.num_clients:
-        raise ValueError(f"secagg client_id must be in 1..{config.num_clients}, got {client!r}")
-    if not isinstance(by, (int, float)) or isinstance(by, bool) or not math.isfinite(by):
-        raise ValueError("secagg advertise_by must be a unix time")
-    if config.round_id != task.get("round_id"):
-        raise ValueError(f"secagg config is for round {config.round_id}, the task for round "
-                         f"{task.get('round_id')}")
-    return SecureTask(config, client, float(by), float(task.get("deadline") or by))
-
-
 class SecureUpload:
-    """One device's run through a secure round over `client`.
+    """One device's run through a secure round (`task.secagg`) over `client`, polling until
+    the round's deadline at most.
 
     `wait(seconds)` sleeps and returns True if the device must stop; `on_phase(name)` is
     told each step; `on_sending_masked(nbytes)` just before the masked update is sent,
@@ -78,15 +47,18 @@ class SecureUpload:
     where it can see them all (the complete graph); its noise was sized for that many.
     """
 
-    def __init__(self, client: SyncClient, task: SecureTask, *,
+    def __init__(self, client: SyncClient, task: Task, *,
                  wait: Callable[[float], bool] = lambda s: bool(time.sleep(s)),
                  on_phase: Callable[[str], None] = lambda phase: None,
                  on_masked: Callable[[int], None] = lambda nbytes: None,
                  on_sending_masked: Callable[[int], None] = lambda nbytes: None,
                  min_survivors: int = 1, clock: Callable[[], float] = time.time) -> None:
-        self.client, self.task, self.clock = client, task, clock
+        if task.secagg is None:
+            raise ValueError(f"round {task.round_id} does not use secure aggregation")
+        self.client, self.clock = client, clock
+        self.part, self.deadline = task.secagg, task.deadline
         self.unreachable = 0.0  # seconds spent waiting for an unreachable server
-        self.round_id = task.config.round_id
+        self.round_id = task.round_id
         self.wait, self.on_phase, self.on_masked = wait, on_phase, on_masked
         self.on_sending_masked = on_sending_masked
         self.min_survivors = min_survivors
@@ -96,11 +68,11 @@ class SecureUpload:
         round with its `words` (`federated.compression`); the masked bytes sent."""
         shapes = {name: tuple(t.shape) for name, t in update.tensors.items()}
         flat = flatten(update.tensors, shapes) if words is None else words
-        if flat.size != self.task.config.dimension:
+        if flat.size != self.part.config.dimension:
             raise SecureRoundError(f"update has {flat.size} values, the round expects "
-                                   f"{self.task.config.dimension}")
+                                   f"{self.part.config.dimension}")
         try:
-            device = SecAggClient(self.task.config, self.task.client_id,
+            device = SecAggClient(self.part.config, self.part.client_id,
                                   identity=self.client.identity_key)
             self._send("advertise", device.advertise_keys().to_dict())
             keys = KeysRelay.from_dict(self._fetch("keys"))
@@ -127,7 +99,7 @@ class SecureUpload:
     def _check_survivors(self, request: UnmaskRequest) -> None:
         """Refuse to unmask a sum of fewer inputs than the noise was sized for (checkable
         when every client is a neighbour; with SecAgg+ each device sees only its own)."""
-        config = self.task.config
+        config = self.part.config
         if config.degree == config.num_clients - 1 and \
                 len(request.survivors) + 1 < self.min_survivors:
             raise SecureRoundError(
@@ -137,7 +109,7 @@ class SecureUpload:
 
     def _tell_abort(self, code: str) -> None:
         """Tell the server why this device left (once; the operator counts the reasons)."""
-        notice = AbortNotice(self.round_id, self.task.client_id, code).to_dict()
+        notice = AbortNotice(self.round_id, self.part.client_id, code).to_dict()
         try:
             self.client.secagg_send(self.round_id, "abort", message=notice)
         except (ServerUnavailable, ServerRejected) as err:
@@ -178,7 +150,7 @@ class SecureUpload:
     def _pause(self, seconds: float, what: str, unreachable: bool = False) -> None:
         """Wait before the next try, until the round's deadline; time the server could not
         be reached moves it, as the server moves its deadlines by its outages."""
-        left = self.task.deadline + self.unreachable - self.clock()
+        left = self.deadline + self.unreachable - self.clock()
         if left <= 0:
             raise SecureRoundError(f"round {self.round_id}: deadline passed while {what}")
         if unreachable:

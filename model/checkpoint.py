@@ -1,8 +1,6 @@
 """Checkpoints: `safetensors` weights with JSON metadata. Never pickle."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -11,6 +9,7 @@ from safetensors.torch import load as st_load, save as st_save
 
 from device_model.checkpoint import (FORMAT, CheckpointError,  # noqa: F401 (re-exported)
                                      CheckpointMeta, read_metadata)
+from device_model.files import write_atomic
 from model.config import ModelConfig
 from model.lstm import NextWordLSTM
 
@@ -50,22 +49,9 @@ def model_from_bytes(data: bytes, tokenizer_sha256: str | None = None,
     return model, meta
 
 
-def write_atomically(path: str | Path, data: bytes) -> None:
-    """Write bytes so that a crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is no secret
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: str | Path, model: NextWordLSTM, meta: CheckpointMeta) -> None:
-    """Write a checkpoint atomically."""
-    write_atomically(path, model_to_bytes(model, meta))
+    """Write a checkpoint atomically (readable by all: a checkpoint is no secret)."""
+    write_atomic(path, model_to_bytes(model, meta), mode=0o644)
 
 
 def load_checkpoint(path: str | Path, tokenizer_sha256: str | None = None,

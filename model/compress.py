@@ -18,8 +18,8 @@ from safetensors.torch import load as st_load, save as st_save
 from torch import Tensor
 
 from device_model.checkpoint import FORMAT_INT8, SCALE
+from device_model.files import write_atomic
 from model.checkpoint import (FORMAT, CheckpointError, CheckpointMeta, load_checkpoint,
-                              write_atomically,
                               read_metadata)
 from model.lstm import NextWordLSTM
 
@@ -95,7 +95,7 @@ def model_from_int8_bytes(data: bytes, tokenizer_sha256: str | None = None
 
 def save_int8(path: str | Path, model: NextWordLSTM, meta: CheckpointMeta) -> None:
     """Write the int8 file atomically."""
-    write_atomically(path, model_to_int8_bytes(model, meta))
+    write_atomic(path, model_to_int8_bytes(model, meta), mode=0o644)
 
 
 def load_int8(path: str | Path, tokenizer_sha256: str | None = None

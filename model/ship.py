@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from data import load_split
-from model.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, write_atomically
+from device_model.files import write_atomic
+from model.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
 from model.compress import model_from_int8_bytes, model_to_int8_bytes
 from model.evaluate import evaluate_scorer
 from model.paths import PRETRAINED_DIR, SHIPPED_DIR, SHIPPED_MODEL, SHIPPED_TOKENIZER
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = CheckpointMeta(meta.config, meta.tokenizer_sha256, meta.version, training)
     args.out.mkdir(parents=True, exist_ok=True)
     shipped_bytes = model_to_int8_bytes(model, meta)
-    write_atomically(args.out / SHIPPED_MODEL.name, shipped_bytes)
+    write_atomic(args.out / SHIPPED_MODEL.name, shipped_bytes, mode=0o644)
     shutil.copyfile(args.source / "tokenizer.json", args.out / SHIPPED_TOKENIZER.name)
     (args.out / "model.json").write_text(json.dumps(
         {"config": json.loads(meta.config.to_json()), "tokenizer_sha256": tokenizer.sha256,

@@ -189,12 +189,31 @@ class Server:
             time.sleep(0.1)
 
 
-def task_noise(task: dict) -> float:
-    """The noise an honest device adds for this task (what the device policy sizes)."""
+def task_json(**changes: Any) -> dict:
+    """A plain round's task as the server sends it (a model version 1 of sha256 0...0),
+    with `changes` (a "train" change replaces single train parameters)."""
+    train = {"epochs": 1.0, "batch_size": 16, "lr": 0.5, "optimizer": "sgd",
+             "max_examples": 1000, **changes.pop("train", {})}
+    return {"round_id": 4, "model_version": 1, "model_sha256": "0" * 64, "deadline": 1e10,
+            "train": train, "min_examples": 1, "clip_norm": 1.0, "noise_multiplier": 1.0,
+            "min_reports": 10, "dishonest_share": 0.0, "secure_aggregation": False, **changes}
+
+
+def device_task(**changes: Any):
+    """`task_json(**changes)` as the device parses it (a `federated.protocol.Task`)."""
+    from federated.protocol import Task
+    return Task.from_json(task_json(**changes))
+
+
+def task_noise(task: Any) -> float:
+    """The noise an honest device adds for this task (what the device policy sizes): a
+    `federated.protocol.Task`, or its JSON as the server sent it."""
     from federated.privacy import device_noise_stddev
-    return device_noise_stddev(task["clip_norm"], task["noise_multiplier"], task["min_reports"],
-                               secure=task["secure_aggregation"],
-                               dishonest_share=task["dishonest_share"])
+    from federated.protocol import Task
+    task = task if isinstance(task, Task) else Task.from_json(task)
+    return device_noise_stddev(task.clip_norm, task.noise_multiplier, task.min_reports,
+                               secure=task.secure_aggregation,
+                               dishonest_share=task.dishonest_share)
 
 
 def issue_code(url: str, admin_token: str, uses: int = 1,

@@ -19,11 +19,11 @@ from aggregation_server.config import ConfigError, RoundConfig, load_settings
 from aggregation_server.db import SecAggMessage
 from federated.privacy import privatize
 from federated.secagg import RefusedRequest, SecAggClient, SecAggServerRound
-from federated.secagg import RoundConfig as ProtocolConfig
+from federated.secagg import SecAggConfig
 from federated.secagg.params import hiding_problem
 from federated.wire import Update
 from keyboard_app.client import ServerRejected, SyncClient
-from keyboard_app.secure_upload import SecureRoundError, SecureUpload, parse_task
+from keyboard_app.secure_upload import SecureRoundError, SecureUpload
 from test_secure_rounds import secure_round, stored
 
 
@@ -34,9 +34,9 @@ def test_threshold_1_lets_the_server_recover_one_input(start_server):
     server = start_server(round=secure_round(4, 3))
     device = server.enrol()
     task = server.task(device)
-    honest = ProtocolConfig.from_dict(task["secagg"]["config"])
+    honest = SecAggConfig.from_dict(task["secagg"]["config"])
     assert hiding_problem(honest.num_clients, honest.degree, honest.threshold) is None
-    forged = ProtocolConfig.from_dict(task["secagg"]["config"] | {"threshold": 1,
+    forged = SecAggConfig.from_dict(task["secagg"]["config"] | {"threshold": 1,
                                                                  "min_clients": 1})
     with pytest.raises(RefusedRequest, match="will not take part: .* at least 3 are needed"):
         SecAggClient(forged, task["secagg"]["client_id"], identity=device.key)
@@ -93,15 +93,15 @@ def run_secure_round(server, tmp_path, n: int, tampers: dict) -> dict[int, str]:
         client = TamperingClient(server.url, tmp_path / f"device{i}",
                                  enrolment_code=server.enrolment_code())
         try:
-            task = client.checkin()["task"]
-            i = task["secagg"]["client_id"]
+            task = client.checkin()
+            i = task.secagg.client_id
             client.tamper = tampers.get(i, client.tamper)
             raw = {k: np.random.default_rng(i).normal(0, 0.05, s).astype(np.float32)
                    for k, s in server.shapes.items()}
-            tensors, _ = privatize(raw, task["clip_norm"], task_noise(task),
+            tensors, _ = privatize(raw, task.clip_norm, task_noise(task),
                                    np.random.default_rng(i + 100))
-            update = Update(tensors, task["round_id"], task["model_version"], 20, {})
-            SecureUpload(client, parse_task(task)).run(update)
+            update = Update(tensors, task.round_id, task.model_version, 20, {})
+            SecureUpload(client, task).run(update)
             outcomes[i] = "done"
         except (SecureRoundError, ServerRejected) as err:
             outcomes[i] = str(err)

@@ -203,8 +203,8 @@ def test_check_in_sends_the_exact_history_size(server):
     client = SyncClient(server.url, server.data_dir / "phone",
                         enrolment_code=server.enrolment_code())
     client.session.hooks["response"].append(lambda r, *a, **k: sent.append(r.request.body))
-    task = client.checkin(None)["task"]
-    assert task is not None and task["min_examples"] == 1  # the device compares, not the server
+    task = client.checkin(None)
+    assert task.min_examples == 1  # a Task, not a NoTask: the device compares, not the server
     assert json.loads(sent[-1]) == {"model_version": None,  # nothing about its history
                                     "kinds": ["train", "evaluate"]}
     device = server.enrol()

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from federated import identity
+from federated.protocol import NoTask
 from keyboard_app.client import ServerRejected, ServerUnavailable, SyncClient, make_retry
 from model.checkpoint import CheckpointMeta, model_to_bytes
 from model.config import ModelConfig
@@ -165,7 +166,7 @@ def test_checkin_carries_an_idempotency_key_and_is_retried_on_503(server, tmp_pa
     client = client_for(server.url, tmp_path)
     client.enrol()
     server.failures[("POST", "/v1/checkin")] = 2
-    assert client.checkin()["retry_after"] == 12.5
+    assert client.checkin() == NoTask("no round open", 12.5)
     posts = [r for r in server.requests if r["path"] == "/v1/checkin"]
     assert len(posts) == 3 and len({r["headers"]["Idempotency-Key"] for r in posts}) == 1
 
@@ -205,7 +206,7 @@ def test_lost_token_is_recovered_with_the_identity_key(server, tmp_path):
     client = client_for(server.url, tmp_path)
     device_id = client.enrol()
     server.tokens.clear()  # the server forgot the token (it still knows the identity key)
-    assert client.checkin()["task"] is None
+    assert isinstance(client.checkin(), NoTask)
     assert [r["path"] for r in server.requests] == [
         "/v1/devices", "/v1/checkin", "/v1/devices/challenge", "/v1/devices/recover",
         "/v1/checkin"]

@@ -18,7 +18,8 @@ from aggregation_server.config import RoundConfig
 from federated import privacy
 from federated.compression import Compression, round_seed
 from federated.secagg import MaskedInput, SharesRelay, flatten, unflatten
-from federated.wire import Update, encode_compressed_update, tensors_from_bytes
+from federated.protocol import Task
+from federated.wire import Update, WireError, encode_compressed_update, tensors_from_bytes
 from keyboard_app.ledger import FILE_NAME, PrivacyLedger
 from keyboard_app.privacy_policy import DevicePolicy, PolicyRefusal
 
@@ -161,7 +162,7 @@ POLICY = DevicePolicy.relaxed(min_reports=2)
 
 def test_the_device_accepts_the_rounds_parameters_and_sizes_its_integer_noise(plain):
     _, _, task = plain
-    terms = POLICY.terms(task)
+    terms = POLICY.terms(Task.from_json(task))
     spec = Compression.from_dict(task["compression"])
     assert terms.compression == spec
     assert terms.noise_sigma == pytest.approx(task["noise_multiplier"] * spec.sensitivity)
@@ -173,7 +174,7 @@ def test_the_ledger_counts_a_compressed_round_by_its_own_noise_over_delta(plain,
     sigma / (scale * C): in a plain round that is exactly what the server sees, so the
     epsilon "if every other report were fake" equals the epsilon against the server."""
     _, _, task = plain
-    terms = POLICY.terms(task)
+    terms = POLICY.terms(Task.from_json(task))
     assert terms.own == pytest.approx(terms.noise_sigma / terms.compression.sensitivity)
     ledger = PrivacyLedger(tmp_path / FILE_NAME)
     ledger.record_sent("http://a", task["round_id"], terms)
@@ -182,15 +183,21 @@ def test_the_ledger_counts_a_compressed_round_by_its_own_noise_over_delta(plain,
     assert summary["epsilon_alone"] == pytest.approx(summary["epsilon"])
 
 
-@pytest.mark.parametrize("change, code", [
-    ({"seed": "00" * 32}, "malformed"), ({"bits": 8}, "malformed"),
-    ({"scale": 1e7}, "compression_unsafe"), ({"clip_norm": 0.5}, "malformed")])
-def test_the_device_refuses_parameters_that_are_not_the_rounds(plain, change, code):
+@pytest.mark.parametrize("change, message", [
+    ({"seed": "00" * 32}, "the seed or clip norm is not the round's"), ({"bits": 8}, "bits"),
+    ({"clip_norm": 0.5}, "the seed or clip norm is not the round's")])
+def test_the_device_does_not_parse_parameters_that_are_not_the_rounds(plain, change, message):
     _, _, task = plain
-    bad = {**task, "compression": {**task["compression"], **change}}
+    with pytest.raises(WireError, match=f"task 'compression': .*{message}"):
+        Task.from_json({**task, "compression": {**task["compression"], **change}})
+
+
+def test_the_device_refuses_a_modulus_that_could_wrap_its_noise(plain):
+    _, _, task = plain
+    bad = Task.from_json({**task, "compression": {**task["compression"], "scale": 1e7}})
     with pytest.raises(PolicyRefusal) as refusal:
         POLICY.terms(bad)
-    assert refusal.value.code == code
+    assert refusal.value.code == "compression_unsafe"
 
 
 

@@ -304,16 +304,16 @@ def json_vocab(tokenizer: WordTokenizer) -> str:
 
 # --------------------------------------------------------------------------- the device's round
 def test_the_devices_round_matches_a_torch_round(tokenizer, messages):
+    from conftest import device_task
     from keyboard_app.local_training import run_task, sample_messages, train_config
     config = ModelConfig(vocab_size=tokenizer.vocab_size, dropout=0.1, **SMALL)
     start = torch_model(config, seed=6)
     blob = model_to_bytes(start, CheckpointMeta(config, tokenizer.sha256, 2))
-    task = {"round_id": 1, "model_version": 2, "clip_norm": 1e6, "noise_stddev": 0.0,
-            "train": {"epochs": 1.0, "batch_size": 16, "lr": 3e-3, "optimizer": "adam",
-                      "max_examples": 120}}
+    task = device_task(round_id=1, model_version=2, clip_norm=1e6,
+                       train={"lr": 3e-3, "optimizer": "adam", "max_examples": 120})
     local = run_task(task, blob, DeviceTokenizer.from_json(tokenizer.to_json()), messages[:300],
                      noise_stddev=0.0, seed=9)
-    config_t = train_config(task["train"], seed=9)
+    config_t = train_config(task.train, seed=9)
     sample = sample_messages(messages[:300], 120, config_t.seed)
     reference, _ = model_from_bytes(blob)
     reference.drop = NumpyMasks(Dropout(config.dropout, dropout_rng(config_t.seed)))

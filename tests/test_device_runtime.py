@@ -60,6 +60,7 @@ sys.path.insert(0, {tests!r})
 import kivy_env  # noqa: F401  (headless Kivy settings, before Kivy is imported)
 import keyboard_app.__main__, keyboard_app.runtime, keyboard_app.ui.app  # noqa: F401
 from device_model.tokenizer import DeviceTokenizer
+from federated.protocol import Task
 from keyboard_app.local_training import run_task
 from keyboard_app.ui.backend import Backend
 from keyboard_app.ui.prefs import Prefs
@@ -73,8 +74,7 @@ ready = got[0]
 backend.ledger_view()  # what the privacy panel shows
 shipped = []
 Backend(folder + "/data-shipped", Prefs()).open(shipped.append)  # the APK's int8 model
-task = {{"round_id": 4, "model_version": 0, "clip_norm": 1.0, "noise_stddev": 0.01,
-         "train": {{"epochs": 1.0, "batch_size": 8, "lr": 0.01, "optimizer": "adam"}}}}
+task = Task.from_json({task_json!r})
 local = run_task(task, open(folder + "/model.safetensors", "rb").read(),
                  DeviceTokenizer.load(folder + "/tokenizer.json"), {messages!r},
                  noise_stddev=0.01, seed=3)
@@ -90,12 +90,15 @@ print(json.dumps({{"source": ready.source, "problem": ready.problem,
 @pytest.fixture(scope="module")
 def device_run(tmp_path_factory) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import task_json
     from kivy_env import build_tiny_model
     folder = tmp_path_factory.mktemp("device")
     build_tiny_model(folder)
     messages = [f"see you later at the party number {i}" for i in range(20)]
     code = CHILD.format(blocked=set(BLOCKED), tests=str(ROOT / "tests"), folder=str(folder),
-                        messages=messages, texts=TEXTS)
+                        messages=messages, texts=TEXTS, task_json=task_json(
+                            round_id=4, model_version=0,
+                            train={"batch_size": 8, "lr": 0.01, "optimizer": "adam"}))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, text=True,
                           capture_output=True, timeout=300)

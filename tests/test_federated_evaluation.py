@@ -318,22 +318,24 @@ def test_a_trainer_does_not_evaluate_for_a_server_that_ignores_what_it_asked(
 
 @pytest.mark.parametrize("change, words", [
     ({"evaluate": {"versions": [{"version": 0, "sha256": "0" * 64}], "max_words": 10 ** 9}},
-     "at most"),
-    ({"compression": {}}, "uncompressed"),
-    ({"secure_aggregation": True}, "plain path"),
-    ({"train": {"epochs": 1}}, "trains nothing"),
+     "'max_words' must be an integer in 1..100000"),
+    ({"compression": {}}, "task 'compression'"),
+    ({"secure_aggregation": True}, "secagg"),
+    ({"train": {"epochs": 1, "batch_size": 8, "lr": 0.1, "optimizer": "sgd",
+                "max_examples": 10}}, "has 'train' exactly when it trains"),
 ])
 def test_an_evaluation_task_beyond_what_a_faithful_server_sends_is_refused(change, words):
     """What the server's config bounds cannot produce (a word cap over MAX_WORDS, a
-    compressed, secure or training evaluation) the phone refuses before scoring."""
-    from keyboard_app.evaluation_task import parse_task
-    from keyboard_app.local_training import TaskError
-    task = {"round_id": 3, "kind": "evaluate", "clip_norm": 1.0, "noise_multiplier": 1.0,
-            "min_reports": 5, "secure_aggregation": False,
-            "evaluate": {"versions": [{"version": 0, "sha256": "0" * 64}], "max_words": 200}}
-    assert parse_task(task).max_words == 200
-    with pytest.raises(TaskError, match=words):
-        parse_task({**task, **change})
+    compressed, secure or training evaluation) the phone does not even parse."""
+    from conftest import task_json
+    from federated.protocol import Task
+    from federated.wire import WireError
+    task = task_json(round_id=3, kind="evaluate", min_reports=5, evaluate={
+        "versions": [{"version": 0, "sha256": "0" * 64}], "max_words": 200})
+    del task["train"]
+    assert Task.from_json(task).evaluate.max_words == 200
+    with pytest.raises(WireError, match=words):
+        Task.from_json({**task, **change})
 
 
 def test_the_report_is_finite_and_the_words_the_most_recent_within_the_cap():

@@ -9,9 +9,10 @@ from device_model.checkpoint import weights_from_bytes
 from device_model.lstm import NumpyLSTM
 from device_model.train import train
 from federated.privacy import clip
-from federated.wire import decode_update, l2_norm, tensors_from_bytes
-from keyboard_app.local_training import (TaskError, make_update, run_task, sample_messages,
-                                         train_config)
+from conftest import device_task, task_json
+from federated.protocol import Task
+from federated.wire import WireError, decode_update, l2_norm, tensors_from_bytes
+from keyboard_app.local_training import make_update, run_task, sample_messages, train_config
 from model.checkpoint import CheckpointMeta, model_to_bytes
 from model.config import ModelConfig
 from model.lstm import NextWordLSTM
@@ -32,14 +33,9 @@ def setup():
     return tokenizer, blob
 
 
-def task(**changes) -> dict:
-    base = {"round_id": 7, "model_version": 3, "model_sha256": "", "deadline": 0.0,
-            "train": {"epochs": 2.0, "batch_size": 4, "lr": 0.5, "optimizer": "sgd",
-                      "max_examples": 1000},
-            "clip_norm": 1.0, "noise_multiplier": 1.0, "min_reports": 5,
-            "secure_aggregation": False}
-    base.update(changes)
-    return base
+def task(**changes) -> Task:
+    train = {"epochs": 2.0, "batch_size": 4, **changes.pop("train", {})}
+    return device_task(round_id=7, model_version=3, train=train, **changes)
 
 
 def test_update_is_local_minus_global_clipped(setup):
@@ -49,7 +45,7 @@ def test_update_is_local_minus_global_clipped(setup):
     # holds it to PyTorch's): the delta must be exactly trained - global
     weights, meta = weights_from_bytes(blob)
     model = NumpyLSTM(weights, meta.config)
-    train(model, tokenizer.encode_messages(TEXT), train_config(task()["train"], seed=1))
+    train(model, tokenizer.encode_messages(TEXT), train_config(task().train, seed=1))
     global_tensors, _ = tensors_from_bytes(blob)
     for name, value in model.weights.items():
         expected = value - global_tensors[name]
@@ -64,7 +60,7 @@ def test_update_is_local_minus_global_clipped(setup):
 
 def test_max_examples_trains_on_a_seeded_sample(setup):
     tokenizer, blob = setup
-    local = run_task(task(train={**task()["train"], "max_examples": 3}), blob, tokenizer,
+    local = run_task(task(train={"max_examples": 3}), blob, tokenizer,
                      TEXT, noise_stddev=0.0, seed=1)
     assert local.update.num_examples == 3
     history = [f"message number {i}" for i in range(50)]
@@ -85,19 +81,20 @@ def test_interrupted_training_sends_nothing(setup):
     assert run_task(task(), blob, tokenizer, ["!!!", "..."], noise_stddev=0.0) is None  # no words
 
 
-def test_bad_train_parameters_are_a_task_error(setup):
-    tokenizer, blob = setup
-    with pytest.raises(TaskError, match="optimizer"):
-        run_task(task(train={**task()["train"], "optimizer": "lbfgs"}), blob, tokenizer, TEXT,
-                 noise_stddev=0.0)
-    with pytest.raises(TaskError, match="lack 'batch_size'"):
-        run_task(task(train={"epochs": 1}), blob, tokenizer, TEXT, noise_stddev=0.0)
-    for bad, why in ((task(clip_norm=0.0), "clip_norm"), (task(clip_norm=float("nan")), "clip"),
-                     (task(secure_aggregation=True), "secure aggregation"),
-                     (task(train={**task()["train"], "max_examples": -5}), "max_examples"),
-                     ({"round_id": 1}, "malformed task")):
-        with pytest.raises(TaskError, match=why):
-            run_task(bad, blob, tokenizer, TEXT, noise_stddev=0.0)
+def test_a_task_the_device_cannot_carry_out_is_not_parsed():
+    """Bad train parameters or privacy terms: `Task.from_json` refuses the task, naming the
+    field, so nothing is ever trained on it."""
+    without_batch = task_json()
+    del without_batch["train"]["batch_size"]
+    for bad, why in ((task_json(train={"optimizer": "lbfgs"}), "'optimizer' must be one of"),
+                     (without_batch, "task 'train' lacks 'batch_size'"),
+                     (task_json(clip_norm=0.0), "'clip_norm' must be a finite number in \\(0"),
+                     (task_json(clip_norm=float("nan")), "clip_norm"),
+                     (task_json(secure_aggregation=True), "task lacks 'secagg'"),
+                     (task_json(train={"max_examples": -5}), "max_examples"),
+                     ({"round_id": 1}, "task lacks 'secure_aggregation'")):
+        with pytest.raises(WireError, match=why):
+            Task.from_json(bad)
 
 
 def test_clipped_norm_is_never_above_c():

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from federated.secagg import (AbortNotice, AdvertiseKeys, ConsistencyRequest, FixedPoint,
                               KeysRelay, LateMessageError, MaskedInput, MessageError,
                               ProtocolError, RefusedRequest, ReplayError, RoundAbandoned,
-                              RoundAborted, RoundConfig, SecAggClient, SecAggServerRound,
+                              RoundAborted, SecAggConfig, SecAggClient, SecAggServerRound,
                               ShareKeys, UnmaskRequest, UnmaskResponse, choose_degree, flatten,
                               message_from_dict, message_from_json, neighbourhoods, unflatten)
 from federated.secagg import crypto, shamir
@@ -42,7 +42,7 @@ class Sim:
     def __init__(self, n: int, d: int = 64, degree: int | None = None, seed: int = 0,
                  updates: dict[int, np.ndarray] | None = None, clip: float = 1.0,
                  noise: float = 0.05):
-        self.config = RoundConfig.create(3, n, d, clip_norm=clip, noise_stddev=noise,
+        self.config = SecAggConfig.create(3, n, d, clip_norm=clip, noise_stddev=noise,
                                          degree=degree, graph_seed=bytes([seed]) * 32)
         self.identities = {i: identity(1000 * seed + i) for i in range(1, n + 1)}
         self.server = SecAggServerRound(self.config, {
@@ -113,7 +113,7 @@ def test_round_without_dropout_gives_the_plain_sum(n, degree):
 
 
 def test_complete_graph_is_the_original_protocol():
-    config = RoundConfig.create(1, 10, 8, clip_norm=1.0, noise_stddev=0.1)
+    config = SecAggConfig.create(1, 10, 8, clip_norm=1.0, noise_stddev=0.1)
     assert (config.degree, config.threshold) == (9, 6)  # k = n - 1, t > (k + 1) / 2
     assert all(v == set(range(1, 11)) - {u} for u, v in config.graph.items())
     sim = Sim(10, degree=9)
@@ -536,15 +536,15 @@ def test_malformed_masked_inputs_are_refused(make, message):
 
 
 def test_round_config_round_trip_and_checks():
-    config = RoundConfig.create(5, 30, 100, clip_norm=2.0, noise_stddev=0.3)
-    assert RoundConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    config = SecAggConfig.create(5, 30, 100, clip_norm=2.0, noise_stddev=0.3)
+    assert SecAggConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     bad = config.to_dict() | {"degree": 7}
     with pytest.raises(MessageError, match="degree must be even"):
-        RoundConfig.from_dict(bad)
+        SecAggConfig.from_dict(bad)
     with pytest.raises(MessageError, match="threshold"):
-        RoundConfig.from_dict(config.to_dict() | {"threshold": config.degree + 2})
+        SecAggConfig.from_dict(config.to_dict() | {"threshold": config.degree + 2})
     with pytest.raises(MessageError, match="exactly"):
-        RoundConfig.from_dict(config.to_dict() | {"extra": 1})
+        SecAggConfig.from_dict(config.to_dict() | {"extra": 1})
 
 
 # ---------------------------------------------------------------- building blocks
@@ -671,8 +671,8 @@ def test_secure_rounds_cannot_hand_out_much_more_than_twice_their_target():
 
 
 def test_client_refuses_a_config_that_exposes_its_input():
-    good = RoundConfig.create(1, 10, 8, clip_norm=1.0, noise_stddev=0.1)
-    bad = RoundConfig.from_dict(good.to_dict() | {"threshold": 1, "min_clients": 1})
+    good = SecAggConfig.create(1, 10, 8, clip_norm=1.0, noise_stddev=0.1)
+    bad = SecAggConfig.from_dict(good.to_dict() | {"threshold": 1, "min_clients": 1})
     with pytest.raises(RefusedRequest, match="will not take part.*at least 6"):
         SecAggClient(bad, 1, identity=identity(1))
 

@@ -27,10 +27,10 @@ from federated.privacy import privatize
 from federated.secagg import (ConsistencyRequest, KeysRelay, MaskedInput, MessageError,
                               SecAggClient, SharesRelay, UnmaskRequest, flatten,
                               message_from_json)
-from federated.secagg import RoundConfig as ProtocolConfig
+from federated.secagg import SecAggConfig
 from federated.wire import Update
 from keyboard_app.client import ServerRejected, SyncClient
-from keyboard_app.secure_upload import SecureRoundError, SecureUpload, parse_task
+from keyboard_app.secure_upload import SecureRoundError, SecureUpload
 
 # Phases close once everyone expected has answered; a dropout is waited for until the phase
 # deadline, which tests reach by moving the server's clock (`expire`) instead of sleeping.
@@ -51,7 +51,7 @@ class Member:
         self.server, self.creds = server, server.enrol()
         self.task = server.task(self.creds)
         self.round_id = self.task["round_id"]
-        self.config = ProtocolConfig.from_dict(self.task["secagg"]["config"])
+        self.config = SecAggConfig.from_dict(self.task["secagg"]["config"])
         self.id = self.task["secagg"]["client_id"]
         self.device = SecAggClient(self.config, self.id, identity=self.creds.key)
         rng = np.random.default_rng(index)
@@ -173,18 +173,18 @@ def run_device(server, data_dir, index: int, results: dict, stop_at: str | None 
     client = SyncClient(server.url, data_dir / f"device{index}",
                         enrolment_code=server.enrolment_code())
     try:
-        task = client.checkin()["task"]
+        task = client.checkin()
         rng = np.random.default_rng(index)
         raw = {k: rng.normal(0, 0.05, s).astype(np.float32) for k, s in server.shapes.items()}
-        tensors, _ = privatize(raw, task["clip_norm"], task_noise(task),
+        tensors, _ = privatize(raw, task.clip_norm, task_noise(task),
                                np.random.default_rng(index + 100))
-        update = Update(tensors, task["round_id"], task["model_version"], 20, {})
+        update = Update(tensors, task.round_id, task.model_version, 20, {})
 
         def phase(step: str) -> None:
             if step == stop_at:
                 raise SecureRoundError(f"dropped out before {step}")
         sent = []
-        upload = SecureUpload(client, parse_task(task), on_phase=phase, on_masked=sent.append)
+        upload = SecureUpload(client, task, on_phase=phase, on_masked=sent.append)
         try:
             upload.run(update)
             results[index] = ("done", tensors, task)
@@ -293,7 +293,7 @@ def test_unmasked_sum_is_the_plain_sum_despite_dropouts_in_every_phase(start_ser
     assert outcome[5] != "done" and results[5][1] is not None  # its masked input was taken
     st = a.wait_for(lambda st: st["model"]["version"] == 1, what="secure round closed")
     assert st["rounds"][0]["reports"] == 5  # device 5's masked input is in the sum
-    step = ProtocolConfig.from_dict(results[0][2]["secagg"]["config"]).encoding.step
+    step = results[0][2].secagg.config.encoding.step
     expect_new_model(a, [r[1] for r in results.values() if r[1] is not None], step)
 
 
@@ -308,7 +308,7 @@ def test_secure_round_on_postgresql_with_two_servers(start_server, pg_url, tmp_p
         "dropped out before masked"] + ["done"] * 2
     st = b.wait_for(lambda st: st["model"]["version"] == 1, what="secure round closed")
     assert st["rounds"][0]["reports"] == 4
-    step = ProtocolConfig.from_dict(results[0][2]["secagg"]["config"]).encoding.step
+    step = results[0][2].secagg.config.encoding.step
     expect_new_model(b, [r[1] for r in results.values() if r[1] is not None], step)
 
 
@@ -463,7 +463,7 @@ def test_secure_tasks_and_the_plain_path_by_configuration(start_server):
     device = server.enrol()
     task = server.task(device)
     assert task["secure_aggregation"] is True and task["secagg"]["client_id"] == 1
-    config = ProtocolConfig.from_dict(task["secagg"]["config"])
+    config = SecAggConfig.from_dict(task["secagg"]["config"])
     assert config.num_clients == 3 and config.dimension == sum(
         int(np.prod(s)) for s in server.shapes.values())
     assert task["secagg"]["advertise_by"] == pytest.approx(task["deadline"] - 4 * 15.0)

@@ -25,9 +25,10 @@ from test_device import ONE_DEVICE_ROUNDS, make_device, sender_messages  # noqa:
 from test_server_faults import assert_model, expected_model
 
 from aggregation_server.clock import ManualClock
+from federated.protocol import Task
 from federated.secagg import SharesRelay
 from keyboard_app.client import SyncClient, make_retry
-from keyboard_app.secure_upload import SecureUpload, parse_task
+from keyboard_app.secure_upload import SecureUpload
 
 
 class FullDisk:
@@ -217,8 +218,8 @@ def test_a_lost_checkin_response_is_retried_and_gets_the_same_task(server, lossy
     proxy.drops[("POST", "/v1/checkin")] = 1
     creds = server.enrol()
     client = device_client(proxy.url, creds, tmp_path / "device")
-    task = client.checkin(None)["task"]
-    assert proxy.dropped == ["POST /v1/checkin"] and task["round_id"] == 1
+    task = client.checkin(None)
+    assert proxy.dropped == ["POST /v1/checkin"] and task.round_id == 1
     st = server.status()["round"]
     assert st["tasks_issued"] == 1  # the retry got the task the lost answer carried
     r = server.http.post(f"{server.url}/v1/checkin", json={"model_version": None},
@@ -233,7 +234,7 @@ def test_a_lost_response_on_the_secure_path_counts_as_accepted(start_server, los
     members = [Member(server, i) for i in range(3)]
     first, rid = members[0], members[0].round_id
     client = device_client(proxy.url, first.creds, tmp_path / "device")
-    task = parse_task(first.task)
+    task = Task.from_json(first.task)
     upload = SecureUpload(client, task, wait=lambda seconds: False)
     proxy.drops[("POST", "/secagg/advertise")] = 1  # POST: the device's own loop resends
     advertise = first.device.advertise_keys().to_dict()
@@ -426,7 +427,7 @@ def test_a_device_keeps_its_secure_round_through_an_outage_past_its_deadline(
     proxy = lossy(server)
     member = Member(server, 0)
     clock = ManualClock()  # the device's
-    task = parse_task(member.task)
+    task = Task.from_json(member.task)
 
     def wait(seconds: float) -> bool:  # the device waits out an outage of 40 s past its deadline
         clock.advance(seconds)

@@ -7,7 +7,6 @@ import pytest
 
 from aggregation_server.clock import ManualClock
 from aggregation_server.config import ConfigError, load_settings
-from federated.secagg import RoundConfig as ProtocolConfig
 
 ROUND = {"target_reports": 2, "min_reports": 2, "overcommit": 1.0}
 
@@ -58,6 +57,6 @@ def test_a_secure_round_across_two_hosts(start_server, pg_url, tmp_path):
     assert [results[i][0] for i in range(4)] == ["done"] * 4
     st = b.wait_for(lambda st: st["model"]["version"] == 1, what="secure round closed")
     assert st["rounds"][0]["reports"] == 4
-    step = ProtocolConfig.from_dict(results[0][2]["secagg"]["config"]).encoding.step
+    step = results[0][2].secagg.config.encoding.step
     expect_new_model(a, [r[1] for r in results.values()], step)
     assert not list(tmp_path.glob("host-*/updates/*/*"))  # masked inputs only in PostgreSQL

@@ -2,7 +2,7 @@
 CCS 2020): the server learns only the sum of the surviving devices' updates.
 
 Imported by both the device runtime (`SecAggClient`) and the server (`SecAggServerRound`);
-no networking here. Modules: `params` (RoundConfig; `hiding_problem`, the (n, k, t) rule
+no networking here. Modules: `params` (SecAggConfig; `hiding_problem`, the (n, k, t) rule
 devices and the server's config check apply), `graph` (neighbours, k and t),
 `encoding` (fixed point mod 2^b, or the compressed rounds' 16-bit words), `crypto`
 (X25519, HKDF, AES-GCM, AES-CTR PRG, Ed25519
@@ -50,7 +50,7 @@ from federated.secagg.messages import (ABORT_REASONS, AbortNotice, AdvertiseKeys
                                        RoundAborted, SecAggError, ShareKeys, SharesRelay,
                                        UnmaskRequest, UnmaskResponse, message_from_dict,
                                        message_from_json)
-from federated.secagg.params import RoundConfig, hiding_problem
+from federated.secagg.params import SecAggConfig, hiding_problem
 from federated.secagg.server import SecAggResult, SecAggServerRound
 
 __all__ = [
@@ -58,7 +58,7 @@ __all__ = [
     "ConsistencyResponse", "EncodingError", "FixedPoint", "KeysRelay", "LateMessageError",
     "MaskedInput", "MessageError", "ModularIntegers",
     "PeerKeys", "ProtocolError", "RefusedRequest", "ReplayError",
-    "RoundAbandoned", "RoundAborted", "RoundConfig", "SecAggClient", "SecAggError",
+    "RoundAbandoned", "RoundAborted", "SecAggConfig", "SecAggClient", "SecAggError",
     "SecAggResult",
     "SecAggServerRound", "ShareKeys", "SharesRelay", "UnmaskRequest", "UnmaskResponse",
     "choose_degree", "dimension", "flatten", "hiding_problem", "message_from_dict",

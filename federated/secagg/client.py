@@ -24,18 +24,18 @@ from federated.secagg.messages import (AdvertiseKeys, ConsistencyRequest, Consis
                                        KeysRelay, MaskedInput, PeerKeys, ProtocolError,
                                        RefusedRequest, RoundAborted, ShareKeys, SharesRelay,
                                        UnmaskRequest, UnmaskResponse)
-from federated.secagg.params import RoundConfig, hiding_problem
+from federated.secagg.params import SecAggConfig, hiding_problem
 
 ENCRYPT, MASK = b"encrypt", b"mask"
 ADVERTISE, SURVIVORS = b"advertise", b"survivors"
 
 
-def share_context(config: RoundConfig, sender: int, receiver: int) -> bytes:
+def share_context(config: SecAggConfig, sender: int, receiver: int) -> bytes:
     """Associated data of the share ciphertext from `sender` to `receiver` in this round."""
     return config.context + b"/share/" + sender.to_bytes(4, "big") + receiver.to_bytes(4, "big")
 
 
-def seed_context(config: RoundConfig, client: int) -> bytes:
+def seed_context(config: SecAggConfig, client: int) -> bytes:
     """What a client's seed commitment is bound to."""
     return config.context + b"/seed/" + client.to_bytes(4, "big")
 
@@ -51,7 +51,7 @@ def survivors_data(survivors: tuple[int, ...] | list[int]) -> bytes:
     return b"".join(v.to_bytes(4, "big") for v in sorted(survivors))
 
 
-def pairwise_mask(config: RoundConfig, own_key, own_id: int, peer_key: bytes,
+def pairwise_mask(config: SecAggConfig, own_key, own_id: int, peer_key: bytes,
                   peer_id: int) -> tuple[np.ndarray, int]:
     """The PRG expansion of the key agreed with `peer_id`, and its sign (+1 if own_id < peer_id)."""
     seed = crypto.agree(own_key, peer_key, MASK, config.context)
@@ -73,7 +73,7 @@ class SecAggClient:
     """A device in one secure-aggregation round, identified by `client_id` in 1..n, holding
     its long-lived `identity` key (the one bound to it when it enrolled)."""
 
-    def __init__(self, config: RoundConfig, client_id: int,
+    def __init__(self, config: SecAggConfig, client_id: int,
                  randbytes: crypto.RandomBytes = os.urandom, *,
                  identity: Ed25519PrivateKey):
         if not 1 <= client_id <= config.num_clients:

@@ -1,4 +1,4 @@
-"""`RoundConfig`: everything public about one secure-aggregation round, and the rule
+"""`SecAggConfig`: everything public about one secure-aggregation round, and the rule
 (`hiding_problem`) that says whether its (n, k, t) keep one device's input hidden."""
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def hiding_problem(num_clients: int, degree: int, threshold: int,
 
 
 @dataclass(frozen=True)
-class RoundConfig:
+class SecAggConfig:
     """The public parameters of a round; the server sends `to_dict()` to every device.
 
     Client ids are 1..num_clients (the server maps its device ids to them). Each client
@@ -119,7 +119,7 @@ class RoundConfig:
                noise_stddev: float, dropout_rate: float = 0.1, corrupt_rate: float = 0.0,
                min_clients: int | None = None, degree: int | None = None,
                graph_seed: bytes | None = None, threshold: int | None = None,
-               encoding: FixedPoint | ModularIntegers | None = None) -> RoundConfig:
+               encoding: FixedPoint | ModularIntegers | None = None) -> SecAggConfig:
         """A config with k, t from `graph.choose_degree` (or the given degree, and the given
         threshold or the smallest t > (k+1)/2) and the encoding from `FixedPoint.choose`
         (or the given one: `ModularIntegers` for compressed rounds)."""
@@ -154,7 +154,7 @@ class RoundConfig:
                 "encoding": self.encoding.to_dict(), "min_clients": self.min_clients}
 
     @classmethod
-    def from_dict(cls, data: Any) -> RoundConfig:
+    def from_dict(cls, data: Any) -> SecAggConfig:
         """Parse and check; raises MessageError with the reason."""
         keys = {"round_id", "num_clients", "degree", "threshold", "graph_seed", "dimension",
                 "encoding", "min_clients"}

@@ -39,7 +39,7 @@ from federated.secagg.messages import (AbortNotice, AdvertiseKeys, ConsistencyRe
                                        ReplayError, RoundAbandoned, SecAggError, ShareKeys,
                                        SharesRelay, UnmaskRequest, UnmaskResponse,
                                        message_from_json)
-from federated.secagg.params import RoundConfig
+from federated.secagg.params import SecAggConfig
 
 EXPECTS = {"advertise": AdvertiseKeys, "share": ShareKeys, "masked": MaskedInput,
            "consistency": ConsistencyResponse, "unmask": UnmaskResponse}
@@ -57,7 +57,7 @@ class SecAggResult:
 class SecAggServerRound:
     """The server side of one round over clients 1..config.num_clients."""
 
-    def __init__(self, config: RoundConfig, identity_keys: dict[int, bytes] | None = None):
+    def __init__(self, config: SecAggConfig, identity_keys: dict[int, bytes] | None = None):
         self.config = config
         self.phase = "advertise"
         self.identity_keys: dict[int, bytes] = dict(identity_keys or {})  # client -> Ed25519

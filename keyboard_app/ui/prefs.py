@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from urllib.parse import urlparse
+
+from device_model.files import write_atomic
 
 FILE_NAME = "settings.json"
 RETENTION_CHOICES = (7, 30, 90, 365)
@@ -108,9 +108,5 @@ def load_prefs(data_dir: str | Path) -> tuple[Prefs, str | None]:
 def save_prefs(data_dir: str | Path, prefs: Prefs) -> None:
     """Validate, then write atomically."""
     prefs.validate()
-    path = Path(data_dir) / FILE_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=FILE_NAME, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(asdict(prefs), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    text = json.dumps(asdict(prefs), indent=2, sort_keys=True)
+    write_atomic(Path(data_dir) / FILE_NAME, text.encode("utf-8"))
