@@ -27,15 +27,17 @@ Only the words the person used are touched per context: a keystroke stays sub-mi
 How much of the layer suits this person is learned on the device (`Adaptation`, kept with
 the counts), from every message it learns, before counting it (`PersonalLayer.observe`):
 - the sharpness s is the one of `PersonalWeights.adapt` (0.3 ... 1) under which the person's
-  words so far were most likely (the summed log p(w | h) of each, a maximum-likelihood
-  choice among a few experts: its log-loss follows the best of them), the default s
-  starting `prior` nats ahead (a person with few words keeps it);
+  words so far were most likely (the summed log p(w | h) of each: a maximum-likelihood
+  choice among a few experts), the default s starting `prior` nats ahead (a person with
+  few words keeps it);
 - a gate: among the person's words where exactly one of the layer (as it was then) and the
   global model alone had the word as its first suggestion, let L be the layer's and G the
   global model's; while G - L > z sqrt(G + L) (a sign test: the global model is better
   by z standard deviations), the layer steps back to the global model alone (its unknown
   word's mass still shared among the person's new words). So a person the layer does not
-  help gets, after a while, what they got without it, and chance alone rarely closes it.
+  help gets, after a while, what they got without it; with z = 0 (the default, chosen on
+  `valid`) the gate closes as soon as the global model is ahead, a larger z waits for
+  stronger evidence.
 A new device learns both while its history is first learned, message by message as typed.
 """
 from __future__ import annotations
