@@ -40,7 +40,7 @@ class FleetConfig:
     assume_sampling: bool = False    # let the server's accountant assume Poisson sampling
     secure_aggregation: bool = True  # rounds with secure aggregation (devices run in threads)
     compression: str = "none"        # "ddg16": compressed uploads (federated.compression)
-    eval_every: int = 5              # federated evaluation of every K-th version (0: never)
+    eval_every: int = 5              # evaluate every K-th version and the last (0: never)
     eval_senders: int = 40           # valid senders whose phones evaluate (0: all)
     eval_max_words: int = 200        # words each of them scores at most per evaluation
     final_eval: bool = True          # evaluate on all of `valid` at the end

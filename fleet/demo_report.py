@@ -79,7 +79,7 @@ def write_report(run_dir: Path, report: dict, cells: list[list[str]]) -> None:
         "computes with the accountant what population would reach epsilon <= 10 with less "
         "than 1 point of top-1 lost.",
         "- Learning curves (demo.png): federated evaluation by the phones of "
-        f"{cfg['eval_senders']} `valid` senders every {cfg['eval_every']} rounds (the server "
+        f"{cfg['eval_senders']} `valid` senders every {cfg['eval_every']} rounds and at the end (the server "
         "never reads their text: each phone scores at most 200 of its words and sends seven "
         "clipped sums, noised like an update in the DP fleet), beside the central evaluation "
         "of the same versions on the same words. Without DP: "
