@@ -69,8 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "default: devices per round"),
             ("overcommit", float, "default: 1.3, more with dropout"),
             ("round_timeout", float, "the server's round deadline in seconds"),
-            ("eval_every", int, "federated evaluation of every K-th model version and the last by the "
-             "phones of valid senders (0: never)"),
+            ("eval_every", int, "federated evaluation of every K-th model version and the "
+             "last by the phones of valid senders (0: never)"),
             ("eval_senders", int, "valid senders whose phones evaluate (0: all)"),
             ("eval_max_words", int, "words each evaluating phone scores at most"),
             ("workers", int, None), ("seed", int, None),
