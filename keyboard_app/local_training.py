@@ -102,6 +102,15 @@ def run_task(task: Task, global_bytes: bytes, tokenizer: DeviceTokenizer, messag
                                           config, should_stop)
     if result.stopped or examples == 0 or result.steps == 0:
         return None
-    update, prenorm = make_update(delta, task, examples, noise_stddev, rng)
+    update, prenorm = make_update(delta, task, reported_examples(task, examples),
+                                  noise_stddev, rng)
     return LocalUpdate(encode_update(update), update, prenorm, result)
+
+
+def reported_examples(task: Task, examples: int) -> int:
+    """The message count an upload carries: the true one only in rounds without noise (the
+    server may weight by it); with differential privacy the server weights every report
+    alike, so the device says 1 and the count, which tells how much a person typed and is
+    not noised, stays on the device."""
+    return examples if task.noise_multiplier == 0 else 1
 

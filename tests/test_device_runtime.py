@@ -132,7 +132,7 @@ def test_the_update_trained_without_torch_is_what_the_server_accepts(device_run)
     shapes = {k: v.shape for k, v in
               tensors_from_bytes((folder / "model.safetensors").read_bytes())[0].items()}
     update = decode_update((folder / "update.bin").read_bytes(), shapes)
-    assert (update.round_id, update.num_examples) == (4, 20)
+    assert (update.round_id, update.num_examples) == (4, 1)  # DP: the count stays home
     assert all(np.isfinite(t).all() for t in update.tensors.values())
 
 

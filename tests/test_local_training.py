@@ -40,7 +40,8 @@ def task(**changes) -> Task:
 
 def test_update_is_local_minus_global_clipped(setup):
     tokenizer, blob = setup
-    local = run_task(task(clip_norm=1e6), blob, tokenizer, TEXT, noise_stddev=0.0, seed=1)
+    local = run_task(task(clip_norm=1e6, noise_multiplier=0.0), blob, tokenizer, TEXT,
+                     noise_stddev=0.0, seed=1)
     # the same training by hand on the device's NumPy runtime (tests/test_device_model.py
     # holds it to PyTorch's): the delta must be exactly trained - global
     weights, meta = weights_from_bytes(blob)
@@ -60,7 +61,7 @@ def test_update_is_local_minus_global_clipped(setup):
 
 def test_max_examples_trains_on_a_seeded_sample(setup):
     tokenizer, blob = setup
-    local = run_task(task(train={"max_examples": 3}), blob, tokenizer,
+    local = run_task(task(train={"max_examples": 3}, noise_multiplier=0.0), blob, tokenizer,
                      TEXT, noise_stddev=0.0, seed=1)
     assert local.update.num_examples == 3
     history = [f"message number {i}" for i in range(50)]
@@ -140,3 +141,15 @@ def test_seeded_rng_makes_the_noise_reproducible():
     other, _ = make_update(delta, task(), 1, 0.1)
     np.testing.assert_array_equal(first.tensors["w"], again.tensors["w"])
     assert not np.array_equal(first.tensors["w"], other.tensors["w"])
+
+
+def test_with_noise_the_upload_does_not_say_how_much_the_person_typed(setup):
+    """A DP round's upload carries 1 as its message count (the server weights reports alike
+    then); a round without noise carries the true count (the server may weight by it)."""
+    tokenizer, blob = setup
+    noised = run_task(task(noise_multiplier=1.0), blob, tokenizer, TEXT, noise_stddev=0.01,
+                      seed=1)
+    plain = run_task(task(noise_multiplier=0.0), blob, tokenizer, TEXT, noise_stddev=0.0,
+                     seed=1)
+    assert len(TEXT) > 1
+    assert noised.update.num_examples == 1 and plain.update.num_examples == len(TEXT)
