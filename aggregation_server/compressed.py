@@ -36,7 +36,8 @@ def spec_for(config: RoundConfig, round_id: int, model_sha256: str,
     return privacy.round_compression(
         round_seed(round_id, model_sha256), dimension, config.clip_norm,
         config.noise_multiplier, config.min_reports, config.capacity,
-        secure=config.secure_aggregation, dishonest_share=config.dishonest_share)
+        secure=config.secure_aggregation, dishonest_share=config.dishonest_share,
+        scheme=config.compression)
 
 
 def round_spec(s: Session, r: Round, config: RoundConfig, dimension: int) -> Compression | None:

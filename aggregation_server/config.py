@@ -27,7 +27,7 @@ from model.schedule import SCHEDULES, lr_factor
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
 WEIGHTINGS = ("uniform", "examples")
 TRAIN_OPTIMIZERS = OPTIMIZERS  # what devices can train with
-COMPRESSIONS = ("none", "ddg16")  # float32 updates, or federated.compression's scheme
+COMPRESSIONS = ("none", "ddg16", "ddg16-full")  # float32, or federated.compression's schemes
 
 
 # The ranges and choices RoundConfig.validate enforces (the OpenAPI document states them):

@@ -82,6 +82,8 @@ def sizes(repeats: int) -> dict[str, Any]:
     fixed = FixedPoint.choose(1.0, sigma_float, CAPACITY, d)
     seed = round_seed(1, "ab" * 32)
     secure = privacy.round_compression(seed, d, 1.0, 1.0, TARGET, CAPACITY, secure=True)
+    full = privacy.round_compression(seed, d, 1.0, 1.0, TARGET, CAPACITY, secure=True,
+                                     scheme="ddg16-full")
     plain = privacy.round_compression(seed, d, 1.0, 1.0, TARGET, CAPACITY, secure=False)
     sigma, _, _ = privacy.compressed_noise(secure, 1.0, TARGET, secure=True)
     sigma_plain, _, _ = privacy.compressed_noise(plain, 1.0, TARGET, secure=False)
@@ -95,6 +97,8 @@ def sizes(repeats: int) -> dict[str, Any]:
         "compressed plain update": len(encode_compressed_update(
             update, plain.encode(flat, sigma_plain, rng), seed)),
         "compressed secure masked input": len(MaskedInput(1, 1, words).to_bytes()),
+        "compressed ddg16-full secure masked input": len(MaskedInput(1, 1, full.encode(
+            flat, privacy.compressed_noise(full, 1.0, TARGET, secure=True)[0], rng)).to_bytes()),
         f"Flower SecAgg+ reference ({FLOWER_BITS} bits/param, computed)": d * FLOWER_BITS // 8,
     }
     times = {
@@ -133,7 +137,8 @@ def print_sizes(result: dict[str, Any]) -> None:
 
 
 def quality(rounds: int, devices: int, max_examples: int, run_dir: Path,
-            reuse: bool = False, secure: bool = True) -> list[dict[str, Any]]:
+            reuse: bool = False, secure: bool = True, scheme: str = "ddg16",
+            noises: tuple[bool, ...] = (False, True)) -> list[dict[str, Any]]:
     from fleet.demo import DemoConfig
     from fleet.evaluation import evaluate_split
     from fleet.run import run_fleet
@@ -141,10 +146,11 @@ def quality(rounds: int, devices: int, max_examples: int, run_dir: Path,
     demo = DemoConfig(rounds=rounds, fleet_minutes=None, devices_per_round=devices,
                       max_examples=max_examples, eval_every=0, secure_aggregation=secure)
     models, fleets = [("pre-trained (shipped)", str(SHIPPED_MODEL))], {}
-    for noise in (False, True):
-        for compression in ("ddg16", "none"):
-            name = f"{'DP' if noise else 'no DP'}, " + \
-                ("compressed" if compression != "none" else "float32")
+    for noise in noises:
+        for compression in (scheme, "none"):
+            name = f"{'DP' if noise else 'no DP'}, " + (
+                "float32" if compression == "none" else
+                "compressed" if compression == "ddg16" else f"compressed ({compression})")
             folder = run_dir / name.replace(", ", "-").replace(" ", "_")
             config = replace(demo.fleet(noise, rounds), compression=compression)
             if reuse and (folder / "summary.json").is_file():  # a fleet already run
@@ -187,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--run-dir", type=Path, default=Path("runs/compression"))
     q.add_argument("--no-secure-aggregation", dest="secure", action="store_false",
                    help="plain rounds (each device adds the full noise z*C itself)")
+    q.add_argument("--scheme", choices=("ddg16", "ddg16-full"), default="ddg16")
+    q.add_argument("--noise", choices=("both", "dp", "none"), default="both",
+                   help="which fleets: with and without noise, or one of them")
     q.add_argument("--reuse", action="store_true",
                    help="keep the fleets already run in --run-dir; run only the others")
     args = p.parse_args(argv)
@@ -196,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.run_dir.mkdir(parents=True, exist_ok=True)
     print(json.dumps(machine()), flush=True)
+    noises = {"both": (False, True), "dp": (True,), "none": (False,)}[args.noise]
     rows = quality(args.rounds, args.devices_per_round, args.max_examples, args.run_dir,
-                   args.reuse, args.secure)
+                   args.reuse, args.secure, args.scheme, noises)
     (args.run_dir / "quality.json").write_text(json.dumps(rows, indent=1))
     print_quality(rows)
     return 0

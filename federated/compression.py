@@ -36,7 +36,9 @@ from functools import lru_cache
 
 import numpy as np
 
-SCHEMES = ("ddg16",)  # the distributed discrete Gaussian, 16-bit modulus
+# the distributed discrete Gaussian, 16-bit modulus: on a random quarter of the coordinates
+# (<= 4 bits per parameter), or on all of them ("-full": 16 bits, no noise amplification)
+SCHEMES = ("ddg16", "ddg16-full")
 BITS = 16
 BLOCK = 1 << 14
 MAX_BITS_PER_PARAM = 4
@@ -62,9 +64,13 @@ def round_seed(round_id: int, model_sha256: str) -> bytes:
     return hashlib.sha256(_SEED_CONTEXT + round_id.to_bytes(8, "big") + model).digest()
 
 
-def layout(dimension: int, bits: int = BITS) -> tuple[int, int]:
+def layout(dimension: int, bits: int = BITS, scheme: str = SCHEMES[0]) -> tuple[int, int]:
     """(kept, block) for `dimension` coordinates: the most whole blocks with
-    bits * kept <= MAX_BITS_PER_PARAM * dimension (smaller blocks for tiny models)."""
+    bits * kept <= MAX_BITS_PER_PARAM * dimension (smaller blocks for tiny models); for
+    "ddg16-full", every coordinate, padded with zeros to whole blocks."""
+    if scheme == "ddg16-full":
+        block = min(BLOCK, 1 << max(1, (dimension - 1).bit_length()))
+        return -(-dimension // block) * block, block
     budget = MAX_BITS_PER_PARAM * dimension // bits
     if budget < 2:
         raise CompressionError(f"{dimension} coordinates are too few to compress")
@@ -124,7 +130,7 @@ def _selection(seed: bytes, dimension: int, kept: int) -> tuple[np.ndarray, np.n
     PCG64's raw output is stable across NumPy versions (its Generator methods are not)."""
     bits = np.random.PCG64(int.from_bytes(seed, "big"))
     keys = bits.random_raw(dimension)
-    order = np.argsort(keys, kind="stable")[:kept]
+    order = np.argsort(keys, kind="stable")[:min(kept, dimension)]
     signs = np.where(bits.random_raw(kept) & 1, 1.0, -1.0)
     order.flags.writeable = signs.flags.writeable = False
     return order, signs
@@ -141,6 +147,7 @@ class Compression:
     bits: int  # the modulus is 2^bits
     scale: float  # gamma: integer units per unit of the update
     clip_norm: float  # C
+    scheme: str = SCHEMES[0]
 
     def __post_init__(self) -> None:
         problems = [
@@ -148,9 +155,12 @@ class Compression:
             (self.bits != BITS, f"bits must be {BITS}, got {self.bits}"),
             (self.block < 2 or self.block & (self.block - 1),
              f"block must be a power of two, got {self.block}"),
-            (not 0 < self.kept <= self.dimension or self.kept % self.block,
+            (self.scheme not in SCHEMES, f"compression scheme must be one of {SCHEMES}"),
+            (self.kept <= 0 or self.kept % self.block or self.kept > max(
+                self.dimension, layout(self.dimension, self.bits, self.scheme)[0]),
              f"kept must be a positive multiple of the block up to {self.dimension}"),
-            (self.bits * self.kept > MAX_BITS_PER_PARAM * self.dimension,
+            (self.scheme == SCHEMES[0]
+             and self.bits * self.kept > MAX_BITS_PER_PARAM * self.dimension,
              f"kept {self.kept} x {self.bits} bits is over {MAX_BITS_PER_PARAM} bits per "
              f"parameter of {self.dimension}"),
             (not (math.isfinite(self.scale) and self.scale > 0), "scale must be positive"),
@@ -163,14 +173,14 @@ class Compression:
 
     @classmethod
     def plan(cls, seed: bytes, dimension: int, clip_norm: float, noise_multiplier: float,
-             clients: int, honest: int) -> Compression:
+             clients: int, honest: int, scheme: str = SCHEMES[0]) -> Compression:
         """The largest scale whose modular sum of `clients` devices, each adding the noise
         `noise_sigma(noise_multiplier, honest)`, wraps with probability below
         `MODULAR_CLIP_PROBABILITY` (plain rounds: clients = honest = 1, each upload
         decoded alone). Refuses noise too small for the discrete Gaussian's bound to be
         tight (sigma below SIGMA_MIN)."""
-        kept, block = layout(dimension)
-        base = cls(seed, dimension, kept, block, BITS, 1.0, clip_norm)
+        kept, block = layout(dimension, BITS, scheme)
+        base = cls(seed, dimension, kept, block, BITS, 1.0, clip_norm, scheme)
         low, high = 1e-9, 1e12
         if not base._fits(noise_multiplier, clients, honest, low / clip_norm):
             raise CompressionError(f"a {BITS}-bit modulus cannot hold the sum of {clients} "
@@ -179,7 +189,7 @@ class Compression:
             mid = math.sqrt(low * high)
             low, high = (mid, high) if base._fits(noise_multiplier, clients, honest,
                                                   mid / clip_norm) else (low, mid)
-        spec = cls(seed, dimension, kept, block, BITS, low / clip_norm, clip_norm)
+        spec = cls(seed, dimension, kept, block, BITS, low / clip_norm, clip_norm, scheme)
         sigma = spec.noise_sigma(noise_multiplier, honest)
         if 0 < sigma < SIGMA_MIN:
             raise CompressionError(
@@ -238,7 +248,9 @@ class Compression:
         if norm > self.clip_norm:  # clipped before; float32 rounding may leave a hair over
             x = x * (self.clip_norm / norm)
         order, signs = _selection(self.seed, self.dimension, self.kept)
-        rotated = _fwht((x[order] * signs).reshape(-1, self.block)).ravel()
+        y = np.zeros(self.kept)
+        y[:order.size] = x[order]  # "-full": zeros pad the last block
+        rotated = _fwht((y * signs).reshape(-1, self.block)).ravel()
         z = rotated * (self.scale / math.sqrt(self.block))
         q = self._round(z, rng)
         q += discrete_gaussian(sigma, self.kept, rng)
@@ -273,12 +285,12 @@ class Compression:
         order, signs = _selection(self.seed, self.dimension, self.kept)
         y = _fwht(z.reshape(-1, self.block)).ravel() / self.block * signs
         out = np.zeros(self.dimension)
-        out[order] = y * (self.dimension / self.kept)
+        out[order] = y[:order.size] * (self.dimension / order.size)
         return out
 
     # --- the task's JSON ---------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"scheme": SCHEMES[0], "seed": self.seed.hex(), "dimension": self.dimension,
+        return {"scheme": self.scheme, "seed": self.seed.hex(), "dimension": self.dimension,
                 "kept": self.kept, "block": self.block, "bits": self.bits,
                 "scale": self.scale, "clip_norm": self.clip_norm}
 
@@ -300,4 +312,5 @@ class Compression:
         if not (isinstance(seed, str) and len(seed) == 2 * SEED_BYTES
                 and all(ch in "0123456789abcdef" for ch in seed)):
             raise CompressionError(f"compression seed must be {2 * SEED_BYTES} hex digits")
-        return cls(bytes.fromhex(seed), *ints, float(data["scale"]), float(data["clip_norm"]))
+        return cls(bytes.fromhex(seed), *ints, float(data["scale"]), float(data["clip_norm"]),
+                   data["scheme"])

@@ -209,13 +209,15 @@ def zcdp_epsilon(rhos: list[float], delta: float) -> float:
 
 def round_compression(seed: bytes, dimension: int, clip_norm: float, noise_multiplier: float,
                       min_reports: int, capacity: int, *, secure: bool,
-                      dishonest_share: float = DISHONEST_SHARE) -> Compression:
+                      dishonest_share: float = DISHONEST_SHARE,
+                      scheme: str = "ddg16") -> Compression:
     """A compressed round's parameters: secure rounds' scale lets the modular sum of all
     `capacity` devices, each adding z*Delta/sqrt(h), stay inside the modulus; plain rounds'
     lets one upload with the full z*Delta do so (the server decodes each alone)."""
     h = honest_reports(min_reports, dishonest_share)
     return Compression.plan(seed, dimension, clip_norm, noise_multiplier,
-                            clients=capacity if secure else 1, honest=h if secure else 1)
+                            clients=capacity if secure else 1, honest=h if secure else 1,
+                            scheme=scheme)
 
 
 def compressed_noise(spec: Compression, noise_multiplier: float, min_reports: int, *, secure: bool,

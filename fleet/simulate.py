@@ -97,7 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "sum (a round's devices then run as threads of this process); "
                         "--no-secure-aggregation: plain rounds, where each device adds the "
                         "full noise z*C itself (default: on)")
-    p.add_argument("--compression", choices=("none", "ddg16"), default=d.compression,
+    p.add_argument("--compression", choices=("none", "ddg16", "ddg16-full"),
+                   default=d.compression,
                    help="ddg16: uploads of at most 4 bits per parameter with integer noise "
                         "(federated.compression); the devices then download the int8 model "
                         "(default: %(default)s)")

@@ -121,8 +121,9 @@ def test_a_float_round_refuses_compressed_uploads(server):
     accepted(server.upload(device, task["round_id"], server.update_bytes(task)))
 
 
-def test_a_secure_compressed_round_decodes_the_modular_sum_into_the_model(start_server):
-    server = start_server(round=secure_round(4, 3, **COMPRESSED))
+@pytest.mark.parametrize("scheme", ["ddg16", "ddg16-full"])
+def test_a_secure_compressed_round_decodes_the_modular_sum_into_the_model(start_server, scheme):
+    server = start_server(round=secure_round(4, 3, compression=scheme))
     members = [Member(server, i) for i in range(4)]
     spec = Compression.from_dict(members[0].task["compression"])
     assert members[0].config.dimension == spec.kept  # the protocol sums the words

@@ -197,3 +197,17 @@ def test_words_of_the_wrong_size_or_modulus_are_refused():
 def test_a_modulus_too_small_for_the_round_is_refused():
     with pytest.raises(CompressionError, match="cannot hold"):
         Compression.plan(SEED, 8192, 1.0, 1.0, clients=10 ** 9, honest=10 ** 8)
+
+
+def test_the_full_scheme_keeps_every_coordinate_at_sixteen_bits():
+    kept, block = layout(MODEL_PARAMS, scheme="ddg16-full")
+    assert (kept, block) == (95 * 2 ** 14, 2 ** 14) and kept >= MODEL_PARAMS
+    n, d, h = 6, 20_000, 4
+    spec = Compression.plan(SEED, d, 1.0, 0.5, clients=n, honest=h, scheme="ddg16-full")
+    assert Compression.from_dict(spec.to_dict()) == spec
+    sigma = spec.noise_sigma(0.5, h)
+    xs = clipped_updates(n, d, 0.9)
+    rng = np.random.default_rng(5)
+    total = spec.decode_sum(modular_sum([spec.encode(x, sigma, rng) for x in xs]))
+    expected = math.sqrt(spec.kept * n * (sigma ** 2 + 0.25)) / spec.scale
+    assert np.linalg.norm(total - sum(xs)) <= 1.1 * expected  # every coordinate, no rescale
