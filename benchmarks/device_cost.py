@@ -28,7 +28,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from aggregation_server.config import RoundConfig  # noqa: E402  (the server's defaults)
-from data import load_split  # noqa: E402
+from data import load_split, typical_histories  # noqa: E402
 from federated.protocol import Task  # noqa: E402
 from model.checkpoint import CheckpointMeta, model_to_bytes, read_metadata  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
@@ -48,18 +48,6 @@ def artefacts() -> tuple[str, bytes, str]:
     torch.manual_seed(0)
     blob = model_to_bytes(NextWordLSTM(config), CheckpointMeta(config, tokenizer.sha256, 1))
     return tokenizer.to_json(), blob, "freshly initialised (no cached pre-trained model)"
-
-
-def histories() -> dict[str, list[str]]:
-    """The federated senders closest to the median and the 90th-percentile history size."""
-    devices = load_split("federated")
-    counts = np.array([len(d.messages) for d in devices])
-    picked = {}
-    for label, q in (("median", 50), ("p90", 90)):
-        target = np.percentile(counts, q)
-        device = min(devices, key=lambda d: (abs(len(d.messages) - target), d.sender))
-        picked[label] = device.messages
-    return picked
 
 
 def one_run(tokenizer_json: str, blob: bytes, messages: list[str], task: Task, warm: int,
@@ -101,7 +89,7 @@ def main() -> None:
               "train": task.train.to_json(),
               "download_bytes_per_round": len(blob),
               "tokenizer_bytes_first_round": len(tokenizer_json.encode()), "histories": {}}
-    for label, messages in histories().items():
+    for label, messages in typical_histories("federated").items():
         runs = []
         for _ in range(args.repeats):
             queue = ctx.Queue()

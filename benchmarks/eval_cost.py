@@ -25,24 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-
-from data import load_split  # noqa: E402
+from data import typical_histories  # noqa: E402
 from federated.evaluation import select_messages  # noqa: E402
 from model.paths import SHIPPED_MODEL, SHIPPED_TOKENIZER  # noqa: E402
 from model.words import words  # noqa: E402
-
-
-def histories() -> dict[str, list[str]]:
-    """The valid senders closest to the median and the 90th-percentile history size."""
-    devices = load_split("valid")
-    counts = np.array([len(d.messages) for d in devices])
-    picked = {}
-    for label, q in (("median", 50), ("p90", 90)):
-        target = np.percentile(counts, q)
-        device = min(devices, key=lambda d: (abs(len(d.messages) - target), d.sender))
-        picked[label] = device.messages
-    return picked
 
 
 def peak_mb() -> float:
@@ -88,7 +74,7 @@ def main() -> None:
     from model.evaluate import machine
     rows = []
     with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-        for label, messages in histories().items():
+        for label, messages in typical_histories("valid").items():
             chosen = select_messages(messages, args.max_words)
             for versions in (1, 2):
                 runs = [pool.apply(one_run, (messages, args.max_words, versions, args.warm))

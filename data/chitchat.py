@@ -7,6 +7,8 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from data.errors import DatasetError
 from data.split import ROLES, role_of
 
@@ -89,3 +91,15 @@ def load_split(role: str | tuple[str, ...], path: str | Path = CHITCHAT_PATH) ->
     if unknown:
         raise ValueError(f"unknown split {sorted(unknown)}; choose from {ROLES}")
     return [d for d in load_devices(path) if d.role in roles]
+
+
+def typical_histories(role: str) -> dict[str, list[str]]:
+    """The messages of the split's senders closest to the median ("median") and the
+    90th-percentile ("p90") history size: what the device benchmarks measure on."""
+    devices = load_split(role)
+    picked = {}
+    for label, q in (("median", 50), ("p90", 90)):
+        target = float(np.percentile([len(d.messages) for d in devices], q))
+        picked[label] = min(devices, key=lambda d: (abs(len(d.messages) - target),
+                                                    d.sender)).messages
+    return picked

@@ -2,9 +2,11 @@
 import json
 from hashlib import sha256
 
+import numpy as np
 import pytest
 
-from data import DatasetError, ROLES, bucket_of, load_devices, load_split, load_text_file, role_of
+from data import (DatasetError, ROLES, bucket_of, load_devices, load_split, load_text_file,
+                  role_of, typical_histories)
 
 
 def test_bucket_follows_the_evaluation_protocol():
@@ -98,3 +100,13 @@ def test_text_file_size_limit(tmp_path):
     path = _write(tmp_path, "big.txt", b"hello\n" * 100)
     with pytest.raises(DatasetError, match="over the 50-byte limit"):
         load_text_file(path, max_bytes=50)
+
+
+def test_typical_histories_are_the_senders_nearest_the_median_and_90th_percentile():
+    devices = load_split("valid")
+    sizes = sorted(len(d.messages) for d in devices)
+    picked = typical_histories("valid")
+    for label, q in (("median", 50), ("p90", 90)):
+        target = float(np.percentile(sizes, q))
+        assert min(abs(s - target) for s in sizes) == abs(len(picked[label]) - target)
+    assert len(picked["median"]) < len(picked["p90"])
