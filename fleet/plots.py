@@ -67,7 +67,7 @@ def plot_rounds(records: list[dict], path: Path, title: str) -> None:
         eps.text(0.5, 0.5, "no privacy guarantee\n(no noise)", ha="center",
                  va="center", transform=eps.transAxes)
         eps.set_yticks([])
-    eps.set(xlabel="round", title="privacy spent (most any device spent)")
+    eps.set(xlabel="round", title="privacy spent: the most by any one device")
     save_figure(fig, (acc, ppl, eps), title, path)
 
 
@@ -102,6 +102,6 @@ def plot_demo(no_dp: list[dict], dp: list[dict], path: Path, title: str) -> None
     points = [(r["round"], r["epsilon"]) for r in dp if r.get("epsilon") is not None]
     if points:
         eps.plot(*zip(*points), marker=".", color="tab:red")
-    eps.set(xlabel="round", ylabel=f"epsilon (delta = {dp[0]['delta']:g})",
-            title="privacy spent by the DP fleet (most any device)")
+    eps.set(xlabel="round", ylabel=f"epsilon against the server (delta = {dp[0]['delta']:g})",
+            title="DP fleet: the most any one device spent")
     save_figure(fig, (acc, ppl, eps), title, path)
