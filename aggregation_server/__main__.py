@@ -21,8 +21,10 @@ log = logging.getLogger("aggregation_server.main")
 
 
 def parse_args(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m aggregation_server",
-                                description="Federated-learning aggregation server.")
+    p = argparse.ArgumentParser(
+        prog="python -m aggregation_server", description="Federated-learning aggregation server.",
+        epilog="Backup and restore: python -m aggregation_server backup OUT.tar, "
+               "python -m aggregation_server restore IN.tar (each with --help).")
     p.add_argument("--data-dir", dest="data_dir", help="models, updates, SQLite file")
     p.add_argument("--db", dest="db_url", help="SQLAlchemy URL (default: SQLite in data dir)")
     p.add_argument("--host")

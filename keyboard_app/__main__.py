@@ -1,4 +1,5 @@
-"""`python -m keyboard_app [--server URL] [--data-dir DIR] [--size WxH]`: the keyboard app."""
+"""`python -m keyboard_app [--server URL] [--enrolment-code CODE] [--data-dir DIR] [--size WxH]
+[--theme light|dark]`: the keyboard app."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Private Keyboard: type with next-word suggestions from an on-device model that "
         "learns with federated learning and differential privacy."))
     parser.add_argument("--server", metavar="URL", default=None,
-                        help="aggregation server, e.g. http://127.0.0.1:8000; remembered in "
+                        help="aggregation server, e.g. http://127.0.0.1:8080; remembered in "
                              "Settings (default: the saved URL; none: offline on the cached "
                              "model)")
     parser.add_argument("--enrolment-code", metavar="CODE", default=None,

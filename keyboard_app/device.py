@@ -67,7 +67,7 @@ def load_history(path: Path, data_dir: Path) -> HistoryStore:
 
 def run(args: argparse.Namespace) -> int:
     history = load_history(args.history, args.data_dir)
-    from keyboard_app.runtime import DeviceRuntime  # torch: after the cheap checks
+    from keyboard_app.runtime import DeviceRuntime  # the model runtime: after the cheap checks
     eligibility = Eligibility(EligibilitySettings(idle_seconds=0, min_new_messages=0,
                                                   network_metered=args.metered))
     runtime = DeviceRuntime(args.data_dir, args.server, history=history, eligibility=eligibility,

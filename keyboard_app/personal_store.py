@@ -1,7 +1,7 @@
 """The person's learned words on the device: SQLite beside the typing history.
 
 `personal.sqlite` in the app's data folder (created with mode 0600, deleted rows overwritten
-on disk) holds every count of `model.personal.PersonalModel` (1- to 4-grams, by word, never by token id: a new global model or tokenizer keeps them), the forms written
+on disk) holds every count of `model.personal.PersonalModel` (1- to 3-grams, by word, never by token id: a new global model or tokenizer keeps them), the forms written
 with capitals, whether learning is paused, and what the layer learned of how much of it
 suits the person (`model.personal.Adaptation`, as JSON). It learns only what the history store kept
 (after its filters: never incognito or password fields, never long numbers or e-mail

@@ -1,6 +1,6 @@
 """The personal layer: one person's words and phrasing, learned on the device at once.
 
-`PersonalModel` counts the person's own words (unigrams, and 2- to 4-grams within a
+`PersonalModel` counts the person's own words (unigrams, and 2- and 3-grams within a
 message, a message starting with the context <s>), keyed by the words themselves, so it
 survives a new global model and a new tokenizer. It is plain data: `grams()` and
 `add_gram()` are all a store needs, `to_dict()`/`from_dict()` make it JSON.
@@ -8,7 +8,7 @@ survives a new global model and a new tokenizer. It is plain data: `grams()` and
 `PersonalLayer` binds a model to one global vocabulary and mixes it with the global
 model's probabilities p_g(w | h), an interpolated Pitman-Yor n-gram whose base is the
 global model (d discount, th concentration of each level; n, T: count and distinct
-followers of the context; a 4-gram level on top works the same way):
+followers of the context; the trigram level on top works the same way):
 
     p(w | u v) = (c3(u v w) - d3)+ / (n3 + th3) + (th3 + d3 T3) / (n3 + th3) * p2(w | v)
     p2(w | v)  = (c2(v w) - d2)+ / (n2 + th2)   + (th2 + d2 T2) / (n2 + th2) * p1(w)
