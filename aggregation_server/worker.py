@@ -13,6 +13,7 @@ import logging
 import threading
 
 from aggregation_server.rounds import RoundService
+from federated.privacy import load_accountant
 
 log = logging.getLogger("aggregation_server.worker")
 
@@ -35,6 +36,7 @@ class RoundWorker(threading.Thread):
         self._wake.set()
 
     def run(self) -> None:
+        load_accountant()  # here, not inside the first round's close (benchmarks/server_ingest)
         while not self._stopped.is_set():
             self._wake.wait(self.seconds if self.seconds > 0 else None)
             self._wake.clear()

@@ -114,6 +114,12 @@ def norm_bound(clip_norm: float, stddev: float, num_params: int, tail: float = 6
     return clip_norm + stddev * (math.sqrt(num_params) + tail)
 
 
+def load_accountant() -> None:
+    """Import dp-accounting now: it pulls in scipy (about a second), which the functions below
+    otherwise pay on their first call, such as inside a server's first round close."""
+    from dp_accounting.rdp import RdpAccountant  # noqa: F401
+
+
 def composed_epsilon(noise_multipliers: list[float], delta: float) -> float:
     """Epsilon at `delta` of a sequence of Gaussian mechanisms with these (possibly
     different) noise multipliers, composed, from the RDP accountant of `dp-accounting`.
