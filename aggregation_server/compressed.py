@@ -4,9 +4,10 @@
 
 The parameters are a function of the round's config, its id and its model's sha256
 (`round_seed`), so every process derives the same ones and nothing new is stored.
-What bounds one device's influence: an honest device clips before compressing; the
-server refuses an upload (plain) or a sum (secure) whose centred integers are longer than
-the sensitivity plus the noise allow (`privacy.norm_bound` in integer units).
+What bounds one device's influence: an honest device clips its update to C and the
+kept part to C_kept before compressing (`federated.compression`); the server refuses an
+upload (plain) or a sum (secure) whose centred integers are longer than the sensitivity
+(from C_kept) plus the noise allow (`privacy.norm_bound` in integer units).
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def noise_sigma(spec: Compression, config: RoundConfig) -> float:
 def out_of_range(words: np.ndarray, spec: Compression, config: RoundConfig,
                  reports: int = 1) -> str | None:
     """Why these words (one upload, or the modular sum of `reports`) are longer than honest
-    devices make them, or None."""
+    devices make them (Delta, from C_kept, plus the noise), or None."""
     norm = float(np.linalg.norm(spec.centred(words)))
     bound = reports * privacy.norm_bound(spec.sensitivity, noise_sigma(spec, config), spec.kept)
     if norm <= bound:

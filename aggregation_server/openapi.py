@@ -196,7 +196,8 @@ TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "clip_norm
                              "sha256 of /v1/models/{version}/compact, the int8 download"},
     "compression": {"type": "object", "description": "rounds with compression 'ddg16': "
                     "federated.compression Compression.to_dict() (seed, kept, block, bits, "
-                    "scale); the device checks it and adds its discrete Gaussian noise"}})
+                    "scale, clip_norm, kept_clip_norm); the device checks it (kept_clip_norm "
+                    "must be the one it derives) and adds its discrete Gaussian noise"}})
 
 IDENTITY_KEY = {"type": "string", "description": "the device's Ed25519 public key, "
                                                  "base64url of its 32 raw bytes"}

@@ -5,6 +5,7 @@ the same fleets with float32 and compressed uploads, without and with noise.
     .venv/bin/python benchmarks/compression.py sizes [--repeats 7]
     .venv/bin/python benchmarks/compression.py quality --rounds 4 --devices-per-round 10 \
         --max-examples 100 [--run-dir runs/compression]
+    .venv/bin/python benchmarks/compression.py kept-norms [--devices 40 --seeds 20]
 
 `sizes`: the project's LSTM (1,554,628 parameters), a secure round of 20 reports out of 26
 tasks (h = 14 honest at the default dishonest share), z = 1, C = 1. Bytes are the real
@@ -16,6 +17,13 @@ its row is 64 bits per parameter (the issue's figure for its defaults), computed
 measured. Times are medians of `--repeats` runs in one thread: the device's flatten +
 clip-checked rotation, rounding and discrete Gaussian noise, the server's centring,
 inverse rotation and scatter of a modular sum (the same for a plain upload).
+
+`kept-norms`: how often the kept-subspace clip (`federated.compression.kept_clip_norm`)
+binds on real updates, for several slacks s: `--devices` `federated` senders (never `valid`
+or `test`) each train one local round of the demo's DP fleet (at most 100 messages) from the
+shipped model on the device's NumPy runtime; each update, clipped to C, meets `--seeds`
+round seeds; the ratio r = ||x[S]|| / (sqrt(kept / d) ||x||) binds at slack s when
+r > s ||x|| / C (always r > s when the update was clipped to C, as DP updates are).
 
 `quality`: four fleets of the demo's configuration (`fleet.demo.DemoConfig`: FedAvgM, 10%
 dropout, secure rounds unless --no-secure-aggregation; with noise: z = 1, C = 0.1, no
@@ -48,6 +56,7 @@ from model.evaluate import machine  # noqa: E402
 
 TARGET, CAPACITY, HONEST_SHARE = 20, 26, 1 / 3
 FLOWER_BITS = 64
+KEPT_SLACKS = (1.0, 1.05, 1.1, 1.15, 1.2, 1.3, 1.5)
 
 
 def median_seconds(run: Callable[[], Any], repeats: int) -> float:
@@ -170,6 +179,57 @@ def quality(rounds: int, devices: int, max_examples: int, run_dir: Path,
     return rows
 
 
+def kept_norms(devices: int, seeds: int, slacks: tuple[float, ...]) -> dict[str, Any]:
+    """The kept part's norm against its expectation, on real local updates (module doc)."""
+    import hashlib
+
+    from data import load_split
+    from device_model.tokenizer import DeviceTokenizer
+    from federated.compression import Compression, kept_clip_norm
+    from federated.protocol import TrainParams
+    from fleet.demo import DemoConfig
+    from keyboard_app.local_training import local_delta, sample_messages, train_config
+    from model.checkpoint import model_to_bytes
+    from model.compress import load_any
+    from model.paths import SHIPPED_MODEL, SHIPPED_TOKENIZER
+    fleet = DemoConfig(max_examples=100).fleet(True)
+    params = TrainParams(fleet.local_epochs, fleet.batch_size, fleet.client_lr,
+                         fleet.client_optimizer, fleet.max_examples)
+    global_bytes = model_to_bytes(*load_any(SHIPPED_MODEL))
+    sha = hashlib.sha256(SHIPPED_MODEL.read_bytes()).hexdigest()  # the seeds: reproducible
+    tokenizer = DeviceTokenizer.load(SHIPPED_TOKENIZER)
+    population = load_split("federated")
+    picked = np.random.default_rng(0).choice(len(population), devices, replace=False)
+    shapes, flats = model_shapes(), []
+    for i, index in enumerate(sorted(picked)):
+        config = train_config(params, seed=i)
+        delta, _, _ = local_delta(global_bytes, tokenizer, sample_messages(
+            population[index].messages, params.max_examples, i), config)
+        flats.append(flatten(delta, shapes).astype(np.float64))
+    d, norms = flats[0].size, [float(np.linalg.norm(x)) for x in flats]
+    clips = (fleet.clip_norm, DemoConfig().clip_norm)  # the DP fleets' C, the others'
+    ratios, binds = [], {(c, s): 0 for c in clips for s in slacks}
+    cut = dict.fromkeys(binds, 0.0)  # the share of the kept part's norm the clip removes
+    for r in range(seeds):
+        spec = Compression.plan(round_seed(r + 1, sha), d, 1.0, 1.0, 26, 14)
+        for x, norm in zip(flats, norms):
+            share = float(np.linalg.norm(spec.selected(x / norm)))  # of a unit update
+            ratios.append(share / np.sqrt(spec.kept / d))
+            for c, s in binds:  # the update clipped to c: its kept part is share * min(norm, c)
+                over = share * min(norm, c) / kept_clip_norm(c, d, spec.kept, s)
+                binds[c, s] += over > 1
+                cut[c, s] += max(0.0, 1 - 1 / over)
+    pairs = len(ratios)
+    return {"machine": machine(), "devices": devices, "seeds": seeds, "pairs": pairs,
+            "update_norm_quantiles": np.quantile(norms, [0, .1, .5, .9, 1]).round(4).tolist(),
+            "ratio_quantiles": np.quantile(ratios, [0, .01, .1, .5, .9, .99, 1]
+                                           ).round(4).tolist(),
+            "binds": {f"C={c:g}": {f"s={s:g}": binds[c, s] / pairs for s in slacks}
+                      for c in clips},
+            "mean_norm_removed": {f"C={c:g}": {f"s={s:g}": round(cut[c, s] / pairs, 6)
+                                               for s in slacks} for c in clips}}
+
+
 def print_quality(rows: list[dict[str, Any]]) -> None:
     print("\n| model | top-1 | top-3 | perplexity | rounds closed | epsilon (server / users) |")
     print("|---|---|---|---|---|---|")
@@ -186,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="what", required=True)
     s = sub.add_parser("sizes")
     s.add_argument("--repeats", type=int, default=7)
+    k = sub.add_parser("kept-norms")
+    k.add_argument("--devices", type=int, default=40)
+    k.add_argument("--seeds", type=int, default=20)
     q = sub.add_parser("quality")
     q.add_argument("--rounds", type=int, default=8)
     q.add_argument("--devices-per-round", type=int, default=20)
@@ -202,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "sizes":
         result = sizes(args.repeats)
         print_sizes(result)
+        return 0
+    if args.what == "kept-norms":
+        print(json.dumps(kept_norms(args.devices, args.seeds, KEPT_SLACKS), indent=1))
         return 0
     args.run_dir.mkdir(parents=True, exist_ok=True)
     print(json.dumps(machine()), flush=True)

@@ -6,8 +6,10 @@ device and server derive it and neither picks it) fixes
 1. a random subset S of `kept` of the d coordinates (in random order), cut into blocks of
    `block` (a power of two) coordinates, and
 2. random signs xi for a randomized Hadamard rotation of each block, R = H diag(xi) / sqrt(B).
-A device clips its update x to ||x|| <= C (done before, `privacy.clip`), takes y = x[S]
-(||y|| <= C), rotates and scales it, z = gamma * R y (||z|| <= c = gamma * C), rounds z
+A device clips its update x to ||x|| <= C (done before, `privacy.clip`), takes y = x[S] and
+clips it again, in the kept subspace, to ||y|| <= C_kept = C min(1, s sqrt(k / d))
+(`kept_clip_norm`; k the real, not padding, coordinates of S; s = `KEPT_CLIP_SLACK`),
+rotates and scales it, z = gamma * R y (||z|| <= c = gamma * C_kept), rounds z
 stochastically to integers, again until ||q|| <= Delta (conditional randomized rounding,
 KLS Algorithm 2; one retry is needed with probability below `ROUNDING_BETA`), adds
 discrete Gaussian noise N_Z(0, sigma^2) to every coordinate (integers: exact under
@@ -16,16 +18,29 @@ vectors, read as centred integers, is the integer sum unless a coordinate of it 
 (-2^(bits-1), 2^(bits-1)) (modular clipping; `Compression.plan` picks gamma so that this
 has probability below `MODULAR_CLIP_PROBABILITY` per round); it divides by gamma, rotates
 back, scatters to S and multiplies by d / kept, an unbiased estimate of the sum of the
-clipped updates over the random subset (`decode_sum`).
+clipped updates over the random subset (`decode_sum`) while the second clip does not bind.
+
+Why the second clip: S is public before the device trains, so the privacy bound must hold
+for an update that puts all its norm on S. Clipped only to C, the sensitivity is gamma * C
+on `kept` coordinates, and the d / kept rescale then gives the decoded mean d / kept (4.13
+here) times the float path's noise energy. A random subset of k of d coordinates carries
+k / d of an update's squared norm on average, so C sqrt(k / d) is the kept part's typical
+norm at ||x|| = C; clipping to s times that (s a little above 1, so that the clip seldom
+binds on real updates: measured in BENCHMARKS.md) bounds every device's contribution to
+the released sum by C_kept whatever its data, since the clip is deterministic once the
+public seed is fixed. The sensitivity Delta, the noise z Delta / sqrt(h) and the scale all
+follow C_kept, so the epsilon of a noise multiplier is unchanged and the decoded noise
+energy is s^2 times the float path's. "ddg16-full" keeps every coordinate: C_kept = C.
 
 Sizes: bits = 16 and kept = the largest multiple of the block with bits * kept <= 4 * d, so
 an upload is at most 4 bits per parameter (3.88 for this project's LSTM: kept = 23 blocks of
 2^14 = 376,832 of 1,554,628 coordinates). Privacy of the sum is in `federated.privacy`
 (`ddg_rho`): Delta (`Compression.sensitivity`) is the L2 sensitivity in integer units,
 sigma the noise each honest device adds, and the sum of h honest devices' noise satisfies
-KLS's Theorem 1. A tampered device can still add any words modulo 2^16 (no range proofs):
-the server checks the norm of the centred sum, as for fixed-point rounds. NumPy only; no
-networking.
+KLS's Theorem 1. The device derives C_kept itself from C, d and k (the task's
+`kept_clip_norm` must agree, `from_dict`), so a server cannot widen it. A tampered device
+can still add any words modulo 2^16 (no range proofs): the server checks the norm of the
+centred sum, as for fixed-point rounds. NumPy only; no networking.
 """
 from __future__ import annotations
 
@@ -46,6 +61,9 @@ MODULAR_CLIP_PROBABILITY = 1e-9  # at most this chance that a round's sum wraps 
 ROUNDING_BETA = 1e-4  # conditional rounding: chance that one rounding must be redone
 SIGMA_MIN = 4.0  # integer units: KLS's slack tau is then below 1e-60 (`privacy.ddg_rho`)
 SEED_BYTES = 32
+# s: the kept part of an update is clipped to s * C * sqrt(kept / d) (measured on real
+# updates in BENCHMARKS.md, "Compressed uploads": how often each s binds)
+KEPT_CLIP_SLACK = 1.05
 _SEED_CONTEXT = b"private-keyboard/compression-1"
 
 
@@ -76,6 +94,13 @@ def layout(dimension: int, bits: int = BITS, scheme: str = SCHEMES[0]) -> tuple[
         raise CompressionError(f"{dimension} coordinates are too few to compress")
     block = min(BLOCK, 1 << (budget.bit_length() - 1))
     return budget // block * block, block
+
+
+def kept_clip_norm(clip_norm: float, dimension: int, kept: int,
+                   slack: float = KEPT_CLIP_SLACK) -> float:
+    """C_kept = C min(1, s sqrt(k / d)), k = min(kept, d) the real kept coordinates: the
+    norm the kept part of an update is clipped to (public: no data goes into it)."""
+    return clip_norm * min(1.0, slack * math.sqrt(min(kept, dimension) / dimension))
 
 
 def rounded_norm_bound(c: float, kept: int, beta: float = ROUNDING_BETA) -> float:
@@ -146,7 +171,7 @@ class Compression:
     block: int  # Hadamard block size, a power of two
     bits: int  # the modulus is 2^bits
     scale: float  # gamma: integer units per unit of the update
-    clip_norm: float  # C
+    clip_norm: float  # C (the kept part is clipped to `kept_clip`, derived from it)
     scheme: str = SCHEMES[0]
 
     def __post_init__(self) -> None:
@@ -181,15 +206,15 @@ class Compression:
         tight (sigma below SIGMA_MIN)."""
         kept, block = layout(dimension, BITS, scheme)
         base = cls(seed, dimension, kept, block, BITS, 1.0, clip_norm, scheme)
-        low, high = 1e-9, 1e12
-        if not base._fits(noise_multiplier, clients, honest, low / clip_norm):
+        low, high, norm = 1e-9, 1e12, base.kept_clip
+        if not base._fits(noise_multiplier, clients, honest, low / norm):
             raise CompressionError(f"a {BITS}-bit modulus cannot hold the sum of {clients} "
                                    "devices")
         for _ in range(200):
             mid = math.sqrt(low * high)
             low, high = (mid, high) if base._fits(noise_multiplier, clients, honest,
-                                                  mid / clip_norm) else (low, mid)
-        spec = cls(seed, dimension, kept, block, BITS, low / clip_norm, clip_norm, scheme)
+                                                  mid / norm) else (low, mid)
+        spec = cls(seed, dimension, kept, block, BITS, low / norm, clip_norm, scheme)
         sigma = spec.noise_sigma(noise_multiplier, honest)
         if 0 < sigma < SIGMA_MIN:
             raise CompressionError(
@@ -200,7 +225,7 @@ class Compression:
         return spec
 
     def _fits(self, z: float, clients: int, honest: int, scale: float) -> bool:
-        c = scale * self.clip_norm
+        c = scale * self.kept_clip
         sigma = z * rounded_norm_bound(c, self.kept) / math.sqrt(honest)
         return self._wrap_bound(clients, sigma, c) < self.modulus // 2
 
@@ -209,7 +234,7 @@ class Compression:
         MODULAR_CLIP_PROBABILITY: all signal in one block and aligned (n c / sqrt(B) per
         rotated coordinate, sub-Gaussian over the signs), the noise's sum (sub-Gaussian,
         variance n sigma^2), and the rounding (< 1 per device)."""
-        c = self.scale * self.clip_norm if c is None else c
+        c = self.scale * self.kept_clip if c is None else c
         spread = math.sqrt((clients * c) ** 2 / self.block + clients * sigma ** 2)
         return _tail(self.kept) * spread + clients
 
@@ -218,9 +243,14 @@ class Compression:
         return 1 << self.bits
 
     @property
+    def kept_clip(self) -> float:
+        """C_kept: the norm the kept part of an update is clipped to (`kept_clip_norm`)."""
+        return kept_clip_norm(self.clip_norm, self.dimension, self.kept)
+
+    @property
     def sensitivity(self) -> float:
         """Delta: one device's L2 norm before noise, in integer units (after rounding)."""
-        return rounded_norm_bound(self.scale * self.clip_norm, self.kept)
+        return rounded_norm_bound(self.scale * self.kept_clip, self.kept)
 
     def noise_sigma(self, noise_multiplier: float, honest: int) -> float:
         """The discrete Gaussian's sigma each device adds so that `honest` devices' noise
@@ -240,21 +270,35 @@ class Compression:
     # --- device ------------------------------------------------------------------------------
     def encode(self, update: np.ndarray, sigma: float,
                rng: np.random.Generator) -> np.ndarray:
-        """The clipped flat update (norm <= C) as `kept` words mod 2^bits, noise included."""
+        """The clipped flat update (norm <= C) as `kept` words mod 2^bits, its kept part
+        clipped to C_kept, noise included."""
+        y = self.kept_part(update)
+        signs = _selection(self.seed, self.dimension, self.kept)[1]
+        rotated = _fwht((y * signs).reshape(-1, self.block)).ravel()
+        z = rotated * (self.scale / math.sqrt(self.block))
+        q = self._round(z, rng)
+        q += discrete_gaussian(sigma, self.kept, rng)
+        return np.mod(q, self.modulus).astype(np.uint16)
+
+    def selected(self, update: np.ndarray) -> np.ndarray:
+        """x[S], zero-padded to `kept`, of the flat update x (clipped to C)."""
         x = np.asarray(update, dtype=np.float64).ravel()
         if x.shape != (self.dimension,) or not np.isfinite(x).all():
             raise CompressionError(f"update must be {self.dimension} finite values")
         norm = float(np.linalg.norm(x))
         if norm > self.clip_norm:  # clipped before; float32 rounding may leave a hair over
             x = x * (self.clip_norm / norm)
-        order, signs = _selection(self.seed, self.dimension, self.kept)
+        order = _selection(self.seed, self.dimension, self.kept)[0]
         y = np.zeros(self.kept)
         y[:order.size] = x[order]  # "-full": zeros pad the last block
-        rotated = _fwht((y * signs).reshape(-1, self.block)).ravel()
-        z = rotated * (self.scale / math.sqrt(self.block))
-        q = self._round(z, rng)
-        q += discrete_gaussian(sigma, self.kept, rng)
-        return np.mod(q, self.modulus).astype(np.uint16)
+        return y
+
+    def kept_part(self, update: np.ndarray) -> np.ndarray:
+        """`selected(update)` clipped to ||y|| <= C_kept: what the device rotates, rounds
+        and noises."""
+        y = self.selected(update)
+        norm, bound = float(np.linalg.norm(y)), self.kept_clip
+        return y * (bound / norm) if norm > bound else y
 
     def _round(self, z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Stochastic rounding, redone until ||q|| <= Delta (KLS's conditional rounding)."""
@@ -292,12 +336,16 @@ class Compression:
     def to_dict(self) -> dict:
         return {"scheme": self.scheme, "seed": self.seed.hex(), "dimension": self.dimension,
                 "kept": self.kept, "block": self.block, "bits": self.bits,
-                "scale": self.scale, "clip_norm": self.clip_norm}
+                "scale": self.scale, "clip_norm": self.clip_norm,
+                "kept_clip_norm": self.kept_clip}
 
     @classmethod
     def from_dict(cls, data: object) -> Compression:
-        """Parse and check a task's compression part; CompressionError says what is wrong."""
-        keys = {"scheme", "seed", "dimension", "kept", "block", "bits", "scale", "clip_norm"}
+        """Parse and check a task's compression part; CompressionError says what is wrong.
+        `kept_clip_norm` is not taken from the server: it must be the one this side derives
+        (`kept_clip_norm`), so a server with another rule (a larger slack) is refused."""
+        keys = {"scheme", "seed", "dimension", "kept", "block", "bits", "scale", "clip_norm",
+                "kept_clip_norm"}
         if not isinstance(data, dict) or set(data) != keys:
             raise CompressionError(f"compression must be an object with exactly {sorted(keys)}")
         if data["scheme"] not in SCHEMES:
@@ -306,11 +354,17 @@ class Compression:
         if any(type(v) is not int for v in ints):
             raise CompressionError("compression dimension, kept, block and bits must be integers")
         if any(isinstance(data[k], bool) or not isinstance(data[k], (int, float))
-               for k in ("scale", "clip_norm")):
-            raise CompressionError("compression scale and clip_norm must be numbers")
+               for k in ("scale", "clip_norm", "kept_clip_norm")):
+            raise CompressionError("compression scale, clip_norm and kept_clip_norm must be "
+                                   "numbers")
         seed = data["seed"]
         if not (isinstance(seed, str) and len(seed) == 2 * SEED_BYTES
                 and all(ch in "0123456789abcdef" for ch in seed)):
             raise CompressionError(f"compression seed must be {2 * SEED_BYTES} hex digits")
-        return cls(bytes.fromhex(seed), *ints, float(data["scale"]), float(data["clip_norm"]),
+        spec = cls(bytes.fromhex(seed), *ints, float(data["scale"]), float(data["clip_norm"]),
                    data["scheme"])
+        if not math.isclose(float(data["kept_clip_norm"]), spec.kept_clip, rel_tol=1e-12):
+            raise CompressionError(
+                f"compression kept_clip_norm {data['kept_clip_norm']!r} is not "
+                f"C min(1, {KEPT_CLIP_SLACK:g} sqrt(kept / d)) = {spec.kept_clip!r}")
+        return spec

@@ -219,7 +219,8 @@ def round_compression(seed: bytes, dimension: int, clip_norm: float, noise_multi
                       scheme: str = "ddg16") -> Compression:
     """A compressed round's parameters: secure rounds' scale lets the modular sum of all
     `capacity` devices, each adding z*Delta/sqrt(h), stay inside the modulus; plain rounds'
-    lets one upload with the full z*Delta do so (the server decodes each alone)."""
+    lets one upload with the full z*Delta do so (the server decodes each alone). Delta is
+    the rounded sensitivity of the kept part's clip C_kept (`Compression.kept_clip`)."""
     h = honest_reports(min_reports, dishonest_share)
     return Compression.plan(seed, dimension, clip_norm, noise_multiplier,
                             clients=capacity if secure else 1, honest=h if secure else 1,
@@ -232,7 +233,8 @@ def compressed_noise(spec: Compression, noise_multiplier: float, min_reports: in
     """(sigma, against the server, against model users) of one device in a compressed round
     (`spec`: a `federated.compression.Compression`): sigma is the discrete Gaussian's in
     integer units, z * Delta / sqrt(h) in secure rounds and z * Delta in plain ones (the
-    same rule as `device_noise_stddev`, with the rounded sensitivity Delta in place of C);
+    same rule as `device_noise_stddev`, with the rounded sensitivity Delta of the kept
+    part's clip C_kept in place of C);
     the two are the Gaussian multipliers (`zcdp_multiplier`) of `ddg_rho` for what each
     adversary sees: the sum of the h honest reports (secure; model users always), or
     this device's own upload (plain, against the server). With sigma >= SIGMA_MIN (the

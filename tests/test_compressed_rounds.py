@@ -16,7 +16,7 @@ from aggregation_server.compressed import spec_for
 from device_model.checkpoint import weights_from_bytes
 from aggregation_server.config import RoundConfig
 from federated import privacy
-from federated.compression import Compression, round_seed
+from federated.compression import Compression, kept_clip_norm, round_seed
 from federated.secagg import MaskedInput, SharesRelay, flatten, unflatten
 from federated.protocol import Task
 from federated.wire import Update, WireError, encode_compressed_update, tensors_from_bytes
@@ -97,6 +97,28 @@ def test_bad_compressed_uploads_are_refused_and_change_nothing(plain, case, stat
                                                 spec.seed),
     }[case]()
     refused(server.upload(device, task["round_id"], body), status, code, needle)
+    _assert_unchanged(server, device, task)
+    accepted(server.upload(device, task["round_id"], compressed_body(task, words, spec.seed)))
+
+
+def test_an_upload_whose_kept_part_was_not_clipped_to_c_kept_is_refused(start_server):
+    """Without noise the server's norm check is exact: words from a kept part of norm C (a
+    device that skipped the clip in the kept subspace) are refused with 422 and nothing
+    changes; the same update through the codec is accepted."""
+    server = start_server(round={**COMPRESSED, "noise_multiplier": 0.0, "epsilon_budget": None})
+    device = server.enrol()
+    task = server.task(device)
+    spec = Compression.from_dict(task["compression"])
+    assert spec.kept_clip < 0.6 * spec.clip_norm and task["noise_multiplier"] == 0
+    x = np.zeros(spec.dimension)  # all of C on the kept coordinates
+    index = np.flatnonzero(spec.selected(np.ones(spec.dimension) * 1e-9))
+    x[index] = np.random.default_rng(3).normal(size=index.size)
+    x *= spec.clip_norm / np.linalg.norm(x)
+    words = spec.encode(x, 0.0, np.random.default_rng(4))
+    widened = np.mod(np.rint(spec.centred(words) * (spec.clip_norm / spec.kept_clip)),
+                     2 ** 16).astype(np.uint16)  # the kept part at norm C
+    refused(server.upload(device, task["round_id"], compressed_body(task, widened, spec.seed)),
+            422, "norm_too_large", "integer units")
     _assert_unchanged(server, device, task)
     accepted(server.upload(device, task["round_id"], compressed_body(task, words, spec.seed)))
 
@@ -186,11 +208,16 @@ def test_the_ledger_counts_a_compressed_round_by_its_own_noise_over_delta(plain,
 
 @pytest.mark.parametrize("change, message", [
     ({"seed": "00" * 32}, "the seed or clip norm is not the round's"), ({"bits": 8}, "bits"),
-    ({"clip_norm": 0.5}, "the seed or clip norm is not the round's")])
+    ({"clip_norm": 0.5}, "the seed or clip norm is not the round's"),
+    ({"kept_clip_norm": 1.0}, "kept_clip_norm 1.0 is not C min")])
 def test_the_device_does_not_parse_parameters_that_are_not_the_rounds(plain, change, message):
     _, _, task = plain
+    data = {**task["compression"], **change}
+    if "clip_norm" in change:  # a consistent spec for another C: still not the round's
+        data["kept_clip_norm"] = kept_clip_norm(change["clip_norm"], data["dimension"],
+                                                data["kept"])
     with pytest.raises(WireError, match=f"task 'compression': .*{message}"):
-        Task.from_json({**task, "compression": {**task["compression"], **change}})
+        Task.from_json({**task, "compression": data})
 
 
 def test_the_device_refuses_a_modulus_that_could_wrap_its_noise(plain):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from federated import privacy
-from federated.compression import (MAX_BITS_PER_PARAM, Compression, CompressionError,
-                                   discrete_gaussian, layout, round_seed)
+from federated.compression import (KEPT_CLIP_SLACK, MAX_BITS_PER_PARAM, Compression,
+                                   CompressionError, discrete_gaussian, kept_clip_norm, layout,
+                                   rounded_norm_bound, round_seed)
 from federated.secagg import ModularIntegers, SecAggClient, SecAggServerRound, crypto
 from federated.secagg.encoding import EncodingError
 from test_secagg import Sim, det_bytes
@@ -59,6 +60,66 @@ def test_modular_sum_of_noised_updates_decodes_within_the_expected_error(z):
     expected = math.sqrt(spec.kept * n * (sigma ** 2 + 0.25)) / spec.scale
     assert np.linalg.norm(err) <= 1.1 * expected
     assert kept.size == spec.kept
+
+
+def kept_coordinates(spec: Compression) -> np.ndarray:
+    """The round's kept coordinates, in the codec's order (read through `selected`)."""
+    numbers = np.arange(1.0, spec.dimension + 1)
+    shrink = 2 * np.linalg.norm(numbers) / spec.clip_norm  # under C: `selected` leaves it
+    picked = np.rint(spec.selected(numbers / shrink) * shrink).astype(int) - 1
+    return picked[picked >= 0]
+
+
+def test_an_update_with_all_its_norm_on_the_kept_coordinates_is_clipped_to_c_kept():
+    """The seed is public before training, so a device's data could put all of C on the
+    kept coordinates: the codec clips the kept part to C_kept = C s sqrt(kept / d), and its
+    integers stay within Delta, computed from C_kept (the sensitivity the noise is sized to)."""
+    d = 20_000
+    spec = Compression.plan(SEED, d, 1.0, 1.0, clients=10, honest=7)
+    assert spec.kept_clip == pytest.approx(KEPT_CLIP_SLACK * math.sqrt(spec.kept / d))
+    assert spec.kept_clip < 0.6
+    assert spec.sensitivity == rounded_norm_bound(spec.scale * spec.kept_clip, spec.kept)
+    rng = np.random.default_rng(8)
+    index = kept_coordinates(spec)
+    x = np.zeros(d)
+    x[index] = rng.normal(size=index.size)
+    x /= np.linalg.norm(x)  # ||x|| = C = 1, all of it on S
+    y = spec.kept_part(x)
+    assert np.linalg.norm(y) == pytest.approx(spec.kept_clip)
+    np.testing.assert_allclose(y, x[index] * spec.kept_clip)  # a scaling, nothing else
+    words = spec.encode(x, 0.0, rng)
+    q = np.linalg.norm(spec.centred(words))
+    assert spec.scale * spec.kept_clip * 0.99 <= q <= spec.sensitivity < spec.scale * 0.6
+    decoded = spec.decode_sum(words)  # the clipped kept part, times d / kept
+    assert np.linalg.norm(decoded) == pytest.approx(spec.kept_clip * d / spec.kept, rel=1e-3)
+    spread = rng.normal(size=d)  # an update spread over all coordinates: not clipped again
+    spread /= np.linalg.norm(spread)
+    np.testing.assert_array_equal(spec.kept_part(spread), spec.selected(spread))
+
+
+def test_c_kept_is_public_and_never_above_c():
+    assert kept_clip_norm(0.1, 1_554_628, 376_832) == pytest.approx(
+        0.1 * KEPT_CLIP_SLACK * math.sqrt(376_832 / 1_554_628))
+    assert kept_clip_norm(0.5, 1000, 1024) == 0.5  # "ddg16-full": every coordinate kept
+    assert kept_clip_norm(0.5, 1000, 900, slack=2.0) == 0.5
+    full = Compression.plan(SEED, 20_000, 0.5, 1.0, clients=6, honest=4, scheme="ddg16-full")
+    assert full.kept_clip == 0.5
+
+
+@pytest.mark.parametrize("secure", [True, False])
+def test_the_decoded_noise_is_the_slack_squared_times_the_float_paths(secure):
+    """Sized to C_kept, the noise of the decoded sum carries s^2 times the float path's
+    energy (z C per coordinate over the honest reports), not d / kept times."""
+    n, d, z = (10, 20_000, 1.0) if secure else (1, 20_000, 1.0)
+    h = 7 if secure else 1
+    spec = Compression.plan(SEED, d, 1.0, z, clients=n, honest=h)
+    sigma = spec.noise_sigma(z, h)
+    rng = np.random.default_rng(9)
+    total = spec.decode_sum(modular_sum([spec.encode(np.zeros(d), sigma, rng)
+                                         for _ in range(n)]))
+    float_energy = d * n * (z * 1.0 / math.sqrt(h)) ** 2
+    assert np.sum(total ** 2) / float_energy == pytest.approx(KEPT_CLIP_SLACK ** 2, rel=0.05)
+    assert d / spec.kept > 3.9  # what it was before the kept part was clipped
 
 
 def test_the_decoded_sum_is_unbiased_over_seeds():
@@ -179,7 +240,9 @@ def test_the_seed_is_derived_not_chosen():
     ({"bits": 32}, "bits must be 16"), ({"kept": 1000}, "multiple of the block"),
     ({"block": 1000}, "power of two"), ({"scale": -1.0}, "scale"),
     ({"seed": "00"}, "seed"), ({"scheme": "topk"}, "scheme"), ({"extra": 1}, "exactly"),
-    ({"kept": 2 ** 14 * 24}, "over 4 bits")])
+    ({"kept": 2 ** 14 * 24}, "over 4 bits"),
+    ({"kept_clip_norm": 1.0}, "kept_clip_norm .* is not C min"),
+    ({"kept_clip_norm": "0.5"}, "must be numbers")])
 def test_malformed_parameters_are_refused(change, message):
     data = Compression.plan(SEED, MODEL_PARAMS, 1.0, 1.0, 26, 14).to_dict()
     with pytest.raises(CompressionError, match=message):
@@ -204,7 +267,7 @@ def test_the_full_scheme_keeps_every_coordinate_at_sixteen_bits():
     assert (kept, block) == (95 * 2 ** 14, 2 ** 14) and kept >= MODEL_PARAMS
     n, d, h = 6, 20_000, 4
     spec = Compression.plan(SEED, d, 1.0, 0.5, clients=n, honest=h, scheme="ddg16-full")
-    assert Compression.from_dict(spec.to_dict()) == spec
+    assert Compression.from_dict(spec.to_dict()) == spec and spec.kept_clip == spec.clip_norm
     sigma = spec.noise_sigma(0.5, h)
     xs = clipped_updates(n, d, 0.9)
     rng = np.random.default_rng(5)
