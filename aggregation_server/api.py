@@ -183,7 +183,7 @@ def evaluation_report(round_id: int):
     if max(declared, len(body)) > MAX_REPORT_BYTES:
         raise ApiError(413, "too_large", f"an evaluation report is at most {MAX_REPORT_BYTES} "
                                          "bytes")
-    return jsonify(evaluation.submit(service(), device, round_id, key, body)), 202
+    return jsonify(service().submit(device, round_id, key, body, via="evaluation")), 202
 
 
 @rounds.get(STATUS)

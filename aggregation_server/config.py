@@ -145,15 +145,17 @@ class RoundConfig:
     def task(self, round_id: int, model_version: int, model_sha256: str, deadline: float,
              **parts: Any) -> Task:
         """The training task a device gets in a round run on this config; `parts`: the
-        task's further fields (`secagg` in a secure round, `compression` and
-        `model_compact_sha256` in a compressed one)."""
+        task's further (or other) fields (`secagg` in a secure round, `compression` and
+        `model_compact_sha256` in a compressed one, `kind`, `evaluate` and no `train` in an
+        evaluation round)."""
         train = TrainParams(self.train_epochs, self.train_batch_size, self.train_lr,
                             self.train_optimizer, self.train_max_examples)
-        return Task(round_id=round_id, model_version=model_version, model_sha256=model_sha256,
-                    deadline=deadline, train=train, min_examples=self.min_examples,
-                    clip_norm=self.clip_norm, noise_multiplier=self.noise_multiplier,
-                    min_reports=self.min_reports, dishonest_share=self.dishonest_share,
-                    secure_aggregation=self.secure_aggregation, **parts)
+        return Task(**{**dict(
+            round_id=round_id, model_version=model_version, model_sha256=model_sha256,
+            deadline=deadline, train=train, min_examples=self.min_examples,
+            clip_norm=self.clip_norm, noise_multiplier=self.noise_multiplier,
+            min_reports=self.min_reports, dishonest_share=self.dishonest_share,
+            secure_aggregation=self.secure_aggregation), **parts})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

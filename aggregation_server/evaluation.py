@@ -1,4 +1,5 @@
-"""Federated evaluation rounds: devices score model versions where their text lives.
+"""Federated evaluation rounds: devices score model versions where their text lives; the
+round kind's policy, `EvaluationPolicy` (`strategy.RoundPolicy`).
 
 An evaluation round is a round of kind "evaluate" in the same life cycle as training
 (aggregation_server.rounds): the same check-in, capacity, deadline, minimum of reports,
@@ -24,56 +25,19 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregation_server import accounting
 from aggregation_server.config import RoundConfig
 from aggregation_server.db import ModelVersion, Round, Task
 from aggregation_server.errors import ApiError
-from aggregation_server.storage import sha256_hex
+from aggregation_server.strategy import Accepted, FedAvgPolicy, Upload
 from federated import evaluation as ev
 from federated import protocol
 
 if TYPE_CHECKING:
     from aggregation_server.rounds import RoundService
-
-
-def round_config(config: RoundConfig) -> RoundConfig:
-    """The config an evaluation round runs with: the live one, plain (each device adds the
-    full noise itself; seven numbers are not worth a secure-aggregation protocol run) and
-    uncompressed (there is no update to compress)."""
-    return replace(config, secure_aggregation=False, compression="none")
-
-
-def due(s: Session, config: RoundConfig, latest: ModelVersion) -> bool:
-    """Whether the next round should evaluate the latest version."""
-    if config.evaluate_every <= 0 or latest.version % config.evaluate_every:
-        return False
-    return s.scalar(select(Round.id).where(Round.kind == "evaluate",
-                                           Round.model_version == latest.version)
-                    .limit(1)) is None
-
-
-def plan(s: Session, service: RoundService, config: RoundConfig,
-         latest: ModelVersion) -> dict[str, Any]:
-    """What an evaluation round of `latest` evaluates: the versions (newest first, whose
-    files the server still has) and the word cap."""
-    versions = [latest]
-    previous = s.get(ModelVersion, latest.version - 1) if latest.version > 0 else None
-    if config.eval_previous and previous and service.blobs.exists(previous.path):
-        versions.append(previous)
-    return {"versions": [{"version": v.version, "sha256": v.sha256} for v in versions],
-            "max_words": config.eval_max_words}
-
-
-def task(r: Round, config: RoundConfig, model_sha256: str) -> protocol.Task:
-    """An evaluation task: the training task's privacy terms, no `train`, and what to score
-    (`config`: the round's, plain and uncompressed, `round_config`)."""
-    versions = tuple((v["version"], v["sha256"]) for v in r.evaluation["versions"])
-    return replace(config.task(r.id, r.model_version, model_sha256, r.deadline),
-                   train=None, kind="evaluate",
-                   evaluate=protocol.EvaluateParams(versions, r.evaluation["max_words"]))
 
 
 def parse_kinds(data: dict[str, Any]) -> tuple[str, ...]:
@@ -85,7 +49,76 @@ def parse_kinds(data: dict[str, Any]) -> tuple[str, ...]:
     return tuple(kinds)
 
 
-def _report(body: bytes, r: Round, config: RoundConfig) -> np.ndarray:
+class EvaluationPolicy(FedAvgPolicy):
+    """Evaluation rounds: who gets a task, when the round closes and what the server does
+    after an outage are a plain training round's (inherited); what runs it, its task, what
+    it accepts and its result (published figures, no model version) are its own."""
+
+    makes_version = False
+
+    def __init__(self, service: RoundService) -> None:
+        self.service = service
+
+    def due(self, s: Session, config: RoundConfig, latest: ModelVersion) -> bool:
+        """Whether the next round should evaluate the latest version."""
+        if config.evaluate_every <= 0 or latest.version % config.evaluate_every:
+            return False
+        return s.scalar(select(Round.id).where(Round.kind == "evaluate",
+                                               Round.model_version == latest.version)
+                        .limit(1)) is None
+
+    def round_config(self, config: RoundConfig) -> RoundConfig:
+        """The live config, plain (each device adds the full noise itself; seven numbers are
+        not worth a secure-aggregation protocol run) and uncompressed (there is no update to
+        compress)."""
+        return replace(config, secure_aggregation=False, compression="none")
+
+    def supports(self, config: RoundConfig) -> bool:
+        """Always: evaluation rounds are plain."""
+        return True
+
+    def plan(self, s: Session, config: RoundConfig, latest: ModelVersion) -> dict[str, Any]:
+        """What the round evaluates: the versions (newest first, whose files the server
+        still has) and the word cap."""
+        versions = [latest]
+        previous = s.get(ModelVersion, latest.version - 1) if latest.version > 0 else None
+        if config.eval_previous and previous and self.service.blobs.exists(previous.path):
+            versions.append(previous)
+        return {"versions": [{"version": v.version, "sha256": v.sha256} for v in versions],
+                "max_words": config.eval_max_words}
+
+    def task_fields(self, s: Session, r: Round, config: RoundConfig,
+                    device_id: str) -> dict[str, Any]:
+        """The training task's privacy terms, no `train`, and what to score."""
+        versions = tuple((v["version"], v["sha256"]) for v in r.evaluation["versions"])
+        return {"train": None, "kind": "evaluate",
+                "evaluate": protocol.EvaluateParams(versions, r.evaluation["max_words"])}
+
+    def accept(self, upload: Upload, r: Round, config: RoundConfig) -> Accepted:
+        """The report's sums if a faithful device could have sent them; 4xx otherwise."""
+        if upload.via != "evaluation":
+            raise ApiError(409, "evaluation_round",
+                           f"round {r.id} evaluates models: send the evaluation report "
+                           f"to /v1/rounds/{r.id}/evaluation, not an update")
+        return Accepted(None, None, {"sums": _sums(upload.body, r, config).tolist()})
+
+    def close(self, service: RoundService, round_id: int) -> None:
+        """Sum the round's reports, publish the aggregate with its noise intervals, and
+        forget the reports."""
+        with service.db.read() as s:
+            r = s.get(Round, round_id)
+            reports = [t.metrics["sums"] for t in s.scalars(select(Task).where(
+                Task.round_id == round_id, Task.state == "submitted"))]
+        result = summarize(r.evaluation, RoundConfig.from_dict(r.config), reports)
+        with service.db.write() as s:
+            r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
+            if r.state != "closing":
+                return
+            service.finish(s, r)
+            r.evaluation = {**r.evaluation, "result": result}
+
+
+def _sums(body: bytes, r: Round, config: RoundConfig) -> np.ndarray:
     """The report's sums if a faithful device could have sent them; 4xx otherwise."""
     try:
         data = json.loads(body)
@@ -101,48 +134,6 @@ def _report(body: bytes, r: Round, config: RoundConfig) -> np.ndarray:
                                accounting.device_noise_stddev(config))
     except ev.ReportError as err:
         raise ApiError(422, "invalid_report", str(err)) from None
-
-
-def submit(service: RoundService, device_id: str, round_id: int, key: str,
-           body: bytes) -> dict[str, Any]:
-    """Accept one evaluation report: check it whole, then store and charge in one
-    transaction; nothing changes when it is refused. The round worker closes the round."""
-    digest = sha256_hex(body)
-    r, config, earlier = service.report_round(device_id, round_id, key, digest)
-    if earlier is not None:
-        return earlier
-    if r.kind != "evaluate":
-        raise ApiError(409, "not_an_evaluation_round",
-                       f"round {round_id} trains a model: send an update to "
-                       f"/v1/rounds/{round_id}/update")
-    sums = _report(body, r, config).tolist()
-    response, reached = service.record_report(
-        device_id, round_id, key, digest, config,
-        lambda task: setattr(task, "metrics", {"sums": sums}))
-    if reached:
-        service.wake_worker()
-    return response
-
-
-def aggregate(service: RoundService, round_id: int) -> None:
-    """Sum the round's reports, publish the aggregate with its noise intervals, and
-    forget the reports."""
-    with service.db.read() as s:
-        r = s.get(Round, round_id)
-        reports = [t.metrics["sums"] for t in s.scalars(select(Task).where(
-            Task.round_id == round_id, Task.state == "submitted"))]
-    config = RoundConfig.from_dict(r.config)
-    result = summarize(r.evaluation, config, reports)
-    with service.db.write() as s:
-        r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
-        if r.state != "closing":
-            return
-        s.execute(update(Task).where(Task.round_id == round_id, Task.state == "submitted")
-                  .values(state="aggregated", metrics=None))
-        r.state, r.closed_at, r.lease_until = "closed", service.clock(), None
-        r.failing_since = r.last_error = r.lease_owner = None
-        r.evaluation = {**r.evaluation, "result": result}
-        service._round_epsilon(s, r)
 
 
 def summarize(plan_: dict[str, Any], config: RoundConfig, reports: list) -> dict[str, Any]:

@@ -10,7 +10,9 @@ Exactly one process closes a round: the switch open -> closing is a compare-and-
 a row lock (SQLite: the write lock), and it carries a lease so that another process
 redoes the aggregation if the closer dies. Requests only store and read: deadlines,
 closing, aggregation and opening the next round happen in `tick`, which each process's
-round worker runs (`aggregation_server.worker`); time is the injected `clock`.
+round worker runs (`aggregation_server.worker`); time is the injected `clock`. What differs
+between round kinds (training, evaluation) is the kind's policy (`strategy.RoundPolicy`):
+this module asks the round's policy and never branches on the kind.
 """
 from __future__ import annotations
 
@@ -24,19 +26,19 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from federated import protocol
-from federated.wire import encode_update
 
-from aggregation_server import accounting, compressed, evaluation
+from aggregation_server import accounting, compressed
 from aggregation_server.clock import Clock, SystemClock
 from aggregation_server.config import RoundConfig, Settings
 from aggregation_server.db import Database, Device, ModelVersion, Round, ServerState, Task
 from aggregation_server.enrolment import Enrolment
 from aggregation_server.errors import ApiError
+from aggregation_server.evaluation import EvaluationPolicy
 from aggregation_server.liveness import Liveness
 from aggregation_server.metrics import ServerMetrics
 from aggregation_server.storage import BlobStore, sha256_hex
 from aggregation_server.strategy import (CHARGED, AggregationUnavailable, FedAvgPolicy,
-                                         RoundPolicy, StoredUpdate, rounds_done)
+                                         RoundPolicy, StoredUpdate, Upload, rounds_done)
 from aggregation_server.uploads import check_open, replay, target_reached
 from aggregation_server.versions import build_version, initial_version
 
@@ -57,12 +59,15 @@ class RoundService:
     def __init__(self, db: Database, blobs: BlobStore, settings: Settings,
                  metrics: ServerMetrics | None = None, clock: Clock | None = None,
                  policy: Callable[[RoundService], RoundPolicy] | None = None) -> None:
-        """`policy` makes the round policy for this service (default: plain rounds only;
-        the app wraps it in `secure.SecureAggregation`)."""
+        """`policy` makes the training rounds' policy for this service (default: plain
+        rounds only; the app wraps it in `secure.SecureAggregation`); evaluation rounds run
+        `evaluation.EvaluationPolicy`."""
         self.db, self.blobs, self.settings = db, blobs, settings
         self.metrics = metrics or ServerMetrics()
         self.clock: Clock = clock or SystemClock()  # deadlines, leases, retries, timestamps
-        self.policy: RoundPolicy = policy(self) if policy else FedAvgPolicy()
+        self.policy: RoundPolicy = policy(self) if policy else FedAvgPolicy()  # training
+        self.policies: dict[str, RoundPolicy] = {  # by kind; the first one due runs next
+            "evaluate": EvaluationPolicy(self), "train": self.policy}
         self.liveness = Liveness(db, self.clock)
         self.enrolment = Enrolment(db, settings.enrol_rate_limit, settings.enrol_rate_seconds,
                                    self.clock)
@@ -141,6 +146,10 @@ class RoundService:
         spent = self.epsilon_max(s, RoundConfig.from_dict(r.config))
         r.epsilon_max, r.epsilon_max_model_users = spent["server"], spent["model_users"]
 
+    def policy_of(self, r: Round) -> RoundPolicy:
+        """The policy that runs round `r` (by its kind)."""
+        return self.policies[r.kind]
+
     # ----- devices --------------------------------------------------------------------
     def device_for_token(self, token: str) -> str | None:
         with self.db.read() as s:
@@ -161,14 +170,15 @@ class RoundService:
                 return self._no_task(f"round {r.id} is a {r.kind} round; this device asked "
                                      f"only for {' or '.join(kinds)} tasks",
                                      self._pace(config, r, now))
-            refusal = self.policy.select(s, r, config, device_id, now)
+            policy = self.policy_of(r)
+            refusal = policy.select(s, r, config, device_id, now)
             if refusal:
                 return self._no_task(refusal.reason, refusal.retry_after
                                      or self._pace(config, r, now))
             if s.get(Task, (r.id, device_id)) is None:
                 s.add(Task(round_id=r.id, device_id=device_id, state="issued", issued_at=now,
                            noise_multiplier=config.noise_multiplier))
-                self.policy.admit(s, r, config, device_id)
+                policy.admit(s, r, config, device_id)
                 r.tasks_issued += 1
             return self._task(s, r, config, device_id)
 
@@ -202,45 +212,43 @@ class RoundService:
     def _task(self, s: Session, r: Round, config: RoundConfig, device_id: str
               ) -> protocol.Task:
         model = s.get(ModelVersion, r.model_version)
-        if r.kind == "evaluate":
-            return evaluation.task(r, config, model.sha256)
         spec = compressed.spec_for(config, r.id, model.sha256, self.num_params)
         compact = compressed.compact_model(self.blobs, model)[1] if spec is not None else None
         return config.task(r.id, r.model_version, model.sha256, r.deadline, compression=spec,
                            model_compact_sha256=compact,
-                           **self.policy.task_fields(s, r, config, device_id))
+                           **self.policy_of(r).task_fields(s, r, config, device_id))
 
     # ----- uploads --------------------------------------------------------------------
-    def submit(self, device_id: str, round_id: int, key: str, body: bytes) -> dict:
-        """Accept one update: check everything, store durably, commit; the round worker
-        closes the round once it reached its target."""
+    def submit(self, device_id: str, round_id: int, key: str, body: bytes,
+               via: str = "update") -> dict:
+        """Accept one report (`via`: the endpoint it came through, "update" or
+        "evaluation"): the round's policy checks everything, then it is stored durably and
+        committed; the round worker closes the round once it reached its target."""
         digest = sha256_hex(body)
         r, config, earlier = self.report_round(device_id, round_id, key, digest)
         if earlier is not None:
             return earlier
-        if r.kind == "evaluate":
-            raise ApiError(409, "evaluation_round",
-                           f"round {round_id} evaluates models: send the evaluation report "
-                           f"to /v1/rounds/{round_id}/evaluation, not an update")
         with self.db.read() as s:
             spec = compressed.round_spec(s, r, config, self.num_params)
-        upd = self.policy.accept(body, r, config, self.shapes, self.settings.max_update_bytes,
-                                 spec)
-        path = self.blobs.update_path(round_id, device_id, digest)
-        self.blobs.write(path, body if spec is None else encode_update(upd))  # float32 kept
+        taken = self.policy_of(r).accept(
+            Upload(body, via, self.shapes, self.settings.max_update_bytes, spec), r, config)
+        path = None if taken.blob is None else self.blobs.update_path(round_id, device_id,
+                                                                       digest)
+        if path is not None:
+            self.blobs.write(path, taken.blob)
 
         def fill(task: Task) -> None:
-            task.path, task.num_examples, task.metrics = path, upd.num_examples, upd.metrics
+            task.path, task.num_examples, task.metrics = path, taken.num_examples, taken.metrics
         try:
             response, reached = self.record_report(device_id, round_id, key, digest, config,
                                                    fill)
         except ApiError:
             with self.db.read() as s:
                 winner = s.get(Task, (round_id, device_id))
-                if winner is None or winner.path != path:
+                if path is not None and (winner is None or winner.path != path):
                     self.blobs.delete(path)
             raise
-        log.info("update_accepted", extra={"round_id": round_id, "device_id": device_id,
+        log.info(f"{via}_accepted", extra={"round_id": round_id, "device_id": device_id,
                                            "reports": response["reports"]})
         if reached:
             self.wake_worker()
@@ -289,7 +297,7 @@ class RoundService:
             training = s.get(ServerState, 1).training
         ended = r is None
         if r is not None and r.state == "open":
-            verdict = self.policy.should_close(r, now)
+            verdict = self.policy_of(r).should_close(r, now)
             if verdict is not None and verdict.close:
                 ended = self.close_round(r.id, verdict.reason)
             elif verdict is not None:
@@ -317,7 +325,7 @@ class RoundService:
                 return
             extra = gap + self.settings.restart_grace_seconds
             r.deadline += extra
-            self.policy.postpone(s, r, extra)
+            self.policy_of(r).postpone(s, r, extra)
         log.warning("outage_bridged", extra={"round_id": r.id, "outage_seconds": round(gap, 1),
                                              "deadlines_moved_by": round(extra, 1)})
 
@@ -330,11 +338,12 @@ class RoundService:
                 return None
             config = RoundConfig.from_dict(state.config)
             latest = self._latest(s)
-            kind = "evaluate" if evaluation.due(s, config, latest) else "train"
-            config = evaluation.round_config(config) if kind == "evaluate" else config
+            kind, policy = next((kind, policy) for kind, policy in self.policies.items()
+                                if policy.due(s, config, latest))
+            config = policy.round_config(config)
             reason = accounting.round_refusal(config, rounds_done(s)) or \
                 compressed.refusal(config, self.num_params)
-            if reason is None and not self.policy.supports(config):
+            if reason is None and not policy.supports(config):
                 reason = "secure aggregation is configured but not available on this server"
             if reason:
                 if state.blocked_reason != reason:
@@ -346,11 +355,10 @@ class RoundService:
                       config=config.to_dict(), opened_at=now, deadline=now + config.round_seconds,
                       target=config.target_reports, minimum=config.min_reports,
                       capacity=config.capacity, tasks_issued=0, reports=0, attempts=0,
-                      evaluation=evaluation.plan(s, self, config, latest)
-                      if kind == "evaluate" else None)
+                      evaluation=policy.plan(s, config, latest))
             s.add(r)
             s.flush()
-            self.policy.open(s, r, config)
+            policy.open(s, r, config)
             round_id = r.id
         if config.compression != "none":  # the int8 download tasks name, made outside the lock
             compressed.compact_model(self.blobs, latest)
@@ -371,19 +379,17 @@ class RoundService:
             if dead:
                 log.warning("lease_takeover", extra={"round_id": round_id,
                                                      "dead_owner": r.lease_owner})
+            policy = self.policy_of(r)
             if r.state == "open":
-                r.new_version = self._latest(s).version + 1 if r.kind == "train" else None
+                r.new_version = self._latest(s).version + 1 if policy.makes_version else None
                 r.reason = reason
             r.state, r.lease_until = "closing", now + self.settings.lease_seconds
             r.lease_owner = self.liveness.owner
             r.attempts += 1
-            attempts, kind = r.attempts, r.kind
+            attempts = r.attempts
         try:
             with self.metrics.aggregation.time():
-                if kind == "evaluate":
-                    evaluation.aggregate(self, round_id)
-                else:
-                    self._aggregate(round_id)
+                policy.close(self, round_id)
             return True
         except Exception as err:  # noqa: BLE001 - logged, retried with backoff, or abandoned
             log.exception("aggregation_failed", extra={"round_id": round_id,
@@ -415,7 +421,9 @@ class RoundService:
                   f"{window:.0f} s retry window (aggregation_retry_seconds): {why}")
         self.abandon_round(round_id, reason, states=("closing",))
 
-    def _aggregate(self, round_id: int) -> None:
+    def make_version(self, round_id: int, policy: RoundPolicy) -> None:
+        """Close a training round: `policy`'s next model from its updates, recorded as the
+        round's new version (`FedAvgPolicy.close`)."""
         started = time.perf_counter()
         with self.db.read() as s:
             r = s.get(Round, round_id)
@@ -428,24 +436,29 @@ class RoundService:
         updates = [StoredUpdate(t.device_id, t.path, t.num_examples, t.metrics or {})
                    for t in tasks]
         new = build_version(self.blobs, self.shapes, round_id, config, updates, base,
-                            r.new_version, prev_optimizer, self.policy)
+                            r.new_version, prev_optimizer, policy)
         with self.db.write() as s:
             r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
             if r.state != "closing":
                 return  # another process finished it first
             if s.get(ModelVersion, new.version) is None:
                 s.add(new.row(round_id, self.clock()))
-            s.execute(update(Task).where(Task.round_id == round_id, Task.state == "submitted")
-                      .values(state="aggregated", path=None, metrics=None, num_examples=None))
-            r.state, r.closed_at, r.lease_until = "closed", self.clock(), None
-            r.failing_since = r.last_error = r.lease_owner = None
             r.metrics = new.metrics
-            self._round_epsilon(s, r)
+            self.finish(s, r)
         self.blobs.delete_round_updates(round_id)
         self._retain(new.version)
         log.info("round_closed", extra={"round_id": round_id, "version": new.version,
                                         "reports": len(updates), "sha256": new.sha256,
                                         "seconds": round(time.perf_counter() - started, 3)})
+
+    def finish(self, s: Session, r: Round) -> None:
+        """Mark the closing round `r` closed (its result recorded by its policy): its reports
+        aggregated and forgotten, its lease released, the spend after it recorded."""
+        s.execute(update(Task).where(Task.round_id == r.id, Task.state == "submitted")
+                  .values(state="aggregated", path=None, metrics=None, num_examples=None))
+        r.state, r.closed_at, r.lease_until = "closed", self.clock(), None
+        r.failing_since = r.last_error = r.lease_owner = None
+        self._round_epsilon(s, r)
 
     def _retain(self, latest: int) -> None:
         """Delete the model files (and optimizer state) of versions older than the latest

@@ -61,18 +61,16 @@ from sqlalchemy.orm import Session
 
 from aggregation_server import compressed
 from aggregation_server.config import RoundConfig
-from aggregation_server.db import (Device, Round, SecAggMember, SecAggMessage, SecAggRelay,
-                                   SecAggRound, Task)
+from aggregation_server.db import (Device, ModelVersion, Round, SecAggMember, SecAggMessage,
+                                   SecAggRelay, SecAggRound, Task)
 from aggregation_server.errors import ApiError
 from aggregation_server.storage import sha256_hex
-from aggregation_server.strategy import (AggregationUnavailable, Optimizer, Refusal,
-                                         RoundInputs, RoundPolicy, Shapes, StateFor, Tensors,
-                                         Verdict)
+from aggregation_server.strategy import (Accepted, AggregationUnavailable, Optimizer,
+                                         Refusal, RoundInputs, RoundPolicy, StateFor, Tensors,
+                                         Upload, Verdict)
 from aggregation_server.accounting import device_noise_stddev
 from federated import identity, privacy
 from federated.protocol import SecAggTask
-from federated.compression import Compression
-from federated.wire import Update
 from federated.secagg import (ABORT_REASONS, LateMessageError, MessageError, ReplayError,
                               RoundAbandoned, SecAggError, SecAggServerRound, unflatten)
 from federated.secagg import SecAggConfig
@@ -120,8 +118,20 @@ class SecureAggregation:
         self._cache_lock = threading.Lock()
 
     # ----- the round policy (`strategy.RoundPolicy`) ----------------------------------------
+    makes_version = True
+
+    def due(self, s: Session, config: RoundConfig, latest: ModelVersion) -> bool:
+        return self.inner.due(s, config, latest)
+
+    def round_config(self, config: RoundConfig) -> RoundConfig:
+        return self.inner.round_config(config)
+
     def supports(self, config: RoundConfig) -> bool:
         return config.secure_aggregation or self.inner.supports(config)
+
+    def plan(self, s: Session, config: RoundConfig,
+             latest: ModelVersion) -> dict | None:
+        return self.inner.plan(s, config, latest)
 
     def open(self, s: Session, r: Round, config: RoundConfig) -> None:
         if config.secure_aggregation:
@@ -146,14 +156,13 @@ class SecureAggregation:
             fields["secagg"] = self._task_part(s, r, device_id)
         return fields
 
-    def accept(self, body: bytes, r: Round, config: RoundConfig, shapes: Shapes,
-               max_bytes: int, spec: Compression | None) -> Update:
+    def accept(self, upload: Upload, r: Round, config: RoundConfig) -> Accepted:
         """A secure round takes masked inputs only (`receive`), never a plain update."""
-        if config.secure_aggregation:
+        if config.secure_aggregation and upload.via == "update":
             raise ApiError(409, "secure_aggregation",
                            f"round {r.id} uses secure aggregation: send the masked update "
                            f"through /v1/rounds/{r.id}/secagg/, not a plain update")
-        return self.inner.accept(body, r, config, shapes, max_bytes, spec)
+        return self.inner.accept(upload, r, config)
 
     def should_close(self, r: Round, now: float) -> Verdict | None:
         """Close the phases whose deadline passed; then close the round once its protocol
@@ -174,6 +183,10 @@ class SecureAggregation:
         if row is not None and row.phase in PHASES:
             row.phase_deadline += seconds
         self.inner.postpone(s, r, seconds)
+
+    def close(self, service: RoundService, round_id: int) -> None:
+        """Make the round's model version with this policy's `aggregate`."""
+        service.make_version(round_id, self)
 
     def aggregate(self, inputs: RoundInputs, weights: Tensors, state_for: StateFor,
                   version: int) -> tuple[Tensors, Tensors, Optimizer]:

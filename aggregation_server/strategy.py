@@ -1,9 +1,12 @@
-"""A round's policy, read like a Flower strategy: `FedAvgPolicy` decides who gets a task
-(`select`), what a round accepts (`accept`), when it ends (`should_close`) and how its
-reports become the next model (`aggregate`). `RoundService` (rounds.py) holds one policy and
-only orchestrates the database and the files; secure aggregation wraps a policy
-(`secure.SecureAggregation`) and changes what it must: who may still join, the task's
-protocol part, the phases' deadlines and the mean (unmasked, not read update by update).
+"""A round's policy, read like a Flower strategy: one class per round kind decides whether
+it runs the next round (`due`), who gets a task (`select`), what the task says (`task`),
+what a round accepts (`accept`), when it ends (`should_close`) and how its reports become
+its result (`close`). `FedAvgPolicy` runs training rounds (its result: the next model, via
+`aggregate`); `evaluation.EvaluationPolicy` runs evaluation rounds (its result: published
+figures). `RoundService` (rounds.py) holds one policy per kind, dispatches on the round's
+kind and only orchestrates the database and the files; secure aggregation wraps the training
+policy (`secure.SecureAggregation`) and changes what it must: who may still join, the
+task's protocol part, the phases' deadlines and the mean (unmasked, not read update by update).
 
 Aggregation is two steps: a *mean* of the round's updates, formed by streaming them one at
 a time into a running sum (memory O(model size), not O(reports)), uniform whenever DP is on;
@@ -15,19 +18,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from federated.compression import Compression
-from federated.wire import Update
+from federated.wire import encode_update
 
 from aggregation_server import accounting
 from aggregation_server.config import RoundConfig
-from aggregation_server.db import Round, Task
+from aggregation_server.db import ModelVersion, Round, Task
+from aggregation_server.errors import ApiError
 from aggregation_server.uploads import check_update
+
+if TYPE_CHECKING:
+    from aggregation_server.rounds import RoundService
 
 Tensors = dict[str, np.ndarray]
 Shapes = dict[str, tuple[int, ...]]
@@ -61,6 +68,29 @@ class Verdict:
 def rounds_done(s: Session) -> int:
     """How many rounds made a model version."""
     return s.scalar(select(func.count()).select_from(Round).where(Round.state == "closed"))
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One report as it arrived: its bytes, the endpoint it came through ("update" or
+    "evaluation"), and what an update is checked against (the model's shapes, the byte
+    limit, the round's compression)."""
+
+    body: bytes
+    via: str
+    shapes: Shapes
+    max_bytes: int
+    spec: Compression | None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A report a round takes: the bytes to keep on disk (None: nothing) and what its task
+    row records until the round closes."""
+
+    blob: bytes | None
+    num_examples: int | None
+    metrics: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -186,27 +216,49 @@ class RoundPolicy(Protocol):
     """What a round's policy decides (called by `RoundService`, inside its transactions
     where a session `s` is passed); `FedAvgPolicy` documents each method."""
 
+    makes_version: bool
+
+    def due(self, s: Session, config: RoundConfig, latest: ModelVersion) -> bool: ...
+    def round_config(self, config: RoundConfig) -> RoundConfig: ...
     def supports(self, config: RoundConfig) -> bool: ...
+    def plan(self, s: Session, config: RoundConfig,
+             latest: ModelVersion) -> dict[str, Any] | None: ...
     def open(self, s: Session, r: Round, config: RoundConfig) -> None: ...
     def select(self, s: Session, r: Round, config: RoundConfig, device_id: str,
                now: float) -> Refusal | None: ...
     def admit(self, s: Session, r: Round, config: RoundConfig, device_id: str) -> None: ...
     def task_fields(self, s: Session, r: Round, config: RoundConfig,
-                    device_id: str) -> dict: ...
-    def accept(self, body: bytes, r: Round, config: RoundConfig, shapes: Shapes,
-               max_bytes: int, spec: Compression | None) -> Update: ...
+                    device_id: str) -> dict[str, Any]: ...
+    def accept(self, upload: Upload, r: Round, config: RoundConfig) -> Accepted: ...
     def should_close(self, r: Round, now: float) -> Verdict | None: ...
     def postpone(self, s: Session, r: Round, seconds: float) -> None: ...
+    def close(self, service: RoundService, round_id: int) -> None: ...
     def aggregate(self, inputs: RoundInputs, weights: Tensors, state_for: StateFor,
                   version: int) -> tuple[Tensors, Tensors, Optimizer]: ...
 
 
 class FedAvgPolicy(RoundPolicy):
-    """Plain rounds: every device's clipped, noised update is read by the server."""
+    """Training rounds, plain: every device's clipped, noised update is read by the server."""
+
+    makes_version = True  # a closed round makes the next model version
+
+    # ----- which round runs next ----------------------------------------------------------
+    def due(self, s: Session, config: RoundConfig, latest: ModelVersion) -> bool:
+        """Whether the next round is this kind's (training: whenever no other kind is)."""
+        return True
+
+    def round_config(self, config: RoundConfig) -> RoundConfig:
+        """The config a round of this kind runs with (training: the live one)."""
+        return config
 
     def supports(self, config: RoundConfig) -> bool:
         """Whether this server can run rounds with `config` (plain only: no protocol)."""
         return not config.secure_aggregation
+
+    def plan(self, s: Session, config: RoundConfig,
+             latest: ModelVersion) -> dict[str, Any] | None:
+        """What the round row records beyond its config (`Round.evaluation`): nothing."""
+        return None
 
     # ----- who gets a task --------------------------------------------------------------
     def open(self, s: Session, r: Round, config: RoundConfig) -> None:
@@ -237,16 +289,24 @@ class FedAvgPolicy(RoundPolicy):
     def admit(self, s: Session, r: Round, config: RoundConfig, device_id: str) -> None:
         """The device got a new task (before `r.tasks_issued` counts it)."""
 
-    def task_fields(self, s: Session, r: Round, config: RoundConfig, device_id: str) -> dict:
-        """What the task says beyond the round's training settings, as keyword arguments of
-        `RoundConfig.task` (plain: nothing; secure: its "secagg" part)."""
+    def task_fields(self, s: Session, r: Round, config: RoundConfig,
+                    device_id: str) -> dict[str, Any]:
+        """What the task says beyond the round's training settings and compression, as
+        keyword arguments of `RoundConfig.task` (plain: nothing; secure: its "secagg"
+        part)."""
         return {}
 
     # ----- what a round accepts -----------------------------------------------------------
-    def accept(self, body: bytes, r: Round, config: RoundConfig, shapes: Shapes,
-               max_bytes: int, spec: Compression | None) -> Update:
-        """The decoded update if the round takes it (`uploads.check_update`), else ApiError."""
-        return check_update(body, r, config, shapes, max_bytes, spec)
+    def accept(self, upload: Upload, r: Round, config: RoundConfig) -> Accepted:
+        """The update to keep if the round takes it (`uploads.check_update`; a compressed
+        one kept decoded, as float32), else ApiError."""
+        if upload.via != "update":
+            raise ApiError(409, "not_an_evaluation_round",
+                           f"round {r.id} trains a model: send an update to "
+                           f"/v1/rounds/{r.id}/update")
+        upd = check_update(upload.body, r, config, upload.shapes, upload.max_bytes, upload.spec)
+        blob = upload.body if upload.spec is None else encode_update(upd)
+        return Accepted(blob, upd.num_examples, upd.metrics)
 
     # ----- when it ends -------------------------------------------------------------------
     def should_close(self, r: Round, now: float) -> Verdict | None:
@@ -266,6 +326,11 @@ class FedAvgPolicy(RoundPolicy):
         """The round's deadline moved by `seconds` (an outage): nothing else moves."""
 
     # ----- how reports become the next model ------------------------------------------------
+    def close(self, service: RoundService, round_id: int) -> None:
+        """Make and record the round's model version (`RoundService.make_version`), with
+        this policy's `aggregate`."""
+        service.make_version(round_id, self)
+
     def mean(self, inputs: RoundInputs) -> Tensors:
         """The mean of the stored updates: uniform, or by examples when DP is off and the
         round's `weighting` says so."""
