@@ -48,11 +48,16 @@ def round_spec(s: Session, r: Round, config: RoundConfig, dimension: int) -> Com
     return spec_for(config, r.id, s.get(ModelVersion, r.model_version).sha256, dimension)
 
 
+def compact_path(version: ModelVersion) -> str:
+    """The blob name of the version's int8 form (`compact_model`)."""
+    return f"models/compact/{version.version}-{version.sha256[:16]}.int8.safetensors"
+
+
 def compact_model(blobs: BlobStore, version: ModelVersion) -> tuple[Path, str]:
     """(path, sha256) of the model version as per-row int8 (`model.compress`: 27% of the
     float32 bytes, no loss of top-1 on `test`), made once and kept beside the version
     (deterministic, so processes that make it at once write the same bytes)."""
-    relative = f"models/compact/{version.version}-{version.sha256[:16]}.int8.safetensors"
+    relative = compact_path(version)
     key = f"{blobs.root}/{relative}"
     with _COMPACT_LOCK:
         if key not in _COMPACT:
@@ -63,6 +68,14 @@ def compact_model(blobs: BlobStore, version: ModelVersion) -> tuple[Path, str]:
                 blobs.write(relative, model_to_int8_bytes(model, meta))
             _COMPACT[key] = sha256_hex(blobs.read(relative))
         return blobs.abs(relative), _COMPACT[key]
+
+
+def delete_compact(blobs: BlobStore, version: ModelVersion) -> None:
+    """Delete the version's int8 form, if it was made (retention, `keep_versions`)."""
+    relative = compact_path(version)
+    with _COMPACT_LOCK:
+        _COMPACT.pop(f"{blobs.root}/{relative}", None)
+    blobs.delete(relative)
 
 
 def refusal(config: RoundConfig, dimension: int) -> str | None:

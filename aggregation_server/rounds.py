@@ -461,17 +461,20 @@ class RoundService:
         self._round_epsilon(s, r)
 
     def _retain(self, latest: int) -> None:
-        """Delete the model files (and optimizer state) of versions older than the latest
-        `keep_versions`, keeping version 0; their rows (sha256, provenance) stay."""
+        """Delete the model files (their int8 forms and optimizer state too) of versions
+        older than the latest `keep_versions`, keeping version 0; their rows (sha256,
+        provenance) stay."""
         keep = self.settings.keep_versions
         if keep <= 0:
             return
         with self.db.read() as s:
-            old = s.scalars(select(ModelVersion).where(ModelVersion.version > 0,
-                                                       ModelVersion.version <= latest - keep))
+            old = list(s.scalars(select(ModelVersion).where(
+                ModelVersion.version > 0, ModelVersion.version <= latest - keep)))
             paths = [p for v in old for p in (v.path, v.optimizer_path) if p]
         for path in paths:
             self.blobs.delete(path)
+        for version in old:
+            compressed.delete_compact(self.blobs, version)
 
     def abandon_round(self, round_id: int, reason: str, expired_only: bool = False,
                       states: tuple[str, ...] = ("open",)) -> bool:

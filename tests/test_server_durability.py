@@ -448,12 +448,17 @@ def test_retention_keeps_the_latest_versions_and_version_0(start_server, tiny_mo
     server = start_server(round={"target_reports": 2, "min_reports": 2}, keep_versions=2)
     for r in range(4):
         devices, tasks, bodies, keys = one_round(server, 2)
+        compact = server.http.get(f"{server.url}/v1/models/{r}/compact", timeout=30)
+        assert compact.status_code == 200  # the int8 form, made once
         for d, t, b, k in zip(devices, tasks, bodies, keys):
             assert server.upload(d, t["round_id"], b, k).status_code == 202
     st = server.status()
     assert [v["version"] for v in st["versions"]] == [0, 1, 2, 3, 4]  # the record stays
     files = sorted(p.name for p in (server.data_dir / "models").glob("*.safetensors"))
     assert files == ["000000.safetensors", "000003.safetensors", "000004.safetensors"]
+    compacts = sorted(p.name.split("-")[0] for p in (server.data_dir / "models" / "compact"
+                                                      ).glob("*.int8.safetensors"))
+    assert compacts == ["0", "3"]  # 1 and 2 went with their versions (4's was never asked)
     gone = server.http.get(f"{server.url}/v1/models/2", timeout=30)
     assert gone.status_code == 410 and gone.json()["error"] == "version_removed"
     for version in (0, 3, 4):
