@@ -169,7 +169,7 @@ def upload(round_id: int):
         metrics.labels(err.code).inc()
         raise
     metrics.labels("accepted").inc()
-    return jsonify(answer), 202
+    return jsonify(answer.to_json()), 202
 
 
 @rounds.put(flask_rule(EVALUATION))
@@ -183,7 +183,8 @@ def evaluation_report(round_id: int):
     if max(declared, len(body)) > MAX_REPORT_BYTES:
         raise ApiError(413, "too_large", f"an evaluation report is at most {MAX_REPORT_BYTES} "
                                          "bytes")
-    return jsonify(service().submit(device, round_id, key, body, via="evaluation")), 202
+    answer = service().submit(device, round_id, key, body, via="evaluation")
+    return jsonify(answer.to_json()), 202
 
 
 @rounds.get(STATUS)

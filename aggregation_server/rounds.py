@@ -220,7 +220,7 @@ class RoundService:
 
     # ----- uploads --------------------------------------------------------------------
     def submit(self, device_id: str, round_id: int, key: str, body: bytes,
-               via: str = "update") -> dict:
+               via: str = "update") -> protocol.Receipt:
         """Accept one report (`via`: the endpoint it came through, "update" or
         "evaluation"): the round's policy checks everything, then it is stored durably and
         committed; the round worker closes the round once it reached its target."""
@@ -249,13 +249,13 @@ class RoundService:
                     self.blobs.delete(path)
             raise
         log.info(f"{via}_accepted", extra={"round_id": round_id, "device_id": device_id,
-                                           "reports": response["reports"]})
+                                           "reports": response.reports})
         if reached:
             self.wake_worker()
         return response
 
     def report_round(self, device_id: str, round_id: int, key: str, digest: str
-                     ) -> tuple[Round, RoundConfig, dict | None]:
+                     ) -> tuple[Round, RoundConfig, protocol.Receipt | None]:
         """The round a device reports to and its config, and the stored answer if this is a
         retry of an accepted report; a 4xx if the round takes no report from it."""
         with self.db.read() as s:
@@ -268,7 +268,8 @@ class RoundService:
             return r, RoundConfig.from_dict(r.config), earlier
 
     def record_report(self, device_id: str, round_id: int, key: str, digest: str,
-                      config: RoundConfig, fill: Callable[[Task], None]) -> tuple[dict, bool]:
+                      config: RoundConfig, fill: Callable[[Task], None]
+                      ) -> tuple[protocol.Receipt, bool]:
         """In one transaction: check again, count the report, charge its device and let
         `fill` store it in the task; (the answer, whether the round reached its target)."""
         with self.db.write() as s:
@@ -279,10 +280,11 @@ class RoundService:
                 return earlier, False
             check_open(r, task, self.clock())
             r.reports += 1
-            response = {"accepted": True, "round_id": round_id, "reports": r.reports}
+            response = protocol.Receipt(round_id, r.reports)
             task.state, task.submitted_at = "submitted", self.clock()
             self.charge_task(task, config, task.submitted_at)
-            task.idempotency_key, task.body_sha256, task.response = key, digest, response
+            task.idempotency_key, task.body_sha256 = key, digest
+            task.response = response.to_json()  # a resend under the key gets it again
             fill(task)
             return response, r.reports >= r.target
 

@@ -70,7 +70,7 @@ from aggregation_server.strategy import (Accepted, AggregationUnavailable, Optim
                                          Upload, Verdict)
 from aggregation_server.accounting import device_noise_stddev
 from federated import identity, privacy
-from federated.protocol import SecAggTask
+from federated.protocol import SecAggReceipt, SecAggTask
 from federated.secagg import (ABORT_REASONS, LateMessageError, MessageError, ReplayError,
                               RoundAbandoned, SecAggError, SecAggServerRound, unflatten)
 from federated.secagg import SecAggConfig
@@ -236,7 +236,8 @@ class SecureAggregation:
         return SecAggTask(client, SecAggConfig.from_dict(row.config), row.phase_deadline)
 
     # ----- device messages -------------------------------------------------------------------
-    def receive(self, device_id: str, round_id: int, phase: str, body: bytes) -> dict:
+    def receive(self, device_id: str, round_id: int, phase: str,
+                body: bytes) -> SecAggReceipt:
         """Take one device's message for `phase` (masked: safetensors bytes, else JSON;
         "abort": an abort notice, taken in whatever phase the round is in)."""
         with self.service.db.read() as s:
@@ -262,7 +263,7 @@ class SecureAggregation:
                 self._drop_unless_stored(path)
 
     def _take(self, device_id: str, round_id: int, phase: str, client: int, body: bytes,
-              path: str | None, timed: bool) -> dict:
+              path: str | None, timed: bool) -> SecAggReceipt:
         now = self.service.clock()
         with self.service.db.write() as s:
             r = s.get(Round, round_id, with_for_update=True, populate_existing=True)
@@ -300,10 +301,10 @@ class SecureAggregation:
             raise self._refusal(error, excluded, client, round_id)
         log.info("secagg_message", extra={"round_id": round_id, "phase": phase,
                                           "client_id": client, "device_id": device_id})
-        return {"accepted": True, "round_id": round_id, "phase": phase, "client_id": client}
+        return SecAggReceipt(round_id, phase, client)
 
     def _earlier(self, s: Session, round_id: int, device_id: str, phase: str,
-                 body: bytes) -> dict | None:
+                 body: bytes) -> SecAggReceipt | None:
         """The answer to a resend of a message the round took from this device (its first
         answer was lost): accepted again, or 409 if the round was abandoned since; None if
         there is no identical earlier message that counted."""
@@ -334,7 +335,7 @@ class SecureAggregation:
             return None
         log.info("secagg_resend", extra={"round_id": round_id, "phase": phase,
                                          "client_id": client, "device_id": device_id})
-        return {"accepted": True, "round_id": round_id, "phase": phase, "client_id": client}
+        return SecAggReceipt(round_id, phase, client)
 
     def _drop_unless_stored(self, path: str) -> None:
         """Delete a refused masked input's file (an identical accepted copy is kept)."""

@@ -40,7 +40,7 @@ def _body(mimetype: str, limit: int | None = None) -> bytes:
 def _post(round_id: int, phase: str):
     device = device_id()
     return jsonify(protocol().receive(device, round_id, phase,
-                                            _body("application/json", MAX_JSON_BYTES))), 202
+                                      _body("application/json", MAX_JSON_BYTES)).to_json()), 202
 
 
 def _get(round_id: int, kind: str):
@@ -75,7 +75,7 @@ def shares(round_id: int):
 def masked(round_id: int):
     device = device_id()
     return jsonify(protocol().receive(device, round_id, "masked",
-                                            _body("application/octet-stream"))), 202
+                                      _body("application/octet-stream")).to_json()), 202
 
 
 @secagg.get("/consistency")

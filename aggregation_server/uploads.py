@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from federated import privacy
+from federated.protocol import Receipt
 from federated.compression import Compression
 from federated.secagg import unflatten
 from federated.wire import Update, WireError, decode_compressed_update, decode_update, l2_norm
@@ -17,7 +18,8 @@ from aggregation_server.db import Round, Task
 from aggregation_server.errors import ApiError
 
 
-def replay(task: Task | None, key: str, digest: str, r: Round | None = None) -> dict | None:
+def replay(task: Task | None, key: str, digest: str, r: Round | None = None
+           ) -> Receipt | None:
     """The stored answer if this is a retry of an accepted upload (same key and body);
     409 if the round it was accepted into was abandoned since (the update was not used)."""
     if task is None or task.idempotency_key != key:
@@ -30,7 +32,7 @@ def replay(task: Task | None, key: str, digest: str, r: Round | None = None) -> 
         raise ApiError(409, "round_abandoned",
                        f"round {task.round_id} was abandoned{why}; this update was accepted "
                        "but not used, and counts for no model version")
-    return task.response
+    return Receipt.from_json(task.response)
 
 
 def target_reached(r: Round) -> bool:

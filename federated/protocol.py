@@ -8,6 +8,9 @@ the secure-aggregation phase messages are `federated.secagg.messages`.)
 
     POST /v1/checkin -> {"task": Task}                    a task to carry out, or
                         {"task": null, "retry_after": s, "reason": why}    `NoTask`
+    PUT  /v1/rounds/<id>/update, /evaluation -> 202 `Receipt`     the report was taken
+    POST /v1/rounds/<id>/secagg/<step>       -> 202 `SecAggReceipt`  a protocol message was
+                                                                     (the masked input: PUT)
     GET  /v1/status  -> {..., "privacy": {...}}           `PrivacyStatus` is what devices read
 
 The paths below are templates: the device fills in their `{fields}` (`path`), the server's
@@ -338,6 +341,54 @@ def checkin_from_json(data: Any) -> Checkin:
     """A check-in answer's body as a Task or a NoTask; WireError if it is neither."""
     task = _get(_object(data, "check-in answer"), "task", "check-in answer")
     return NoTask.from_json(data) if task is None else Task.from_json(task)
+
+
+# ------------------------------------------------------------------------ answers to reports
+
+def _accepted(data: Any, what: str) -> dict:
+    data = _object(data, what)
+    if _get(data, "accepted", what) is not True:
+        raise WireError(f"{what} 'accepted' must be true, got {data['accepted']!r}")
+    return data
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The server took a report (an update, or an evaluation report) into a round, which
+    now holds `reports` of them; the same answer again for a resend under the same key."""
+
+    round_id: int
+    reports: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"accepted": True, "round_id": self.round_id, "reports": self.reports}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Receipt:
+        what = "report answer"
+        data = _accepted(data, what)
+        return cls(_int(data, "round_id", what), _int(data, "reports", what, 1))
+
+
+@dataclass(frozen=True)
+class SecAggReceipt:
+    """The server took a secure-aggregation message of `phase` from protocol client
+    `client_id` in the round (or had taken this very message before)."""
+
+    round_id: int
+    phase: str
+    client_id: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"accepted": True, "round_id": self.round_id, "phase": self.phase,
+                "client_id": self.client_id}
+
+    @classmethod
+    def from_json(cls, data: Any) -> SecAggReceipt:
+        what = "secure-aggregation answer"
+        data = _accepted(data, what)
+        return cls(_int(data, "round_id", what), _text(data, "phase", what),
+                   _int(data, "client_id", what, 1))
 
 
 # ------------------------------------------------------------------------ status

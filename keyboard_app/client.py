@@ -29,7 +29,8 @@ from device_model.files import write_atomic
 from federated import identity
 from federated.protocol import (API_PREFIX, CHALLENGE, CHECKIN, COMPACT, ENROL, EVALUATION,
                                 MODEL, MODEL_VERSION, RECOVER, SECAGG, STATUS, TASK_KINDS,
-                                TOKENIZER, UPDATE, Checkin, checkin_from_json, path)
+                                TOKENIZER, UPDATE, Checkin, Receipt, SecAggReceipt,
+                                checkin_from_json, path)
 
 USER_AGENT = "private-keyboard-device/1"
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
@@ -254,30 +255,32 @@ class SyncClient:
             headers={"Idempotency-Key": str(uuid.uuid4())}), 200))
 
     def report_evaluation(self, round_id: int, body: dict,
-                          idempotency_key: str | None = None) -> dict:
+                          idempotency_key: str | None = None) -> Receipt:
         """PUT an evaluation report (JSON); retried safely thanks to the Idempotency-Key."""
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-        return self._json(self._device("PUT", path(EVALUATION, round_id=round_id),
-                                       json=body, headers=headers), 202)
+        return Receipt.from_json(self._json(self._device(
+            "PUT", path(EVALUATION, round_id=round_id), json=body, headers=headers), 202))
 
-    def upload(self, round_id: int, body: bytes, idempotency_key: str | None = None) -> dict:
+    def upload(self, round_id: int, body: bytes, idempotency_key: str | None = None
+               ) -> Receipt:
         """PUT an encoded update; retried safely thanks to the Idempotency-Key."""
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4()),
                    "Content-Type": "application/octet-stream"}
-        return self._json(self._device("PUT", path(UPDATE, round_id=round_id),
-                                       data=body, headers=headers), 202)
+        return Receipt.from_json(self._json(self._device(
+            "PUT", path(UPDATE, round_id=round_id), data=body, headers=headers), 202))
 
     def secagg_send(self, round_id: int, step: str, *, message: dict | None = None,
-                    masked: bytes | None = None) -> dict:
+                    masked: bytes | None = None) -> SecAggReceipt:
         """POST a secure-aggregation message (JSON) to /rounds/<id>/secagg/<step>, or PUT
-        the masked input (bytes) to .../masked; the 202 answer."""
+        the masked input (bytes) to .../masked; the 202 answer (WireError if it is not
+        one)."""
         where = f"{path(SECAGG, round_id=round_id)}/{step}"
         if masked is not None:
             response = self._device("PUT", where, data=masked,
                                     headers={"Content-Type": "application/octet-stream"})
         else:
             response = self._device("POST", where, json=message)
-        return self._json(response, 202)
+        return SecAggReceipt.from_json(self._json(response, 202))
 
     def secagg_fetch(self, round_id: int, step: str) -> tuple[dict | None, float]:
         """GET what the server relays for a phase: (relay, 0) once the phase closed, or

@@ -342,7 +342,7 @@ class DeviceRuntime:
         self._refresh_privacy()
         self._save_state()
         log.info("round %s: uploaded %d bytes (reports now %s)", pending["round_id"],
-                 len(pending["body"]), reply.get("reports"))
+                 len(pending["body"]), reply.reports)
         return self._step("uploaded", 0.0, f"round {pending['round_id']}")
 
     def _compress(self, update: Update, terms: RoundTerms) -> np.ndarray | None:

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from federated import identity
-from federated.protocol import NoTask
+from federated.protocol import NoTask, Receipt
 from keyboard_app.client import ServerRejected, ServerUnavailable, SyncClient, make_retry
 from model.checkpoint import CheckpointMeta, model_to_bytes
 from model.config import ModelConfig
@@ -145,8 +145,7 @@ def test_etag_cache_avoids_downloading_again(server, tmp_path):
 def test_upload_retries_with_the_same_idempotency_key(server, tmp_path):
     server.failures[("PUT", "/v1/rounds/3/update")] = 2
     client = client_for(server.url, tmp_path)
-    assert client.upload(3, b"update-bytes", "key-123") == {"accepted": True, "round_id": 3,
-                                                            "reports": 1}
+    assert client.upload(3, b"update-bytes", "key-123") == Receipt(round_id=3, reports=1)
     puts = [r for r in server.requests if r["method"] == "PUT"]
     assert len(puts) == 3
     assert {r["headers"]["Idempotency-Key"] for r in puts} == {"key-123"}

@@ -15,7 +15,8 @@ from device_model.files import write_atomic
 from device_model import tensorfile
 from device_model.tensorfile import TensorFileError
 from federated import protocol
-from federated.protocol import (EvaluateParams, NoTask, PrivacyStatus, SecAggTask, Task,
+from federated.protocol import (EvaluateParams, NoTask, PrivacyStatus, Receipt,
+                                SecAggReceipt, SecAggTask, Task,
                                 checkin_from_json, checkin_to_json)
 from federated.secagg import SecAggConfig
 from federated.wire import UpdateMetadata, WireError
@@ -145,6 +146,20 @@ def test_the_privacy_figures_devices_read_from_the_status():
         PrivacyStatus.from_json({})
     with pytest.raises(WireError, match="'delta' must be a finite number in \\(0, 1\\)"):
         PrivacyStatus.from_json({"privacy": {**unlimited["privacy"], "delta": 0}})
+
+
+def test_the_answers_to_reports_and_secure_aggregation_messages():
+    assert Receipt.from_json(wire(Receipt(4, 2).to_json())) == Receipt(4, 2)
+    sent = SecAggReceipt(4, "masked", 3)
+    assert SecAggReceipt.from_json(wire(sent.to_json())) == sent
+    for bad, message in (({"round_id": 4, "reports": 2}, "report answer lacks 'accepted'"),
+                         ({"accepted": False, "round_id": 4, "reports": 2},
+                          "'accepted' must be true, got False"),
+                         ({"accepted": True, "round_id": 4, "reports": 0}, "'reports'")):
+        with pytest.raises(WireError, match=message):
+            Receipt.from_json(bad)
+    with pytest.raises(WireError, match="secure-aggregation answer 'client_id'"):
+        SecAggReceipt.from_json({**sent.to_json(), "client_id": 0})
 
 
 def test_the_server_and_the_document_serve_the_protocols_paths():
