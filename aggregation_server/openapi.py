@@ -1,5 +1,6 @@
-"""The OpenAPI 3 document of the server, written by hand (the round-config schema is derived
-from `RoundConfig` so that it cannot drift)."""
+"""The OpenAPI 3 document of the server: the device protocol's messages (task, no-task,
+the answers to reports) derived from their types in `federated.protocol` and the round-config
+schema from `RoundConfig`, so that neither can drift; the rest written here."""
 from __future__ import annotations
 
 import typing
@@ -7,7 +8,7 @@ from dataclasses import fields
 from functools import lru_cache
 from typing import Any
 
-from aggregation_server.config import BOUNDS, ENUMS, TRAIN_OPTIMIZERS, Bounds, RoundConfig
+from aggregation_server.config import BOUNDS, ENUMS, Bounds, RoundConfig
 from federated import protocol
 from federated.secagg import (AbortNotice, AdvertiseKeys, ConsistencyResponse, ShareKeys,
                               UnmaskResponse)
@@ -162,42 +163,22 @@ STATUS = _obj(["training", "round", "devices", "model", "versions", "rounds", "p
 VERSION_PATH = [{"name": "version", "in": "path", "required": True,
                  "schema": {"type": "integer", "minimum": 0, "maximum": INT32}}]
 
-TASK = _obj(["round_id", "model_version", "model_sha256", "deadline", "clip_norm",
-             "noise_multiplier", "min_reports", "dishonest_share", "secure_aggregation",
-             "min_examples"], {
-    "round_id": INT, "model_version": INT, "model_sha256": STR,
-    "kind": {"type": "string", "enum": ["evaluate"], "description": "absent: a training task "
-             "(with 'train'); 'evaluate': score 'evaluate.versions' and send the report to "
-             "/v1/rounds/{round_id}/evaluation"},
-    "evaluate": _obj(["versions", "max_words"], {
-        "versions": {"type": "array", "items": _obj(["version", "sha256"], {
-            "version": INT, "sha256": STR})},
-        "max_words": {"type": "integer", "description": "score at most this many words (the "
-                                                        "most recent messages, whole)"}}),
-    "deadline": {"type": "number", "description": "unix time"},
-    "train": _obj(["epochs", "batch_size", "lr", "optimizer", "max_examples"], {
-        "epochs": NUM, "batch_size": INT, "lr": NUM,
-        "optimizer": {"type": "string", "enum": list(TRAIN_OPTIMIZERS)},
-        "max_examples": {"type": "integer", "description": "train on at most this many "
-                         "messages; an update's num_examples above it is refused (422)"}}),
-    "min_examples": {"type": "integer", "description": "a device with fewer messages does "
-                     "not take part (it decides; check-in does not say how many it has)"},
-    "clip_norm": NUM,
-    "noise_multiplier": {"type": "number", "description": "z: the device sizes its own noise "
-                         "from z, clip_norm, min_reports, dishonest_share and "
-                         "secure_aggregation (federated.privacy.device_noise_stddev)"},
-    "min_reports": INT, "dishonest_share": NUM, "secure_aggregation": BOOL,
-    "secagg": _obj(["client_id", "config", "advertise_by"], {
-        "client_id": {"type": "integer", "minimum": 1},
-        "config": {"type": "object", "description": "federated.secagg SecAggConfig.to_dict()"},
-        "advertise_by": {"type": "number", "description": "unix time: train, then advertise "
-                                                          "keys before this"}}),
-    "model_compact_sha256": {"type": "string", "description": "compressed rounds: the "
-                             "sha256 of /v1/models/{version}/compact, the int8 download"},
-    "compression": {"type": "object", "description": "rounds with compression 'ddg16': "
-                    "federated.compression Compression.to_dict() (seed, kept, block, bits, "
-                    "scale, clip_norm, kept_clip_norm); the device checks it (kept_clip_norm "
-                    "must be the one it derives) and adds its discrete Gaussian noise"}})
+TASK = protocol.json_schema(protocol.Task)  # the protocol's types are the one definition
+
+
+def _receipt(message: type) -> dict:
+    """A 202 answer: the message type's schema, with its `"accepted": true`."""
+    schema = protocol.json_schema(message)
+    return _obj(["accepted", *schema["required"]],
+                {"accepted": {"type": "boolean", "enum": [True]}, **schema["properties"]})
+
+
+def _no_task() -> dict:
+    """A check-in answer without a task: `NoTask`, with its `"task": null`."""
+    schema = protocol.json_schema(protocol.NoTask)
+    return _obj(["task", *schema["required"]], {
+        "task": {"type": "object", "nullable": True, "enum": [None]}, **schema["properties"]})
+
 
 IDENTITY_KEY = {"type": "string", "description": "the device's Ed25519 public key, "
                                                  "base64url of its 32 raw bytes"}
@@ -446,13 +427,9 @@ def openapi_document() -> dict[str, Any]:
                 "Task": TASK,
                 "CheckinResponse": {"oneOf": [
                     _obj(["task"], {"task": {"$ref": "#/components/schemas/Task"}}),
-                    _obj(["task", "retry_after", "reason"], {
-                        "task": {"type": "object", "nullable": True, "enum": [None]},
-                        "retry_after": NUM, "reason": STR})]},
-                "UploadAccepted": _obj(["accepted", "round_id", "reports"], {
-                    "accepted": BOOL, "round_id": INT, "reports": INT}),
-                "SecAggAccepted": _obj(["accepted", "round_id", "phase", "client_id"], {
-                    "accepted": BOOL, "round_id": INT, "phase": STR, "client_id": INT}),
+                    _no_task()]},
+                "UploadAccepted": _receipt(protocol.Receipt),
+                "SecAggAccepted": _receipt(protocol.SecAggReceipt),
                 "SecAggPending": _obj(["retry_after", "phase"], {"retry_after": NUM,
                                                                  "phase": STR}),
                 "Round": ROUND, "ModelVersion": VERSION, "Status": STATUS,

@@ -13,6 +13,10 @@ the secure-aggregation phase messages are `federated.secagg.messages`.)
                                                                      (the masked input: PUT)
     GET  /v1/status  -> {..., "privacy": {...}}           `PrivacyStatus` is what devices read
 
+`json_schema(Type)` derives each message's JSON schema from its fields (their types, and
+the descriptions and enums in their metadata), which is what the server's OpenAPI document
+serves: one definition for the parser, the builder and the document.
+
 The paths below are templates: the device fills in their `{fields}` (`path`), the server's
 blueprints declare them as Flask rules (`flask_rule`), and the OpenAPI document uses them
 as they are (the same `{name}` syntax).
@@ -21,7 +25,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from device_model.train import OPTIMIZERS
@@ -119,6 +124,43 @@ def _text(data: dict, key: str, what: str, pattern: re.Pattern | None = None) ->
     return value
 
 
+# ------------------------------------------------------------------------ schemas
+
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+def _doc(text: str, default: Any = MISSING, **schema: Any) -> Any:
+    """A field (with `default`) and its JSON-schema description and keywords (e.g. `enum`,
+    or `schema`: the whole schema of a field whose wire form is not its type's)."""
+    return field(default=default, metadata={"doc": text, **schema})
+
+
+def json_schema(cls: type, none_as_null: bool = False) -> dict[str, Any]:
+    """The JSON schema (OpenAPI 3.0) of a message type, from its dataclass fields: a field
+    is required unless it has a default or may be None; a None field is left out of the
+    JSON, or sent as null with `none_as_null`; nested messages get their own schema."""
+    hints = typing.get_type_hints(cls)
+    props: dict[str, Any] = {}
+    required = []
+    for f in fields(cls):
+        args = typing.get_args(hints[f.name])
+        optional = type(None) in args
+        kind = next(a for a in args if a is not type(None)) if optional else hints[f.name]
+        meta = dict(f.metadata)
+        prop = meta.pop("schema", None) or (json_schema(kind, none_as_null)
+                                             if is_dataclass(kind) else
+                                             {"type": _JSON_TYPES[kind]})
+        if "doc" in meta:
+            prop = {**prop, "description": meta.pop("doc")}
+        prop.update(meta)
+        if optional and none_as_null:
+            prop["nullable"] = True
+        props[f.name] = prop
+        if f.default is MISSING and (none_as_null or not optional):
+            required.append(f.name)
+    return {"type": "object", "required": required, "properties": props}
+
+
 # ------------------------------------------------------------------------ check-in
 
 @dataclass(frozen=True)
@@ -128,8 +170,9 @@ class TrainParams:
     epochs: float
     batch_size: int
     lr: float
-    optimizer: str
-    max_examples: int  # train on at most this many messages (a uniform sample)
+    optimizer: str = _doc("the local optimizer", enum=list(OPTIMIZERS))
+    max_examples: int = _doc("train on at most this many messages (a uniform sample); an "
+                             "update's num_examples above it is refused (422)")
 
     def to_json(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
@@ -150,8 +193,11 @@ class EvaluateParams:
     """What an evaluation task scores (the task's "evaluate" object): model versions,
     newest first, and the most words a device scores (`federated.evaluation`)."""
 
-    versions: tuple[tuple[int, str], ...]  # (version, sha256)
-    max_words: int
+    versions: tuple[tuple[int, str], ...] = _doc("(version, sha256), newest first", schema={
+        "type": "array", "items": {"type": "object", "required": ["version", "sha256"],
+                                   "properties": {"version": {"type": "integer"},
+                                                  "sha256": {"type": "string"}}}})
+    max_words: int = _doc("score at most this many words (the most recent messages, whole)")
 
     def to_json(self) -> dict[str, Any]:
         return {"versions": [{"version": v, "sha256": sha} for v, sha in self.versions],
@@ -175,9 +221,10 @@ class SecAggTask:
     """A secure round's part of a task: the protocol's public config, this device's client
     id in it, and when its keys must be advertised (training must end before)."""
 
-    client_id: int
-    config: SecAggConfig
-    advertise_by: float  # unix time
+    client_id: int = _doc("this device's client id in the protocol, 1..n", minimum=1)
+    config: SecAggConfig = _doc("federated.secagg SecAggConfig.to_dict()",
+                                schema={"type": "object"})
+    advertise_by: float = _doc("unix time: train, then advertise keys before this")
 
     def to_json(self) -> dict[str, Any]:
         return {"client_id": self.client_id, "config": self.config.to_dict(),
@@ -208,19 +255,30 @@ class Task:
     round_id: int
     model_version: int
     model_sha256: str
-    deadline: float  # unix time: the upload (or report) must arrive before
-    train: TrainParams | None  # exactly in a "train" task
-    min_examples: int  # a device with fewer messages does not take part (it decides)
+    deadline: float = _doc("unix time: the upload (or report) must arrive before")
+    train: TrainParams | None = _doc("how to train: exactly in a training task")
+    min_examples: int = _doc("a device with fewer messages does not take part (it decides; "
+                             "check-in does not say how many it has)")
     clip_norm: float
-    noise_multiplier: float  # z
+    noise_multiplier: float = _doc("z: the device sizes its own noise from z, clip_norm, "
+                                   "min_reports, dishonest_share and secure_aggregation "
+                                   "(federated.privacy.device_noise_stddev)")
     min_reports: int
     dishonest_share: float
     secure_aggregation: bool
-    secagg: SecAggTask | None = None  # exactly when secure_aggregation
-    compression: Compression | None = None  # a compressed round's parameters
-    model_compact_sha256: str | None = None  # compressed rounds: the int8 download's sha256
-    kind: str = "train"
-    evaluate: EvaluateParams | None = None  # exactly in an "evaluate" task
+    secagg: SecAggTask | None = _doc("exactly when secure_aggregation", default=None)
+    compression: Compression | None = _doc(
+        "rounds with compression 'ddg16': federated.compression Compression.to_dict(); the "
+        "device checks it and adds its discrete Gaussian noise", schema={"type": "object"},
+        default=None)
+    model_compact_sha256: str | None = _doc("compressed rounds: the sha256 of "
+                                            "/v1/models/{version}/compact, the int8 download",
+                                            default=None)
+    kind: str = _doc("absent: a training task (with 'train'); 'evaluate': score "
+                     "'evaluate.versions' and send the report to "
+                     "/v1/rounds/{round_id}/evaluation", enum=list(TASK_KINDS), default="train")
+    evaluate: EvaluateParams | None = _doc("what to score: exactly in an evaluation task",
+                                           default=None)
 
     def __post_init__(self) -> None:
         """The parts agree: WireError if the server sent (or would build) a task whose

@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+import requests
+import schemathesis
 
 from aggregation_server.db import Device
 from model.tokenizer import WordTokenizer
@@ -111,6 +113,27 @@ def test_openapi_document_lists_every_route(server):
                    .replace("{version}", "<int(max=2147483647):version>")
                    .replace("{code_id}", "<code_id>") for p in doc["paths"]}
     assert routes == documented
+
+
+def test_the_answers_are_what_the_served_document_says(server):
+    """The protocol's schemas are derived from its types: real answers validate against the
+    document the server serves (check-in with and without a task, an upload's receipt)."""
+    doc = server.http.get(f"{server.url}/v1/openapi.json", timeout=30).json()
+    schema = schemathesis.openapi.from_dict(doc)
+    device = server.enrol()
+
+    def checkin() -> requests.Response:
+        server.tick()
+        answer = server.http.post(f"{server.url}/v1/checkin", json={"model_version": None},
+                                  headers=device.headers, timeout=60)
+        schema["/v1/checkin"]["POST"].validate_response(answer)
+        return answer
+    task = checkin().json()["task"]
+    assert set(task) <= set(doc["components"]["schemas"]["Task"]["properties"])
+    upload = server.upload(device, task["round_id"], server.update_bytes(task))
+    schema["/v1/rounds/{round_id}/update"]["PUT"].validate_response(upload)
+    assert upload.json() == {"accepted": True, "round_id": task["round_id"], "reports": 1}
+    assert checkin().json()["task"] is None  # it reported: NoTask, as documented
 
 
 def test_metrics_endpoint(server):
