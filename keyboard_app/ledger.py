@@ -58,9 +58,11 @@ def what_the_server_saw(terms: RoundTerms) -> str:
         return (f"only the sum of at least {terms.min_reports} phones' updates, never this "
                 f"phone's own (secure aggregation); this phone added noise of std "
                 f"{terms.noise_stddev:.3g}, its share of the round's noise")
-    return (f"this phone's update itself (no secure aggregation), clipped to {terms.clip_norm:g} "
-            f"with noise of std {terms.noise_stddev:.3g} added on the phone: the full noise of "
-            f"the round")
+    spec = terms.compression
+    sent = "" if spec is None else f" ({spec.kept:,} of its {spec.dimension:,} coordinates)"
+    return (f"this phone's update itself (no secure aggregation){sent}, clipped to "
+            f"{terms.sent_clip_norm:.3g} with noise of std {terms.noise_stddev:.3g} added on the "
+            f"phone: the full noise of the round")
 
 
 class PrivacyLedger:

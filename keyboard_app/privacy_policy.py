@@ -55,6 +55,12 @@ class RoundTerms:
     own_multiplier: float | None = None  # compressed round: its own noise over Delta
 
     @property
+    def sent_clip_norm(self) -> float:
+        """The norm what this device sends is clipped to, the one its noise is sized to: C,
+        or in a compressed round the kept part's C_kept (`Compression.kept_clip`)."""
+        return self.clip_norm if self.compression is None else self.compression.kept_clip
+
+    @property
     def own(self) -> float:
         """The noise multiplier of this device's own noise alone (what protects it if every
         other report came from a fake device): noise over the update's sensitivity, which

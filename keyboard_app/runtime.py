@@ -301,7 +301,7 @@ class DeviceRuntime:
         if local is None:
             why = "; ".join(self.eligibility.check(10**9).reasons) or "stopped or past deadline"
             return self._step("interrupted", self.poll_seconds, f"training stopped: {why}")
-        self._set(last_loss=local.result.mean_loss, clip_norm=terms.clip_norm,
+        self._set(last_loss=local.result.mean_loss, clip_norm=terms.sent_clip_norm,
                   noise_stddev=terms.noise_stddev)
         words = self._compress(local.update, terms)
         if task.secagg:

@@ -261,6 +261,24 @@ def test_a_device_with_compact_downloads_trains_from_the_int8_model(start_server
     server.wait_for(lambda st: st["model"]["version"] == 1, what="the round aggregated")
 
 
+def test_what_the_phone_says_it_sent_is_clipped_to_c_kept_with_the_rounds_noise(
+        start_server, tmp_path, sender_messages):
+    """A compressed round sends the kept part, clipped to C_kept (about half of C here), with
+    noise sized to it: the privacy panel and the ledger name that clip, so that noise over
+    clip reads as the round's z (it read z / 2 with C, as if the phone had half the noise)."""
+    server = start_server(round={**ONE_DEVICE_ROUNDS, **COMPRESSED})
+    device = make_device(server.url, tmp_path, sender_messages, code=server.enrolment_code())
+    run_until(device, server, "uploaded")
+    spec = Compression.from_dict(server.task(server.enrol())["compression"])
+    z, status = ONE_DEVICE_ROUNDS["noise_multiplier"], device.status()
+    assert spec.kept_clip < 0.6 * spec.clip_norm
+    assert status.clip_norm == spec.kept_clip
+    assert status.noise_stddev / status.clip_norm == pytest.approx(z, rel=0.01)
+    seen = device.ledger.entries()[-1].seen
+    assert f"clipped to {spec.kept_clip:.3g} with noise of std {status.noise_stddev:.3g}" in seen
+    assert f"{spec.kept:,} of its {spec.dimension:,} coordinates" in seen
+
+
 def test_noise_too_small_for_the_discrete_gaussian_bound_opens_no_round(start_server):
     server = start_server(round={**COMPRESSED, "noise_multiplier": 1e-7,
                                  "epsilon_budget": None})
