@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from federated import privacy
+from federated.compression import KEPT_CLIP_SLACK
 
 from aggregation_server.config import RoundConfig
 
@@ -166,7 +167,8 @@ def assumptions(config: RoundConfig) -> list[str]:
            "(participation cap per enrolled identity, enforced by the server)"]
     if config.compression != "none":
         out.append("compressed rounds (federated.compression): each device clips the part "
-                   "of its update it sends to C_kept = C min(1, s sqrt(kept / d)) and adds "
+                   "of its update it sends to C_kept = C min(1, s sqrt(kept / d)), s = "
+                   f"{KEPT_CLIP_SLACK:g} (it derives C_kept itself), and adds "
                    "discrete Gaussian noise to its rounded integers, z times the rounded "
                    "sensitivity of C_kept (over sqrt(h) in secure rounds); the sum's privacy "
                    "is Kairouz, Liu and Steinke's bound (2021, Theorem 1) as zCDP, whose "
