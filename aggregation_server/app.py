@@ -27,7 +27,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from aggregation_server.api import BLUEPRINTS
-from aggregation_server.clock import Clock, OffsetClock
+from aggregation_server.clock import OffsetClock
+from federated.clock import Clock, SystemClock
 from aggregation_server.config import Settings, load_settings
 from aggregation_server.dashboard import dashboard
 from aggregation_server.db import Database
@@ -83,7 +84,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     configure_logging(settings.log_level)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url)
-    service = RoundService(db, blob_store(settings.blob_store, settings.data_dir, db.engine),
+    clock = clock or SystemClock()
+    service = RoundService(db, blob_store(settings.blob_store, settings.data_dir, db.engine,
+                                          clock),
                            settings, ServerMetrics(), clock,
                            lambda svc: SecureAggregation(FedAvgPolicy(), svc))
     service.initialize()

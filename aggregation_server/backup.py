@@ -30,6 +30,7 @@ from aggregation_server import migrate
 from aggregation_server.config import Settings
 from aggregation_server.db import Base, Database, ModelVersion, Round, SecAggMessage, Task
 from aggregation_server.storage import BlobStore, blob_store
+from federated.clock import Clock, SystemClock
 
 FORMAT = "private-keyboard/server-backup-1"
 BLOB_DIRS = ("models", "optimizer", "updates")
@@ -81,21 +82,22 @@ def _rows(db: Database) -> tuple[dict[str, list[dict[str, Any]]], str]:
         return _dump_tables(conn), migrate.current_revision(conn)
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _add(tar: tarfile.TarFile, name: str, data: bytes, now: float) -> None:
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
+    info.size, info.mtime, info.mode = len(data), int(now), 0o600
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_archive(tmp: Path, db: Database, blobs: BlobStore, token: Path) -> dict | None:
+def _write_archive(tmp: Path, db: Database, blobs: BlobStore, token: Path,
+                   now: float) -> dict | None:
     """One attempt: the rows, then the blobs one at a time; None if a blob the rows need
-    was deleted meanwhile (a round closed)."""
+    was deleted meanwhile (a round closed). `now`: the backup's time."""
     tables, revision = _rows(db)
     written: list[str] = []
     with tarfile.open(tmp, "w") as tar:
         for name in _blob_names(blobs):
             try:
-                _add(tar, f"blobs/{name}", blobs.read(name))
+                _add(tar, f"blobs/{name}", blobs.read(name), now)
             except FileNotFoundError:
                 continue  # deleted since it was listed
             written.append(name)
@@ -103,18 +105,19 @@ def _write_archive(tmp: Path, db: Database, blobs: BlobStore, token: Path) -> di
             return None
         for name, rows in tables.items():
             lines = "".join(json.dumps(row, default=str) + "\n" for row in rows)
-            _add(tar, f"tables/{name}.jsonl", lines.encode())
+            _add(tar, f"tables/{name}.jsonl", lines.encode(), now)
         if token.is_file():
-            _add(tar, f"files/{ADMIN_TOKEN}", token.read_bytes())
-        manifest = {"format": FORMAT, "revision": revision, "created_at": time.time(),
+            _add(tar, f"files/{ADMIN_TOKEN}", token.read_bytes(), now)
+        manifest = {"format": FORMAT, "revision": revision, "created_at": now,
                     "rows": {name: len(rows) for name, rows in tables.items()},
                     "blobs": written, "admin_token": token.is_file()}
-        _add(tar, "manifest.json", json.dumps(manifest, indent=1).encode())
+        _add(tar, "manifest.json", json.dumps(manifest, indent=1).encode(), now)
     return manifest
 
 
-def backup(settings: Settings, out: Path) -> dict[str, Any]:
-    """Write the deployment's database and blobs to the tar file `out`; its manifest."""
+def backup(settings: Settings, out: Path, clock: Clock = SystemClock()) -> dict[str, Any]:
+    """Write the deployment's database and blobs to the tar file `out`; its manifest
+    (`clock`: the backup's time, recorded in it)."""
     data_dir = Path(settings.data_dir)
     if not data_dir.is_dir() or (settings.db_url is None
                                  and not (data_dir / "server.sqlite3").is_file()):
@@ -126,7 +129,7 @@ def backup(settings: Settings, out: Path) -> dict[str, Any]:
             raise BackupError(f"{db.engine.url.render_as_string(hide_password=True)}: no "
                               "server database there (check --data-dir and --db)")
         for _ in range(ATTEMPTS):
-            manifest = _write_archive(tmp, db, blobs, data_dir / ADMIN_TOKEN)
+            manifest = _write_archive(tmp, db, blobs, data_dir / ADMIN_TOKEN, clock())
             if manifest is not None:
                 tmp.replace(out)
                 return manifest

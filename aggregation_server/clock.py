@@ -1,50 +1,15 @@
-"""The server's time: every deadline, lease, retry and timestamp reads one injected clock.
+"""The server's time: every deadline, lease, retry and timestamp reads one injected clock
+(`federated.clock`: `Clock`, the wall clock `SystemClock`, and `ManualClock`, which stands
+still until a test moves it; after moving it a test calls `RoundService.tick()` or settles
+the round worker to let the server act on the new time).
 
-`SystemClock` is the wall clock (seconds since the epoch). `ManualClock` stands still until
-a test moves it (`advance`), so tests step through round deadlines, phase deadlines, leases
-and retry backoff instead of sleeping through them; after moving it a test calls
-`RoundService.tick()` (or settles the round worker) to let the server act on the new time.
 `OffsetClock` moves real server processes' time: the wall clock plus seconds kept in a
 file that every process sharing it reads (setting `clock_offset_file`, tests only).
 """
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
-from typing import Protocol
-
-
-class Clock(Protocol):
-    """Seconds since the epoch, as a float (call it)."""
-
-    def __call__(self) -> float: ...
-
-
-class SystemClock:
-    """The wall clock."""
-
-    def __call__(self) -> float:
-        return time.time()
-
-
-class ManualClock:
-    """A clock that moves only when told: starts at the wall clock's time (or `start`)."""
-
-    def __init__(self, start: float | None = None) -> None:
-        self.now = time.time() if start is None else start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        """Move forward by `seconds` (>= 0); the new time."""
-        if seconds < 0:
-            raise ValueError("a clock does not go back")
-        with self._lock:
-            self.now += seconds
-            return self.now
 
 
 class OffsetClock:

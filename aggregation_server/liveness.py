@@ -19,7 +19,7 @@ import psutil
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from aggregation_server.clock import Clock, SystemClock
+from federated.clock import Clock, SystemClock
 from aggregation_server.db import Database, ServerProcess
 
 log = logging.getLogger("aggregation_server.liveness")

@@ -26,9 +26,9 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from federated import protocol
+from federated.clock import Clock, SystemClock
 
 from aggregation_server import accounting, compressed
-from aggregation_server.clock import Clock, SystemClock
 from aggregation_server.config import RoundConfig, Settings
 from aggregation_server.db import Database, Device, ModelVersion, Round, ServerState, Task
 from aggregation_server.enrolment import Enrolment

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from device_model import tensorfile
 from device_model.files import write_atomic
 from device_model.tensorfile import TensorFileError
 from federated.wire import WireError, tensors_from_bytes, tensors_to_bytes
+from federated.clock import Clock, SystemClock
 from model.config import ModelConfig
 from model.tokenizer import TokenizerError, WordTokenizer
 
@@ -162,9 +162,9 @@ class DatabaseBlobStore(BlobStore):
     from the database each time, so no host keeps copies of a round another host closed.
     """
 
-    def __init__(self, data_dir: Path, engine: Engine) -> None:
+    def __init__(self, data_dir: Path, engine: Engine, clock: Clock = SystemClock()) -> None:
         super().__init__(data_dir)
-        self.engine = engine
+        self.engine, self.clock = engine, clock  # the clock: the blobs' created_at
         self.table = Blob.__table__
         (self.root / "cache").mkdir(exist_ok=True)
 
@@ -185,7 +185,7 @@ class DatabaseBlobStore(BlobStore):
 
     def write(self, relative: str, data: bytes) -> None:
         row = {"name": relative, "sha256": sha256_hex(data), "size": len(data), "data": data,
-               "created_at": time.time()}
+               "created_at": self.clock()}
         statement = insert(self.table).values(**row)
         statement = statement.on_conflict_do_update(
             index_elements=[self.table.c.name],
@@ -226,6 +226,8 @@ class DatabaseBlobStore(BlobStore):
             raise StorageError(f"{relative}: {err}") from None
 
 
-def blob_store(kind: str, data_dir: Path, engine: Engine) -> BlobStore:
+def blob_store(kind: str, data_dir: Path, engine: Engine,
+               clock: Clock = SystemClock()) -> BlobStore:
     """The store a `blob_store` setting names."""
-    return DatabaseBlobStore(data_dir, engine) if kind == "database" else BlobStore(data_dir)
+    return DatabaseBlobStore(data_dir, engine, clock) if kind == "database" \
+        else BlobStore(data_dir)

@@ -18,7 +18,6 @@ import logging
 import random
 import secrets
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from device_model.files import write_atomic
 from device_model.lstm import NumpyLSTM
 from device_model.tokenizer import DeviceTokenizer, TokenizerError
 from federated import evaluation as fed_eval
+from federated.clock import Clock, SystemClock
 from federated.compression import CompressionError
 from federated.privacy import composed_epsilon
 from federated.protocol import TASK_KINDS, NoTask, PrivacyStatus, Task
@@ -107,7 +107,8 @@ class DeviceRuntime:
     computes, by default `run_task`; the privacy audit's canary devices send a fixed
     direction instead), `enrolment_code` (the operator's code, needed to enrol the first
     time), `kinds` (the round kinds it takes tasks in: training and federated evaluation;
-    a simulation's held-out senders only evaluate).
+    a simulation's held-out senders only evaluate), `clock` (the unix time round deadlines
+    are compared with; tests pass a `federated.clock.ManualClock` and advance it).
     """
 
     def __init__(self, data_dir: str | Path, server_url: str, *,
@@ -120,7 +121,7 @@ class DeviceRuntime:
                  local_update: Callable = run_task,
                  enrolment_code: str | None = None,
                  kinds: tuple[str, ...] = TASK_KINDS,
-                 compact_downloads: bool = False) -> None:
+                 compact_downloads: bool = False, clock: Clock = SystemClock()) -> None:
         self.data_dir = Path(data_dir)
         self.policy = policy or DevicePolicy()
         self.ledger = ledger or PrivacyLedger(self.data_dir / LEDGER_FILE)
@@ -133,6 +134,7 @@ class DeviceRuntime:
         self.local_update = local_update  # run_task; privacy audits' canary devices differ
         self.kinds = kinds
         self.compact_downloads = compact_downloads  # int8 models, where the server offers them
+        self.clock = clock  # round deadlines
         self.poll_seconds, self.max_backoff = poll_seconds, max_backoff
         self.model: NumpyLSTM | None = None
         self.tokenizer: DeviceTokenizer | None = None
@@ -315,7 +317,7 @@ class DeviceRuntime:
 
     def _upload_pending(self) -> Step:
         pending = self._pending
-        late = time.time() - pending["deadline"]
+        late = self.clock() - pending["deadline"]
         # bytes that left the device may have been taken (the answer was lost): past the
         # deadline ask the server for the truth a while longer (its stored answer, or 409)
         if late > 0 and (pending["ledger_id"] is None or late > ASK_AFTER_DEADLINE):
@@ -372,7 +374,8 @@ class DeviceRuntime:
                       secure_aggregation=True)
             self._save_state()
 
-        upload = SecureUpload(self.client, task, wait=self._stop.wait, on_masked=masked,
+        upload = SecureUpload(self.client, task, wait=self._stop.wait, clock=self.clock,
+                              on_masked=masked,
                               on_sending_masked=sending, min_survivors=terms.min_reports,
                               on_phase=lambda step: self._set(
                                   state="uploading",
@@ -427,7 +430,7 @@ class DeviceRuntime:
         """Send the pending evaluation report; after a failure the same bytes under the same
         key (a second, freshly noised report of the same words would be a second release)."""
         pending = self._pending_report
-        if time.time() > pending["deadline"] + ASK_AFTER_DEADLINE:
+        if self.clock() > pending["deadline"] + ASK_AFTER_DEADLINE:
             self._pending_report = None
             return self._step("missed", self.poll_seconds, "evaluation report not delivered")
         try:
@@ -443,7 +446,7 @@ class DeviceRuntime:
         return self._step("evaluated", 0.0, pending["detail"])
 
     def _interrupted(self, deadline: float) -> bool:
-        return self._stop.is_set() or self.eligibility.should_stop() or time.time() > deadline
+        return self._stop.is_set() or self.eligibility.should_stop() or self.clock() > deadline
 
     # --- model and tokenizer ---------------------------------------------------------
     def _refresh_model(self) -> None:

@@ -292,7 +292,7 @@ def module_server(server_settings, tmp_path_factory):
 def start_server(tiny_model, server_settings, tmp_path):
     """start_server(db_url=None, round=None, data_dir=None, clock=None, **settings) -> Server
     (in-thread, on a ManualClock: its time moves only when the test moves it)."""
-    from aggregation_server.clock import ManualClock
+    from federated.clock import ManualClock
     stops = []
 
     def start(db_url: str | None = None, round: dict | None = None,

@@ -52,7 +52,9 @@ class Phone:
 
 
 def make_device(url, tmp_path, messages, *, phone=None, clock=None, client=None, code=None,
-                **settings):
+                deadlines=None, **settings):
+    """A device runtime on `messages`; `clock`: its eligibility's (monotonic) clock,
+    `deadlines`: the clock it compares round deadlines with (default: the wall clock)."""
     history = HistoryStore(":memory:", retention_days=None)
     history.add_many(messages)
     eligibility = Eligibility(EligibilitySettings(**{"idle_seconds": 60, "min_new_messages": 5,
@@ -60,7 +62,7 @@ def make_device(url, tmp_path, messages, *, phone=None, clock=None, client=None,
                               clock=clock or Clock(), battery=phone or Phone())
     return DeviceRuntime(tmp_path / "device", url, history=history, eligibility=eligibility,
                          client=client, poll_seconds=0.1, policy=POLICY,
-                         enrolment_code=code)
+                         enrolment_code=code, **({"clock": deadlines} if deadlines else {}))
 
 
 def run_until(device, server, outcome, tries=40):

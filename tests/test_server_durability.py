@@ -24,7 +24,7 @@ import requests
 from test_device import ONE_DEVICE_ROUNDS, make_device, sender_messages  # noqa: F401 (fixture)
 from test_server_faults import assert_model, expected_model
 
-from aggregation_server.clock import ManualClock
+from federated.clock import ManualClock
 from federated.protocol import Task
 from federated.secagg import SharesRelay
 from keyboard_app.client import SyncClient, make_retry
@@ -472,11 +472,12 @@ def test_a_plain_update_whose_answer_was_lost_is_confirmed_after_its_deadline(
     proxy.drops[("PUT", "/update")], proxy.down_after_drop = 1, True  # answer lost, then down
     client = SyncClient(proxy.url, tmp_path / "device", retry=make_retry(backoff=0.0),
                         enrolment_code=server.enrolment_code())
-    device = make_device(proxy.url, tmp_path, sender_messages, client=client)
+    clock = ManualClock()
+    device = make_device(proxy.url, tmp_path, sender_messages, client=client, deadlines=clock)
     assert device.run_once().outcome == "offline"
     first = server.status()["rounds"][0]
     assert first["reports"] == 1 and first["state"] == "closed"  # the server took it
-    device._pending["deadline"] = time.time() - 1  # the outage lasted past the deadline
+    clock.advance(device._pending["deadline"] + 1 - clock())  # the outage outlasted it
     proxy.down = False
     step = device.run_once()
     assert step.outcome == "uploaded", step  # the stored answer: it counted

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aggregation_server.clock import ManualClock
+from federated.clock import ManualClock
 from aggregation_server.config import ConfigError, load_settings
 
 ROUND = {"target_reports": 2, "min_reports": 2, "overcommit": 1.0}
