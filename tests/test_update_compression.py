@@ -274,3 +274,34 @@ def test_the_full_scheme_keeps_every_coordinate_at_sixteen_bits():
     total = spec.decode_sum(modular_sum([spec.encode(x, sigma, rng) for x in xs]))
     expected = math.sqrt(spec.kept * n * (sigma ** 2 + 0.25)) / spec.scale
     assert np.linalg.norm(total - sum(xs)) <= 1.1 * expected  # every coordinate, no rescale
+
+
+
+def aligned_on_one_rotated_coordinate(spec: Compression, j: int) -> np.ndarray:
+    """A float32 update of norm C that the codec's rotation maps onto kept coordinate j (the
+    decode of the unit word e_j): the worst case for rounding (the seed is public)."""
+    words = np.zeros(spec.kept, dtype=np.uint16)
+    words[j] = 1
+    x = spec.decode_sum(words)
+    return (x / np.linalg.norm(x) * spec.clip_norm).astype(np.float32)
+
+
+@pytest.mark.parametrize("scheme", ["ddg16", "ddg16-full"])
+def test_whatever_parameters_a_server_sends_one_device_stays_within_delta_at_z(scheme):
+    """A malicious server picks kept, block and scale (the device checks only their form, the
+    seed and C, and derives C_kept): for every such task an update with all of C on one
+    rotated kept coordinate still rounds to integers within Delta, and the noise the device
+    then adds protects it by the round's z, as its ledger counts."""
+    d, z, rng = 20_000, 1.0, np.random.default_rng(11)
+    top_kept, top_block = layout(d, scheme=scheme)
+    for _ in range(12):
+        block = 2 ** int(rng.integers(1, top_block.bit_length()))
+        kept = block * int(rng.integers(1, top_kept // block + 1))
+        spec = Compression.from_dict(Compression(SEED, d, kept, block, 16, float(
+            10 ** rng.uniform(-2, 4)), 0.5, scheme).to_dict())
+        assert spec.kept_clip == kept_clip_norm(0.5, d, kept) <= 0.5
+        x = aligned_on_one_rotated_coordinate(spec, int(rng.integers(min(kept, d))))
+        q = spec.centred(spec.encode(x, 0.0, rng))
+        assert np.linalg.norm(q) <= spec.sensitivity  # (no wrap: c <= 10^4 C_kept here)
+        sigma, visible, _ = privacy.compressed_noise(spec, z, 20, secure=True)
+        assert sigma < 4 or visible == pytest.approx(z)
