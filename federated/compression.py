@@ -72,7 +72,9 @@ class CompressionError(ValueError):
 
 
 def round_seed(round_id: int, model_sha256: str) -> bytes:
-    """The round's public seed: both sides derive it, neither chooses it."""
+    """The round's public seed: both sides derive it and an honest server does not choose
+    it (a malicious one could try round ids until it likes S; the kept-part clip bounds every
+    device's contribution whatever S is, so that gains it nothing for privacy)."""
     try:
         model = bytes.fromhex(model_sha256)
     except (TypeError, ValueError):
