@@ -356,8 +356,8 @@ class Compression:
         if any(type(v) is not int for v in ints):
             raise CompressionError("compression dimension, kept, block and bits must be integers")
         if any(isinstance(data[k], bool) or not isinstance(data[k], (int, float))
-               for k in ("scale", "clip_norm", "kept_clip_norm")):
-            raise CompressionError("compression scale, clip_norm and kept_clip_norm must be "
+               or abs(data[k]) >= 2 ** 1023 for k in ("scale", "clip_norm", "kept_clip_norm")):
+            raise CompressionError("compression scale, clip_norm and kept_clip_norm must be finite "
                                    "numbers")
         seed = data["seed"]
         if not (isinstance(seed, str) and len(seed) == 2 * SEED_BYTES

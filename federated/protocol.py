@@ -92,7 +92,7 @@ def _number(data: dict, key: str, what: str, low: float = -math.inf, high: float
             above: bool = False, below: bool = False) -> float:
     """A finite number in [low, high]; `above`/`below` exclude the bound."""
     value = _get(data, key, what)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     if ok:
         ok = (value > low if above else value >= low) and (value < high if below else
                                                            value <= high)
@@ -100,6 +100,14 @@ def _number(data: dict, key: str, what: str, low: float = -math.inf, high: float
         span = f"{'(' if above else '['}{low:g}, {high:g}{')' if below else ']'}"
         raise WireError(f"{what} '{key}' must be a finite number in {span}, got {value!r}")
     return float(value)
+
+
+def _finite(value: int | float) -> bool:
+    """Whether a JSON number is a finite float (an integer of 400 digits is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _choice(data: dict, key: str, what: str, choices: tuple[str, ...]) -> str:

@@ -14,7 +14,8 @@ from conftest import task_json
 from device_model.files import write_atomic
 from device_model import tensorfile
 from device_model.tensorfile import TensorFileError
-from federated import protocol
+from federated import privacy, protocol
+from federated.compression import round_seed
 from federated.protocol import (EvaluateParams, NoTask, PrivacyStatus, Receipt,
                                 SecAggReceipt, SecAggTask, Task,
                                 checkin_from_json, checkin_to_json)
@@ -222,3 +223,45 @@ def test_one_atomic_write(tmp_path):
     with pytest.raises(IsADirectoryError):
         write_atomic(target.parent, b"x")
     assert os.listdir(target.parent) == ["token.json"]  # no temporary file left behind
+
+
+def _number_paths(data: object, path: tuple = ()) -> list[tuple]:
+    """The path of every number in a JSON value (booleans are not numbers here)."""
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in _number_paths(v, path + (k,))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in _number_paths(v, path + (i,))]
+    return [path] if isinstance(data, (int, float)) and not isinstance(data, bool) else []
+
+
+def _with(data: object, path: tuple, value: object) -> object:
+    if not path:
+        return value
+    copy = list(data) if isinstance(data, list) else dict(data)
+    copy[path[0]] = _with(data[path[0]], path[1:], value)
+    return copy
+
+
+def compressed_task() -> Task:
+    """A plain compressed task as the server builds it."""
+    seed, sha = round_seed(4, "ab" * 32), "ab" * 32
+    spec = privacy.round_compression(seed, 50_000, 0.5, 1.0, 5, 8, secure=False)
+    return RoundConfig(secure_aggregation=False, compression="ddg16", noise_multiplier=1.0,
+                       clip_norm=0.5, min_reports=5).task(
+        4, 2, sha, 9e9, compression=spec, model_compact_sha256="cd" * 32)
+
+
+@pytest.mark.parametrize("task", [secure_task, compressed_task])
+@pytest.mark.parametrize("huge", [10 ** 400, -10 ** 400, float("inf"), float("nan")],
+                         ids=["1e400", "-1e400", "inf", "nan"])
+def test_a_number_no_float_can_hold_is_refused_with_a_sentence(task, huge):
+    """A hostile server's 400-digit (or infinite) number in any field of a task is a WireError
+    naming the field, never an OverflowError out of the device's parser."""
+    built = task()
+    data = wire(built.to_json())
+    assert Task.from_json(data) == built
+    paths = _number_paths(data)
+    assert len(paths) >= 12
+    for path in paths:
+        with pytest.raises(WireError):
+            Task.from_json(_with(data, path, huge))

@@ -115,8 +115,8 @@ class FixedPoint:
         bits, bound, clients = data["bits"], data["bound"], data["max_clients"]
         if type(bits) is not int or type(clients) is not int:
             raise ValueError("encoding bits and max_clients must be integers")
-        if type(bound) not in (int, float):
-            raise ValueError("encoding bound must be a number")
+        if type(bound) not in (int, float) or abs(bound) >= 2 ** 1023:
+            raise ValueError("encoding bound must be a finite number")
         return cls(bits, float(bound), clients)
 
 
