@@ -147,13 +147,14 @@ def print_sizes(result: dict[str, Any]) -> None:
 
 def quality(rounds: int, devices: int, max_examples: int, run_dir: Path,
             reuse: bool = False, secure: bool = True, scheme: str = "ddg16",
-            noises: tuple[bool, ...] = (False, True)) -> list[dict[str, Any]]:
+            noises: tuple[bool, ...] = (False, True), seed: int = 0) -> list[dict[str, Any]]:
     from fleet.demo import DemoConfig
     from fleet.evaluation import evaluate_split
     from fleet.run import run_fleet
     from model.paths import SHIPPED_MODEL, SHIPPED_TOKENIZER
     demo = DemoConfig(rounds=rounds, fleet_minutes=None, devices_per_round=devices,
-                      max_examples=max_examples, eval_every=0, secure_aggregation=secure)
+                      max_examples=max_examples, eval_every=0, secure_aggregation=secure,
+                      seed=seed)
     models, fleets = [("pre-trained (shipped)", str(SHIPPED_MODEL))], {}
     for noise in noises:
         for compression in (scheme, "none"):
@@ -259,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--scheme", choices=("ddg16", "ddg16-full"), default="ddg16")
     q.add_argument("--noise", choices=("both", "dp", "none"), default="both",
                    help="which fleets: with and without noise, or one of them")
+    q.add_argument("--seed", type=int, default=0,
+                   help="the fleets' seed (who checks in, dropout, training, noise)")
     q.add_argument("--reuse", action="store_true",
                    help="keep the fleets already run in --run-dir; run only the others")
     args = p.parse_args(argv)
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(machine()), flush=True)
     noises = {"both": (False, True), "dp": (True,), "none": (False,)}[args.noise]
     rows = quality(args.rounds, args.devices_per_round, args.max_examples, args.run_dir,
-                   args.reuse, args.secure, args.scheme, noises)
+                   args.reuse, args.secure, args.scheme, noises, args.seed)
     (args.run_dir / "quality.json").write_text(json.dumps(rows, indent=1))
     print_quality(rows)
     return 0
