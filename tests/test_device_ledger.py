@@ -45,16 +45,19 @@ def test_the_ledger_outlives_restarts_token_loss_re_enrolment_and_servers(
     history.add_many(messages)
     device = phone(tmp_path / "phone", server, history)
     assert device.run_once().outcome == "uploaded"
+    server.tick()  # the round worker closes round 1 and opens round 2 (a phone asks later)
     first_id = device.client.device_id
 
     restarted = phone(tmp_path / "phone", server, history)  # the app restarted
     assert restarted.status().ledger_rounds == 1
     assert restarted.run_once().outcome == "uploaded"
+    server.tick()
 
     from aggregation_server.db import Device
     with server.app.extensions["pk.service"].db.write() as s:  # the server forgets the token
         s.get(Device, first_id).token_sha256 = "0" * 64
     assert restarted.run_once().outcome == "uploaded"  # 401, token recovered, round 3
+    server.tick()
     assert restarted.client.device_id == first_id  # with its identity key: the same device
     status = restarted.status()
     assert (status.ledger_rounds, status.ledger_sent) == (3, 3)
