@@ -14,7 +14,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -178,15 +179,36 @@ class Server:
         return [e for e in map(_json_or_none, lines) if e and e.get("event") == name]
 
     def wait_for(self, predicate, timeout: float = 120.0, what: str = "condition") -> dict:
-        """Poll /v1/status until predicate(status) holds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            st = self.status()
-            if predicate(st):
-                return st
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}: {json.dumps(st)[:2000]}")
-            time.sleep(0.1)
+        """Poll /v1/status until predicate(status) holds (for server processes and device
+        threads; an in-thread server's own deadlines are moved with `advance`)."""
+        seen: list[dict] = []
+
+        def holds() -> dict | None:
+            seen[:] = [self.status()]
+            return seen[0] if predicate(seen[0]) else None
+        try:
+            return poll(holds, timeout, what, every=0.1)
+        except AssertionError as err:
+            raise AssertionError(f"{err}: {json.dumps(seen[0])[:2000]}") from None
+
+
+T = TypeVar("T")
+
+
+def poll(check: Callable[[], T], timeout: float = 60.0, what: str = "a condition",
+         every: float = 0.05) -> T:
+    """`check()`'s first truthy answer, asked every `every` seconds for at most `timeout`
+    (AssertionError after). Only for what another process or thread does on its own time (a
+    server or fleet process getting ready, a device thread's round) and signals nothing this
+    test could wait on; time itself is never waited for: tests move a clock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = check()
+        if answer:
+            return answer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)  # the one sleep in the tests: polling another process's progress
 
 
 def task_json(**changes: Any) -> dict:

@@ -118,13 +118,12 @@ class Driver:
     def until(self, condition: Callable[[], bool], timeout: float = 120.0,
               what: str = "") -> None:
         """Run frames until `condition()` holds; fail after `timeout` seconds (a ceiling for
-        busy machines, not a speed requirement)."""
+        busy machines, not a speed requirement). Kivy's clock paces the frames (maxfps)."""
         end = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > end:
                 raise AssertionError(f"timed out waiting for {what or condition}")
             self.frames()
-            time.sleep(0.01)
 
     def type(self, text: str) -> None:
         """Type into the focused field, one keystroke (and one frame) per character."""

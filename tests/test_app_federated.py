@@ -1,8 +1,7 @@
 """The app against a real aggregation server on loopback: a round runs in the background
 while the user keeps typing, and the model version on screen changes."""
-import time
-
 import kivy_env  # noqa: E402  sets up Kivy's environment first
+from federated.clock import ManualClock
 
 kivy_env.configure_window(kivy_env.PHONE)
 
@@ -10,7 +9,7 @@ ROUND = {"target_reports": 1, "min_reports": 1, "overcommit": 1.0, "retry_after"
          "round_seconds": 120.0, "train_epochs": 1.0, "train_batch_size": 8,
          "train_lr": 0.5, "noise_multiplier": 1.0, "clip_norm": 1.0,
          "secure_aggregation": False}  # one device per round: secure aggregation needs 2+
-IDLE = 0.4  # seconds without typing before the device may train
+IDLE = 60.0  # seconds without typing before the device may train (on the test's clock)
 
 
 def _policy():
@@ -24,8 +23,9 @@ def test_round_in_background_while_typing(start_server, tiny_model, tmp_path):
     from keyboard_app.ui.app import KeyboardApp
     server = start_server(round=ROUND)
     start_version = server.status()["model"]["version"]
+    idle_clock = ManualClock(0.0)  # the user's pauses: moved by the test, never waited for
     eligibility = Eligibility(EligibilitySettings(idle_seconds=IDLE, require_charging=False,
-                                                  min_new_messages=3))
+                                                  min_new_messages=3), clock=idle_clock)
     pretrained, tokenizer = kivy_env.tiny_model()
     app = KeyboardApp(tmp_path / "device", server_url=server.url, pretrained_model=pretrained,
                       tokenizer_path=tokenizer,
@@ -42,29 +42,22 @@ def test_round_in_background_while_typing(start_server, tiny_model, tmp_path):
         assert f"v{start_version}" in app.status_text
 
         for text in ("see you tomorrow", "how are you doing", "thanks a lot"):
-            began = time.monotonic()
             drv.type(text)
-            assert eligibility.idle_for() < time.monotonic() - began  # typing = busy
+            idle_clock.advance(1.0)
+            assert eligibility.idle_for() == 1.0  # typing = busy: idle since the last key
             drv.key(13)
         assert app.backend.history.count() == 3
 
-        # Keep typing in bursts; the round trains and uploads in the idle gaps, in the
-        # runtime's thread, while every keystroke still gets its suggestions at once.
-        keystrokes, bursts, deadline = 0, 0, time.monotonic() + 120
-        while True:
-            bursts += 1
-            assert time.monotonic() < deadline, f"no new model: {app.backend.runtime_status()}"
-            for char in "so what ":
-                drv.type(char)
-                keystrokes += 1
-                assert screen.strip.suggestions == app.predictor.suggest(
-                    screen.before_cursor())
-            if app.model_version != start_version:
-                break
-            pause_until = time.monotonic() + IDLE * 2 + 0.5 * bursts  # longer on a busy CPU
-            while time.monotonic() < pause_until and app.model_version == start_version:
-                drv.frames()
-                time.sleep(0.02)
+        # Type, then pause: the round trains and uploads in the idle gap, in the runtime's
+        # thread, while every keystroke still gets its suggestions at once.
+        keystrokes = 0
+        for char in "so what ":
+            drv.type(char)
+            keystrokes += 1
+            assert screen.strip.suggestions == app.predictor.suggest(screen.before_cursor())
+        assert app.model_version == start_version  # busy typing: no round yet
+        idle_clock.advance(IDLE * 2)  # the user pauses
+        drv.until(lambda: app.model_version != start_version, what="a new model")
         assert app.model_version > start_version and keystrokes > 0
         drv.until(lambda: f"v{app.model_version}" in app.status_text, what="status update")
         status = app.backend.runtime_status()

@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import sqlite3
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import TEST_ROUND
+from conftest import TEST_ROUND, poll
 
 
 @pytest.fixture
@@ -45,10 +44,8 @@ def gunicorn(tiny_model, tmp_path):
 
 
 def _wait(done, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+    """Until gunicorn's processes (another process group) did what `done` checks."""
+    poll(done, timeout, "the gunicorn processes", every=0.1)
 
 
 def _events(log: Path, name: str) -> list[dict]:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from conftest import poll
 from test_device import ONE_DEVICE_ROUNDS, make_device, sender_messages  # noqa: F401 (fixture)
 from test_server_faults import assert_model, expected_model
 
@@ -336,15 +337,11 @@ def test_database_down_answers_503_with_retry_after_and_changes_nothing(start_se
 
 def closing_row(db: Path, round_id: int, timeout: float = 60.0) -> tuple[int, str]:
     """(reports, lease owner) of the round once it is closing, read from SQLite directly."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def closing() -> tuple[int, str] | None:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-            row = conn.execute("SELECT reports, lease_owner FROM rounds WHERE id = ? AND "
-                               "state = 'closing'", (round_id,)).fetchone()
-        if row:
-            return row
-        time.sleep(0.05)
-    raise AssertionError(f"round {round_id} did not start closing")
+            return conn.execute("SELECT reports, lease_owner FROM rounds WHERE id = ? AND "
+                                "state = 'closing'", (round_id,)).fetchone()
+    return poll(closing, timeout, f"round {round_id} to start closing in the server process")
 
 
 def test_kill_9_during_aggregation_the_restarted_process_takes_over_at_once(

@@ -5,13 +5,13 @@ import math
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import psutil
 import pytest
 import torch
 
+from conftest import poll
 from data import Device, load_split
 from federated import privacy
 from fleet import simulate
@@ -168,10 +168,10 @@ def test_a_killed_fleet_leaves_no_process_behind(tiny_model, tmp_path):
          "--no-final-eval", "-q", "--run-dir", str(run_dir)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and len(_lines(run_dir / "rounds.jsonl")) < 3:
+        def three_rounds() -> bool:
             assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.2)
+            return len(_lines(run_dir / "rounds.jsonl")) >= 3
+        poll(three_rounds, 120, "three rounds of the fleet process", every=0.2)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 3  # two workers and the server at least
         proc.send_signal(signal.SIGTERM)
