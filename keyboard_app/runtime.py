@@ -20,7 +20,7 @@ import secrets
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from federated import evaluation as fed_eval
 from federated.clock import Clock, SystemClock
 from federated.compression import CompressionError
 from federated.privacy import composed_epsilon
-from federated.protocol import TASK_KINDS, NoTask, PrivacyStatus, Task
+from federated.protocol import TASK_KINDS, NoTask, PrivacyStatus, Receipt, Task
 from federated.secagg import flatten
 from federated.wire import Update, WireError, encode_compressed_update
 from keyboard_app.client import ModelBlob, ServerRejected, ServerUnavailable, SyncClient
@@ -57,6 +57,26 @@ class Step:
     outcome: str  # offline | paused | not-eligible | no-task | uploaded | interrupted | ...
     wait: float
     detail: str = ""
+
+
+@dataclass
+class PendingReport:
+    """A report (an update, or an evaluation report) sent until the server answers: after a
+    failure the same bytes under the same Idempotency-Key (a freshly noised report of the
+    same data would be a second release). Past its deadline, once the bytes may have left
+    (`entry` set: the ledger counts the spend), the server's stored answer is still asked
+    for ASK_AFTER_DEADLINE seconds: it may have taken them and lost its answer."""
+
+    round_id: int
+    deadline: float
+    send: Callable[[str], Receipt]  # the request, given the Idempotency-Key
+    record: Callable[[], int]  # the ledger entry of the spend, made when the bytes first leave
+    accepted: Callable[[Receipt], Step]  # what follows the server's yes
+    missed: str  # why the step is "missed" when the deadline passed
+    sending: str | None = None  # the status detail while it is sent (None: unchanged)
+    wait_for_idle: bool = False  # resent only while the device may train (updates)
+    key: str = field(default_factory=lambda: str(uuid.uuid4()))
+    entry: int | None = None
 
 
 @dataclass
@@ -149,8 +169,7 @@ class DeviceRuntime:
         self._stop, self._wake = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._failures = 0
-        self._pending: dict | None = None  # an update whose upload failed, retried until deadline
-        self._pending_report: dict | None = None  # likewise an evaluation report: same bytes
+        self._pending: PendingReport | None = None  # sent until answered, or its deadline
         self._load_cached_model()
 
     # --- public API --------------------------------------------------------------
@@ -207,13 +226,11 @@ class DeviceRuntime:
             return self._step("paused", self.poll_seconds, "learning paused by the user")
         try:
             self._set(device_id=self.client.enrol())
-            if self._pending:  # trained earlier, the upload failed: send the same bytes
-                if self.eligibility.should_stop():
+            if self._pending:  # its sending failed: the same bytes, never a new report
+                if self._pending.wait_for_idle and self.eligibility.should_stop():
                     return self._step("not-eligible", self.poll_seconds, "; ".join(
                         self.eligibility.check(10**9).reasons))
-                return self._upload_pending()
-            if self._pending_report:  # its sending failed: the same report, never a new one
-                return self._send_report()
+                return self._send_pending()
             self._refresh_model()
             return self._maybe_participate()
         except ServerUnavailable as err:
@@ -310,42 +327,47 @@ class DeviceRuntime:
             return self._secure_upload(task, local.update, started, terms, words)
         body = local.body if words is None else \
             encode_compressed_update(local.update, words, terms.compression.seed)
-        self._pending = {"round_id": task.round_id, "body": body,
-                         "key": str(uuid.uuid4()), "deadline": task.deadline, "started": started,
-                         "terms": terms, "ledger_id": None}
-        return self._upload_pending()
+        round_id = task.round_id
 
-    def _upload_pending(self) -> Step:
+        def uploaded(receipt: Receipt) -> Step:
+            self._set(last_participation=started, last_round_id=round_id,
+                      rounds_joined=self._status.rounds_joined + 1,
+                      last_update_bytes=len(body), secure_aggregation=False)
+            self._refresh_privacy()
+            self._save_state()
+            log.info("round %s: uploaded %d bytes (reports now %s)", round_id, len(body),
+                     receipt.reports)
+            return self._step("uploaded", 0.0, f"round {round_id}")
+        self._pending = PendingReport(
+            round_id, task.deadline, lambda key: self.client.upload(round_id, body, key),
+            lambda: self.ledger.record_sent(self.client.base, round_id, terms), uploaded,
+            "update not delivered before deadline",
+            sending=f"round {round_id}: sending {len(body)} bytes", wait_for_idle=True)
+        return self._send_pending()
+
+    def _send_pending(self) -> Step:
+        """Send the pending report (`PendingReport`): the server's answer decides the ledger
+        entry; a refusal is final, an unreachable server leaves it pending."""
         pending = self._pending
-        late = self.clock() - pending["deadline"]
-        # bytes that left the device may have been taken (the answer was lost): past the
-        # deadline ask the server for the truth a while longer (its stored answer, or 409)
-        if late > 0 and (pending["ledger_id"] is None or late > ASK_AFTER_DEADLINE):
+        late = self.clock() - pending.deadline
+        if late > 0 and (pending.entry is None or late > ASK_AFTER_DEADLINE):
             self._pending = None
-            return self._step("missed", self.poll_seconds, "update not delivered before deadline")
-        self._set(state="uploading", detail=f"round {pending['round_id']}: sending "
-                                            f"{len(pending['body'])} bytes")
-        if pending["ledger_id"] is None:  # spent once the bytes leave, whatever the answer
-            pending["ledger_id"] = self.ledger.record_sent(self.client.base, pending["round_id"],
-                                                           pending["terms"])
+            return self._step("missed", self.poll_seconds, pending.missed)
+        if pending.sending is not None:
+            self._set(state="uploading", detail=pending.sending)
+        if pending.entry is None:  # spent once the bytes leave, whatever the answer
+            pending.entry = pending.record()
             self._refresh_ledger()
         try:
-            reply = self.client.upload(pending["round_id"], pending["body"], pending["key"])
+            receipt = pending.send(pending.key)
         except ServerRejected:
             self._pending = None
-            self.ledger.mark(pending["ledger_id"], accepted=False)
+            self.ledger.mark(pending.entry, accepted=False)
             raise
         self._pending = None
-        self.ledger.mark(pending["ledger_id"], accepted=True)
+        self.ledger.mark(pending.entry, accepted=True)
         self._refresh_ledger()
-        self._set(last_participation=pending["started"], last_round_id=pending["round_id"],
-                  rounds_joined=self._status.rounds_joined + 1,
-                  last_update_bytes=len(pending["body"]), secure_aggregation=False)
-        self._refresh_privacy()
-        self._save_state()
-        log.info("round %s: uploaded %d bytes (reports now %s)", pending["round_id"],
-                 len(pending["body"]), reply.reports)
-        return self._step("uploaded", 0.0, f"round {pending['round_id']}")
+        return pending.accepted(receipt)
 
     def _compress(self, update: Update, terms: RoundTerms) -> np.ndarray | None:
         """A compressed round's words: the clipped update through the codec, with this
@@ -417,33 +439,20 @@ class DeviceRuntime:
                 f"{len(fed_eval.FIELDS) * len(models)} sums over at most {spec.max_words} of "
                 f"its words, clipped to {terms.clip_norm:g} with noise of std "
                 f"{terms.noise_stddev:.3g} added on the phone")
-        entry = self.ledger.record_sent(self.client.base, task.round_id, terms, seen=seen)
-        self._refresh_ledger()
-        self._pending_report = {
-            "round_id": task.round_id, "body": report.body, "key": str(uuid.uuid4()),
-            "entry": entry, "deadline": task.deadline,
-            "detail": f"round {task.round_id}: {len(models)} model version(s) scored on "
-                      f"{report.messages} messages"}
-        return self._send_report()
+        round_id, detail = task.round_id, (f"round {task.round_id}: {len(models)} model "
+                                           f"version(s) scored on {report.messages} messages")
 
-    def _send_report(self) -> Step:
-        """Send the pending evaluation report; after a failure the same bytes under the same
-        key (a second, freshly noised report of the same words would be a second release)."""
-        pending = self._pending_report
-        if self.clock() > pending["deadline"] + ASK_AFTER_DEADLINE:
-            self._pending_report = None
-            return self._step("missed", self.poll_seconds, "evaluation report not delivered")
-        try:
-            self.client.report_evaluation(pending["round_id"], pending["body"], pending["key"])
-        except ServerRejected:
-            self._pending_report = None
-            self.ledger.mark(pending["entry"], accepted=False)
-            raise
-        self._pending_report = None
-        self.ledger.mark(pending["entry"], accepted=True)
+        def evaluated(_receipt: Receipt) -> Step:
+            log.info("%s; evaluation report sent", detail)
+            return self._step("evaluated", 0.0, detail)
+        self._pending = PendingReport(
+            round_id, task.deadline,
+            lambda key: self.client.report_evaluation(round_id, report.body, key),
+            lambda: self.ledger.record_sent(self.client.base, round_id, terms, seen=seen),
+            evaluated, "evaluation report not delivered")
+        self._pending.entry = self._pending.record()  # spent: the report is made
         self._refresh_ledger()
-        log.info("%s; evaluation report sent", pending["detail"])
-        return self._step("evaluated", 0.0, pending["detail"])
+        return self._send_pending()
 
     def _interrupted(self, deadline: float) -> bool:
         return self._stop.is_set() or self.eligibility.should_stop() or self.clock() > deadline

@@ -474,7 +474,7 @@ def test_a_plain_update_whose_answer_was_lost_is_confirmed_after_its_deadline(
     assert device.run_once().outcome == "offline"
     first = server.status()["rounds"][0]
     assert first["reports"] == 1 and first["state"] == "closed"  # the server took it
-    clock.advance(device._pending["deadline"] + 1 - clock())  # the outage outlasted it
+    clock.advance(device._pending.deadline + 1 - clock())  # the outage outlasted it
     proxy.down = False
     step = device.run_once()
     assert step.outcome == "uploaded", step  # the stored answer: it counted
