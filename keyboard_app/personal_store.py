@@ -1,11 +1,14 @@
 """The person's learned words on the device: SQLite beside the typing history.
 
 `personal.sqlite` in the app's data folder (created with mode 0600, deleted rows overwritten
-on disk) holds every count of `model.personal.PersonalModel` (1- to 3-grams, by word, never by token id: a new global model or tokenizer keeps them), the forms written
-with capitals, whether learning is paused, and what the layer learned of how much of it
-suits the person (`model.personal.Adaptation`, as JSON). It learns only what the history store kept
-(after its filters: never incognito or password fields, never long numbers or e-mail
-addresses), is deleted with the history, and nothing in it is ever sent.
+on disk) holds every count of `model.personal.PersonalModel` (1- to 3-grams, by word, never by
+token id: a new global model or tokenizer keeps them), the forms written with capitals,
+whether learning is paused, and what the layer learned of how much of it suits the person
+(`model.personal.Adaptation`, as JSON: with how often the person typed each word and the
+global model's summed probabilities by word id, for the unigram scaling; removing a word
+removes its count there too). It learns only what the history store kept (after its filters:
+never incognito or password fields, never long numbers or e-mail addresses), is deleted with
+the history, and nothing in it is ever sent.
 
 Export writes the personal dictionary as plain text (`model.personal.dictionary_text`:
 a header line, then `word<TAB>times used[<TAB>how it is written]`); import reads the same
@@ -86,14 +89,17 @@ class PersonalStore:
         words = {g[0] for g in grams if len(g) == 1}
         with self._lock:
             self._db.execute("BEGIN")
-            if self.model.adaptation is not None:
-                self._db.execute("INSERT INTO settings VALUES ('adaptation', ?) ON CONFLICT"
-                                 "(name) DO UPDATE SET value = excluded.value",
-                                 (json.dumps(self.model.adaptation.to_dict()),))
+            self._save_adaptation()
             self._db.executemany(f"INSERT INTO grams VALUES ({'?, ' * ORDER}1) ON CONFLICT"
                                  f"({_WORDS}) DO UPDATE SET n = n + 1", map(_row, grams))
             self._sync_forms(words)
             self._db.execute("COMMIT")
+
+    def _save_adaptation(self) -> None:
+        if self.model.adaptation is not None:
+            self._db.execute("INSERT INTO settings VALUES ('adaptation', ?) ON CONFLICT"
+                             "(name) DO UPDATE SET value = excluded.value",
+                             (json.dumps(self.model.adaptation.to_dict()),))
 
     def learn(self, text: str) -> list[Gram]:
         """Count one message (already filtered by the history) unless paused."""
@@ -114,10 +120,12 @@ class PersonalStore:
 
     # --- the person's controls ---------------------------------------------------------
     def remove(self, word: str) -> int:
-        """Forget one word everywhere; returns how often it had been used."""
+        """Forget one word everywhere (its counts in the adaptation too); returns how often
+        it had been used."""
         had = self.model.remove(word)
         with self._lock:
             self._db.execute("BEGIN")
+            self._save_adaptation()
             self._db.execute("DELETE FROM grams WHERE " + " OR ".join(
                 f"w{i} = ?" for i in range(ORDER)), (word,) * ORDER)
             self._db.execute("DELETE FROM forms WHERE word = ?", (word,))

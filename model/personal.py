@@ -13,15 +13,24 @@ followers of the context; the trigram level on top works the same way):
     p(w | u v) = (c3(u v w) - d3)+ / (n3 + th3) + (th3 + d3 T3) / (n3 + th3) * p2(w | v)
     p2(w | v)  = (c2(v w) - d2)+ / (n2 + th2)   + (th2 + d2 T2) / (n2 + th2) * p1(w)
     p1(w)      = lam c1(w) / N + rho r(w) + (1 - lam - rho) pg(w),  lam = gamma N / (N + beta)
-    pg(w)      = p_g(w | h) for a vocabulary word; for a word outside the vocabulary
-                 p_g(<unk> | h) c1(w) / (N_oov + kappa)
+    pg(w)      = ps(w | h) for a vocabulary word; for a word outside the vocabulary
+                 ps(<unk> | h) c1(w) / (N_oov + kappa)
+    ps(w | h)  = p_g(w | h) a(w) / sum_v p_g(v | h) a(v),
+    a(w)       = ((o(w) + mu q(w)) / ((W + mu) q(w)))^b
 
 where r(w) is a cache of the person's last RECENT words, each weighing `decay` times less
 per word typed since (what the person is talking about now), and rho its weight. So the
 person's weight grows with how much they typed (N words in all, n in a context),
 and a word typed once (even outside the vocabulary) can be suggested in the next message.
+ps is the global model scaled to the person's own word frequencies (unigram scaling, the
+closed form of a personal output bias log a(w) on the frozen global model): over the W words
+the device observed so far, o(w) is how often the person typed w (a word outside the
+vocabulary counts as <unk>) and q(w) the global model's mean probability of w before each
+of them, so a(w) > 1 for the words the person uses more than the global model expects in
+the person's contexts and a(w) = (mu / (W + mu))^b for words never typed; mu pseudo-words of
+the global model's own frequencies smooth it, and b (`scaling`) damps it (b = 0: ps = p_g).
 Last, log p(w) = s log p_mix(w) + (1 - s) log pg(w) - log Z: the mixture is tempered by
-the global model (a log-linear blend with sharpness s; s = 1 is the plain mixture).
+the (scaled) global model (a log-linear blend with sharpness s; s = 1 is the plain mixture).
 Only the words the person used are touched per context: a keystroke stays sub-millisecond.
 
 How much of the layer suits this person is learned on the device (`Adaptation`, kept with
@@ -32,22 +41,25 @@ the counts), from every message it learns, before counting it (`PersonalLayer.ob
   few words keeps it);
 - a gate: among the person's words where exactly one of the layer (as it was then) and the
   global model alone had the word as its first suggestion, let L be the layer's and G the
-  global model's; while G - L > z sqrt(G + L) (a sign test: the global model is better
-  by z standard deviations), the layer steps back to the global model alone (its unknown
+  global model's (unscaled); while G - L > z sqrt(G + L) (a sign test: the global model is
+  better by z standard deviations), the layer steps back to the global model alone (its unknown
   word's mass still shared among the person's new words). So a person the layer does not
   help gets, after a while, what they got without it; with z = 0 (the default, chosen on
   `valid`) the gate closes as soon as the global model is ahead, a larger z waits for
   stronger evidence.
-A new device learns both while its history is first learned, message by message as typed.
+- the scaling's counts o, q and W (`Adaptation.observed`, `expected`, `words`).
+A new device learns all of it while its history is first learned, message by message as typed.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 import re
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -88,6 +100,9 @@ class PersonalWeights:
     # (the most likely so far); () keeps `sharpness`
     prior: float = 5.0  # nats of log-likelihood `sharpness` starts ahead of the others by
     gate: float | None = 0.0  # z of the gate's sign test (None: no gate)
+    scaling: float = 0.3  # b: how much the global model is scaled to the person's word
+    # frequencies (0: not at all)
+    scaling_prior: float = 100.0  # mu: pseudo-words of the global model's own frequencies
 
     def __post_init__(self) -> None:
         ok = 1 <= len(self.levels) < ORDER and all(
@@ -97,42 +112,62 @@ class PersonalWeights:
                 and 0 < self.decay <= 1 and 0 < self.sharpness <= 1
                 and all(0 < x <= 1 for x in self.adapt)
                 and (not self.adapt or self.sharpness in self.adapt)
-                and (self.gate is None or self.gate >= 0) and self.prior >= 0):
+                and (self.gate is None or self.gate >= 0) and self.prior >= 0
+                and 0 <= self.scaling <= 1 and self.scaling_prior > 0):
             raise ValueError(f"personal weights out of range: {self}")
 
     @property
     def adapts(self) -> bool:
         """Whether the device learns from the person's words how much of the layer to use."""
-        return bool(self.adapt) or self.gate is not None
+        return bool(self.adapt) or self.gate is not None or self.scaling > 0
 
 
 @dataclass
 class Adaptation:
     """What the device learned of how much of the layer suits its person (see the module's
     docstring): the summed log-likelihood of the person's words under each sharpness of
-    `grid`, and how many words only the layer (as it was then) and only the global model
-    alone had as the first suggestion."""
+    `grid`, how many words only the layer (as it was then) and only the global model
+    alone had as the first suggestion, and the unigram scaling's counts: the words observed,
+    how often each was typed, and the global model's summed probabilities (by id) there."""
 
     grid: tuple[float, ...]
     log_lik: list[float]
     layer_only: int = 0
     global_only: int = 0
+    words: int = 0  # W
+    observed: dict[str, int] = field(default_factory=dict)  # o(w)
+    expected: np.ndarray | None = None  # W q(w), by vocabulary id
+    vocabulary: str = ""  # the fingerprint of the vocabulary `expected` is by
 
     @classmethod
     def new(cls, grid: Sequence[float]) -> Adaptation:
         return cls(tuple(grid), [0.0] * len(grid))
 
     def to_dict(self) -> dict:
-        return {"grid": list(self.grid), "log_lik": list(self.log_lik),
-                "layer_only": self.layer_only, "global_only": self.global_only}
+        found = {"grid": list(self.grid), "log_lik": list(self.log_lik),
+                 "layer_only": self.layer_only, "global_only": self.global_only,
+                 "words": self.words, "observed": dict(self.observed),
+                 "vocabulary": self.vocabulary}
+        if self.expected is not None:  # float32, base64: 53 kB for 10k words
+            found["expected"] = base64.b64encode(
+                self.expected.astype("<f4").tobytes()).decode("ascii")
+        return found
 
     @classmethod
     def from_dict(cls, data: dict) -> Adaptation:
         """From `to_dict`'s data; ValueError when it is not that."""
         grid = tuple(float(x) for x in data["grid"])
         log_lik = [float(x) for x in data["log_lik"]]
-        found = cls(grid, log_lik, int(data["layer_only"]), int(data["global_only"]))
-        if len(grid) != len(log_lik) or min(found.layer_only, found.global_only) < 0:
+        found = cls(grid, log_lik, int(data["layer_only"]), int(data["global_only"]),
+                    int(data.get("words", 0)),
+                    {str(w): int(n) for w, n in data.get("observed", {}).items()},
+                    vocabulary=str(data.get("vocabulary", "")))
+        if data.get("expected") is not None:
+            found.expected = np.frombuffer(base64.b64decode(data["expected"], validate=True),
+                                           dtype="<f4").astype(np.float64)
+        if (len(grid) != len(log_lik) or min(found.layer_only, found.global_only, found.words,
+                                             *found.observed.values()) < 0
+                or found.expected is not None and not np.all(found.expected >= 0)):
             raise ValueError("malformed adaptation")
         return found
 
@@ -222,6 +257,8 @@ class PersonalModel:
         self.total -= had
         self.recent = deque((w for w in self.recent if w != word), maxlen=RECENT)
         self.forms.pop(word, None)
+        if self.adaptation is not None:
+            self.adaptation.observed.pop(word, None)
         for context in [c for c in self.followers if word in c]:
             del self.followers[context]
         for context, counter in list(self.followers.items()):
@@ -349,7 +386,10 @@ class PersonalLayer:
         self.unk_id, self.first = unk_id, first_word_id
         self.word_to_id = {w: i for i, w in enumerate(id_to_word) if i >= first_word_id}
         self.vocab_size = len(id_to_word)
+        self.vocabulary = hashlib.sha256("\n".join(id_to_word).encode()).hexdigest()[:16]
         self._version = -1
+        self._scaling_for: tuple = ()  # what self._scaling (log a(w)) was computed for
+        self._scaling = np.zeros(0)
         self.refresh()
 
     def learn(self, text: str) -> list[Gram]:
@@ -436,10 +476,10 @@ class PersonalLayer:
         """(log-probs over the vocabulary, log-probs of `oov_words`) of the next word after
         the message's words `context`, from the global model's `log_probs` (V,): the layer
         at the sharpness this device chose, or the global model alone while it is gated."""
-        probs, oov, base, base_oov = self._parts(log_probs, context)
         if self.gated():
-            return _log(base), _log(base_oov)
-        return _temper((_log(probs), _log(oov), _log(base), _log(base_oov)), self.sharpness())
+            return tuple(map(_log, self._base(log_probs)))
+        logs = tuple(map(_log, self._parts(self._scaled(log_probs), context)))
+        return _temper(logs, self.sharpness())
 
     def sharpness(self) -> float:
         """s: the most likely of `weights.adapt` on the person's words so far (ties, and
@@ -472,21 +512,23 @@ class PersonalLayer:
         if not self.current():
             self.refresh()
         found = self._adaptation() or Adaptation.new(w.adapt)
+        self.model.adaptation = found
         s_now = self.sharpness()
         for i, word in enumerate(ws):
             wid = self.word_to_id.get(word)
             j = self._oov_pos.get(word) if wid is None else None
             if wid is None and j is None:  # a word nobody could have suggested yet
                 continue
-            logs = tuple(map(_log, self._parts(rows[i], ws[:i])))
+            logs = tuple(map(_log, self._parts(self._scaled(rows[i]), ws[:i])))
             for k, s in enumerate(w.adapt):
                 scores, oov = _temper(logs, s)
                 found.log_lik[k] += float(scores[wid] if j is None else oov[j])
             mine = self._is_first(_temper(logs, s_now), wid, j)
-            theirs = self._is_first((logs[2], logs[3]), wid, j)
+            theirs = self._is_first(tuple(map(_log, self._base(rows[i]))), wid, j)
             found.layer_only += mine and not theirs
             found.global_only += theirs and not mine
-        self.model.adaptation = found
+        if w.scaling and ws:
+            _count_words(found, rows, ws, self.vocabulary)
         self.model.version += 1
 
     def _is_first(self, scored: tuple[np.ndarray, np.ndarray], wid: int | None,
@@ -497,15 +539,49 @@ class PersonalLayer:
         target = scores[wid] if j is None else oov[j]
         return bool(scores[self.first:].max() <= target and (not len(oov) or oov.max() <= target))
 
+    def _scaled(self, log_probs: np.ndarray) -> np.ndarray:
+        """log ps(w | h): the global model's log-probs scaled to the person's frequencies."""
+        log_a = self._log_scaling()
+        if log_a is None:
+            return log_probs
+        scaled = log_probs + log_a
+        top = float(scaled.max())
+        return scaled - (top + math.log(float(np.exp(scaled - top).sum())))
+
+    def _log_scaling(self) -> np.ndarray | None:
+        """log a(w) by vocabulary id (None: no scaling yet); once per change of the model."""
+        w, found = self.weights, self._adaptation()
+        if (not w.scaling or found is None or not found.words or found.expected is None
+                or found.vocabulary != self.vocabulary
+                or len(found.expected) != self.vocab_size):
+            return None
+        key = (self.model.version, id(found), found.words, w.scaling, w.scaling_prior)
+        if self._scaling_for != key:
+            typed = np.zeros(self.vocab_size)
+            for word, n in found.observed.items():
+                typed[self.word_to_id.get(word, self.unk_id)] += n
+            mean = np.maximum(found.expected / found.words, 1e-30)  # q(w)
+            self._scaling = w.scaling * np.log((typed + w.scaling_prior * mean)
+                                               / ((found.words + w.scaling_prior) * mean))
+            self._scaling_for = key
+        return self._scaling
+
+    def _base(self, log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (vocabulary, OOV words) of the global model `log_probs` with its
+        unknown word's mass shared among the person's OOV words."""
+        kappa = self.weights.kappa
+        probs = np.exp(log_probs.astype(np.float64))
+        oov = probs[self.unk_id] * self.oov_counts / (self.oov_total + kappa)
+        probs[self.unk_id] *= kappa / (self.oov_total + kappa)  # the rest of <unk>
+        return probs, oov
+
     def _parts(self, log_probs: np.ndarray, context: Sequence[str]
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Probabilities (vocabulary, OOV words) of the mixture p_mix, then of the global
-        model with its unknown word's mass shared among the person's OOV words."""
+        """Probabilities (vocabulary, OOV words) of the mixture p_mix over `log_probs`,
+        then of `log_probs` alone (`_base`)."""
         w = self.weights
-        probs = np.exp(log_probs.astype(np.float64))
         n_all = self.model.total
-        oov = probs[self.unk_id] * self.oov_counts / (self.oov_total + w.kappa)
-        probs[self.unk_id] *= w.kappa / (self.oov_total + w.kappa)  # the rest of <unk>
+        probs, oov = self._base(log_probs)
         base, base_oov = probs.copy(), oov.copy()
         lam = w.gamma * n_all / (n_all + w.beta) if n_all else 0.0
         rho = w.recency if self.model.recent else 0.0
@@ -542,6 +618,21 @@ class PersonalLayer:
     def oov_index(self, word: str) -> int | None:
         """Position of a personal word outside the vocabulary in `oov_words`, or None."""
         return self._oov_pos.get(word)
+
+
+def _count_words(found: Adaptation, rows: Sequence[np.ndarray], ws: Sequence[str],
+                 vocabulary: str) -> None:
+    """Add one message to the unigram scaling's counts: its words `ws`, and the global
+    model's probabilities `rows[i]` (log) before each (over the vocabulary with fingerprint
+    `vocabulary`; counts over another vocabulary start again)."""
+    if (found.expected is None or found.vocabulary != vocabulary
+            or len(found.expected) != len(rows[0])):
+        found.expected, found.words, found.observed = np.zeros(len(rows[0])), 0, {}
+        found.vocabulary = vocabulary
+    for row, word in zip(rows, ws):
+        found.expected += np.exp(row.astype(np.float64))
+        found.observed[word] = found.observed.get(word, 0) + 1
+    found.words += len(ws)
 
 
 def _log(x: np.ndarray) -> np.ndarray:

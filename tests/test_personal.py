@@ -277,3 +277,5 @@ def test_the_device_learns_its_adaptation_as_the_evaluation_does(tokenizer, mode
     assert (on_device.layer_only, on_device.global_only) == (replayed.layer_only,
                                                              replayed.global_only)
     assert on_device.log_lik == pytest.approx(replayed.log_lik, rel=1e-5)
+    assert (on_device.words, on_device.observed) == (replayed.words, replayed.observed)
+    assert np.allclose(on_device.expected, replayed.expected, rtol=1e-4, atol=1e-9)

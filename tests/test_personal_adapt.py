@@ -1,18 +1,20 @@
 """How much of the personal layer suits the person, learned on the device (Adaptation): on
 constructed streams the layer is never much worse at top-1 than the better of the global
-model alone and the layer at a fixed sharpness; the state is kept and deleted with the
-personal store."""
+model alone and the layer at a fixed sharpness; the unigram scaling lifts the words the person
+uses more than the global model expects; the state is kept and deleted with the personal
+store, and a removed word leaves it."""
 import numpy as np
 import pytest
 
 from keyboard_app.personal_store import PersonalStore
-from model.personal import Adaptation, PersonalLayer, PersonalModel, PersonalWeights
+from model.personal import (Adaptation, PersonalLayer, PersonalModel, PersonalWeights,
+                            total_log_prob)
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 WORDS = ["a", "b", "see", "you", "at", "x"] + [f"c{k}" for k in range(10)]
 VOCAB = SPECIALS + WORDS
 ID = {w: i for i, w in enumerate(VOCAB)}
-FIXED = PersonalWeights(adapt=(), gate=None)  # the layer as it was: sharpness 0.7 always
+FIXED = PersonalWeights(adapt=(), gate=None, scaling=0.0)  # sharpness 0.7 always
 ADAPTING = PersonalWeights()
 
 
@@ -111,6 +113,31 @@ def test_bad_weights_are_refused():
         PersonalWeights(gate=-1.0)
     with pytest.raises(ValueError):
         PersonalWeights(prior=-1.0)
+    for scaling, prior in ((-0.1, 100.0), (1.5, 100.0), (0.3, 0.0)):
+        with pytest.raises(ValueError):
+            PersonalWeights(scaling=scaling, scaling_prior=prior)
+
+
+def test_the_scaling_lifts_the_words_the_person_uses_more_than_expected():
+    # the global model puts half its mass on "x" everywhere; the person never types "x"
+    # and types "c3" four times in ten words
+    scaled = PersonalWeights(adapt=(), gate=None, scaling=1.0, scaling_prior=10.0)
+    layer = PersonalLayer(PersonalModel(), VOCAB, scaled)
+    row = global_row("x")
+    layer.observe([row] * 10, "c3 a c3 b c3 see c3 you at a".split())
+    found = layer.model.adaptation
+    assert found.words == 10 and found.observed["c3"] == 4
+    q = np.exp(row)  # the global model's mean probability of each word here
+    expected = np.log((4 + 10 * q[ID["c3"]]) / ((10 + 10) * q[ID["c3"]]))
+    assert np.isclose(layer._log_scaling()[ID["c3"]], expected)
+    scores, oov = layer.combine(row, [])
+    unscaled, _ = PersonalLayer(layer.model, VOCAB, FIXED).combine(row, [])
+    assert abs(total_log_prob(scores, oov)) < 1e-9  # still a distribution
+    assert scores[ID["c3"]] > unscaled[ID["c3"]] + 0.5 and scores[ID["x"]] < unscaled[ID["x"]]
+    # without the scaling the counts are not kept, and the layer is the fixed one
+    plain = PersonalLayer(PersonalModel(), VOCAB, FIXED)
+    plain.observe([row] * 2, ["c3", "a"])
+    assert plain.model.adaptation is None
 
 
 def test_the_adaptation_is_kept_and_deleted_with_the_store(tmp_path):
@@ -121,6 +148,7 @@ def test_the_adaptation_is_kept_and_deleted_with_the_store(tmp_path):
         store.record(layer.learn("see you at c3"))
     learned = store.model.adaptation.to_dict()
     assert learned["layer_only"] + learned["global_only"] > 0
+    assert learned["words"] == 32 and learned["observed"]["c3"] == 8 and learned["expected"]
     store.close()
     again = PersonalStore(tmp_path / "personal.sqlite")
     assert again.model.adaptation.to_dict() == learned
@@ -136,3 +164,19 @@ def test_an_unreadable_adaptation_is_learned_again(tmp_path):
     store._db.execute("INSERT INTO settings VALUES ('adaptation', '{\"grid\": [0.5]}')")
     store.close()
     assert PersonalStore(tmp_path / "personal.sqlite").model.adaptation is None
+
+
+def test_a_removed_word_leaves_the_scaling_counts(tmp_path):
+    store = PersonalStore(tmp_path / "personal.sqlite")
+    layer = PersonalLayer(store.model, VOCAB, ADAPTING)
+    for _ in range(3):
+        layer.observe([global_row("x")] * 3, ["see", "zorblat", "a"])
+        store.record(layer.learn("see zorblat a"))
+    assert store.model.adaptation.observed["zorblat"] == 3
+    store.remove("zorblat")
+    store.close()
+    again = PersonalStore(tmp_path / "personal.sqlite")
+    assert "zorblat" not in again.model.adaptation.observed
+    assert again.model.adaptation.observed["see"] == 3
+    again.close()
+    assert b"zorblat" not in (tmp_path / "personal.sqlite").read_bytes()
