@@ -4,7 +4,7 @@ personal layer, as each sender types the second half of their messages.
     python benchmarks/personalised.py [CHECKPOINT] [--split test|valid]
     python benchmarks/personalised.py [CHECKPOINT] --tune          # the grid, on valid only
     python benchmarks/personalised.py [CHECKPOINT] --tune --adapt  # adapting or not, valid
-    python benchmarks/personalised.py [CHECKPOINT] --compare       # and without the scaling
+    python benchmarks/personalised.py [CHECKPOINT] --compare       # and with unigram scaling
     python benchmarks/personalised.py [CHECKPOINT] --latency       # keystroke latency
 
 Weights are tuned with `--tune` on `valid` senders only (it refuses `test`); the chosen
@@ -51,7 +51,7 @@ STAGE2 = {"sharpness": (0.5, 0.7), "gamma": (0.0, 0.05), "recency": (0.0, 0.05)}
 # chosen: `--tune --adapt` (adapt () with gate None is the layer without adapting).
 ADAPT = {"adapt": ((), PersonalWeights().adapt), "gate": (None, 0.0, 1.0, 2.0), "prior": (0.0,)}
 PRIOR = {"prior": (0.0, 5.0, 20.0)}  # `--tune --adapt --prior`: the head start of s = 0.7
-BEFORE = replace(PersonalWeights(), scaling=0.0)  # `--compare`: the layer before the scaling
+SCALED = replace(PersonalWeights(), scaling=0.3)  # `--compare`: with the unigram scaling
 TARGETS = {"top1": 0.02, "macro_top1": 0.01, "top3": 0.03, "ksr": 0.015}
 MAX_LOSS = 0.005  # no sender with 50+ history messages worse by more than this (top-1)
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", type=Path, default=None,
                         help="with --tune: take stage 1's figures from this earlier --tune JSON")
     parser.add_argument("--compare", action="store_true",
-                        help="also the layer without the unigram scaling, in the same pass")
+                        help="also the layer with the unigram scaling (b 0.3), same pass")
     parser.add_argument("--latency", action="store_true", help="keystroke latency only")
     parser.add_argument("--keystrokes", type=int, default=2000)
     parser.add_argument("--max-senders", type=int, default=None)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         summaries = stage1 + _run(scorer, tokenizer, devices, grid(STAGE2, base))
     else:
         summaries = _run(scorer, tokenizer, devices,
-                         [PersonalWeights(), *([BEFORE] if args.compare else [])])
+                         [PersonalWeights(), *([SCALED] if args.compare else [])])
     seconds = time.perf_counter() - start
     out = args.json or ROOT / "runs" / f"personalised-{split}{'-tune' if args.tune else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

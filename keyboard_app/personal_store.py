@@ -4,8 +4,8 @@
 on disk) holds every count of `model.personal.PersonalModel` (1- to 3-grams, by word, never by
 token id: a new global model or tokenizer keeps them), the forms written with capitals,
 whether learning is paused, and what the layer learned of how much of it suits the person
-(`model.personal.Adaptation`, as JSON: with how often the person typed each word and the
-global model's summed probabilities by word id, for the unigram scaling; removing a word
+(`model.personal.Adaptation`, as JSON; with the unigram scaling on, also how often the person
+typed each word and the global model's summed probabilities by word id: removing a word
 removes its count there too). It learns only what the history store kept (after its filters:
 never incognito or password fields, never long numbers or e-mail addresses), is deleted with
 the history, and nothing in it is ever sent.

@@ -257,13 +257,13 @@ def test_the_device_learns_its_adaptation_as_the_evaluation_does(tokenizer, mode
     from model.words import words
     messages = ["i love zorblat so much", "zorblat is my cat", "i love my cat",
                 "my cat is called zorblat"]
+    weights = PersonalWeights(scaling=0.3)
     predictor = Predictor(model, tokenizer)
-    predictor.set_personal(PersonalModel())
+    predictor.set_personal(PersonalModel(), weights)
     for text in messages:
         predictor.learn(text)
     on_device = predictor.personal.model.adaptation
-    layer = PersonalLayer(PersonalModel(), tokenizer.id_to_word, PersonalWeights(),
-                          tokenizer.unk_id)
+    layer = PersonalLayer(PersonalModel(), tokenizer.id_to_word, weights, tokenizer.unk_id)
     scorer = LSTMScorer(model)
     for text in messages:
         ws = words(text)

@@ -16,6 +16,7 @@ VOCAB = SPECIALS + WORDS
 ID = {w: i for i, w in enumerate(VOCAB)}
 FIXED = PersonalWeights(adapt=(), gate=None, scaling=0.0)  # sharpness 0.7 always
 ADAPTING = PersonalWeights()
+SCALING = PersonalWeights(scaling=0.3)  # adapting, with the unigram scaling
 
 
 def global_row(top: str, mass: float = 0.5) -> np.ndarray:
@@ -142,7 +143,7 @@ def test_the_scaling_lifts_the_words_the_person_uses_more_than_expected():
 
 def test_the_adaptation_is_kept_and_deleted_with_the_store(tmp_path):
     store = PersonalStore(tmp_path / "personal.sqlite")
-    layer = PersonalLayer(store.model, VOCAB, ADAPTING)
+    layer = PersonalLayer(store.model, VOCAB, SCALING)
     for _ in range(8):
         layer.observe([global_row("x")] * 4, "see you at c3".split())
         store.record(layer.learn("see you at c3"))
@@ -168,7 +169,7 @@ def test_an_unreadable_adaptation_is_learned_again(tmp_path):
 
 def test_a_removed_word_leaves_the_scaling_counts(tmp_path):
     store = PersonalStore(tmp_path / "personal.sqlite")
-    layer = PersonalLayer(store.model, VOCAB, ADAPTING)
+    layer = PersonalLayer(store.model, VOCAB, SCALING)
     for _ in range(3):
         layer.observe([global_row("x")] * 3, ["see", "zorblat", "a"])
         store.record(layer.learn("see zorblat a"))
