@@ -5,7 +5,8 @@
 # 1.0, 0.3, 1.0, 0.3: two constant stretches, each ending with a short low-lr stretch.
 # Leg 3 used the fleet's own defaults for the client lr (0.5) and the mean (example-weighted);
 # the other legs use 0.316 and a uniform mean. Only the last leg evaluates on `test`.
-# About 2.2 hours on 2 cores. Needs the cached pre-trained model (`make demo` builds it).
+# About 2.2 hours on 2 cores. Needs the cached pre-trained model of BENCHMARKS.md
+# (`python -m model.pretrain --force --epochs 8 --dropout 0.2 --threads 1`).
 #
 #   bash benchmarks/federated_long.sh [OUT_DIR]      (default: runs/federated-long)
 set -euo pipefail

@@ -99,9 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "full noise z*C itself (default: on)")
     p.add_argument("--compression", choices=("none", "ddg16", "ddg16-full"),
                    default=d.compression,
-                   help="ddg16: uploads of at most 4 bits per parameter with integer noise "
-                        "(federated.compression); the devices then download the int8 model "
-                        "(default: %(default)s)")
+                   help="compressed uploads with integer noise (federated.compression): "
+                        "ddg16, a random quarter of the coordinates, at most 4 bits per "
+                        "parameter; ddg16-full, every coordinate, 16 bits; the devices then "
+                        "download the int8 model (default: %(default)s)")
     p.add_argument("--no-final-eval", dest="final_eval", action="store_false",
                    help="skip the evaluation on all of valid at the end")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
