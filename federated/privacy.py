@@ -1,10 +1,13 @@
 """Client-level differential privacy as in DP-FedAvg (McMahan et al. 2018).
 
-Each device clips its update to L2 norm C and adds Gaussian noise of standard deviation
-z * C / sqrt(m), where m is the round's minimum number of reports, so that the sum of any
-m or more updates carries noise of standard deviation at least z * C. The sum has L2
-sensitivity C to one device, so each round a device joins is one Gaussian mechanism with
-noise multiplier z. The accountant is Google's `dp-accounting` (RDP).
+Each device clips its update to L2 norm C and adds noise it sizes itself
+(`device_noise_stddev`): in secure rounds z * C / sqrt(h), h the fewest honest reports of a
+round of at least m (`min_reports`) when at most `dishonest_share` of them add no noise, so
+the honest part of the unmasked sum alone carries z * C; in plain rounds the whole z * C, so
+each upload alone is protected. The sum has L2 sensitivity C to one device, so each round a
+device joins is one Gaussian mechanism with noise multiplier z. Compressed rounds add integer
+noise instead (the distributed discrete Gaussian, `ddg_rho`). The accountant is Google's
+`dp-accounting` (RDP, and zCDP for the discrete Gaussian).
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from fleet.plots import plot_rounds
 from fleet.population import (check_in_order, choose_population, choose_valid,
                               with_audit_devices)
 from fleet.server_process import ServerProcess
-from model.paths import PRETRAINED_MODEL, TOKENIZER_PATH
+from model.paths import SHIPPED_MODEL, SHIPPED_TOKENIZER
 
 log = logging.getLogger(__name__)
 logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's notes on fractional orders
@@ -256,8 +256,8 @@ class Fleet:
 
 
 def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = None,
-              admin_token: str | None = None, init_model: Path = PRETRAINED_MODEL,
-              tokenizer: Path = TOKENIZER_PATH, senders: list[str] | None = None,
+              admin_token: str | None = None, init_model: Path = SHIPPED_MODEL,
+              tokenizer: Path = SHIPPED_TOKENIZER, senders: list[str] | None = None,
               progress: bool = True, title: str | None = None,
               extra_messages: dict[str, list[str]] | None = None,
               direction_seeds: list[int] = ()) -> dict[str, Any]:
@@ -298,8 +298,9 @@ def run_fleet(config: FleetConfig, run_dir: Path, *, server_url: str | None = No
         if server_url is None:
             for path in (init_model, tokenizer):
                 if not Path(path).is_file():
-                    raise FleetError(f"{path} not found: run `python -m model.pretrain` first, "
-                                     "or give --init-model and --tokenizer")
+                    raise FleetError(f"The start model {path} was not found. Give an existing "
+                                     "checkpoint and its tokenizer with --init-model and "
+                                     "--tokenizer.")
             server = stack.enter_context(ServerProcess(run_dir / "server", {
                 "start_training": False, "tick_seconds": 0.5, "log_level": "INFO",
                 "enrol_rate_limit": 1_000_000,  # the whole fleet is on loopback

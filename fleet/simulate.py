@@ -40,7 +40,7 @@ from fleet import FleetError
 from fleet.config import CHECK_INS, FleetConfig
 from fleet.report import describe
 from fleet.run import run_fleet
-from model.paths import PRETRAINED_MODEL, ROOT, TOKENIZER_PATH
+from model.paths import ROOT, SHIPPED_MODEL, SHIPPED_TOKENIZER
 from model.schedule import SCHEDULES
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,9 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "default: start one with SQLite in the run folder")
     p.add_argument("--admin-token", default=os.environ.get("PK_ADMIN_TOKEN"),
                    help="the server's admin token (default: $PK_ADMIN_TOKEN)")
-    p.add_argument("--init-model", type=Path, default=PRETRAINED_MODEL,
-                   help="start model of a server started here (default: %(default)s)")
-    p.add_argument("--tokenizer", type=Path, default=TOKENIZER_PATH)
+    p.add_argument("--init-model", type=Path, default=SHIPPED_MODEL,
+                   help="start model of a server started here (default: the public "
+                   "pre-trained model shipped in model/shipped/, as the app and the demo)")
+    p.add_argument("--tokenizer", type=Path, default=SHIPPED_TOKENIZER)
     p.add_argument("--run-dir", type=Path, default=None,
                    help="output folder (default: runs/fleet-<time>)")
     for name, kind, help_text in [
