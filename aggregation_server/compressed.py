@@ -2,8 +2,9 @@
 `federated.compression`): the round's public parameters, and reading compressed uploads
 (plain rounds) and the unmasked modular sum (secure rounds) back into float updates.
 
-The parameters are a function of the round's config, its id and its model's sha256
-(`round_seed`), so every process derives the same ones and nothing new is stored.
+The parameters are a function of the round's config, its id, its model's sha256 and, in
+plain rounds, the device's id (`upload_seed`: each device keeps its own subset; secure
+rounds share one), so every process derives the same ones and nothing new is stored.
 What bounds one device's influence: an honest device clips its update to C and the
 kept part to C_kept before compressing (`federated.compression`); the server refuses an
 upload (plain) or a sum (secure) whose centred integers are longer than the sensitivity
@@ -18,7 +19,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from federated import privacy
-from federated.compression import Compression, CompressionError, round_seed
+from federated.compression import Compression, CompressionError, upload_seed
 from federated.secagg import ModularIntegers
 
 from aggregation_server.config import RoundConfig
@@ -29,23 +30,27 @@ _COMPACT: dict[str, str] = {}  # data dir and compact model name -> its sha256, 
 _COMPACT_LOCK = threading.Lock()
 
 
-def spec_for(config: RoundConfig, round_id: int, model_sha256: str,
-             dimension: int) -> Compression | None:
-    """The round's compression parameters (None: float32 updates)."""
+def spec_for(config: RoundConfig, round_id: int, model_sha256: str, dimension: int,
+             device_id: str | None) -> Compression | None:
+    """The compression parameters of device `device_id`'s upload (None: float32 updates);
+    secure rounds ignore `device_id` (one seed for all), plain rounds need it."""
     if config.compression == "none":
         return None
+    device = None if config.secure_aggregation else device_id
     return privacy.round_compression(
-        round_seed(round_id, model_sha256), dimension, config.clip_norm,
+        upload_seed(round_id, model_sha256, device), dimension, config.clip_norm,
         config.noise_multiplier, config.min_reports, config.capacity,
         secure=config.secure_aggregation, dishonest_share=config.dishonest_share,
         scheme=config.compression)
 
 
-def round_spec(s: Session, r: Round, config: RoundConfig, dimension: int) -> Compression | None:
+def round_spec(s: Session, r: Round, config: RoundConfig, dimension: int,
+               device_id: str | None) -> Compression | None:
     """`spec_for` an open round (its model's sha256 read in session `s`)."""
     if config.compression == "none":
         return None
-    return spec_for(config, r.id, s.get(ModelVersion, r.model_version).sha256, dimension)
+    return spec_for(config, r.id, s.get(ModelVersion, r.model_version).sha256, dimension,
+                    device_id)
 
 
 def compact_path(version: ModelVersion) -> str:
@@ -81,7 +86,7 @@ def delete_compact(blobs: BlobStore, version: ModelVersion) -> None:
 def refusal(config: RoundConfig, dimension: int) -> str | None:
     """Why rounds with this config cannot be compressed (None if they can)."""
     try:
-        spec_for(config, 0, "00" * 32, dimension)
+        spec_for(config, 0, "00" * 32, dimension, "check")
     except CompressionError as err:
         return f"compression {config.compression!r}: {err}"
     return None

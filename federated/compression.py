@@ -1,8 +1,13 @@
 """Compressed updates that stay exact under the modular sum: the distributed discrete
-Gaussian of Kairouz, Liu and Steinke (ICML 2021), on a shared random subset of coordinates.
+Gaussian of Kairouz, Liu and Steinke (ICML 2021), on a random subset of coordinates.
 
-Per round a public seed (`round_seed`: the round id and the sha256 of the round's model, so
-device and server derive it and neither picks it) fixes
+Each upload has a public seed (`upload_seed`: from the round id and the sha256 of the
+round's model, so device and server derive it and neither picks it). Secure rounds share
+one seed (`round_seed`: the modular sum adds the words coordinate by coordinate, so every
+device keeps the same subset); in plain rounds the server decodes each upload alone, so
+the seed also hashes in the device's id (the server knows it from authentication) and
+different devices keep different subsets: the mean's sampling error and noise spread over
+all d coordinates instead of one shared quarter. A seed fixes
 1. a random subset S of `kept` of the d coordinates (in random order), cut into blocks of
    `block` (a power of two) coordinates, and
 2. random signs xi for a randomized Hadamard rotation of each block, R = H diag(xi) / sqrt(B).
@@ -38,7 +43,10 @@ an upload is at most 4 bits per parameter (3.88 for this project's LSTM: kept = 
 (`ddg_rho`): Delta (`Compression.sensitivity`) is the L2 sensitivity in integer units,
 sigma the noise each honest device adds, and the sum of h honest devices' noise satisfies
 KLS's Theorem 1. The device derives C_kept itself from C, d and k (the task's
-`kept_clip_norm` must agree, `from_dict`), so a server cannot widen it. A tampered device
+`kept_clip_norm` must agree, `from_dict`), so a server cannot widen it, and its seed from
+the round id, the model's sha256 and its own id (the task's must agree,
+`federated.protocol.Task.check_device`); privacy does not depend on S (the clip is in the
+kept subspace), the check keeps the protocol honest. A tampered device
 can still add any words modulo 2^16 (no range proofs): the server checks the norm of the
 centred sum, as for fixed-point rounds. NumPy only; no networking.
 """
@@ -65,6 +73,7 @@ SEED_BYTES = 32
 # updates in BENCHMARKS.md, "Compressed uploads": how often each s binds)
 KEPT_CLIP_SLACK = 1.05
 _SEED_CONTEXT = b"private-keyboard/compression-1"
+_DEVICE_SEED_CONTEXT = b"private-keyboard/compression-device-1"
 
 
 class CompressionError(ValueError):
@@ -82,6 +91,20 @@ def round_seed(round_id: int, model_sha256: str) -> bytes:
     if len(model) != 32 or not 0 <= round_id < 2 ** 63:
         raise CompressionError("need a round id and a 32-byte model sha256")
     return hashlib.sha256(_SEED_CONTEXT + round_id.to_bytes(8, "big") + model).digest()
+
+
+def upload_seed(round_id: int, model_sha256: str, device_id: str | None) -> bytes:
+    """The seed of one device's compressed upload, derived the same way by device and server:
+    the round's (`round_seed`) when `device_id` is None (secure rounds: the modular sum needs
+    every device on one subset), else sha256(context || round seed || device id) (plain
+    rounds: each upload is decoded alone, so each device keeps its own random quarter and
+    the sampling error and noise of the mean spread over all coordinates)."""
+    seed = round_seed(round_id, model_sha256)
+    if device_id is None:
+        return seed
+    if not isinstance(device_id, str) or not device_id:
+        raise CompressionError("a plain round's compression seed needs the device id")
+    return hashlib.sha256(_DEVICE_SEED_CONTEXT + seed + device_id.encode()).digest()
 
 
 def layout(dimension: int, bits: int = BITS, scheme: str = SCHEMES[0]) -> tuple[int, int]:

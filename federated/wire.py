@@ -95,8 +95,8 @@ def encode_update(update: Update) -> bytes:
 
 def encode_compressed_update(update: Update, words: np.ndarray, seed: bytes) -> bytes:
     """A compressed update (`federated.compression`): its uint16 words under the name
-    "words", the round's compression seed in hex, and `update`'s round, version, examples
-    and metrics (its tensors are not sent)."""
+    "words", its compression seed in hex (`upload_seed`), and `update`'s round, version,
+    examples and metrics (its tensors are not sent)."""
     meta = {**update.metadata.to_strings(COMPRESSED_FORMAT), "seed": seed.hex(), "bits": "16"}
     return tensorfile.save({"words": np.ascontiguousarray(words, dtype=np.uint16)}, meta)
 
@@ -121,7 +121,7 @@ def decode_compressed_update(data: bytes, kept: int, seed: bytes,
                         f"values, got {sorted(declared)[:5]}")
     if meta.get("seed") != seed.hex():
         raise WireError("the compression seed differs from this round's: the update was "
-                        "compressed for another round or model")
+                        "compressed for another round, model or device")
     tensors, _ = tensors_from_bytes(data)
     return _update(tensors, meta)
 

@@ -16,9 +16,9 @@ from aggregation_server.compressed import spec_for
 from device_model.checkpoint import weights_from_bytes
 from aggregation_server.config import RoundConfig
 from federated import privacy
-from federated.compression import Compression, kept_clip_norm, round_seed
+from federated.compression import Compression, kept_clip_norm, round_seed, upload_seed
 from federated.secagg import MaskedInput, SharesRelay, flatten, unflatten
-from federated.protocol import Task
+from federated.protocol import Task, checkin_from_json
 from federated.wire import Update, WireError, encode_compressed_update, tensors_from_bytes
 from keyboard_app.ledger import FILE_NAME, PrivacyLedger
 from keyboard_app.privacy_policy import DevicePolicy, PolicyRefusal
@@ -53,14 +53,20 @@ def plain(start_server):
     return server, device, server.task(device)
 
 
-def test_the_task_carries_the_rounds_parameters(plain):
-    server, _, task = plain
+def test_the_task_carries_the_rounds_parameters_with_the_devices_own_seed(plain):
+    """A plain round's seed is the device's (`upload_seed`): each device keeps its own
+    subset, derived from the round, the model and its id."""
+    server, device, task = plain
     config = RoundConfig.from_dict({**server.status()["config"]})
     dimension = sum(int(np.prod(s)) for s in server.shapes.values())
     assert task["compression"] == spec_for(config, task["round_id"], task["model_sha256"],
-                                           dimension).to_dict()
+                                           dimension, device.device_id).to_dict()
     spec = Compression.from_dict(task["compression"])
-    assert spec.seed == round_seed(task["round_id"], task["model_sha256"])
+    assert spec.seed == upload_seed(task["round_id"], task["model_sha256"], device.device_id)
+    assert spec.seed != round_seed(task["round_id"], task["model_sha256"])
+    other = Compression.from_dict(server.task(server.enrol())["compression"])
+    assert other.seed != spec.seed and other.to_dict() | {"seed": spec.seed.hex()} == \
+        spec.to_dict()  # the same parameters but the seed
     assert spec.upload_bytes * 8 <= 4 * dimension
 
 
@@ -80,6 +86,7 @@ def test_a_compressed_upload_is_accepted_and_stored_decoded(plain):
     ("short", 400, "invalid_update", "one tensor 'words'"),
     ("modulus", 400, "invalid_update", "16-bit words"),
     ("seed", 400, "invalid_update", "compression seed differs"),
+    ("other_device", 400, "invalid_update", "another round, model or device"),
     ("float32", 400, "invalid_update", "takes compressed updates"),
     ("out_of_range", 422, "norm_too_large", "integer units"),
 ])
@@ -92,6 +99,7 @@ def test_bad_compressed_uploads_are_refused_and_change_nothing(plain, case, stat
         "modulus": lambda: _u32_body(task, words, spec.seed),
         "seed": lambda: compressed_body(task, words, round_seed(task["round_id"] + 1,
                                                                 task["model_sha256"])),
+        "other_device": lambda: _another_devices_upload(server, task),
         "float32": lambda: server.update_bytes(task),
         "out_of_range": lambda: compressed_body(task, np.full_like(words, 2 ** 15 - 1),
                                                 spec.seed),
@@ -121,6 +129,15 @@ def test_an_upload_whose_kept_part_was_not_clipped_to_c_kept_is_refused(start_se
             422, "norm_too_large", "integer units")
     _assert_unchanged(server, device, task)
     accepted(server.upload(device, task["round_id"], compressed_body(task, words, spec.seed)))
+
+
+def _another_devices_upload(server, task: dict) -> bytes:
+    """Words compressed, honestly, with another device's seed in the same round."""
+    other = server.task(server.enrol())
+    words, spec = words_for(server, other, 3, secure=False)
+    assert other["round_id"] == task["round_id"]
+    assert spec.seed != Compression.from_dict(task["compression"]).seed
+    return compressed_body(task, words, spec.seed)
 
 
 def _u32_body(task: dict, words: np.ndarray, seed: bytes) -> bytes:
@@ -207,17 +224,31 @@ def test_the_ledger_counts_a_compressed_round_by_its_own_noise_over_delta(plain,
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"seed": "00" * 32}, "the seed or clip norm is not the round's"), ({"bits": 8}, "bits"),
-    ({"clip_norm": 0.5}, "the seed or clip norm is not the round's"),
+    ({"seed": "00" * 32}, "the seed is not the round's for this device"), ({"bits": 8}, "bits"),
+    ({"clip_norm": 0.5}, "the clip norm is not the round's"),
     ({"kept_clip_norm": 1.0}, "kept_clip_norm 1.0 is not C min")])
 def test_the_device_does_not_parse_parameters_that_are_not_the_rounds(plain, change, message):
-    _, _, task = plain
+    _, device, task = plain
     data = {**task["compression"], **change}
     if "clip_norm" in change:  # a consistent spec for another C: still not the round's
         data["kept_clip_norm"] = kept_clip_norm(change["clip_norm"], data["dimension"],
                                                 data["kept"])
     with pytest.raises(WireError, match=f"task 'compression': .*{message}"):
-        Task.from_json({**task, "compression": data})
+        checkin_from_json({"task": {**task, "compression": data}}, device.device_id)
+
+
+def test_the_device_refuses_the_seed_of_another_device_or_the_rounds_shared_one(plain):
+    """The device derives its plain round's seed itself (`Task.check_device`): the task
+    made for it parses, the same task read by another device, or carrying the round's
+    shared (secure-round) seed, is refused."""
+    _, device, task = plain
+    assert checkin_from_json({"task": task}, device.device_id) == Task.from_json(task)
+    shared = {**task["compression"],
+              "seed": round_seed(task["round_id"], task["model_sha256"]).hex()}
+    for answer, device_id in (({"task": task}, "another-device"),
+                              ({"task": {**task, "compression": shared}}, device.device_id)):
+        with pytest.raises(WireError, match="the seed is not the round's for this device"):
+            checkin_from_json(answer, device_id)
 
 
 def test_the_device_refuses_a_modulus_that_could_wrap_its_noise(plain):

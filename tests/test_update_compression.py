@@ -13,7 +13,7 @@ import pytest
 from federated import privacy
 from federated.compression import (KEPT_CLIP_SLACK, MAX_BITS_PER_PARAM, Compression,
                                    CompressionError, discrete_gaussian, kept_clip_norm, layout,
-                                   rounded_norm_bound, round_seed)
+                                   rounded_norm_bound, round_seed, upload_seed)
 from federated.secagg import ModularIntegers, SecAggClient, SecAggServerRound, crypto
 from federated.secagg.encoding import EncodingError
 from test_secagg import Sim, det_bytes
@@ -135,6 +135,27 @@ def test_the_decoded_sum_is_unbiased_over_seeds():
     assert np.linalg.norm(mean - true) <= 1.2 * math.sqrt(3 / runs) * np.linalg.norm(true)
 
 
+def test_per_device_subsets_spread_a_plain_rounds_mean_over_all_coordinates():
+    """Plain rounds decode each upload alone with its device's seed (`upload_seed`): the
+    mean of n devices' uploads then covers about 1 - (3/4)^n of the coordinates and its
+    sampling error, (d / kept - 1) ||x||^2 on one shared subset, drops about n times."""
+    n, d = 8, 4096
+    x = clipped_updates(1, d, 1.0, seed=5)[0]
+    errors, covered = {}, {}
+    for name, device in (("shared", lambda i: None), ("own", lambda i: f"device-{i}")):
+        rng, mean = np.random.default_rng(6), np.zeros(d)
+        for i in range(n):
+            spec = Compression.plan(upload_seed(3, "cd" * 32, device(i)), d, 1.0, 0.0,
+                                    clients=1, honest=1)
+            mean += spec.decode_sum(spec.encode(x, 0.0, rng)) / n
+        errors[name] = float(np.sum((mean - x) ** 2))
+        covered[name] = np.count_nonzero(mean) / d
+    assert covered["shared"] == pytest.approx(0.25, abs=0.01)
+    assert covered["own"] == pytest.approx(1 - 0.75 ** n, abs=0.03)
+    assert errors["shared"] == pytest.approx(d / spec.kept - 1, rel=0.2)
+    assert errors["own"] < 2 * errors["shared"] / n
+
+
 def test_the_integer_noise_is_exact_under_the_modular_sum():
     """The centred modular sum is exactly the sum of every device's rounded, noised integers:
     what the accountant composes is what the server unmasks."""
@@ -234,6 +255,13 @@ def test_the_seed_is_derived_not_chosen():
     assert round_seed(7, "ab" * 32) == SEED != round_seed(8, "ab" * 32)
     with pytest.raises(CompressionError):
         round_seed(7, "xy")
+    # secure rounds: the round's one seed; plain rounds: each device its own, from its id
+    assert upload_seed(7, "ab" * 32, None) == SEED
+    own = {upload_seed(7, "ab" * 32, device) for device in ("a", "b", "c")}
+    assert len(own) == 3 and SEED not in own and upload_seed(7, "ab" * 32, "a") in own
+    assert upload_seed(8, "ab" * 32, "a") not in own
+    with pytest.raises(CompressionError, match="device id"):
+        upload_seed(7, "ab" * 32, "")
 
 
 @pytest.mark.parametrize("change, message", [
