@@ -1,12 +1,13 @@
 """A round's policy, read like a Flower strategy: one class per round kind decides whether
 it runs the next round (`due`), who gets a task (`select`), what the task says
 (`task_fields`), what a round accepts (`accept`), when it ends (`should_close`) and how its
-reports become its result (`close`). `FedAvgPolicy` runs training rounds (its result: the next model, via
-`aggregate`); `evaluation.EvaluationPolicy` runs evaluation rounds (its result: published
-figures). `RoundService` (rounds.py) holds one policy per kind, dispatches on the round's
-kind and only orchestrates the database and the files; secure aggregation wraps the training
-policy (`secure.SecureAggregation`) and changes what it must: who may still join, the
-task's protocol part, the phases' deadlines and the mean (unmasked, not read update by update).
+reports become its result (`close`). `FedAvgPolicy` runs training rounds (its result: the
+next model, via `aggregate`); `evaluation.EvaluationPolicy` runs evaluation rounds (its
+result: published figures). `RoundService` (rounds.py) holds one policy per kind, dispatches
+on the round's kind and only orchestrates the database and the files; secure aggregation
+wraps the training policy (`secure.SecureAggregation`) and changes what it must: who may
+still join, the task's protocol part, the phases' deadlines and the mean (unmasked, not read
+update by update).
 
 Aggregation is two steps: a *mean* of the round's updates, formed by streaming them one at
 a time into a running sum (memory O(model size), not O(reports)), uniform whenever DP is on;
