@@ -180,10 +180,21 @@ def _selection(seed: bytes, dimension: int, kept: int) -> tuple[np.ndarray, np.n
     PCG64's raw output is stable across NumPy versions (its Generator methods are not)."""
     bits = np.random.PCG64(int.from_bytes(seed, "big"))
     keys = bits.random_raw(dimension)
-    order = np.argsort(keys, kind="stable")[:min(kept, dimension)]
+    order = _smallest_keys(keys, min(kept, dimension))
     signs = np.where(bits.random_raw(kept) & 1, 1.0, -1.0)
     order.flags.writeable = signs.flags.writeable = False
     return order, signs
+
+
+def _smallest_keys(keys: np.ndarray, k: int) -> np.ndarray:
+    """np.argsort(keys, kind="stable")[:k], in about a third of its time (plain rounds make
+    a selection per upload): partition, then sort only the k smallest (in index order
+    first, so equal keys keep the stable order); a tie across the cut sorts everything."""
+    if k < keys.size:
+        part = np.sort(np.argpartition(keys, k - 1)[:k])
+        if np.count_nonzero(keys <= keys[part].max()) == k:
+            return part[np.argsort(keys[part], kind="stable")]
+    return np.argsort(keys, kind="stable")[:k]
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,9 @@ class Task:
     secagg: SecAggTask | None = _doc("exactly when secure_aggregation", default=None)
     compression: Compression | None = _doc(
         "rounds with compression 'ddg16': federated.compression Compression.to_dict(); the "
-        "device checks it and adds its discrete Gaussian noise", schema={"type": "object"},
+        "device checks it (the seed: the round's in secure rounds, the device's own in "
+        "plain ones, federated.compression.upload_seed) and adds its discrete Gaussian "
+        "noise", schema={"type": "object"},
         default=None)
     model_compact_sha256: str | None = _doc("compressed rounds: the sha256 of "
                                             "/v1/models/{version}/compact, the int8 download",

@@ -9,9 +9,10 @@ below the defaults; nothing the server sends changes it. Simulations and tests t
 looser policy (tiny rounds, a fleet without noise) build one in code with
 `DevicePolicy.relaxed(...)`, and only that way. A compressed round's parameters
 (`federated.compression`) are checked too: the modulus must hold this device's own integer
-noise (that they are the round's own, the seed derived from the round and its model, and
-that the kept part's clip norm C_kept is the one the device derives from C, is checked when
-the task is parsed, `federated.protocol.Task`).
+noise (that they are the round's own, the seed derived from the round, its model and, in
+plain rounds, the device's id, and that the kept part's clip norm C_kept is the one the
+device derives from C, is checked when the task is parsed, `federated.protocol.Task` and
+`Task.check_device`).
 """
 from __future__ import annotations
 

@@ -156,6 +156,20 @@ def test_per_device_subsets_spread_a_plain_rounds_mean_over_all_coordinates():
     assert errors["own"] < 2 * errors["shared"] / n
 
 
+def test_the_selection_is_the_stable_sort_of_the_seeds_keys_ties_included():
+    """The fast selection (partition, then sort the kept keys) is exactly the first `kept`
+    of a stable argsort, the definition devices and servers of every version share."""
+    from federated.compression import _smallest_keys
+    rng = np.random.default_rng(8)
+    for keys, k in ((rng.integers(0, 2 ** 63, 5000, dtype=np.uint64), 1234),
+                    (rng.integers(0, 40, 5000).astype(np.uint64), 1234),  # ties at the cut
+                    (rng.permutation(np.r_[np.zeros(10), np.arange(99, 5089)]).astype(
+                        np.uint64), 1234),  # ties among the kept only
+                    (rng.integers(0, 2 ** 63, 64, dtype=np.uint64), 64)):
+        np.testing.assert_array_equal(_smallest_keys(keys, k),
+                                      np.argsort(keys, kind="stable")[:k])
+
+
 def test_the_integer_noise_is_exact_under_the_modular_sum():
     """The centred modular sum is exactly the sum of every device's rounded, noised integers:
     what the accountant composes is what the server unmasks."""
