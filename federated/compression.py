@@ -59,6 +59,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from federated.numbers import is_finite_number
+
 # the distributed discrete Gaussian, 16-bit modulus: on a random quarter of the coordinates
 # (<= 4 bits per parameter), or on all of them ("-full": 16 bits, no noise amplification)
 SCHEMES = ("ddg16", "ddg16-full")
@@ -389,8 +391,7 @@ class Compression:
         ints = [data[k] for k in ("dimension", "kept", "block", "bits")]
         if any(type(v) is not int for v in ints):
             raise CompressionError("compression dimension, kept, block and bits must be integers")
-        if any(isinstance(data[k], bool) or not isinstance(data[k], (int, float))
-               or abs(data[k]) >= 2 ** 1023 for k in ("scale", "clip_norm", "kept_clip_norm")):
+        if not all(is_finite_number(data[k]) for k in ("scale", "clip_norm", "kept_clip_norm")):
             raise CompressionError("compression scale, clip_norm and kept_clip_norm must be finite "
                                    "numbers")
         seed = data["seed"]

@@ -32,6 +32,7 @@ from typing import Any
 from device_model.train import OPTIMIZERS
 from federated.compression import Compression, CompressionError, upload_seed
 from federated.evaluation import MAX_VERSIONS, MAX_WORDS
+from federated.numbers import is_finite_number
 from federated.secagg import ModularIntegers, SecAggConfig, SecAggError
 from federated.wire import WireError
 
@@ -92,7 +93,7 @@ def _number(data: dict, key: str, what: str, low: float = -math.inf, high: float
             above: bool = False, below: bool = False) -> float:
     """A finite number in [low, high]; `above`/`below` exclude the bound."""
     value = _get(data, key, what)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
+    ok = is_finite_number(value)
     if ok:
         ok = (value > low if above else value >= low) and (value < high if below else
                                                            value <= high)
@@ -100,14 +101,6 @@ def _number(data: dict, key: str, what: str, low: float = -math.inf, high: float
         span = f"{'(' if above else '['}{low:g}, {high:g}{')' if below else ']'}"
         raise WireError(f"{what} '{key}' must be a finite number in {span}, got {value!r}")
     return float(value)
-
-
-def _finite(value: int | float) -> bool:
-    """Whether a JSON number is a finite float (an integer of 400 digits is not)."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _choice(data: dict, key: str, what: str, choices: tuple[str, ...]) -> str:

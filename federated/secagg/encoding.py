@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from federated.numbers import is_finite_number
+
 BITS = (32, 64)
 CLAMP_PROBABILITY = 1e-12  # at most this chance that a device's noised update gets clamped
 _DTYPES = {32: (np.int32, np.uint32), 64: (np.int64, np.uint64)}
@@ -115,7 +117,7 @@ class FixedPoint:
         bits, bound, clients = data["bits"], data["bound"], data["max_clients"]
         if type(bits) is not int or type(clients) is not int:
             raise ValueError("encoding bits and max_clients must be integers")
-        if type(bound) not in (int, float) or abs(bound) >= 2 ** 1023:
+        if not is_finite_number(bound):
             raise ValueError("encoding bound must be a finite number")
         return cls(bits, float(bound), clients)
 
