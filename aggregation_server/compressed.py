@@ -1,17 +1,20 @@
 """Compressed rounds on the server (round setting `compression = "ddg16"`,
 `federated.compression`): the round's public parameters, and reading compressed uploads
-(plain rounds) and the unmasked modular sum (secure rounds) back into float updates.
+(plain rounds: the requantized plain form) and the unmasked modular sum (secure rounds)
+back into float updates.
 
-The parameters are a function of the round's config, its id, its model's sha256 and, in
-plain rounds, the device's id (`upload_seed`: each device keeps its own subset; secure
-rounds share one), so every process derives the same ones and nothing new is stored.
+The parameters are a function of the round's config, its id and its model's sha256
+(`round_seed`), so every process derives the same ones and nothing new is stored.
 What bounds one device's influence: an honest device clips its update to C and the
 kept part to C_kept before compressing (`federated.compression`); the server refuses an
-upload (plain) or a sum (secure) whose centred integers are longer than the sensitivity
-(from C_kept) plus the noise allow (`privacy.norm_bound` in integer units).
+upload (plain) or a sum (secure) whose integers are longer than the sensitivity (from
+C_kept) plus the noise allow (`privacy.norm_bound` in integer units; a plain upload's
+step is at most that over its levels, and its requantization may add
+`requantization_bound`).
 """
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -19,7 +22,8 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from federated import privacy
-from federated.compression import Compression, CompressionError, upload_seed
+from federated.compression import (Compression, CompressionError, requantization_bound,
+                                   round_seed)
 from federated.secagg import ModularIntegers
 
 from aggregation_server.config import RoundConfig
@@ -30,27 +34,23 @@ _COMPACT: dict[str, str] = {}  # data dir and compact model name -> its sha256, 
 _COMPACT_LOCK = threading.Lock()
 
 
-def spec_for(config: RoundConfig, round_id: int, model_sha256: str, dimension: int,
-             device_id: str | None) -> Compression | None:
-    """The compression parameters of device `device_id`'s upload (None: float32 updates);
-    secure rounds ignore `device_id` (one seed for all), plain rounds need it."""
+def spec_for(config: RoundConfig, round_id: int, model_sha256: str,
+             dimension: int) -> Compression | None:
+    """The round's compression parameters (None: float32 updates)."""
     if config.compression == "none":
         return None
-    device = None if config.secure_aggregation else device_id
     return privacy.round_compression(
-        upload_seed(round_id, model_sha256, device), dimension, config.clip_norm,
+        round_seed(round_id, model_sha256), dimension, config.clip_norm,
         config.noise_multiplier, config.min_reports, config.capacity,
         secure=config.secure_aggregation, dishonest_share=config.dishonest_share,
         scheme=config.compression)
 
 
-def round_spec(s: Session, r: Round, config: RoundConfig, dimension: int,
-               device_id: str | None) -> Compression | None:
+def round_spec(s: Session, r: Round, config: RoundConfig, dimension: int) -> Compression | None:
     """`spec_for` an open round (its model's sha256 read in session `s`)."""
     if config.compression == "none":
         return None
-    return spec_for(config, r.id, s.get(ModelVersion, r.model_version).sha256, dimension,
-                    device_id)
+    return spec_for(config, r.id, s.get(ModelVersion, r.model_version).sha256, dimension)
 
 
 def compact_path(version: ModelVersion) -> str:
@@ -86,7 +86,7 @@ def delete_compact(blobs: BlobStore, version: ModelVersion) -> None:
 def refusal(config: RoundConfig, dimension: int) -> str | None:
     """Why rounds with this config cannot be compressed (None if they can)."""
     try:
-        spec_for(config, 0, "00" * 32, dimension, "check")
+        spec_for(config, 0, "00" * 32, dimension)
     except CompressionError as err:
         return f"compression {config.compression!r}: {err}"
     return None
@@ -104,18 +104,31 @@ def noise_sigma(spec: Compression, config: RoundConfig) -> float:
                                     dishonest_share=config.dishonest_share)[0]
 
 
-def out_of_range(words: np.ndarray, spec: Compression, config: RoundConfig,
-                 reports: int = 1) -> str | None:
-    """Why these words (one upload, or the modular sum of `reports`) are longer than honest
-    devices make them (Delta, from C_kept, plus the noise), or None."""
-    norm = float(np.linalg.norm(spec.centred(words)))
-    bound = reports * privacy.norm_bound(spec.sensitivity, noise_sigma(spec, config), spec.kept)
+def norm_limit(spec: Compression, config: RoundConfig, reports: int = 1) -> float:
+    """The integers' L2 norm `reports` honest devices stay within (Delta, from C_kept, plus
+    the noise), but with negligible probability."""
+    return reports * privacy.norm_bound(spec.sensitivity, noise_sigma(spec, config), spec.kept)
+
+
+def max_step(spec: Compression, config: RoundConfig) -> int:
+    """The largest step an honest plain upload has: its max|v| is at most its norm."""
+    return max(1, math.ceil(norm_limit(spec, config) / spec.levels))
+
+
+def out_of_range(integers: np.ndarray, spec: Compression, config: RoundConfig,
+                 reports: int = 1, step: int = 0) -> str | None:
+    """Why these signed integers (one upload, or the centred sum of `reports`) are longer
+    than honest devices make them, or None; `step`: a plain upload's, whose requantization
+    may add `requantization_bound`."""
+    norm = float(np.linalg.norm(integers))
+    bound = norm_limit(spec, config, reports) + (
+        requantization_bound(step, spec.kept) if step else 0.0)
     if norm <= bound:
         return None
     return (f"the compressed {'update' if reports == 1 else f'sum of {reports} updates'} has "
             f"L2 norm {norm:.4g} in integer units, over the round's bound {bound:.4g}")
 
 
-def decode(words: np.ndarray, spec: Compression, reports: int = 1) -> np.ndarray:
-    """The float32 mean of `reports` updates from their (modular) sum of words."""
-    return (spec.decode_sum(words) / reports).astype(np.float32)
+def decode(integers: np.ndarray, spec: Compression, reports: int = 1) -> np.ndarray:
+    """The float32 mean of `reports` updates from the (centred) sum of their integers."""
+    return (spec.decode_integers(integers) / reports).astype(np.float32)

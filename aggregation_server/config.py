@@ -116,6 +116,7 @@ class RoundConfig:
     secagg_dropout_rate: float = DROPOUT_RATE  # expected dropouts, sets the SecAgg+ degree k
     secagg_corrupt_rate: float = 0.0  # devices assumed to collude with the server
     compression: str = "none"         # "ddg16": <= 4 bits per parameter, integer noise
+    #                                   (plain rounds: every coordinate, requantized)
     evaluate_every: int = 0           # federated evaluation of every N-th model version (0: off)
     eval_max_words: int = 200         # words a device scores at most (its contribution bound)
     eval_previous: bool = True        # evaluate the previous version too (paired comparison)

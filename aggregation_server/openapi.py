@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 from aggregation_server.config import BOUNDS, ENUMS, Bounds, RoundConfig
-from federated import protocol
+from federated import protocol, wire
 from federated.secagg import (AbortNotice, AdvertiseKeys, ConsistencyResponse, ShareKeys,
                               UnmaskResponse)
 
@@ -25,6 +25,16 @@ ERRORS = {"4XX": {"description": "Refused: what was wrong, no state changed",
           "507": {"description": "The server's disk is full: nothing was stored, retry after "
                                  "Retry-After seconds", "headers": RETRY_AFTER,
                   "content": ERROR_BODY}}
+UPDATE_BODY = (
+    "safetensors bytes (federated.wire). Float32 rounds: one F32 tensor per model tensor, "
+    f"metadata format {wire.UPDATE_FORMAT!r}, round_id, model_version, num_examples, "
+    "metrics. Compressed plain rounds (the task's compression scheme 'dg-q5'): one 1-D U8 "
+    "tensor 'deflated', a zlib stream (devices write Huffman codes only) that inflates to "
+    "exactly `kept` bytes u + 15 with u in [-15, 15]; metadata format "
+    f"{wire.COMPRESSED_FORMAT!r}, the same fields, 'seed' (the task's, hex) and 'step' (a "
+    "whole number in decimal digits, 1 up to what the round's norm bound allows); the "
+    "server decodes step * u. Anything else is refused with 400 (invalid_update) or, over "
+    "the round's norm bound, 422 (norm_too_large).")
 ETAG = {"ETag": {"description": "Quoted sha256 hex of the body", "schema": {"type": "string"}}}
 
 
@@ -278,8 +288,9 @@ def openapi_document() -> dict[str, Any]:
                      "schema": {"type": "integer", "minimum": 0, "maximum": INT32}},
                     {"name": "Idempotency-Key", "in": "header", "required": True,
                      "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,200}$"}}],
-                "requestBody": {"required": True, "content": {"application/octet-stream": {
-                    "schema": {"type": "string", "format": "binary"}}}},
+                "requestBody": {"required": True, "description": UPDATE_BODY,
+                                "content": {"application/octet-stream": {
+                                    "schema": {"type": "string", "format": "binary"}}}},
                 "responses": {"202": {"description": "Stored durably; retries with the same "
                                                      "Idempotency-Key get the same answer",
                                       "content": _json("UploadAccepted")}, **ERRORS}}},

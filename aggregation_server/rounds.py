@@ -212,7 +212,7 @@ class RoundService:
     def _task(self, s: Session, r: Round, config: RoundConfig, device_id: str
               ) -> protocol.Task:
         model = s.get(ModelVersion, r.model_version)
-        spec = compressed.spec_for(config, r.id, model.sha256, self.num_params, device_id)
+        spec = compressed.spec_for(config, r.id, model.sha256, self.num_params)
         compact = compressed.compact_model(self.blobs, model)[1] if spec is not None else None
         return config.task(r.id, r.model_version, model.sha256, r.deadline, compression=spec,
                            model_compact_sha256=compact,
@@ -229,7 +229,7 @@ class RoundService:
         if earlier is not None:
             return earlier
         with self.db.read() as s:
-            spec = compressed.round_spec(s, r, config, self.num_params, device_id)
+            spec = compressed.round_spec(s, r, config, self.num_params)
         taken = self.policy_of(r).accept(
             Upload(body, via, self.shapes, self.settings.max_update_bytes, spec), r, config)
         path = None if taken.blob is None else self.blobs.update_path(round_id, device_id,

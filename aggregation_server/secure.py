@@ -201,7 +201,7 @@ class SecureAggregation:
     def _open(self, s: Session, r: Round, config: RoundConfig) -> None:
         """Fix the protocol's public config for a new round (n = its capacity)."""
         _, degree, threshold = config.secagg_shape
-        spec = compressed.round_spec(s, r, config, self.service.num_params, None)
+        spec = compressed.round_spec(s, r, config, self.service.num_params)
         protocol = SecAggConfig.create(
             r.id, r.capacity, spec.kept if spec else self.service.num_params, config.clip_norm,
             device_noise_stddev(config), degree=degree, threshold=threshold,
@@ -418,10 +418,11 @@ class SecureAggregation:
         """(why the unmasked sum is out of range or None, the mean of the n updates)."""
         svc = self.service
         with svc.db.read() as s:
-            spec = compressed.round_spec(s, r, config, svc.num_params, None)
+            spec = compressed.round_spec(s, r, config, svc.num_params)
         if spec is not None:  # the modular sum of the codec's words
-            problem = compressed.out_of_range(total, spec, config, n)
-            return problem, unflatten(compressed.decode(total, spec, n), svc.shapes)
+            integers = spec.centred(total)
+            problem = compressed.out_of_range(integers, spec, config, n)
+            return problem, unflatten(compressed.decode(integers, spec, n), svc.shapes)
         limit = n * privacy.norm_bound(config.clip_norm, device_noise_stddev(config),
                                        svc.num_params)
         norm = float(np.linalg.norm(total))

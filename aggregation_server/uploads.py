@@ -66,8 +66,9 @@ def check_update(body: bytes, r: Round, config: RoundConfig, shapes: dict[str, t
         raise ApiError(413, "too_large", f"update of {len(body)} bytes is over the "
                                          f"{max_bytes}-byte limit")
     try:
-        update = decode_update(body, shapes, max_bytes) if spec is None else \
-            decode_compressed_update(body, spec.kept, spec.seed, max_bytes)
+        update, step = (decode_update(body, shapes, max_bytes), 0) if spec is None else \
+            decode_compressed_update(body, spec.kept, spec.seed, spec.levels,
+                                     compressed.max_step(spec, config), max_bytes)
     except WireError as err:
         raise ApiError(400, "invalid_update", str(err)) from None
     if update.round_id != r.id:
@@ -82,7 +83,7 @@ def check_update(body: bytes, r: Round, config: RoundConfig, shapes: dict[str, t
                        f"update was trained from model version {update.model_version}, "
                        f"round {r.id} trains version {r.model_version}")
     if spec is not None:
-        return _decompressed(update, spec, config, shapes)
+        return _decompressed(update, step, spec, config, shapes)
     num_params = sum(math.prod(shape) for shape in shapes.values())
     bound = privacy.norm_bound(config.clip_norm, device_noise_stddev(config), num_params)
     norm = quick_norm(update.tensors)
@@ -95,13 +96,15 @@ def check_update(body: bytes, r: Round, config: RoundConfig, shapes: dict[str, t
     return update
 
 
-def _decompressed(update: Update, spec: Compression, config: RoundConfig,
+def _decompressed(update: Update, step: int, spec: Compression, config: RoundConfig,
                   shapes: dict[str, tuple[int, ...]]) -> Update:
-    """A compressed update's float tensors, if its words are in range (422 otherwise)."""
-    problem = compressed.out_of_range(update.tensors["words"], spec, config)
+    """A compressed update's float tensors, if its integers (step times its values) are in
+    range (422 otherwise)."""
+    integers = update.tensors["values"] * np.float64(step)
+    problem = compressed.out_of_range(integers, spec, config, step=step)
     if problem:
         raise ApiError(422, "norm_too_large", problem)
-    update.tensors = unflatten(compressed.decode(update.tensors["words"], spec), shapes)
+    update.tensors = unflatten(compressed.decode(integers, spec), shapes)
     return update
 
 

@@ -11,12 +11,15 @@ the same fleets with float32 and compressed uploads, without and with noise.
 tasks (h = 14 honest at the default dishonest share), z = 1, C = 1. Bytes are the real
 wire forms: a float32 plain update (`encode_update`), a secure round's masked input
 (`MaskedInput.to_bytes`, fixed point, 32 bits unless the noise needs 64), the compressed
-plain upload and masked input; downloads: the float32 checkpoint the server sends today
-and its int8 form (`/v1/models/<v>/compact`). Flower 1.42's SecAgg+ is not installed here:
-its row is 64 bits per parameter (the issue's figure for its defaults), computed, not
-measured. Times are medians of `--repeats` runs in one thread: the device's flatten +
-clip-checked rotation, rounding and discrete Gaussian noise, the server's centring,
-inverse rotation and scatter of a modular sum (the same for a plain upload).
+plain upload (the plain form: every coordinate, the full noise, requantized and deflated;
+with z = 1 and without noise) and masked input; downloads: the float32 checkpoint the
+server sends today and its int8 form (`/v1/models/<v>/compact`). Flower 1.42's SecAgg+ is
+not installed here: its row is 64 bits per parameter (the issue's figure for its
+defaults), computed, not measured. Times are medians of `--repeats` runs in one thread:
+the device's flatten + clip-checked rotation, rounding and discrete Gaussian noise (a
+plain upload: also the requantization and deflate, `encode_compressed_update`), the
+server's centring, inverse rotation and scatter of a modular sum (a plain upload: its
+checks, inflate, multiply back, inverse rotation).
 
 `kept-norms`: how often the kept-subspace clip (`federated.compression.kept_clip_norm`)
 binds on real updates, for several slacks s: `--devices` `federated` senders (never `valid`
@@ -51,7 +54,8 @@ from federated import privacy  # noqa: E402
 from federated.compression import round_seed  # noqa: E402
 from federated.secagg import FixedPoint, flatten, unflatten  # noqa: E402
 from federated.secagg.messages import MaskedInput  # noqa: E402
-from federated.wire import Update, encode_compressed_update, encode_update  # noqa: E402
+from federated.wire import (Update, decode_compressed_update,  # noqa: E402
+                           encode_compressed_update, encode_update)
 from model.evaluate import machine  # noqa: E402
 
 TARGET, CAPACITY, HONEST_SHARE = 20, 26, 1 / 3
@@ -99,12 +103,24 @@ def sizes(repeats: int) -> dict[str, Any]:
     flat = flatten(clipped, shapes)
     words = secure.encode(flat, sigma, rng)
     noised = privacy.add_noise(clipped, sigma_float, rng)
+
+    def plain_body(noise: float) -> bytes:
+        return encode_compressed_update(update, *plain.encode_plain(
+            flatten(clipped, shapes), noise, rng), seed, plain.levels)
+
+    body, quiet = plain_body(sigma_plain), plain_body(0.0)
+
+    def plain_decode() -> np.ndarray:
+        decoded, step = decode_compressed_update(body, plain.kept, seed, plain.levels, 2 ** 62)
+        return unflatten(plain.decode_integers(decoded.tensors["values"] * float(step))
+                         .astype(np.float32), shapes)
+
     up = {
         "float32 plain update": len(encode_update(update)),
         "float32 secure masked input": len(MaskedInput(1, 1, fixed.encode(flatten(
             noised, shapes))).to_bytes()),
-        "compressed plain update": len(encode_compressed_update(
-            update, plain.encode(flat, sigma_plain, rng), seed)),
+        "compressed plain update (z = 1)": len(body),
+        "compressed plain update (no noise)": len(quiet),
         "compressed secure masked input": len(MaskedInput(1, 1, words).to_bytes()),
         "compressed ddg16-full secure masked input": len(MaskedInput(1, 1, full.encode(
             flat, privacy.compressed_noise(full, 1.0, TARGET, secure=True)[0], rng)).to_bytes()),
@@ -113,10 +129,14 @@ def sizes(repeats: int) -> dict[str, Any]:
     times = {
         "device: compress (flatten, rotate, round, noise, mod 2^16)": median_seconds(
             lambda: secure.encode(flatten(clipped, shapes), sigma, rng), repeats),
+        "device: plain upload (flatten, rotate, round, noise, requantize, deflate)":
+            median_seconds(lambda: plain_body(sigma_plain), repeats),
         "device: float32 fixed-point encode (today)": median_seconds(
             lambda: fixed.encode(flatten(noised, shapes)), repeats),
         "server: decode a modular sum (centre, un-rotate, scatter, unflatten)": median_seconds(
             lambda: unflatten(secure.decode_sum(words).astype(np.float32), shapes), repeats),
+        "server: decode a plain upload (check, inflate, multiply, un-rotate, unflatten)":
+            median_seconds(plain_decode, repeats),
         "server: float32 decode (today)": median_seconds(
             lambda: unflatten(fixed.decode(fixed.encode(flat)).astype(np.float32), shapes),
             repeats),
@@ -131,8 +151,9 @@ def sizes(repeats: int) -> dict[str, Any]:
 def print_sizes(result: dict[str, Any]) -> None:
     d = result["parameters"]
     print(json.dumps(result["machine"]))
-    print(f"\n{d:,} parameters; compressed rounds keep {result['kept']:,} coordinates "
-          f"(blocks of {result['block']:,}), 16-bit words\n")
+    print(f"\n{d:,} parameters; compressed secure rounds keep {result['kept']:,} coordinates "
+          f"(blocks of {result['block']:,}), 16-bit words; plain uploads every coordinate, "
+          "31 levels, deflated\n")
     print("| per device and round | bytes | bits per parameter | vs float32 plain |")
     print("|---|---|---|---|")
     base = result["upload_bytes"]["float32 plain update"]

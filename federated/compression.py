@@ -1,13 +1,10 @@
-"""Compressed updates that stay exact under the modular sum: the distributed discrete
-Gaussian of Kairouz, Liu and Steinke (ICML 2021), on a random subset of coordinates.
+"""Compressed updates: in secure rounds the distributed discrete Gaussian of Kairouz, Liu
+and Steinke (ICML 2021), exact under the modular sum, on a shared random subset of
+coordinates; in plain rounds the same rotation of every coordinate, the device's full
+discrete Gaussian noise, then a coarse requantization (`PLAIN_SCHEME`, below).
 
-Each upload has a public seed (`upload_seed`: from the round id and the sha256 of the
-round's model, so device and server derive it and neither picks it). Secure rounds share
-one seed (`round_seed`: the modular sum adds the words coordinate by coordinate, so every
-device keeps the same subset); in plain rounds the server decodes each upload alone, so
-the seed also hashes in the device's id (the server knows it from authentication) and
-different devices keep different subsets: the mean's sampling error and noise spread over
-all d coordinates instead of one shared quarter. A seed fixes
+Per round a public seed (`round_seed`: the round id and the sha256 of the round's model, so
+device and server derive it and neither picks it) fixes
 1. a random subset S of `kept` of the d coordinates (in random order), cut into blocks of
    `block` (a power of two) coordinates, and
 2. random signs xi for a randomized Hadamard rotation of each block, R = H diag(xi) / sqrt(B).
@@ -37,16 +34,33 @@ public seed is fixed. The sensitivity Delta, the noise z Delta / sqrt(h) and the
 follow C_kept, so the epsilon of a noise multiplier is unchanged and the decoded noise
 energy is s^2 times the float path's. "ddg16-full" keeps every coordinate: C_kept = C.
 
+Plain rounds (`PLAIN_SCHEME`, whatever compressed scheme the round names): the server
+decodes each upload alone, so nothing has to survive a modular sum, and with DP every
+coordinate is dominated by the device's own noise (std z C against a signal of about
+C / sqrt(d)): a subset would put d / kept times the noise variance on a quarter of the
+coordinates. So the device keeps all of them (the "-full" layout: C_kept = C), rotates,
+scales by gamma = `PLAIN_UNITS` / C (no modulus to fit, so large: the rounding's share of
+Delta is a few parts per million), rounds and adds its full discrete Gaussian noise
+z Delta exactly as above, giving integers v; only then it requantizes them
+(`requantize`): the integer step q = ceil(max|v| / L), L = 2^(bits-1) - 1 = 15, and
+u = v / q rounded stochastically (unbiased) to [-L, L]; the wire form deflates u
+(`federated.wire.encode_compressed_update`). This is post-processing of the DP output v:
+it changes no epsilon (the accountant's charge is that of v, `privacy.compressed_noise`).
+It costs about q^2 / 6 per coordinate, 2% of v's energy (max|v| is about 5.3 standard
+deviations of a rotated, near-Gaussian coordinate), where the subset cost 300% without
+noise; 31 levels rather than 15 because the deflated values, about 3.6 bits each, still
+fit 4 bits per parameter with the header (15 levels: 2.5 bits, 10% of the energy). The
+server checks the step (an integer, at most what an honest upload's norm bound allows),
+multiplies back, rotates back and averages (`decode_integers`).
+
 Sizes: bits = 16 and kept = the largest multiple of the block with bits * kept <= 4 * d, so
 an upload is at most 4 bits per parameter (3.88 for this project's LSTM: kept = 23 blocks of
-2^14 = 376,832 of 1,554,628 coordinates). Privacy of the sum is in `federated.privacy`
+2^14 = 376,832 of 1,554,628 coordinates); plain uploads about 3.6 (measured: BENCHMARKS.md).
+Privacy of the sum is in `federated.privacy`
 (`ddg_rho`): Delta (`Compression.sensitivity`) is the L2 sensitivity in integer units,
 sigma the noise each honest device adds, and the sum of h honest devices' noise satisfies
 KLS's Theorem 1. The device derives C_kept itself from C, d and k (the task's
-`kept_clip_norm` must agree, `from_dict`), so a server cannot widen it, and its seed from
-the round id, the model's sha256 and its own id (the task's must agree,
-`federated.protocol.Task.check_device`); privacy does not depend on S (the clip is in the
-kept subspace), the check keeps the protocol honest. A tampered device
+`kept_clip_norm` must agree, `from_dict`), so a server cannot widen it. A tampered device
 can still add any words modulo 2^16 (no range proofs): the server checks the norm of the
 centred sum, as for fixed-point rounds. NumPy only; no networking.
 """
@@ -65,6 +79,13 @@ from federated.numbers import is_finite_number
 # (<= 4 bits per parameter), or on all of them ("-full": 16 bits, no noise amplification)
 SCHEMES = ("ddg16", "ddg16-full")
 BITS = 16
+# plain rounds: every coordinate, the full noise, then requantized to 2^(bits-1) - 1 levels
+# a side (module doc); gamma * C in integer units
+PLAIN_SCHEME = "dg-q5"
+PLAIN_BITS = 5
+PLAIN_UNITS = float(1 << 20)
+ALL_SCHEMES = (*SCHEMES, PLAIN_SCHEME)
+_FULL_LAYOUT = ("ddg16-full", PLAIN_SCHEME)
 BLOCK = 1 << 14
 MAX_BITS_PER_PARAM = 4
 MODULAR_CLIP_PROBABILITY = 1e-9  # at most this chance that a round's sum wraps anywhere
@@ -75,7 +96,6 @@ SEED_BYTES = 32
 # updates in BENCHMARKS.md, "Compressed uploads": how often each s binds)
 KEPT_CLIP_SLACK = 1.05
 _SEED_CONTEXT = b"private-keyboard/compression-1"
-_DEVICE_SEED_CONTEXT = b"private-keyboard/compression-device-1"
 
 
 class CompressionError(ValueError):
@@ -95,25 +115,11 @@ def round_seed(round_id: int, model_sha256: str) -> bytes:
     return hashlib.sha256(_SEED_CONTEXT + round_id.to_bytes(8, "big") + model).digest()
 
 
-def upload_seed(round_id: int, model_sha256: str, device_id: str | None) -> bytes:
-    """The seed of one device's compressed upload, derived the same way by device and server:
-    the round's (`round_seed`) when `device_id` is None (secure rounds: the modular sum needs
-    every device on one subset), else sha256(context || round seed || device id) (plain
-    rounds: each upload is decoded alone, so each device keeps its own random quarter and
-    the sampling error and noise of the mean spread over all coordinates)."""
-    seed = round_seed(round_id, model_sha256)
-    if device_id is None:
-        return seed
-    if not isinstance(device_id, str) or not device_id:
-        raise CompressionError("a plain round's compression seed needs the device id")
-    return hashlib.sha256(_DEVICE_SEED_CONTEXT + seed + device_id.encode()).digest()
-
-
 def layout(dimension: int, bits: int = BITS, scheme: str = SCHEMES[0]) -> tuple[int, int]:
     """(kept, block) for `dimension` coordinates: the most whole blocks with
     bits * kept <= MAX_BITS_PER_PARAM * dimension (smaller blocks for tiny models); for
-    "ddg16-full", every coordinate, padded with zeros to whole blocks."""
-    if scheme == "ddg16-full":
+    "ddg16-full" and the plain form, every coordinate, padded with zeros to whole blocks."""
+    if scheme in _FULL_LAYOUT:
         block = min(BLOCK, 1 << max(1, (dimension - 1).bit_length()))
         return -(-dimension // block) * block, block
     budget = MAX_BITS_PER_PARAM * dimension // bits
@@ -163,6 +169,27 @@ def discrete_gaussian(sigma: float, size: int, rng: np.random.Generator) -> np.n
     return out
 
 
+def stochastic_round(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """x rounded to a neighbouring integer, up with probability frac(x): unbiased (int64)."""
+    floor = np.floor(x)
+    return (floor + (rng.random(x.size) < x - floor)).astype(np.int64)
+
+
+def requantize(v: np.ndarray, levels: int, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+    """(q, u) for integers v: the integer step q = ceil(max|v| / L) (at least 1), L =
+    `levels` (< 128), and u = v / q rounded stochastically, int8 in [-L, L] (E[q u] = v);
+    the plain form's last step (module doc)."""
+    step = max(1, -(-int(np.abs(v).max(initial=0)) // levels))
+    return step, stochastic_round(v / step, rng).astype(np.int8)
+
+
+def requantization_bound(step: int, size: int, tail: float = 6.0) -> float:
+    """A norm the error q u - v of `requantize` exceeds with probability below
+    exp(-tail^2 / 2): each |e_i| < q with E e_i^2 <= q^2 / 4, so by Hoeffding
+    sum e_i^2 <= size q^2 / 4 + q^2 tail sqrt(size) / 2."""
+    return step * math.sqrt(size / 4 + tail * math.sqrt(size) / 2)
+
+
 def _fwht(x: np.ndarray) -> np.ndarray:
     """The unnormalised Walsh-Hadamard transform of each row of `x` (rows of 2^k), in place."""
     rows, width = x.shape
@@ -189,9 +216,9 @@ def _selection(seed: bytes, dimension: int, kept: int) -> tuple[np.ndarray, np.n
 
 
 def _smallest_keys(keys: np.ndarray, k: int) -> np.ndarray:
-    """np.argsort(keys, kind="stable")[:k], in about a third of its time (plain rounds make
-    a selection per upload): partition, then sort only the k smallest (in index order
-    first, so equal keys keep the stable order); a tie across the cut sorts everything."""
+    """np.argsort(keys, kind="stable")[:k], in about a third of its time: partition, then
+    sort only the k smallest (in index order first, so equal keys keep the stable order); a
+    tie across the cut sorts everything."""
     if k < keys.size:
         part = np.sort(np.argpartition(keys, k - 1)[:k])
         if np.count_nonzero(keys <= keys[part].max()) == k:
@@ -207,7 +234,7 @@ class Compression:
     dimension: int  # d: the model's coordinates
     kept: int  # coordinates sent, a multiple of `block`
     block: int  # Hadamard block size, a power of two
-    bits: int  # the modulus is 2^bits
+    bits: int  # the modulus is 2^bits (the plain form: values in [-(2^(bits-1) - 1), ...])
     scale: float  # gamma: integer units per unit of the update
     clip_norm: float  # C (the kept part is clipped to `kept_clip`, derived from it)
     scheme: str = SCHEMES[0]
@@ -215,10 +242,12 @@ class Compression:
     def __post_init__(self) -> None:
         problems = [
             (len(self.seed) != SEED_BYTES, f"seed must be {SEED_BYTES} bytes"),
-            (self.bits != BITS, f"bits must be {BITS}, got {self.bits}"),
+            (self.scheme not in ALL_SCHEMES,
+             f"compression scheme must be one of {ALL_SCHEMES}"),
+            (self.bits != (BITS if self.modular else PLAIN_BITS),
+             f"bits must be {BITS if self.modular else PLAIN_BITS}, got {self.bits}"),
             (self.block < 2 or self.block & (self.block - 1),
              f"block must be a power of two, got {self.block}"),
-            (self.scheme not in SCHEMES, f"compression scheme must be one of {SCHEMES}"),
             (self.kept <= 0 or self.kept % self.block or self.kept > max(
                 self.dimension, layout(self.dimension, self.bits, self.scheme)[0]),
              f"kept must be a positive multiple of the block up to {self.dimension}"),
@@ -239,10 +268,13 @@ class Compression:
              clients: int, honest: int, scheme: str = SCHEMES[0]) -> Compression:
         """The largest scale whose modular sum of `clients` devices, each adding the noise
         `noise_sigma(noise_multiplier, honest)`, wraps with probability below
-        `MODULAR_CLIP_PROBABILITY` (plain rounds: clients = honest = 1, each upload
-        decoded alone). Refuses noise too small for the discrete Gaussian's bound to be
-        tight (sigma below SIGMA_MIN)."""
+        `MODULAR_CLIP_PROBABILITY`; the plain form (`PLAIN_SCHEME`: clients = honest = 1,
+        nothing modular) scales C to `PLAIN_UNITS`. Refuses noise too small for the discrete
+        Gaussian's bound to be tight (sigma below SIGMA_MIN)."""
         kept, block = layout(dimension, BITS, scheme)
+        if scheme == PLAIN_SCHEME:
+            return cls(seed, dimension, kept, block, PLAIN_BITS, PLAIN_UNITS / clip_norm,
+                       clip_norm, scheme)._enough_noise(noise_multiplier, clients, honest)
         base = cls(seed, dimension, kept, block, BITS, 1.0, clip_norm, scheme)
         low, high, norm = 1e-9, 1e12, base.kept_clip
         if not base._fits(noise_multiplier, clients, honest, low / norm):
@@ -252,15 +284,19 @@ class Compression:
             mid = math.sqrt(low * high)
             low, high = (mid, high) if base._fits(noise_multiplier, clients, honest,
                                                   mid / norm) else (low, mid)
-        spec = cls(seed, dimension, kept, block, BITS, low / norm, clip_norm, scheme)
-        sigma = spec.noise_sigma(noise_multiplier, honest)
+        return cls(seed, dimension, kept, block, BITS, low / norm, clip_norm,
+                   scheme)._enough_noise(noise_multiplier, clients, honest)
+
+    def _enough_noise(self, noise_multiplier: float, clients: int, honest: int) -> Compression:
+        """This spec, unless its noise is too small for the discrete Gaussian's bound."""
+        sigma = self.noise_sigma(noise_multiplier, honest)
         if 0 < sigma < SIGMA_MIN:
             raise CompressionError(
                 f"noise multiplier {noise_multiplier:g} is too small for compressed rounds of "
                 f"{clients} devices: each device's discrete Gaussian would have sigma "
                 f"{sigma:.3g} < {SIGMA_MIN:g} integer units; raise the noise multiplier or "
                 "switch compression off")
-        return spec
+        return self
 
     def _fits(self, z: float, clients: int, honest: int, scale: float) -> bool:
         c = scale * self.kept_clip
@@ -281,6 +317,16 @@ class Compression:
         return 1 << self.bits
 
     @property
+    def levels(self) -> int:
+        """L: the plain form's values lie in [-L, L], L = 2^(bits-1) - 1."""
+        return (1 << (self.bits - 1)) - 1
+
+    @property
+    def modular(self) -> bool:
+        """Words mod 2^bits (secure rounds' schemes), or the plain form (`PLAIN_SCHEME`)."""
+        return self.scheme in SCHEMES
+
+    @property
     def kept_clip(self) -> float:
         """C_kept: the norm the kept part of an update is clipped to (`kept_clip_norm`)."""
         return kept_clip_norm(self.clip_norm, self.dimension, self.kept)
@@ -297,8 +343,8 @@ class Compression:
 
     def wraps(self, clients: int, sigma: float) -> bool:
         """Whether a sum of `clients` devices adding `sigma` could wrap (probability over
-        MODULAR_CLIP_PROBABILITY)."""
-        return not self._wrap_bound(clients, sigma) < self.modulus // 2
+        MODULAR_CLIP_PROBABILITY); the plain form reduces nothing, so never."""
+        return self.modular and not self._wrap_bound(clients, sigma) < self.modulus // 2
 
     @property
     def upload_bytes(self) -> int:
@@ -309,14 +355,24 @@ class Compression:
     def encode(self, update: np.ndarray, sigma: float,
                rng: np.random.Generator) -> np.ndarray:
         """The clipped flat update (norm <= C) as `kept` words mod 2^bits, its kept part
-        clipped to C_kept, noise included."""
+        clipped to C_kept, noise included (secure rounds' schemes)."""
+        return np.mod(self.integers(update, sigma, rng), self.modulus).astype(np.uint16)
+
+    def encode_plain(self, update: np.ndarray, sigma: float,
+                     rng: np.random.Generator) -> tuple[int, np.ndarray]:
+        """The plain form (`PLAIN_SCHEME`): (step q, `kept` values u in [-L, L]) of the
+        noised integers, requantized (`requantize`) after the noise."""
+        return requantize(self.integers(update, sigma, rng), self.levels, rng)
+
+    def integers(self, update: np.ndarray, sigma: float,
+                 rng: np.random.Generator) -> np.ndarray:
+        """The kept part rotated, scaled by gamma, rounded (norm <= Delta) and with the
+        discrete Gaussian noise N_Z(0, sigma^2) added: `kept` int64, the DP output."""
         y = self.kept_part(update)
         signs = _selection(self.seed, self.dimension, self.kept)[1]
         rotated = _fwht((y * signs).reshape(-1, self.block)).ravel()
-        z = rotated * (self.scale / math.sqrt(self.block))
-        q = self._round(z, rng)
-        q += discrete_gaussian(sigma, self.kept, rng)
-        return np.mod(q, self.modulus).astype(np.uint16)
+        q = self._round(rotated * (self.scale / math.sqrt(self.block)), rng)
+        return q + discrete_gaussian(sigma, self.kept, rng)
 
     def selected(self, update: np.ndarray) -> np.ndarray:
         """x[S], zero-padded to `kept`, of the flat update x (clipped to C)."""
@@ -340,9 +396,8 @@ class Compression:
 
     def _round(self, z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Stochastic rounding, redone until ||q|| <= Delta (KLS's conditional rounding)."""
-        floor = np.floor(z)
         for _ in range(1000):
-            q = (floor + (rng.random(z.size) < z - floor)).astype(np.int64)
+            q = stochastic_round(z, rng)
             if float(np.linalg.norm(q)) <= self.sensitivity:
                 return q
         raise CompressionError("rounding kept exceeding its norm bound")  # p < beta^1000
@@ -363,7 +418,13 @@ class Compression:
     def decode_sum(self, total: np.ndarray) -> np.ndarray:
         """The unbiased estimate (float64, d coordinates) of the sum of the clipped updates
         from the modular sum of their compressed forms."""
-        z = self.centred(total).astype(np.float64) * (math.sqrt(self.block) / self.scale)
+        return self.decode_integers(self.centred(total))
+
+    def decode_integers(self, integers: np.ndarray) -> np.ndarray:
+        """The unbiased estimate (float64, d coordinates) of the sum of the clipped updates
+        whose `integers` (signed, in integer units) are summed: divided by gamma, rotated
+        back, scattered to S and rescaled by d / kept (1 when every coordinate is kept)."""
+        z = np.asarray(integers, dtype=np.float64) * (math.sqrt(self.block) / self.scale)
         order, signs = _selection(self.seed, self.dimension, self.kept)
         y = _fwht(z.reshape(-1, self.block)).ravel() / self.block * signs
         out = np.zeros(self.dimension)
@@ -386,8 +447,8 @@ class Compression:
                 "kept_clip_norm"}
         if not isinstance(data, dict) or set(data) != keys:
             raise CompressionError(f"compression must be an object with exactly {sorted(keys)}")
-        if data["scheme"] not in SCHEMES:
-            raise CompressionError(f"compression scheme must be one of {SCHEMES}")
+        if data["scheme"] not in ALL_SCHEMES:
+            raise CompressionError(f"compression scheme must be one of {ALL_SCHEMES}")
         ints = [data[k] for k in ("dimension", "kept", "block", "bits")]
         if any(type(v) is not int for v in ints):
             raise CompressionError("compression dimension, kept, block and bits must be integers")

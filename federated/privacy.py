@@ -16,7 +16,7 @@ import secrets
 
 import numpy as np
 
-from federated.compression import Compression
+from federated.compression import PLAIN_SCHEME, Compression
 from federated.wire import l2_norm
 
 Tensors = dict[str, np.ndarray]
@@ -220,14 +220,17 @@ def round_compression(seed: bytes, dimension: int, clip_norm: float, noise_multi
                       min_reports: int, capacity: int, *, secure: bool,
                       dishonest_share: float = DISHONEST_SHARE,
                       scheme: str = "ddg16") -> Compression:
-    """A compressed round's parameters: secure rounds' scale lets the modular sum of all
-    `capacity` devices, each adding z*Delta/sqrt(h), stay inside the modulus; plain rounds'
-    lets one upload with the full z*Delta do so (the server decodes each alone). Delta is
-    the rounded sensitivity of the kept part's clip C_kept (`Compression.kept_clip`)."""
-    h = honest_reports(min_reports, dishonest_share)
-    return Compression.plan(seed, dimension, clip_norm, noise_multiplier,
-                            clients=capacity if secure else 1, honest=h if secure else 1,
-                            scheme=scheme)
+    """A compressed round's parameters: secure rounds use `scheme`, whose scale lets the
+    modular sum of all `capacity` devices, each adding z*Delta/sqrt(h), stay inside the
+    modulus (Delta: the rounded sensitivity of the kept part's clip C_kept,
+    `Compression.kept_clip`); plain rounds, whatever `scheme`, the plain form
+    (`compression.PLAIN_SCHEME`: every coordinate, the full z*Delta, then requantized; the
+    server decodes each upload alone)."""
+    if not secure:
+        return Compression.plan(seed, dimension, clip_norm, noise_multiplier, clients=1,
+                                honest=1, scheme=PLAIN_SCHEME)
+    return Compression.plan(seed, dimension, clip_norm, noise_multiplier, clients=capacity,
+                            honest=honest_reports(min_reports, dishonest_share), scheme=scheme)
 
 
 def compressed_noise(spec: Compression, noise_multiplier: float, min_reports: int, *, secure: bool,

@@ -30,7 +30,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from device_model.train import OPTIMIZERS
-from federated.compression import Compression, CompressionError, upload_seed
+from federated.compression import Compression, CompressionError, round_seed
 from federated.evaluation import MAX_VERSIONS, MAX_WORDS
 from federated.numbers import is_finite_number
 from federated.secagg import ModularIntegers, SecAggConfig, SecAggError
@@ -269,10 +269,11 @@ class Task:
     secure_aggregation: bool
     secagg: SecAggTask | None = _doc("exactly when secure_aggregation", default=None)
     compression: Compression | None = _doc(
-        "rounds with compression 'ddg16': federated.compression Compression.to_dict(); the "
-        "device checks it (the seed: the round's in secure rounds, the device's own in "
-        "plain ones, federated.compression.upload_seed) and adds its discrete Gaussian "
-        "noise", schema={"type": "object"},
+        "compressed rounds: federated.compression Compression.to_dict(), scheme 'ddg16' or "
+        "'ddg16-full' in secure rounds, 'dg-q5' (every coordinate, requantized after the "
+        "noise, deflated) in plain ones; the device checks it (the seed is the round's, "
+        "federated.compression.round_seed) and adds its discrete Gaussian noise",
+        schema={"type": "object"},
         default=None)
     model_compact_sha256: str | None = _doc("compressed rounds: the sha256 of "
                                             "/v1/models/{version}/compact, the int8 download",
@@ -303,35 +304,23 @@ class Task:
             self._check_compression(self.compression)
 
     def _check_compression(self, spec: Compression) -> None:
-        """The clip norm is the task's, and a secure round's seed is the round's one shared
-        seed and it sums exactly the codec's 16-bit words (a plain round's seed is the
-        device's own: `check_device`)."""
-        if spec.clip_norm != self.clip_norm:
-            raise WireError("task 'compression': the clip norm is not the round's")
-        if self.secure_aggregation:
-            self._check_seed(spec, None)
+        """The seed derives from this round and its model, the clip norm is the task's, a
+        secure round sums exactly the codec's 16-bit words and a plain round sends the
+        plain form (`compression.PLAIN_SCHEME`)."""
+        try:
+            seed = round_seed(self.round_id, self.model_sha256)
+        except CompressionError as err:
+            raise WireError(f"task 'compression': {err}") from None
+        if spec.seed != seed or spec.clip_norm != self.clip_norm:
+            raise WireError("task 'compression': the seed or clip norm is not the round's")
+        if spec.modular != self.secure_aggregation:
+            raise WireError(f"task 'compression': scheme {spec.scheme!r} is for "
+                            f"{'plain' if self.secure_aggregation else 'secure'} rounds")
         config = self.secagg.config if self.secagg else None
         if config and (not isinstance(config.encoding, ModularIntegers)
                        or config.dimension != spec.kept):
             raise WireError("task 'compression': the secure round does not sum the "
                             "compressed words")
-
-    def check_device(self, device_id: str) -> None:
-        """WireError unless the compression seed is the one this device derives itself from
-        the round id, the model's sha256 and its own id (`upload_seed`; secure rounds: the
-        round's shared seed). The device calls it on every task it gets."""
-        if self.compression is not None:
-            self._check_seed(self.compression,
-                             None if self.secure_aggregation else device_id)
-
-    def _check_seed(self, spec: Compression, device_id: str | None) -> None:
-        try:
-            seed = upload_seed(self.round_id, self.model_sha256, device_id)
-        except CompressionError as err:
-            raise WireError(f"task 'compression': {err}") from None
-        if spec.seed != seed:
-            raise WireError("task 'compression': the seed is not the round's for this "
-                            "device")
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"round_id": self.round_id, "model_version": self.model_version,
@@ -414,15 +403,10 @@ def checkin_to_json(answer: Checkin) -> dict[str, Any]:
     return {"task": answer.to_json()} if isinstance(answer, Task) else answer.to_json()
 
 
-def checkin_from_json(data: Any, device_id: str) -> Checkin:
-    """A check-in answer's body as a Task or a NoTask; WireError if it is neither, or if
-    the task's compression seed is not device `device_id`'s (`Task.check_device`)."""
+def checkin_from_json(data: Any) -> Checkin:
+    """A check-in answer's body as a Task or a NoTask; WireError if it is neither."""
     task = _get(_object(data, "check-in answer"), "task", "check-in answer")
-    if task is None:
-        return NoTask.from_json(data)
-    parsed = Task.from_json(task)
-    parsed.check_device(device_id)
-    return parsed
+    return NoTask.from_json(data) if task is None else Task.from_json(task)
 
 
 # ------------------------------------------------------------------------ answers to reports

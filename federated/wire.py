@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,7 @@ from device_model.tensorfile import TensorFileError, TensorInfo
 
 API_PREFIX = "/v1"
 UPDATE_FORMAT = "private-keyboard/update-1"
-COMPRESSED_FORMAT = "private-keyboard/compressed-update-1"
+COMPRESSED_FORMAT = "private-keyboard/compressed-update-2"
 MAX_UPDATE_BYTES = 16 * 1024 * 1024
 DEVICE_METRICS = ("loss", "accuracy")  # the only metrics an update may carry (round means)
 Shapes = dict[str, tuple[int, ...]]
@@ -93,37 +94,71 @@ def encode_update(update: Update) -> bytes:
     return tensorfile.save(tensors, update.metadata.to_strings())
 
 
-def encode_compressed_update(update: Update, words: np.ndarray, seed: bytes) -> bytes:
-    """A compressed update (`federated.compression`): its uint16 words under the name
-    "words", its compression seed in hex (`upload_seed`), and `update`'s round, version,
-    examples and metrics (its tensors are not sent)."""
-    meta = {**update.metadata.to_strings(COMPRESSED_FORMAT), "seed": seed.hex(), "bits": "16"}
-    return tensorfile.save({"words": np.ascontiguousarray(words, dtype=np.uint16)}, meta)
+def encode_compressed_update(update: Update, step: int, values: np.ndarray, seed: bytes,
+                             levels: int) -> bytes:
+    """A plain round's compressed update (`federated.compression.Compression.encode_plain`):
+    its values u in [-levels, levels] as the bytes u + levels, deflated (zlib, Huffman codes
+    only: the values are near-Gaussian and unrepeating, so LZ matching only adds bits) under
+    the name "deflated"; its integer step, the round's compression seed in hex, and
+    `update`'s round, version, examples and metrics (its tensors are not sent)."""
+    raw = (np.asarray(values, dtype=np.int16) + levels).astype(np.uint8).tobytes()
+    packer = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+    deflated = np.frombuffer(packer.compress(raw) + packer.flush(), dtype=np.uint8)
+    meta = {**update.metadata.to_strings(COMPRESSED_FORMAT), "seed": seed.hex(),
+            "step": str(int(step))}
+    return tensorfile.save({"deflated": deflated}, meta)
 
 
-def decode_compressed_update(data: bytes, kept: int, seed: bytes,
-                             max_bytes: int = MAX_UPDATE_BYTES) -> Update:
-    """Parse a compressed update for a round that keeps `kept` coordinates under `seed`:
-    an Update whose one tensor "words" holds the uint16 words; WireError says what is off
-    (size, modulus, seed, format)."""
+def decode_compressed_update(data: bytes, size: int, seed: bytes, levels: int, max_step: int,
+                             max_bytes: int = MAX_UPDATE_BYTES) -> tuple[Update, int]:
+    """Parse a plain round's compressed update of `size` values in [-levels, levels] under
+    `seed`: (an Update whose one tensor "values" holds them as int8, the step, a whole
+    number from 1 to `max_step`). WireError says what is off (size, step, seed, format,
+    the deflated stream); inflating never makes more than size + 1 bytes."""
     if len(data) > max_bytes:
         raise WireError(f"update of {len(data)} bytes is over the {max_bytes}-byte limit")
     declared, meta = _header(data)
     if meta.get("format") != COMPRESSED_FORMAT:
         raise WireError(f"this round takes compressed updates: metadata format must be "
                         f"{COMPRESSED_FORMAT!r}")
-    words = declared.get("words")
-    if meta.get("bits") != "16" or (words is not None and words.dtype != "U16"):
-        raise WireError("compressed updates are 16-bit words (modulus 2^16): metadata bits "
-                        "must be '16' and the tensor 'words' U16")
-    if set(declared) != {"words"} or words.shape != (kept,):
-        raise WireError(f"a compressed update of this round is one tensor 'words' of {kept} "
-                        f"values, got {sorted(declared)[:5]}")
+    packed = declared.get("deflated")
+    if set(declared) != {"deflated"} or packed.dtype != "U8" or len(packed.shape) != 1:
+        raise WireError("a compressed update is one 1-D tensor 'deflated' of bytes (U8), got "
+                        f"{sorted(declared)[:5]}")
     if meta.get("seed") != seed.hex():
         raise WireError("the compression seed differs from this round's: the update was "
-                        "compressed for another round, model or device")
+                        "compressed for another round or model")
+    step = _step(meta.get("step"), max_step)
     tensors, _ = tensors_from_bytes(data)
-    return _update(tensors, meta)
+    raw = np.frombuffer(_inflate(tensors["deflated"].tobytes(), size), dtype=np.uint8)
+    if int(raw.max(initial=0)) > 2 * levels:
+        raise WireError(f"compressed values must lie in [-{levels}, {levels}]: a byte is "
+                        f"{int(raw.max())}, over {2 * levels}")
+    values = (raw.astype(np.int16) - levels).astype(np.int8)
+    return _update({"values": values}, meta), step
+
+
+def _step(text: object, max_step: int) -> int:
+    """The metadata's step: a whole number from 1 to `max_step` in plain decimal digits."""
+    if not (isinstance(text, str) and 0 < len(text) <= 19 and text.isascii()
+            and text.isdigit() and text[0] != "0" and int(text) <= max_step):
+        raise WireError(f"metadata 'step' must be a whole number from 1 to {max_step} "
+                        f"(what an honest update's norm bound allows), got {str(text)[:40]!r}")
+    return int(text)
+
+
+def _inflate(deflated: bytes, size: int) -> bytes:
+    """Exactly `size` bytes from one complete zlib stream; WireError otherwise. Never
+    inflates more than size + 1 bytes, whatever the stream claims."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(deflated, size + 1)
+    except zlib.error as err:
+        raise WireError(f"the tensor 'deflated' is not a zlib stream: {err}") from None
+    if len(raw) != size or not inflater.eof or inflater.unused_data:
+        raise WireError(f"the tensor 'deflated' must inflate to exactly {size} bytes, one "
+                        "complete zlib stream with nothing after it")
+    return raw
 
 
 def _header(data: bytes) -> tuple[dict[str, TensorInfo], dict[str, str]]:

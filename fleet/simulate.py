@@ -101,9 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compression", choices=("none", "ddg16", "ddg16-full"),
                    default=d.compression,
                    help="compressed uploads with integer noise (federated.compression): "
-                        "ddg16, a random quarter of the coordinates, at most 4 bits per "
-                        "parameter; ddg16-full, every coordinate, 16 bits; the devices then "
-                        "download the int8 model (default: %(default)s)")
+                        "in secure rounds ddg16, a random quarter of the coordinates, at most "
+                        "4 bits per parameter, or ddg16-full, every coordinate, 16 bits; "
+                        "plain rounds with either send every coordinate requantized after "
+                        "the noise (about 3.6 bits); the devices then download the int8 "
+                        "model (default: %(default)s)")
     p.add_argument("--no-final-eval", dest="final_eval", action="store_false",
                    help="skip the evaluation on all of valid at the end")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

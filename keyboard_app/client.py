@@ -249,12 +249,10 @@ class SyncClient:
         """Ask for a task: a Task, or a NoTask saying when to come back and why (WireError
         if the answer is neither). Says nothing about the device's history: the device
         checks the task's minimum. `kinds`: the task kinds this device takes (training,
-        evaluation). A compressed task's seed must be the one this device derives for itself
-        (`Task.check_device`)."""
-        answer = self._json(self._device("POST", CHECKIN, json={
+        evaluation)."""
+        return checkin_from_json(self._json(self._device("POST", CHECKIN, json={
             "model_version": model_version, "kinds": list(kinds)},
-            headers={"Idempotency-Key": str(uuid.uuid4())}), 200)
-        return checkin_from_json(answer, self.enrol())
+            headers={"Idempotency-Key": str(uuid.uuid4())}), 200))
 
     def report_evaluation(self, round_id: int, body: dict,
                           idempotency_key: str | None = None) -> Receipt:

@@ -59,7 +59,8 @@ def what_the_server_saw(terms: RoundTerms) -> str:
                 f"phone's own (secure aggregation); this phone added noise of std "
                 f"{terms.noise_stddev:.3g}, its share of the round's noise")
     spec = terms.compression
-    sent = "" if spec is None else f" ({spec.kept:,} of its {spec.dimension:,} coordinates)"
+    sent = "" if spec is None else \
+        f" (rounded to {2 * spec.levels + 1} levels after the noise)"
     return (f"this phone's update itself (no secure aggregation){sent}, clipped to "
             f"{terms.sent_clip_norm:.3g} with noise of std {terms.noise_stddev:.3g} added on the "
             f"phone: the full noise of the round")

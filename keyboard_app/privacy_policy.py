@@ -8,11 +8,12 @@ level the server dictates. The user may tighten the policy in Settings, never lo
 below the defaults; nothing the server sends changes it. Simulations and tests that need a
 looser policy (tiny rounds, a fleet without noise) build one in code with
 `DevicePolicy.relaxed(...)`, and only that way. A compressed round's parameters
-(`federated.compression`) are checked too: the modulus must hold this device's own integer
-noise (that they are the round's own, the seed derived from the round, its model and, in
-plain rounds, the device's id, and that the kept part's clip norm C_kept is the one the
-device derives from C, is checked when the task is parsed, `federated.protocol.Task` and
-`Task.check_device`).
+(`federated.compression`) are checked too: in secure rounds the modulus must hold this
+device's own integer noise (that they are the round's own, the seed derived from the round
+and its model, the scheme the one for the round's kind, and the kept part's clip norm
+C_kept the one the device derives from C, is checked when the task is parsed,
+`federated.protocol.Task`). A plain round's requantization comes after the noise, so it
+changes no epsilon.
 """
 from __future__ import annotations
 

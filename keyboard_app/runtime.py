@@ -322,11 +322,10 @@ class DeviceRuntime:
             return self._step("interrupted", self.poll_seconds, f"training stopped: {why}")
         self._set(last_loss=local.result.mean_loss, clip_norm=terms.sent_clip_norm,
                   noise_stddev=terms.noise_stddev)
-        words = self._compress(local.update, terms)
         if task.secagg:
-            return self._secure_upload(task, local.update, started, terms, words)
-        body = local.body if words is None else \
-            encode_compressed_update(local.update, words, terms.compression.seed)
+            return self._secure_upload(task, local.update, started, terms,
+                                       self._compress(local.update, terms))
+        body = local.body if terms.compression is None else self._plain_body(local.update, terms)
         round_id = task.round_id
 
         def uploaded(receipt: Receipt) -> Step:
@@ -370,13 +369,21 @@ class DeviceRuntime:
         return pending.accepted(receipt)
 
     def _compress(self, update: Update, terms: RoundTerms) -> np.ndarray | None:
-        """A compressed round's words: the clipped update through the codec, with this
-        device's discrete Gaussian noise (None in float32 rounds)."""
+        """A compressed secure round's words: the clipped update through the codec, with
+        this device's discrete Gaussian noise (None in float32 rounds)."""
         if terms.compression is None:
             return None
-        shapes = {name: tuple(t.shape) for name, t in update.tensors.items()}
-        rng = self.rng or np.random.default_rng(secrets.randbits(128))
-        return terms.compression.encode(flatten(update.tensors, shapes), terms.noise_sigma, rng)
+        return terms.compression.encode(_flat(update), terms.noise_sigma, self._noise_rng())
+
+    def _plain_body(self, update: Update, terms: RoundTerms) -> bytes:
+        """A compressed plain round's upload: the clipped update with this device's full
+        discrete Gaussian noise, requantized after the noise and deflated."""
+        spec = terms.compression
+        step, values = spec.encode_plain(_flat(update), terms.noise_sigma, self._noise_rng())
+        return encode_compressed_update(update, step, values, spec.seed, spec.levels)
+
+    def _noise_rng(self) -> np.random.Generator:
+        return self.rng or np.random.default_rng(secrets.randbits(128))
 
     def _secure_upload(self, task: Task, update: Update, started: float,
                        terms: RoundTerms, words: np.ndarray | None = None) -> Step:
@@ -562,3 +569,9 @@ class DeviceRuntime:
             self._wake.wait(step.wait)
             self._wake.clear()
         self._set(state="stopped", detail="")
+
+
+def _flat(update: Update) -> np.ndarray:
+    """The update's tensors as one flat vector, in their order (what the codec takes)."""
+    shapes = {name: tuple(t.shape) for name, t in update.tensors.items()}
+    return flatten(update.tensors, shapes)

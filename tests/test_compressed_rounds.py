@@ -1,10 +1,11 @@
 """Compressed rounds (`compression = "ddg16"`) on the real server over real HTTP: the task's
-parameters, plain uploads accepted and every bad one refused with a 4xx and no state
-change, a secure round's modular sum decoded into the new model, and the device's policy
-checks of the parameters it is given."""
+parameters, plain uploads (the requantized plain form) accepted and every bad one refused
+with a 4xx and no state change, a secure round's modular sum decoded into the new model,
+and the device's policy checks of the parameters it is given."""
 from __future__ import annotations
 
 import hashlib
+import zlib
 
 import numpy as np
 import pytest
@@ -12,14 +13,17 @@ from test_device import ONE_DEVICE_ROUNDS, make_device, run_until, sender_messag
 from test_secure_rounds import Member, accepted, refused, secure_round, stored
 from test_server_updates import _assert_unchanged, _pending_files
 
-from aggregation_server.compressed import spec_for
+from aggregation_server.compressed import max_step, spec_for
+from device_model import tensorfile
 from device_model.checkpoint import weights_from_bytes
 from aggregation_server.config import RoundConfig
 from federated import privacy
-from federated.compression import Compression, kept_clip_norm, round_seed, upload_seed
+from federated.compression import (PLAIN_SCHEME, Compression, kept_clip_norm, requantize,
+                                   round_seed)
 from federated.secagg import MaskedInput, SharesRelay, flatten, unflatten
-from federated.protocol import Task, checkin_from_json
-from federated.wire import Update, WireError, encode_compressed_update, tensors_from_bytes
+from federated.protocol import Task
+from federated.wire import (COMPRESSED_FORMAT, Update, WireError, encode_compressed_update,
+                           tensors_from_bytes)
 from keyboard_app.ledger import FILE_NAME, PrivacyLedger
 from keyboard_app.privacy_policy import DevicePolicy, PolicyRefusal
 
@@ -32,18 +36,40 @@ def clipped_update(server, seed: int, clip_norm: float) -> dict[str, np.ndarray]
     return privacy.clip(raw, clip_norm)[0]
 
 
-def words_for(server, task: dict, seed: int, secure: bool) -> tuple[np.ndarray, Compression]:
-    """What an honest device sends: its clipped update through the round's codec."""
+def noised_input(server, task: dict, seed: int,
+                 secure: bool) -> tuple[Compression, np.ndarray, float]:
+    """(the round's codec, an honest device's clipped flat update, its noise sigma)."""
     spec = Compression.from_dict(task["compression"])
     sigma, _, _ = privacy.compressed_noise(spec, task["noise_multiplier"], task["min_reports"],
                                            secure=secure)
-    flat = flatten(clipped_update(server, seed, task["clip_norm"]), server.shapes)
+    return spec, flatten(clipped_update(server, seed, task["clip_norm"]), server.shapes), sigma
+
+
+def words_for(server, task: dict, seed: int) -> tuple[np.ndarray, Compression]:
+    """What an honest device masks in a secure round: its update through the codec."""
+    spec, flat, sigma = noised_input(server, task, seed, secure=True)
     return spec.encode(flat, sigma, np.random.default_rng(seed + 100)), spec
 
 
-def compressed_body(task: dict, words: np.ndarray, seed: bytes) -> bytes:
+def plain_for(server, task: dict, seed: int) -> tuple[int, np.ndarray, Compression]:
+    """What an honest device sends in a plain round: (step, values, the codec)."""
+    spec, flat, sigma = noised_input(server, task, seed, secure=False)
+    return (*spec.encode_plain(flat, sigma, np.random.default_rng(seed + 100)), spec)
+
+
+def compressed_body(task: dict, step: int, values: np.ndarray, spec: Compression) -> bytes:
     update = Update({}, task["round_id"], task["model_version"], 5, {})
-    return encode_compressed_update(update, words, seed)
+    return encode_compressed_update(update, step, values, spec.seed, spec.levels)
+
+
+def raw_body(task: dict, deflated: bytes, seed: bytes, step: str,
+             dtype: type = np.uint8) -> bytes:
+    """A plain-form body with any stream, step and tensor type (what a hostile device can
+    send)."""
+    meta = {"format": COMPRESSED_FORMAT, "round_id": str(task["round_id"]),
+            "model_version": str(task["model_version"]), "num_examples": "5",
+            "metrics": "{}", "seed": seed.hex(), "step": step}
+    return tensorfile.save({"deflated": np.frombuffer(deflated, np.uint8).astype(dtype)}, meta)
 
 
 @pytest.fixture
@@ -53,108 +79,134 @@ def plain(start_server):
     return server, device, server.task(device)
 
 
-def test_the_task_carries_the_rounds_parameters_with_the_devices_own_seed(plain):
-    """A plain round's seed is the device's (`upload_seed`): each device keeps its own
-    subset, derived from the round, the model and its id."""
-    server, device, task = plain
+def test_the_task_carries_the_rounds_parameters(plain):
+    """A plain round's codec is the plain form on every coordinate, under the round's one
+    seed (the same for every device: plain fleets are reproducible for a seed)."""
+    server, _, task = plain
     config = RoundConfig.from_dict({**server.status()["config"]})
     dimension = sum(int(np.prod(s)) for s in server.shapes.values())
     assert task["compression"] == spec_for(config, task["round_id"], task["model_sha256"],
-                                           dimension, device.device_id).to_dict()
+                                           dimension).to_dict()
     spec = Compression.from_dict(task["compression"])
-    assert spec.seed == upload_seed(task["round_id"], task["model_sha256"], device.device_id)
-    assert spec.seed != round_seed(task["round_id"], task["model_sha256"])
-    other = Compression.from_dict(server.task(server.enrol())["compression"])
-    assert other.seed != spec.seed and other.to_dict() | {"seed": spec.seed.hex()} == \
-        spec.to_dict()  # the same parameters but the seed
-    assert spec.upload_bytes * 8 <= 4 * dimension
+    assert spec.seed == round_seed(task["round_id"], task["model_sha256"])
+    assert spec.scheme == PLAIN_SCHEME and spec.kept >= dimension
+    assert spec.kept_clip == spec.clip_norm
+    assert server.task(server.enrol())["compression"] == task["compression"]
 
 
 def test_a_compressed_upload_is_accepted_and_stored_decoded(plain):
     server, device, task = plain
-    words, spec = words_for(server, task, 1, secure=False)
-    r = server.upload(device, task["round_id"], compressed_body(task, words, spec.seed))
+    step, values, spec = plain_for(server, task, 1)
+    r = server.upload(device, task["round_id"], compressed_body(task, step, values, spec))
     accepted(r)
     [path] = _pending_files(server)
     stored, _ = tensors_from_bytes(path.read_bytes())
-    expected = unflatten(spec.decode_sum(words).astype(np.float32), server.shapes)
+    expected = unflatten(spec.decode_integers(values * float(step)).astype(np.float32),
+                         server.shapes)
     for name in server.shapes:
         np.testing.assert_array_equal(stored[name], expected[name])
 
 
+def _deflated(values: np.ndarray, levels: int) -> bytes:
+    return zlib.compress((values.astype(np.int16) + levels).astype(np.uint8).tobytes())
+
+
+def _bomb(size: int) -> bytes:
+    """A zlib stream of `size` zero bytes (about a thousandth of it on the wire)."""
+    packer, chunk = zlib.compressobj(9), bytes(2 ** 20)
+    return b"".join(packer.compress(chunk) for _ in range(size // len(chunk))) + packer.flush()
+
+
+def _bad_body(case: str, server, task: dict, step: int, values: np.ndarray,
+              spec: Compression, limit: int) -> bytes:
+    """One hostile variant of an honest plain upload (`case`)."""
+    good, seed, levels = _deflated(values, spec.levels), spec.seed, spec.levels
+    steps = {"step_zero": "0", "step_negative": "-3", "step_nan": "nan", "step_inf": "inf",
+             "step_fraction": "2.5", "step_exponent": "1e3", "step_over": str(limit + 1),
+             "step_padded": f"0{step}", "step_digits": "9" * 5000}
+    if case in steps:
+        return raw_body(task, good, seed, steps[case])
+    raw = (values.astype(np.int16) + levels).astype(np.uint8)
+    return {
+        "short": lambda: compressed_body(task, step, values[:-1], spec),
+        "long": lambda: compressed_body(task, step, np.r_[values, values[:1]], spec),
+        "bomb": lambda: raw_body(task, _bomb(64 * 2 ** 20), seed, str(step)),
+        "truncated": lambda: raw_body(task, good[:-9], seed, str(step)),
+        "trailing": lambda: raw_body(task, good + good, seed, str(step)),
+        "not_zlib": lambda: raw_body(task, bytes(range(256)) * 4, seed, str(step)),
+        "value_over": lambda: raw_body(task, zlib.compress(np.r_[raw[:-1], 2 * levels + 1]
+                                                          .astype(np.uint8).tobytes()),
+                                       seed, str(step)),
+        "dtype": lambda: raw_body(task, good, seed, str(step), np.uint16),
+        "seed": lambda: raw_body(task, good, round_seed(task["round_id"] + 1,
+                                                        task["model_sha256"]), str(step)),
+        "float32": lambda: server.update_bytes(task),
+        "out_of_range": lambda: compressed_body(
+            task, step, np.where(values < 0, -levels, levels).astype(np.int8), spec),
+    }[case]()
+
+
 @pytest.mark.parametrize("case, status, code, needle", [
-    ("short", 400, "invalid_update", "one tensor 'words'"),
-    ("modulus", 400, "invalid_update", "16-bit words"),
+    ("short", 400, "invalid_update", "inflate to exactly"),
+    ("long", 400, "invalid_update", "inflate to exactly"),
+    ("bomb", 400, "invalid_update", "inflate to exactly"),
+    ("truncated", 400, "invalid_update", "inflate to exactly"),
+    ("trailing", 400, "invalid_update", "nothing after it"),
+    ("not_zlib", 400, "invalid_update", "not a zlib stream"),
+    ("value_over", 400, "invalid_update", "must lie in [-15, 15]"),
+    ("dtype", 400, "invalid_update", "bytes (U8)"),
     ("seed", 400, "invalid_update", "compression seed differs"),
-    ("other_device", 400, "invalid_update", "another round, model or device"),
+    ("step_zero", 400, "invalid_update", "metadata 'step'"),
+    ("step_negative", 400, "invalid_update", "metadata 'step'"),
+    ("step_nan", 400, "invalid_update", "metadata 'step'"),
+    ("step_inf", 400, "invalid_update", "metadata 'step'"),
+    ("step_fraction", 400, "invalid_update", "metadata 'step'"),
+    ("step_exponent", 400, "invalid_update", "metadata 'step'"),
+    ("step_over", 400, "invalid_update", "norm bound allows"),
+    ("step_padded", 400, "invalid_update", "metadata 'step'"),
+    ("step_digits", 400, "invalid_update", "metadata 'step'"),
     ("float32", 400, "invalid_update", "takes compressed updates"),
     ("out_of_range", 422, "norm_too_large", "integer units"),
 ])
 def test_bad_compressed_uploads_are_refused_and_change_nothing(plain, case, status, code,
                                                                needle):
     server, device, task = plain
-    words, spec = words_for(server, task, 2, secure=False)
-    body = {
-        "short": lambda: compressed_body(task, words[:-1], spec.seed),
-        "modulus": lambda: _u32_body(task, words, spec.seed),
-        "seed": lambda: compressed_body(task, words, round_seed(task["round_id"] + 1,
-                                                                task["model_sha256"])),
-        "other_device": lambda: _another_devices_upload(server, task),
-        "float32": lambda: server.update_bytes(task),
-        "out_of_range": lambda: compressed_body(task, np.full_like(words, 2 ** 15 - 1),
-                                                spec.seed),
-    }[case]()
+    step, values, spec = plain_for(server, task, 2)
+    config = RoundConfig.from_dict({**server.status()["config"]})
+    limit = max_step(spec, config)
+    assert step <= limit
+    body = _bad_body(case, server, task, step, values, spec, limit)
     refused(server.upload(device, task["round_id"], body), status, code, needle)
     _assert_unchanged(server, device, task)
-    accepted(server.upload(device, task["round_id"], compressed_body(task, words, spec.seed)))
+    accepted(server.upload(device, task["round_id"], compressed_body(task, step, values, spec)))
 
 
-def test_an_upload_whose_kept_part_was_not_clipped_to_c_kept_is_refused(start_server):
-    """Without noise the server's norm check is exact: words from a kept part of norm C (a
-    device that skipped the clip in the kept subspace) are refused with 422 and nothing
-    changes; the same update through the codec is accepted."""
+def test_an_update_that_was_not_clipped_to_c_is_refused(start_server):
+    """Without noise the server's norm check is tight: the plain form of an update of norm
+    2C (a device that skipped the clip) is refused with 422 and nothing changes; the same
+    update clipped to C is accepted."""
     server = start_server(round={**COMPRESSED, "noise_multiplier": 0.0, "epsilon_budget": None})
     device = server.enrol()
     task = server.task(device)
     spec = Compression.from_dict(task["compression"])
-    assert spec.kept_clip < 0.6 * spec.clip_norm and task["noise_multiplier"] == 0
-    x = np.zeros(spec.dimension)  # all of C on the kept coordinates
-    index = np.flatnonzero(spec.selected(np.ones(spec.dimension) * 1e-9))
-    x[index] = np.random.default_rng(3).normal(size=index.size)
+    x = np.random.default_rng(3).normal(size=spec.dimension)
     x *= spec.clip_norm / np.linalg.norm(x)
-    words = spec.encode(x, 0.0, np.random.default_rng(4))
-    widened = np.mod(np.rint(spec.centred(words) * (spec.clip_norm / spec.kept_clip)),
-                     2 ** 16).astype(np.uint16)  # the kept part at norm C
-    refused(server.upload(device, task["round_id"], compressed_body(task, widened, spec.seed)),
+    rng = np.random.default_rng(4)
+    v = spec.integers(x, 0.0, rng)
+    widened = requantize(2 * v, spec.levels, rng)  # the update at norm 2C
+    refused(server.upload(device, task["round_id"], compressed_body(task, *widened, spec)),
             422, "norm_too_large", "integer units")
     _assert_unchanged(server, device, task)
-    accepted(server.upload(device, task["round_id"], compressed_body(task, words, spec.seed)))
-
-
-def _another_devices_upload(server, task: dict) -> bytes:
-    """Words compressed, honestly, with another device's seed in the same round."""
-    other = server.task(server.enrol())
-    words, spec = words_for(server, other, 3, secure=False)
-    assert other["round_id"] == task["round_id"]
-    assert spec.seed != Compression.from_dict(task["compression"]).seed
-    return compressed_body(task, words, spec.seed)
-
-
-def _u32_body(task: dict, words: np.ndarray, seed: bytes) -> bytes:
-    """The right words as 32-bit integers: the wrong modulus."""
-    from device_model import tensorfile
-    from federated.wire import COMPRESSED_FORMAT
-    meta = {"format": COMPRESSED_FORMAT, "round_id": str(task["round_id"]),
-            "model_version": str(task["model_version"]), "num_examples": "5",
-            "metrics": "{}", "seed": seed.hex(), "bits": "32"}
-    return tensorfile.save({"words": words.astype(np.uint32)}, meta)
+    honest = requantize(v, spec.levels, rng)
+    accepted(server.upload(device, task["round_id"], compressed_body(task, *honest, spec)))
 
 
 def test_a_float_round_refuses_compressed_uploads(server):
     device = server.enrol()
     task = server.task(device)
     assert "compression" not in task
-    body = compressed_body(task, np.zeros(8, np.uint16), bytes(32))
+    body = encode_compressed_update(Update({}, task["round_id"], task["model_version"], 5),
+                                    1, np.zeros(8, np.int8), bytes(32), 15)
     refused(server.upload(device, task["round_id"], body), 400, "invalid_update", "format")
     _assert_unchanged(server, device, task)
     accepted(server.upload(device, task["round_id"], server.update_bytes(task)))
@@ -167,7 +219,7 @@ def test_a_secure_compressed_round_decodes_the_modular_sum_into_the_model(start_
     spec = Compression.from_dict(members[0].task["compression"])
     assert members[0].config.dimension == spec.kept  # the protocol sums the words
     for m in members:
-        m.words, _ = words_for(server, m.task, m.id, secure=True)
+        m.words, _ = words_for(server, m.task, m.id)
         accepted(m.advertise())
     for m in members:
         accepted(m.share())
@@ -224,38 +276,38 @@ def test_the_ledger_counts_a_compressed_round_by_its_own_noise_over_delta(plain,
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"seed": "00" * 32}, "the seed is not the round's for this device"), ({"bits": 8}, "bits"),
-    ({"clip_norm": 0.5}, "the clip norm is not the round's"),
-    ({"kept_clip_norm": 1.0}, "kept_clip_norm 1.0 is not C min")])
+    ({"seed": "00" * 32}, "the seed or clip norm is not the round's"), ({"bits": 8}, "bits"),
+    ({"clip_norm": 0.5}, "the seed or clip norm is not the round's"),
+    ({"kept_clip_norm": 0.25}, "kept_clip_norm 0.25 is not C min")])
 def test_the_device_does_not_parse_parameters_that_are_not_the_rounds(plain, change, message):
-    _, device, task = plain
+    _, _, task = plain
     data = {**task["compression"], **change}
     if "clip_norm" in change:  # a consistent spec for another C: still not the round's
         data["kept_clip_norm"] = kept_clip_norm(change["clip_norm"], data["dimension"],
                                                 data["kept"])
     with pytest.raises(WireError, match=f"task 'compression': .*{message}"):
-        checkin_from_json({"task": {**task, "compression": data}}, device.device_id)
+        Task.from_json({**task, "compression": data})
 
 
-def test_the_device_refuses_the_seed_of_another_device_or_the_rounds_shared_one(plain):
-    """The device derives its plain round's seed itself (`Task.check_device`): the task
-    made for it parses, the same task read by another device, or carrying the round's
-    shared (secure-round) seed, is refused."""
-    _, device, task = plain
-    assert checkin_from_json({"task": task}, device.device_id) == Task.from_json(task)
-    shared = {**task["compression"],
-              "seed": round_seed(task["round_id"], task["model_sha256"]).hex()}
-    for answer, device_id in (({"task": task}, "another-device"),
-                              ({"task": {**task, "compression": shared}}, device.device_id)):
-        with pytest.raises(WireError, match="the seed is not the round's for this device"):
-            checkin_from_json(answer, device_id)
+@pytest.mark.parametrize("secure", [False, True])
+def test_the_device_refuses_the_other_kind_of_rounds_scheme(start_server, secure):
+    """A secure round must sum 16-bit words; a plain round sends the plain form: a task
+    with the other kind's (consistent) parameters is not parsed."""
+    server = start_server(round=secure_round(4, 3, compression="ddg16") if secure
+                          else COMPRESSED)
+    task = server.task(server.enrol())
+    spec = Compression.from_dict(task["compression"])
+    other = privacy.round_compression(spec.seed, spec.dimension, spec.clip_norm,
+                                      task["noise_multiplier"], 3, 4, secure=not secure)
+    with pytest.raises(WireError, match="task 'compression': scheme .* is for"):
+        Task.from_json({**task, "compression": other.to_dict()})
 
 
-def test_the_device_refuses_a_modulus_that_could_wrap_its_noise(plain):
-    _, _, task = plain
+def test_the_device_refuses_a_modulus_that_could_wrap_its_noise(start_server):
+    task = Member(start_server(round=secure_round(4, 3, compression="ddg16")), 0).task
     bad = Task.from_json({**task, "compression": {**task["compression"], "scale": 1e7}})
     with pytest.raises(PolicyRefusal) as refusal:
-        POLICY.terms(bad)
+        DevicePolicy.relaxed(min_reports=3).terms(bad)
     assert refusal.value.code == "compression_unsafe"
 
 
@@ -292,22 +344,21 @@ def test_a_device_with_compact_downloads_trains_from_the_int8_model(start_server
     server.wait_for(lambda st: st["model"]["version"] == 1, what="the round aggregated")
 
 
-def test_what_the_phone_says_it_sent_is_clipped_to_c_kept_with_the_rounds_noise(
+def test_what_the_phone_says_it_sent_is_clipped_to_c_with_the_rounds_noise(
         start_server, tmp_path, sender_messages):
-    """A compressed round sends the kept part, clipped to C_kept (about half of C here), with
-    noise sized to it: the privacy panel and the ledger name that clip, so that noise over
-    clip reads as the round's z (it read z / 2 with C, as if the phone had half the noise)."""
+    """A plain compressed round sends every coordinate, clipped to C, with the round's full
+    noise, requantized after it: the privacy panel and the ledger name that clip and noise
+    (noise over clip reads as the round's z) and say the values were rounded."""
     server = start_server(round={**ONE_DEVICE_ROUNDS, **COMPRESSED})
     device = make_device(server.url, tmp_path, sender_messages, code=server.enrolment_code())
     run_until(device, server, "uploaded")
     spec = Compression.from_dict(server.task(server.enrol())["compression"])
     z, status = ONE_DEVICE_ROUNDS["noise_multiplier"], device.status()
-    assert spec.kept_clip < 0.6 * spec.clip_norm
-    assert status.clip_norm == spec.kept_clip
+    assert status.clip_norm == spec.kept_clip == spec.clip_norm
     assert status.noise_stddev / status.clip_norm == pytest.approx(z, rel=0.01)
     seen = device.ledger.entries()[-1].seen
-    assert f"clipped to {spec.kept_clip:.3g} with noise of std {status.noise_stddev:.3g}" in seen
-    assert f"{spec.kept:,} of its {spec.dimension:,} coordinates" in seen
+    assert f"clipped to {spec.clip_norm:.3g} with noise of std {status.noise_stddev:.3g}" in seen
+    assert "rounded to 31 levels after the noise" in seen
 
 
 def test_noise_too_small_for_the_discrete_gaussian_bound_opens_no_round(start_server):

@@ -41,7 +41,7 @@ from device_model.train import TrainConfig, train
 from device_model.tokenizer import DeviceTokenizer
 from federated import evaluation as fed_eval
 from federated import privacy
-from federated.compression import upload_seed
+from federated.compression import round_seed
 from federated.privacy import clip, privatize
 from federated.secagg import flatten, message_from_json
 from federated.wire import decode_compressed_update, decode_update, l2_norm, tensors_from_bytes
@@ -352,9 +352,9 @@ def test_no_raw_text_leaves_and_updates_are_exactly_privatized(start_server, tmp
 
 def test_compressed_uploads_carry_no_text_and_are_exactly_the_codec_output(
         start_server, tmp_path, histories):
-    """Plain rounds with compression on: no text in any byte, and each upload's words are
-    exactly the clipped difference through the codec, on the device's own subset (its
-    seed), with the device's integer noise."""
+    """Plain rounds with compression on: no text in any byte, and each upload is exactly
+    the clipped difference through the codec with the device's integer noise, requantized
+    (the plain form: step and values, deflated)."""
     server, relay, devices, sent, _ = two_rounds_recorded(
         start_server, {**ROUNDS, "compression": "ddg16"}, tmp_path, histories)
     puts = textless_uploads(sent, relay, devices, histories, tmp_path)
@@ -365,17 +365,18 @@ def test_compressed_uploads_carry_no_text_and_are_exactly_the_codec_output(
         version = int(json.loads(put["body"][8:8 + int.from_bytes(put["body"][:8], "little")])[
             "__metadata__"]["model_version"])
         delta, sha, _ = retrained_delta(server, devices, i, version)
-        seed = upload_seed(round_id, sha, devices[i].client.device_id)  # its own subset
-        spec = privacy.round_compression(seed, dimension,
+        spec = privacy.round_compression(round_seed(round_id, sha), dimension,
                                          ROUNDS["clip_norm"], ROUNDS["noise_multiplier"],
                                          ROUNDS["min_reports"], 3, secure=False)
-        update = decode_compressed_update(put["body"], spec.kept, spec.seed)
-        assert set(update.tensors) == {"words"} and update.metrics == {}
-        assert len(put["body"]) <= spec.kept * 2 + 512  # the words and a short header
+        update, step = decode_compressed_update(put["body"], spec.kept, spec.seed,
+                                                spec.levels, 2 ** 62)
+        assert set(update.tensors) == {"values"} and update.metrics == {}
+        assert len(put["body"]) <= spec.kept // 2 + 512  # < 4 bits a value and a short header
         clipped, _ = clip(delta, ROUNDS["clip_norm"])
         sigma = spec.noise_sigma(ROUNDS["noise_multiplier"], 1)  # plain: all of z*Delta here
-        expected = spec.encode(flatten(clipped, server.shapes), sigma, rngs[i])
-        np.testing.assert_array_equal(update.tensors["words"], expected)
+        expected = spec.encode_plain(flatten(clipped, server.shapes), sigma, rngs[i])
+        assert step == expected[0]
+        np.testing.assert_array_equal(update.tensors["values"], expected[1])
 
 
 @pytest.mark.parametrize("compression", ["none", "ddg16"])

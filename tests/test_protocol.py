@@ -15,7 +15,7 @@ from device_model.files import write_atomic
 from device_model import tensorfile
 from device_model.tensorfile import TensorFileError
 from federated import privacy, protocol
-from federated.compression import upload_seed
+from federated.compression import round_seed
 from federated.protocol import (EvaluateParams, NoTask, PrivacyStatus, Receipt,
                                 SecAggReceipt, SecAggTask, Task,
                                 checkin_from_json, checkin_to_json)
@@ -39,7 +39,7 @@ def test_the_task_the_server_builds_is_the_task_the_device_parses():
     for task in (secure_task(), RoundConfig(secure_aggregation=False).task(1, 0, "0" * 64, 5.0)):
         assert Task.from_json(wire(task.to_json())) == task
         answer = checkin_to_json(task)
-        assert list(answer) == ["task"] and checkin_from_json(wire(answer), "d1") == task
+        assert list(answer) == ["task"] and checkin_from_json(wire(answer)) == task
     assert "kind" not in secure_task().to_json()  # absent: a training task, as before kinds
     assert Task.from_json(secure_task().to_json()).kind == "train"
 
@@ -128,15 +128,14 @@ def test_no_task_and_what_is_not_a_checkin_answer():
     answer = NoTask("round 3 is full: all 13 tasks handed out", 12.345)
     assert checkin_to_json(answer) == {"task": None, "retry_after": 12.3,
                                        "reason": "round 3 is full: all 13 tasks handed out"}
-    assert checkin_from_json(wire(checkin_to_json(answer)), "d1") == NoTask(answer.reason,
-                                                                             12.3)
+    assert checkin_from_json(wire(checkin_to_json(answer))) == NoTask(answer.reason, 12.3)
     for bad, message in (([], "check-in answer must be a JSON object"),
                          ({}, "check-in answer lacks 'task'"),
                          ({"task": None, "reason": "x"}, "lacks 'retry_after'"),
                          ({"task": None, "retry_after": -1, "reason": "x"}, "'retry_after'"),
                          ({"task": "soon"}, "task must be a JSON object, got str")):
         with pytest.raises(WireError, match=message):
-            checkin_from_json(bad, "d1")
+            checkin_from_json(bad)
 
 
 def test_the_privacy_figures_devices_read_from_the_status():
@@ -243,9 +242,9 @@ def _with(data: object, path: tuple, value: object) -> object:
     return copy
 
 
-def compressed_task(device_id: str = "d1") -> Task:
-    """A plain compressed task as the server builds it for device `device_id`."""
-    seed, sha = upload_seed(4, "ab" * 32, device_id), "ab" * 32
+def compressed_task() -> Task:
+    """A plain compressed task as the server builds it."""
+    seed, sha = round_seed(4, "ab" * 32), "ab" * 32
     spec = privacy.round_compression(seed, 50_000, 0.5, 1.0, 5, 8, secure=False)
     return RoundConfig(secure_aggregation=False, compression="ddg16", noise_multiplier=1.0,
                        clip_norm=0.5, min_reports=5).task(
@@ -266,13 +265,3 @@ def test_a_number_no_float_can_hold_is_refused_with_a_sentence(task, huge):
     for path in paths:
         with pytest.raises(WireError):
             Task.from_json(_with(data, path, huge))
-
-
-def test_a_device_refuses_a_plain_compressed_task_made_for_another_device():
-    """A plain round's seed is the device's own (`upload_seed`): the device derives it from
-    the round, the model and its id, and refuses a task whose seed is another's."""
-    answer = wire(checkin_to_json(compressed_task("d1")))
-    assert checkin_from_json(answer, "d1").compression.seed == upload_seed(4, "ab" * 32, "d1")
-    assert upload_seed(4, "ab" * 32, "d2") != upload_seed(4, "ab" * 32, "d1")
-    with pytest.raises(WireError, match="seed is not the round's for this device"):
-        checkin_from_json(answer, "d2")

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from federated import privacy
-from federated.compression import (KEPT_CLIP_SLACK, MAX_BITS_PER_PARAM, Compression,
-                                   CompressionError, discrete_gaussian, kept_clip_norm, layout,
-                                   rounded_norm_bound, round_seed, upload_seed)
+from federated.compression import (KEPT_CLIP_SLACK, MAX_BITS_PER_PARAM, PLAIN_SCHEME, SCHEMES,
+                                   Compression, CompressionError, discrete_gaussian,
+                                   kept_clip_norm, layout, requantization_bound, requantize,
+                                   rounded_norm_bound, round_seed)
 from federated.secagg import ModularIntegers, SecAggClient, SecAggServerRound, crypto
 from federated.secagg.encoding import EncodingError
+from federated.wire import Update, decode_compressed_update, encode_compressed_update
 from test_secagg import Sim, det_bytes
 
 MODEL_PARAMS = 1_554_628  # this project's LSTM
@@ -106,12 +108,10 @@ def test_c_kept_is_public_and_never_above_c():
     assert full.kept_clip == 0.5
 
 
-@pytest.mark.parametrize("secure", [True, False])
-def test_the_decoded_noise_is_the_slack_squared_times_the_float_paths(secure):
+def test_the_decoded_noise_is_the_slack_squared_times_the_float_paths():
     """Sized to C_kept, the noise of the decoded sum carries s^2 times the float path's
     energy (z C per coordinate over the honest reports), not d / kept times."""
-    n, d, z = (10, 20_000, 1.0) if secure else (1, 20_000, 1.0)
-    h = 7 if secure else 1
+    n, d, z, h = 10, 20_000, 1.0, 7
     spec = Compression.plan(SEED, d, 1.0, z, clients=n, honest=h)
     sigma = spec.noise_sigma(z, h)
     rng = np.random.default_rng(9)
@@ -133,27 +133,6 @@ def test_the_decoded_sum_is_unbiased_over_seeds():
     true = sum(xs)
     # each coordinate is kept with probability 1/4 and scaled by 4: std sqrt(3) |x_i| / sqrt(runs)
     assert np.linalg.norm(mean - true) <= 1.2 * math.sqrt(3 / runs) * np.linalg.norm(true)
-
-
-def test_per_device_subsets_spread_a_plain_rounds_mean_over_all_coordinates():
-    """Plain rounds decode each upload alone with its device's seed (`upload_seed`): the
-    mean of n devices' uploads then covers about 1 - (3/4)^n of the coordinates and its
-    sampling error, (d / kept - 1) ||x||^2 on one shared subset, drops about n times."""
-    n, d = 8, 4096
-    x = clipped_updates(1, d, 1.0, seed=5)[0]
-    errors, covered = {}, {}
-    for name, device in (("shared", lambda i: None), ("own", lambda i: f"device-{i}")):
-        rng, mean = np.random.default_rng(6), np.zeros(d)
-        for i in range(n):
-            spec = Compression.plan(upload_seed(3, "cd" * 32, device(i)), d, 1.0, 0.0,
-                                    clients=1, honest=1)
-            mean += spec.decode_sum(spec.encode(x, 0.0, rng)) / n
-        errors[name] = float(np.sum((mean - x) ** 2))
-        covered[name] = np.count_nonzero(mean) / d
-    assert covered["shared"] == pytest.approx(0.25, abs=0.01)
-    assert covered["own"] == pytest.approx(1 - 0.75 ** n, abs=0.03)
-    assert errors["shared"] == pytest.approx(d / spec.kept - 1, rel=0.2)
-    assert errors["own"] < 2 * errors["shared"] / n
 
 
 def test_the_selection_is_the_stable_sort_of_the_seeds_keys_ties_included():
@@ -263,19 +242,87 @@ def test_a_warier_device_in_a_compressed_round_counts_the_others_smaller_noise()
     assert same[1] == pytest.approx(1.0, rel=1e-9)
 
 
+# ---------------------------------------------------------------- plain rounds' form
+
+def plain_spec(d: int, z: float, scheme: str = "ddg16") -> Compression:
+    return privacy.round_compression(SEED, d, 1.0, z, 20, 26, secure=False, scheme=scheme)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_plain_rounds_keep_every_coordinate_whatever_scheme_the_round_names(scheme):
+    """The plain form: every coordinate (C_kept = C), 31 levels, and a scale so large that
+    rounding adds a few parts per million to Delta (16-bit words: 1.3%)."""
+    spec = plain_spec(MODEL_PARAMS, 1.0, scheme)
+    assert (spec.scheme, spec.bits, spec.levels, spec.modular) == (PLAIN_SCHEME, 5, 15, False)
+    assert spec.kept == layout(MODEL_PARAMS, scheme="ddg16-full")[0] >= MODEL_PARAMS
+    assert spec.kept_clip == spec.clip_norm == 1.0
+    assert spec.sensitivity / spec.scale == pytest.approx(1.0, abs=1e-5)
+    assert Compression.from_dict(spec.to_dict()) == spec and not spec.wraps(10 ** 6, 1e12)
+
+
+def test_requantization_is_unbiased_within_its_levels_and_its_error_bound():
+    rng = np.random.default_rng(12)
+    v = discrete_gaussian(3000.0, 50_000, rng)
+    step, u = requantize(v, 15, rng)
+    assert step == math.ceil(np.abs(v).max() / 15) and u.dtype == np.int8
+    assert np.abs(u).max() == 15 >= np.abs(u).min()
+    err = step * u.astype(np.int64) - v
+    assert np.abs(err).max() < step
+    assert np.linalg.norm(err) <= requantization_bound(step, v.size)
+    assert np.mean(err.astype(float) ** 2) == pytest.approx(step ** 2 / 6, rel=0.05)
+    small, runs = v[:200], 4000
+    mean = np.mean([np.multiply(*requantize(small, 15, rng), dtype=np.float64)
+                    for _ in range(runs)], axis=0)
+    small_step = requantize(small, 15, rng)[0]
+    assert np.abs(mean - small).max() < 5 * small_step / 2 / math.sqrt(runs)  # unbiased
+    assert requantize(np.zeros(8, np.int64), 15, rng)[0] == 1
+
+
+@pytest.mark.parametrize("z", [0.0, 1.0])
+def test_a_plain_upload_of_the_lstm_is_under_four_bits_per_parameter_with_its_header(z):
+    spec = plain_spec(MODEL_PARAMS, z)
+    x = clipped_updates(1, MODEL_PARAMS, 1.0)[0]
+    step, values = spec.encode_plain(x, spec.noise_sigma(z, 1), np.random.default_rng(1))
+    body = encode_compressed_update(Update({}, 7, 3, 100, {"loss": 2.5}), step, values, SEED,
+                                    spec.levels)
+    assert 3.0 < 8 * len(body) / MODEL_PARAMS <= MAX_BITS_PER_PARAM
+    update, got = decode_compressed_update(body, spec.kept, SEED, spec.levels, step)
+    assert got == step and update.num_examples == 100 and update.metrics == {"loss": 2.5}
+    np.testing.assert_array_equal(update.tensors["values"], values)
+
+
+def test_a_plain_upload_carries_the_float_paths_noise_plus_the_requantizations_two_percent():
+    """Requantized after the noise, the decoded noise is z C per coordinate on every
+    coordinate times sqrt(1 + q^2 / (6 sigma^2)), about 1.01 (the subset gave d / kept
+    = 4.13 times the variance on a quarter of them)."""
+    d, z = 200_000, 1.0
+    spec = plain_spec(d, z)
+    step, values = spec.encode_plain(np.zeros(d), spec.noise_sigma(z, 1),
+                                     np.random.default_rng(2))
+    decoded = spec.decode_integers(values * float(step))
+    assert np.mean(decoded ** 2) / z ** 2 == pytest.approx(1.02, abs=0.015)
+    quarters = [np.mean(part ** 2) for part in np.array_split(decoded, 4)]
+    assert max(quarters) / min(quarters) < 1.03  # the same on every coordinate
+
+
+def test_without_noise_the_mean_of_plain_uploads_is_unbiased_and_loses_two_percent():
+    n, d = 8, 20_000
+    spec, xs = plain_spec(d, 0.0), clipped_updates(n, d, 0.9, seed=5)
+    rng = np.random.default_rng(6)
+    decoded = [spec.decode_integers(np.multiply(*spec.encode_plain(x, 0.0, rng)[::-1],
+                                                dtype=np.float64)) for x in xs]
+    errors = [np.sum((y - x) ** 2) / np.sum(x ** 2) for y, x in zip(decoded, xs)]
+    assert 0.005 < np.mean(errors) < 0.04  # q^2 / 6 with q about max|v| / 15
+    mean_error = np.sum((np.mean(decoded, axis=0) - np.mean(xs, axis=0)) ** 2)
+    assert mean_error == pytest.approx(np.mean(errors) * 0.81 / n, rel=0.3)  # independent
+
+
 # ---------------------------------------------------------------- refusals
 
 def test_the_seed_is_derived_not_chosen():
     assert round_seed(7, "ab" * 32) == SEED != round_seed(8, "ab" * 32)
     with pytest.raises(CompressionError):
         round_seed(7, "xy")
-    # secure rounds: the round's one seed; plain rounds: each device its own, from its id
-    assert upload_seed(7, "ab" * 32, None) == SEED
-    own = {upload_seed(7, "ab" * 32, device) for device in ("a", "b", "c")}
-    assert len(own) == 3 and SEED not in own and upload_seed(7, "ab" * 32, "a") in own
-    assert upload_seed(8, "ab" * 32, "a") not in own
-    with pytest.raises(CompressionError, match="device id"):
-        upload_seed(7, "ab" * 32, "")
 
 
 @pytest.mark.parametrize("change, message", [
