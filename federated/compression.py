@@ -51,7 +51,14 @@ deviations of a rotated, near-Gaussian coordinate), where the subset cost 300% w
 noise; 31 levels rather than 15 because the deflated values, about 3.6 bits each, still
 fit 4 bits per parameter with the header (15 levels: 2.5 bits, 10% of the energy). The
 server checks the step (an integer, at most what an honest upload's norm bound allows),
-multiplies back, rotates back and averages (`decode_integers`).
+multiplies back, rotates back and averages (`decode_integers`). The plain form's layout and
+scale are a function of the seed, d and C (`Compression.plain`): the device derives them and
+refuses a task with others, and refuses a noise sigma that could take its integers past
+`PLAIN_LIMIT` (`wraps`): nothing modular bounds them, and past int64 they wrapped and the
+noise was lost (a scale or noise multiplier of 1e20 from a server sent the update without
+noise). What leaves the device is a function of v and of randomness drawn after it from
+the device's own generator (seeded from the OS, never from the public seed): the step, the
+values and the deflated length are post-processing of v.
 
 Sizes: bits = 16 and kept = the largest multiple of the block with bits * kept <= 4 * d, so
 an upload is at most 4 bits per parameter (3.88 for this project's LSTM: kept = 23 blocks of
@@ -84,6 +91,9 @@ BITS = 16
 PLAIN_SCHEME = "dg-q5"
 PLAIN_BITS = 5
 PLAIN_UNITS = float(1 << 20)
+# the plain form's integers stay below this (float64 holds them exactly, int64 with room):
+# its scale and noise come from the task, and nothing modular bounds them (`Compression.wraps`)
+PLAIN_LIMIT = 1 << 52
 ALL_SCHEMES = (*SCHEMES, PLAIN_SCHEME)
 _FULL_LAYOUT = ("ddg16-full", PLAIN_SCHEME)
 BLOCK = 1 << 14
@@ -271,10 +281,10 @@ class Compression:
         `MODULAR_CLIP_PROBABILITY`; the plain form (`PLAIN_SCHEME`: clients = honest = 1,
         nothing modular) scales C to `PLAIN_UNITS`. Refuses noise too small for the discrete
         Gaussian's bound to be tight (sigma below SIGMA_MIN)."""
-        kept, block = layout(dimension, BITS, scheme)
         if scheme == PLAIN_SCHEME:
-            return cls(seed, dimension, kept, block, PLAIN_BITS, PLAIN_UNITS / clip_norm,
-                       clip_norm, scheme)._enough_noise(noise_multiplier, clients, honest)
+            return cls.plain(seed, dimension, clip_norm)._enough_noise(noise_multiplier,
+                                                                        clients, honest)
+        kept, block = layout(dimension, BITS, scheme)
         base = cls(seed, dimension, kept, block, BITS, 1.0, clip_norm, scheme)
         low, high, norm = 1e-9, 1e12, base.kept_clip
         if not base._fits(noise_multiplier, clients, honest, low / norm):
@@ -287,9 +297,25 @@ class Compression:
         return cls(seed, dimension, kept, block, BITS, low / norm, clip_norm,
                    scheme)._enough_noise(noise_multiplier, clients, honest)
 
+    @classmethod
+    def plain(cls, seed: bytes, dimension: int, clip_norm: float) -> Compression:
+        """The plain form's parameters: a function of the seed, d and C alone (every
+        coordinate, scale `PLAIN_UNITS` / C), so a device derives them and refuses a task
+        with others (`federated.protocol.Task`): a scale the server picked could push the
+        integers past `PLAIN_LIMIT`, where int64 overflows and the noise is lost."""
+        kept, block = layout(dimension, BITS, PLAIN_SCHEME)
+        return cls(seed, dimension, kept, block, PLAIN_BITS, PLAIN_UNITS / clip_norm,
+                   clip_norm, PLAIN_SCHEME)
+
     def _enough_noise(self, noise_multiplier: float, clients: int, honest: int) -> Compression:
-        """This spec, unless its noise is too small for the discrete Gaussian's bound."""
+        """This spec, unless its noise is too small for the discrete Gaussian's bound (or,
+        in the plain form, so large that its integers could pass `PLAIN_LIMIT`)."""
         sigma = self.noise_sigma(noise_multiplier, honest)
+        if not self.modular and self.wraps(clients, sigma):
+            raise CompressionError(
+                f"noise multiplier {noise_multiplier:g} is too large for compressed plain "
+                f"rounds: the noised integers could pass 2^52; lower the noise multiplier or "
+                "switch compression off")
         if 0 < sigma < SIGMA_MIN:
             raise CompressionError(
                 f"noise multiplier {noise_multiplier:g} is too small for compressed rounds of "
@@ -343,8 +369,12 @@ class Compression:
 
     def wraps(self, clients: int, sigma: float) -> bool:
         """Whether a sum of `clients` devices adding `sigma` could wrap (probability over
-        MODULAR_CLIP_PROBABILITY); the plain form reduces nothing, so never."""
-        return self.modular and not self._wrap_bound(clients, sigma) < self.modulus // 2
+        MODULAR_CLIP_PROBABILITY); the plain form reduces nothing, but one device's
+        integers must stay below `PLAIN_LIMIT` (past 2^63 int64 wraps and the noise is
+        lost: a server's huge noise multiplier must not make a device send less noise)."""
+        if not self.modular:
+            return not self._wrap_bound(1, sigma) < PLAIN_LIMIT
+        return not self._wrap_bound(clients, sigma) < self.modulus // 2
 
     @property
     def upload_bytes(self) -> int:
@@ -367,7 +397,12 @@ class Compression:
     def integers(self, update: np.ndarray, sigma: float,
                  rng: np.random.Generator) -> np.ndarray:
         """The kept part rotated, scaled by gamma, rounded (norm <= Delta) and with the
-        discrete Gaussian noise N_Z(0, sigma^2) added: `kept` int64, the DP output."""
+        discrete Gaussian noise N_Z(0, sigma^2) added: `kept` int64, the DP output.
+        CompressionError if they could pass `PLAIN_LIMIT` (the device's policy refuses such
+        a round before it trains: `wraps`)."""
+        if not self._wrap_bound(1, sigma) < PLAIN_LIMIT:
+            raise CompressionError(f"scale {self.scale:g} with noise sigma {sigma:.4g} could "
+                                   "overflow the integers and lose the noise")
         y = self.kept_part(update)
         signs = _selection(self.seed, self.dimension, self.kept)[1]
         rotated = _fwht((y * signs).reshape(-1, self.block)).ravel()

@@ -306,7 +306,8 @@ class Task:
     def _check_compression(self, spec: Compression) -> None:
         """The seed derives from this round and its model, the clip norm is the task's, a
         secure round sums exactly the codec's 16-bit words and a plain round sends the
-        plain form (`compression.PLAIN_SCHEME`)."""
+        plain form (`compression.PLAIN_SCHEME`) with the parameters the device derives
+        itself (`Compression.plain`: a larger scale could overflow its noised integers)."""
         try:
             seed = round_seed(self.round_id, self.model_sha256)
         except CompressionError as err:
@@ -316,6 +317,12 @@ class Task:
         if spec.modular != self.secure_aggregation:
             raise WireError(f"task 'compression': scheme {spec.scheme!r} is for "
                             f"{'plain' if self.secure_aggregation else 'secure'} rounds")
+        own = None if spec.modular else Compression.plain(seed, spec.dimension, spec.clip_norm)
+        if own and ((spec.kept, spec.block, spec.bits) != (own.kept, own.block, own.bits)
+                    or not math.isclose(spec.scale, own.scale, rel_tol=1e-12)):
+            raise WireError("task 'compression': a plain round's kept, block, bits and scale "
+                            f"must be the ones the device derives ({own.kept}, {own.block}, "
+                            f"{own.bits}, {own.scale!r})")
         config = self.secagg.config if self.secagg else None
         if config and (not isinstance(config.encoding, ModularIntegers)
                        or config.dimension != spec.kept):

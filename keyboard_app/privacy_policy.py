@@ -10,10 +10,12 @@ looser policy (tiny rounds, a fleet without noise) build one in code with
 `DevicePolicy.relaxed(...)`, and only that way. A compressed round's parameters
 (`federated.compression`) are checked too: in secure rounds the modulus must hold this
 device's own integer noise (that they are the round's own, the seed derived from the round
-and its model, the scheme the one for the round's kind, and the kept part's clip norm
-C_kept the one the device derives from C, is checked when the task is parsed,
-`federated.protocol.Task`). A plain round's requantization comes after the noise, so it
-changes no epsilon.
+and its model, the scheme the one for the round's kind, the kept part's clip norm
+C_kept the one the device derives from C, and a plain round's scale and layout the ones it
+derives, is checked when the task is parsed, `federated.protocol.Task`), and in plain rounds
+the noised integers must stay below 2^52 (a huge noise multiplier would overflow them and
+lose the noise). A plain round's requantization comes after the noise, from the device's
+own randomness, so it changes no epsilon.
 """
 from __future__ import annotations
 
@@ -206,7 +208,8 @@ class DevicePolicy:
     def _compressed_terms(self, task: Task, spec: Compression, share: float,
                           others: float) -> RoundTerms:
         """A compressed round: the modulus holds this device's discrete Gaussian noise,
-        sized by this policy, in a sum of every device the round may have."""
+        sized by this policy, in a sum of every device the round may have (plain rounds:
+        its noised integers stay where int64 and float64 hold them exactly)."""
         clip_norm, z, cohort, secure = (task.clip_norm, task.noise_multiplier,
                                         task.min_reports, task.secure_aggregation)
         clients = task.secagg.config.num_clients if task.secagg else 1
@@ -215,9 +218,10 @@ class DevicePolicy:
         if task.secagg is not None:
             self._check_secure(task.secagg, clip_norm, cohort, 0.0, compressed=True)
         if spec.wraps(clients, sigma) or 0 < sigma < SIGMA_MIN:
+            where = f"over {clients} devices could wrap the 2^{spec.bits} modulus" \
+                if spec.modular else "could overflow this device's integers (over 2^52)"
             raise _refuse("compression_unsafe", f"scale {spec.scale:g} with noise sigma "
-                          f"{sigma:.4g} over {clients} devices could wrap the 2^{spec.bits} "
-                          "modulus (or the noise is too small for its bound)")
+                          f"{sigma:.4g} {where} (or the noise is too small for its bound)")
         own = zcdp_multiplier(ddg_rho(spec.sensitivity, sigma, 1, spec.kept))  # sigma / Delta
         return RoundTerms(clip_norm, z, cohort, secure, sigma / spec.scale, visible, spec, sigma,
                           own)

@@ -18,8 +18,8 @@ from device_model import tensorfile
 from device_model.checkpoint import weights_from_bytes
 from aggregation_server.config import RoundConfig
 from federated import privacy
-from federated.compression import (PLAIN_SCHEME, Compression, kept_clip_norm, requantize,
-                                   round_seed)
+from federated.compression import (PLAIN_SCHEME, Compression, CompressionError,
+                                   kept_clip_norm, requantize, round_seed)
 from federated.secagg import MaskedInput, SharesRelay, flatten, unflatten
 from federated.protocol import Task
 from federated.wire import (COMPRESSED_FORMAT, Update, WireError, encode_compressed_update,
@@ -301,6 +301,43 @@ def test_the_device_refuses_the_other_kind_of_rounds_scheme(start_server, secure
                                       task["noise_multiplier"], 3, 4, secure=not secure)
     with pytest.raises(WireError, match="task 'compression': scheme .* is for"):
         Task.from_json({**task, "compression": other.to_dict()})
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: {"scale": 1e20}, lambda c: {"scale": 2 * c["scale"]},
+    lambda c: {"block": c["block"] // 2, "kept": c["kept"] // 2},  # a random half
+    lambda c: {"block": 2}])
+def test_the_device_does_not_parse_plain_parameters_it_does_not_derive(plain, change):
+    """A malicious server's plain task with a scale of 1e20 made the device's int64
+    integers overflow: its upload decoded with noise of std 0.02 C per coordinate instead of
+    z C = C (a near-noiseless update). The plain form's kept, block, bits and scale are
+    the device's own (`Compression.plain`); a task with others is not parsed."""
+    _, _, task = plain
+    data = {**task["compression"], **change(task["compression"])}
+    data["kept_clip_norm"] = kept_clip_norm(data["clip_norm"], data["dimension"], data["kept"])
+    Compression.from_dict(data)  # a consistent spec: only the derivation refuses it
+    with pytest.raises(WireError, match="task 'compression': a plain round's kept, block"):
+        Task.from_json({**task, "compression": data})
+
+
+def test_the_device_refuses_a_noise_multiplier_that_overflows_its_integers(plain):
+    """A noise multiplier of 1e14 (more noise, so inside any policy) made sigma 1e20
+    integer units: past int64 the noise wrapped to almost nothing. The device refuses it;
+    the codec would not encode it either, and a server does not open such a round."""
+    _, _, task = plain
+    bad = Task.from_json({**task, "noise_multiplier": 1e14})
+    with pytest.raises(PolicyRefusal) as refusal:
+        POLICY.terms(bad)
+    assert refusal.value.code == "compression_unsafe"
+    assert "could overflow this device's integers" in refusal.value.detail
+    spec = bad.compression
+    with pytest.raises(CompressionError, match="could overflow the integers"):
+        spec.encode_plain(np.zeros(spec.dimension), 1e14 * spec.sensitivity,
+                          np.random.default_rng(0))
+    with pytest.raises(CompressionError, match="too large for compressed plain rounds"):
+        privacy.round_compression(spec.seed, spec.dimension, spec.clip_norm, 1e14, 5, 5,
+                                  secure=False)
+    assert POLICY.terms(Task.from_json({**task, "noise_multiplier": 1e6})).noise_sigma > 1e12
 
 
 def test_the_device_refuses_a_modulus_that_could_wrap_its_noise(start_server):

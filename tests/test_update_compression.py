@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from federated import privacy
-from federated.compression import (KEPT_CLIP_SLACK, MAX_BITS_PER_PARAM, PLAIN_SCHEME, SCHEMES,
+from federated.compression import (KEPT_CLIP_SLACK, MAX_BITS_PER_PARAM, PLAIN_LIMIT,
+                                   PLAIN_SCHEME, SCHEMES,
                                    Compression, CompressionError, discrete_gaussian,
                                    kept_clip_norm, layout, requantization_bound, requantize,
                                    rounded_norm_bound, round_seed)
@@ -258,6 +259,33 @@ def test_plain_rounds_keep_every_coordinate_whatever_scheme_the_round_names(sche
     assert spec.kept_clip == spec.clip_norm == 1.0
     assert spec.sensitivity / spec.scale == pytest.approx(1.0, abs=1e-5)
     assert Compression.from_dict(spec.to_dict()) == spec and not spec.wraps(10 ** 6, 1e12)
+
+
+def test_the_plain_forms_integers_keep_their_noise_up_to_their_limit_and_refuse_beyond():
+    """Past int64 the noised integers wrapped: a noise multiplier of 1e20 (or a scale of
+    1e20) from a malicious server made the device send its update without noise (decoded
+    correlation with it 0.996). Up to the limit the noise is the discrete Gaussian's; beyond,
+    the codec refuses to encode, whatever the caller checked."""
+    d = 5000
+    spec = Compression.plain(SEED, d, 1.0)
+    x = clipped_updates(1, d, 1.0)[0]
+    low, high = 1.0, float(PLAIN_LIMIT)
+    for _ in range(100):
+        low, high = ((low + high) / 2, high) if not spec.wraps(1, (low + high) / 2) \
+            else (low, (low + high) / 2)
+    largest = low  # the bound's tail is 7.8 sigma: 2^52 / 7.8
+    assert largest == pytest.approx(PLAIN_LIMIT / 7.8, rel=0.01)
+    assert spec.wraps(1, 1.01 * largest)
+    rng = np.random.default_rng(3)
+    v = spec.integers(x, largest, rng)
+    noise = v - spec.integers(x, 0.0, rng)
+    assert np.abs(v).max() < PLAIN_LIMIT and np.std(noise) == pytest.approx(largest, rel=0.05)
+    for sigma in (1.01 * largest, 1e26):
+        with pytest.raises(CompressionError, match="could overflow the integers"):
+            spec.encode_plain(x, sigma, rng)
+    big = Compression(SEED, d, spec.kept, spec.block, spec.bits, 1e20, 1.0, PLAIN_SCHEME)
+    with pytest.raises(CompressionError, match="could overflow the integers"):
+        big.encode_plain(x, big.noise_sigma(1.0, 1), rng)
 
 
 def test_requantization_is_unbiased_within_its_levels_and_its_error_bound():
