@@ -9,8 +9,8 @@ What bounds one device's influence: an honest device clips its update to C and t
 kept part to C_kept before compressing (`federated.compression`); the server refuses an
 upload (plain) or a sum (secure) whose integers are longer than the sensitivity (from
 C_kept) plus the noise allow (`privacy.norm_bound` in integer units; a plain upload's
-step is at most that over its levels, and its requantization may add
-`requantization_bound`).
+step is at most what an honest device's integers need over its levels, `max_step`, and its
+requantization may add `requantization_bound` at that step).
 """
 from __future__ import annotations
 
@@ -111,8 +111,13 @@ def norm_limit(spec: Compression, config: RoundConfig, reports: int = 1) -> floa
 
 
 def max_step(spec: Compression, config: RoundConfig) -> int:
-    """The largest step an honest plain upload has: its max|v| is at most its norm."""
-    return max(1, math.ceil(norm_limit(spec, config) / spec.levels))
+    """The largest step an honest plain upload has, but with negligible probability: its
+    max|v| over L, max|v| within `Compression.coordinate_bound` (the signal spread by the
+    public rotation, plus the noise). Bounding max|v| by the upload's norm instead let a
+    fake device claim a step 150 times the largest honest one (the LSTM at z = 1), and
+    with the requantization's allowance (`requantization_bound`, linear in the step) send
+    43 times the norm an honest upload can have."""
+    return max(1, math.ceil(spec.coordinate_bound(noise_sigma(spec, config)) / spec.levels))
 
 
 def out_of_range(integers: np.ndarray, spec: Compression, config: RoundConfig,

@@ -32,7 +32,7 @@ UPDATE_BODY = (
     "tensor 'deflated', a zlib stream (devices write Huffman codes only) that inflates to "
     "exactly `kept` bytes u + 15 with u in [-15, 15]; metadata format "
     f"{wire.COMPRESSED_FORMAT!r}, the same fields, 'seed' (the task's, hex) and 'step' (a "
-    "whole number in decimal digits, 1 up to what the round's norm bound allows); the "
+    "whole number in decimal digits, 1 up to what an honest upload's values need); the "
     "server decodes step * u. Anything else is refused with 400 (invalid_update) or, over "
     "the round's norm bound, 422 (norm_too_large).")
 ETAG = {"ETag": {"description": "Quoted sha256 hex of the body", "schema": {"type": "string"}}}

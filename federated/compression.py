@@ -50,7 +50,8 @@ It costs about q^2 / 6 per coordinate, 2% of v's energy (max|v| is about 5.3 sta
 deviations of a rotated, near-Gaussian coordinate), where the subset cost 300% without
 noise; 31 levels rather than 15 because the deflated values, about 3.6 bits each, still
 fit 4 bits per parameter with the header (15 levels: 2.5 bits, 10% of the energy). The
-server checks the step (an integer, at most what an honest upload's norm bound allows),
+server checks the step (an integer, at most what an honest upload's values need:
+`coordinate_bound` over L) and the norm of q u (the honest bound plus `requantization_bound`),
 multiplies back, rotates back and averages (`decode_integers`). The plain form's layout and
 scale are a function of the seed, d and C (`Compression.plain`): the device derives them and
 refuses a task with others, and refuses a noise sigma that could take its integers past
@@ -337,6 +338,12 @@ class Compression:
         c = self.scale * self.kept_clip if c is None else c
         spread = math.sqrt((clients * c) ** 2 / self.block + clients * sigma ** 2)
         return _tail(self.kept) * spread + clients
+
+    def coordinate_bound(self, sigma: float) -> float:
+        """A bound every integer of one device's (signal, rounding and noise `sigma`) stays
+        within, but with probability MODULAR_CLIP_PROBABILITY (over the public signs and
+        the noise): what a plain upload's step needs (`requantize`), at most this over L."""
+        return self._wrap_bound(1, sigma)
 
     @property
     def modulus(self) -> int:

@@ -143,7 +143,7 @@ def _step(text: object, max_step: int) -> int:
     if not (isinstance(text, str) and 0 < len(text) <= 19 and text.isascii()
             and text.isdigit() and text[0] != "0" and int(text) <= max_step):
         raise WireError(f"metadata 'step' must be a whole number from 1 to {max_step} "
-                        f"(what an honest update's norm bound allows), got {str(text)[:40]!r}")
+                        f"(the most an honest update's values need), got {str(text)[:40]!r}")
     return int(text)
 
 

@@ -5,6 +5,7 @@ and the device's policy checks of the parameters it is given."""
 from __future__ import annotations
 
 import hashlib
+import math
 import zlib
 
 import numpy as np
@@ -13,13 +14,14 @@ from test_device import ONE_DEVICE_ROUNDS, make_device, run_until, sender_messag
 from test_secure_rounds import Member, accepted, refused, secure_round, stored
 from test_server_updates import _assert_unchanged, _pending_files
 
-from aggregation_server.compressed import max_step, spec_for
+from aggregation_server.compressed import max_step, norm_limit, spec_for
 from device_model import tensorfile
 from device_model.checkpoint import weights_from_bytes
 from aggregation_server.config import RoundConfig
 from federated import privacy
 from federated.compression import (PLAIN_SCHEME, Compression, CompressionError,
-                                   kept_clip_norm, requantize, round_seed)
+                                   kept_clip_norm, requantization_bound, requantize,
+                                   round_seed)
 from federated.secagg import MaskedInput, SharesRelay, flatten, unflatten
 from federated.protocol import Task
 from federated.wire import (COMPRESSED_FORMAT, Update, WireError, encode_compressed_update,
@@ -162,7 +164,7 @@ def _bad_body(case: str, server, task: dict, step: int, values: np.ndarray,
     ("step_inf", 400, "invalid_update", "metadata 'step'"),
     ("step_fraction", 400, "invalid_update", "metadata 'step'"),
     ("step_exponent", 400, "invalid_update", "metadata 'step'"),
-    ("step_over", 400, "invalid_update", "norm bound allows"),
+    ("step_over", 400, "invalid_update", "an honest update's values need"),
     ("step_padded", 400, "invalid_update", "metadata 'step'"),
     ("step_digits", 400, "invalid_update", "metadata 'step'"),
     ("float32", 400, "invalid_update", "takes compressed updates"),
@@ -182,9 +184,10 @@ def test_bad_compressed_uploads_are_refused_and_change_nothing(plain, case, stat
 
 
 def test_an_update_that_was_not_clipped_to_c_is_refused(start_server):
-    """Without noise the server's norm check is tight: the plain form of an update of norm
-    2C (a device that skipped the clip) is refused with 422 and nothing changes; the same
-    update clipped to C is accepted."""
+    """Without noise the server's checks are tight: the plain form of an update of norm
+    2C (a device that skipped the clip) needs a step over what clipped values need (400),
+    at 1.5C its norm is over the bound (422); nothing changes, and the same update clipped
+    to C is accepted."""
     server = start_server(round={**COMPRESSED, "noise_multiplier": 0.0, "epsilon_budget": None})
     device = server.enrol()
     task = server.task(device)
@@ -193,12 +196,58 @@ def test_an_update_that_was_not_clipped_to_c_is_refused(start_server):
     x *= spec.clip_norm / np.linalg.norm(x)
     rng = np.random.default_rng(4)
     v = spec.integers(x, 0.0, rng)
-    widened = requantize(2 * v, spec.levels, rng)  # the update at norm 2C
-    refused(server.upload(device, task["round_id"], compressed_body(task, *widened, spec)),
-            422, "norm_too_large", "integer units")
-    _assert_unchanged(server, device, task)
+    for factor, status, code, needle in ((2, 400, "invalid_update", "metadata 'step'"),
+                                         (1.5, 422, "norm_too_large", "integer units")):
+        widened = requantize(np.rint(factor * v).astype(np.int64), spec.levels, rng)
+        refused(server.upload(device, task["round_id"], compressed_body(task, *widened, spec)),
+                status, code, needle)
+        _assert_unchanged(server, device, task)
     honest = requantize(v, spec.levels, rng)
     accepted(server.upload(device, task["round_id"], compressed_body(task, *honest, spec)))
+
+
+def _fake_upload(spec: Compression, config: RoundConfig, step: int, rng) -> np.ndarray:
+    """A fake device's values at `step`: one direction, as long as the server's bound
+    (the honest norm plus the requantization's allowance at that step) lets through."""
+    bound = norm_limit(spec, config) + requantization_bound(step, spec.kept)
+    direction = rng.normal(size=spec.kept)
+    direction *= bound / step / np.linalg.norm(direction)
+    values = np.clip(np.rint(direction), -spec.levels, spec.levels)
+    while np.linalg.norm(step * values) > bound:
+        direction *= 0.998
+        values = np.clip(np.rint(direction), -spec.levels, spec.levels)
+    return values.astype(np.int8)
+
+
+@pytest.mark.parametrize("z", [1.0, 0.0])
+def test_a_fake_device_cannot_claim_a_step_larger_than_honest_values_need(start_server, z):
+    """The step used to be bounded by the honest norm over 15, and the norm check allows
+    the requantization error at the claimed step: a fake device claiming that step sent
+    over 5 times (this tiny model; 43 for the LSTM) the norm an honest upload can have.
+    The step is now bounded by an honest integer's size (`coordinate_bound`): that upload
+    is refused with 400 and nothing changes; the longest one the new bound lets through is
+    within 1.3 times the honest norm bound here (the LSTM: 1.28 with z = 1; 3.8 without
+    noise, where the step's bound assumes all of an update in one of the 95 blocks)."""
+    server = start_server(round={**COMPRESSED, "noise_multiplier": z, "epsilon_budget": None})
+    device = server.enrol()
+    task = server.task(device)
+    config = RoundConfig.from_dict({**server.status()["config"]})
+    spec, rng = Compression.from_dict(task["compression"]), np.random.default_rng(8)
+    honest = norm_limit(spec, config)
+    old = max(1, math.ceil(honest / spec.levels))
+    values = _fake_upload(spec, config, old, rng)
+    assert np.linalg.norm(old * values.astype(float)) > 5 * honest  # what got through
+    refused(server.upload(device, task["round_id"], compressed_body(task, old, values, spec)),
+            400, "invalid_update", "an honest update's values need")
+    _assert_unchanged(server, device, task)
+    step = max_step(spec, config)
+    assert step < old / 15
+    values = _fake_upload(spec, config, step, rng)
+    longest = np.linalg.norm(step * values.astype(float))
+    assert longest < 1.3 * honest
+    accepted(server.upload(device, task["round_id"], compressed_body(task, step, values, spec)))
+    honest_step, _, _ = plain_for(server, task, 3)
+    assert honest_step <= step
 
 
 def test_a_float_round_refuses_compressed_uploads(server):
