@@ -272,7 +272,8 @@ class Task:
         "compressed rounds: federated.compression Compression.to_dict(), scheme 'ddg16' or "
         "'ddg16-full' in secure rounds, 'dg-q5' (every coordinate, requantized after the "
         "noise, deflated) in plain ones; the device checks it (the seed is the round's, "
-        "federated.compression.round_seed) and adds its discrete Gaussian noise",
+        "federated.compression.round_seed; a plain round's kept, block, bits and scale are "
+        "the ones it derives, Compression.plain) and adds its discrete Gaussian noise",
         schema={"type": "object"},
         default=None)
     model_compact_sha256: str | None = _doc("compressed rounds: the sha256 of "
