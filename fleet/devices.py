@@ -130,7 +130,7 @@ def direction_update(direction_seed: int):
     the device's policy sized, like any other update (same signature as `run_task`)."""
     def run(task: Task, global_bytes: bytes, tokenizer: Any, messages: list[str],
             **options: Any):
-        from federated.wire import encode_update, tensors_from_bytes
+        from federated.wire import tensors_from_bytes
         from keyboard_app.local_training import LocalUpdate, make_update
         from model.train import TrainResult
         from privacy_audit.empirical import direction
@@ -139,7 +139,6 @@ def direction_update(direction_seed: int):
                           task.clip_norm)
         update, prenorm = make_update(delta, task, 1, options["noise_stddev"],
                                       options.get("rng"))
-        return LocalUpdate(encode_update(update), update, prenorm,
-                           TrainResult(steps=1, mean_loss=0.0))
+        return LocalUpdate(update, prenorm, TrainResult(steps=1, mean_loss=0.0))
     return run
 

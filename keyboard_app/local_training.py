@@ -29,12 +29,19 @@ Tensors = dict[str, np.ndarray]
 
 @dataclass
 class LocalUpdate:
-    """What a finished local round produced: the bytes to upload and what the device keeps."""
+    """What a finished local round produced: the clipped (and, in float rounds, noised)
+    update and what the device keeps."""
 
-    body: bytes
     update: Update
     prenorm: float  # L2 norm of the delta before clipping (stays on the device)
     result: TrainResult
+
+    @property
+    def body(self) -> bytes:
+        """The float32 upload of a plain, uncompressed round. Built only when asked for: in
+        compressed rounds the update carries no noise yet (the integer noise comes with the
+        encoding), so no float form of it should exist to be sent by mistake."""
+        return encode_update(self.update)
 
 
 def train_config(params: TrainParams, seed: int | None = None) -> TrainConfig:
@@ -104,7 +111,7 @@ def run_task(task: Task, global_bytes: bytes, tokenizer: DeviceTokenizer, messag
         return None
     update, prenorm = make_update(delta, task, reported_examples(task, examples),
                                   noise_stddev, rng)
-    return LocalUpdate(encode_update(update), update, prenorm, result)
+    return LocalUpdate(update, prenorm, result)
 
 
 def reported_examples(task: Task, examples: int) -> int:
