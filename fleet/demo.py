@@ -13,7 +13,7 @@
    personal layer learning on the device.
 
 Leaves report.json, report.md and demo.png in runs/<time>/ (each fleet in a subfolder).
-`--quick` is a smoke run of about a minute: 3 short rounds, part of `test`.
+`--quick` is a smoke run of 2-3 minutes (143 s at load 7-9): 3 short rounds, part of `test`.
 """
 from __future__ import annotations
 
@@ -187,7 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fleet.demo",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run of about a minute: 3 short rounds, part of test")
+                   help="a smoke run of 2-3 minutes: 3 short rounds, part of test")
     p.add_argument("--run-dir", type=Path, default=None, help="default: runs/<time>")
     p.add_argument("--pretrain", action="store_true",
                    help="start from a model pre-trained now by `python -m model.pretrain` "
