@@ -166,16 +166,18 @@ def assumptions(config: RoundConfig) -> list[str]:
            f"each device contributes to at most {config.participation_cap} rounds "
            "(participation cap per enrolled identity, enforced by the server)"]
     if config.compression != "none":
-        out.append("compressed rounds (federated.compression): each device clips the part "
-                   "of its update it sends to C_kept = C min(1, s sqrt(kept / d)), s = "
-                   f"{KEPT_CLIP_SLACK:g} (it derives C_kept itself), and adds "
-                   "discrete Gaussian noise to its rounded integers, z times the rounded "
-                   "sensitivity of C_kept (over sqrt(h) in secure rounds); the sum's privacy "
-                   "is Kairouz, Liu and Steinke's bound (2021, Theorem 1) as zCDP, whose "
-                   "slack is below 1e-60 at the noise these rounds allow, so each round is "
-                   "charged at the same z; the modulus wraps with probability below 1e-9 "
-                   "per round (a wrapped sum is post-processing: it costs accuracy, not "
-                   "privacy)")
+        out.append("compressed rounds (federated.compression): each device adds discrete "
+                   "Gaussian noise to its rounded integers, z times their rounded "
+                   "sensitivity (over sqrt(h) in secure rounds), whose privacy is Kairouz, "
+                   "Liu and Steinke's bound (2021, Theorem 1) as zCDP, with slack below "
+                   "1e-60 at the noise these rounds allow, so each round is charged at the "
+                   "same z. Secure rounds: each device clips the part of its update it "
+                   "sends to C_kept = C min(1, s sqrt(kept / d)), s = "
+                   f"{KEPT_CLIP_SLACK:g} (it derives C_kept itself); the modulus wraps with "
+                   "probability below 1e-9 per round (a wrapped sum is post-processing: it "
+                   "costs accuracy, not privacy). Plain rounds: every coordinate, clipped to "
+                   "C, then requantized to 31 levels after the noise (post-processing: no "
+                   "privacy cost)")
     if config.sampling_rate:
         out.append(f"devices are assumed sampled by Poisson sampling with rate "
                    f"{config.sampling_rate} each round (NOT enforced by the server)")
