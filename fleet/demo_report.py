@@ -74,8 +74,8 @@ def write_report(run_dir: Path, report: dict, cells: list[list[str]]) -> None:
         f"- The noise in each DP round's average has standard deviation {sigma:.2g} "
         f"in each of the model's {params:,} weights (norm {sigma * params ** 0.5:.2g}), "
         f"against an average update of norm at most C = {cfg['dp_clip_norm']}: with "
-        f"{cfg['devices_per_round']} devices per round out of {no_dp['population']}, "
-        "differential privacy at this epsilon can add little. `benchmarks/federated_quality.py` "
+        f"{cfg['devices_per_round']} devices per round out of {no_dp['population']}, the DP "
+        "fleet can learn little at this epsilon. `benchmarks/federated_quality.py` "
         "computes with the accountant what population would reach epsilon <= 10 with less "
         "than 1 point of top-1 lost.",
         "- Learning curves (demo.png): federated evaluation by the phones of "
@@ -86,7 +86,9 @@ def write_report(run_dir: Path, report: dict, cells: list[list[str]]) -> None:
         + "; ".join(agreement_lines(no_dp["evaluation_agreement"]) or ["none"])
         + ". With DP: " + "; ".join(agreement_lines(dp["evaluation_agreement"]) or ["none"])
         + ".",
-        f"- Stages (seconds): {json.dumps(report['stages'])}; total {report['seconds']:.0f} s "
+        "- Stages: " + "; ".join(f"{name}: {seconds:.0f} s"
+                                 for name, seconds in report["stages"].items())
+        + f". Total {report['seconds']:.0f} s "
         f"on {report['machine']['nproc']} cores ({report['machine']['cpu']}).", "",
         "![valid accuracy and epsilon](demo.png)", "",
         "## The DP model for one person, with the personal layer", "",

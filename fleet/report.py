@@ -87,6 +87,20 @@ def _privacy(summary: dict) -> str:
                if sampled is not None else ""))
 
 
+def _chain(config: dict) -> str:
+    """What each round did, from the phone to the next model, in words."""
+    z, compression = config.get("noise_multiplier"), config.get("compression", "none")
+    secure = config.get("secure_aggregation", True)
+    return ("each round: phones trained on their own messages, clipped each update to norm "
+            f"{config.get('clip_norm'):g}, "
+            + (f"added noise themselves (z = {z:g} on "
+               + ("the round's sum)" if secure else "each update)") if z else "added no noise")
+            + (f", compressed it ({compression})" if compression not in (None, "none") else "")
+            + ("; secure aggregation: the server saw only the round's sum and averaged it"
+               if secure else "; plain rounds: the server saw each update and averaged them")
+            + f" into the next model ({config.get('server_optimizer')})")
+
+
 def describe(summary: dict) -> str:
     """A few lines on how the run went."""
     def acc(valid: dict | None) -> str:
@@ -99,6 +113,7 @@ def describe(summary: dict) -> str:
     lines = [f"{summary['rounds_run']} rounds ({summary['rounds_closed']} closed), "
              f"{summary['reports']} reports from a population of {summary['population']}, "
              f"{summary['wall_seconds']:.0f} s",
+             _chain(summary["config"]),
              f"valid at the start: {acc(summary['start_valid'])}",
              f"valid at the end:   {acc(summary['last_valid'])}",
              *([f"all of valid at the end (central): {acc(summary['final_valid'])}"]
@@ -115,6 +130,8 @@ def federated_text(valid: dict) -> str:
         if valid[name] is None:
             return f"{label} hidden by the noise"
         low, high = valid[name + "_ci"]
+        if low == high:
+            return f"{label} {valid[name]:.2%} (exact: no noise)"
         return f"{label} {valid[name]:.2%} ({low:.2%} to {high:.2%})"
     return (f"{one('top1', 'top-1')}, {one('top3', 'top-3')}, federated evaluation of "
             f"version {valid['model_version']} by {valid['senders']} phones")
@@ -128,7 +145,10 @@ def agreement_lines(rows: list[dict]) -> list[str]:
     diffs = [abs(r["top1"]["difference"]) for r in rows if r["top1"]["difference"] is not None]
     inside = [r["top1"]["within_interval"] for r in rows
               if r["top1"]["within_interval"] is not None]
+    if not diffs:
+        return [f"federated against central top-1: none of the {len(rows)} evaluations "
+                "published a top-1 (with so few phones the noise hides it), so there is "
+                "nothing to compare"]
     return [f"federated against central top-1 (same versions, same words): "
-            f"{len(rows)} evaluations, largest difference "
-            + (f"{100 * max(diffs):.2f} points" if diffs else "- (hidden by the noise)")
-            + f", central inside the 95% noise interval {sum(inside)} of {len(inside)} times"]
+            f"{len(rows)} evaluations, largest difference {100 * max(diffs):.2f} points, "
+            f"central inside the 95% noise interval {sum(inside)} of {len(inside)} times"]

@@ -5,6 +5,7 @@ import math
 import signal
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import psutil
@@ -140,6 +141,32 @@ def test_command_line_checks(capsys):
         FleetConfig(server_lr_schedule="step")
     settings = FleetConfig(rounds=7, server_lr_schedule="cosine").round_settings(population=10)
     assert (settings["server_lr_schedule"], settings["server_lr_rounds"]) == ("cosine", 7)
+
+
+def test_a_run_is_described_in_sentences():
+    """The lines a person reads after a fleet: what each round did, exact figures said to be
+    exact, and evaluations hidden by the noise said so (not "- ... 0 of 0 times")."""
+    from fleet.report import describe
+    exact = {"source": "federated evaluation", "top1": 0.19, "top1_ci": [0.19, 0.19],
+             "top3": 0.33, "top3_ci": [0.33, 0.33], "model_version": 0, "senders": 6}
+    hidden = {**exact, "top1": None, "top3": None}
+    base = {"rounds_run": 3, "rounds_closed": 3, "reports": 18, "population": 922,
+            "wall_seconds": 30.0, "final_valid": None, "epsilon": None,
+            "epsilon_if_sampled": None, "delta": 1e-5}
+    plain = describe({**base, "config": asdict(FleetConfig(clip_norm=0.5)),
+                      "noise_multiplier": 0.0, "start_valid": exact, "last_valid": exact,
+                      "evaluation_agreement": [{"round": 0, "top1": {
+                          "difference": 0.0, "within_interval": True}}]})
+    assert "added no noise; secure aggregation: the server saw only the round's sum" in plain
+    assert "top-1 19.00% (exact: no noise)" in plain
+    noised = describe({**base, "config": asdict(FleetConfig(
+        clip_norm=0.1, noise_multiplier=1.0, secure_aggregation=False, compression="ddg16")),
+        "noise_multiplier": 1.0, "epsilon": 4.7, "epsilon_model_users": 2.0,
+        "privacy": {"dishonest_share": 1 / 3}, "start_valid": hidden, "last_valid": hidden,
+        "evaluation_agreement": [{"round": 0, "top1": {"difference": None,
+                                                        "within_interval": None}}]})
+    assert "z = 1 on each update), compressed it (ddg16); plain rounds" in noised
+    assert "none of the 1 evaluations published a top-1" in noised and "0 of 0" not in noised
 
 
 def test_check_in_by_data_favours_devices_that_type_more():
