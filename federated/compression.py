@@ -465,10 +465,24 @@ class Compression:
     def decode_integers(self, integers: np.ndarray) -> np.ndarray:
         """The unbiased estimate (float64, d coordinates) of the sum of the clipped updates
         whose `integers` (signed, in integer units) are summed: divided by gamma, rotated
-        back, scattered to S and rescaled by d / kept (1 when every coordinate is kept)."""
-        z = np.asarray(integers, dtype=np.float64) * (math.sqrt(self.block) / self.scale)
+        back, scattered to S and rescaled by d / kept (1 when every coordinate is kept).
+        The plain form rotates the integers back first, exactly (sums below 2^53), and
+        scales once: each coordinate is then one rounding of a multiple of the step, so the
+        server's float sum of many uploads does not depend on their order (scaled first,
+        exact zeros come out as float residues near 1e-17, and the sum of ten uploads then
+        differed in a few coordinates between two orders); secure rounds keep their order of
+        operations, so their decoded sums are bit for bit what they were."""
+        z = np.asarray(integers, dtype=np.float64)
+        if not self.modular:
+            return self._scatter(_fwht(z.reshape(-1, self.block)).ravel()
+                                 / (math.sqrt(self.block) * self.scale))
+        z = z * (math.sqrt(self.block) / self.scale)
+        return self._scatter(_fwht(z.reshape(-1, self.block)).ravel() / self.block)
+
+    def _scatter(self, rotated_back: np.ndarray) -> np.ndarray:
+        """Signs undone, scattered to S and rescaled by d / kept: d coordinates."""
         order, signs = _selection(self.seed, self.dimension, self.kept)
-        y = _fwht(z.reshape(-1, self.block)).ravel() / self.block * signs
+        y = rotated_back * signs
         out = np.zeros(self.dimension)
         out[order] = y[:order.size] * (self.dimension / order.size)
         return out

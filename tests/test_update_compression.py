@@ -10,12 +10,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from aggregation_server.strategy import streaming_mean
 from federated import privacy
 from federated.compression import (KEPT_CLIP_SLACK, MAX_BITS_PER_PARAM, PLAIN_LIMIT,
                                    PLAIN_SCHEME, SCHEMES,
                                    Compression, CompressionError, discrete_gaussian,
                                    kept_clip_norm, layout, requantization_bound, requantize,
                                    rounded_norm_bound, round_seed)
+from federated.compression import _fwht
 from federated.secagg import ModularIntegers, SecAggClient, SecAggServerRound, crypto
 from federated.secagg.encoding import EncodingError
 from federated.wire import Update, decode_compressed_update, encode_compressed_update
@@ -331,6 +333,26 @@ def test_a_plain_upload_carries_the_float_paths_noise_plus_the_requantizations_t
     assert np.mean(decoded ** 2) / z ** 2 == pytest.approx(1.02, abs=0.015)
     quarters = [np.mean(part ** 2) for part in np.array_split(decoded, 4)]
     assert max(quarters) / min(quarters) < 1.03  # the same on every coordinate
+
+
+def test_the_servers_mean_of_plain_uploads_does_not_depend_on_their_order():
+    """Decoded plain uploads are one rounding of an exact value each (exact zeros stay 0.0),
+    so the float sum of many is the same in any order: fleets are reproducible although
+    the server sums in the order of random device ids."""
+    d, z, rng = 65_536, 1.0, np.random.default_rng(13)
+    spec = plain_spec(d, z)
+    uploads = [spec.encode_plain(x, spec.noise_sigma(z, 1), rng)
+               for x in clipped_updates(10, d, 1.0, seed=7)]
+    decoded = [{"w": spec.decode_integers(np.multiply(step, values, dtype=np.float64))
+                .astype(np.float32)} for step, values in uploads]
+    step, values = uploads[0]
+    exact = values.astype(np.int64).reshape(-1, spec.block).copy()
+    zero = np.flatnonzero(_fwht(exact).ravel() == 0)  # (in the rotated-back order)
+    assert zero.size > 0 and np.count_nonzero(
+        spec._scatter(np.isin(np.arange(spec.kept), zero).astype(float)) * decoded[0]["w"]) == 0
+    means = [streaming_mean(((decoded[i], 1.0) for i in order), {"w": (d,)})["w"]
+             for order in (range(10), rng.permutation(10), rng.permutation(10))]
+    assert all(np.array_equal(means[0], m) for m in means[1:])
 
 
 def test_without_noise_the_mean_of_plain_uploads_is_unbiased_and_loses_two_percent():
