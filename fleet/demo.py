@@ -13,7 +13,7 @@
    personal layer learning on the device.
 
 Leaves report.json, report.md and demo.png in runs/<time>/ (each fleet in a subfolder).
-`--quick` is a smoke run of 2-3 minutes (143 s at load 7-9): 3 short rounds, part of `test`.
+`--quick` is a smoke run of 2-3 minutes (143-159 s at load 6-9): 3 short rounds, part of `test`.
 """
 from __future__ import annotations
 
@@ -174,6 +174,9 @@ def run_demo(config: DemoConfig, run_dir: Path, quick: bool, pretrain: bool = Fa
           f"{', a subset' if config.test_senders else ''}); {rounds} rounds x "
           f"{config.devices_per_round} devices per round:\n")
     print(text_table(cells))
+    if quick:
+        print("\nA smoke run: too few rounds and senders for the differences between these "
+              "rows to mean anything.")
     print(f"\ntotal {report['seconds']:.0f} s. Report: {run_dir / 'report.md'}, "
           f"{run_dir / 'report.json'}, {run_dir / 'demo.png'}")
     return report

@@ -45,7 +45,9 @@ def write_report(run_dir: Path, report: dict, cells: list[list[str]]) -> None:
     lines = [
         f"# Federated keyboard demo ({report['started']})", "",
         f"Test split: {report['test']['senders']} senders, {report['test']['words']} words"
-        + (" (a subset: quick run)" if cfg["test_senders"] else "") + ".", "",
+        + (" (a subset: quick run)" if cfg["test_senders"] else "") + "."
+        + (" A smoke run: too few rounds and senders for the differences between the rows "
+           "to mean anything." if report["quick"] else ""), "",
         markdown_table(cells), "",
         f"- Fleets: {no_dp['rounds_run']} rounds"
         + (f" (DP fleet: {dp['rounds_run']}, stopped by its time limit)"
