@@ -6,6 +6,8 @@ personal layer, as each sender types the second half of their messages.
     python benchmarks/personalised.py [CHECKPOINT] --tune --adapt  # adapting or not, valid
     python benchmarks/personalised.py [CHECKPOINT] --compare       # and with unigram scaling
     python benchmarks/personalised.py [CHECKPOINT] --latency       # keystroke latency
+    python benchmarks/personalised.py [CHECKPOINT] --finetune part=lstm,lr=1e-3 [--alone]
+        # and the layer over the global model fine-tuned on each sender's history
 
 Weights are tuned with `--tune` on `valid` senders only (it refuses `test`); the chosen
 weights are the defaults of model.personal.PersonalWeights, which the plain run uses.
@@ -31,6 +33,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data import load_split  # noqa: E402
+from device_model.finetune import FineTune  # noqa: E402
 from model.compress import load_any  # noqa: E402
 from model.evaluate import machine  # noqa: E402
 from model.paths import PRETRAINED_MODEL, ROOT, TOKENIZER_PATH  # noqa: E402
@@ -123,10 +126,38 @@ def latency(checkpoint: Path, tokenizer: Path, keystrokes: int) -> dict:
 
 
 def _run(scorer: LSTMScorer, tokenizer: WordTokenizer, devices: list,
-         weights: list[PersonalWeights]) -> list[dict]:
+         weights: list[PersonalWeights | None],
+         tunes: list[FineTune | None] | None = None) -> list[dict]:
     result = evaluate_personalised(scorer, tokenizer, devices, weights,
-                                   progress=sys.stderr.isatty())
+                                   progress=sys.stderr.isatty(), fine_tunes=tunes)
     return [result.summary(i) for i in range(len(weights))]
+
+
+def fine_tune_spec(text: str) -> FineTune:
+    """`--finetune part=lstm,lr=1e-3,max_epochs=5`: FineTune's fields, the others default."""
+    types = {f.name: f.type for f in fields(FineTune)}
+    found = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        kind = types.get(name.strip())
+        if kind is None:
+            raise argparse.ArgumentTypeError(f"{name!r} is not one of {sorted(types)}")
+        value = value.strip()
+        found[name.strip()] = (value if kind == "str" else value.lower() in ("1", "true", "yes")
+                               if kind == "bool" else int(value) if kind == "int"
+                               else float(value))
+    try:
+        return FineTune(**found)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _label(summary: dict) -> str:
+    tune = summary.get("fine_tune")
+    layer = "the global model" if summary["weights"] is None else f"weights {summary['weights']}"
+    if tune is None:
+        return layer
+    return f"{layer}, fine-tuned: {FineTune(**tune).label()}; {summary['fine_tuning']}"
 
 
 def _stage1(path: Path) -> list[dict]:
@@ -159,6 +190,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --tune: take stage 1's figures from this earlier --tune JSON")
     parser.add_argument("--compare", action="store_true",
                         help="also the layer with the unigram scaling (b 0.3), same pass")
+    parser.add_argument("--finetune", type=fine_tune_spec, action="append", default=[],
+                        metavar="FIELD=VALUE,...",
+                        help="also the default layer over the global model fine-tuned on each "
+                        "sender's history (device_model.finetune.FineTune), same pass; "
+                        "repeatable")
+    parser.add_argument("--alone", action="store_true",
+                        help="with --finetune: also each fine-tuned model without the layer")
     parser.add_argument("--latency", action="store_true", help="keystroke latency only")
     parser.add_argument("--keystrokes", type=int, default=2000)
     parser.add_argument("--max-senders", type=int, default=None)
@@ -191,8 +229,13 @@ def main(argv: list[str] | None = None) -> int:
                        sharpness=best["sharpness"])
         summaries = stage1 + _run(scorer, tokenizer, devices, grid(STAGE2, base))
     else:
-        summaries = _run(scorer, tokenizer, devices,
-                         [PersonalWeights(), *([SCALED] if args.compare else [])])
+        weights: list[PersonalWeights | None] = [PersonalWeights(),
+                                                 *([SCALED] if args.compare else [])]
+        tunes: list[FineTune | None] = [None] * len(weights)
+        for tune in args.finetune:
+            weights += [PersonalWeights(), *([None] if args.alone else [])]
+            tunes += [tune, *([tune] if args.alone else [])]
+        summaries = _run(scorer, tokenizer, devices, weights, tunes)
     seconds = time.perf_counter() - start
     out = args.json or ROOT / "runs" / f"personalised-{split}{'-tune' if args.tune else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(ranked[0]))
     else:
         for summary in summaries:
-            print(f"split {split}, weights {summary['weights']}")
+            print(f"split {split}, {_label(summary)}")
             print(markdown(summary))
     print(f"{seconds:.0f} s; wrote {out}")
     return 0

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from device_model.lstm import Dropout, NumpyLSTM, loss_and_grads
+from device_model.lstm import Dropout, NumpyLSTM, log_softmax, loss_and_grads, lstm_forward, mm
 from model.schedule import SCHEDULES, lr_factor
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -137,10 +137,15 @@ def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
 
 
 def train(model: NumpyLSTM, sequences: list[list[int]], config: TrainConfig,
-          pad_id: int = 0, should_stop: Callable[[], bool] | None = None) -> TrainResult:
+          pad_id: int = 0, should_stop: Callable[[], bool] | None = None,
+          on_epoch: Callable[[int, NumpyLSTM], None] | None = None,
+          trainable: Sequence[str] | None = None) -> TrainResult:
     """Train `model` in place on token sequences (<bos> ... <eos>); deterministic for a seed.
 
     `should_stop` is polled between batches; when it returns True training ends at once.
+    `on_epoch(epoch, model)` runs after each full epoch (the model refreshed for inference).
+    `trainable`: the names of the weights to train (None: all), as PyTorch trains only the
+    parameters that require gradients (the gradient clipped over those alone).
     """
     sequences = [s for s in sequences if len(s) >= 2]
     result = TrainResult()
@@ -148,7 +153,8 @@ def train(model: NumpyLSTM, sequences: list[list[int]], config: TrainConfig,
         return result
     rng = np.random.default_rng(config.seed)
     dropout = Dropout(model.config.dropout, dropout_rng(config.seed))
-    optimizer = Optimizer(model.weights, config)
+    names = list(model.weights) if trainable is None else list(trainable)
+    optimizer = Optimizer({k: model.weights[k] for k in names}, config)
     total_steps = max(1, round(config.epochs * math.ceil(len(sequences) / config.batch_size)))
     start, loss_sum, loss_tokens = time.perf_counter(), 0.0, 0
     try:
@@ -160,6 +166,8 @@ def train(model: NumpyLSTM, sequences: list[list[int]], config: TrainConfig,
                     break
                 loss, n, grads = loss_and_grads(model.weights, pad(batch, pad_id), pad_id,
                                                 dropout)
+                if trainable is not None:
+                    grads = {k: grads[k] for k in names}
                 if config.grad_clip:
                     clip_grad_norm(grads, config.grad_clip)
                 optimizer.step(grads, config.lr * lr_factor(config.schedule, result.steps,
@@ -169,6 +177,9 @@ def train(model: NumpyLSTM, sequences: list[list[int]], config: TrainConfig,
                 result.steps += 1
             if epoch_tokens:
                 result.epoch_losses.append(epoch_sum / epoch_tokens)
+                if on_epoch and not result.stopped:
+                    model.refresh()
+                    on_epoch(len(result.epoch_losses), model)
             loss_sum += epoch_sum
             loss_tokens += epoch_tokens
     finally:
@@ -177,3 +188,23 @@ def train(model: NumpyLSTM, sequences: list[list[int]], config: TrainConfig,
     result.seconds = time.perf_counter() - start
     result.mean_loss = loss_sum / loss_tokens if loss_tokens else float("nan")
     return result
+
+
+def mean_loss(model: NumpyLSTM, sequences: list[list[int]], pad_id: int = 0,
+              batch_size: int = 128, max_len: int = 64) -> float:
+    """Mean next-token cross-entropy (nats) of `model` over `sequences`, no training (as
+    `model.train.mean_loss`)."""
+    w = model.weights
+    total, count = 0.0, 0
+    ordered = sorted((s[:max_len + 1] for s in sequences if len(s) >= 2), key=len)
+    for i in range(0, len(ordered), batch_size):
+        ids = pad(ordered[i:i + batch_size], pad_id)
+        inputs, targets = ids[:, :-1], ids[:, 1:]
+        hs = lstm_forward(w, w["embedding.weight"][inputs.T]).hs[1:].transpose(1, 0, 2)
+        keep = targets != pad_id
+        logits = mm(hs[keep], w["embedding.weight"].T)
+        logits += w["output_bias"]
+        logp = log_softmax(logits)
+        total -= float(logp[np.arange(len(logp)), targets[keep]].sum(dtype=np.float64))
+        count += int(keep.sum())
+    return total / count if count else float("nan")

@@ -8,6 +8,12 @@ was learned before it and then learned the same way. Every word of the second ha
 top-3, KSR; a word outside the global vocabulary is a hit when the personal layer suggests
 it). The global model alone is scored on exactly the same words in the same pass, and any
 number of personal weightings share one pass of the global model.
+
+A weighting may come with local fine-tuning (`device_model.finetune.FineTune`, the device's
+code on the NumPy runtime): after the history is learned (a device that trained overnight), a
+copy of the global model is fine-tuned on the history messages and that weighting's layer
+runs on top of it for the second half (the history itself was observed with the global model, as the device did when
+each message was sent). A weighting of None is the (fine-tuned) model alone, without the layer.
 """
 from __future__ import annotations
 
@@ -19,8 +25,12 @@ import numpy as np
 from tqdm import tqdm
 
 from data import Device
+from device_model.finetune import FineTune, fine_tune
+from device_model.lstm import NumpyLSTM
+from device_model.scorer import NumpyScorer
 from model.metrics import FIRST_WORD_ID, SUGGESTIONS, PrefixIndex
 from model.personal import Adaptation, PersonalLayer, PersonalModel, PersonalWeights
+from model.lstm import LSTMScorer
 from model.predictor import Scorer
 from model.tokenizer import WordTokenizer
 from model.words import words
@@ -116,10 +126,13 @@ class _Ranker:
 class PersonalisedResult:
     """The global model alone and each weighting, on the same words."""
 
-    weights: list[PersonalWeights]
+    weights: list[PersonalWeights | None]  # None: no personal layer
     global_: Tally
     personal: list[Tally]
     history: dict[str, int]  # sender -> messages in all
+    fine_tunes: list[FineTune | None] = field(default_factory=list)  # per weighting
+    tuned: dict[FineTune, dict[str, dict]] = field(default_factory=dict)  # what each did, by
+    # sender: kept (an adapted model, not the global one), epochs, held-out losses, seconds
 
     def summary(self, i: int = 0) -> dict:
         """Figures of weighting `i` against the global model (EVALUATION.md's report)."""
@@ -137,7 +150,11 @@ class PersonalisedResult:
                               "global": self.global_.result(group) if group else None,
                               "personal": self.personal[i].result(group) if group else None})
         heavy = [s for s in senders if self.history[s] // 2 >= 50]
-        return {"weights": asdict(self.weights[i]), "global": base, "personal": mine,
+        weights, tune = self.weights[i], self.fine_tunes[i] if self.fine_tunes else None
+        return {"weights": asdict(weights) if weights is not None else None,
+                "fine_tune": asdict(tune) if tune is not None else None,
+                "fine_tuning": _tuning(self.tuned.get(tune)) if tune is not None else None,
+                "global": base, "personal": mine,
                 "gain": {k: mine[k] - base[k] for k in
                          ("top1", "top3", "ksr", "macro_top1", "macro_top3")},
                 "senders_gaining": sum(g > 0.005 for g in gains.values()),
@@ -151,85 +168,161 @@ class PersonalisedResult:
                 "per_sender_top1_gain": gains}
 
 
+def _tuning(by_sender: dict[str, dict] | None) -> dict:
+    """How often fine-tuning kept an adapted model, and what it cost."""
+    rows = list((by_sender or {}).values())
+    kept = [r for r in rows if r["kept"]]
+    return {"fits": len(rows), "kept": len(kept),
+            "seconds": round(sum(r["seconds"] for r in rows), 1),
+            "max_seconds": round(max((r["seconds"] for r in rows), default=0.0), 2),
+            "mean_epochs_kept": (float(np.mean([r["epochs"] for r in kept])) if kept
+                                 else None),
+            "held_out_gain_kept": (float(np.mean([r["base"] - r["best"] for r in kept]))
+                                   if kept else None)}
+
+
 def evaluate_personalised(scorer: Scorer, tokenizer: WordTokenizer, devices: Sequence[Device],
-                          weights: Sequence[PersonalWeights], min_messages: int = MIN_MESSAGES,
-                          progress: bool = False) -> PersonalisedResult:
-    """The protocol over `devices` (those with at least `min_messages`), every weighting."""
+                          weights: Sequence[PersonalWeights | None],
+                          min_messages: int = MIN_MESSAGES, progress: bool = False,
+                          fine_tunes: Sequence[FineTune | None] | None = None
+                          ) -> PersonalisedResult:
+    """The protocol over `devices` (those with at least `min_messages`), every weighting;
+    `fine_tunes[i]` (an LSTMScorer or a NumpyScorer) fine-tunes the global model under
+    weighting i."""
     chosen = [d for d in devices if len(d.messages) >= min_messages]
     ranker = _Ranker(tokenizer)
+    tunes = list(fine_tunes) if fine_tunes is not None else [None] * len(weights)
+    if len(tunes) != len(weights):
+        raise ValueError("one fine-tuning (or None) per weighting")
     result = PersonalisedResult(list(weights), Tally(), [Tally() for _ in weights],
-                                {d.sender: len(d.messages) for d in chosen})
+                                {d.sender: len(d.messages) for d in chosen}, tunes,
+                                {t: {} for t in tunes if t is not None})
     total = sum(len(words(m)) for d in chosen for m in d.messages[len(d.messages) // 2:])
+    base = _numpy_model(scorer) if result.tuned else None
     with tqdm(total=total, unit="word", disable=not progress, leave=False,
               file=sys.stderr) as bar:
         for device in chosen:
-            _evaluate_sender(scorer, tokenizer, device, result, ranker, bar)
+            _evaluate_sender(scorer, tokenizer, device, result, ranker, bar, base)
     return result
 
 
+def _numpy_model(scorer: Scorer) -> NumpyLSTM:
+    """The global model on the device's runtime (what fine-tuning trains a copy of)."""
+    if isinstance(scorer, NumpyScorer):
+        return scorer.model
+    if isinstance(scorer, LSTMScorer):
+        return NumpyLSTM({k: v.detach().float().numpy().copy()
+                          for k, v in scorer.model.state_dict().items()}, scorer.model.config)
+    raise TypeError("fine-tuning needs the LSTM (LSTMScorer or NumpyScorer)")
+
+
+def _sequences(tokenizer: WordTokenizer, rows: Sequence[tuple[str, list[str]]]
+               ) -> list[list[int]]:
+    return [[tokenizer.bos_id, *[tokenizer.word_to_id.get(w, tokenizer.unk_id) for w in ws],
+             tokenizer.eos_id] for _, ws in rows if ws]
+
+
+def _fine_tuned(scorer: Scorer, base: NumpyLSTM, tokenizer: WordTokenizer, device: Device,
+                seen: int, result: PersonalisedResult, typed: int = 0
+                ) -> dict[FineTune, Scorer]:
+    """Each fine-tuning's model for this sender, trained on its first `seen` messages (the
+    history, and with `every` the messages typed so far: `typed` of them); a sender whose
+    held-out messages did not improve keeps the global model (`scorer`)."""
+    found: dict[FineTune, Scorer] = {}
+    history = _sequences(tokenizer, [(m, words(m)) for m in device.messages[:seen]])
+    for tune in result.tuned:
+        if typed and not (tune.every and typed % tune.every == 0):
+            continue
+        done = fine_tune(base, history, tune, tokenizer.pad_id)
+        key = device.sender if not typed else f"{device.sender}@{typed}"
+        result.tuned[tune][key] = {
+            "kept": done.model is not None, "epochs": done.epochs, "base": done.base_loss,
+            "best": done.best_loss, "seconds": done.seconds, "messages": seen}
+        found[tune] = (scorer if done.model is None else
+                       NumpyScorer(done.model, tokenizer.bos_id))
+    return found
+
+
 def _evaluate_sender(scorer: Scorer, tokenizer: WordTokenizer, device: Device,
-                     result: PersonalisedResult, ranker: _Ranker, bar: tqdm) -> None:
+                     result: PersonalisedResult, ranker: _Ranker, bar: tqdm,
+                     base: NumpyLSTM | None = None) -> None:
     half = len(device.messages) // 2
-    layer = PersonalLayer(PersonalModel(), tokenizer.id_to_word, result.weights[0],
-                          tokenizer.unk_id)
+    first = next((w for w in result.weights if w is not None), PersonalWeights())
+    layer = PersonalLayer(PersonalModel(), tokenizer.id_to_word, first, tokenizer.unk_id)
     learned: list[Adaptation | None] = [None] * len(result.weights)  # each weighting's
-    adapts = any(w.adapts for w in result.weights)
+    adapts = any(w is not None and w.adapts for w in result.weights)
+    scorers = {None: scorer}  # the model each weighting's layer runs on, by fine-tuning
     if not adapts:
         for message in device.messages[:half]:
             layer.model.learn(message)
         layer.refresh()
     for phase, messages in (("history", device.messages[:half]),
                             ("typed", device.messages[half:])):
+        if phase == "typed":
+            scorers.update(_fine_tuned(scorer, base, tokenizer, device, half, result))
         if phase == "history" and not adapts:
             continue
-        for start in range(0, len(messages), CHUNK):
-            chunk = messages[start:start + CHUNK]
+        models = result.fine_tunes if phase == "typed" else [None] * len(result.weights)
+        size = min([CHUNK] + [t.every for t in models if t is not None and t.every])
+        for start in range(0, len(messages), size):
+            if phase == "typed" and start:
+                scorers.update(_fine_tuned(scorer, base, tokenizer, device, half + start,
+                                           result, start))
+            chunk = messages[start:start + size]
             rows = [(m, words(m)) for m in chunk]
-            sequences = [[tokenizer.bos_id, *[tokenizer.word_to_id.get(w, tokenizer.unk_id)
-                                              for w in ws], tokenizer.eos_id]
-                         for _, ws in rows if ws]
-            scored = dict(scorer.score_messages(sequences))
+            sequences = _sequences(tokenizer, rows)
+            scored = {None: dict(scorer.score_messages(sequences))}
+            for key in set(models) - {None}:  # a sender kept the global model: same rows
+                scored[key] = (scored[None] if scorers[key] is scorer else
+                               dict(scorers[key].score_messages(sequences)))
             k = 0
             for message, ws in rows:
                 if ws:
+                    mine = [scored[t][k] for t in models]
                     if phase == "typed":
-                        _score_message(device.sender, ws, scored[k], layer, result, ranker,
-                                       learned)
+                        _score_message(device.sender, ws, scored[None][k], mine, layer,
+                                       result, ranker, learned)
                         bar.update(len(ws))
-                    _observe(ws, scored[k], layer, result.weights, learned)
+                    _observe(ws, mine, layer, result.weights, learned)
                     k += 1
                 layer.learn(message)
 
 
-def _observe(ws: list[str], log_probs: np.ndarray, layer: PersonalLayer,
-             weights: Sequence[PersonalWeights], learned: list[Adaptation | None]) -> None:
+def _observe(ws: list[str], log_probs: Sequence[np.ndarray], layer: PersonalLayer,
+             weights: Sequence[PersonalWeights | None],
+             learned: list[Adaptation | None]) -> None:
     """Each weighting learns how much of the layer suits the person from one message (as
-    the device does before it counts a sent message: PersonalLayer.observe)."""
+    the device does before it counts a sent message: PersonalLayer.observe), over its own
+    model's log-probs `log_probs[n]`."""
     for n, w in enumerate(weights):
-        if w.adapts:
+        if w is not None and w.adapts:
             layer.weights, layer.model.adaptation = w, learned[n]
-            layer.observe(log_probs, ws)
+            layer.observe(log_probs[n], ws)
             learned[n] = layer.model.adaptation
 
 
-def _score_message(sender: str, ws: list[str], log_probs: np.ndarray, layer: PersonalLayer,
+def _score_message(sender: str, ws: list[str], log_probs: np.ndarray,
+                   mine: Sequence[np.ndarray], layer: PersonalLayer,
                    result: PersonalisedResult, ranker: _Ranker,
                    learned: list[Adaptation | None]) -> None:
+    """Score one typed message: the global model alone (`log_probs`) and each weighting
+    over its own model's log-probs (`mine`)."""
     chars = sum(len(w) + 1 for w in ws)
     empty = np.zeros(0)
-    tallies = [(result.global_, None, None)] + [
-        (t, w, a) for t, w, a in zip(result.personal, result.weights, learned)]
+    tallies = [(result.global_, None, None, log_probs)] + [
+        (t, w, a, rows) for t, w, a, rows in zip(result.personal, result.weights, learned,
+                                                 mine)]
     once = [word not in ranker.word_to_id and layer.model.unigrams.get(word) == 1
             for word in ws]  # new words used once before this message
-    for tally, weights, adaptation in tallies:
+    for tally, weights, adaptation, rows in tallies:
         top1 = top3 = keys = 0
         if weights is not None:
             layer.weights, layer.model.adaptation = weights, adaptation
         for i, word in enumerate(ws):
             if weights is None:
-                rank, k = ranker.score(word, log_probs[i], [], empty, None)
+                rank, k = ranker.score(word, rows[i], [], empty, None)
             else:
-                row, oov = layer.combine(log_probs[i], ws[:i])
+                row, oov = layer.combine(rows[i], ws[:i])
                 rank, k = ranker.score(word, row, layer.oov_words, oov, layer)
             top1 += rank < 1
             top3 += rank < SUGGESTIONS

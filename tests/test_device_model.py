@@ -191,6 +191,38 @@ def test_one_local_round_matches_torch(tokenizer, messages, optimizer, dropout):
     assert relative(our_delta, ref_delta) < 1e-4
 
 
+@pytest.mark.parametrize("names", [("output_bias",), ("output_bias", "lstm.weight_hr_l0")])
+def test_training_part_of_the_model_matches_torch_with_the_rest_frozen(tokenizer, messages,
+                                                                       names):
+    """`trainable` (the device's personal fine-tuning) is PyTorch training with the other
+    parameters not requiring gradients: same steps, same update, the rest untouched; both
+    loops call `on_epoch` after each epoch and the mean losses agree."""
+    from device_model.train import mean_loss as np_mean_loss
+    from model.train import mean_loss as torch_mean_loss
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, dropout=0.2, **SMALL)
+    sequences = tokenizer.encode_messages(messages[:120])
+    train_config = TrainConfig(epochs=2, batch_size=16, lr=1e-2, seed=4, grad_clip=0.5)
+    before = {k: v.detach().numpy().copy() for k, v in torch_model(config, 3).state_dict().items()}
+    reference = torch_model(config, seed=3)
+    reference.drop = NumpyMasks(Dropout(0.2, dropout_rng(train_config.seed)))
+    for name, p in reference.named_parameters():
+        p.requires_grad_(name in names)
+    seen: dict[str, list] = {"torch": [], "numpy": []}
+    torch_train(reference, sequences, train_config, progress=False,
+                on_epoch=lambda e, m: seen["torch"].append(torch_mean_loss(m, sequences[:20])))
+    ours = as_numpy(torch_model(config, seed=3))
+    np_train(ours, sequences, train_config, trainable=list(names),
+             on_epoch=lambda e, m: seen["numpy"].append(np_mean_loss(m, sequences[:20])))
+    assert len(seen["numpy"]) == len(seen["torch"]) == 2
+    assert seen["numpy"] == pytest.approx(seen["torch"], rel=1e-5)
+    for k, v in reference.state_dict().items():
+        if k in names:
+            assert relative(ours.weights[k] - before[k], v.numpy() - before[k]) < 1e-4, k
+            assert not np.array_equal(ours.weights[k], before[k]), k
+        else:
+            assert np.array_equal(ours.weights[k], before[k]), k
+
+
 def test_a_stopped_round_says_so(tokenizer, messages):
     config = ModelConfig(vocab_size=tokenizer.vocab_size, **SMALL)
     model = as_numpy(torch_model(config))

@@ -279,3 +279,73 @@ def test_the_device_learns_its_adaptation_as_the_evaluation_does(tokenizer, mode
     assert on_device.log_lik == pytest.approx(replayed.log_lik, rel=1e-5)
     assert (on_device.words, on_device.observed) == (replayed.words, replayed.observed)
     assert np.allclose(on_device.expected, replayed.expected, rtol=1e-4, atol=1e-9)
+
+
+def _person(tokenizer) -> list[list[int]]:
+    """A history with a habit the global model does not have: 'i love my cat' again and
+    again (oldest first), as token ids."""
+    texts = ["i love my cat", "my cat is here", "i love you", "see you at home"] * 6
+    return [tokenizer.encode_message(t) for t in texts]
+
+
+def _numpy(model: NextWordLSTM):
+    from device_model.lstm import NumpyLSTM
+    return NumpyLSTM({k: v.detach().numpy().copy() for k, v in model.state_dict().items()},
+                     model.config)
+
+
+@pytest.mark.parametrize("part", ["bias", "proj", "lstm", "all"])
+def test_fine_tuning_trains_only_its_part_and_keeps_the_global_model(tokenizer, model, part):
+    """The copy trains only `part`'s weights and lowers the loss of the person's held-out
+    (most recent) messages, which the training loop's mean loss confirms; the global model
+    is not touched."""
+    from device_model.finetune import PARTS, FineTune, fine_tune
+    from device_model.train import mean_loss as numpy_mean_loss
+    from model.train import mean_loss
+    glob = _numpy(model)
+    before = {k: v.copy() for k, v in glob.weights.items()}
+    history = _person(tokenizer)
+    done = fine_tune(glob, history, FineTune(part=part, lr=3e-2, max_epochs=3, batch_size=4))
+    assert done.model is not None and 1 <= done.epochs <= 3
+    assert done.best_loss < done.base_loss
+    held = history[-2:]
+    assert done.base_loss == pytest.approx(mean_loss(model, held), rel=1e-5)
+    assert done.best_loss == pytest.approx(numpy_mean_loss(done.model, held), rel=1e-6)
+    for name, value in glob.weights.items():
+        assert np.array_equal(value, before[name]), name
+    changed = {k for k, v in done.model.weights.items() if not np.array_equal(v, before[k])}
+    assert "output_bias" in changed
+    assert all(any(k.startswith(p) for p in PARTS[part]) for k in changed), changed
+
+
+def test_fine_tuning_keeps_the_global_model_when_the_held_out_messages_do_not_gain(
+        tokenizer, model):
+    from device_model.finetune import FineTune, fine_tune
+    history, model = _person(tokenizer), _numpy(model)
+    assert fine_tune(model, history, FineTune(min_gain=50.0)).model is None
+    assert fine_tune(model, history[:9], FineTune()).model is None  # too short a history
+    refit = fine_tune(model, history, FineTune(part="bias", lr=3e-2, batch_size=4,
+                                               refit=True))
+    assert refit.model is not None and refit.steps > 0
+    stopped = fine_tune(model, history, FineTune(part="bias", lr=3e-2, batch_size=4),
+                        should_stop=lambda: True)  # the person typed: nothing half-trained
+    assert stopped.model is None and stopped.steps == 0
+
+
+def test_the_evaluation_runs_a_layer_over_a_fine_tuned_model(tokenizer, model):
+    """A fine-tuning that keeps the global model scores exactly as the global model; one that
+    adapts it changes the scores; the global model alone is the same in every pass."""
+    from device_model.finetune import FineTune
+    devices = [d for d in load_split("valid") if 24 <= len(d.messages) <= 40][:2]
+    never, adapt = FineTune(min_gain=50.0), FineTune(part="lstm", lr=3e-2, batch_size=4)
+    plain = evaluate_personalised(LSTMScorer(model), tokenizer, devices, [PersonalWeights()])
+    result = evaluate_personalised(LSTMScorer(model), tokenizer, devices,
+                                   [PersonalWeights(), None, PersonalWeights(), None],
+                                   fine_tunes=[None, never, adapt, adapt])
+    assert result.global_.result() == plain.global_.result()
+    assert result.personal[0].result() == plain.personal[0].result()
+    assert result.personal[1].result() == result.global_.result()
+    assert result.personal[3].result() != result.global_.result()
+    tuning = result.summary(2)["fine_tuning"]
+    assert tuning["fits"] == 2 and tuning["kept"] >= 1 and tuning["held_out_gain_kept"] > 0
+    assert result.summary(1)["fine_tuning"]["kept"] == 0
