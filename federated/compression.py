@@ -380,8 +380,12 @@ class Compression:
         integers must stay below `PLAIN_LIMIT` (past 2^63 int64 wraps and the noise is
         lost: a server's huge noise multiplier must not make a device send less noise)."""
         if not self.modular:
-            return not self._wrap_bound(1, sigma) < PLAIN_LIMIT
+            return self.overflows(sigma)
         return not self._wrap_bound(clients, sigma) < self.modulus // 2
+
+    def overflows(self, sigma: float) -> bool:
+        """Whether one device's integers with noise `sigma` could pass `PLAIN_LIMIT`."""
+        return not self._wrap_bound(1, sigma) < PLAIN_LIMIT
 
     @property
     def upload_bytes(self) -> int:
@@ -407,7 +411,7 @@ class Compression:
         discrete Gaussian noise N_Z(0, sigma^2) added: `kept` int64, the DP output.
         CompressionError if they could pass `PLAIN_LIMIT` (the device's policy refuses such
         a round before it trains: `wraps`)."""
-        if not self._wrap_bound(1, sigma) < PLAIN_LIMIT:
+        if self.overflows(sigma):
             raise CompressionError(f"scale {self.scale:g} with noise sigma {sigma:.4g} could "
                                    "overflow the integers and lose the noise")
         y = self.kept_part(update)
