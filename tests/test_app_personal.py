@@ -155,3 +155,48 @@ def test_deleting_the_history_deletes_the_learned_words(drv, screen):
     assert app.backend.personal.model.total == 0
     app.show("typing")
     assert "Zorblat" not in suggested(drv, screen, "we met at zo")
+
+
+def test_any_of_thousands_of_new_words_can_be_found_and_removed(drv, screen):
+    """A heavy typer's list is longer than the screen lists: "Find a word" reaches any of
+    them (here a typo learned once, alphabetically last of 3,000), and removing it reuses
+    the rows on screen instead of building them again."""
+    from itertools import product
+
+    from keyboard_app.personal_store import PersonalStore
+    from keyboard_app.ui.personal_screen import MAX_ROWS
+    app, store = drv.app, drv.app.backend.personal
+    words = ["zq" + "".join(t) for t in product("abcdefghijklmnopqrst", repeat=3)][:3000]
+    for start in range(0, len(words), 25):
+        store.learn(" ".join(words[start:start + 25]))
+    store.learn("Zorblat, Zorblat and zzyzxtypo")
+    new = [w for w in store.model.unigrams if w not in app.predictor.tokenizer.word_to_id]
+    assert len(new) == len(words) + 2
+    app.show("personal")
+    page = app.personal_screen
+    box = page.ids.rows
+    shown = [row.word for row in reversed(box.children)]
+    assert len(shown) == MAX_ROWS and shown[0] == "zorblat"         # the most used first
+    assert "zzyzxtypo" not in shown
+    assert page.ids.more.text.startswith(f"And {len(new) - MAX_ROWS} more")
+    assert "Find a word" in page.ids.more.text
+    first = {id(row) for row in box.children}
+    drv.screenshot("app_learned_words_many")
+    drv.tap(page.ids.find)
+    drv.type("zzyz")
+    assert [row.form for row in box.children] == ["zzyzxtypo"]
+    drv.screenshot("app_learned_words_found")
+    drv.tap(box.children[0].ids.forget)
+    assert "zzyzxtypo" not in store.model.unigrams
+    assert page.ids.message.text == "Forgot \u201czzyzxtypo\u201d: it is no longer suggested."
+    assert page.ids.more.text == "No new word contains \u201czzyz\u201d."
+    again = PersonalStore(store.path)                                  # gone from the file
+    assert "zzyzxtypo" not in again.model.unigrams and again.model.unigrams["zorblat"] == 2
+    again.close()
+    page.ids.find.text = ""
+    drv.frames()
+    assert len(box.children) == MAX_ROWS
+    assert {id(row) for row in box.children} == first                 # no row built again
+    app.show("typing")
+    assert "zzyzxtypo" not in suggested(drv, screen, "zzy")
+    store.delete_all()
