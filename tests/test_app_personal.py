@@ -200,3 +200,25 @@ def test_any_of_thousands_of_new_words_can_be_found_and_removed(drv, screen):
     app.show("typing")
     assert "zzyzxtypo" not in suggested(drv, screen, "zzy")
     store.delete_all()
+
+
+def test_the_panel_names_shared_training_apart_from_learning_words(drv, screen):
+    """Without a server the panel said 'Learning: off' and offered 'Pause learning' while the
+    keyboard went on learning the person's words: its section and button are about training
+    the shared model, and say so; learning words has its own pause."""
+    app, model = drv.app, drv.app.backend.personal.model
+    drv.tap(screen.ids.privacy_button)
+    panel = app.panel
+    assert panel.ids.learning.text == "Training: off (no server set in Settings)."
+    assert not any("Learning" in w.text for w in panel.walk() if hasattr(w, "text")
+                   and w is not panel.ids.learned_words)
+    drv.tap(panel.ids.pause)
+    assert app.learning_paused and panel.ids.pause.text == "Training paused (tap to resume)"
+    app.show("typing")
+    send(drv, "Lunch with Quibbleton")
+    assert model.unigrams["quibbleton"] == 1           # words are learned unless paused there
+    drv.tap(screen.ids.privacy_button)
+    assert panel.ids.learned_words.text.startswith("Learned words: ")
+    drv.screenshot("app_privacy_training_paused")
+    drv.tap(panel.ids.pause)
+    assert not app.learning_paused and panel.ids.pause.text == "Pause training"

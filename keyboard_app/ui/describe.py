@@ -16,7 +16,7 @@ DOING = {"training": "learning from your messages on this device",
          "missed": "a round ended before this phone was done; it will join a later one",
          "rejected": "the server did not accept the last update; it will try again",
          "refused": "a round was refused to protect your privacy (see Privacy)",
-         "budget-spent": "your privacy limit is reached, so learning has stopped",
+         "budget-spent": "your privacy limit is reached, so training has stopped",
          "error": "something went wrong; it will try again", "starting": "starting",
          "stopped": "stopped"}
 
@@ -120,15 +120,15 @@ def privacy_lines(stats: dict, runtime: dict | None, *, version: int | None, sou
         update = ("Sent: nothing but requests for the model and for tasks." if server_url
                   else "Sent: nothing (no server).")
     if not server_url:
-        learning = "Learning: off (no server set in Settings)."
+        learning = "Training: off (no server set in Settings)."
     elif not participate:
-        learning = "Learning: off (Settings: take part in training is off)."
+        learning = "Training: off (Settings: take part in training is off)."
     elif user_paused:
-        learning = "Learning: paused by you."
+        learning = "Training: paused by you."
     else:
         state = rt.get("state") or ""
         doing = DOING.get(state, "")
-        learning = ("Learning: on, only while idle, charging and on an unmetered network. "
+        learning = ("Training: on, only while idle, charging and on an unmetered network. "
                     + (f"Now: {doing}." if doing else ""))
     model = f"In use: {model_text(version, source)}" + \
             (f" from {_esc(server_url)}." if source == "global" else ".")
@@ -165,7 +165,7 @@ def ledger_lines(ledger: dict | None, now: float | None = None) -> dict[str, str
         spent += (f" If every other phone in those rounds had been fake (adding no noise), it "
                   f"would be ε = {alone:.1f}.")
     if ledger["exhausted"]:
-        spent += " The limit is reached: your phone no longer takes part in learning."
+        spent += " The limit is reached: your phone no longer takes part in training."
     seen = (f"Last round, {when(ledger['last_ts'], now)}: the server could see "
             f"{ledger['last_seen']}." if ledger["last_seen"] else "")
     p = ledger["policy"]

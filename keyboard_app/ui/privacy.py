@@ -36,7 +36,7 @@ Builder.load_string("""
                 color: theme.MUTED
                 font_size: theme.SMALL_SP
             Heading:
-                text: 'Learning'
+                text: 'Training the shared model'
             Para:
                 id: participation
             Para:
@@ -56,7 +56,7 @@ Builder.load_string("""
                 height: dp(10)
             FlatToggle:
                 id: pause
-                text: 'Learning paused (tap to resume)' if self.active else 'Pause learning'
+                text: 'Training paused (tap to resume)' if self.active else 'Pause training'
                 size_hint_y: None
                 height: dp(48)
                 active: app.learning_paused
