@@ -12,7 +12,8 @@ the history, and nothing in it is ever sent.
 
 Export writes the personal dictionary as plain text (`model.personal.dictionary_text`:
 a header line, then `word<TAB>times used[<TAB>how it is written]`); import reads the same
-format, checks all of it before changing anything, and keeps the larger count of a word.
+format (a UTF-8 byte order mark, which some editors add, is allowed), checks all of it before
+changing anything, and keeps the larger count of a word.
 """
 from __future__ import annotations
 
@@ -164,16 +165,20 @@ class PersonalStore:
         how many words changed. DictionaryError, and no change at all, when the file is
         not a valid dictionary."""
         source = Path(path).expanduser()
+        if source.is_dir():
+            raise DictionaryError(f"{source} is a folder: give the file to read.")
         try:
             with open(source, "rb") as f:
                 data = f.read(MAX_IMPORT_BYTES + 1)
+        except FileNotFoundError:
+            raise DictionaryError(f"There is no file {source}.") from None
         except OSError as err:
             raise DictionaryError(f"Could not read {source}: {err.strerror}.") from None
         if len(data) > MAX_IMPORT_BYTES:
             raise DictionaryError(f"{source.name} is larger than {MAX_IMPORT_BYTES // 10**6} "
                                   "MB: it is not a personal dictionary.")
         try:
-            text = data.decode("utf-8")
+            text = data.decode("utf-8-sig")  # a BOM: the file went through Notepad
         except UnicodeDecodeError:
             raise DictionaryError(f"{source.name} is not a text file (not UTF-8).") from None
         entries = parse_dictionary(text)

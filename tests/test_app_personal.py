@@ -222,3 +222,31 @@ def test_the_panel_names_shared_training_apart_from_learning_words(drv, screen):
     drv.screenshot("app_privacy_training_paused")
     drv.tap(panel.ids.pause)
     assert not app.learning_paused and panel.ids.pause.text == "Pause training"
+
+
+def test_import_and_export_notes_read_as_sentences(drv, screen, tmp_path):
+    """'Imported 1 words', and 'Imported 0 words' for a file already imported (which reads
+    like a failure): the notes count in words and say when a file has nothing new."""
+    app = drv.app
+    app.backend.personal.learn("Lunch with Quibbleton")
+    app.show("personal")
+    page = app.personal_screen
+    one = tmp_path / "one.txt"
+    one.write_text("\ufeff# Private Keyboard personal dictionary, version 1\n"
+                   "florbnic\t4\tFlorbnic\n", encoding="utf-8")  # saved again by an editor
+    page.ids.path.text = str(one)
+    drv.tap(page.ids.import_)
+    assert page.ids.message.text == f"Imported 1 word from {one}."
+    assert {"Florbnic", "Quibbleton"} <= {row.form for row in page.ids.rows.children}
+    drv.tap(page.ids.import_)
+    assert page.ids.message.text == (f"Nothing new in {one}: you already have all its words, "
+                                     "as often used.")
+    page.ids.path.text = str(tmp_path)
+    drv.tap(page.ids.import_)
+    assert page.ids.message.text == (f"Nothing imported. {tmp_path} is a folder: give the file "
+                                     "to read. Choose a file that \u201cExport\u201d wrote.")
+    drv.screenshot("app_learned_words_import_folder")
+    page.ids.path.text = str(tmp_path / "all.txt")
+    drv.tap(page.ids.export)
+    words = len(app.backend.personal.model.unigrams)
+    assert words > 1 and page.ids.message.text == f"Wrote {words} words to {tmp_path / 'all.txt'}."

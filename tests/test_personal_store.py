@@ -99,9 +99,23 @@ def test_a_hostile_or_malformed_import_changes_nothing(store, tmp_path, content,
     assert dict(store.model.grams()) == grams
 
 
+def test_an_export_saved_again_by_an_editor_with_a_byte_order_mark_imports(store, tmp_path):
+    """Notepad and some phone editors write UTF-8 with a BOM: the header was then refused as
+    'not a personal dictionary file' although it is one."""
+    target = tmp_path / "words.txt"
+    store.export_to(target)
+    target.write_bytes(b"\xef\xbb\xbf" + target.read_text().replace("\n", "\r\n").encode())
+    other = PersonalStore(tmp_path / "other.sqlite")
+    assert other.import_from(target) == 8
+    assert other.model.unigrams["zorblat"] == 2 and other.model.form("zorblat") == "Zorblat"
+    other.close()
+
+
 def test_missing_file_and_folder_targets_say_so(store, tmp_path):
-    with pytest.raises(DictionaryError, match="Could not read"):
+    with pytest.raises(DictionaryError, match="There is no file .*nowhere.txt"):
         store.import_from(tmp_path / "nowhere.txt")
+    with pytest.raises(DictionaryError, match="is a folder: give the file to read"):
+        store.import_from(tmp_path)
     with pytest.raises(DictionaryError, match="is a folder"):
         store.export_to(tmp_path)
     with pytest.raises(DictionaryError, match="Could not write"):

@@ -225,7 +225,7 @@ class PersonalScreen(Screen):
         except DictionaryError as err:
             self.load(str(err))
             return
-        self.load(f"Wrote {n} words to {Path(path).expanduser()}.")
+        self.load(f"Wrote {_words(n)} to {Path(path).expanduser()}.")
 
     def import_(self) -> None:
         path = self.ids.path.text.strip()
@@ -237,4 +237,10 @@ class PersonalScreen(Screen):
         except DictionaryError as err:
             self.load(f"Nothing imported. {err} Choose a file that \u201cExport\u201d wrote.")
             return
-        self.load(f"Imported {n} words from {Path(path).expanduser()}.")
+        where = Path(path).expanduser()
+        self.load(f"Imported {_words(n)} from {where}." if n else
+                  f"Nothing new in {where}: you already have all its words, as often used.")
+
+
+def _words(n: int) -> str:
+    return f"{n} word" if n == 1 else f"{n} words"
