@@ -11,7 +11,8 @@ never incognito or password fields, never long numbers or e-mail addresses), is 
 the history, and nothing in it is ever sent.
 
 Export writes the personal dictionary as plain text (`model.personal.dictionary_text`:
-a header line, then `word<TAB>times used[<TAB>how it is written]`); import reads the same
+a header line, then `word<TAB>times used[<TAB>how it is written]`), replacing an earlier
+export but never another file the person happened to name; import reads the same
 format (a UTF-8 byte order mark, which some editors add, is allowed), checks all of it before
 changing anything, and keeps the larger count of a word.
 """
@@ -24,8 +25,8 @@ import threading
 from pathlib import Path
 
 from device_model.files import write_atomic
-from model.personal import (ORDER, Adaptation, DictionaryError, Gram, PersonalModel,
-                            dictionary_text, parse_dictionary)
+from model.personal import (DICTIONARY_HEADER, ORDER, Adaptation, DictionaryError, Gram,
+                            PersonalModel, dictionary_text, parse_dictionary)
 
 FILE_NAME = "personal.sqlite"
 MAX_IMPORT_BYTES = 4_000_000
@@ -36,6 +37,17 @@ CREATE TABLE IF NOT EXISTS grams ({", ".join(f"w{i} TEXT NOT NULL" for i in rang
 CREATE TABLE IF NOT EXISTS forms (word TEXT PRIMARY KEY, form TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+def _is_dictionary(path: Path) -> bool:
+    """Whether the file at `path` starts as a personal dictionary (a BOM allowed)."""
+    header = DICTIONARY_HEADER.encode()
+    try:
+        with open(path, "rb") as f:
+            start = f.read(len(header) + 3)
+    except OSError:
+        return False
+    return start.removeprefix(b"\xef\xbb\xbf").startswith(header)
 
 
 def _row(gram: Gram) -> tuple[str, ...]:
@@ -148,10 +160,14 @@ class PersonalStore:
         return known
 
     def export_to(self, path: str | Path) -> int:
-        """Write the personal dictionary to `path` (mode 0600); returns how many words."""
+        """Write the personal dictionary to `path` (mode 0600); returns how many words. An
+        existing file is replaced only if it is a personal dictionary (an earlier export)."""
         target = Path(path).expanduser()
         if target.is_dir():
             raise DictionaryError(f"{target} is a folder: give a file name to write to.")
+        if target.exists() and not _is_dictionary(target):
+            raise DictionaryError(f"{target} already exists and is not a personal dictionary. "
+                                  "Choose another file name, so that it is not overwritten.")
         text = dictionary_text(self.model)
         try:
             write_atomic(target, text.encode("utf-8"), make_parents=False)

@@ -250,3 +250,27 @@ def test_import_and_export_notes_read_as_sentences(drv, screen, tmp_path):
     drv.tap(page.ids.export)
     words = len(app.backend.personal.model.unigrams)
     assert words > 1 and page.ids.message.text == f"Wrote {words} words to {tmp_path / 'all.txt'}."
+
+
+def test_export_never_overwrites_a_file_that_is_not_a_dictionary(drv, screen, tmp_path):
+    """The file is a name the person types: 'Export' replaced whatever was there (a note,
+    a photo) without a word. It now replaces only an earlier export."""
+    app = drv.app
+    app.show("personal")
+    page = app.personal_screen
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my shopping list\n")
+    page.ids.path.text = str(notes)
+    drv.tap(page.ids.export)
+    assert notes.read_text() == "my shopping list\n"
+    assert page.ids.message.text == (f"{notes} already exists and is not a personal "
+                                     "dictionary. Choose another file name, so that it is "
+                                     "not overwritten.")
+    drv.screenshot("app_learned_words_export_refused")
+    backup = tmp_path / "backup.txt"
+    page.ids.path.text = str(backup)
+    drv.tap(page.ids.export)
+    app.backend.personal.learn("Quibbleton again")
+    drv.tap(page.ids.export)                                          # a newer backup
+    assert page.ids.message.text.startswith("Wrote ")
+    assert "quibbleton\t3\tQuibbleton" in backup.read_text().splitlines()

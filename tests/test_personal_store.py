@@ -118,6 +118,11 @@ def test_missing_file_and_folder_targets_say_so(store, tmp_path):
         store.import_from(tmp_path)
     with pytest.raises(DictionaryError, match="is a folder"):
         store.export_to(tmp_path)
+    other = tmp_path / "photo.jpg"
+    other.write_bytes(b"\xff\xd8\xff not a dictionary")
+    with pytest.raises(DictionaryError, match="already exists and is not a personal dictionary"):
+        store.export_to(other)
+    assert other.read_bytes() == b"\xff\xd8\xff not a dictionary"
     with pytest.raises(DictionaryError, match="Could not write"):
         store.export_to(tmp_path / "no" / "such" / "folder.txt")
 
