@@ -4,6 +4,8 @@ learned-words screen (from the privacy panel) lists, removes, exports and import
 
 Headless, real widgets, a tiny model; screenshots in test-artifacts/.
 """
+import time
+
 import pytest
 
 import kivy_env  # noqa: E402  sets up Kivy's environment first
@@ -274,3 +276,35 @@ def test_export_never_overwrites_a_file_that_is_not_a_dictionary(drv, screen, tm
     drv.tap(page.ids.export)                                          # a newer backup
     assert page.ids.message.text.startswith("Wrote ")
     assert "quibbleton\t3\tQuibbleton" in backup.read_text().splitlines()
+
+
+def test_learned_words_outlive_the_history_s_retention_and_the_screens_say_so(drv, screen):
+    """A person who keeps their history 7 days found their words still suggested months
+    later, while Settings and the Learned words screen only said they go with the history:
+    both now say the words stay until removed or the history is deleted."""
+    app = drv.app
+    history, model = app.backend.history, app.backend.personal.model
+    now = [history.clock()]
+    history.clock, history.retention_days = (lambda: now[0]), 7
+    try:
+        send(drv, "Tea with Wobblethorpe")
+        now[0] += 8 * 86_400                                          # eight days later
+        assert "Tea with Wobblethorpe" not in history.messages()      # the message is gone
+        assert model.unigrams["wobblethorpe"] == 1                    # its word is not
+        assert suggested(drv, screen, "with wob")[0] == "Wobblethorpe"
+        app.show("personal")
+        assert ("stay after the messages they came from are gone, until you remove them here "
+                "or delete your typing history") in app.personal_screen.ids.summary.text
+        app.show("settings")
+        assert "stay after the messages go" in app.settings_screen.ids.retention_note.text
+        drv.screenshot("app_settings_retention_note")
+    finally:
+        history.clock, history.retention_days = time.time, 90
+
+
+def test_settings_say_training_is_the_shared_model_s(drv, screen):
+    app = drv.app
+    app.show("settings")
+    choice = app.settings_screen.ids.participate
+    assert choice.text == ("On: train the shared model when idle" if choice.active
+                           else "Off: never train the shared model here")

@@ -172,8 +172,9 @@ class PersonalScreen(Screen):
         self.ids.pause.active = store.paused
         self.ids.summary.text = (
             f"Learned on this device from {model.total} words you sent ({len(model.unigrams)} "
-            f"different, {new} new to the keyboard). Used only for your suggestions, "
-            "never sent anywhere, deleted with your typing history.")
+            f"different, {new} new to the keyboard). Used only for your suggestions and "
+            "never sent anywhere. They stay after the messages they came from are gone, until "
+            "you remove them here or delete your typing history.")
         self.ids.message.text = message
 
     def show_words(self) -> int:

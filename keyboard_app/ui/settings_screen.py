@@ -59,8 +59,8 @@ Builder.load_string("""
                 Choice:
                     id: participate
                     text:
-                        ('On: learn from my typing when idle' if self.active else
-                        'Off: never train on this device')
+                        ('On: train the shared model when idle' if self.active else
+                        'Off: never train the shared model here')
                     allow_no_selection: True
                 Heading:
                     text: 'Keep typing history for'
@@ -83,6 +83,11 @@ Builder.load_string("""
                         id: days_365
                         text: '1 year'
                         group: 'retention'
+                Para:
+                    id: retention_note
+                    text: 'Words learned from your messages stay after the messages go, until you remove them (Privacy, Learned words) or delete the history.'
+                    color: theme.MUTED
+                    font_size: theme.SMALL_SP
                 Heading:
                     text: 'Never store'
                 Choice:
