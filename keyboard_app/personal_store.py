@@ -39,6 +39,28 @@ CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)
 """
 
 
+def chosen_file(path: str | Path) -> Path:
+    """The file a person typed (`~` is their home folder); DictionaryError when it cannot
+    be a file name here."""
+    text = str(path)
+    if "\0" in text:
+        raise DictionaryError("A file name cannot contain a null character.")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # '~someone' with no such user, or no home folder at all
+        raise DictionaryError(f"{text} starts with a ~ that names no home folder on this "
+                              "device: give the whole path.") from None
+
+
+def _what_is_at(path: Path) -> str | None:
+    """'folder', 'file', or None: nothing there, or it cannot be looked at (a name too
+    long, a folder not readable), which writing or reading it then explains."""
+    try:
+        return "folder" if path.is_dir() else "file" if path.exists() else None
+    except OSError:
+        return None
+
+
 def _is_dictionary(path: Path) -> bool:
     """Whether the file at `path` starts as a personal dictionary (a BOM allowed)."""
     header = DICTIONARY_HEADER.encode()
@@ -162,10 +184,11 @@ class PersonalStore:
     def export_to(self, path: str | Path) -> int:
         """Write the personal dictionary to `path` (mode 0600); returns how many words. An
         existing file is replaced only if it is a personal dictionary (an earlier export)."""
-        target = Path(path).expanduser()
-        if target.is_dir():
+        target = chosen_file(path)
+        found = _what_is_at(target)
+        if found == "folder":
             raise DictionaryError(f"{target} is a folder: give a file name to write to.")
-        if target.exists() and not _is_dictionary(target):
+        if found == "file" and not _is_dictionary(target):
             raise DictionaryError(f"{target} already exists and is not a personal dictionary. "
                                   "Choose another file name, so that it is not overwritten.")
         text = dictionary_text(self.model)
@@ -180,8 +203,8 @@ class PersonalStore:
         """Merge a personal dictionary file (each word keeps the larger count); returns
         how many words changed. DictionaryError, and no change at all, when the file is
         not a valid dictionary."""
-        source = Path(path).expanduser()
-        if source.is_dir():
+        source = chosen_file(path)
+        if _what_is_at(source) == "folder":
             raise DictionaryError(f"{source} is a folder: give the file to read.")
         try:
             with open(source, "rb") as f:

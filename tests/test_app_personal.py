@@ -308,3 +308,24 @@ def test_settings_say_training_is_the_shared_model_s(drv, screen):
     choice = app.settings_screen.ids.participate
     assert choice.text == ("On: train the shared model when idle" if choice.active
                            else "Off: never train the shared model here")
+
+
+@pytest.mark.parametrize("name, note", [
+    ("a" * 300 + ".txt", "File name too long"),                      # pasted, or a typo
+    ("~nosuchperson/words.txt", "names no home folder on this device: give the whole path"),
+    ("words\0.txt", "cannot contain a null character"),
+])
+def test_a_file_name_that_cannot_be_opened_is_a_note_not_a_crash(drv, screen, tmp_path,
+                                                                 name, note):
+    """A file name too long for the file system, or '~someone' naming no home folder, raised
+    out of the button (OSError from a stat, RuntimeError from expanduser): the app stopped."""
+    app = drv.app
+    app.show("personal")
+    page, store = app.personal_screen, app.backend.personal
+    before = dict(store.model.grams())
+    page.ids.path.text = name if name.startswith("~") else str(tmp_path / name)
+    drv.tap(page.ids.export)
+    assert note in page.ids.message.text and not page.ids.message.text.startswith("Wrote")
+    drv.tap(page.ids.import_)
+    assert page.ids.message.text.startswith("Nothing imported.") and note in page.ids.message.text
+    assert dict(store.model.grams()) == before and list(tmp_path.iterdir()) == []

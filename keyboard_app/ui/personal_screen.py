@@ -7,14 +7,13 @@ so any word can be reached however many there are; its rows are reused when it c
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from kivy.app import App
 from kivy.lang import Builder
 from kivy.properties import NumericProperty, StringProperty
 from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.screenmanager import Screen
 
+from keyboard_app.personal_store import chosen_file
 from keyboard_app.ui import widgets  # noqa: F401  (kv rules)
 from model.personal import DictionaryError
 
@@ -226,7 +225,7 @@ class PersonalScreen(Screen):
         except DictionaryError as err:
             self.load(str(err))
             return
-        self.load(f"Wrote {_words(n)} to {Path(path).expanduser()}.")
+        self.load(f"Wrote {_words(n)} to {chosen_file(path)}.")
 
     def import_(self) -> None:
         path = self.ids.path.text.strip()
@@ -238,7 +237,7 @@ class PersonalScreen(Screen):
         except DictionaryError as err:
             self.load(f"Nothing imported. {err} Choose a file that \u201cExport\u201d wrote.")
             return
-        where = Path(path).expanduser()
+        where = chosen_file(path)
         self.load(f"Imported {_words(n)} from {where}." if n else
                   f"Nothing new in {where}: you already have all its words, as often used.")
 
