@@ -329,3 +329,33 @@ def test_a_file_name_that_cannot_be_opened_is_a_note_not_a_crash(drv, screen, tm
     drv.tap(page.ids.import_)
     assert page.ids.message.text.startswith("Nothing imported.") and note in page.ids.message.text
     assert dict(store.model.grams()) == before and list(tmp_path.iterdir()) == []
+
+
+def test_the_strip_drops_a_word_removed_while_it_was_showing(drv, screen):
+    """Typing 'we met at zo', the strip showed Zorblat; the person removed Zorblat from the
+    Learned words ('it is no longer suggested') and came back: the strip still offered it
+    until the next keystroke, and a tap would have sent and learned it again. The same after
+    deleting the history from the panel beside the typing screen (a wide window)."""
+    app = drv.app
+    send(drv, "Yesterday we met Zorblat at the lake")
+    drv.type("we met at zo")
+    assert "Zorblat" in screen.strip.suggestions
+    drv.tap(screen.ids.privacy_button)
+    drv.tap(app.panel.ids.learned_words)
+    page = app.personal_screen
+    drv.tap(page.ids.find)
+    drv.type("zorb")
+    drv.tap(next(row for row in page.ids.rows.children if row.word == "zorblat").ids.forget)
+    assert "Forgot" in page.ids.message.text
+    page.ids.find.text = ""
+    drv.tap(next(w for w in page.walk() if getattr(w, "text", "") == "Back"))
+    drv.tap(next(w for w in app.privacy.walk() if getattr(w, "text", "") == "Back"))
+    assert app.screens.current == "typing" and screen.field.text == "we met at zo"
+    assert "Zorblat" not in screen.strip.suggestions
+    drv.screenshot("app_strip_after_removing_a_word")
+    screen.field.text = ""
+    send(drv, "Dinner with Marguerithe")
+    drv.type("with marg")
+    assert "Marguerithe" in screen.strip.suggestions
+    app.delete_history()                                  # the panel's Delete, confirmed
+    assert "Marguerithe" not in screen.strip.suggestions

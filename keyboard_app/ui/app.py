@@ -169,6 +169,7 @@ class KeyboardApp(App):
         self.screens.current = name
         if name == "typing":
             self.typing.field.focus = True
+            self.typing.refresh_suggestions()  # a word removed or imported meanwhile
         self.refresh()
 
     def note_typing(self) -> None:
@@ -189,6 +190,7 @@ class KeyboardApp(App):
     def delete_history(self) -> int:
         deleted = self.backend.history.delete_all()
         self.backend.personal.delete_all()  # the learned words go with the history
+        self.typing.refresh_suggestions()  # beside the panel in a wide window
         self.refresh()
         return deleted
 
