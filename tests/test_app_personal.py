@@ -359,3 +359,29 @@ def test_the_strip_drops_a_word_removed_while_it_was_showing(drv, screen):
     assert "Marguerithe" in screen.strip.suggestions
     app.delete_history()                                  # the panel's Delete, confirmed
     assert "Marguerithe" not in screen.strip.suggestions
+
+
+def test_deleting_the_history_takes_the_sent_messages_off_the_screen(drv, screen):
+    """After 'Delete typing history' the typing screen still showed the messages, each
+    labelled 'stored on this device for learning': the person could only think the delete
+    had failed."""
+    from kivy.uix.popup import Popup
+
+    from keyboard_app.ui.typing_screen import Bubble
+    app = drv.app
+    send(drv, "Coffee with Brumblewick")
+    assert any(b.text == "Coffee with Brumblewick" for b in screen.ids.log.children
+               if isinstance(b, Bubble))
+    drv.tap(screen.ids.privacy_button)
+    drv.tap(app.panel.ids.delete)
+    popup = next(w for w in drv.window.children if isinstance(w, Popup))
+    drv.tap(popup.ids.confirm)
+    drv.until(lambda: not any(isinstance(w, Popup) for w in drv.window.children),
+              what="the popup to close")
+    app.show("typing")
+    assert not [b for b in screen.ids.log.children if isinstance(b, Bubble)]
+    assert app.backend.history.count() == 0 and "brumblewick" not in \
+        app.backend.personal.model.unigrams
+    drv.screenshot("app_typing_after_delete")
+    send(drv, "A new start")                                # the log works on
+    assert [b.text for b in screen.ids.log.children if isinstance(b, Bubble)] == ["A new start"]

@@ -191,6 +191,7 @@ class KeyboardApp(App):
         deleted = self.backend.history.delete_all()
         self.backend.personal.delete_all()  # the learned words go with the history
         self.typing.refresh_suggestions()  # beside the panel in a wide window
+        self.typing.clear_bubbles()  # 'stored on this device' is no longer true of them
         self.refresh()
         return deleted
 

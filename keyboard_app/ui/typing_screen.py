@@ -306,6 +306,12 @@ class TypingScreen(Screen):
         self.field.focus = True
         self.refresh_suggestions()
 
+    def clear_bubbles(self) -> None:
+        """Take the sent messages off the screen (the history was deleted)."""
+        log = self.ids.log
+        for child in [c for c in log.children if isinstance(c, Bubble)]:
+            log.remove_widget(child)
+
     def add_bubble(self, text: str, note: str, stored: bool) -> None:
         log = self.ids.log
         log.add_widget(Bubble(text=text, note=note, stored=stored), index=0)
