@@ -385,3 +385,26 @@ def test_deleting_the_history_takes_the_sent_messages_off_the_screen(drv, screen
     drv.screenshot("app_typing_after_delete")
     send(drv, "A new start")                                # the log works on
     assert [b.text for b in screen.ids.log.children if isinstance(b, Bubble)] == ["A new start"]
+
+
+def test_keys_typed_on_another_screen_do_not_send_a_hidden_message(drv, screen):
+    """On the Learned words (or Settings, or Privacy) screen the message field, out of sight,
+    kept the keyboard's focus: typing a word to look for and pressing Enter sent it as a
+    message, stored in the history and learned as a word."""
+    app = drv.app
+    sent, known = app.backend.history.count(), dict(app.backend.personal.model.unigrams)
+    for name in ("personal", "settings", "privacy"):
+        app.show(name)
+        drv.type("secret zorbl")
+        drv.key(13)
+        assert screen.field.text == "" and app.backend.history.count() == sent, name
+    assert dict(app.backend.personal.model.unigrams) == known
+    app.show("personal")
+    drv.tap(app.personal_screen.ids.find)                 # a field the person taps still types
+    drv.type("zorb")
+    assert app.personal_screen.ids.find.text == "zorb"
+    app.personal_screen.ids.find.text = ""
+    app.show("typing")
+    assert screen.field.focus
+    send(drv, "back to typing")
+    assert app.backend.history.count() == sent + 1

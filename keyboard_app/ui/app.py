@@ -170,6 +170,8 @@ class KeyboardApp(App):
         if name == "typing":
             self.typing.field.focus = True
             self.typing.refresh_suggestions()  # a word removed or imported meanwhile
+        else:  # keys typed on another screen must not go into the hidden message (Enter sends)
+            self.typing.field.focus = False
         self.refresh()
 
     def note_typing(self) -> None:
