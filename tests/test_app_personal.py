@@ -180,7 +180,14 @@ def test_any_of_thousands_of_new_words_can_be_found_and_removed(drv, screen):
     shown = [row.word for row in reversed(box.children)]
     assert len(shown) == MAX_ROWS and shown[0] == "zorblat"         # the most used first
     assert "zzyzxtypo" not in shown
-    assert page.ids.more.text.startswith(f"And {len(new) - MAX_ROWS} more")
+    total, different = store.model.total, len(store.model.unigrams)
+    assert total > different > len(new) > 1000                        # thousands, with commas
+    assert page.ids.summary.text.startswith(
+        f"Learned on this device from {total:,} words you sent ({different:,} different, "
+        f"{len(new):,} new to the keyboard)")
+    assert app.learned_words_label() == (f"Learned words: {len(new):,} new (see, remove, "
+                                         "pause, export)")
+    assert page.ids.more.text.startswith(f"And {len(new) - MAX_ROWS:,} more")
     assert "Find a word" in page.ids.more.text
     first = {id(row) for row in box.children}
     drv.screenshot("app_learned_words_many")

@@ -155,7 +155,7 @@ class KeyboardApp(App):
         vocabulary = self.predictor.tokenizer.word_to_id if self.predictor else {}
         new = sum(1 for w in model.unigrams if w not in vocabulary)
         paused = ", paused" if self.backend.personal.paused else ""
-        return f"Learned words: {new} new{paused} (see, remove, pause, export)"
+        return f"Learned words: {new:,} new{paused} (see, remove, pause, export)"
 
     # --- actions the screens call ----------------------------------------------------------
     def show(self, name: str) -> None:

@@ -36,7 +36,7 @@ Builder.load_string("""
         valign: 'middle'
         shorten: True
     Label:
-        text: f'used {root.count}x'
+        text: f'used {root.count:,}x'
         color: theme.MUTED
         font_size: theme.SMALL_SP
         size_hint_x: None
@@ -170,8 +170,8 @@ class PersonalScreen(Screen):
         new = self.show_words()
         self.ids.pause.active = store.paused
         self.ids.summary.text = (
-            f"Learned on this device from {model.total} words you sent ({len(model.unigrams)} "
-            f"different, {new} new to the keyboard). Used only for your suggestions and "
+            f"Learned on this device from {model.total:,} words you sent ({len(model.unigrams):,} "
+            f"different, {new:,} new to the keyboard). Used only for your suggestions and "
             "never sent anywhere. They stay after the messages they came from are gone, until "
             "you remove them here or delete your typing history.")
         self.ids.message.text = message
@@ -199,7 +199,7 @@ class PersonalScreen(Screen):
         elif not found:
             more = f"No new word contains \u201c{find}\u201d."
         elif rest:
-            more = (f"And {rest} more: type a few of their letters in \u201cFind a word\u201d "
+            more = (f"And {rest:,} more: type a few of their letters in \u201cFind a word\u201d "
                     "to see them.")
         else:
             more = ""
@@ -243,4 +243,4 @@ class PersonalScreen(Screen):
 
 
 def _words(n: int) -> str:
-    return f"{n} word" if n == 1 else f"{n} words"
+    return "1 word" if n == 1 else f"{n:,} words"
