@@ -18,6 +18,7 @@ changing anything, and keeps the larger count of a word.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -50,6 +51,21 @@ def chosen_file(path: str | Path) -> Path:
     except RuntimeError:  # '~someone' with no such user, or no home folder at all
         raise DictionaryError(f"{text} starts with a ~ that names no home folder on this "
                               "device: give the whole path.") from None
+
+
+def _os_problem(err: OSError, path: Path, doing: str) -> str:
+    """What went wrong reading or writing the file `path`, and what to do, in words."""
+    if err.errno == errno.ENAMETOOLONG:
+        return "That file name is too long for this device: choose a shorter one."
+    if err.errno == errno.ENOENT:
+        return (f"There is no file {path}." if doing == "read" else
+                f"There is no folder {path.parent}: choose a folder that exists.")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"This app may not {doing} {path}: choose "
+                + ("a file in a folder of yours." if doing == "read" else "another folder."))
+    if err.errno == errno.ENOSPC:
+        return f"Could not write {path}: the device is full. Free some space and try again."
+    return f"Could not {doing} {path} ({err.strerror.lower() if err.strerror else 'error'})."
 
 
 def _what_is_at(path: Path) -> str | None:
@@ -195,8 +211,7 @@ class PersonalStore:
         try:
             write_atomic(target, text.encode("utf-8"), make_parents=False)
         except OSError as err:
-            raise DictionaryError(f"Could not write {target}: {err.strerror}. Choose a "
-                                  "folder you can write to.") from None
+            raise DictionaryError(_os_problem(err, target, "write")) from None
         return len(self.model.unigrams)
 
     def import_from(self, path: str | Path) -> int:
@@ -209,10 +224,8 @@ class PersonalStore:
         try:
             with open(source, "rb") as f:
                 data = f.read(MAX_IMPORT_BYTES + 1)
-        except FileNotFoundError:
-            raise DictionaryError(f"There is no file {source}.") from None
         except OSError as err:
-            raise DictionaryError(f"Could not read {source}: {err.strerror}.") from None
+            raise DictionaryError(_os_problem(err, source, "read")) from None
         if len(data) > MAX_IMPORT_BYTES:
             raise DictionaryError(f"{source.name} is larger than {MAX_IMPORT_BYTES // 10**6} "
                                   "MB: it is not a personal dictionary.")

@@ -318,7 +318,7 @@ def test_settings_say_training_is_the_shared_model_s(drv, screen):
 
 
 @pytest.mark.parametrize("name, note", [
-    ("a" * 300 + ".txt", "File name too long"),                      # pasted, or a typo
+    ("a" * 300 + ".txt", "That file name is too long for this device: choose a shorter one."),
     ("~nosuchperson/words.txt", "names no home folder on this device: give the whole path"),
     ("words\0.txt", "cannot contain a null character"),
 ])

@@ -123,8 +123,12 @@ def test_missing_file_and_folder_targets_say_so(store, tmp_path):
     with pytest.raises(DictionaryError, match="already exists and is not a personal dictionary"):
         store.export_to(other)
     assert other.read_bytes() == b"\xff\xd8\xff not a dictionary"
-    with pytest.raises(DictionaryError, match="Could not write"):
+    with pytest.raises(DictionaryError, match="There is no folder .*/no/such: choose a folder "
+                                              "that exists"):
         store.export_to(tmp_path / "no" / "such" / "folder.txt")
+    with pytest.raises(DictionaryError, match="This app may not write /sys/words.txt: choose "
+                                              "another folder"):
+        store.export_to("/sys/words.txt")              # refused even to root
 
 
 def test_learned_words_survive_a_restart_and_a_new_model(tmp_path):
