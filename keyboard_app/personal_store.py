@@ -23,6 +23,7 @@ import json
 import os
 import sqlite3
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from device_model.files import write_atomic
@@ -91,6 +92,17 @@ def _is_dictionary(path: Path) -> bool:
 def _row(gram: Gram) -> tuple[str, ...]:
     """A gram as the table's four word columns ('' pads the front)."""
     return ("",) * (ORDER - len(gram)) + tuple(gram)
+
+
+@dataclass(frozen=True)
+class RemovedWord:
+    """A word just removed, as `PersonalStore.put_back` can restore it: every gram it was
+    in with its count, how it is written, its count in the adaptation."""
+
+    word: str
+    grams: list[tuple[Gram, int]]
+    form: str | None
+    observed: int | None
 
 
 class PersonalStore:
@@ -183,6 +195,24 @@ class PersonalStore:
             self._db.execute("COMMIT")
         return had
 
+    def take_out(self, word: str) -> RemovedWord:
+        """`remove(word)`, keeping in memory what `put_back` needs to undo it."""
+        adaptation = self.model.adaptation
+        removed = RemovedWord(word, [(g, n) for g, n in self.model.grams() if word in g],
+                              self.model.forms.get(word),
+                              adaptation.observed.get(word) if adaptation else None)
+        self.remove(word)
+        return removed
+
+    def put_back(self, removed: RemovedWord) -> None:
+        """Undo a `take_out`: the word's counts, contexts and written form come back (added
+        to any it was given since)."""
+        adaptation = self.model.adaptation
+        if adaptation is not None and removed.observed:
+            adaptation.observed[removed.word] = (adaptation.observed.get(removed.word, 0)
+                                                 + removed.observed)
+        self._add(removed.grams, {removed.word: removed.form} if removed.form else {})
+
     def delete_all(self) -> int:
         """Forget everything learned (with the history); returns how many words it knew."""
         known = len(self.model.unigrams)
@@ -239,22 +269,25 @@ class PersonalStore:
             more = count - self.model.unigrams.get(word, 0)
             if more > 0 or (form and self.model.forms.get(word) != form):
                 changed.append((word, max(more, 0), form))
+        self._add([((word,), more) for word, more, _ in changed],
+                   {word: form for word, _, form in changed if form})
+        return len(changed)
+
+    def _add(self, grams: list[tuple[Gram, int]], forms: dict[str, str]) -> None:
+        """Add counts to grams and set written forms, in the file, then in the model."""
         with self._lock:
             self._db.execute("BEGIN")
-            for word, more, form in changed:
-                if more:
-                    self._db.execute(f"INSERT INTO grams VALUES ({'?, ' * ORDER}?) ON CONFLICT"
-                                     f"({_WORDS}) DO UPDATE SET n = n + ?",
-                                     (*_row((word,)), more, more))
-                if form:
-                    self._db.execute("INSERT INTO forms VALUES (?, ?) ON CONFLICT(word) DO "
-                                     "UPDATE SET form = excluded.form", (word, form))
+            self._save_adaptation()
+            self._db.executemany(f"INSERT INTO grams VALUES ({'?, ' * ORDER}?) ON CONFLICT"
+                                 f"({_WORDS}) DO UPDATE SET n = n + excluded.n",
+                                 [(*_row(gram), n) for gram, n in grams if n > 0])
+            self._db.executemany("INSERT INTO forms VALUES (?, ?) ON CONFLICT(word) DO "
+                                 "UPDATE SET form = excluded.form", forms.items())
             self._db.execute("COMMIT")
-        for word, more, form in changed:
-            self.model.add_gram((word,), more)
-            if form:
-                self.model.set_form(word, form)
-        return len(changed)
+        for gram, n in grams:
+            self.model.add_gram(gram, n)
+        for word, form in forms.items():
+            self.model.set_form(word, form)
 
     def close(self) -> None:
         self._db.close()

@@ -93,7 +93,7 @@ def test_the_privacy_panel_lists_learned_words_and_can_remove_one(drv, screen):
     assert "never sent anywhere" in page.ids.summary.text
     drv.screenshot("app_learned_words")
     drv.tap(rows["Blorpville"].ids.forget)
-    assert "Blorpville" not in {row.form for row in page.ids.rows.children}
+    assert "Blorpville" not in {row.form for row in page.ids.rows.children if not row.removed}
     assert "Forgot" in page.ids.message.text
     assert "blorpville" not in app.backend.personal.model.unigrams
     app.show("typing")
@@ -204,8 +204,9 @@ def test_any_of_thousands_of_new_words_can_be_found_and_removed(drv, screen):
     again.close()
     page.ids.find.text = ""
     drv.frames()
-    assert len(box.children) == MAX_ROWS
-    assert {id(row) for row in box.children} == first                 # no row built again
+    kept = [row for row in box.children if not row.removed]        # and the one to undo
+    assert len(kept) == MAX_ROWS and len(box.children) == MAX_ROWS + 1
+    assert first <= {id(row) for row in box.children}                 # no row built again
     app.show("typing")
     assert "zzyzxtypo" not in suggested(drv, screen, "zzy")
     store.delete_all()
@@ -258,7 +259,7 @@ def test_import_and_export_notes_read_as_sentences(drv, screen, tmp_path):
     page.ids.path.text = str(tmp_path / "all.txt")
     drv.tap(page.ids.export)
     words = len(app.backend.personal.model.unigrams)
-    assert words > 1 and page.ids.message.text == f"Wrote {words} words to {tmp_path / 'all.txt'}."
+    assert words > 1 and page.ids.message.text == f"Wrote {words:,} words to {tmp_path / 'all.txt'}."
 
 
 def test_export_never_overwrites_a_file_that_is_not_a_dictionary(drv, screen, tmp_path):
@@ -415,3 +416,38 @@ def test_keys_typed_on_another_screen_do_not_send_a_hidden_message(drv, screen):
     assert screen.field.focus
     send(drv, "back to typing")
     assert app.backend.history.count() == sent + 1
+
+
+def test_a_word_removed_by_mistake_can_be_put_back_until_the_person_leaves(drv, screen):
+    """'Remove' took a word's counts, its contexts and how it is written at once and for
+    good: a slip of the finger in the list lost them. The row now stays with 'Undo'."""
+    from keyboard_app.personal_store import PersonalStore
+    app, store = drv.app, drv.app.backend.personal
+    send(drv, "Yesterday we met Zorblat at the lake")
+    send(drv, "we met Zorblat again")
+    before = {g: n for g, n in store.model.grams() if "zorblat" in g}
+    assert before[("zorblat",)] == 2 and before[("we", "met", "zorblat")] == 2
+    app.show("personal")
+    page = app.personal_screen
+    drv.tap(page.ids.find)
+    drv.type("zorb")
+    drv.tap(page.ids.rows.children[0].ids.forget)
+    row = page.ids.rows.children[0]
+    assert (row.form, row.removed, row.ids.forget.text) == ("Zorblat", True, "Undo")
+    assert "zorblat" not in store.model.unigrams
+    assert "Zorblat" not in app.predictor.suggest("we met at zo")
+    drv.screenshot("app_learned_words_undo")
+    drv.tap(row.ids.forget)                                            # Undo
+    assert page.ids.message.text == "\u201cZorblat\u201d is back."
+    assert {g: n for g, n in store.model.grams() if "zorblat" in g} == before
+    again = PersonalStore(store.path)                                  # in the file too
+    assert {g: n for g, n in again.model.grams() if "zorblat" in g} == before
+    assert again.model.form("zorblat") == "Zorblat"
+    again.close()
+    assert app.predictor.suggest("we met at zo")[0] == "Zorblat"
+    drv.tap(page.ids.rows.children[0].ids.forget)                     # removed again,
+    app.show("typing")                                                 # and the person leaves
+    app.show("personal")
+    assert not any(row.removed for row in page.ids.rows.children)      # final now
+    assert "zorblat" not in store.model.unigrams
+    page.ids.find.text = ""

@@ -165,7 +165,7 @@ class KeyboardApp(App):
         if name == "settings":
             self.settings_screen.load(self.prefs)
         if name == "personal":
-            self.personal_screen.load()
+            self.personal_screen.load(entering=True)
         self.screens.current = name
         if name == "typing":
             self.typing.field.focus = True

@@ -4,16 +4,18 @@ export or import the personal dictionary. Reached from the privacy panel.
 The list shows the MAX_ROWS most used new words that contain what is typed in "Find a word",
 so any word can be reached however many there are; its rows are reused when it changes
 (building a row is what costs: about 3 ms each), so removing a word redraws no new widgets.
+The word just removed keeps its row, with "Undo", until the person leaves the screen (or
+exports or imports): a slip of the finger on "Remove" loses nothing.
 """
 from __future__ import annotations
 
 from kivy.app import App
 from kivy.lang import Builder
-from kivy.properties import NumericProperty, StringProperty
+from kivy.properties import BooleanProperty, NumericProperty, StringProperty
 from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.screenmanager import Screen
 
-from keyboard_app.personal_store import chosen_file
+from keyboard_app.personal_store import RemovedWord, chosen_file
 from keyboard_app.ui import widgets  # noqa: F401  (kv rules)
 from model.personal import DictionaryError
 
@@ -29,25 +31,25 @@ Builder.load_string("""
     spacing: dp(6)
     Label:
         text: root.form
-        color: theme.TEXT
+        color: theme.MUTED if root.removed else theme.TEXT
         font_size: theme.BODY_SP
         text_size: self.size
         halign: 'left'
         valign: 'middle'
         shorten: True
     Label:
-        text: f'used {root.count:,}x'
+        text: 'removed' if root.removed else f'used {root.count:,}x'
         color: theme.MUTED
         font_size: theme.SMALL_SP
         size_hint_x: None
         width: dp(70)
     FlatButton:
         id: forget
-        text: 'Remove'
-        fill: theme.DANGER
+        text: 'Undo' if root.removed else 'Remove'
+        fill: theme.ACCENT if root.removed else theme.DANGER
         size_hint_x: None
         width: dp(92)
-        on_release: root.remove()
+        on_release: root.parent_screen.undo() if root.removed else root.remove()
 
 <PersonalScreen>:
     Painted:
@@ -129,11 +131,13 @@ Builder.load_string("""
 
 
 class LearnedWordRow(BoxLayout):
-    """One learned word, how often it was used, and a button to forget it."""
+    """One learned word, how often it was used, and a button to forget it (or, for the
+    word just removed, to undo that)."""
 
     word = StringProperty("")
     form = StringProperty("")
     count = NumericProperty(0)
+    removed = BooleanProperty(False)
 
     def remove(self) -> None:
         screen = self.parent_screen
@@ -162,9 +166,16 @@ class PersonalScreen(Screen):
     def on_kv_post(self, _base) -> None:
         self.ids.path.text = DEFAULT_FILE
         self._rows: list[LearnedWordRow] = []  # every row made so far, the shown ones first
+        self._undo: tuple[RemovedWord, int] | None = None  # the word just removed, its row
 
-    def load(self, message: str = "") -> None:
-        """Fill the screen from the store (the newest counts)."""
+    def on_leave(self, *_args) -> None:
+        self._undo = None  # a removal is final once the person leaves the screen
+
+    def load(self, message: str = "", *, entering: bool = False) -> None:
+        """Fill the screen from the store (the newest counts); `entering`: the person comes
+        to the screen (a removal from an earlier visit is final)."""
+        if entering:
+            self._undo = None
         store = self.store
         model = store.model
         new = self.show_words()
@@ -183,17 +194,21 @@ class PersonalScreen(Screen):
         new = model.words(outside=self.vocabulary())
         find = self.ids.find.text.strip().lower()
         found = [(w, n) for w, n in new if find in w] if find else new
-        shown = found[:MAX_ROWS]
+        shown = [(w, n, model.form(w), False) for w, n in found[:MAX_ROWS]]
+        if self._undo is not None and find in self._undo[0].word:  # its row, to undo it
+            removed, position = self._undo
+            shown.insert(min(position, len(shown)),
+                         (removed.word, 0, removed.form or removed.word, True))
         while len(self._rows) < len(shown):
             self._rows.append(LearnedWordRow())
-        for row, (word, count) in zip(self._rows, shown):
-            row.word, row.form, row.count = word, model.form(word), count
+        for row, (word, count, form, removed) in zip(self._rows, shown):
+            row.word, row.form, row.count, row.removed = word, form, count, removed
         box, before = self.ids.rows, len(self.ids.rows.children)
         for row in self._rows[len(shown):before]:
             box.remove_widget(row)
         for row in self._rows[before:len(shown)]:
             box.add_widget(row, index=0)  # index 0: the bottom of a vertical box
-        rest = len(found) - len(shown)
+        rest = max(len(found) - MAX_ROWS, 0)
         if not new:
             more = "No new words yet: words you send that the keyboard does not know appear here."
         elif not found:
@@ -212,10 +227,21 @@ class PersonalScreen(Screen):
 
     def remove_word(self, word: str) -> None:
         form = self.store.model.form(word)
-        self.store.remove(word)
+        position = next((i for i, row in enumerate(reversed(self.ids.rows.children))
+                         if row.word == word), 0)
+        self._undo = (self.store.take_out(word), position)
         self.load(f"Forgot \u201c{form}\u201d: it is no longer suggested.")
 
+    def undo(self) -> None:
+        """Put back the word just removed (a tap on its Undo)."""
+        if self._undo is None:
+            return
+        removed, self._undo = self._undo[0], None
+        self.store.put_back(removed)
+        self.load(f"\u201c{removed.form or removed.word}\u201d is back.")
+
     def export(self) -> None:
+        self._undo = None
         path = self.ids.path.text.strip()
         if not path:
             self.load("Type the file to write first.")
@@ -228,6 +254,7 @@ class PersonalScreen(Screen):
         self.load(f"Wrote {_words(n)} to {chosen_file(path)}.")
 
     def import_(self) -> None:
+        self._undo = None
         path = self.ids.path.text.strip()
         if not path:
             self.load("Type the file to read first.")
