@@ -451,3 +451,25 @@ def test_a_word_removed_by_mistake_can_be_put_back_until_the_person_leaves(drv, 
     assert not any(row.removed for row in page.ids.rows.children)      # final now
     assert "zorblat" not in store.model.unigrams
     page.ids.find.text = ""
+
+
+def test_deleting_the_history_beside_the_learned_words_leaves_nothing_to_list_or_undo(drv,
+                                                                                      screen):
+    """In a wide window the privacy panel sits beside the Learned words screen: deleting the
+    history there left the deleted words listed, and the Undo of a word removed just before
+    brought that word back after the deletion."""
+    app, store = drv.app, drv.app.backend.personal
+    send(drv, "Dinner with Marguerithe at Blorpville")
+    app.show("personal")
+    page = app.personal_screen
+    drv.tap(page.ids.find)
+    drv.type("blorp")
+    drv.tap(page.ids.rows.children[0].ids.forget)
+    assert page.ids.rows.children[0].removed                         # Undo offered
+    page.ids.find.text = ""
+    app.delete_history()                                              # the panel's Delete
+    assert store.model.total == 0
+    assert not page.ids.rows.children                                 # nothing listed
+    assert page.ids.more.text.startswith("No new words yet")
+    page.undo()                                                       # a late tap on Undo
+    assert store.model.total == 0 and "blorpville" not in store.model.unigrams

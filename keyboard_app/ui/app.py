@@ -194,6 +194,8 @@ class KeyboardApp(App):
         self.backend.personal.delete_all()  # the learned words go with the history
         self.typing.refresh_suggestions()  # beside the panel in a wide window
         self.typing.clear_bubbles()  # 'stored on this device' is no longer true of them
+        if self.screens.current == "personal":  # beside the panel in a wide window
+            self.personal_screen.load(entering=True)  # nothing left to list, nor to undo
         self.refresh()
         return deleted
 
