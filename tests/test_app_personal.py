@@ -149,7 +149,12 @@ def test_deleting_the_history_deletes_the_learned_words(drv, screen):
     drv.tap(screen.ids.privacy_button)
     drv.tap(app.panel.ids.delete)
     popup = next(w for w in drv.window.children if isinstance(w, Popup))
-    assert "the words learned" in popup.message
+    words = len(app.backend.personal.model.unigrams)
+    assert (f"and the {words:,} words the keyboard learned from you (imported ones too) will "
+            "be erased") in popup.message               # zorblat came back by an import
+    assert popup.message.endswith("To keep your words, export them first (Learned words).")
+    drv.screenshot("app_delete_confirm_learned_words", drv.window)
+    assert popup.ids.confirm.y >= popup.y and popup.content.children[-1].top <= popup.top
     drv.tap(popup.ids.confirm)
     drv.until(lambda: not any(isinstance(w, Popup) for w in drv.window.children),
               what="the popup to close")

@@ -143,10 +143,13 @@ class PrivacyPanel(BoxLayout):
 
     def confirm_delete(self) -> Popup:
         """Ask first; the history is deleted only on 'Delete'."""
-        count = App.get_running_app().history_count()
-        popup = ConfirmDelete(message=f"All {count} stored messages and the words learned "
-                                      "from them will be erased from this device. This "
-                                      "cannot be undone.")
+        app = App.get_running_app()
+        count, words = app.history_count(), len(app.backend.personal.model.unigrams)
+        learned = (f" and the {words:,} words the keyboard learned from you (imported ones "
+                   "too)" if words else "")
+        keep = " To keep your words, export them first (Learned words)." if words else ""
+        popup = ConfirmDelete(message=f"All {count:,} stored messages{learned} will be erased "
+                                      f"from this device. This cannot be undone.{keep}")
         popup.open()
         return popup
 
