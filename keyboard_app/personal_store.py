@@ -42,16 +42,19 @@ CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)
 
 
 def chosen_file(path: str | Path) -> Path:
-    """The file a person typed (`~` is their home folder); DictionaryError when it cannot
-    be a file name here."""
+    """The file a person typed, as a whole path: `~` is their home folder, and so is the
+    folder of a name without one (not the app's working folder, which they cannot know);
+    DictionaryError when it cannot be a file name here."""
     text = str(path)
     if "\0" in text:
         raise DictionaryError("A file name cannot contain a null character.")
     try:
-        return Path(text).expanduser()
+        found = Path(text).expanduser()
+        return found if found.is_absolute() else Path.home() / found
     except RuntimeError:  # '~someone' with no such user, or no home folder at all
-        raise DictionaryError(f"{text} starts with a ~ that names no home folder on this "
-                              "device: give the whole path.") from None
+        home = text.split("/")[0] if text.startswith("~") else "~"
+        raise DictionaryError(f"\u201c{home}\u201d is no home folder on this device: give "
+                              "the whole path of the file.") from None
 
 
 def _os_problem(err: OSError, path: Path, doing: str) -> str:

@@ -325,7 +325,8 @@ def test_settings_say_training_is_the_shared_model_s(drv, screen):
 
 @pytest.mark.parametrize("name, note", [
     ("a" * 300 + ".txt", "That file name is too long for this device: choose a shorter one."),
-    ("~nosuchperson/words.txt", "names no home folder on this device: give the whole path"),
+    ("~nosuchperson/words.txt", "\u201c~nosuchperson\u201d is no home folder on this device: "
+                                "give the whole path of the file."),
     ("words\0.txt", "cannot contain a null character"),
 ])
 def test_a_file_name_that_cannot_be_opened_is_a_note_not_a_crash(drv, screen, tmp_path,
@@ -478,3 +479,23 @@ def test_deleting_the_history_beside_the_learned_words_leaves_nothing_to_list_or
     assert page.ids.more.text.startswith("No new words yet")
     page.undo()                                                       # a late tap on Undo
     assert store.model.total == 0 and "blorpville" not in store.model.unigrams
+
+
+def test_a_file_name_alone_is_in_the_home_folder_and_the_note_says_where(drv, screen,
+                                                                         tmp_path, monkeypatch):
+    """'words.txt' was written to the app's working folder, which the person cannot know,
+    and the note said only 'Wrote 3 words to words.txt.'."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "..")
+    app = drv.app
+    app.backend.personal.learn("Tea with Wobblethorpe")
+    app.show("personal")
+    page = app.personal_screen
+    page.ids.path.text = "my-words.txt"
+    drv.tap(page.ids.export)
+    words = len(app.backend.personal.model.unigrams)
+    assert page.ids.message.text == f"Wrote {words:,} words to {tmp_path / 'my-words.txt'}."
+    assert "wobblethorpe\t" in (tmp_path / "my-words.txt").read_text()
+    assert not (tmp_path / ".." / "my-words.txt").exists()
+    drv.tap(page.ids.import_)
+    assert page.ids.message.text.startswith(f"Nothing new in {tmp_path / 'my-words.txt'}")

@@ -80,7 +80,7 @@ Builder.load_string("""
                 Heading:
                     text: 'Back up or move your dictionary'
                 Para:
-                    text: 'A plain text file of the words you use (one per line, with how often). It stays where you put it.'
+                    text: 'A plain text file of the words you use (one per line, with how often). It stays where you put it; a name alone is a file in your home folder.'
                     color: theme.MUTED
                     font_size: theme.SMALL_SP
                 TextInput:
