@@ -5,6 +5,7 @@ personal layer, as each sender types the second half of their messages.
     python benchmarks/personalised.py [CHECKPOINT] --tune          # the grid, on valid only
     python benchmarks/personalised.py [CHECKPOINT] --tune --adapt  # adapting or not, valid
     python benchmarks/personalised.py [CHECKPOINT] --compare       # and with unigram scaling
+    python benchmarks/personalised.py [CHECKPOINT] --memory        # and with the memory
     python benchmarks/personalised.py [CHECKPOINT] --latency       # keystroke latency
     python benchmarks/personalised.py [CHECKPOINT] --finetune part=lstm,lr=1e-3 [--alone]
         # and the layer over the global model fine-tuned on each sender's history
@@ -55,6 +56,8 @@ STAGE2 = {"sharpness": (0.5, 0.7), "gamma": (0.0, 0.05), "recency": (0.0, 0.05)}
 ADAPT = {"adapt": ((), PersonalWeights().adapt), "gate": (None, 0.0, 1.0, 2.0), "prior": (0.0,)}
 PRIOR = {"prior": (0.0, 5.0, 20.0)}  # `--tune --adapt --prior`: the head start of s = 0.7
 SCALED = replace(PersonalWeights(), scaling=0.3)  # `--compare`: with the unigram scaling
+WITH_MEMORY = replace(PersonalWeights(), memory=0.1)  # `--memory`: with the memory of the
+# person's contexts (k 32, T 10: chosen on valid, not kept: BENCHMARKS.md, "Session 9")
 TARGETS = {"top1": 0.02, "macro_top1": 0.01, "top3": 0.03, "ksr": 0.015}
 MAX_LOSS = 0.005  # no sender with 50+ history messages worse by more than this (top-1)
 
@@ -190,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --tune: take stage 1's figures from this earlier --tune JSON")
     parser.add_argument("--compare", action="store_true",
                         help="also the layer with the unigram scaling (b 0.3), same pass")
+    parser.add_argument("--memory", action="store_true",
+                        help="also the layer with the memory of the person's contexts "
+                        "(a kNN-LM, lambda 0.1), same pass")
     parser.add_argument("--finetune", type=fine_tune_spec, action="append", default=[],
                         metavar="FIELD=VALUE,...",
                         help="also the default layer over the global model fine-tuned on each "
@@ -230,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         summaries = stage1 + _run(scorer, tokenizer, devices, grid(STAGE2, base))
     else:
         weights: list[PersonalWeights | None] = [PersonalWeights(),
-                                                 *([SCALED] if args.compare else [])]
+                                                 *([SCALED] if args.compare else []),
+                                                 *([WITH_MEMORY] if args.memory else [])]
         tunes: list[FineTune | None] = [None] * len(weights)
         for tune in args.finetune:
             weights += [PersonalWeights(), *([None] if args.alone else [])]

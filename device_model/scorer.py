@@ -24,9 +24,20 @@ class NumpyScorer:
     def log_probs(self, state: State) -> np.ndarray:
         return self.model.log_probs(state)
 
+    @staticmethod
+    def key(state: State) -> np.ndarray:
+        """The LSTM's output after `state` (what the softmax reads): the personal memory's key."""
+        return state[0]
+
     def score_messages(self, sequences: Sequence[Sequence[int]]
                        ) -> Iterator[tuple[int, np.ndarray]]:
         """Whole messages through the LSTM in batches of equal length (no padding)."""
+        for i, logp, _ in self.score_messages_with_keys(sequences):
+            yield i, logp
+
+    def score_messages_with_keys(self, sequences: Sequence[Sequence[int]]
+                                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(index, log-probs (len - 1, V), the key before each event (len - 1, embed_dim))."""
         w = self.model.weights
         by_length: dict[int, list[int]] = {}
         for i, seq in enumerate(sequences):
@@ -42,4 +53,4 @@ class NumpyScorer:
                 logits += w["output_bias"]
                 logp = log_softmax(logits)
                 for row, i in enumerate(batch):
-                    yield i, logp[row]
+                    yield i, logp[row], hs[:, row]

@@ -66,10 +66,21 @@ class LSTMScorer:
     def log_probs(self, state: Any) -> np.ndarray:
         return torch.log_softmax(self.model.logits(state[0][0, 0]), dim=-1).numpy()
 
-    @torch.inference_mode()
+    @staticmethod
+    def key(state: Any) -> np.ndarray:
+        """The LSTM's output after `state` (what the softmax reads): the personal memory's key."""
+        return state[0][0, 0].numpy()
+
     def score_messages(self, sequences: Sequence[Sequence[int]]
                        ) -> Iterator[tuple[int, np.ndarray]]:
         """Whole messages through the LSTM in padded batches of similar length."""
+        for i, logp, _ in self.score_messages_with_keys(sequences):
+            yield i, logp
+
+    @torch.inference_mode()
+    def score_messages_with_keys(self, sequences: Sequence[Sequence[int]]
+                                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(index, log-probs (len - 1, V), the key before each event (len - 1, embed_dim))."""
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
         start = 0
         while start < len(order):
@@ -79,7 +90,9 @@ class LSTMScorer:
             ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
             for row, i in enumerate(batch):
                 ids[row, :len(sequences[i]) - 1] = torch.tensor(sequences[i][:-1])
-            logits, _ = self.model(ids)
-            logp = torch.log_softmax(logits, dim=-1).numpy()
+            hidden, _ = self.model.lstm(self.model.embedding(ids))
+            logp = torch.log_softmax(self.model.logits(hidden), dim=-1).numpy()
+            keys = hidden.numpy()
             for row, i in enumerate(batch):
-                yield i, logp[row, :len(sequences[i]) - 1]
+                n = len(sequences[i]) - 1
+                yield i, logp[row, :n], keys[row, :n]

@@ -50,6 +50,11 @@ the counts), from every message it learns, before counting it (`PersonalLayer.ob
   stronger evidence.
 - with b > 0, the scaling's counts o, q and W (`Adaptation.observed`, `expected`, `words`).
 A new device learns all of it while its history is first learned, message by message as typed.
+
+With `PersonalWeights.memory` > 0 (0 by default: better on `valid`, not on `test`), a memory of
+the person's contexts (`model.personal_memory.StateMemory`, a kNN-LM over the global model's
+states) votes too: combine(..., key) returns log((1 - lambda) p + lambda p_memory). Only the
+personalised evaluation fills one.
 """
 from __future__ import annotations
 
@@ -64,6 +69,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.personal_memory import StateMemory
 from model.words import WORD_PATTERN
 
 BOS = "<s>"  # the context before a message's first word
@@ -104,6 +110,10 @@ class PersonalWeights:
     scaling: float = 0.0  # b: how much the global model is scaled to the person's word
     # frequencies (0: not at all; 0.3 was best on `valid` but not on `test`: BENCHMARKS.md)
     scaling_prior: float = 100.0  # mu: pseudo-words of the global model's own frequencies
+    memory: float = 0.0  # lambda: the weight of the memory of the person's own contexts (a
+    # kNN-LM over `StateMemory`, evaluation only; 0.1 was best on `valid` but not on `test`)
+    memory_k: int = 32  # neighbours the memory looks at
+    memory_temperature: float = 10.0  # T: a neighbour weighs exp(-distance^2 / T)
 
     def __post_init__(self) -> None:
         ok = 1 <= len(self.levels) < ORDER and all(
@@ -114,7 +124,9 @@ class PersonalWeights:
                 and all(0 < x <= 1 for x in self.adapt)
                 and (not self.adapt or self.sharpness in self.adapt)
                 and (self.gate is None or self.gate >= 0) and self.prior >= 0
-                and 0 <= self.scaling <= 1 and self.scaling_prior > 0):
+                and 0 <= self.scaling <= 1 and self.scaling_prior > 0
+                and 0 <= self.memory < 1 and self.memory_k >= 1
+                and self.memory_temperature > 0):
             raise ValueError(f"personal weights out of range: {self}")
 
     @property
@@ -391,6 +403,7 @@ class PersonalLayer:
         self._version = -1
         self._scaling_for: tuple = ()  # what self._scaling (log a(w)) was computed for
         self._scaling = np.zeros(0)
+        self.memory: StateMemory | None = None  # the person's contexts (model.personal_memory)
         self.refresh()
 
     def learn(self, text: str) -> list[Gram]:
@@ -472,15 +485,36 @@ class PersonalLayer:
         self._cache[context] = found
         return found
 
-    def combine(self, log_probs: np.ndarray, context: Sequence[str]
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def combine(self, log_probs: np.ndarray, context: Sequence[str],
+                key: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(log-probs over the vocabulary, log-probs of `oov_words`) of the next word after
         the message's words `context`, from the global model's `log_probs` (V,): the layer
-        at the sharpness this device chose, or the global model alone while it is gated."""
+        at the sharpness this device chose, or the global model alone while it is gated;
+        with the global model's `key` (`Scorer.key`), the memory's vote mixed in."""
         if self.gated():
-            return tuple(map(_log, self._base(log_probs)))
-        logs = tuple(map(_log, self._parts(self._scaled(log_probs), context)))
-        return _temper(logs, self.sharpness())
+            found = tuple(map(_log, self._base(log_probs)))
+        else:
+            logs = tuple(map(_log, self._parts(self._scaled(log_probs), context)))
+            found = _temper(logs, self.sharpness())
+        return self._recalled(*found, key)
+
+    def _recalled(self, scores: np.ndarray, oov: np.ndarray, key: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """log((1 - lambda) p + lambda p_memory): the memory's vote for this context mixed
+        into the log-probs `scores`, `oov` (unchanged without a memory or a key)."""
+        w, memory = self.weights, self.memory
+        if key is None or memory is None or not w.memory or not len(memory):
+            return scores, oov
+        vote = memory.vote(key, w.memory_k, w.memory_temperature)
+        scores, oov = scores + math.log1p(-w.memory), oov + math.log1p(-w.memory)
+        for word, weight in vote.items():
+            if not self.model.unigrams.get(word):  # removed since: never offered from here
+                continue
+            i = self.word_to_id.get(word)
+            row, j = (scores, i) if i is not None else (oov, self._oov_pos.get(word))
+            if j is not None:  # a word the person removed is not in the counts: skipped
+                row[j] = np.logaddexp(row[j], math.log(w.memory * weight))
+        return scores, oov
 
     def sharpness(self) -> float:
         """s: the most likely of `weights.adapt` on the person's words so far (ties, and

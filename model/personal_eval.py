@@ -30,6 +30,7 @@ from device_model.lstm import NumpyLSTM
 from device_model.scorer import NumpyScorer
 from model.metrics import FIRST_WORD_ID, SUGGESTIONS, PrefixIndex
 from model.personal import Adaptation, PersonalLayer, PersonalModel, PersonalWeights
+from model.personal_memory import StateMemory
 from model.lstm import LSTMScorer
 from model.predictor import Scorer
 from model.tokenizer import WordTokenizer
@@ -251,8 +252,11 @@ def _evaluate_sender(scorer: Scorer, tokenizer: WordTokenizer, device: Device,
     layer = PersonalLayer(PersonalModel(), tokenizer.id_to_word, first, tokenizer.unk_id)
     learned: list[Adaptation | None] = [None] * len(result.weights)  # each weighting's
     adapts = any(w is not None and w.adapts for w in result.weights)
+    if (any(w is not None and w.memory for w in result.weights)
+            and hasattr(scorer, "score_messages_with_keys")):
+        layer.memory = StateMemory()  # keys from the global model, shared by the weightings
     scorers = {None: scorer}  # the model each weighting's layer runs on, by fine-tuning
-    if not adapts:
+    if not adapts and layer.memory is None:
         for message in device.messages[:half]:
             layer.model.learn(message)
         layer.refresh()
@@ -260,7 +264,7 @@ def _evaluate_sender(scorer: Scorer, tokenizer: WordTokenizer, device: Device,
                             ("typed", device.messages[half:])):
         if phase == "typed":
             scorers.update(_fine_tuned(scorer, base, tokenizer, device, half, result))
-        if phase == "history" and not adapts:
+        if phase == "history" and not adapts and layer.memory is None:
             continue
         models = result.fine_tunes if phase == "typed" else [None] * len(result.weights)
         size = min([CHUNK] + [t.every for t in models if t is not None and t.every])
@@ -271,7 +275,8 @@ def _evaluate_sender(scorer: Scorer, tokenizer: WordTokenizer, device: Device,
             chunk = messages[start:start + size]
             rows = [(m, words(m)) for m in chunk]
             sequences = _sequences(tokenizer, rows)
-            scored = {None: dict(scorer.score_messages(sequences))}
+            keyed = {i: (logp, keys) for i, logp, keys in _with_keys(scorer, sequences)}
+            scored = {None: {i: logp for i, (logp, _) in keyed.items()}}
             for key in set(models) - {None}:  # a sender kept the global model: same rows
                 scored[key] = (scored[None] if scorers[key] is scorer else
                                dict(scorers[key].score_messages(sequences)))
@@ -281,11 +286,23 @@ def _evaluate_sender(scorer: Scorer, tokenizer: WordTokenizer, device: Device,
                     mine = [scored[t][k] for t in models]
                     if phase == "typed":
                         _score_message(device.sender, ws, scored[None][k], mine, layer,
-                                       result, ranker, learned)
+                                       result, ranker, learned, keyed[k][1])
                         bar.update(len(ws))
                     _observe(ws, mine, layer, result.weights, learned)
-                    k += 1
                 layer.learn(message)
+                if ws:
+                    if layer.memory is not None:
+                        layer.memory.add(keyed[k][1][:len(ws)], ws)
+                    k += 1
+
+
+def _with_keys(scorer: Scorer, sequences: list[list[int]]):
+    """(index, log-probs, keys or None) of each sequence, keys where the scorer has them."""
+    if hasattr(scorer, "score_messages_with_keys"):
+        yield from scorer.score_messages_with_keys(sequences)
+    else:
+        for i, logp in scorer.score_messages(sequences):
+            yield i, logp, None
 
 
 def _observe(ws: list[str], log_probs: Sequence[np.ndarray], layer: PersonalLayer,
@@ -304,9 +321,10 @@ def _observe(ws: list[str], log_probs: Sequence[np.ndarray], layer: PersonalLaye
 def _score_message(sender: str, ws: list[str], log_probs: np.ndarray,
                    mine: Sequence[np.ndarray], layer: PersonalLayer,
                    result: PersonalisedResult, ranker: _Ranker,
-                   learned: list[Adaptation | None]) -> None:
+                   learned: list[Adaptation | None], states: np.ndarray | None = None) -> None:
     """Score one typed message: the global model alone (`log_probs`) and each weighting
-    over its own model's log-probs (`mine`)."""
+    over its own model's log-probs (`mine`), with the global model's keys (`states`) before
+    each word for the memory."""
     chars = sum(len(w) + 1 for w in ws)
     empty = np.zeros(0)
     tallies = [(result.global_, None, None, log_probs)] + [
@@ -322,7 +340,8 @@ def _score_message(sender: str, ws: list[str], log_probs: np.ndarray,
             if weights is None:
                 rank, k = ranker.score(word, rows[i], [], empty, None)
             else:
-                row, oov = layer.combine(rows[i], ws[:i])
+                row, oov = layer.combine(rows[i], ws[:i],
+                                         states[i] if states is not None else None)
                 rank, k = ranker.score(word, row, layer.oov_words, oov, layer)
             top1 += rank < 1
             top3 += rank < SUGGESTIONS
