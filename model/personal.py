@@ -348,8 +348,10 @@ def parse_dictionary(text: str) -> list[tuple[str, int, str | None]]:
             continue
         fields = line.split("\t")
         if len(fields) not in (2, 3):
-            raise DictionaryError(f"Line {number}: expected 'word<TAB>count', got "
-                                  f"{_show(line)}.")
+            raise DictionaryError(f"Line {number}: {_show(line)} should be a word, a tab, "
+                                  "then how many times it was used (and optionally a tab and "
+                                  "how it is written). Fix that line or export the dictionary "
+                                  "again.")
         word, count, form = fields[0], fields[1], fields[2] if len(fields) == 3 else None
         if not is_word(word):
             raise DictionaryError(f"Line {number}: {_show(word)} is not a word (lower-case "

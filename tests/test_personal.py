@@ -167,7 +167,8 @@ def test_dictionary_file_round_trip():
 @pytest.mark.parametrize("text, message", [
     ("", "first line"),
     ("zorblat\t3\n", "first line"),
-    ("# Private Keyboard personal dictionary, version 1\nzorblat 3\n", "Line 2"),
+    ("# Private Keyboard personal dictionary, version 1\nzorblat 3\n",
+     "Line 2: .*should be a word, a tab, then how many times"),
     ("# Private Keyboard personal dictionary, version 1\nZorblat\t3\n", "not a word"),
     ("# Private Keyboard personal dictionary, version 1\nok\t1\nhi there\t3\n", "Line 3"),
     ("# Private Keyboard personal dictionary, version 1\nzorblat\t-3\n", "whole number"),
