@@ -3,7 +3,9 @@
 `personal.sqlite` in the app's data folder (created with mode 0600, deleted rows overwritten
 on disk) holds every count of `model.personal.PersonalModel` (1- to 3-grams, by word, never by
 token id: a new global model or tokenizer keeps them), the forms written with capitals,
-whether learning is paused, and what the layer learned of how much of it suits the person
+the last words learned (the layer's recent-words cache, so a restart keeps it without
+reading the history, which also holds what was sent while learning was paused), whether
+learning is paused, and what the layer learned of how much of it suits the person
 (`model.personal.Adaptation`, as JSON; with the unigram scaling on, also how often the person
 typed each word and the global model's summed probabilities by word id: removing a word
 removes its count there too). It learns only what the history store kept (after its filters:
@@ -128,6 +130,12 @@ class PersonalStore:
             model.add_gram(tuple(w for w in words if w), int(n))
         for word, form in self._db.execute("SELECT word, form FROM forms"):
             model.set_form(word, form)
+        row = self._db.execute("SELECT value FROM settings WHERE name = 'recent'").fetchone()
+        if row:
+            try:
+                model.remember_recent(json.loads(row[0]))
+            except (ValueError, TypeError):  # unreadable: the cache refills as you type
+                pass
         row = self._db.execute("SELECT value FROM settings WHERE name = 'adaptation'"
                                ).fetchone()
         if row:
@@ -162,6 +170,10 @@ class PersonalStore:
             self._db.execute("COMMIT")
 
     def _save_adaptation(self) -> None:
+        """The adaptation and the recent words (both change with every message learned)."""
+        self._db.execute("INSERT INTO settings VALUES ('recent', ?) ON CONFLICT(name) DO "
+                         "UPDATE SET value = excluded.value",
+                         (json.dumps(list(self.model.recent)),))
         if self.model.adaptation is not None:
             self._db.execute("INSERT INTO settings VALUES ('adaptation', ?) ON CONFLICT"
                              "(name) DO UPDATE SET value = excluded.value",
@@ -224,7 +236,7 @@ class PersonalStore:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM grams")
             self._db.execute("DELETE FROM forms")
-            self._db.execute("DELETE FROM settings WHERE name = 'adaptation'")
+            self._db.execute("DELETE FROM settings WHERE name IN ('adaptation', 'recent')")
             self._db.execute("COMMIT")
             if self.path != ":memory:":
                 self._db.execute("VACUUM")

@@ -233,12 +233,9 @@ class PersonalModel:
         self.recent.extend(g[0] for g in grams if len(g) == 1)
         return grams
 
-    def remember_recent(self, texts: Iterable[str]) -> None:
-        """Fill the recent-words cache from messages already learned (after a restart: the
-        last messages of the history), counting nothing."""
-        for text in texts:
-            self.recent.extend(w for w, _, _ in message_words(text)
-                               if len(w) <= MAX_WORD_LENGTH)
+    def remember_recent(self, words: Iterable[str]) -> None:
+        """Refill the recent-words cache (a store loading what it kept), counting nothing."""
+        self.recent.extend(w for w in words if is_word(w))
         self.version += 1
 
     def _note_form(self, word: str, written: str) -> None:

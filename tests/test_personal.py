@@ -51,7 +51,7 @@ def test_learning_counts_words_and_short_contexts():
     person.learn("ok. Sure thing! Zorblat says hi")
     assert "sure" not in person.forms  # nor at the start of a sentence inside one
     assert person.form("zorblat") == "zorblat"
-    person.remember_recent(["one two", "three"])
+    person.remember_recent(["one", "two", "three", "Not A Word"])
     assert list(person.recent)[-3:] == ["one", "two", "three"] and "three" not in person.unigrams
 
 

@@ -153,3 +153,33 @@ def test_learned_words_survive_a_restart_and_a_new_model(tmp_path):
     assert newer.tokenizer.sha256 != ready.predictor.tokenizer.sha256
     assert newer.suggest("we met at zo")[0] == "Zorblat"
     again.close()
+
+
+def test_the_recent_words_survive_a_restart_but_never_from_a_paused_message(tmp_path):
+    """The recent-words cache comes back from the store, not from the history: a message
+    sent while learning was paused (the history keeps it) lends no word to it after a
+    restart, and a removed word leaves it on disk too."""
+    import kivy_env  # noqa: F401  (no Kivy imported: the backend is plain Python)
+    from keyboard_app.ui.backend import Backend
+    from keyboard_app.ui.prefs import Prefs
+    model, tokenizer = kivy_env.tiny_model()
+    backend = Backend(tmp_path / "device", Prefs(), pretrained_model=model,
+                      tokenizer_path=tokenizer)
+    for text, paused in (("see you at the lake", False), ("meet me at the harbour", True)):
+        backend.personal.set_paused(paused)
+        backend.history.add(text)
+        backend.learn_personal(text, None)
+    assert list(backend.personal.model.recent) == ["see", "you", "at", "the", "lake"]
+    assert backend.history.count() == 2
+    backend.close()
+    again = Backend(tmp_path / "device", Prefs(), pretrained_model=model,
+                    tokenizer_path=tokenizer)
+    assert list(again.personal.model.recent) == ["see", "you", "at", "the", "lake"]
+    again.personal.remove("lake")
+    again.close()
+    store = PersonalStore(tmp_path / "device" / "personal.sqlite")
+    assert list(store.model.recent) == ["see", "you", "at", "the"]
+    store.delete_all()
+    assert b"lake" not in (tmp_path / "device" / "personal.sqlite").read_bytes()
+    assert not PersonalStore(tmp_path / "device" / "personal.sqlite").model.recent
+    store.close()

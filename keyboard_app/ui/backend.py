@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # imported by open(), off the UI thread, so the window shows 
 
 log = logging.getLogger("keyboard_app.ui")
 HISTORY_FILE = "history.sqlite"  # the file name DeviceRuntime uses by default
-RECENT_MESSAGES = 30  # the last messages that refill the personal layer's recent words
 
 
 @dataclass
@@ -61,7 +60,6 @@ class Backend:
         self.history = HistoryStore(self.data_dir / HISTORY_FILE,
                                     retention_days=prefs.retention_days, filters=prefs.filters())
         self.personal = PersonalStore(self.data_dir / PERSONAL_FILE)
-        self.personal.model.remember_recent(self.history.messages(limit=RECENT_MESSAGES))
         self.runtime: DeviceRuntime | None = None
         self.ledger: PrivacyLedger | None = None  # opened by open(), off the UI thread
         self._ledger_view: tuple[tuple, dict] | None = None
