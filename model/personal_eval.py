@@ -47,6 +47,8 @@ class Tally:
 
     per_sender: dict[str, list[int]] = field(default_factory=dict)  # words, top1, top3, chars, keys
     new_once: list[int] = field(default_factory=lambda: [0, 0, 0])  # targets, top-3, offered
+    first_only: dict[str, list[int]] = field(default_factory=dict)  # sender -> words only this
+    # way had as its first suggestion, words only the global model alone had
 
     def add(self, sender: str, words_: int, top1: int, top3: int, chars: int, keys: int) -> None:
         row = self.per_sender.setdefault(sender, [0, 0, 0, 0, 0])
@@ -161,12 +163,26 @@ class PersonalisedResult:
                 "senders_gaining": sum(g > 0.005 for g in gains.values()),
                 "senders_losing": sum(g < -0.005 for g in gains.values()),
                 "worst_sender_gain_history_50": min((gains[s] for s in heavy), default=None),
+                "worst_sender_history_50": _worst(heavy, gains, self.personal[i].first_only,
+                                                  self.history),
                 "senders_history_50": len(heavy),
                 "worst_sender_gain_messages_50": min(
                     (gains[s] for s in senders if self.history[s] >= 50), default=None),
                 "by_history_length": by_length,
                 "new_words_after_one_use": self.personal[i].new_words(),
                 "per_sender_top1_gain": gains}
+
+
+def _worst(senders: list[str], gains: dict[str, float], first_only: dict[str, list[int]],
+           history: dict[str, int]) -> dict | None:
+    """The sender of `senders` who loses most: messages, and the typed words where only
+    the layer or only the global model alone had the word as its first suggestion."""
+    if not senders:
+        return None
+    worst = min(senders, key=lambda s: gains[s])
+    mine, theirs = first_only.get(worst, [0, 0])
+    return {"messages": history[worst], "gain": gains[worst], "first_only_layer": mine,
+            "first_only_global": theirs}
 
 
 def _tuning(by_sender: dict[str, dict] | None) -> dict:
@@ -332,8 +348,10 @@ def _score_message(sender: str, ws: list[str], log_probs: np.ndarray,
                                                  mine)]
     once = [word not in ranker.word_to_id and layer.model.unigrams.get(word) == 1
             for word in ws]  # new words used once before this message
+    global_first: list[bool] = []
     for tally, weights, adaptation, rows in tallies:
         top1 = top3 = keys = 0
+        only = tally.first_only.setdefault(sender, [0, 0])
         if weights is not None:
             layer.weights, layer.model.adaptation = weights, adaptation
         for i, word in enumerate(ws):
@@ -345,6 +363,11 @@ def _score_message(sender: str, ws: list[str], log_probs: np.ndarray,
                 rank, k = ranker.score(word, row, layer.oov_words, oov, layer)
             top1 += rank < 1
             top3 += rank < SUGGESTIONS
+            if weights is None and tally is result.global_:
+                global_first.append(rank < 1)
+            else:
+                only[0] += rank < 1 and not global_first[i]
+                only[1] += global_first[i] and not rank < 1
             keys += k
             if once[i]:
                 tally.new_once[0] += 1
@@ -389,6 +412,11 @@ def _counts(summary: dict) -> str:
     if worst is not None:
         text += (f"; worst top-1 change among the {summary['senders_history_50']} senders "
                  f"with 50+ history messages: {100 * worst:+.2f} points")
+        who = summary.get("worst_sender_history_50")
+        if who:
+            text += (f" ({who['messages']} messages; of the words typed, "
+                     f"{who['first_only_layer']} were the first suggestion only with the "
+                     f"layer, {who['first_only_global']} only without it)")
     new = summary.get("new_words_after_one_use")
     if new and new["targets"]:
         text += (f". Words outside the global vocabulary used once before ({new['targets']:,} "

@@ -15,7 +15,7 @@ from model.ngram import KneserNey
 from model.personal import (BOS, DictionaryError, PersonalLayer, PersonalModel,
                             PersonalWeights, dictionary_text, parse_dictionary,
                             total_log_prob)
-from model.personal_eval import evaluate_personalised
+from model.personal_eval import evaluate_personalised, markdown
 from model.predictor import LSTMScorer, Predictor
 from model.tokenizer import WordTokenizer
 
@@ -227,7 +227,6 @@ def test_the_evaluation_ranks_as_the_predictor_suggests(tokenizer, model):
 def test_the_demo_reports_the_personalised_evaluation(tokenizer, model, tmp_path):
     from fleet.evaluation import personalised
     from model.checkpoint import CheckpointMeta, save_checkpoint
-    from model.personal_eval import markdown
     save_checkpoint(tmp_path / "model.safetensors", model,
                     CheckpointMeta(model.config, tokenizer.sha256, 0, {"test": "tiny"}))
     tokenizer.save(tmp_path / "tokenizer.json")
@@ -350,3 +349,24 @@ def test_the_evaluation_runs_a_layer_over_a_fine_tuned_model(tokenizer, model):
     tuning = result.summary(2)["fine_tuning"]
     assert tuning["fits"] == 2 and tuning["kept"] >= 1 and tuning["held_out_gain_kept"] > 0
     assert result.summary(1)["fine_tuning"]["kept"] == 0
+
+
+def test_the_first_suggestions_only_one_side_had_add_up_to_the_gain(tokenizer, model):
+    """Per sender, words only the layer had first minus words only the global model alone
+    had first is exactly the difference in top-1 hits; the report names the worst sender's."""
+    valid = load_split("valid")
+    devices = ([d for d in valid if 20 <= len(d.messages) < 50][:2]
+               + [d for d in valid if 100 <= len(d.messages) <= 200][:1])  # one with 50+
+    result = evaluate_personalised(LSTMScorer(model), tokenizer, devices, [PersonalWeights()])
+    mine, base = result.personal[0], result.global_
+    assert sum(sum(v) for v in mine.first_only.values()) > 0
+    for sender, (only_layer, only_global) in mine.first_only.items():
+        assert only_layer - only_global == (mine.per_sender[sender][1]
+                                            - base.per_sender[sender][1])
+    worst = result.summary(0)["worst_sender_history_50"]
+    heavy = devices[2].sender
+    assert worst == {"messages": len(devices[2].messages),
+                     "gain": result.summary(0)["per_sender_top1_gain"][heavy],
+                     "first_only_layer": mine.first_only[heavy][0],
+                     "first_only_global": mine.first_only[heavy][1]}
+    assert f"({worst['messages']} messages; of the words typed" in markdown(result.summary(0))
