@@ -81,6 +81,11 @@ class DemoConfig:
                                                 self.fleet_minutes))  # DP: a safety net
 
 
+LEGEND = ("\ntop-1, top-3: how often the next word typed was the first, or among the three "
+          "suggestions; macro: the same, averaged per sender; KSR: the share of keystrokes "
+          "saved by tapping suggestions; perplexity: lower is better.")
+
+
 class Stages:
     """Numbered stage lines with their durations."""
 
@@ -146,7 +151,8 @@ def run_demo(config: DemoConfig, run_dir: Path, quick: bool, pretrain: bool = Fa
     personal = personalised(run_dir / "fleet-dp" / "model.safetensors", tokenizer,
                             config.test_senders)
     stages.done(f"top-1 {100 * personal['global']['top1']:.2f}% alone, "
-                f"{100 * personal['personal']['top1']:.2f}% with the personal layer")
+                f"{100 * personal['personal']['top1']:.2f}% with the personal layer (the "
+                "second half of each sender's messages, so not the table's words)")
 
     stages.start("report")
     privacy = {models[2][0]: "no privacy guarantee (no noise)",
@@ -174,6 +180,7 @@ def run_demo(config: DemoConfig, run_dir: Path, quick: bool, pretrain: bool = Fa
           f"{', a subset' if config.test_senders else ''}); {rounds} rounds x "
           f"{config.devices_per_round} devices per round:\n")
     print(text_table(cells))
+    print(LEGEND)
     if quick:
         print("\nA smoke run: too few rounds and senders for the differences between these "
               "rows to mean anything.")

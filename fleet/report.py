@@ -114,9 +114,10 @@ def describe(summary: dict) -> str:
              f"{summary['reports']} reports from a population of {summary['population']}, "
              f"{summary['wall_seconds']:.0f} s",
              _chain(summary["config"]),
-             f"valid at the start: {acc(summary['start_valid'])}",
-             f"valid at the end:   {acc(summary['last_valid'])}",
-             *([f"all of valid at the end (central): {acc(summary['final_valid'])}"]
+             f"held-out senders (valid), at the start: {acc(summary['start_valid'])}",
+             f"held-out senders (valid), at the end:   {acc(summary['last_valid'])}",
+             *([f"all held-out senders (valid) at the end, central: "
+                f"{acc(summary['final_valid'])}"]
                if summary["final_valid"] else []),
              *agreement_lines(summary["evaluation_agreement"]),
              "privacy: " + _privacy(summary)]

@@ -159,6 +159,7 @@ def test_a_run_is_described_in_sentences():
                           "difference": 0.0, "within_interval": True}}]})
     assert "added no noise; secure aggregation: the server saw only the round's sum" in plain
     assert "top-1 19.00% (exact: no noise)" in plain
+    assert "held-out senders (valid), at the start: top-1" in plain  # says what 'valid' is
     noised = describe({**base, "config": asdict(FleetConfig(
         clip_norm=0.1, noise_multiplier=1.0, secure_aggregation=False, compression="ddg16")),
         "noise_multiplier": 1.0, "epsilon": 4.7, "epsilon_model_users": 2.0,
@@ -215,3 +216,12 @@ def test_a_killed_fleet_leaves_no_process_behind(tiny_model, tmp_path):
 
 def _lines(path):
     return path.read_text().splitlines() if path.is_file() else []
+
+
+def test_the_demo_table_says_what_its_columns_are():
+    """A person reading the demo's table learns what top-1, macro, KSR and perplexity mean."""
+    from fleet.demo import LEGEND
+    from fleet.demo_report import table_rows
+    for column in table_rows([], {})[0][1:-1]:
+        for term in column.split():
+            assert term in LEGEND, term
