@@ -3,8 +3,9 @@
 `personal.sqlite` in the app's data folder (created with mode 0600, deleted rows overwritten
 on disk) holds every count of `model.personal.PersonalModel` (1- to 3-grams, by word, never by
 token id: a new global model or tokenizer keeps them), the forms written with capitals,
-the last words learned (the layer's recent-words cache, so a restart keeps it without
-reading the history, which also holds what was sent while learning was paused), whether
+the last words learned with when (the layer's recent-words cache, so a restart keeps it
+without reading the history, which also holds what was sent while learning was paused; words
+older than the history's retention are not loaded), whether
 learning is paused, and what the layer learned of how much of it suits the person
 (`model.personal.Adaptation`, as JSON; with the unigram scaling on, also how often the person
 typed each word and the global model's summed probabilities by word id: removing a word
@@ -25,11 +26,13 @@ import json
 import os
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from device_model.files import write_atomic
-from model.personal import (DICTIONARY_HEADER, ORDER, Adaptation, DictionaryError, Gram,
+from model.personal import (DICTIONARY_HEADER, ORDER, RECENT, Adaptation, DictionaryError, Gram,
                             PersonalModel, dictionary_text, parse_dictionary)
 
 FILE_NAME = "personal.sqlite"
@@ -113,8 +116,13 @@ class RemovedWord:
 class PersonalStore:
     """The personal model of one device and its file. Thread-safe."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, retention_days: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """`retention_days`, `clock`: the history's; the recent words of messages older than
+        that are not loaded (the history no longer holds those messages either)."""
         self.path = str(path)
+        self.retention_days, self.clock = retention_days, clock
+        self._recent: list[tuple[float, list[str]]] = []  # (when, words) of the last messages
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
@@ -133,9 +141,13 @@ class PersonalStore:
         row = self._db.execute("SELECT value FROM settings WHERE name = 'recent'").fetchone()
         if row:
             try:
-                model.remember_recent(json.loads(row[0]))
+                kept = [(float(ts), [str(w) for w in ws]) for ts, ws in json.loads(row[0])]
             except (ValueError, TypeError):  # unreadable: the cache refills as you type
-                pass
+                kept = []
+            oldest = (self.clock() - self.retention_days * 86_400
+                      if self.retention_days is not None else float("-inf"))
+            self._recent = [(ts, ws) for ts, ws in kept if ts >= oldest]
+            model.remember_recent(w for _, ws in self._recent for w in ws)
         row = self._db.execute("SELECT value FROM settings WHERE name = 'adaptation'"
                                ).fetchone()
         if row:
@@ -162,6 +174,8 @@ class PersonalStore:
         the model's adaptation)."""
         words = {g[0] for g in grams if len(g) == 1}
         with self._lock:
+            if words:
+                self._recent_message([g[0] for g in grams if len(g) == 1])
             self._db.execute("BEGIN")
             self._save_adaptation()
             self._db.executemany(f"INSERT INTO grams VALUES ({'?, ' * ORDER}1) ON CONFLICT"
@@ -169,11 +183,17 @@ class PersonalStore:
             self._sync_forms(words)
             self._db.execute("COMMIT")
 
+    def _recent_message(self, words: list[str]) -> None:
+        """Keep one message's words, with when it was learned, for the recent-words cache."""
+        self._recent.append((self.clock(), words))
+        total = sum(len(ws) for _, ws in self._recent)
+        while total - len(self._recent[0][1]) >= RECENT:
+            total -= len(self._recent.pop(0)[1])
+
     def _save_adaptation(self) -> None:
         """The adaptation and the recent words (both change with every message learned)."""
         self._db.execute("INSERT INTO settings VALUES ('recent', ?) ON CONFLICT(name) DO "
-                         "UPDATE SET value = excluded.value",
-                         (json.dumps(list(self.model.recent)),))
+                         "UPDATE SET value = excluded.value", (json.dumps(self._recent),))
         if self.model.adaptation is not None:
             self._db.execute("INSERT INTO settings VALUES ('adaptation', ?) ON CONFLICT"
                              "(name) DO UPDATE SET value = excluded.value",
@@ -202,6 +222,7 @@ class PersonalStore:
         it had been used."""
         had = self.model.remove(word)
         with self._lock:
+            self._recent = [(ts, [w for w in ws if w != word]) for ts, ws in self._recent]
             self._db.execute("BEGIN")
             self._save_adaptation()
             self._db.execute("DELETE FROM grams WHERE " + " OR ".join(
@@ -233,6 +254,7 @@ class PersonalStore:
         known = len(self.model.unigrams)
         self.model.clear()
         with self._lock:
+            self._recent = []
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM grams")
             self._db.execute("DELETE FROM forms")

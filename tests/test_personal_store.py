@@ -179,7 +179,31 @@ def test_the_recent_words_survive_a_restart_but_never_from_a_paused_message(tmp_
     again.close()
     store = PersonalStore(tmp_path / "device" / "personal.sqlite")
     assert list(store.model.recent) == ["see", "you", "at", "the"]
+    store.close()
+    store = PersonalStore(tmp_path / "device" / "personal.sqlite")
     store.delete_all()
     assert b"lake" not in (tmp_path / "device" / "personal.sqlite").read_bytes()
     assert not PersonalStore(tmp_path / "device" / "personal.sqlite").model.recent
     store.close()
+
+
+def test_recent_words_older_than_the_history_s_retention_are_not_loaded(tmp_path):
+    """The cache keeps when each message was learned: after a restart, the words of
+    messages the history's retention has expired are gone from it too."""
+    now = [1_000_000.0]
+    path = tmp_path / "personal.sqlite"
+    store = PersonalStore(path, retention_days=7, clock=lambda: now[0])
+    store.learn("an old message")
+    now[0] += 6 * 86_400
+    store.learn("a newer one")
+    store.close()
+    assert list(PersonalStore(path, retention_days=7, clock=lambda: now[0]).model.recent
+                ) == ["an", "old", "message", "a", "newer", "one"]
+    now[0] += 2 * 86_400  # the first message is 8 days old
+    again = PersonalStore(path, retention_days=7, clock=lambda: now[0])
+    assert list(again.model.recent) == ["a", "newer", "one"]
+    assert again.model.unigrams["old"] == 1  # the counts are kept: learned words stay
+    again.learn("and more")
+    again.close()
+    assert list(PersonalStore(path, retention_days=7, clock=lambda: now[0]).model.recent
+                ) == ["a", "newer", "one", "and", "more"]

@@ -59,7 +59,9 @@ class Backend:
         self.runtime_options = runtime_options or {}
         self.history = HistoryStore(self.data_dir / HISTORY_FILE,
                                     retention_days=prefs.retention_days, filters=prefs.filters())
-        self.personal = PersonalStore(self.data_dir / PERSONAL_FILE)
+        self.personal = PersonalStore(self.data_dir / PERSONAL_FILE,
+                                      retention_days=prefs.retention_days,
+                                      clock=self.history.clock)
         self.runtime: DeviceRuntime | None = None
         self.ledger: PrivacyLedger | None = None  # opened by open(), off the UI thread
         self._ledger_view: tuple[tuple, dict] | None = None
