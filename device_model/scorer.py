@@ -24,11 +24,6 @@ class NumpyScorer:
     def log_probs(self, state: State) -> np.ndarray:
         return self.model.log_probs(state)
 
-    @staticmethod
-    def key(state: State) -> np.ndarray:
-        """The LSTM's output after `state` (what the softmax reads): the personal memory's key."""
-        return state[0]
-
     def score_messages(self, sequences: Sequence[Sequence[int]]
                        ) -> Iterator[tuple[int, np.ndarray]]:
         """Whole messages through the LSTM in batches of equal length (no padding)."""

@@ -66,11 +66,6 @@ class LSTMScorer:
     def log_probs(self, state: Any) -> np.ndarray:
         return torch.log_softmax(self.model.logits(state[0][0, 0]), dim=-1).numpy()
 
-    @staticmethod
-    def key(state: Any) -> np.ndarray:
-        """The LSTM's output after `state` (what the softmax reads): the personal memory's key."""
-        return state[0][0, 0].numpy()
-
     def score_messages(self, sequences: Sequence[Sequence[int]]
                        ) -> Iterator[tuple[int, np.ndarray]]:
         """Whole messages through the LSTM in padded batches of similar length."""

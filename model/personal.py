@@ -489,7 +489,8 @@ class PersonalLayer:
         """(log-probs over the vocabulary, log-probs of `oov_words`) of the next word after
         the message's words `context`, from the global model's `log_probs` (V,): the layer
         at the sharpness this device chose, or the global model alone while it is gated;
-        with the global model's `key` (`Scorer.key`), the memory's vote mixed in."""
+        with the global model's `key` (its LSTM output, `score_messages_with_keys`), the
+        memory's vote mixed in."""
         if self.gated():
             found = tuple(map(_log, self._base(log_probs)))
         else:
@@ -507,12 +508,10 @@ class PersonalLayer:
         vote = memory.vote(key, w.memory_k, w.memory_temperature)
         scores, oov = scores + math.log1p(-w.memory), oov + math.log1p(-w.memory)
         for word, weight in vote.items():
-            if not self.model.unigrams.get(word):  # removed since: never offered from here
-                continue
             i = self.word_to_id.get(word)
             row, j = (scores, i) if i is not None else (oov, self._oov_pos.get(word))
-            if j is not None:  # a word the person removed is not in the counts: skipped
-                row[j] = np.logaddexp(row[j], math.log(w.memory * weight))
+            if j is not None and self.model.unigrams.get(word):  # a word removed since: not
+                row[j] = np.logaddexp(row[j], math.log(w.memory * weight))  # offered from here
         return scores, oov
 
     def sharpness(self) -> float:

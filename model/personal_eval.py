@@ -363,7 +363,7 @@ def _score_message(sender: str, ws: list[str], log_probs: np.ndarray,
                 rank, k = ranker.score(word, row, layer.oov_words, oov, layer)
             top1 += rank < 1
             top3 += rank < SUGGESTIONS
-            if weights is None and tally is result.global_:
+            if tally is result.global_:
                 global_first.append(rank < 1)
             else:
                 only[0] += rank < 1 and not global_first[i]

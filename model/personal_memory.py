@@ -1,7 +1,7 @@
 """The person's own contexts: a kNN-LM memory (Khandelwal et al. 2020) over one device's words.
 
 For each word the person typed, the memory keeps the global model's state just before it
-(the LSTM output the softmax reads, `Scorer.key`) beside the word. In a new context the
+(the LSTM output the softmax reads: `score_messages_with_keys`) beside the word. In a new context the
 `k` stored states nearest the current one vote for the words that followed them, each by
 exp(-squared distance / T): words the person uses in contexts *like* this one, where the
 personal n-gram counts only know contexts spelled exactly alike. `PersonalLayer` mixes the
